@@ -1,0 +1,1 @@
+//! bop Raft layer.

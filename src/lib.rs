@@ -1,0 +1,1 @@
+//! bop storage engine.
