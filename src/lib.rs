@@ -1,1 +1,11 @@
-//! bop storage engine.
+//! bop-storage: the storage engine of bop.
+//!
+//! - [`format`]: the unified chunk header and the log record layout (byte tables in docs/design.md).
+//! - [`io`]: the file-access trait every byte goes through, with buffered, direct and simulated backends.
+//! - [`wal`]: the WAL chunk store — segments of checksummed records with group commit and recovery — which
+//!   is also the Raft log storage.
+#![deny(missing_docs)]
+#![warn(clippy::unwrap_used)]
+
+pub mod format;
+pub mod io;
