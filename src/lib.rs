@@ -9,3 +9,5 @@
 
 pub mod format;
 pub mod io;
+pub mod panic;
+pub mod wal;

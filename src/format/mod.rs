@@ -9,8 +9,8 @@ mod record;
 
 pub use chunk::{ChunkHeader, ChunkKind, CHUNK_HEADER_LEN, CHUNK_MAGIC, DATA_OFFSET, FORMAT_VERSION};
 pub use record::{
-    decode_record, encode_record, encoded_len, plausible_batch_start, RecordHeader, RecordKind, RecordRef,
-    FLAG_BATCH_START, RECORD_ALIGN, RECORD_HEADER_LEN,
+    decode_record, encode_record, encode_record_to_vec, encoded_len, plausible_batch_start, RecordHeader,
+    RecordKind, RecordRef, FLAG_BATCH_START, RECORD_ALIGN, RECORD_HEADER_LEN,
 };
 
 /// Why bytes could not be decoded as a chunk header or a record.

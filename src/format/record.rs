@@ -76,12 +76,13 @@ pub fn encoded_len(payload_len: usize) -> usize {
     (RECORD_HEADER_LEN + payload_len).div_ceil(RECORD_ALIGN) * RECORD_ALIGN
 }
 
-/// Appends the encoded record to `out` (header, payload, zero padding).
+/// Encodes the record (header, payload, zero padding) into `out`, which must be exactly
+/// [`encoded_len`]`(payload.len())` bytes long.
 ///
 /// The caller guarantees `payload.len() <= u32::MAX`; the WAL checks record sizes on append.
-pub fn encode_record(out: &mut Vec<u8>, header: &RecordHeader, payload: &[u8]) {
+pub fn encode_record(out: &mut [u8], header: &RecordHeader, payload: &[u8]) {
     assert!(payload.len() <= u32::MAX as usize, "payload length checked on append");
-    let start = out.len();
+    assert_eq!(out.len(), encoded_len(payload.len()), "output sized by encoded_len");
     let mut head = [0u8; RECORD_HEADER_LEN];
     head[4..8].copy_from_slice(&(payload.len() as u32).to_le_bytes());
     head[8..16].copy_from_slice(&header.index.to_le_bytes());
@@ -91,9 +92,18 @@ pub fn encode_record(out: &mut Vec<u8>, header: &RecordHeader, payload: &[u8]) {
     head[29] = header.flags;
     let crc = crc32c::crc32c_append(crc32c::crc32c(&head[4..]), payload);
     head[0..4].copy_from_slice(&crc.to_le_bytes());
-    out.extend_from_slice(&head);
-    out.extend_from_slice(payload);
+    let (head_out, rest) = out.split_at_mut(RECORD_HEADER_LEN);
+    head_out.copy_from_slice(&head);
+    let (payload_out, padding) = rest.split_at_mut(payload.len());
+    payload_out.copy_from_slice(payload);
+    padding.fill(0);
+}
+
+/// Appends the encoded record to a `Vec`.
+pub fn encode_record_to_vec(out: &mut Vec<u8>, header: &RecordHeader, payload: &[u8]) {
+    let start = out.len();
     out.resize(start + encoded_len(payload.len()), 0);
+    encode_record(&mut out[start..], header, payload);
 }
 
 /// Decodes the record at the start of `bytes`, which belongs to the chunk whose sequence has low 32 bits
@@ -167,7 +177,7 @@ mod tests {
         for payload_len in [0usize, 1, 7, 8, 9, 100] {
             let payload: Vec<u8> = (0..payload_len).map(|i| i as u8 ^ 0x5a).collect();
             let mut out = Vec::new();
-            encode_record(&mut out, &entry(42), &payload);
+            encode_record_to_vec(&mut out, &entry(42), &payload);
             assert_eq!(out.len() % RECORD_ALIGN, 0);
             assert_eq!(out.len(), encoded_len(payload_len));
             let rec = decode_record(&out, 9).expect("valid").expect("not end");
@@ -185,14 +195,14 @@ mod tests {
     #[test]
     fn record_of_another_chunk_is_refused() {
         let mut out = Vec::new();
-        encode_record(&mut out, &entry(1), b"abc");
+        encode_record_to_vec(&mut out, &entry(1), b"abc");
         assert_eq!(decode_record(&out, 10), Err(DecodeError::WrongChunk { expected: 10, got: 9 }));
     }
 
     #[test]
     fn every_single_bit_flip_is_detected() {
         let mut out = Vec::new();
-        encode_record(&mut out, &entry(5), b"hello, world");
+        encode_record_to_vec(&mut out, &entry(5), b"hello, world");
         for bit in 0..(out.len() * 8) {
             let mut flipped = out.clone();
             flipped[bit / 8] ^= 1 << (bit % 8);

@@ -81,6 +81,7 @@ impl SimState {
 #[derive(Debug, Clone)]
 pub struct SimDisk {
     state: Arc<Mutex<SimState>>,
+    gate: Arc<(Mutex<bool>, parking_lot::Condvar)>,
     epoch: u64,
 }
 
@@ -124,7 +125,11 @@ impl SimDisk {
             syncs: 0,
             writes: 0,
         };
-        SimDisk { state: Arc::new(Mutex::new(state)), epoch: 0 }
+        SimDisk {
+            state: Arc::new(Mutex::new(state)),
+            gate: Arc::new((Mutex::new(false), parking_lot::Condvar::new())),
+            epoch: 0,
+        }
     }
 
     fn live(&self, op: &'static str) -> IoResult<parking_lot::MutexGuard<'_, SimState>> {
@@ -170,7 +175,18 @@ impl SimDisk {
                 file.dirty.clear();
             }
         }
-        SimDisk { state: Arc::clone(&self.state), epoch: st.epoch }
+        SimDisk { state: Arc::clone(&self.state), gate: Arc::clone(&self.gate), epoch: st.epoch }
+    }
+
+    /// Holds every write call at its start until [`SimDisk::resume_writes`] (to fill queues in tests).
+    pub fn pause_writes(&self) {
+        *self.gate.0.lock() = true;
+    }
+
+    /// Lets held and future writes proceed.
+    pub fn resume_writes(&self) {
+        *self.gate.0.lock() = false;
+        self.gate.1.notify_all();
     }
 
     /// The next `n` syncs succeed; the one after fails with EIO (once).
@@ -383,6 +399,13 @@ impl IoFile for SimFile {
     }
 
     fn write_at(&self, buf: &[u8], offset: u64) -> IoResult<usize> {
+        {
+            let (paused, cv) = &*self.disk.gate;
+            let mut paused = paused.lock();
+            while *paused {
+                cv.wait(&mut paused);
+            }
+        }
         self.with_file("pwrite", |st, id| {
             if st.faults.write_interrupts > 0 {
                 st.faults.write_interrupts -= 1;

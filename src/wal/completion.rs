@@ -1,0 +1,118 @@
+//! Durability tickets: what an append hands back, resolved by the completer thread.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
+
+use parking_lot::{Condvar, Mutex};
+
+use super::WalError;
+
+/// A callback run once an operation is durable (`Ok`) or can never be (`Err`). Callbacks run on the
+/// store's completer thread in submission order; they must be quick and must not wait on the store.
+pub type DurableCallback = Box<dyn FnOnce(Result<(), WalError>) + Send + 'static>;
+
+enum State {
+    Waiting(Option<Waker>),
+    Done(Result<(), WalError>),
+    Taken,
+}
+
+struct Slot {
+    state: Mutex<State>,
+    cv: Condvar,
+}
+
+/// Resolves when the operation it was returned for is durable. Wait on it ([`Durable::wait`]) or await it.
+#[must_use = "an append is only durable once its ticket resolves"]
+pub struct Durable {
+    slot: Arc<Slot>,
+}
+
+impl std::fmt::Debug for Durable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Durable").field("done", &self.is_done()).finish()
+    }
+}
+
+impl Durable {
+    /// A ticket and the callback that resolves it.
+    pub(crate) fn new() -> (Durable, DurableCallback) {
+        let slot = Arc::new(Slot { state: Mutex::new(State::Waiting(None)), cv: Condvar::new() });
+        let resolver = Arc::clone(&slot);
+        let callback: DurableCallback = Box::new(move |result| {
+            let waker = {
+                let mut state = resolver.state.lock();
+                let previous = std::mem::replace(&mut *state, State::Done(result));
+                resolver.cv.notify_all();
+                match previous {
+                    State::Waiting(waker) => waker,
+                    _ => None,
+                }
+            };
+            if let Some(waker) = waker {
+                waker.wake();
+            }
+        });
+        (Durable { slot }, callback)
+    }
+
+    /// True once the outcome is known.
+    pub fn is_done(&self) -> bool {
+        !matches!(*self.slot.state.lock(), State::Waiting(_))
+    }
+
+    /// Blocks until the outcome is known. Do not call from an async task; await the ticket instead.
+    pub fn wait(self) -> Result<(), WalError> {
+        let mut state = self.slot.state.lock();
+        loop {
+            match std::mem::replace(&mut *state, State::Taken) {
+                State::Done(result) => return result,
+                State::Taken => return Err(WalError::Closed),
+                waiting @ State::Waiting(_) => {
+                    *state = waiting;
+                    self.slot.cv.wait(&mut state);
+                }
+            }
+        }
+    }
+
+    /// Blocks for at most `timeout`; `None` if the outcome is not known by then (the ticket stays usable).
+    pub fn wait_timeout(&mut self, timeout: Duration) -> Option<Result<(), WalError>> {
+        let deadline = Instant::now() + timeout;
+        let mut state = self.slot.state.lock();
+        loop {
+            match std::mem::replace(&mut *state, State::Taken) {
+                State::Done(result) => return Some(result),
+                State::Taken => return Some(Err(WalError::Closed)),
+                waiting @ State::Waiting(_) => {
+                    *state = waiting;
+                    if self.slot.cv.wait_until(&mut state, deadline).timed_out() {
+                        if let State::Done(_) = &*state {
+                            continue;
+                        }
+                        return None;
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl Future for Durable {
+    type Output = Result<(), WalError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut state = self.slot.state.lock();
+        match std::mem::replace(&mut *state, State::Taken) {
+            State::Done(result) => Poll::Ready(result),
+            State::Taken => Poll::Ready(Err(WalError::Closed)),
+            State::Waiting(_) => {
+                *state = State::Waiting(Some(cx.waker().clone()));
+                Poll::Pending
+            }
+        }
+    }
+}

@@ -1,0 +1,570 @@
+//! The WAL chunk store: the log that is also bop's Raft log storage.
+//!
+//! Records (entries, truncations, purges) go into a bounded queue; one writer thread turns the queue into
+//! group-commit batches — one write and one fdatasync per batch — and a completer thread resolves each
+//! operation's [`Durable`] ticket or callback in submission order once the fdatasync returned success.
+//! Entries are readable as soon as `append` returns (from memory until durable, from the segment after).
+//! A failed fdatasync, a permanent write error or a writer panic poisons the store: every waiter and
+//! every later call gets [`WalError::Poisoned`], nothing is retried, and reopening runs recovery.
+//! The on-disk layout, the fsync sequences and the recovery rules are in docs/design.md.
+
+mod completion;
+mod config;
+mod error;
+mod index;
+mod metrics;
+mod recovery;
+mod segment;
+mod writer;
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::thread::JoinHandle;
+
+use parking_lot::{Condvar, Mutex};
+
+use crate::format::{decode_record, encoded_len, RecordKind};
+use crate::io::{AlignedBuf, Io};
+
+pub use completion::{Durable, DurableCallback};
+pub use config::{Preallocate, RecoveryMode, RetryPolicy, WalConfig};
+pub use error::{CorruptionReason, PoisonCause, WalError};
+pub use index::LogPos;
+pub use metrics::WalMetrics;
+pub use recovery::RecoveryReport;
+
+use index::{Loc, Slot};
+use metrics::Metrics;
+use writer::{Op, QueuedOp, Shared, State, Writer, COMPLETION_QUEUE_MAX};
+
+/// An entry to append.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewEntry {
+    /// Raft index; consecutive within an append and following the log's last index.
+    pub index: u64,
+    /// Raft term.
+    pub term: u64,
+    /// Opaque payload.
+    pub payload: Vec<u8>,
+}
+
+/// An entry read back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    /// Raft index.
+    pub index: u64,
+    /// Raft term.
+    pub term: u64,
+    /// The payload as appended.
+    pub payload: Vec<u8>,
+}
+
+/// The bounds of the log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct LogState {
+    /// First readable index, if any entry is readable.
+    pub first_index: Option<u64>,
+    /// The last entry, if any.
+    pub last: Option<LogPos>,
+    /// The last purged position, if anything was purged.
+    pub purged: Option<LogPos>,
+    /// The index the next append must have, once known.
+    pub next_index: Option<u64>,
+}
+
+/// What a purge removed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PurgeOutcome {
+    /// Segment sequence numbers whose files were deleted.
+    pub segments_deleted: Vec<u64>,
+}
+
+/// The WAL chunk store. Cheap to share behind an `Arc`; all methods take `&self`.
+pub struct WalStore {
+    shared: Arc<Shared>,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+    purge_lock: Mutex<()>,
+    report: RecoveryReport,
+}
+
+impl std::fmt::Debug for WalStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WalStore").field("dir", &self.shared.config.dir).finish_non_exhaustive()
+    }
+}
+
+enum Wait {
+    Block,
+    Fail,
+}
+
+impl WalStore {
+    /// Opens (creating if needed) the store in `config.dir`, running recovery per `config.recovery_mode`.
+    pub fn open(io: Arc<dyn Io>, config: WalConfig) -> Result<WalStore, WalError> {
+        config.validate()?;
+        let recovered = recovery::recover(io.as_ref(), &config)?;
+        let mut report = recovered.report;
+        let mut segments = recovered.segments;
+        // Finish a purge that a crash interrupted after its record became durable.
+        let leftover =
+            recovery::segments_fully_purged(&segments, recovered.index.purged(), recovered.purge_seq);
+        for seq in &leftover {
+            if let Some(seg) = segments.remove(seq) {
+                io.remove_file(&seg.path).map_err(|e| WalError::io("remove purged segment", &seg.path, e))?;
+                report.removed_segments.push(*seq);
+            }
+        }
+        if !leftover.is_empty() {
+            io.sync_dir(&config.dir).map_err(|e| WalError::io("sync log directory", &config.dir, e))?;
+        }
+        let mut write_pos = recovered.write_pos;
+        if segments.is_empty() {
+            let first = segment::create(
+                io.as_ref(),
+                &config.dir,
+                1,
+                recovered.store_id,
+                config.segment_size_bytes,
+                config.preallocate,
+                &config.retry,
+                &Metrics::default(),
+            )?;
+            segments.insert(1, first);
+            write_pos = segment::FIRST_RECORD_OFFSET;
+        }
+        let (active_seq, active) = match segments.iter().next_back() {
+            Some((seq, seg)) => (*seq, seg.clone()),
+            None => unreachable!("a segment was created above"),
+        };
+        tracing::info!(
+            dir = %config.dir.display(),
+            segments = report.segments,
+            records = report.records,
+            torn_tail = ?report.torn_tail,
+            "WAL store opened"
+        );
+        let state = State {
+            poison: None,
+            closing: false,
+            index: recovered.index,
+            segments,
+            queue: VecDeque::new(),
+            inflight_records: 0,
+            inflight_bytes: 0,
+            next_lsn: recovered.next_lsn,
+            space_wakers: Vec::new(),
+            writer_wake_at: 1,
+            purge_seq: recovered.purge_seq,
+        };
+        let shared = Arc::new(Shared {
+            io,
+            config,
+            state: Mutex::new(state),
+            work_cv: Condvar::new(),
+            space_cv: Condvar::new(),
+            metrics: Metrics::default(),
+        });
+        let (tx, rx) = std::sync::mpsc::sync_channel(COMPLETION_QUEUE_MAX);
+        let writer = Writer {
+            shared: Arc::clone(&shared),
+            active_seq,
+            active: active.file,
+            active_path: active.path,
+            write_pos,
+            store_id: recovered.store_id,
+            buf: AlignedBuf::new(),
+            completions: tx,
+            last_batch_ops: 0,
+        };
+        let spawn_err = |e: std::io::Error| {
+            WalError::io("spawn WAL thread", &shared.config.dir, crate::io::IoError::os("spawn", e))
+        };
+        let completer = std::thread::Builder::new()
+            .name("bop-wal-complete".into())
+            .spawn(move || writer::run_completer(rx))
+            .map_err(spawn_err)?;
+        let writer = std::thread::Builder::new()
+            .name("bop-wal-writer".into())
+            .spawn(move || writer.run())
+            .map_err(spawn_err)?;
+        Ok(WalStore {
+            shared,
+            threads: Mutex::new(vec![writer, completer]),
+            purge_lock: Mutex::new(()),
+            report,
+        })
+    }
+
+    /// What recovery found when the store was opened.
+    pub fn recovery_report(&self) -> &RecoveryReport {
+        &self.report
+    }
+
+    /// The configuration the store runs with.
+    pub fn config(&self) -> &WalConfig {
+        &self.shared.config
+    }
+
+    fn check_open(st: &State) -> Result<(), WalError> {
+        if let Some(cause) = &st.poison {
+            return Err(WalError::Poisoned(Arc::clone(cause)));
+        }
+        if st.closing {
+            return Err(WalError::Closed);
+        }
+        Ok(())
+    }
+
+    fn enqueue(&self, st: &mut State, op: Op, cost_bytes: usize, done: Option<DurableCallback>) {
+        let lsn = st.next_lsn;
+        st.next_lsn += 1;
+        let records = usize::from(!matches!(op, Op::Barrier));
+        st.inflight_records += records;
+        st.inflight_bytes += cost_bytes;
+        st.queue.push_back(QueuedOp { lsn, op, done, cost_bytes });
+    }
+
+    fn wake_writer(&self, st: &State) {
+        if st.queue.len() >= st.writer_wake_at {
+            self.shared.work_cv.notify_one();
+        }
+    }
+
+    /// Validates, waits for (or refuses on lack of) space, and enqueues `entries`.
+    fn submit_entries(
+        &self,
+        entries: Vec<NewEntry>,
+        done: DurableCallback,
+        wait: Wait,
+    ) -> Result<(), WalError> {
+        self.submit_entries_from(&mut Some(entries), done, wait)
+    }
+
+    /// As `submit_entries`; the entries are taken out of `slot` only once they are accepted, so that a
+    /// caller refused with backpressure still has them.
+    fn submit_entries_from(
+        &self,
+        slot: &mut Option<Vec<NewEntry>>,
+        done: DurableCallback,
+        wait: Wait,
+    ) -> Result<(), WalError> {
+        let Some(entries) = slot.as_ref() else { return Err(WalError::Closed) };
+        let config = &self.shared.config;
+        let payload_max = config.record_payload_max_bytes();
+        let mut cost_bytes = 0usize;
+        for entry in entries {
+            if entry.payload.len() > payload_max {
+                return Err(WalError::TooLarge { size_bytes: entry.payload.len(), max_bytes: payload_max });
+            }
+            cost_bytes += encoded_len(entry.payload.len());
+        }
+        let cost_records = entries.len().max(1);
+        if cost_bytes > config.queue_bytes_max || cost_records > config.queue_records_max {
+            return Err(WalError::TooLarge { size_bytes: cost_bytes, max_bytes: config.queue_bytes_max });
+        }
+        let mut st = self.shared.state.lock();
+        loop {
+            Self::check_open(&st)?;
+            let fits = st.inflight_bytes + cost_bytes <= config.queue_bytes_max
+                && st.inflight_records + cost_records <= config.queue_records_max;
+            if fits {
+                break;
+            }
+            match wait {
+                Wait::Fail => {
+                    Metrics::add(&self.shared.metrics.backpressure_rejections, 1);
+                    return Err(WalError::Backpressure {
+                        queued_records: st.inflight_records,
+                        queued_bytes: st.inflight_bytes,
+                        records_max: config.queue_records_max,
+                        bytes_max: config.queue_bytes_max,
+                    });
+                }
+                Wait::Block => self.shared.space_cv.wait(&mut st),
+            }
+        }
+        if let (Some(expected), Some(first)) = (st.index.next_index(), entries.first()) {
+            if first.index != expected {
+                return Err(WalError::NonContiguous { expected, got: first.index });
+            }
+        }
+        for pair in entries.windows(2) {
+            if pair[1].index != pair[0].index + 1 {
+                return Err(WalError::NonContiguous { expected: pair[0].index + 1, got: pair[1].index });
+            }
+        }
+        Metrics::add(&self.shared.metrics.appends, 1);
+        let entries = slot.take().unwrap_or_default();
+        let count = entries.len();
+        let mut done = Some(done);
+        if count == 0 {
+            self.enqueue(&mut st, Op::Barrier, 0, done.take());
+        }
+        for (i, entry) in entries.into_iter().enumerate() {
+            let payload = Arc::new(entry.payload);
+            let lsn = st.next_lsn;
+            let slot = Slot { term: entry.term, lsn, loc: Loc::Pending(Arc::clone(&payload)) };
+            st.index.push(entry.index, slot);
+            let cost = encoded_len(payload.len());
+            let op = Op::Entry { index: entry.index, term: entry.term, payload };
+            let callback = if i + 1 == count { done.take() } else { None };
+            self.enqueue(&mut st, op, cost, callback);
+        }
+        let depth = st.inflight_records as u64;
+        self.shared.metrics.queue_depth_peak.fetch_max(depth, std::sync::atomic::Ordering::Relaxed);
+        self.wake_writer(&st);
+        Ok(())
+    }
+
+    /// Appends entries, waiting while the in-flight bounds are full. Returns once the entries are
+    /// readable; the ticket resolves when they are durable. An empty append resolves once everything
+    /// appended before it is durable.
+    pub fn append(&self, entries: Vec<NewEntry>) -> Result<Durable, WalError> {
+        let (ticket, done) = Durable::new();
+        self.submit_entries(entries, done, Wait::Block)?;
+        Ok(ticket)
+    }
+
+    /// Like [`WalStore::append`], but refuses with [`WalError::Backpressure`] instead of waiting.
+    pub fn try_append(&self, entries: Vec<NewEntry>) -> Result<Durable, WalError> {
+        let (ticket, done) = Durable::new();
+        self.submit_entries(entries, done, Wait::Fail)?;
+        Ok(ticket)
+    }
+
+    /// Appends, waiting for space, and calls `done` on the completer thread once durable (or failed).
+    /// If this returns an error, `done` is dropped without being called.
+    pub fn append_with(&self, entries: Vec<NewEntry>, done: DurableCallback) -> Result<(), WalError> {
+        self.submit_entries(entries, done, Wait::Block)
+    }
+
+    /// Like [`WalStore::append_with`], but refuses with [`WalError::Backpressure`] instead of waiting.
+    pub fn try_append_with(&self, entries: Vec<NewEntry>, done: DurableCallback) -> Result<(), WalError> {
+        self.submit_entries(entries, done, Wait::Fail)
+    }
+
+    /// Appends from async code: waits for space without blocking the thread, then returns the ticket.
+    pub fn append_async(&self, entries: Vec<NewEntry>) -> AppendFuture<'_> {
+        AppendFuture { store: self, entries: Some(entries) }
+    }
+
+    /// A ticket that resolves once everything submitted before it is durable.
+    pub fn flush(&self) -> Result<Durable, WalError> {
+        let (ticket, done) = Durable::new();
+        let mut st = self.shared.state.lock();
+        Self::check_open(&st)?;
+        self.enqueue(&mut st, Op::Barrier, 0, Some(done));
+        self.wake_writer(&st);
+        Ok(ticket)
+    }
+
+    /// Removes every entry after `index` (readers stop seeing them at once) and returns a ticket that
+    /// resolves when the removal is durable.
+    pub fn submit_truncate_after(&self, index: u64) -> Result<Durable, WalError> {
+        let (ticket, done) = Durable::new();
+        let mut st = self.shared.state.lock();
+        Self::check_open(&st)?;
+        if let Some(purged) = st.index.purged() {
+            if index < purged.index {
+                return Err(WalError::TruncateBelowPurged { index, purged: purged.index });
+            }
+        }
+        st.index.truncate_after(index);
+        self.enqueue(&mut st, Op::Truncate { after: index }, 0, Some(done));
+        self.wake_writer(&st);
+        Ok(ticket)
+    }
+
+    /// Removes every entry after `index`; durable when this returns.
+    pub fn truncate_after(&self, index: u64) -> Result<(), WalError> {
+        self.submit_truncate_after(index)?.wait()
+    }
+
+    /// Purges every entry up to and including `pos.index` (whose term is `pos.term`; it may lie beyond
+    /// the last entry, after a snapshot install). The purge point is durable before any file is deleted;
+    /// whole segments below it are then deleted without holding up appends.
+    pub fn purge_upto(&self, pos: LogPos) -> Result<PurgeOutcome, WalError> {
+        let _one_purge_at_a_time = self.purge_lock.lock();
+        let ticket = {
+            let (ticket, done) = Durable::new();
+            let mut st = self.shared.state.lock();
+            Self::check_open(&st)?;
+            if st.index.purged().is_some_and(|p| p.index >= pos.index) {
+                return Ok(PurgeOutcome::default());
+            }
+            st.index.purge_upto(pos);
+            self.enqueue(&mut st, Op::Purge { pos }, 0, Some(done));
+            self.wake_writer(&st);
+            ticket
+        };
+        ticket.wait()?;
+        let doomed: Vec<_> = {
+            let mut st = self.shared.state.lock();
+            let seqs = recovery::segments_fully_purged(&st.segments, st.index.purged(), st.purge_seq);
+            seqs.iter().filter_map(|seq| st.segments.remove(seq).map(|seg| (*seq, seg.path))).collect()
+        };
+        let io = &self.shared.io;
+        for (_, path) in &doomed {
+            io.remove_file(path).map_err(|e| WalError::io("delete purged segment", path, e))?;
+        }
+        if !doomed.is_empty() {
+            let dir = &self.shared.config.dir;
+            io.sync_dir(dir).map_err(|e| WalError::io("sync log directory", dir, e))?;
+            Metrics::add(&self.shared.metrics.segments_deleted, doomed.len() as u64);
+        }
+        Ok(PurgeOutcome { segments_deleted: doomed.into_iter().map(|(seq, _)| seq).collect() })
+    }
+
+    /// The entry at `index`, or `None` if it is not in the log (purged, truncated or never appended).
+    pub fn read(&self, index: u64) -> Result<Option<Entry>, WalError> {
+        let (term, seq, offset, len, file, path) = {
+            let st = self.shared.state.lock();
+            if let Some(cause) = &st.poison {
+                return Err(WalError::Poisoned(Arc::clone(cause)));
+            }
+            let Some(slot) = st.index.get(index) else { return Ok(None) };
+            match &slot.loc {
+                Loc::Pending(payload) => {
+                    return Ok(Some(Entry { index, term: slot.term, payload: payload.as_ref().clone() }))
+                }
+                Loc::Disk { seq, offset, len } => {
+                    let Some(seg) = st.segments.get(seq) else {
+                        return Err(WalError::Corruption {
+                            segment: *seq,
+                            offset: *offset,
+                            reason: CorruptionReason::MissingSegment { missing: *seq },
+                        });
+                    };
+                    (slot.term, *seq, *offset, *len, Arc::clone(&seg.file), seg.path.clone())
+                }
+            }
+        };
+        let bytes = segment::read_span(file.as_ref(), &path, offset, encoded_len(len as usize))?;
+        let corrupt = |reason| WalError::Corruption { segment: seq, offset, reason };
+        let rec = match decode_record(&bytes, seq as u32) {
+            Ok(Some(rec)) => rec,
+            Ok(None) => {
+                return Err(corrupt(CorruptionReason::WrongRecord {
+                    index,
+                    term,
+                    found_index: 0,
+                    found_term: 0,
+                }))
+            }
+            Err(e) => return Err(corrupt(CorruptionReason::Decode(e))),
+        };
+        let h = rec.header;
+        if h.kind != RecordKind::Entry || h.index != index || h.term != term {
+            return Err(corrupt(CorruptionReason::WrongRecord {
+                index,
+                term,
+                found_index: h.index,
+                found_term: h.term,
+            }));
+        }
+        Ok(Some(Entry { index, term, payload: rec.payload.to_vec() }))
+    }
+
+    /// Entries in `[start, end)` that are in the log, in order, stopping early (after at least one) once
+    /// `bytes_max` payload bytes are gathered.
+    pub fn read_range(&self, start: u64, end: u64, bytes_max: usize) -> Result<Vec<Entry>, WalError> {
+        let mut out = Vec::new();
+        let mut bytes = 0usize;
+        let mut index = start;
+        while index < end {
+            let Some(entry) = self.read(index)? else { break };
+            bytes += entry.payload.len();
+            out.push(entry);
+            if bytes >= bytes_max {
+                break;
+            }
+            index += 1;
+        }
+        Ok(out)
+    }
+
+    /// The term of the entry at `index`, if it is in the log.
+    pub fn term(&self, index: u64) -> Option<u64> {
+        self.shared.state.lock().index.get(index).map(|slot| slot.term)
+    }
+
+    /// The bounds of the log.
+    pub fn state(&self) -> LogState {
+        let st = self.shared.state.lock();
+        LogState {
+            first_index: st.index.first_index(),
+            last: st.index.last(),
+            purged: st.index.purged(),
+            next_index: st.index.next_index(),
+        }
+    }
+
+    /// Number of segment files the store holds.
+    pub fn segment_count(&self) -> usize {
+        self.shared.state.lock().segments.len()
+    }
+
+    /// A snapshot of the counters.
+    pub fn metrics(&self) -> WalMetrics {
+        let depth = self.shared.state.lock().inflight_records as u64;
+        self.shared.metrics.snapshot(depth)
+    }
+
+    /// Why the store is poisoned, if it is.
+    pub fn poisoned(&self) -> Option<Arc<PoisonCause>> {
+        self.shared.state.lock().poison.clone()
+    }
+
+    /// Writes everything accepted so far, stops the threads and closes the store. Outstanding tickets
+    /// resolve (durable, or failed if the store is poisoned).
+    pub fn close(&self) -> Result<(), WalError> {
+        {
+            let mut st = self.shared.state.lock();
+            st.closing = true;
+        }
+        self.shared.work_cv.notify_all();
+        self.shared.space_cv.notify_all();
+        for handle in self.threads.lock().drain(..) {
+            let _ = handle.join();
+        }
+        let st = self.shared.state.lock();
+        match &st.poison {
+            Some(cause) => Err(WalError::Poisoned(Arc::clone(cause))),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for WalStore {
+    fn drop(&mut self) {
+        let _ = self.close();
+    }
+}
+
+/// Future returned by [`WalStore::append_async`].
+pub struct AppendFuture<'a> {
+    store: &'a WalStore,
+    entries: Option<Vec<NewEntry>>,
+}
+
+impl Future for AppendFuture<'_> {
+    type Output = Result<Durable, WalError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        // Register interest before trying, so a release between the try and the registration is not lost.
+        {
+            let mut st = self.store.shared.state.lock();
+            st.space_wakers.push(cx.waker().clone());
+        }
+        let (ticket, done) = Durable::new();
+        let this = &mut *self;
+        match this.store.submit_entries_from(&mut this.entries, done, Wait::Fail) {
+            Ok(()) => Poll::Ready(Ok(ticket)),
+            Err(WalError::Backpressure { .. }) => Poll::Pending,
+            Err(e) => Poll::Ready(Err(e)),
+        }
+    }
+}

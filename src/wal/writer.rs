@@ -1,0 +1,371 @@
+//! The write side: one writer thread that turns the queue into group-commit batches (one write and one
+//! fdatasync each), and one completer thread that runs durability callbacks in order, so that waking many
+//! waiters overlaps with the next batch's I/O.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::mpsc::{Receiver, SyncSender};
+use std::sync::Arc;
+use std::task::Waker;
+use std::time::{Duration, Instant};
+
+use parking_lot::{Condvar, Mutex};
+
+use crate::format::{encode_record, encoded_len, RecordHeader, RecordKind, FLAG_BATCH_START};
+use crate::io::{align_up, AlignedBuf, Io, IoError, IoFile};
+use crate::panic;
+
+use super::completion::DurableCallback;
+use super::config::{RetryPolicy, WalConfig};
+use super::error::PoisonCause;
+use super::index::{Loc, LogIndex, LogPos};
+use super::metrics::Metrics;
+use super::segment::{self, SegmentHandle, FIRST_RECORD_OFFSET};
+use super::WalError;
+
+/// Completed batches waiting for the completer thread (each holds at most `batch_bytes_max` of records).
+pub(crate) const COMPLETION_QUEUE_MAX: usize = 64;
+
+pub(crate) enum Op {
+    Entry {
+        index: u64,
+        term: u64,
+        payload: Arc<Vec<u8>>,
+    },
+    Truncate {
+        after: u64,
+    },
+    Purge {
+        pos: LogPos,
+    },
+    /// Writes nothing; its callback fires once everything before it is durable.
+    Barrier,
+}
+
+pub(crate) struct QueuedOp {
+    pub lsn: u64,
+    pub op: Op,
+    pub done: Option<DurableCallback>,
+    pub cost_bytes: usize,
+}
+
+impl QueuedOp {
+    fn cost_records(&self) -> usize {
+        usize::from(!matches!(self.op, Op::Barrier))
+    }
+}
+
+pub(crate) struct State {
+    pub poison: Option<Arc<PoisonCause>>,
+    pub closing: bool,
+    pub index: LogIndex,
+    pub segments: BTreeMap<u64, SegmentHandle>,
+    pub queue: VecDeque<QueuedOp>,
+    /// Records and bytes accepted and not yet durable (queued or being written).
+    pub inflight_records: usize,
+    pub inflight_bytes: usize,
+    pub next_lsn: u64,
+    /// Async appenders waiting for space.
+    pub space_wakers: Vec<Waker>,
+    /// Queue length at which an appender wakes the writer (`usize::MAX` while it is busy writing).
+    pub writer_wake_at: usize,
+    /// Segment holding the newest purge record (never deleted, so the purge point survives reopen).
+    pub purge_seq: Option<u64>,
+}
+
+pub(crate) struct Shared {
+    pub io: Arc<dyn Io>,
+    pub config: WalConfig,
+    pub state: Mutex<State>,
+    pub work_cv: Condvar,
+    pub space_cv: Condvar,
+    pub metrics: Metrics,
+}
+
+impl Shared {
+    /// Poisons the store with `cause`: every queued operation fails, as does everything submitted later.
+    pub(crate) fn poison(
+        &self,
+        cause: Arc<PoisonCause>,
+        mut failed: Vec<DurableCallback>,
+        completions: &SyncSender<Completion>,
+    ) {
+        tracing::error!(%cause, "WAL store poisoned; reopen to recover");
+        Metrics::add(&self.metrics.permanent_failures, 1);
+        if let PoisonCause::Panic(ctx) = &*cause {
+            *self.metrics.last_panic.lock() =
+                Some(format!("{ctx}\n{}", ctx.backtrace.as_deref().unwrap_or("")));
+        }
+        let wakers = {
+            let mut st = self.state.lock();
+            st.poison.get_or_insert_with(|| Arc::clone(&cause));
+            failed.extend(st.queue.drain(..).filter_map(|op| op.done));
+            st.inflight_records = 0;
+            st.inflight_bytes = 0;
+            std::mem::take(&mut st.space_wakers)
+        };
+        self.space_cv.notify_all();
+        self.work_cv.notify_all();
+        for waker in wakers {
+            waker.wake();
+        }
+        let _ = completions.send(Completion { callbacks: failed, result: Err(cause) });
+    }
+}
+
+pub(crate) struct Completion {
+    callbacks: Vec<DurableCallback>,
+    result: Result<(), Arc<PoisonCause>>,
+}
+
+/// Runs callbacks in order until the writer hangs up.
+pub(crate) fn run_completer(rx: Receiver<Completion>) {
+    while let Ok(completion) = rx.recv() {
+        for callback in completion.callbacks {
+            let result = match &completion.result {
+                Ok(()) => Ok(()),
+                Err(cause) => Err(WalError::Poisoned(Arc::clone(cause))),
+            };
+            if let Err(ctx) = panic::catch(move || callback(result)) {
+                tracing::error!(%ctx, "a durability callback panicked");
+            }
+        }
+    }
+}
+
+/// A placed record: which queued op, and where its bytes went.
+struct Placed {
+    op: usize,
+    seq: u64,
+    offset: u64,
+}
+
+pub(crate) struct Writer {
+    pub shared: Arc<Shared>,
+    pub active_seq: u64,
+    pub active: Arc<dyn IoFile>,
+    pub active_path: std::path::PathBuf,
+    pub write_pos: u64,
+    pub store_id: u64,
+    pub buf: AlignedBuf,
+    pub completions: SyncSender<Completion>,
+    pub last_batch_ops: usize,
+}
+
+fn io_cause(during: &'static str, path: &std::path::Path, error: IoError) -> PoisonCause {
+    PoisonCause::Io { during, path: path.to_path_buf(), error }
+}
+
+/// Writes all of `buf` at `offset`, retrying transient errors (EINTR, EAGAIN) with bounded, capped
+/// exponential backoff. Any other error, or too many retries, is returned.
+pub(crate) fn write_all_retrying(
+    file: &dyn IoFile,
+    buf: &[u8],
+    offset: u64,
+    retry: &RetryPolicy,
+    metrics: &Metrics,
+) -> Result<(), IoError> {
+    let mut done = 0usize;
+    let mut attempt = 0u32;
+    while done < buf.len() {
+        match file.write_at(&buf[done..], offset + done as u64) {
+            Ok(0) => return Err(IoError::os("pwrite", std::io::Error::from(std::io::ErrorKind::WriteZero))),
+            Ok(n) => done += n,
+            Err(e) if e.is_transient() && attempt < retry.attempts_max => {
+                attempt += 1;
+                Metrics::add(&metrics.retries, 1);
+                std::thread::sleep(retry.backoff(attempt));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+impl Writer {
+    /// The writer thread's body.
+    pub(crate) fn run(mut self) {
+        while let Some(batch) = self.take_batch() {
+            let shared = Arc::clone(&self.shared);
+            let outcome = panic::catch(|| self.write_batch(&batch));
+            match outcome {
+                Ok(Ok(placed)) => self.complete(batch, placed),
+                Ok(Err(cause)) => {
+                    let failed = batch.into_iter().filter_map(|op| op.done).collect();
+                    shared.poison(Arc::new(cause), failed, &self.completions);
+                    return;
+                }
+                Err(ctx) => {
+                    let failed = batch.into_iter().filter_map(|op| op.done).collect();
+                    shared.poison(Arc::new(PoisonCause::Panic(ctx)), failed, &self.completions);
+                    return;
+                }
+            }
+        }
+    }
+
+    fn take_batch(&mut self) -> Option<Vec<QueuedOp>> {
+        let shared = &*self.shared;
+        let mut st = shared.state.lock();
+        loop {
+            if st.poison.is_some() {
+                return None;
+            }
+            if !st.queue.is_empty() {
+                break;
+            }
+            if st.closing {
+                return None;
+            }
+            st.writer_wake_at = 1;
+            shared.work_cv.wait(&mut st);
+        }
+        // Group commit: the appenders released by the previous batch are usually about to append again.
+        // If fewer have arrived than were in that batch, wait a bounded moment for the rest. A lone
+        // appender (previous batch of one) never waits here.
+        let wait_us = shared.config.group_commit_wait_us_max;
+        if wait_us > 0 && st.queue.len() < self.last_batch_ops {
+            let deadline = Instant::now() + Duration::from_micros(wait_us);
+            st.writer_wake_at = self.last_batch_ops;
+            while st.queue.len() < self.last_batch_ops && !st.closing && st.poison.is_none() {
+                if shared.work_cv.wait_until(&mut st, deadline).timed_out() {
+                    break;
+                }
+            }
+        }
+        st.writer_wake_at = usize::MAX;
+        let mut bytes = 0usize;
+        let mut batch = Vec::new();
+        while let Some(front) = st.queue.front() {
+            if !batch.is_empty() && bytes + front.cost_bytes > shared.config.batch_bytes_max {
+                break;
+            }
+            bytes += front.cost_bytes;
+            batch.extend(st.queue.pop_front());
+        }
+        Some(batch)
+    }
+
+    fn write_batch(&mut self, batch: &[QueuedOp]) -> Result<Vec<Placed>, PoisonCause> {
+        let capacity = self.shared.config.segment_size_bytes;
+        let mut placed = Vec::with_capacity(batch.len());
+        self.buf.clear();
+        for (i, queued) in batch.iter().enumerate() {
+            let (kind, index, term, payload): (_, _, _, &[u8]) = match &queued.op {
+                Op::Entry { index, term, payload } => (RecordKind::Entry, *index, *term, payload),
+                Op::Truncate { after } => (RecordKind::Truncate, *after, 0, &[]),
+                Op::Purge { pos } => (RecordKind::Purge, pos.index, pos.term, &[]),
+                Op::Barrier => continue,
+            };
+            let len = encoded_len(payload.len());
+            if self.write_pos + (self.buf.len() + len) as u64 > capacity {
+                self.flush()?;
+                self.roll()?;
+            }
+            let flags = if self.buf.is_empty() { FLAG_BATCH_START } else { 0 };
+            let offset = self.write_pos + self.buf.len() as u64;
+            let start = self.buf.len();
+            self.buf.resize(start + len);
+            let header = RecordHeader { kind, index, term, chunk_seq_low: self.active_seq as u32, flags };
+            encode_record(&mut self.buf[start..], &header, payload);
+            placed.push(Placed { op: i, seq: self.active_seq, offset });
+        }
+        self.flush()?;
+        Ok(placed)
+    }
+
+    /// Writes the buffered records at the write position and makes them durable. Under direct I/O the
+    /// write is padded with zeros to the block size and the next batch starts at the next block, so a
+    /// block holding durable bytes is never written again.
+    fn flush(&mut self) -> Result<(), PoisonCause> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let alignment = self.active.alignment().max(1) as u64;
+        let len = self.buf.len() as u64;
+        self.buf.resize(align_up(len, alignment) as usize);
+        let shared = &*self.shared;
+        write_all_retrying(
+            self.active.as_ref(),
+            &self.buf,
+            self.write_pos,
+            &shared.config.retry,
+            &shared.metrics,
+        )
+        .map_err(|e| io_cause("write batch", &self.active_path, e))?;
+        // Never retried: after a failed fdatasync the kernel may have dropped the dirty pages.
+        self.active.sync_data().map_err(|e| io_cause("fdatasync batch", &self.active_path, e))?;
+        Metrics::add(&shared.metrics.fsyncs, 1);
+        Metrics::add(&shared.metrics.bytes, len);
+        self.write_pos = align_up(self.write_pos + len, alignment);
+        self.buf.clear();
+        Ok(())
+    }
+
+    /// Starts the next segment. The previous one is complete and durable (flushed by the caller) before
+    /// the new one exists, so a torn tail can only ever be in the last segment.
+    fn roll(&mut self) -> Result<(), PoisonCause> {
+        let shared = &*self.shared;
+        let seq = self.active_seq + 1;
+        let handle = segment::create(
+            shared.io.as_ref(),
+            &shared.config.dir,
+            seq,
+            self.store_id,
+            shared.config.segment_size_bytes,
+            shared.config.preallocate,
+            &shared.config.retry,
+            &shared.metrics,
+        )
+        .map_err(|e| match e {
+            WalError::Io { during, path, error } => PoisonCause::Io { during, path, error },
+            other => PoisonCause::Io {
+                during: "create segment",
+                path: shared.config.dir.clone(),
+                error: IoError::os("create segment", std::io::Error::other(other.to_string())),
+            },
+        })?;
+        Metrics::add(&shared.metrics.segments_created, 1);
+        self.active = Arc::clone(&handle.file);
+        self.active_path = handle.path.clone();
+        self.active_seq = seq;
+        self.write_pos = FIRST_RECORD_OFFSET;
+        shared.state.lock().segments.insert(seq, handle);
+        tracing::debug!(segment = seq, "rolled to a new log segment");
+        Ok(())
+    }
+
+    fn complete(&mut self, batch: Vec<QueuedOp>, placed: Vec<Placed>) {
+        let shared = &*self.shared;
+        let records: usize = batch.iter().map(QueuedOp::cost_records).sum();
+        let bytes: usize = batch.iter().map(|op| op.cost_bytes).sum();
+        self.last_batch_ops = batch.len();
+        let wakers = {
+            let mut st = shared.state.lock();
+            for p in &placed {
+                let Some(queued) = batch.get(p.op) else { continue };
+                match &queued.op {
+                    Op::Entry { index, payload, .. } => {
+                        let loc = Loc::Disk { seq: p.seq, offset: p.offset, len: payload.len() as u32 };
+                        st.index.mark_durable(*index, queued.lsn, loc);
+                        if let Some(seg) = st.segments.get_mut(&p.seq) {
+                            seg.max_index = seg.max_index.max(Some(*index));
+                        }
+                    }
+                    Op::Purge { .. } => st.purge_seq = Some(p.seq),
+                    Op::Truncate { .. } | Op::Barrier => {}
+                }
+            }
+            st.inflight_records -= records;
+            st.inflight_bytes -= bytes;
+            std::mem::take(&mut st.space_wakers)
+        };
+        shared.space_cv.notify_all();
+        for waker in wakers {
+            waker.wake();
+        }
+        Metrics::add(&shared.metrics.records, records as u64);
+        Metrics::add(&shared.metrics.batches, 1);
+        let callbacks = batch.into_iter().filter_map(|op| op.done).collect();
+        let _ = self.completions.send(Completion { callbacks, result: Ok(()) });
+    }
+}
