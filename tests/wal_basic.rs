@@ -1,0 +1,398 @@
+//! Behaviour of the WAL chunk store on each backend: append, read, reopen, roll, truncate, purge, bounds,
+//! and every injected fault.
+
+mod common;
+
+use std::sync::Arc;
+
+use bop_storage::io::{BufferedIo, CrashMode, DirectIo, Io, SimDisk};
+use bop_storage::wal::{LogPos, RecoveryMode, WalConfig, WalError, WalStore};
+use common::{check_payload, entry, payload, sim_store, small_config};
+
+fn append_read_reopen(io: Arc<dyn Io>, dir: &std::path::Path) {
+    // Set-up: a store with small segments so that 300 entries of 700 bytes span several of them.
+    let store = WalStore::open(Arc::clone(&io), small_config(dir)).expect("open");
+    for index in 1..=300u64 {
+        store.append(vec![entry(index, 1 + index / 100, 700)]).expect("append").wait().expect("durable");
+    }
+    assert!(store.segment_count() >= 3, "rolled into {} segments", store.segment_count());
+    let check = |store: &WalStore| {
+        for index in 1..=300u64 {
+            let got = store.read(index).expect("read").expect("present");
+            assert_eq!(got.payload, payload(index, 1 + index / 100, 700), "entry {index}");
+        }
+        assert_eq!(store.read(301).expect("read"), None);
+        assert_eq!(store.state().last, Some(LogPos { index: 300, term: 4 }));
+    };
+    // Property: everything reads back, before and after reopening.
+    check(&store);
+    store.close().expect("close");
+    drop(store);
+    let store = WalStore::open(io, small_config(dir)).expect("reopen");
+    assert_eq!(store.recovery_report().torn_tail, None);
+    check(&store);
+}
+
+#[test]
+fn buffered_store_round_trips_across_reopen() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    append_read_reopen(Arc::new(BufferedIo::new()), dir.path());
+}
+
+#[test]
+fn direct_store_round_trips_across_reopen() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    append_read_reopen(Arc::new(DirectIo::new()), dir.path());
+}
+
+#[test]
+fn sim_store_round_trips_across_reopen() {
+    let disk = SimDisk::new(1);
+    append_read_reopen(Arc::new(disk), std::path::Path::new("/wal"));
+}
+
+#[test]
+fn store_reopened_in_the_other_io_mode_reads_everything() {
+    // Direct-I/O batches leave block-aligned gaps; a buffered reopen must skip them, and vice versa.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let direct: Arc<dyn Io> = Arc::new(DirectIo::new());
+    let buffered: Arc<dyn Io> = Arc::new(BufferedIo::new());
+    let mut next = 1u64;
+    for round in 0..4 {
+        let io = if round % 2 == 0 { &direct } else { &buffered };
+        let store = WalStore::open(Arc::clone(io), small_config(dir.path())).expect("open");
+        for _ in 0..25 {
+            store.append(vec![entry(next, 1, 50)]).expect("append").wait().expect("durable");
+            next += 1;
+        }
+        for index in 1..next {
+            let got = store.read(index).expect("read").expect("present");
+            assert_eq!(check_payload(&got.payload), Some((index, 1)), "round {round}, entry {index}");
+        }
+    }
+}
+
+#[test]
+fn truncate_is_durable_and_the_suffix_can_be_rewritten() {
+    let disk = SimDisk::new(2);
+    let store = sim_store(&disk);
+    let entries: Vec<_> = (1..=20).map(|i| entry(i, 1, 100)).collect();
+    store.append(entries).expect("append").wait().expect("durable");
+
+    store.truncate_after(12).expect("truncate");
+    assert_eq!(store.read(13).expect("read"), None, "truncated entries vanish at once");
+    store.append((13..=15).map(|i| entry(i, 2, 100)).collect()).expect("append").wait().expect("durable");
+
+    // Property: after a crash that loses everything unsynced, the truncation and the new suffix hold.
+    let disk = disk.crash(CrashMode::LoseUnsynced);
+    drop(store);
+    let store = sim_store(&disk);
+    assert_eq!(store.state().last, Some(LogPos { index: 15, term: 2 }));
+    for index in 1..=15u64 {
+        let term = if index <= 12 { 1 } else { 2 };
+        assert_eq!(store.read(index).expect("read").map(|e| e.payload), Some(payload(index, term, 100)));
+    }
+}
+
+#[test]
+fn purge_deletes_whole_segments_and_survives_reopen() {
+    let disk = SimDisk::new(3);
+    let store = sim_store(&disk);
+    for index in 1..=400u64 {
+        store.append(vec![entry(index, 1, 500)]).expect("append").wait().expect("durable");
+    }
+    let before = store.segment_count();
+    let outcome = store.purge_upto(LogPos { index: 300, term: 1 }).expect("purge");
+    assert!(!outcome.segments_deleted.is_empty(), "whole segments below 300 are deleted");
+    assert_eq!(store.segment_count(), before - outcome.segments_deleted.len());
+    assert_eq!(store.read(300).expect("read"), None);
+    assert_eq!(store.state().first_index, Some(301));
+    // Appends go on after the purge.
+    store.append(vec![entry(401, 1, 500)]).expect("append").wait().expect("durable");
+
+    let disk = disk.crash(CrashMode::LoseUnsynced);
+    drop(store);
+    let store = sim_store(&disk);
+    let state = store.state();
+    assert_eq!(state.purged, Some(LogPos { index: 300, term: 1 }));
+    assert_eq!(state.first_index, Some(301));
+    assert_eq!(state.last, Some(LogPos { index: 401, term: 1 }));
+    assert_eq!(store.read(350).expect("read").map(|e| e.payload), Some(payload(350, 1, 500)));
+}
+
+#[test]
+fn purge_past_the_end_moves_the_next_index() {
+    let disk = SimDisk::new(4);
+    let store = sim_store(&disk);
+    store.append((1..=5).map(|i| entry(i, 1, 10)).collect()).expect("append").wait().expect("durable");
+    store.purge_upto(LogPos { index: 50, term: 3 }).expect("purge");
+    let err = store.append(vec![entry(6, 3, 10)]).expect_err("gap");
+    assert!(matches!(err, WalError::NonContiguous { expected: 51, got: 6 }), "{err}");
+    store.append(vec![entry(51, 3, 10)]).expect("append").wait().expect("durable");
+    drop(store);
+    let store = sim_store(&disk.crash(CrashMode::LoseUnsynced));
+    assert_eq!(store.state().first_index, Some(51));
+    assert_eq!(store.state().purged, Some(LogPos { index: 50, term: 3 }));
+}
+
+#[test]
+fn full_queue_refuses_try_append_and_blocks_append() {
+    // Set-up: writes are held, so nothing leaves the queue.
+    let disk = SimDisk::new(5);
+    let io: Arc<dyn Io> = Arc::new(disk.clone());
+    let mut config = small_config("/wal");
+    config.queue_records_max = 4;
+    let store = Arc::new(WalStore::open(io, config).expect("open"));
+    disk.pause_writes();
+    let mut tickets = Vec::new();
+    for index in 1..=4 {
+        tickets.push(store.try_append(vec![entry(index, 1, 10)]).expect("fits"));
+    }
+    // Property: the fifth is refused with a typed, retryable error...
+    let err = store.try_append(vec![entry(5, 1, 10)]).expect_err("full");
+    assert!(err.is_retryable() && matches!(err, WalError::Backpressure { .. }), "{err}");
+    assert_eq!(store.metrics().backpressure_rejections, 1);
+    // ...and a blocking append waits until space frees, then goes through.
+    let blocked = {
+        let store = Arc::clone(&store);
+        std::thread::spawn(move || store.append(vec![entry(5, 1, 10)]).and_then(|t| t.wait()))
+    };
+    disk.resume_writes();
+    for ticket in tickets {
+        ticket.wait().expect("durable");
+    }
+    blocked.join().expect("thread").expect("the blocked append completes");
+    assert!(store.metrics().queue_depth_peak <= 4, "the bound held");
+}
+
+#[test]
+fn failed_fsync_poisons_fails_every_waiter_and_reopen_recovers_the_durable_prefix() {
+    let disk = SimDisk::new(6);
+    let store = sim_store(&disk);
+    for index in 1..=10 {
+        store.append(vec![entry(index, 1, 100)]).expect("append").wait().expect("durable");
+    }
+    // Action: the next fsync fails while several appends wait on it.
+    disk.pause_writes();
+    disk.fail_sync_after(0);
+    let tickets: Vec<_> = (11..=20).map(|i| store.append(vec![entry(i, 1, 100)]).expect("accepted")).collect();
+    disk.resume_writes();
+    for ticket in tickets {
+        let err = ticket.wait().expect_err("every waiter gets the error");
+        assert!(matches!(err, WalError::Poisoned(_)), "{err}");
+    }
+    // Property: poisoned for good — no retry, no new work.
+    assert!(store.poisoned().is_some());
+    assert!(matches!(store.append(vec![entry(21, 1, 1)]), Err(WalError::Poisoned(_))));
+    assert_eq!(store.metrics().permanent_failures, 1);
+
+    // Property: reopening after the crash keeps all ten acknowledged entries.
+    drop(store);
+    let store = sim_store(&disk.crash(CrashMode::TornSectors));
+    for index in 1..=10 {
+        assert_eq!(store.read(index).expect("read").map(|e| e.payload), Some(payload(index, 1, 100)));
+    }
+}
+
+#[test]
+fn writer_panic_is_caught_with_context_and_poisons() {
+    let disk = SimDisk::new(7);
+    let store = sim_store(&disk);
+    store.append(vec![entry(1, 1, 10)]).expect("append").wait().expect("durable");
+    disk.panic_on_write_after(0);
+    let err = store.append(vec![entry(2, 1, 10)]).expect("accepted").wait().expect_err("poisoned");
+    let WalError::Poisoned(cause) = err else { panic!("expected poison") };
+    let text = cause.to_string();
+    assert!(text.contains("simulated panic") && text.contains("sim.rs"), "cause names payload and place: {text}");
+    let last_panic = store.metrics().last_panic.expect("recorded");
+    assert!(last_panic.contains("bop-wal-writer"), "{last_panic}");
+}
+
+#[test]
+fn interrupted_writes_are_retried_a_bounded_number_of_times() {
+    let disk = SimDisk::new(8);
+    let store = sim_store(&disk);
+    disk.interrupt_next_writes(3);
+    store.append(vec![entry(1, 1, 10)]).expect("append").wait().expect("durable after retries");
+    assert_eq!(store.metrics().retries, 3);
+    // More interruptions than the policy allows: a permanent failure, not a spin.
+    disk.interrupt_next_writes(1000);
+    let err = store.append(vec![entry(2, 1, 10)]).expect("accepted").wait().expect_err("gives up");
+    assert!(matches!(err, WalError::Poisoned(_)), "{err}");
+    assert_eq!(store.metrics().retries, 3 + 8);
+}
+
+#[test]
+fn full_disk_is_a_clear_error_and_loses_nothing_acknowledged() {
+    let disk = SimDisk::new(9);
+    let store = sim_store(&disk);
+    disk.set_capacity_bytes(Some(200 * 1024));
+    let mut acked = 0u64;
+    let err = loop {
+        let index = acked + 1;
+        match store.append(vec![entry(index, 1, 1000)]).and_then(|t| t.wait()) {
+            Ok(()) => acked = index,
+            Err(e) => break e,
+        }
+        assert!(acked < 10_000, "the disk must fill");
+    };
+    let WalError::Poisoned(cause) = &err else { panic!("{err}") };
+    assert!(cause.is_no_space(), "{cause}");
+    drop(store);
+    disk.set_capacity_bytes(None);
+    let store = sim_store(&disk.crash(CrashMode::LoseUnsynced));
+    for index in 1..=acked {
+        assert_eq!(store.read(index).expect("read").map(|e| e.payload), Some(payload(index, 1, 1000)));
+    }
+}
+
+#[test]
+fn bad_appends_get_typed_errors() {
+    let disk = SimDisk::new(10);
+    let store = sim_store(&disk);
+    store.append(vec![entry(5, 1, 1)]).expect("first index is free").wait().expect("durable");
+    assert!(matches!(store.append(vec![entry(7, 1, 1)]), Err(WalError::NonContiguous { expected: 6, got: 7 })));
+    assert!(matches!(
+        store.append(vec![entry(6, 1, 1), entry(8, 1, 1)]),
+        Err(WalError::NonContiguous { expected: 7, got: 8 })
+    ));
+    let huge = bop_storage::wal::NewEntry { index: 6, term: 1, payload: vec![0; 70_000] };
+    assert!(matches!(store.append(vec![huge]), Err(WalError::TooLarge { .. })));
+    store.purge_upto(LogPos { index: 5, term: 1 }).expect("purge");
+    assert!(matches!(store.truncate_after(3), Err(WalError::TruncateBelowPurged { index: 3, purged: 5 })));
+    let mut config = WalConfig::new("/other");
+    config.queue_records_max = 0;
+    let io: Arc<dyn Io> = Arc::new(disk.clone());
+    assert!(matches!(WalStore::open(io, config), Err(WalError::InvalidConfig { .. })));
+}
+
+fn segment_path(seq: u64) -> std::path::PathBuf {
+    std::path::PathBuf::from(format!("/wal/{seq:016x}.wal"))
+}
+
+#[test]
+fn corruption_in_a_sealed_segment_is_a_typed_error_naming_segment_and_offset() {
+    let disk = SimDisk::new(11);
+    let store = sim_store(&disk);
+    for index in 1..=200u64 {
+        store.append(vec![entry(index, 1, 600)]).expect("append").wait().expect("durable");
+    }
+    drop(store);
+    // A bit flip inside the first record's payload of segment 1.
+    assert!(disk.corrupt(&segment_path(1), 4096 + 40, 0x10));
+    for mode in [RecoveryMode::TolerateTornTail, RecoveryMode::AbsoluteConsistency] {
+        let mut config = small_config("/wal");
+        config.recovery_mode = mode;
+        let io: Arc<dyn Io> = Arc::new(disk.clone());
+        let err = WalStore::open(io, config).expect_err("corruption is refused");
+        assert!(matches!(err, WalError::Corruption { segment: 1, offset: 4096, .. }), "{mode:?}: {err}");
+    }
+}
+
+#[test]
+fn corruption_before_a_later_batch_of_the_last_segment_is_not_mistaken_for_a_torn_tail() {
+    let disk = SimDisk::new(12);
+    let store = sim_store(&disk);
+    for index in 1..=10u64 {
+        store.append(vec![entry(index, 1, 100)]).expect("append").wait().expect("durable");
+    }
+    drop(store);
+    assert!(disk.corrupt(&segment_path(1), 4096 + 3 * 136 + 50, 0x01));
+    let io: Arc<dyn Io> = Arc::new(disk.clone());
+    let err = WalStore::open(io, small_config("/wal")).expect_err("mid-log corruption");
+    assert!(matches!(err, WalError::Corruption { segment: 1, offset, .. } if offset == 4096 + 3 * 136), "{err}");
+}
+
+#[test]
+fn reads_verify_checksums() {
+    let disk = SimDisk::new(13);
+    let store = sim_store(&disk);
+    store.append(vec![entry(1, 1, 100)]).expect("append").wait().expect("durable");
+    assert!(disk.corrupt(&segment_path(1), 4096 + 60, 0x80));
+    let err = store.read(1).expect_err("bit rot is detected on read");
+    assert!(matches!(err, WalError::Corruption { segment: 1, offset: 4096, .. }), "{err}");
+}
+
+#[test]
+fn torn_tail_is_cut_when_tolerated_and_refused_under_absolute_consistency() {
+    // Set-up: a multi-sector batch written but never synced, torn at sector granularity.
+    let disk = SimDisk::new(14);
+    let store = sim_store(&disk);
+    store.append(vec![entry(1, 1, 100)]).expect("append").wait().expect("durable");
+    disk.pause_writes();
+    disk.fail_sync_after(0);
+    let big: Vec<_> = (2..=20).map(|i| entry(i, 1, 400)).collect();
+    let ticket = store.append(big).expect("accepted");
+    disk.resume_writes();
+    assert!(ticket.wait().is_err());
+    drop(store);
+    // Find a seed whose tear leaves a damaged record (not just a clean prefix).
+    let mut crashed = None;
+    for _ in 0..64 {
+        let candidate = disk.crash(CrashMode::TornSectors);
+        let mut strict = small_config("/wal");
+        strict.recovery_mode = RecoveryMode::AbsoluteConsistency;
+        let io: Arc<dyn Io> = Arc::new(candidate.clone());
+        match WalStore::open(io, strict) {
+            Err(WalError::Corruption { reason: bop_storage::wal::CorruptionReason::TornTail(_), .. }) => {
+                crashed = Some(candidate);
+                break;
+            }
+            Ok(store) => drop(store),
+            Err(other) => panic!("unexpected error {other}"),
+        }
+    }
+    let disk = crashed.expect("some tear damages a record");
+    // Property: the tolerant mode cuts it, keeps the durable entry and only whole records.
+    let store = sim_store(&disk);
+    assert!(store.recovery_report().torn_tail.is_some());
+    assert_eq!(store.read(1).expect("read").map(|e| e.payload), Some(payload(1, 1, 100)));
+    let last = store.state().last.expect("entry 1 at least").index;
+    for index in 1..=last {
+        let got = store.read(index).expect("read").expect("present");
+        assert_eq!(check_payload(&got.payload), Some((index, 1)));
+    }
+    // Appends continue after the cut, and a second reopen is clean.
+    store.append(vec![entry(last + 1, 2, 10)]).expect("append").wait().expect("durable");
+    drop(store);
+    let store = sim_store(&disk.crash(CrashMode::LoseUnsynced));
+    assert_eq!(store.recovery_report().torn_tail, None);
+    assert_eq!(store.state().last, Some(LogPos { index: last + 1, term: 2 }));
+}
+
+#[test]
+fn async_append_waits_for_space_without_blocking() {
+    let disk = SimDisk::new(15);
+    let io: Arc<dyn Io> = Arc::new(disk.clone());
+    let mut config = small_config("/wal");
+    config.queue_records_max = 2;
+    let store = WalStore::open(io, config).expect("open");
+    let tickets: Vec<_> = (1..=2).map(|i| store.append(vec![entry(i, 1, 10)]).expect("fits")).collect();
+    let ticket = block_on(store.append_async(vec![entry(3, 1, 10)])).expect("admitted once space frees");
+    block_on(ticket).expect("durable");
+    for t in tickets {
+        t.wait().expect("durable");
+    }
+}
+
+/// A minimal executor for the async test: parks the thread until woken.
+fn block_on<F: std::future::Future>(future: F) -> F::Output {
+    use std::task::{Context, Poll, Wake, Waker};
+    struct ThreadWaker(std::thread::Thread);
+    impl Wake for ThreadWaker {
+        fn wake(self: Arc<Self>) {
+            self.0.unpark();
+        }
+    }
+    let waker = Waker::from(Arc::new(ThreadWaker(std::thread::current())));
+    let mut cx = Context::from_waker(&waker);
+    let mut future = std::pin::pin!(future);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        if let Poll::Ready(out) = future.as_mut().poll(&mut cx) {
+            return out;
+        }
+        assert!(std::time::Instant::now() < deadline, "future did not complete within 30 s");
+        std::thread::park_timeout(std::time::Duration::from_millis(100));
+    }
+}
