@@ -175,7 +175,8 @@ fn failed_fsync_poisons_fails_every_waiter_and_reopen_recovers_the_durable_prefi
     // Action: the next fsync fails while several appends wait on it.
     disk.pause_writes();
     disk.fail_sync_after(0);
-    let tickets: Vec<_> = (11..=20).map(|i| store.append(vec![entry(i, 1, 100)]).expect("accepted")).collect();
+    let tickets: Vec<_> =
+        (11..=20).map(|i| store.append(vec![entry(i, 1, 100)]).expect("accepted")).collect();
     disk.resume_writes();
     for ticket in tickets {
         let err = ticket.wait().expect_err("every waiter gets the error");
@@ -203,7 +204,10 @@ fn writer_panic_is_caught_with_context_and_poisons() {
     let err = store.append(vec![entry(2, 1, 10)]).expect("accepted").wait().expect_err("poisoned");
     let WalError::Poisoned(cause) = err else { panic!("expected poison") };
     let text = cause.to_string();
-    assert!(text.contains("simulated panic") && text.contains("sim.rs"), "cause names payload and place: {text}");
+    assert!(
+        text.contains("simulated panic") && text.contains("sim.rs"),
+        "cause names payload and place: {text}"
+    );
     let last_panic = store.metrics().last_panic.expect("recorded");
     assert!(last_panic.contains("bop-wal-writer"), "{last_panic}");
 }
@@ -251,7 +255,10 @@ fn bad_appends_get_typed_errors() {
     let disk = SimDisk::new(10);
     let store = sim_store(&disk);
     store.append(vec![entry(5, 1, 1)]).expect("first index is free").wait().expect("durable");
-    assert!(matches!(store.append(vec![entry(7, 1, 1)]), Err(WalError::NonContiguous { expected: 6, got: 7 })));
+    assert!(matches!(
+        store.append(vec![entry(7, 1, 1)]),
+        Err(WalError::NonContiguous { expected: 6, got: 7 })
+    ));
     assert!(matches!(
         store.append(vec![entry(6, 1, 1), entry(8, 1, 1)]),
         Err(WalError::NonContiguous { expected: 7, got: 8 })
@@ -300,7 +307,10 @@ fn corruption_before_a_later_batch_of_the_last_segment_is_not_mistaken_for_a_tor
     assert!(disk.corrupt(&segment_path(1), 4096 + 3 * 136 + 50, 0x01));
     let io: Arc<dyn Io> = Arc::new(disk.clone());
     let err = WalStore::open(io, small_config("/wal")).expect_err("mid-log corruption");
-    assert!(matches!(err, WalError::Corruption { segment: 1, offset, .. } if offset == 4096 + 3 * 136), "{err}");
+    assert!(
+        matches!(err, WalError::Corruption { segment: 1, offset, .. } if offset == 4096 + 3 * 136),
+        "{err}"
+    );
 }
 
 #[test]

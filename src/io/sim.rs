@@ -57,6 +57,7 @@ struct SimState {
     files: HashMap<u64, FileState>,
     faults: Faults,
     rng: u64,
+    alignment: usize,
     syncs: u64,
     writes: u64,
 }
@@ -111,6 +112,14 @@ fn countdown(slot: &mut Option<u64>) -> bool {
 }
 
 impl SimDisk {
+    /// An empty disk whose files demand direct-I/O alignment ([`crate::io::BLOCK_SIZE`]) of every read and
+    /// write, so that tests cover the block-aligned batch layout.
+    pub fn new_direct(seed: u64) -> Self {
+        let disk = SimDisk::new(seed);
+        disk.state.lock().alignment = super::BLOCK_SIZE;
+        disk
+    }
+
     /// An empty disk whose random choices (torn sectors) follow `seed`.
     pub fn new(seed: u64) -> Self {
         let state = SimState {
@@ -122,6 +131,7 @@ impl SimDisk {
             files: HashMap::new(),
             faults: Faults::default(),
             rng: seed | 1,
+            alignment: 1,
             syncs: 0,
             writes: 0,
         };
@@ -390,6 +400,7 @@ impl SimFile {
 impl IoFile for SimFile {
     fn read_at(&self, buf: &mut [u8], offset: u64) -> IoResult<usize> {
         self.with_file("pread", |st, id| {
+            super::check_alignment("pread", st.alignment, buf.as_ptr() as usize, buf.len(), offset)?;
             let Some(file) = st.files.get(&id) else { return Ok(0) };
             let start = (offset as usize).min(file.current.len());
             let end = start.saturating_add(buf.len()).min(file.current.len());
@@ -407,6 +418,7 @@ impl IoFile for SimFile {
             }
         }
         self.with_file("pwrite", |st, id| {
+            super::check_alignment("pwrite", st.alignment, buf.as_ptr() as usize, buf.len(), offset)?;
             if st.faults.write_interrupts > 0 {
                 st.faults.write_interrupts -= 1;
                 return Err(errno(std::io::ErrorKind::Interrupted, "pwrite"));
@@ -468,7 +480,7 @@ impl IoFile for SimFile {
     }
 
     fn alignment(&self) -> usize {
-        1
+        self.disk.state.lock().alignment
     }
 }
 

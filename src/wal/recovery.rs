@@ -66,6 +66,18 @@ fn scan(buf: &[u8], seq_low: u32, out: &mut Vec<Scanned>) -> Stop {
         let Some(rest) = buf.get(pos..).filter(|r| r.len() >= RECORD_HEADER_LEN) else {
             return Stop::Clean(pos as u64);
         };
+        // Zeros up to the next block boundary followed by a batch start: the gap a direct-I/O batch leaves
+        // so that the next batch starts block-aligned. Checked first: the gap may be shorter than a header.
+        let next_block = align_up(pos as u64, BLOCK_SIZE as u64) as usize;
+        if next_block > pos
+            && buf.get(pos..next_block).is_some_and(is_zero)
+            && buf.get(next_block..).is_some_and(|r| {
+                matches!(decode_record(r, seq_low), Ok(Some(rec)) if rec.header.flags & FLAG_BATCH_START != 0)
+            })
+        {
+            pos = next_block;
+            continue;
+        }
         match decode_record(rest, seq_low) {
             Ok(Some(rec)) => {
                 out.push(Scanned {
@@ -77,20 +89,7 @@ fn scan(buf: &[u8], seq_low: u32, out: &mut Vec<Scanned>) -> Stop {
                 });
                 pos += rec.encoded_len;
             }
-            Ok(None) => {
-                // Zeros up to the next block boundary followed by a batch start: the gap a direct-I/O
-                // batch leaves so that the next batch starts block-aligned.
-                let next_block = align_up(pos as u64, BLOCK_SIZE as u64) as usize;
-                let skip = next_block > pos
-                    && buf.get(pos..next_block).is_some_and(is_zero)
-                    && buf.get(next_block..).is_some_and(|r| {
-                        matches!(decode_record(r, seq_low), Ok(Some(rec)) if rec.header.flags & FLAG_BATCH_START != 0)
-                    });
-                if !skip {
-                    return Stop::Clean(pos as u64);
-                }
-                pos = next_block;
-            }
+            Ok(None) => return Stop::Clean(pos as u64),
             Err(error) => return Stop::Bad { offset: pos as u64, error },
         }
     }
@@ -164,6 +163,7 @@ pub(crate) fn recover(io: &dyn Io, config: &WalConfig) -> Result<Recovered, WalE
     let mut index = LogIndex::default();
     let mut next_lsn = 0u64;
     let mut purge_seq = None;
+    let mut jumps = Vec::new();
     let mut tail_end = FIRST_RECORD_OFFSET;
     let mut tail_dirty = false;
     let last_seq = seqs.last().copied();
@@ -243,7 +243,11 @@ pub(crate) fn recover(io: &dyn Io, config: &WalConfig) -> Result<Recovered, WalE
             match rec.kind {
                 RecordKind::Entry => {
                     if let Some(expected) = index.next_index() {
-                        if rec.index != expected {
+                        if rec.index > expected && index.first_index().is_none() {
+                            // The entries in between were in segments a purge deleted; the purge record that
+                            // covers them may come later in this segment. Checked once replay is done.
+                            jumps.push((seq, rec.offset, expected, rec.index));
+                        } else if rec.index != expected {
                             return Err(WalError::Corruption {
                                 segment: seq,
                                 offset: rec.offset,
@@ -269,12 +273,12 @@ pub(crate) fn recover(io: &dyn Io, config: &WalConfig) -> Result<Recovered, WalE
         segments.insert(seq, SegmentHandle { file, path, max_index });
     }
 
-    if let (Some(purged), Some(first)) = (index.purged(), index.first_index()) {
-        if first > purged.index + 1 {
+    for (segment, offset, expected, got) in jumps {
+        if index.purged().is_none_or(|p| got > p.index + 1) {
             return Err(WalError::Corruption {
-                segment: segments.keys().next().copied().unwrap_or(0),
-                offset: FIRST_RECORD_OFFSET,
-                reason: CorruptionReason::IndexGap { expected: purged.index + 1, got: first },
+                segment,
+                offset,
+                reason: CorruptionReason::IndexGap { expected, got },
             });
         }
     }
