@@ -1,1 +1,181 @@
-fn main() {}
+//! WAL chunk store benchmark: durable appends against the physical limit measured in the same run.
+//!
+//! Run: `cargo bench --bench wal` (`BOP_BENCH_SECS=N` sets seconds per case, default 1;
+//! `BOP_BENCH_DIR` the directory, default a temp dir under the current directory's file system).
+//! Reports, per case, durable appends/s, p50/p99 latency, records per fsync, and the ratio
+//! achieved / (raw fdatasync rate × records per fsync), plus peak RSS.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bop_storage::io::{BufferedIo, DirectIo, Io, OpenMode};
+use bop_storage::wal::{NewEntry, WalConfig, WalStore};
+use parking_lot::Mutex;
+
+fn secs() -> f64 {
+    std::env::var("BOP_BENCH_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(1.0)
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let at = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[at.min(sorted.len() - 1)]
+}
+
+struct Raw {
+    rate: f64,
+    p50: Duration,
+}
+
+/// Sequential write + fdatasync of `size` bytes, the physical limit of a durable append.
+fn raw(dir: &std::path::Path, size: usize, preallocate: bool) -> Raw {
+    let io = BufferedIo::new();
+    let path = dir.join(format!("raw-{size}-{preallocate}"));
+    let file = io.open(&path, OpenMode::CreateNew).expect("create");
+    if preallocate {
+        file.allocate(0, 256 << 20).expect("fallocate");
+        file.sync_all().expect("sync");
+    }
+    let buf = vec![0xa5u8; size];
+    let mut lat = Vec::new();
+    let start = Instant::now();
+    let mut offset = 0u64;
+    while start.elapsed().as_secs_f64() < secs() {
+        let t = Instant::now();
+        file.write_at(&buf, offset).expect("write");
+        file.sync_data().expect("fdatasync");
+        lat.push(t.elapsed());
+        offset += size as u64;
+    }
+    lat.sort();
+    drop(file);
+    let _ = std::fs::remove_file(&path);
+    // The median is robust against this kind of machine's occasional multi-millisecond flush stalls, so
+    // the rate used as the physical limit is 1 / p50.
+    let p50 = percentile(&lat, 0.5);
+    Raw { rate: 1.0 / p50.as_secs_f64().max(1e-9), p50 }
+}
+
+struct Run {
+    rate: f64,
+    p50: Duration,
+    p99: Duration,
+    records_per_fsync: f64,
+}
+
+fn wal(dir: &std::path::Path, io: Arc<dyn Io>, size: usize, appenders: usize) -> Run {
+    let _ = std::fs::remove_dir_all(dir);
+    let mut config = WalConfig::new(dir);
+    config.segment_size_bytes = 256 << 20;
+    if let Some(wait_us) = std::env::var("BOP_BENCH_WAIT_US").ok().and_then(|s| s.parse().ok()) {
+        config.group_commit_wait_us_max = wait_us;
+    }
+    let store = Arc::new(WalStore::open(io, config).expect("open"));
+    let next = Arc::new(Mutex::new(1u64));
+    let deadline = Instant::now() + Duration::from_secs_f64(secs());
+    let start = Instant::now();
+    let threads: Vec<_> = (0..appenders)
+        .map(|_| {
+            let (store, next) = (Arc::clone(&store), Arc::clone(&next));
+            std::thread::spawn(move || {
+                let payload = vec![0x5au8; size];
+                let mut lat = Vec::new();
+                while Instant::now() < deadline {
+                    let t = Instant::now();
+                    let ticket = {
+                        let mut next = next.lock();
+                        let entry = NewEntry { index: *next, term: 1, payload: payload.clone() };
+                        *next += 1;
+                        store.append(vec![entry]).expect("append")
+                    };
+                    ticket.wait().expect("durable");
+                    lat.push(t.elapsed());
+                }
+                lat
+            })
+        })
+        .collect();
+    let mut lat: Vec<Duration> = threads.into_iter().flat_map(|t| t.join().expect("appender")).collect();
+    let elapsed = start.elapsed().as_secs_f64();
+    let metrics = store.metrics();
+    store.close().expect("close");
+    lat.sort();
+    Run {
+        rate: lat.len() as f64 / elapsed,
+        p50: percentile(&lat, 0.5),
+        p99: percentile(&lat, 0.99),
+        records_per_fsync: metrics.records_per_fsync,
+    }
+}
+
+fn peak_rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+fn main() {
+    if std::env::args().any(|a| a == "--list") {
+        return;
+    }
+    let base = std::env::var("BOP_BENCH_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|_| std::env::current_dir().expect("cwd"));
+    let tmp = tempfile::tempdir_in(&base).expect("bench dir");
+    let dir = tmp.path();
+    println!("WAL benchmark in {} ({} s per case)", dir.display(), secs());
+    println!();
+    println!("physical limit: sequential write + fdatasync");
+    println!("| size | file | ops/s (1/p50) | p50 µs |");
+    println!("|---|---|---|---|");
+    let mut raw_by_size = Vec::new();
+    // Warm the device and file system up before measuring anything.
+    let _ = raw(dir, 4096, true);
+    for size in [256usize, 4096] {
+        for preallocate in [false, true] {
+            let r = raw(dir, size, preallocate);
+            let kind = if preallocate { "preallocated" } else { "growing" };
+            println!("| {size} B | {kind} | {:.0} | {:.0} |", r.rate, r.p50.as_secs_f64() * 1e6);
+            if preallocate {
+                raw_by_size.push((size, r));
+            }
+        }
+    }
+    println!();
+    println!("durable appends (ratio = appends/s ÷ (preallocated raw ops/s × records per fsync); p50/raw = p50 ÷ raw p50)");
+    println!("| io | size | appenders | appends/s | p50 µs | p99 µs | records/fsync | ratio | p50/raw | ×1-appender |");
+    println!("|---|---|---|---|---|---|---|---|---|---|");
+    let ios: [(&str, Arc<dyn Io>); 2] =
+        [("buffered", Arc::new(BufferedIo::new())), ("direct", Arc::new(DirectIo::new()))];
+    for (name, io) in &ios {
+        for (size, raw) in &raw_by_size {
+            let mut single = 0.0;
+            for appenders in [1usize, 8, 64] {
+                let r = wal(&dir.join("wal"), Arc::clone(io), *size, appenders);
+                if appenders == 1 {
+                    single = r.rate;
+                }
+                let ratio = r.rate / (raw.rate * r.records_per_fsync.max(1.0));
+                println!(
+                    "| {name} | {size} B | {appenders} | {:.0} | {:.0} | {:.0} | {:.1} | {:.2} | {:.2} | {:.1} |",
+                    r.rate,
+                    r.p50.as_secs_f64() * 1e6,
+                    r.p99.as_secs_f64() * 1e6,
+                    r.records_per_fsync,
+                    ratio,
+                    r.p50.as_secs_f64() / raw.p50.as_secs_f64(),
+                    r.rate / single,
+                );
+            }
+        }
+    }
+    println!();
+    println!("peak RSS: {} MiB", peak_rss_kib() / 1024);
+}
