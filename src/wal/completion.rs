@@ -2,12 +2,13 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex};
 
+use super::writer::Shared;
 use super::WalError;
 
 /// A callback run once an operation is durable (`Ok`) or can never be (`Err`). Callbacks run on the
@@ -29,6 +30,8 @@ struct Slot {
 #[must_use = "an append is only durable once its ticket resolves"]
 pub struct Durable {
     slot: Arc<Slot>,
+    /// The store, so that a blocking waiter can write the batch itself when no one else is.
+    store: Weak<Shared>,
 }
 
 impl std::fmt::Debug for Durable {
@@ -39,7 +42,7 @@ impl std::fmt::Debug for Durable {
 
 impl Durable {
     /// A ticket and the callback that resolves it.
-    pub(crate) fn new() -> (Durable, DurableCallback) {
+    pub(crate) fn new(store: Weak<Shared>) -> (Durable, DurableCallback) {
         let slot = Arc::new(Slot { state: Mutex::new(State::Waiting(None)), cv: Condvar::new() });
         let resolver = Arc::clone(&slot);
         let callback: DurableCallback = Box::new(move |result| {
@@ -56,7 +59,7 @@ impl Durable {
                 waker.wake();
             }
         });
-        (Durable { slot }, callback)
+        (Durable { slot, store }, callback)
     }
 
     /// True once the outcome is known.
@@ -65,7 +68,13 @@ impl Durable {
     }
 
     /// Blocks until the outcome is known. Do not call from an async task; await the ticket instead.
+    ///
+    /// If no batch is being written when it is called, the calling thread writes the pending batch itself
+    /// (leader/follower group commit), which saves the hand-offs to and from the writer thread.
     pub fn wait(self) -> Result<(), WalError> {
+        if let Some(shared) = self.store.upgrade() {
+            shared.lead_until(|| self.is_done());
+        }
         let mut state = self.slot.state.lock();
         loop {
             match std::mem::replace(&mut *state, State::Taken) {

@@ -38,7 +38,7 @@ pub use recovery::RecoveryReport;
 
 use index::{Loc, Slot};
 use metrics::Metrics;
-use writer::{Op, QueuedOp, Shared, State, Writer, COMPLETION_QUEUE_MAX};
+use writer::{FlushCore, Op, QueuedOp, Shared, State, COMPLETION_QUEUE_MAX};
 
 /// An entry to append.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -159,6 +159,17 @@ impl WalStore {
             writer_wake_at: 1,
             purge_seq: recovered.purge_seq,
         };
+        let (tx, rx) = std::sync::mpsc::sync_channel(COMPLETION_QUEUE_MAX);
+        let core = FlushCore {
+            active_seq,
+            active: active.file,
+            active_path: active.path,
+            write_pos,
+            store_id: recovered.store_id,
+            buf: AlignedBuf::new(),
+            last_batch_ops: 0,
+        };
+        let pending = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let shared = Arc::new(Shared {
             io,
             config,
@@ -166,29 +177,21 @@ impl WalStore {
             work_cv: Condvar::new(),
             space_cv: Condvar::new(),
             metrics: Metrics::default(),
+            core: Mutex::new(core),
+            completions: Mutex::new(Some(tx)),
+            completions_pending: Arc::clone(&pending),
         });
-        let (tx, rx) = std::sync::mpsc::sync_channel(COMPLETION_QUEUE_MAX);
-        let writer = Writer {
-            shared: Arc::clone(&shared),
-            active_seq,
-            active: active.file,
-            active_path: active.path,
-            write_pos,
-            store_id: recovered.store_id,
-            buf: AlignedBuf::new(),
-            completions: tx,
-            last_batch_ops: 0,
-        };
         let spawn_err = |e: std::io::Error| {
             WalError::io("spawn WAL thread", &shared.config.dir, crate::io::IoError::os("spawn", e))
         };
         let completer = std::thread::Builder::new()
             .name("bop-wal-complete".into())
-            .spawn(move || writer::run_completer(rx))
+            .spawn(move || writer::run_completer(rx, pending))
             .map_err(spawn_err)?;
+        let writer_shared = Arc::clone(&shared);
         let writer = std::thread::Builder::new()
             .name("bop-wal-writer".into())
-            .spawn(move || writer.run())
+            .spawn(move || writer_shared.run_writer())
             .map_err(spawn_err)?;
         Ok(WalStore {
             shared,
@@ -240,7 +243,7 @@ impl WalStore {
         done: DurableCallback,
         wait: Wait,
     ) -> Result<(), WalError> {
-        self.submit_entries_from(&mut Some(entries), done, wait)
+        self.submit_entries_from(&mut Some(entries), done, wait, true)
     }
 
     /// As `submit_entries`; the entries are taken out of `slot` only once they are accepted, so that a
@@ -250,6 +253,7 @@ impl WalStore {
         slot: &mut Option<Vec<NewEntry>>,
         done: DurableCallback,
         wait: Wait,
+        wake_writer: bool,
     ) -> Result<(), WalError> {
         let Some(entries) = slot.as_ref() else { return Err(WalError::Closed) };
         let config = &self.shared.config;
@@ -315,7 +319,9 @@ impl WalStore {
         }
         let depth = st.inflight_records as u64;
         self.shared.metrics.queue_depth_peak.fetch_max(depth, std::sync::atomic::Ordering::Relaxed);
-        self.wake_writer(&st);
+        if wake_writer {
+            self.wake_writer(&st);
+        }
         Ok(())
     }
 
@@ -323,14 +329,19 @@ impl WalStore {
     /// readable; the ticket resolves when they are durable. An empty append resolves once everything
     /// appended before it is durable.
     pub fn append(&self, entries: Vec<NewEntry>) -> Result<Durable, WalError> {
-        let (ticket, done) = Durable::new();
+        let (ticket, done) = Durable::new(Arc::downgrade(&self.shared));
         self.submit_entries(entries, done, Wait::Block)?;
         Ok(ticket)
     }
 
+    /// Appends and returns once the entries are durable (`append` followed by [`Durable::wait`]).
+    pub fn append_durable(&self, entries: Vec<NewEntry>) -> Result<(), WalError> {
+        self.append(entries)?.wait()
+    }
+
     /// Like [`WalStore::append`], but refuses with [`WalError::Backpressure`] instead of waiting.
     pub fn try_append(&self, entries: Vec<NewEntry>) -> Result<Durable, WalError> {
-        let (ticket, done) = Durable::new();
+        let (ticket, done) = Durable::new(Arc::downgrade(&self.shared));
         self.submit_entries(entries, done, Wait::Fail)?;
         Ok(ticket)
     }
@@ -353,7 +364,7 @@ impl WalStore {
 
     /// A ticket that resolves once everything submitted before it is durable.
     pub fn flush(&self) -> Result<Durable, WalError> {
-        let (ticket, done) = Durable::new();
+        let (ticket, done) = Durable::new(Arc::downgrade(&self.shared));
         let mut st = self.shared.state.lock();
         Self::check_open(&st)?;
         self.enqueue(&mut st, Op::Barrier, 0, Some(done));
@@ -364,7 +375,7 @@ impl WalStore {
     /// Removes every entry after `index` (readers stop seeing them at once) and returns a ticket that
     /// resolves when the removal is durable.
     pub fn submit_truncate_after(&self, index: u64) -> Result<Durable, WalError> {
-        let (ticket, done) = Durable::new();
+        let (ticket, done) = Durable::new(Arc::downgrade(&self.shared));
         let mut st = self.shared.state.lock();
         Self::check_open(&st)?;
         if let Some(purged) = st.index.purged() {
@@ -389,7 +400,7 @@ impl WalStore {
     pub fn purge_upto(&self, pos: LogPos) -> Result<PurgeOutcome, WalError> {
         let _one_purge_at_a_time = self.purge_lock.lock();
         let ticket = {
-            let (ticket, done) = Durable::new();
+            let (ticket, done) = Durable::new(Arc::downgrade(&self.shared));
             let mut st = self.shared.state.lock();
             Self::check_open(&st)?;
             if st.index.purged().is_some_and(|p| p.index >= pos.index) {
@@ -527,7 +538,14 @@ impl WalStore {
         }
         self.shared.work_cv.notify_all();
         self.shared.space_cv.notify_all();
-        for handle in self.threads.lock().drain(..) {
+        let mut threads = self.threads.lock();
+        // The writer drains the queue first; then closing the channel lets the completer finish.
+        if !threads.is_empty() {
+            let writer = threads.remove(0);
+            let _ = writer.join();
+        }
+        self.shared.completions.lock().take();
+        for handle in threads.drain(..) {
             let _ = handle.join();
         }
         let st = self.shared.state.lock();
@@ -559,9 +577,10 @@ impl Future for AppendFuture<'_> {
             let mut st = self.store.shared.state.lock();
             st.space_wakers.push(cx.waker().clone());
         }
-        let (ticket, done) = Durable::new();
+        // Tickets of async appends never lead a flush: awaiting must not block the executor.
+        let (ticket, done) = Durable::new(std::sync::Weak::new());
         let this = &mut *self;
-        match this.store.submit_entries_from(&mut this.entries, done, Wait::Fail) {
+        match this.store.submit_entries_from(&mut this.entries, done, Wait::Fail, true) {
             Ok(()) => Poll::Ready(Ok(ticket)),
             Err(WalError::Backpressure { .. }) => Poll::Pending,
             Err(e) => Poll::Ready(Err(e)),

@@ -1,8 +1,11 @@
-//! The write side: one writer thread that turns the queue into group-commit batches (one write and one
-//! fdatasync each), and one completer thread that runs durability callbacks in order, so that waking many
-//! waiters overlaps with the next batch's I/O.
+//! The write side. Whoever holds the flush lock (the writer thread, or an appender waiting in
+//! `append_durable` that found the lock free — leader/follower group commit) turns the queue into a batch:
+//! one write and one fdatasync. Callbacks of small batches run inline when nothing is pending ahead of
+//! them; larger ones go to the completer thread, so that waking many waiters overlaps with the next batch's
+//! I/O. Either way they run in submission order.
 
 use std::collections::{BTreeMap, VecDeque};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender};
 use std::sync::Arc;
 use std::task::Waker;
@@ -76,19 +79,25 @@ pub(crate) struct Shared {
     pub io: Arc<dyn Io>,
     pub config: WalConfig,
     pub state: Mutex<State>,
+    /// Only the writer thread waits on it (for work, or for stragglers).
     pub work_cv: Condvar,
     pub space_cv: Condvar,
     pub metrics: Metrics,
+    /// The flush lock: whoever holds it writes the next batch.
+    pub core: Mutex<FlushCore>,
+    /// To the completer thread; taken (closing the channel) when the store closes.
+    pub completions: Mutex<Option<SyncSender<Completion>>>,
+    /// Batches handed to the completer and not yet finished; inline callbacks need it to be zero.
+    pub completions_pending: Arc<AtomicUsize>,
 }
+
+/// Callbacks of a batch are run inline by the flusher when there are at most this many and nothing is
+/// pending at the completer; more are handed to the completer.
+const INLINE_CALLBACKS_MAX: usize = 4;
 
 impl Shared {
     /// Poisons the store with `cause`: every queued operation fails, as does everything submitted later.
-    pub(crate) fn poison(
-        &self,
-        cause: Arc<PoisonCause>,
-        mut failed: Vec<DurableCallback>,
-        completions: &SyncSender<Completion>,
-    ) {
+    pub(crate) fn poison(&self, cause: Arc<PoisonCause>, mut failed: Vec<DurableCallback>) {
         tracing::error!(%cause, "WAL store poisoned; reopen to recover");
         Metrics::add(&self.metrics.permanent_failures, 1);
         if let PoisonCause::Panic(ctx) = &*cause {
@@ -108,7 +117,171 @@ impl Shared {
         for waker in wakers {
             waker.wake();
         }
-        let _ = completions.send(Completion { callbacks: failed, result: Err(cause) });
+        self.dispatch(failed, Err(cause));
+    }
+
+    /// Runs or hands off a batch's callbacks, keeping submission order. Called with the flush lock held
+    /// (or after poisoning, when no flush can follow).
+    fn dispatch(&self, callbacks: Vec<DurableCallback>, result: Result<(), Arc<PoisonCause>>) {
+        if callbacks.is_empty() {
+            return;
+        }
+        let inline = result.is_ok()
+            && callbacks.len() <= INLINE_CALLBACKS_MAX
+            && self.completions_pending.load(Ordering::Acquire) == 0;
+        let completion = Completion { callbacks, result };
+        let completion = if inline {
+            completion
+        } else {
+            let tx = self.completions.lock();
+            match tx.as_ref() {
+                Some(tx) => {
+                    self.completions_pending.fetch_add(1, Ordering::AcqRel);
+                    match tx.send(completion) {
+                        Ok(()) => return,
+                        Err(std::sync::mpsc::SendError(back)) => {
+                            self.completions_pending.fetch_sub(1, Ordering::AcqRel);
+                            back
+                        }
+                    }
+                }
+                None => completion,
+            }
+        };
+        completion.run();
+    }
+
+    /// With the flush lock held: takes a batch, writes it, makes it durable and dispatches its callbacks.
+    /// Returns `Ok(false)` if there was nothing to write, `Err(())` once the store is poisoned.
+    pub(crate) fn flush_batch(&self, core: &mut FlushCore, straggler_wait: bool) -> Result<bool, ()> {
+        let Some(batch) = self.take_batch(core.last_batch_ops, straggler_wait) else {
+            return if self.state.lock().poison.is_some() { Err(()) } else { Ok(false) };
+        };
+        match panic::catch(|| core.write_batch(self, &batch)) {
+            Ok(Ok(placed)) => {
+                core.last_batch_ops = batch.len();
+                self.complete(batch, placed);
+                Ok(true)
+            }
+            Ok(Err(cause)) => {
+                self.poison(Arc::new(cause), batch.into_iter().filter_map(|op| op.done).collect());
+                Err(())
+            }
+            Err(ctx) => {
+                self.poison(
+                    Arc::new(PoisonCause::Panic(ctx)),
+                    batch.into_iter().filter_map(|op| op.done).collect(),
+                );
+                Err(())
+            }
+        }
+    }
+
+    /// Takes the queued operations (up to `batch_bytes_max`). With `straggler_wait`, first waits a bounded
+    /// moment for the appenders the previous batch released, if fewer than `last_batch_ops` are queued.
+    fn take_batch(&self, last_batch_ops: usize, straggler_wait: bool) -> Option<Vec<QueuedOp>> {
+        let mut st = self.state.lock();
+        if st.poison.is_some() || st.queue.is_empty() {
+            return None;
+        }
+        // A lone appender (previous batch of one) never waits here.
+        let wait_us = self.config.group_commit_wait_us_max;
+        if straggler_wait && wait_us > 0 && st.queue.len() < last_batch_ops {
+            let deadline = Instant::now() + Duration::from_micros(wait_us);
+            st.writer_wake_at = last_batch_ops;
+            while st.queue.len() < last_batch_ops && !st.closing && st.poison.is_none() {
+                if self.work_cv.wait_until(&mut st, deadline).timed_out() {
+                    break;
+                }
+            }
+            st.writer_wake_at = usize::MAX;
+        }
+        let mut bytes = 0usize;
+        let mut batch = Vec::new();
+        while let Some(front) = st.queue.front() {
+            if !batch.is_empty() && bytes + front.cost_bytes > self.config.batch_bytes_max {
+                break;
+            }
+            bytes += front.cost_bytes;
+            batch.extend(st.queue.pop_front());
+        }
+        Some(batch)
+    }
+
+    fn complete(&self, batch: Vec<QueuedOp>, placed: Vec<Placed>) {
+        let records: usize = batch.iter().map(QueuedOp::cost_records).sum();
+        let bytes: usize = batch.iter().map(|op| op.cost_bytes).sum();
+        let wakers = {
+            let mut st = self.state.lock();
+            for p in &placed {
+                let Some(queued) = batch.get(p.op) else { continue };
+                match &queued.op {
+                    Op::Entry { index, payload, .. } => {
+                        let loc = Loc::Disk { seq: p.seq, offset: p.offset, len: payload.len() as u32 };
+                        st.index.mark_durable(*index, queued.lsn, loc);
+                        if let Some(seg) = st.segments.get_mut(&p.seq) {
+                            seg.max_index = seg.max_index.max(Some(*index));
+                        }
+                    }
+                    Op::Purge { .. } => st.purge_seq = Some(p.seq),
+                    Op::Truncate { .. } | Op::Barrier => {}
+                }
+            }
+            st.inflight_records -= records;
+            st.inflight_bytes -= bytes;
+            std::mem::take(&mut st.space_wakers)
+        };
+        self.space_cv.notify_all();
+        for waker in wakers {
+            waker.wake();
+        }
+        Metrics::add(&self.metrics.records, records as u64);
+        Metrics::add(&self.metrics.batches, 1);
+        self.dispatch(batch.into_iter().filter_map(|op| op.done).collect(), Ok(()));
+    }
+
+    /// Writes batches on the calling thread while the flush lock is free and `done` is false; returns as
+    /// soon as someone else is flushing (after making sure a flusher will follow) or there is nothing left.
+    pub(crate) fn lead_until(&self, done: impl Fn() -> bool) {
+        while !done() {
+            let Some(mut core) = self.core.try_lock() else {
+                // Someone else is writing a batch; make sure a flusher picks up what is queued after it.
+                self.work_cv.notify_one();
+                return;
+            };
+            match self.flush_batch(&mut core, false) {
+                Ok(true) => {}
+                // Nothing queued (another flusher took it; its callbacks may still be on the way) or poisoned.
+                Ok(false) | Err(()) => return,
+            }
+        }
+    }
+
+    /// The writer thread's body: flush whenever there is work, until closed (queue drained) or poisoned.
+    pub(crate) fn run_writer(&self) {
+        loop {
+            {
+                let mut st = self.state.lock();
+                loop {
+                    if st.poison.is_some() {
+                        return;
+                    }
+                    if !st.queue.is_empty() {
+                        break;
+                    }
+                    if st.closing {
+                        return;
+                    }
+                    st.writer_wake_at = 1;
+                    self.work_cv.wait(&mut st);
+                }
+                st.writer_wake_at = usize::MAX;
+            }
+            let mut core = self.core.lock();
+            if self.flush_batch(&mut core, true).is_err() {
+                return;
+            }
+        }
     }
 }
 
@@ -117,11 +290,10 @@ pub(crate) struct Completion {
     result: Result<(), Arc<PoisonCause>>,
 }
 
-/// Runs callbacks in order until the writer hangs up.
-pub(crate) fn run_completer(rx: Receiver<Completion>) {
-    while let Ok(completion) = rx.recv() {
-        for callback in completion.callbacks {
-            let result = match &completion.result {
+impl Completion {
+    fn run(self) {
+        for callback in self.callbacks {
+            let result = match &self.result {
                 Ok(()) => Ok(()),
                 Err(cause) => Err(WalError::Poisoned(Arc::clone(cause))),
             };
@@ -132,6 +304,14 @@ pub(crate) fn run_completer(rx: Receiver<Completion>) {
     }
 }
 
+/// Runs handed-off callbacks in order until the store closes the channel.
+pub(crate) fn run_completer(rx: Receiver<Completion>, pending: Arc<AtomicUsize>) {
+    while let Ok(completion) = rx.recv() {
+        completion.run();
+        pending.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 /// A placed record: which queued op, and where its bytes went.
 struct Placed {
     op: usize,
@@ -139,15 +319,14 @@ struct Placed {
     offset: u64,
 }
 
-pub(crate) struct Writer {
-    pub shared: Arc<Shared>,
+/// What the flusher owns: the active segment, where the next batch goes, and the write buffer.
+pub(crate) struct FlushCore {
     pub active_seq: u64,
     pub active: Arc<dyn IoFile>,
     pub active_path: std::path::PathBuf,
     pub write_pos: u64,
     pub store_id: u64,
     pub buf: AlignedBuf,
-    pub completions: SyncSender<Completion>,
     pub last_batch_ops: usize,
 }
 
@@ -181,72 +360,9 @@ pub(crate) fn write_all_retrying(
     Ok(())
 }
 
-impl Writer {
-    /// The writer thread's body.
-    pub(crate) fn run(mut self) {
-        while let Some(batch) = self.take_batch() {
-            let shared = Arc::clone(&self.shared);
-            let outcome = panic::catch(|| self.write_batch(&batch));
-            match outcome {
-                Ok(Ok(placed)) => self.complete(batch, placed),
-                Ok(Err(cause)) => {
-                    let failed = batch.into_iter().filter_map(|op| op.done).collect();
-                    shared.poison(Arc::new(cause), failed, &self.completions);
-                    return;
-                }
-                Err(ctx) => {
-                    let failed = batch.into_iter().filter_map(|op| op.done).collect();
-                    shared.poison(Arc::new(PoisonCause::Panic(ctx)), failed, &self.completions);
-                    return;
-                }
-            }
-        }
-    }
-
-    fn take_batch(&mut self) -> Option<Vec<QueuedOp>> {
-        let shared = &*self.shared;
-        let mut st = shared.state.lock();
-        loop {
-            if st.poison.is_some() {
-                return None;
-            }
-            if !st.queue.is_empty() {
-                break;
-            }
-            if st.closing {
-                return None;
-            }
-            st.writer_wake_at = 1;
-            shared.work_cv.wait(&mut st);
-        }
-        // Group commit: the appenders released by the previous batch are usually about to append again.
-        // If fewer have arrived than were in that batch, wait a bounded moment for the rest. A lone
-        // appender (previous batch of one) never waits here.
-        let wait_us = shared.config.group_commit_wait_us_max;
-        if wait_us > 0 && st.queue.len() < self.last_batch_ops {
-            let deadline = Instant::now() + Duration::from_micros(wait_us);
-            st.writer_wake_at = self.last_batch_ops;
-            while st.queue.len() < self.last_batch_ops && !st.closing && st.poison.is_none() {
-                if shared.work_cv.wait_until(&mut st, deadline).timed_out() {
-                    break;
-                }
-            }
-        }
-        st.writer_wake_at = usize::MAX;
-        let mut bytes = 0usize;
-        let mut batch = Vec::new();
-        while let Some(front) = st.queue.front() {
-            if !batch.is_empty() && bytes + front.cost_bytes > shared.config.batch_bytes_max {
-                break;
-            }
-            bytes += front.cost_bytes;
-            batch.extend(st.queue.pop_front());
-        }
-        Some(batch)
-    }
-
-    fn write_batch(&mut self, batch: &[QueuedOp]) -> Result<Vec<Placed>, PoisonCause> {
-        let capacity = self.shared.config.segment_size_bytes;
+impl FlushCore {
+    fn write_batch(&mut self, shared: &Shared, batch: &[QueuedOp]) -> Result<Vec<Placed>, PoisonCause> {
+        let capacity = shared.config.segment_size_bytes;
         let mut placed = Vec::with_capacity(batch.len());
         self.buf.clear();
         for (i, queued) in batch.iter().enumerate() {
@@ -258,8 +374,8 @@ impl Writer {
             };
             let len = encoded_len(payload.len());
             if self.write_pos + (self.buf.len() + len) as u64 > capacity {
-                self.flush()?;
-                self.roll()?;
+                self.flush(shared)?;
+                self.roll(shared)?;
             }
             let flags = if self.buf.is_empty() { FLAG_BATCH_START } else { 0 };
             let offset = self.write_pos + self.buf.len() as u64;
@@ -269,21 +385,20 @@ impl Writer {
             encode_record(&mut self.buf[start..], &header, payload);
             placed.push(Placed { op: i, seq: self.active_seq, offset });
         }
-        self.flush()?;
+        self.flush(shared)?;
         Ok(placed)
     }
 
     /// Writes the buffered records at the write position and makes them durable. Under direct I/O the
     /// write is padded with zeros to the block size and the next batch starts at the next block, so a
     /// block holding durable bytes is never written again.
-    fn flush(&mut self) -> Result<(), PoisonCause> {
+    fn flush(&mut self, shared: &Shared) -> Result<(), PoisonCause> {
         if self.buf.is_empty() {
             return Ok(());
         }
         let alignment = self.active.alignment().max(1) as u64;
         let len = self.buf.len() as u64;
         self.buf.resize(align_up(len, alignment) as usize);
-        let shared = &*self.shared;
         write_all_retrying(
             self.active.as_ref(),
             &self.buf,
@@ -303,8 +418,7 @@ impl Writer {
 
     /// Starts the next segment. The previous one is complete and durable (flushed by the caller) before
     /// the new one exists, so a torn tail can only ever be in the last segment.
-    fn roll(&mut self) -> Result<(), PoisonCause> {
-        let shared = &*self.shared;
+    fn roll(&mut self, shared: &Shared) -> Result<(), PoisonCause> {
         let seq = self.active_seq + 1;
         let handle = segment::create(
             shared.io.as_ref(),
@@ -332,40 +446,5 @@ impl Writer {
         shared.state.lock().segments.insert(seq, handle);
         tracing::debug!(segment = seq, "rolled to a new log segment");
         Ok(())
-    }
-
-    fn complete(&mut self, batch: Vec<QueuedOp>, placed: Vec<Placed>) {
-        let shared = &*self.shared;
-        let records: usize = batch.iter().map(QueuedOp::cost_records).sum();
-        let bytes: usize = batch.iter().map(|op| op.cost_bytes).sum();
-        self.last_batch_ops = batch.len();
-        let wakers = {
-            let mut st = shared.state.lock();
-            for p in &placed {
-                let Some(queued) = batch.get(p.op) else { continue };
-                match &queued.op {
-                    Op::Entry { index, payload, .. } => {
-                        let loc = Loc::Disk { seq: p.seq, offset: p.offset, len: payload.len() as u32 };
-                        st.index.mark_durable(*index, queued.lsn, loc);
-                        if let Some(seg) = st.segments.get_mut(&p.seq) {
-                            seg.max_index = seg.max_index.max(Some(*index));
-                        }
-                    }
-                    Op::Purge { .. } => st.purge_seq = Some(p.seq),
-                    Op::Truncate { .. } | Op::Barrier => {}
-                }
-            }
-            st.inflight_records -= records;
-            st.inflight_bytes -= bytes;
-            std::mem::take(&mut st.space_wakers)
-        };
-        shared.space_cv.notify_all();
-        for waker in wakers {
-            waker.wake();
-        }
-        Metrics::add(&shared.metrics.records, records as u64);
-        Metrics::add(&shared.metrics.batches, 1);
-        let callbacks = batch.into_iter().filter_map(|op| op.done).collect();
-        let _ = self.completions.send(Completion { callbacks, result: Ok(()) });
     }
 }
