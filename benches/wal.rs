@@ -8,7 +8,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bop_storage::io::{BufferedIo, DirectIo, Io, OpenMode};
+use bop_storage::io::{AlignedBuf, BufferedIo, DirectIo, Io, OpenMode};
 use bop_storage::wal::{NewEntry, WalConfig, WalStore};
 use parking_lot::Mutex;
 
@@ -30,15 +30,18 @@ struct Raw {
 }
 
 /// Sequential write + fdatasync of `size` bytes, the physical limit of a durable append.
-fn raw(dir: &std::path::Path, size: usize, preallocate: bool) -> Raw {
-    let io = BufferedIo::new();
-    let path = dir.join(format!("raw-{size}-{preallocate}"));
+fn raw(dir: &std::path::Path, size: usize, preallocate: bool, direct: bool) -> Raw {
+    let io: Box<dyn Io> = if direct { Box::new(DirectIo::new()) } else { Box::new(BufferedIo::new()) };
+    let path = dir.join(format!("raw-{size}-{preallocate}-{direct}"));
     let file = io.open(&path, OpenMode::CreateNew).expect("create");
     if preallocate {
         file.allocate(0, 256 << 20).expect("fallocate");
         file.sync_all().expect("sync");
     }
-    let buf = vec![0xa5u8; size];
+    // Direct I/O writes whole blocks: the same bytes, padded as the WAL pads them.
+    let len = if file.alignment() > 1 { size.next_multiple_of(file.alignment()) } else { size };
+    let mut buf = AlignedBuf::zeroed(len);
+    buf[..size].fill(0xa5);
     let mut lat = Vec::new();
     let start = Instant::now();
     let mut offset = 0u64;
@@ -47,7 +50,7 @@ fn raw(dir: &std::path::Path, size: usize, preallocate: bool) -> Raw {
         file.write_at(&buf, offset).expect("write");
         file.sync_data().expect("fdatasync");
         lat.push(t.elapsed());
-        offset += size as u64;
+        offset += len as u64;
     }
     lat.sort();
     drop(file);
@@ -133,18 +136,21 @@ fn main() {
     println!("WAL benchmark in {} ({} s per case)", dir.display(), secs());
     println!();
     println!("physical limit: sequential write + fdatasync");
-    println!("| size | file | ops/s (1/p50) | p50 µs |");
-    println!("|---|---|---|---|");
-    let mut raw_by_size = Vec::new();
+    println!("| io | size | file | ops/s (1/p50) | p50 µs |");
+    println!("|---|---|---|---|---|");
     // Warm the device and file system up before measuring anything.
-    let _ = raw(dir, 4096, true);
-    for size in [256usize, 4096] {
-        for preallocate in [false, true] {
-            let r = raw(dir, size, preallocate);
-            let kind = if preallocate { "preallocated" } else { "growing" };
-            println!("| {size} B | {kind} | {:.0} | {:.0} |", r.rate, r.p50.as_secs_f64() * 1e6);
-            if preallocate {
-                raw_by_size.push((size, r));
+    let _ = raw(dir, 4096, true, false);
+    let mut raw_by_case = Vec::new();
+    for direct in [false, true] {
+        for size in [256usize, 4096] {
+            for preallocate in [false, true] {
+                let r = raw(dir, size, preallocate, direct);
+                let kind = if preallocate { "preallocated" } else { "growing" };
+                let io = if direct { "direct" } else { "buffered" };
+                println!("| {io} | {size} B | {kind} | {:.0} | {:.0} |", r.rate, r.p50.as_secs_f64() * 1e6);
+                if preallocate {
+                    raw_by_case.push((direct, size, r));
+                }
             }
         }
     }
@@ -155,7 +161,8 @@ fn main() {
     let ios: [(&str, Arc<dyn Io>); 2] =
         [("buffered", Arc::new(BufferedIo::new())), ("direct", Arc::new(DirectIo::new()))];
     for (name, io) in &ios {
-        for (size, raw) in &raw_by_size {
+        let direct = *name == "direct";
+        for (_, size, raw) in raw_by_case.iter().filter(|(d, _, _)| *d == direct) {
             let mut single = 0.0;
             for appenders in [1usize, 8, 64] {
                 let r = wal(&dir.join("wal"), Arc::clone(io), *size, appenders);

@@ -249,6 +249,13 @@ impl Shared {
                 self.work_cv.notify_one();
                 return;
             };
+            if core.last_batch_ops > 1 {
+                // Appenders are concurrent: the writer thread's bounded wait for stragglers makes bigger
+                // batches than leading right away would. Leading pays off for a lone appender.
+                drop(core);
+                self.work_cv.notify_one();
+                return;
+            }
             match self.flush_batch(&mut core, false) {
                 Ok(true) => {}
                 // Nothing queued (another flusher took it; its callbacks may still be on the way) or poisoned.
