@@ -1,1 +1,2 @@
 //! bop storage engine.
+pub mod manifest;
