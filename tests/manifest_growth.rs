@@ -60,7 +60,10 @@ fn the_map_grows_from_64_kib_then_stops_at_the_maximum() {
     }
     let metrics = manifest.metrics();
     assert_eq!(metrics.map_size_bytes, MAP_MAX_BYTES as u64);
-    assert_eq!(metrics.map_grows, 4, "64 KiB -> 128 -> 256 -> 512 -> 1024 KiB");
+    assert_eq!(
+        metrics.map_grows, 4,
+        "64 KiB -> 128 -> 256 -> 512 -> 1024 KiB"
+    );
     assert!(committed > 64, "only {committed} commits fit");
 
     // Everything committed is readable; the failed batch is not there.
@@ -90,7 +93,10 @@ fn the_map_grows_from_64_kib_then_stops_at_the_maximum() {
     manifest.commit(big_database(committed)).unwrap();
     let mut index = committed + 1;
     while manifest.metrics().map_size_bytes <= MAP_MAX_BYTES as u64 {
-        assert!(index < COMMITS_MAX, "the map never grew past the old maximum");
+        assert!(
+            index < COMMITS_MAX,
+            "the map never grew past the old maximum"
+        );
         manifest.commit(big_database(index)).unwrap();
         index += 1;
     }
