@@ -108,7 +108,8 @@ fn conflicts_with_stored_state_are_typed_and_leave_no_trace() {
     let before = dump(&manifest);
 
     // Each rejected batch starts with a valid operation that must not persist.
-    let cases: Vec<(Batch, fn(&ManifestError) -> bool)> = vec![
+    type Expected = fn(&ManifestError) -> bool;
+    let cases: Vec<(Batch, Expected)> = vec![
         (
             {
                 let mut b = create("b");

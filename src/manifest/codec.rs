@@ -134,7 +134,7 @@ impl Record for CursorRecord {}
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::manifest::records::{DatabaseConfig, SegmentState};
+    use crate::manifest::records::{DatabaseConfig, DatabaseId, SegmentState};
 
     #[test]
     fn round_trip_and_exact_layout() {
@@ -181,6 +181,59 @@ mod tests {
         expected.push(0);
         expected.extend_from_slice(&1u32.to_le_bytes());
         assert_eq!(bytes, expected);
+    }
+
+    #[test]
+    fn feed_and_sentinel_layouts_match_the_documentation() {
+        use crate::manifest::records::{Change, GenerationRef, RunState};
+        // Feed entry: u64 count, then per change a u32 variant index and its fields.
+        let record = FeedRecord {
+            changes: vec![
+                Change::DatabaseCreated { id: DatabaseId(5) },
+                Change::VoteSet,
+                Change::GenerationAdded(GenerationRef {
+                    database_id: DatabaseId(5),
+                    generation: 2,
+                }),
+                Change::SnapshotRemoved { id: 9 },
+            ],
+        };
+        let bytes = encode(Table::Feed, &record).unwrap();
+        let mut expected = vec![1, 0];
+        expected.extend_from_slice(&4u64.to_le_bytes());
+        expected.extend_from_slice(&0u32.to_le_bytes());
+        expected.extend_from_slice(&5u64.to_le_bytes());
+        expected.extend_from_slice(&3u32.to_le_bytes());
+        expected.extend_from_slice(&9u32.to_le_bytes());
+        expected.extend_from_slice(&5u64.to_le_bytes());
+        expected.extend_from_slice(&2u64.to_le_bytes());
+        expected.extend_from_slice(&12u32.to_le_bytes());
+        expected.extend_from_slice(&9u64.to_le_bytes());
+        assert_eq!(bytes, expected);
+
+        // Sentinel: u32 state (0 Running, 1 Clean) then u64 open count.
+        let sentinel = Sentinel {
+            state: RunState::Clean,
+            open_count: 3,
+        };
+        let bytes = encode(Table::Runtime, &sentinel).unwrap();
+        let mut expected = vec![1, 0];
+        expected.extend_from_slice(&1u32.to_le_bytes());
+        expected.extend_from_slice(&3u64.to_le_bytes());
+        assert_eq!(bytes, expected);
+
+        // Committed log id: Option tag byte, then the log id when present.
+        let none = encode(Table::Raft, &CommittedRecord { log_id: None }).unwrap();
+        assert_eq!(none, vec![1, 0, 0]);
+        let some = encode(
+            Table::Raft,
+            &CommittedRecord {
+                log_id: Some(LogId { term: 2, index: 3 }),
+            },
+        )
+        .unwrap();
+        assert_eq!(some.len(), 2 + 1 + 16);
+        assert_eq!(some[2], 1);
     }
 
     #[test]
