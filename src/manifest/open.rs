@@ -143,6 +143,20 @@ pub(crate) fn open_store(data_dir: &Path, config: &ManifestConfig) -> Result<Ope
     let env: heed::Env<WithoutTls> =
         unsafe { options.open(&dir) }.map_err(|error| map_open_error(&dir, error))?;
 
+    let unsafe_flags = heed::EnvFlags::NO_SYNC
+        | heed::EnvFlags::NO_META_SYNC
+        | heed::EnvFlags::MAP_ASYNC
+        | heed::EnvFlags::WRITE_MAP
+        | heed::EnvFlags::NO_LOCK;
+    let flags = env
+        .get_flags()
+        .map_err(ManifestError::lmdb("read environment flags"))?;
+    assert_eq!(
+        flags & unsafe_flags.bits(),
+        0,
+        "the manifest environment must be opened with durable commits"
+    );
+
     check_format(&env, &dir)?;
 
     // Tables and the format record are created in one transaction, so an environment either
