@@ -4,10 +4,13 @@
 //! - [`io`]: the file-access trait every byte goes through, with buffered, direct and simulated backends.
 //! - [`wal`]: the WAL chunk store — segments of checksummed records with group commit and recovery — which
 //!   is also the Raft log storage.
+//! - [`manifest`]: the node's durable metadata on LMDB — databases, Raft state, segments, generations,
+//!   snapshots — with group commit and a change feed.
 #![deny(missing_docs)]
 #![warn(clippy::unwrap_used)]
 
 pub mod format;
 pub mod io;
+pub mod manifest;
 pub mod panic;
 pub mod wal;
