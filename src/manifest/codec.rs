@@ -2,7 +2,7 @@
 //!
 //! The payload uses `bincode::config::standard().with_fixed_int_encoding()` (little-endian,
 //! fixed-width integers, `u64` lengths), so every value has a byte-exact layout that
-//! `docs/manifest.md` tabulates. Decoding never panics: a short value, an unknown version,
+//! docs/design.md (Manifest) tabulates. Decoding never panics: a short value, an unknown version,
 //! a bad payload or trailing bytes is a typed error naming the table and the key.
 
 use serde::de::DeserializeOwned;

@@ -3,7 +3,7 @@
 //! One LMDB environment per node data directory, in `<data_dir>/manifest/`, opened with durable
 //! commits. It holds the databases, the Raft state (vote, committed, purged, membership), the log
 //! segments, the page generations, the snapshots, a runtime sentinel that tells a clean shutdown
-//! from a crash, and a change feed with durable cursors. `docs/manifest.md` gives every table's
+//! from a crash, and a change feed with durable cursors. docs/design.md (Manifest) gives every table's
 //! byte layout and the durability argument.
 //!
 //! ```no_run

@@ -2,7 +2,7 @@
 //!
 //! Every struct here is the current (version 1) layout of a stored value. A value on disk is
 //! `u16 LE record version` followed by the bincode encoding of the struct (see `codec.rs` and
-//! `docs/manifest.md`). When a layout changes, the old struct is kept under a `V1` name and
+//! docs/design.md (Manifest)). When a layout changes, the old struct is kept under a `V1` name and
 //! `codec::Record::decode_version` converts it.
 
 use serde::{Deserialize, Serialize};
