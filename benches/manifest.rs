@@ -57,17 +57,9 @@ fn baseline(dir: &Path, threads: usize, duration: Duration) -> Measured {
     let env_dir = dir.join(format!("baseline-{threads}"));
     std::fs::create_dir_all(&env_dir).unwrap();
     // SAFETY: default (durable) flags; nothing else touches this scratch environment.
-    let env = unsafe {
-        EnvOpenOptions::new()
-            .map_size(1 << 30)
-            .max_dbs(1)
-            .open(&env_dir)
-            .unwrap()
-    };
+    let env = unsafe { EnvOpenOptions::new().map_size(1 << 30).max_dbs(1).open(&env_dir).unwrap() };
     let mut txn = env.write_txn().unwrap();
-    let db = env
-        .create_database::<Bytes, Bytes>(&mut txn, Some("rows"))
-        .unwrap();
+    let db = env.create_database::<Bytes, Bytes>(&mut txn, Some("rows")).unwrap();
     txn.commit().unwrap();
     let value = [7u8; VALUE_BYTES];
     let (commits_per_sec, calls) = run(threads, duration, |thread, index| {
@@ -76,21 +68,14 @@ fn baseline(dir: &Path, threads: usize, duration: Duration) -> Measured {
         db.put(&mut txn, &key, &value).unwrap();
         txn.commit().unwrap();
     });
-    Measured {
-        commits_per_sec,
-        calls,
-        lmdb_commits: calls,
-    }
+    Measured { commits_per_sec, calls, lmdb_commits: calls }
 }
 
 fn manifest(dir: &Path, threads: usize, duration: Duration) -> Measured {
     let data_dir = dir.join(format!("manifest-{threads}"));
     let manifest = Manifest::open(
         &data_dir,
-        ManifestConfig {
-            map_size_initial_bytes: 1 << 30,
-            ..ManifestConfig::default()
-        },
+        ManifestConfig { map_size_initial_bytes: 1 << 30, ..ManifestConfig::default() },
     )
     .unwrap();
     let (commits_per_sec, calls) = run(threads, duration, |thread, index| {
@@ -98,38 +83,23 @@ fn manifest(dir: &Path, threads: usize, duration: Duration) -> Measured {
         let mut batch = Batch::new();
         batch.put_segment(
             (thread << 40) | index,
-            Segment {
-                first_index: index,
-                last_index: Some(index + 100),
-                state: SegmentState::Sealed,
-            },
+            Segment { first_index: index, last_index: Some(index + 100), state: SegmentState::Sealed },
         );
         manifest.commit(batch).unwrap();
     });
     let metrics = manifest.metrics();
     assert_eq!(metrics.batches, calls);
-    Measured {
-        commits_per_sec,
-        calls,
-        lmdb_commits: metrics.commits,
-    }
+    Measured { commits_per_sec, calls, lmdb_commits: metrics.commits }
 }
 
 fn main() {
     // `cargo bench` passes `--bench`; a filter argument is not supported.
-    let parent = std::env::var_os("BOP_BENCH_DIR")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(std::env::temp_dir);
-    let seconds: u64 = std::env::var("BOP_BENCH_SECS")
-        .ok()
-        .and_then(|value| value.parse().ok())
-        .unwrap_or(2);
+    let parent =
+        std::env::var_os("BOP_BENCH_DIR").map(std::path::PathBuf::from).unwrap_or_else(std::env::temp_dir);
+    let seconds: u64 = std::env::var("BOP_BENCH_SECS").ok().and_then(|value| value.parse().ok()).unwrap_or(2);
     let duration = Duration::from_secs(seconds);
     let scratch = tempfile::tempdir_in(&parent).unwrap();
-    println!(
-        "manifest commit throughput, {seconds} s per case, scratch dir {}",
-        scratch.path().display()
-    );
+    println!("manifest commit throughput, {seconds} s per case, scratch dir {}", scratch.path().display());
     println!(
         "| committers | plain LMDB commit/call (commits/s) | manifest.commit (commits/s) | LMDB commits | batches/LMDB commit | ratio manifest/plain |"
     );

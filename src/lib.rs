@@ -12,5 +12,7 @@
 pub mod format;
 pub mod io;
 pub mod manifest;
+pub mod page_cache;
+pub mod page_store;
 pub mod panic;
 pub mod wal;

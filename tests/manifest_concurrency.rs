@@ -27,11 +27,7 @@ fn sixteen_committers_are_batched_and_all_commits_are_present() {
                 let mut seqs = Vec::new();
                 for index in 0..COMMITS_PER_COMMITTER {
                     let mut batch = create(&format!("t{committer}-{index}"));
-                    batch.set_vote(Vote {
-                        term: index as u64,
-                        node_id: committer as u64,
-                        committed: false,
-                    });
+                    batch.set_vote(Vote { term: index as u64, node_id: committer as u64, committed: false });
                     let outcome = manifest.commit(batch).expect("commit");
                     assert_eq!(outcome.created_databases.len(), 1);
                     seqs.push(outcome.seq);
@@ -59,10 +55,7 @@ fn sixteen_committers_are_batched_and_all_commits_are_present() {
             assert!(found.is_some(), "{name} missing");
         }
     }
-    assert_eq!(
-        manifest.read(|r| r.next_database_id()).unwrap(),
-        DatabaseId(total as u64 + 1)
-    );
+    assert_eq!(manifest.read(|r| r.next_database_id()).unwrap(), DatabaseId(total as u64 + 1));
 
     // Batching: fewer LMDB commits than batches.
     let metrics = manifest.metrics();

@@ -27,10 +27,7 @@ fn crash_child_workload() {
     let Ok(dir) = std::env::var(CHILD_DIR_ENV) else {
         return;
     };
-    let cycle: u64 = std::env::var(CHILD_CYCLE_ENV)
-        .ok()
-        .and_then(|value| value.parse().ok())
-        .unwrap_or(0);
+    let cycle: u64 = std::env::var(CHILD_CYCLE_ENV).ok().and_then(|value| value.parse().ok()).unwrap_or(0);
     let manifest = Arc::new(Manifest::open(&dir, small_config()).expect("child open"));
     let committers: Vec<_> = (0..COMMITTERS)
         .map(|committer| {
@@ -40,11 +37,7 @@ fn crash_child_workload() {
                     // One batch = one database row (keyed by the batch id) + a vote.
                     let batch_id = format!("c{cycle}-t{committer}-{index}");
                     let mut batch = create(&batch_id);
-                    batch.set_vote(Vote {
-                        term: cycle,
-                        node_id: committer,
-                        committed: index % 2 == 0,
-                    });
+                    batch.set_vote(Vote { term: cycle, node_id: committer, committed: index % 2 == 0 });
                     match manifest.commit(batch) {
                         Ok(outcome) => {
                             // One write(2) of a short line: atomic on a pipe. The END marker
@@ -91,12 +84,7 @@ fn sigkill_during_commits_loses_no_acknowledged_batch() {
         // Run the child until it has acknowledged a cycle-dependent number of batches.
         let kill_after_acks = 3 + (cycle * 37) % 150;
         let mut child = Command::new(&exe)
-            .args([
-                "--exact",
-                CHILD_TEST_NAME,
-                "--nocapture",
-                "--test-threads=1",
-            ])
+            .args(["--exact", CHILD_TEST_NAME, "--nocapture", "--test-threads=1"])
             .env(CHILD_DIR_ENV, dir.path())
             .env(CHILD_CYCLE_ENV, cycle.to_string())
             .stdout(Stdio::piped())
@@ -142,11 +130,7 @@ fn sigkill_during_commits_loses_no_acknowledged_batch() {
 
         // Reopen: the crash is detected, and every acknowledged batch is there.
         let manifest = Manifest::open(dir.path(), small_config()).unwrap();
-        assert_eq!(
-            manifest.previous_shutdown(),
-            PreviousShutdown::Unclean,
-            "cycle {cycle}"
-        );
+        assert_eq!(manifest.previous_shutdown(), PreviousShutdown::Unclean, "cycle {cycle}");
         manifest
             .read(|r| {
                 for (batch_id, seq) in &acknowledged {

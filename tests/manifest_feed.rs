@@ -14,11 +14,7 @@ fn open_with(dir: &std::path::Path, config: ManifestConfig) -> Manifest {
 
 fn vote(term: u64) -> Batch {
     let mut batch = Batch::new();
-    batch.set_vote(Vote {
-        term,
-        node_id: 1,
-        committed: false,
-    });
+    batch.set_vote(Vote { term, node_id: 1, committed: false });
     batch
 }
 
@@ -40,24 +36,14 @@ fn entries_describe_their_batch() {
     manifest.register_cursor("c", FeedStart::Oldest).unwrap();
 
     let mut batch = create("orders");
-    batch.set_vote(Vote {
-        term: 1,
-        node_id: 1,
-        committed: false,
-    });
+    batch.set_vote(Vote { term: 1, node_id: 1, committed: false });
     let outcome = manifest.commit(batch).unwrap();
 
     let page = manifest.read_feed("c", 10).unwrap();
     assert_eq!(page.head_seq, outcome.seq);
     assert_eq!(page.entries.len(), 1);
     assert_eq!(page.entries[0].seq, outcome.seq);
-    assert_eq!(
-        page.entries[0].changes,
-        vec![
-            Change::DatabaseCreated { id: DatabaseId(1) },
-            Change::VoteSet
-        ]
-    );
+    assert_eq!(page.entries[0].changes, vec![Change::DatabaseCreated { id: DatabaseId(1) }, Change::VoteSet]);
 }
 
 #[test]
@@ -81,11 +67,7 @@ fn delivery_is_at_least_once_until_acknowledged() {
     assert_eq!(seqs(&manifest, "c"), vec![3]);
     assert!(matches!(
         manifest.ack_cursor("c", 4),
-        Err(ManifestError::CursorAckBeyondHead {
-            seq: 4,
-            head: 3,
-            ..
-        })
+        Err(ManifestError::CursorAckBeyondHead { seq: 4, head: 3, .. })
     ));
 
     // Pages are bounded.
@@ -101,16 +83,10 @@ fn start_positions() {
     let manifest = open_with(dir.path(), small_config());
     commit_votes(&manifest, 1..=5);
 
-    manifest
-        .register_cursor("oldest", FeedStart::Oldest)
-        .unwrap();
-    manifest
-        .register_cursor("latest", FeedStart::Latest)
-        .unwrap();
+    manifest.register_cursor("oldest", FeedStart::Oldest).unwrap();
+    manifest.register_cursor("latest", FeedStart::Latest).unwrap();
     manifest.register_cursor("at-4", FeedStart::At(4)).unwrap();
-    manifest
-        .register_cursor("at-next", FeedStart::At(6))
-        .unwrap();
+    manifest.register_cursor("at-next", FeedStart::At(6)).unwrap();
 
     assert_eq!(seqs(&manifest, "oldest"), vec![1, 2, 3, 4, 5]);
     assert!(seqs(&manifest, "latest").is_empty());
@@ -118,12 +94,7 @@ fn start_positions() {
     assert!(seqs(&manifest, "at-next").is_empty());
     assert!(matches!(
         manifest.register_cursor("too-far", FeedStart::At(7)),
-        Err(ManifestError::CursorStartOutOfRange {
-            seq: 7,
-            oldest_available: 1,
-            head: 5,
-            ..
-        })
+        Err(ManifestError::CursorStartOutOfRange { seq: 7, oldest_available: 1, head: 5, .. })
     ));
     assert!(matches!(
         manifest.register_cursor("oldest", FeedStart::Latest),
@@ -155,10 +126,7 @@ fn truncation_follows_the_oldest_acknowledged_cursor() {
     // Removing the slow cursor releases truncation up to the fast one.
     manifest.remove_cursor("slow").unwrap();
     assert_eq!(manifest.read(|r| r.feed_bounds()).unwrap(), (9, 10));
-    assert!(matches!(
-        manifest.read_feed("slow", 10),
-        Err(ManifestError::CursorNotFound { .. })
-    ));
+    assert!(matches!(manifest.read_feed("slow", 10), Err(ManifestError::CursorNotFound { .. })));
     let metrics = manifest.metrics();
     assert_eq!(metrics.feed_len, 2);
     assert_eq!(metrics.feed_truncated_entries, 8);
@@ -173,13 +141,7 @@ fn truncation_follows_the_oldest_acknowledged_cursor() {
 #[test]
 fn without_cursors_the_feed_keeps_the_retention() {
     let dir = tempfile::tempdir().unwrap();
-    let manifest = open_with(
-        dir.path(),
-        ManifestConfig {
-            feed_retention_entries_max: 5,
-            ..small_config()
-        },
-    );
+    let manifest = open_with(dir.path(), ManifestConfig { feed_retention_entries_max: 5, ..small_config() });
 
     commit_votes(&manifest, 1..=12);
 
@@ -192,15 +154,9 @@ fn a_lagging_cursor_goes_stale_and_stops_holding_truncation_back() {
     let dir = tempfile::tempdir().unwrap();
     let manifest = open_with(
         dir.path(),
-        ManifestConfig {
-            feed_cursor_lag_entries_max: 4,
-            feed_retention_entries_max: 2,
-            ..small_config()
-        },
+        ManifestConfig { feed_cursor_lag_entries_max: 4, feed_retention_entries_max: 2, ..small_config() },
     );
-    manifest
-        .register_cursor("sleepy", FeedStart::Oldest)
-        .unwrap();
+    manifest.register_cursor("sleepy", FeedStart::Oldest).unwrap();
 
     // Within the lag bound the cursor holds every entry.
     commit_votes(&manifest, 1..=4);
@@ -216,33 +172,21 @@ fn a_lagging_cursor_goes_stale_and_stops_holding_truncation_back() {
 
     // The subscriber learns it with a typed error, on read and on ack.
     match manifest.read_feed("sleepy", 10) {
-        Err(ManifestError::CursorStale {
-            name,
-            acked,
-            oldest_available,
-        }) => {
+        Err(ManifestError::CursorStale { name, acked, oldest_available }) => {
             assert_eq!(name, "sleepy");
             assert_eq!(acked, 0);
             assert_eq!(oldest_available, 4);
         }
         other => panic!("expected CursorStale, got {other:?}"),
     }
-    assert!(matches!(
-        manifest.ack_cursor("sleepy", 5),
-        Err(ManifestError::CursorStale { .. })
-    ));
+    assert!(matches!(manifest.ack_cursor("sleepy", 5), Err(ManifestError::CursorStale { .. })));
 
     // Staleness is durable; removal and re-registration recover.
     drop(manifest);
     let manifest = open_with(dir.path(), small_config());
-    assert!(matches!(
-        manifest.read_feed("sleepy", 10),
-        Err(ManifestError::CursorStale { .. })
-    ));
+    assert!(matches!(manifest.read_feed("sleepy", 10), Err(ManifestError::CursorStale { .. })));
     manifest.remove_cursor("sleepy").unwrap();
-    manifest
-        .register_cursor("sleepy", FeedStart::Oldest)
-        .unwrap();
+    manifest.register_cursor("sleepy", FeedStart::Oldest).unwrap();
     assert_eq!(seqs(&manifest, "sleepy"), vec![4, 5]);
 }
 
@@ -258,8 +202,5 @@ fn cursor_names_are_validated() {
         manifest.register_cursor("a b", FeedStart::Latest),
         Err(ManifestError::InvalidName { .. })
     ));
-    assert!(matches!(
-        manifest.remove_cursor("missing"),
-        Err(ManifestError::CursorNotFound { .. })
-    ));
+    assert!(matches!(manifest.remove_cursor("missing"), Err(ManifestError::CursorNotFound { .. })));
 }

@@ -23,10 +23,7 @@ fn big_database(index: usize) -> Batch {
     let mut batch = Batch::new();
     batch.create_database(
         format!("db-{index}"),
-        DatabaseConfig {
-            page_size_bytes: 4096,
-            options: vec![index as u8; 1500],
-        },
+        DatabaseConfig { page_size_bytes: 4096, options: vec![index as u8; 1500] },
     );
     batch
 }
@@ -49,10 +46,7 @@ fn the_map_grows_from_64_kib_then_stops_at_the_maximum() {
 
     // The map doubled up to exactly the maximum, then reported a typed error.
     match failure {
-        ManifestError::MapFull {
-            map_size_bytes,
-            map_size_max_bytes,
-        } => {
+        ManifestError::MapFull { map_size_bytes, map_size_max_bytes } => {
             assert_eq!(map_size_bytes, MAP_MAX_BYTES as u64);
             assert_eq!(map_size_max_bytes, MAP_MAX_BYTES as u64);
         }
@@ -60,43 +54,26 @@ fn the_map_grows_from_64_kib_then_stops_at_the_maximum() {
     }
     let metrics = manifest.metrics();
     assert_eq!(metrics.map_size_bytes, MAP_MAX_BYTES as u64);
-    assert_eq!(
-        metrics.map_grows, 4,
-        "64 KiB -> 128 -> 256 -> 512 -> 1024 KiB"
-    );
+    assert_eq!(metrics.map_grows, 4, "64 KiB -> 128 -> 256 -> 512 -> 1024 KiB");
     assert!(committed > 64, "only {committed} commits fit");
 
     // Everything committed is readable; the failed batch is not there.
     let count = manifest.read(|r| r.database_count()).unwrap();
     assert_eq!(count, committed as u64);
     let failed_name = format!("db-{committed}");
-    assert!(manifest
-        .read(|r| r.database_by_name(&failed_name))
-        .unwrap()
-        .is_none());
+    assert!(manifest.read(|r| r.database_by_name(&failed_name)).unwrap().is_none());
 
     // After a reopen with a larger maximum the same batch commits.
     drop(manifest);
-    let manifest = Manifest::open(
-        dir.path(),
-        ManifestConfig {
-            map_size_max_bytes: 4 * MAP_MAX_BYTES,
-            ..config()
-        },
-    )
-    .unwrap();
+    let manifest =
+        Manifest::open(dir.path(), ManifestConfig { map_size_max_bytes: 4 * MAP_MAX_BYTES, ..config() })
+            .unwrap();
     assert_eq!(manifest.previous_shutdown(), PreviousShutdown::Unclean);
-    assert_eq!(
-        manifest.read(|r| r.database_count()).unwrap(),
-        committed as u64
-    );
+    assert_eq!(manifest.read(|r| r.database_count()).unwrap(), committed as u64);
     manifest.commit(big_database(committed)).unwrap();
     let mut index = committed + 1;
     while manifest.metrics().map_size_bytes <= MAP_MAX_BYTES as u64 {
-        assert!(
-            index < COMMITS_MAX,
-            "the map never grew past the old maximum"
-        );
+        assert!(index < COMMITS_MAX, "the map never grew past the old maximum");
         manifest.commit(big_database(index)).unwrap();
         index += 1;
     }

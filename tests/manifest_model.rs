@@ -6,8 +6,8 @@ mod manifest_support;
 use std::collections::BTreeMap;
 
 use bop_storage::manifest::{
-    Batch, DatabaseConfig, DatabaseId, Generation, GenerationRef, LogId, Manifest, ManifestError,
-    Segment, SegmentState, Snapshot,
+    Batch, DatabaseConfig, DatabaseId, Generation, GenerationRef, LogId, Manifest, ManifestError, Segment,
+    SegmentState, Snapshot,
 };
 use manifest_support::{dump, small_config};
 use proptest::prelude::*;
@@ -30,8 +30,7 @@ fn op() -> impl Strategy<Value = Op> {
         (1u64..6).prop_map(Op::Drop),
         (1u64..6, 0u64..5).prop_map(|(db, generation)| Op::AddGeneration(db, generation)),
         (1u64..6, 0u64..5).prop_map(|(db, generation)| Op::RemoveGeneration(db, generation)),
-        (0u64..3, 1u64..6, 0u64..5)
-            .prop_map(|(id, db, generation)| Op::PutSnapshot(id, db, generation)),
+        (0u64..3, 1u64..6, 0u64..5).prop_map(|(id, db, generation)| Op::PutSnapshot(id, db, generation)),
         (0u64..3).prop_map(Op::RemoveSnapshot),
         (0u64..3, 0u8..3).prop_map(|(seq, state)| Op::PutSegment(seq, state)),
         (0u64..3).prop_map(Op::RemoveSegment),
@@ -48,10 +47,7 @@ fn state_of(code: u8) -> SegmentState {
 
 fn generation(db: u64, generation: u64) -> Generation {
     Generation {
-        log_id: LogId {
-            term: db,
-            index: generation,
-        },
+        log_id: LogId { term: db, index: generation },
         file_name: format!("g-{db}-{generation}"),
         page_count: generation,
         checksum: 0,
@@ -59,18 +55,11 @@ fn generation(db: u64, generation: u64) -> Generation {
 }
 
 fn segment(seq: u64, code: u8) -> Segment {
-    Segment {
-        first_index: seq * 100,
-        last_index: None,
-        state: state_of(code),
-    }
+    Segment { first_index: seq * 100, last_index: None, state: state_of(code) }
 }
 
 fn config() -> DatabaseConfig {
-    DatabaseConfig {
-        page_size_bytes: 4096,
-        options: vec![],
-    }
+    DatabaseConfig { page_size_bytes: 4096, options: vec![] }
 }
 
 fn to_batch(ops: &[Op]) -> Batch {
@@ -85,10 +74,7 @@ fn to_batch(ops: &[Op]) -> Batch {
                 id,
                 Snapshot {
                     metadata: vec![id as u8],
-                    generations: vec![GenerationRef {
-                        database_id: DatabaseId(db),
-                        generation: g,
-                    }],
+                    generations: vec![GenerationRef { database_id: DatabaseId(db), generation: g }],
                 },
             ),
             Op::RemoveSnapshot(id) => batch.remove_snapshot(id),
@@ -144,12 +130,7 @@ impl Model {
                 if !self.databases.contains_key(&db) {
                     return Err("DatabaseNotFound");
                 }
-                let newest = self
-                    .generations
-                    .keys()
-                    .filter(|(d, _)| *d == db)
-                    .map(|(_, g)| *g)
-                    .max();
+                let newest = self.generations.keys().filter(|(d, _)| *d == db).map(|(_, g)| *g).max();
                 match newest {
                     Some(newest) if newest == g => return Err("GenerationExists"),
                     Some(newest) if newest > g => return Err("GenerationNotNewer"),

@@ -24,10 +24,7 @@ fn a_file_that_is_not_lmdb_is_refused_and_left_unmodified() {
 
     let result = Manifest::open(dir.path(), small_config());
 
-    assert!(
-        matches!(result, Err(ManifestError::NotAnLmdbEnvironment { .. })),
-        "{result:?}"
-    );
+    assert!(matches!(result, Err(ManifestError::NotAnLmdbEnvironment { .. })), "{result:?}");
     assert_eq!(fs::read(data_file(dir.path())).unwrap(), garbage);
     // LMDB never ran: no lock file was created either.
     assert!(!dir.path().join(MANIFEST_DIR_NAME).join("lock.mdb").exists());
@@ -41,10 +38,7 @@ fn a_short_file_is_refused_and_left_unmodified() {
 
     let result = Manifest::open(dir.path(), small_config());
 
-    assert!(matches!(
-        result,
-        Err(ManifestError::NotAnLmdbEnvironment { .. })
-    ));
+    assert!(matches!(result, Err(ManifestError::NotAnLmdbEnvironment { .. })));
     assert_eq!(fs::read(data_file(dir.path())).unwrap(), b"hello");
 }
 
@@ -66,17 +60,9 @@ fn a_foreign_lmdb_environment_is_refused_and_left_unmodified() {
     let env_dir = dir.path().join(MANIFEST_DIR_NAME);
     fs::create_dir(&env_dir).unwrap();
     {
-        let env = unsafe {
-            EnvOpenOptions::new()
-                .map_size(1024 * 1024)
-                .max_dbs(4)
-                .open(&env_dir)
-                .unwrap()
-        };
+        let env = unsafe { EnvOpenOptions::new().map_size(1024 * 1024).max_dbs(4).open(&env_dir).unwrap() };
         let mut txn = env.write_txn().unwrap();
-        let db = env
-            .create_database::<Bytes, Bytes>(&mut txn, Some("someone-else"))
-            .unwrap();
+        let db = env.create_database::<Bytes, Bytes>(&mut txn, Some("someone-else")).unwrap();
         db.put(&mut txn, b"k", b"v").unwrap();
         txn.commit().unwrap();
     }
@@ -84,10 +70,7 @@ fn a_foreign_lmdb_environment_is_refused_and_left_unmodified() {
 
     let result = Manifest::open(dir.path(), small_config());
 
-    assert!(
-        matches!(result, Err(ManifestError::NotAManifest { .. })),
-        "{result:?}"
-    );
+    assert!(matches!(result, Err(ManifestError::NotAManifest { .. })), "{result:?}");
     assert_eq!(fs::read(data_file(dir.path())).unwrap(), before);
 }
 
@@ -104,22 +87,12 @@ fn a_newer_format_is_refused_and_left_unmodified() {
     let newer = FORMAT_VERSION + 1;
     {
         let env_dir = dir.path().join(MANIFEST_DIR_NAME);
-        let env = unsafe {
-            EnvOpenOptions::new()
-                .map_size(1024 * 1024)
-                .max_dbs(16)
-                .open(&env_dir)
-                .unwrap()
-        };
+        let env = unsafe { EnvOpenOptions::new().map_size(1024 * 1024).max_dbs(16).open(&env_dir).unwrap() };
         let mut txn = env.write_txn().unwrap();
-        let meta = env
-            .open_database::<Bytes, Bytes>(&txn, Some("meta"))
-            .unwrap()
-            .unwrap();
+        let meta = env.open_database::<Bytes, Bytes>(&txn, Some("meta")).unwrap().unwrap();
         let mut value = 1u16.to_le_bytes().to_vec();
         value.extend_from_slice(&newer.to_le_bytes());
-        meta.put(&mut txn, &0x0001u16.to_be_bytes(), &value)
-            .unwrap();
+        meta.put(&mut txn, &0x0001u16.to_be_bytes(), &value).unwrap();
         txn.commit().unwrap();
     }
     let before = fs::read(data_file(dir.path())).unwrap();
@@ -127,11 +100,7 @@ fn a_newer_format_is_refused_and_left_unmodified() {
     let result = Manifest::open(dir.path(), small_config());
 
     match result {
-        Err(ManifestError::FormatTooNew {
-            found,
-            supported_max,
-            ..
-        }) => {
+        Err(ManifestError::FormatTooNew { found, supported_max, .. }) => {
             assert_eq!(found, newer);
             assert_eq!(supported_max, FORMAT_VERSION);
         }

@@ -3,8 +3,8 @@
 mod manifest_support;
 
 use bop_storage::manifest::{
-    Batch, DatabaseConfig, DatabaseId, FeedStart, Generation, GenerationRef, LogId, Manifest,
-    Membership, PreviousShutdown, Segment, SegmentState, Snapshot, Vote,
+    Batch, DatabaseConfig, DatabaseId, FeedStart, Generation, GenerationRef, LogId, Manifest, Membership,
+    PreviousShutdown, Segment, SegmentState, Snapshot, Vote,
 };
 use manifest_support::{create, dump, open, State};
 
@@ -44,20 +44,13 @@ fn every_kind_of_change_survives_reopen() {
     let mut batch = Batch::new();
     batch.update_database_config(
         DatabaseId(1),
-        DatabaseConfig {
-            page_size_bytes: 8192,
-            options: vec![7; 100],
-        },
+        DatabaseConfig { page_size_bytes: 8192, options: vec![7; 100] },
     );
     manifest = commit_and_reopen(dir.path(), manifest, batch);
 
     // Raft state, one fact per batch.
     let mut batch = Batch::new();
-    batch.set_vote(Vote {
-        term: 5,
-        node_id: 2,
-        committed: true,
-    });
+    batch.set_vote(Vote { term: 5, node_id: 2, committed: true });
     manifest = commit_and_reopen(dir.path(), manifest, batch);
     let mut batch = Batch::new();
     batch.set_committed(Some(LogId { term: 5, index: 40 }));
@@ -74,40 +67,17 @@ fn every_kind_of_change_survives_reopen() {
 
     // Segments: active, then sealed, then a second one.
     let mut batch = Batch::new();
-    batch.put_segment(
-        1,
-        Segment {
-            first_index: 1,
-            last_index: None,
-            state: SegmentState::Active,
-        },
-    );
+    batch.put_segment(1, Segment { first_index: 1, last_index: None, state: SegmentState::Active });
     manifest = commit_and_reopen(dir.path(), manifest, batch);
     let mut batch = Batch::new();
     batch
-        .put_segment(
-            1,
-            Segment {
-                first_index: 1,
-                last_index: Some(30),
-                state: SegmentState::Sealed,
-            },
-        )
-        .put_segment(
-            2,
-            Segment {
-                first_index: 31,
-                last_index: None,
-                state: SegmentState::Active,
-            },
-        );
+        .put_segment(1, Segment { first_index: 1, last_index: Some(30), state: SegmentState::Sealed })
+        .put_segment(2, Segment { first_index: 31, last_index: None, state: SegmentState::Active });
     manifest = commit_and_reopen(dir.path(), manifest, batch);
 
     // Generations and a snapshot made of them.
     let mut batch = Batch::new();
-    batch
-        .add_generation(DatabaseId(1), 1, generation(1))
-        .add_generation(DatabaseId(2), 1, generation(2));
+    batch.add_generation(DatabaseId(1), 1, generation(1)).add_generation(DatabaseId(2), 1, generation(2));
     manifest = commit_and_reopen(dir.path(), manifest, batch);
     let mut batch = Batch::new();
     batch.add_generation(DatabaseId(1), 2, generation(3));
@@ -118,29 +88,19 @@ fn every_kind_of_change_survives_reopen() {
         Snapshot {
             metadata: b"snapshot-meta".to_vec(),
             generations: vec![
-                GenerationRef {
-                    database_id: DatabaseId(1),
-                    generation: 2,
-                },
-                GenerationRef {
-                    database_id: DatabaseId(2),
-                    generation: 1,
-                },
+                GenerationRef { database_id: DatabaseId(1), generation: 2 },
+                GenerationRef { database_id: DatabaseId(2), generation: 1 },
             ],
         },
     );
     manifest = commit_and_reopen(dir.path(), manifest, batch);
 
     // Cursors: register, acknowledge.
-    manifest
-        .register_cursor("replicator", FeedStart::Oldest)
-        .unwrap();
+    manifest.register_cursor("replicator", FeedStart::Oldest).unwrap();
     manifest = reopen(dir.path(), manifest);
     manifest.ack_cursor("replicator", 3).unwrap();
     manifest = reopen(dir.path(), manifest);
-    manifest
-        .register_cursor("audit", FeedStart::Latest)
-        .unwrap();
+    manifest.register_cursor("audit", FeedStart::Latest).unwrap();
     manifest = reopen(dir.path(), manifest);
 
     // Removals: snapshot, generations, database, segment, cursor; committed cleared.
@@ -148,9 +108,7 @@ fn every_kind_of_change_survives_reopen() {
     batch.remove_snapshot(9).remove_generation(DatabaseId(1), 1);
     manifest = commit_and_reopen(dir.path(), manifest, batch);
     let mut batch = Batch::new();
-    batch
-        .remove_generation(DatabaseId(2), 1)
-        .drop_database(DatabaseId(2));
+    batch.remove_generation(DatabaseId(2), 1).drop_database(DatabaseId(2));
     manifest = commit_and_reopen(dir.path(), manifest, batch);
     let mut batch = Batch::new();
     batch.remove_segment(1).set_committed(None);
@@ -163,20 +121,13 @@ fn every_kind_of_change_survives_reopen() {
     let names: Vec<&str> = state.databases.iter().map(|db| db.name.as_str()).collect();
     assert_eq!(names, vec!["my-db"]);
     assert_eq!(state.databases[0].config.page_size_bytes, 8192);
-    assert_eq!(
-        state.next_database_id,
-        DatabaseId(3),
-        "ids are never reused"
-    );
+    assert_eq!(state.next_database_id, DatabaseId(3), "ids are never reused");
     assert_eq!(state.raft.committed, None);
     assert_eq!(state.raft.purged, Some(LogId { term: 4, index: 10 }));
     assert_eq!(state.raft.vote.map(|vote| vote.term), Some(5));
     assert_eq!(state.segments.len(), 1);
     assert_eq!(state.segments[0].0, 2);
-    assert_eq!(
-        state.generations,
-        vec![(DatabaseId(1), vec![(2, generation(3))])]
-    );
+    assert_eq!(state.generations, vec![(DatabaseId(1), vec![(2, generation(3))])]);
     assert!(state.snapshots.is_empty());
     assert_eq!(state.cursors.len(), 1);
     assert_eq!(state.cursors[0].name, "replicator");
@@ -194,13 +145,7 @@ fn drop_without_close_reports_an_unclean_shutdown() {
     let manifest = open(dir.path());
 
     assert_eq!(manifest.previous_shutdown(), PreviousShutdown::Unclean);
-    assert!(manifest
-        .read(|r| r.database_by_name("a"))
-        .unwrap()
-        .is_some());
+    assert!(manifest.read(|r| r.database_by_name("a")).unwrap().is_some());
     manifest.close().unwrap();
-    assert_eq!(
-        open(dir.path()).previous_shutdown(),
-        PreviousShutdown::Clean
-    );
+    assert_eq!(open(dir.path()).previous_shutdown(), PreviousShutdown::Clean);
 }

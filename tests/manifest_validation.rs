@@ -4,8 +4,8 @@
 mod manifest_support;
 
 use bop_storage::manifest::{
-    Batch, DatabaseConfig, DatabaseId, Generation, GenerationRef, LogId, ManifestError, NameKind,
-    Segment, SegmentState, Snapshot, NAME_BYTES_MAX,
+    Batch, DatabaseConfig, DatabaseId, Generation, GenerationRef, LogId, ManifestError, NameKind, Segment,
+    SegmentState, Snapshot, NAME_BYTES_MAX,
 };
 use manifest_support::{create, db_config, dump, open};
 
@@ -29,18 +29,9 @@ fn names_are_exact_and_duplicates_are_typed_errors() {
     }
     let ids: Vec<DatabaseId> = ["my-db", "my_db", "My-db", "my.db"]
         .iter()
-        .map(|name| {
-            manifest
-                .read(|r| r.database_by_name(name))
-                .unwrap()
-                .unwrap()
-                .id
-        })
+        .map(|name| manifest.read(|r| r.database_by_name(name)).unwrap().unwrap().id)
         .collect();
-    assert_eq!(
-        ids,
-        vec![DatabaseId(1), DatabaseId(2), DatabaseId(3), DatabaseId(4)]
-    );
+    assert_eq!(ids, vec![DatabaseId(1), DatabaseId(2), DatabaseId(3), DatabaseId(4)]);
 
     // Creating an existing name is a typed error naming it.
     match manifest.commit(create("my_db")) {
@@ -55,15 +46,7 @@ fn invalid_names_are_rejected_with_the_allowed_set() {
     let manifest = open(dir.path());
     let too_long = "x".repeat(NAME_BYTES_MAX + 1);
 
-    for name in [
-        "",
-        too_long.as_str(),
-        ".hidden",
-        "white space",
-        "slash/name",
-        "ümlaut",
-        "nul\0",
-    ] {
+    for name in ["", too_long.as_str(), ".hidden", "white space", "slash/name", "ümlaut", "nul\0"] {
         let error = manifest.commit(create(name)).unwrap_err();
         match &error {
             ManifestError::InvalidName { kind, .. } => assert_eq!(*kind, NameKind::Database),
@@ -73,9 +56,7 @@ fn invalid_names_are_rejected_with_the_allowed_set() {
         assert!(message.contains("[A-Za-z0-9_.-]"), "{message}");
         assert!(message.contains("128"), "{message}");
     }
-    manifest
-        .commit(create(&"x".repeat(NAME_BYTES_MAX)))
-        .unwrap();
+    manifest.commit(create(&"x".repeat(NAME_BYTES_MAX))).unwrap();
     assert_eq!(manifest.read(|r| r.database_count()).unwrap(), 1);
 }
 
@@ -86,22 +67,12 @@ fn conflicts_with_stored_state_are_typed_and_leave_no_trace() {
     let mut batch = create("a");
     batch
         .add_generation(DatabaseId(1), 5, generation(5))
-        .put_segment(
-            1,
-            Segment {
-                first_index: 1,
-                last_index: Some(9),
-                state: SegmentState::Sealed,
-            },
-        )
+        .put_segment(1, Segment { first_index: 1, last_index: Some(9), state: SegmentState::Sealed })
         .put_snapshot(
             1,
             Snapshot {
                 metadata: vec![],
-                generations: vec![GenerationRef {
-                    database_id: DatabaseId(1),
-                    generation: 5,
-                }],
+                generations: vec![GenerationRef { database_id: DatabaseId(1), generation: 5 }],
             },
         );
     manifest.commit(batch).unwrap();
@@ -124,16 +95,7 @@ fn conflicts_with_stored_state_are_typed_and_leave_no_trace() {
                 b.add_generation(DatabaseId(1), 4, generation(4));
                 b
             },
-            |e| {
-                matches!(
-                    e,
-                    ManifestError::GenerationNotNewer {
-                        generation: 4,
-                        newest: 5,
-                        ..
-                    }
-                )
-            },
+            |e| matches!(e, ManifestError::GenerationNotNewer { generation: 4, newest: 5, .. }),
         ),
         (
             {
@@ -157,24 +119,12 @@ fn conflicts_with_stored_state_are_typed_and_leave_no_trace() {
                 b.drop_database(DatabaseId(1));
                 b
             },
-            |e| {
-                matches!(
-                    e,
-                    ManifestError::DatabaseHasGenerations { id: DatabaseId(1) }
-                )
-            },
+            |e| matches!(e, ManifestError::DatabaseHasGenerations { id: DatabaseId(1) }),
         ),
         (
             {
                 let mut b = create("b");
-                b.put_segment(
-                    1,
-                    Segment {
-                        first_index: 1,
-                        last_index: None,
-                        state: SegmentState::Active,
-                    },
-                );
+                b.put_segment(1, Segment { first_index: 1, last_index: None, state: SegmentState::Active });
                 b
             },
             |e| {
@@ -191,13 +141,7 @@ fn conflicts_with_stored_state_are_typed_and_leave_no_trace() {
         (
             {
                 let mut b = create("b");
-                b.put_snapshot(
-                    1,
-                    Snapshot {
-                        metadata: vec![],
-                        generations: vec![],
-                    },
-                );
+                b.put_snapshot(1, Snapshot { metadata: vec![], generations: vec![] });
                 b
             },
             |e| matches!(e, ManifestError::SnapshotExists { id: 1 }),
@@ -209,10 +153,7 @@ fn conflicts_with_stored_state_are_typed_and_leave_no_trace() {
                     2,
                     Snapshot {
                         metadata: vec![],
-                        generations: vec![GenerationRef {
-                            database_id: DatabaseId(1),
-                            generation: 6,
-                        }],
+                        generations: vec![GenerationRef { database_id: DatabaseId(1), generation: 6 }],
                     },
                 );
                 b
@@ -232,10 +173,7 @@ fn conflicts_with_stored_state_are_typed_and_leave_no_trace() {
                 let mut b = create("b");
                 b.update_database_config(
                     DatabaseId(9),
-                    DatabaseConfig {
-                        page_size_bytes: 1,
-                        options: vec![],
-                    },
+                    DatabaseConfig { page_size_bytes: 1, options: vec![] },
                 );
                 b
             },
@@ -255,42 +193,20 @@ fn static_bounds_are_checked_before_queueing() {
     let dir = tempfile::tempdir().unwrap();
     let manifest = open(dir.path());
 
-    assert!(matches!(
-        manifest.commit(Batch::new()),
-        Err(ManifestError::EmptyBatch)
-    ));
+    assert!(matches!(manifest.commit(Batch::new()), Err(ManifestError::EmptyBatch)));
     let mut huge = Batch::new();
     huge.create_database(
         "big",
-        DatabaseConfig {
-            options: vec![0; manifest.config().blob_bytes_max + 1],
-            ..db_config()
-        },
+        DatabaseConfig { options: vec![0; manifest.config().blob_bytes_max + 1], ..db_config() },
     );
-    assert!(matches!(
-        manifest.commit(huge),
-        Err(ManifestError::BlobTooLarge { .. })
-    ));
+    assert!(matches!(manifest.commit(huge), Err(ManifestError::BlobTooLarge { .. })));
     let mut long = Batch::new();
     for term in 0..=manifest.config().batch_ops_max as u64 {
         long.set_purged(LogId { term, index: 0 });
     }
-    assert!(matches!(
-        manifest.commit(long),
-        Err(ManifestError::BatchTooLarge { .. })
-    ));
+    assert!(matches!(manifest.commit(long), Err(ManifestError::BatchTooLarge { .. })));
     let mut bad_file = create("f");
-    bad_file.add_generation(
-        DatabaseId(1),
-        1,
-        Generation {
-            file_name: "../escape".into(),
-            ..generation(1)
-        },
-    );
-    assert!(matches!(
-        manifest.commit(bad_file),
-        Err(ManifestError::InvalidFileName { .. })
-    ));
+    bad_file.add_generation(DatabaseId(1), 1, Generation { file_name: "../escape".into(), ..generation(1) });
+    assert!(matches!(manifest.commit(bad_file), Err(ManifestError::InvalidFileName { .. })));
     assert_eq!(manifest.metrics().commits, 0);
 }

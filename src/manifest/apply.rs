@@ -13,8 +13,7 @@ use super::config::ManifestConfig;
 use super::error::{ManifestError, Result, Table};
 use super::keys::{self, generation_key, u64_key};
 use super::records::{
-    Change, CommittedRecord, DatabaseId, DatabaseRecord, GenerationRef, NameRecord, Segment,
-    Snapshot,
+    Change, CommittedRecord, DatabaseId, DatabaseRecord, GenerationRef, NameRecord, Segment, Snapshot,
 };
 use super::tables::Tables;
 
@@ -31,10 +30,7 @@ pub(crate) fn apply_batch(
     batch: &Batch,
     config: &ManifestConfig,
 ) -> Result<Applied> {
-    let mut applied = Applied {
-        changes: Vec::with_capacity(batch.ops.len()),
-        created_databases: Vec::new(),
-    };
+    let mut applied = Applied { changes: Vec::with_capacity(batch.ops.len()), created_databases: Vec::new() };
     for op in &batch.ops {
         let change = apply_op(tables, txn, op, config, &mut applied.created_databases)?;
         applied.changes.push(change);
@@ -50,38 +46,22 @@ fn apply_op(
     created: &mut Vec<DatabaseId>,
 ) -> Result<Change> {
     match op {
-        Op::CreateDatabase {
-            name,
-            config: db_config,
-        } => {
+        Op::CreateDatabase { name, config: db_config } => {
             if tables.contains(txn, Table::DatabaseNames, name.as_bytes())? {
                 return Err(ManifestError::DatabaseExists { name: name.clone() });
             }
             if tables.len(txn, Table::Databases)? >= config.databases_max {
-                return Err(ManifestError::TooManyDatabases {
-                    databases_max: config.databases_max,
-                });
+                return Err(ManifestError::TooManyDatabases { databases_max: config.databases_max });
             }
             let id = DatabaseId(tables.counter(txn, &keys::META_NEXT_DATABASE_ID)?);
-            let record = DatabaseRecord {
-                name: name.clone(),
-                config: db_config.clone(),
-            };
+            let record = DatabaseRecord { name: name.clone(), config: db_config.clone() };
             tables.put(txn, Table::Databases, &u64_key(id.0), &record)?;
-            tables.put(
-                txn,
-                Table::DatabaseNames,
-                name.as_bytes(),
-                &NameRecord { id },
-            )?;
+            tables.put(txn, Table::DatabaseNames, name.as_bytes(), &NameRecord { id })?;
             tables.set_counter(txn, &keys::META_NEXT_DATABASE_ID, id.0 + 1)?;
             created.push(id);
             Ok(Change::DatabaseCreated { id })
         }
-        Op::UpdateDatabaseConfig {
-            id,
-            config: db_config,
-        } => {
+        Op::UpdateDatabaseConfig { id, config: db_config } => {
             let key = u64_key(id.0);
             let mut record = tables
                 .get::<DatabaseRecord>(txn, Table::Databases, &key)?
@@ -137,25 +117,15 @@ fn apply_op(
                 }
             }
             tables.put(txn, Table::Segments, &key, segment)?;
-            Ok(Change::SegmentPut {
-                sequence: *sequence,
-            })
+            Ok(Change::SegmentPut { sequence: *sequence })
         }
         Op::RemoveSegment { sequence } => {
             if !tables.delete(txn, Table::Segments, &u64_key(*sequence))? {
-                return Err(ManifestError::SegmentNotFound {
-                    sequence: *sequence,
-                });
+                return Err(ManifestError::SegmentNotFound { sequence: *sequence });
             }
-            Ok(Change::SegmentRemoved {
-                sequence: *sequence,
-            })
+            Ok(Change::SegmentRemoved { sequence: *sequence })
         }
-        Op::AddGeneration {
-            database_id,
-            generation,
-            record,
-        } => {
+        Op::AddGeneration { database_id, generation, record } => {
             if !tables.contains(txn, Table::Databases, &u64_key(database_id.0))? {
                 return Err(ManifestError::DatabaseNotFound { id: *database_id });
             }
@@ -183,19 +153,10 @@ fn apply_op(
             }
             let key = generation_key(*database_id, *generation);
             tables.put(txn, Table::Generations, &key, record)?;
-            Ok(Change::GenerationAdded(GenerationRef {
-                database_id: *database_id,
-                generation: *generation,
-            }))
+            Ok(Change::GenerationAdded(GenerationRef { database_id: *database_id, generation: *generation }))
         }
-        Op::RemoveGeneration {
-            database_id,
-            generation,
-        } => {
-            let target = GenerationRef {
-                database_id: *database_id,
-                generation: *generation,
-            };
+        Op::RemoveGeneration { database_id, generation } => {
+            let target = GenerationRef { database_id: *database_id, generation: *generation };
             let key = generation_key(*database_id, *generation);
             if !tables.contains(txn, Table::Generations, &key)? {
                 return Err(ManifestError::GenerationNotFound {
@@ -206,20 +167,13 @@ fn apply_op(
             // Bounded: at most `snapshots_max` snapshots exist.
             let mut user = None;
             let limit = usize::try_from(config.snapshots_max).unwrap_or(usize::MAX);
-            tables.scan::<Snapshot>(
-                txn,
-                Table::Snapshots,
-                &u64_key(0),
-                None,
-                limit,
-                |key, snapshot| {
-                    if snapshot.generations.contains(&target) {
-                        user = Some(keys::decode_u64_key(Table::Snapshots, key)?);
-                        return Ok(false);
-                    }
-                    Ok(true)
-                },
-            )?;
+            tables.scan::<Snapshot>(txn, Table::Snapshots, &u64_key(0), None, limit, |key, snapshot| {
+                if snapshot.generations.contains(&target) {
+                    user = Some(keys::decode_u64_key(Table::Snapshots, key)?);
+                    return Ok(false);
+                }
+                Ok(true)
+            })?;
             if let Some(snapshot_id) = user {
                 return Err(ManifestError::GenerationInUse {
                     database_id: *database_id,
@@ -236,9 +190,7 @@ fn apply_op(
                 return Err(ManifestError::SnapshotExists { id: *id });
             }
             if tables.len(txn, Table::Snapshots)? >= config.snapshots_max {
-                return Err(ManifestError::TooManySnapshots {
-                    snapshots_max: config.snapshots_max,
-                });
+                return Err(ManifestError::TooManySnapshots { snapshots_max: config.snapshots_max });
             }
             for part in &snapshot.generations {
                 let part_key = generation_key(part.database_id, part.generation);

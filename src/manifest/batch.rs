@@ -3,51 +3,24 @@
 use super::config::ManifestConfig;
 use super::error::{ManifestError, NameKind, Result};
 use super::names::{validate_file_name, validate_name};
-use super::records::{
-    DatabaseConfig, DatabaseId, Generation, LogId, Membership, Segment, Snapshot, Vote,
-};
+use super::records::{DatabaseConfig, DatabaseId, Generation, LogId, Membership, Segment, Snapshot, Vote};
 
 /// One operation of a [`Batch`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Op {
-    CreateDatabase {
-        name: String,
-        config: DatabaseConfig,
-    },
-    UpdateDatabaseConfig {
-        id: DatabaseId,
-        config: DatabaseConfig,
-    },
-    DropDatabase {
-        id: DatabaseId,
-    },
+    CreateDatabase { name: String, config: DatabaseConfig },
+    UpdateDatabaseConfig { id: DatabaseId, config: DatabaseConfig },
+    DropDatabase { id: DatabaseId },
     SetVote(Vote),
     SetCommitted(Option<LogId>),
     SetPurged(LogId),
     SetMembership(Membership),
-    PutSegment {
-        sequence: u64,
-        segment: Segment,
-    },
-    RemoveSegment {
-        sequence: u64,
-    },
-    AddGeneration {
-        database_id: DatabaseId,
-        generation: u64,
-        record: Generation,
-    },
-    RemoveGeneration {
-        database_id: DatabaseId,
-        generation: u64,
-    },
-    PutSnapshot {
-        id: u64,
-        snapshot: Snapshot,
-    },
-    RemoveSnapshot {
-        id: u64,
-    },
+    PutSegment { sequence: u64, segment: Segment },
+    RemoveSegment { sequence: u64 },
+    AddGeneration { database_id: DatabaseId, generation: u64, record: Generation },
+    RemoveGeneration { database_id: DatabaseId, generation: u64 },
+    PutSnapshot { id: u64, snapshot: Snapshot },
+    RemoveSnapshot { id: u64 },
 }
 
 /// Operations applied all-or-nothing, in order, by `Manifest::commit`.
@@ -78,15 +51,8 @@ impl Batch {
 
     /// Creates a database; its id is allocated at commit and reported in
     /// `CommitOutcome::created_databases`. Fails with `DatabaseExists` if the exact name exists.
-    pub fn create_database(
-        &mut self,
-        name: impl Into<String>,
-        config: DatabaseConfig,
-    ) -> &mut Self {
-        self.ops.push(Op::CreateDatabase {
-            name: name.into(),
-            config,
-        });
+    pub fn create_database(&mut self, name: impl Into<String>, config: DatabaseConfig) -> &mut Self {
+        self.ops.push(Op::CreateDatabase { name: name.into(), config });
         self
     }
 
@@ -146,20 +112,13 @@ impl Batch {
         generation: u64,
         record: Generation,
     ) -> &mut Self {
-        self.ops.push(Op::AddGeneration {
-            database_id,
-            generation,
-            record,
-        });
+        self.ops.push(Op::AddGeneration { database_id, generation, record });
         self
     }
 
     /// Removes a page generation; no snapshot may refer to it.
     pub fn remove_generation(&mut self, database_id: DatabaseId, generation: u64) -> &mut Self {
-        self.ops.push(Op::RemoveGeneration {
-            database_id,
-            generation,
-        });
+        self.ops.push(Op::RemoveGeneration { database_id, generation });
         self
     }
 
@@ -181,18 +140,11 @@ impl Batch {
             return Err(ManifestError::EmptyBatch);
         }
         if self.ops.len() > config.batch_ops_max {
-            return Err(ManifestError::BatchTooLarge {
-                ops: self.ops.len(),
-                ops_max: config.batch_ops_max,
-            });
+            return Err(ManifestError::BatchTooLarge { ops: self.ops.len(), ops_max: config.batch_ops_max });
         }
         let blob = |what: &'static str, size_bytes: usize| {
             if size_bytes > config.blob_bytes_max {
-                Err(ManifestError::BlobTooLarge {
-                    what,
-                    size_bytes,
-                    size_bytes_max: config.blob_bytes_max,
-                })
+                Err(ManifestError::BlobTooLarge { what, size_bytes, size_bytes_max: config.blob_bytes_max })
             } else {
                 Ok(())
             }
@@ -211,10 +163,7 @@ impl Batch {
                 Op::PutSnapshot { snapshot, .. } => {
                     blob("snapshot metadata", snapshot.metadata.len())?;
                     // Each reference is 16 bytes on disk; bound the list like a blob.
-                    blob(
-                        "snapshot generation list",
-                        snapshot.generations.len().saturating_mul(16),
-                    )?;
+                    blob("snapshot generation list", snapshot.generations.len().saturating_mul(16))?;
                 }
                 Op::DropDatabase { .. }
                 | Op::SetVote(_)

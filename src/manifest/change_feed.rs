@@ -81,9 +81,7 @@ pub(crate) fn append(tables: &Tables, txn: &mut RwTxn<'_>, changes: Vec<Change>)
 fn cursor_record(tables: &Tables, txn: &RoTxn<'_>, name: &str) -> Result<CursorRecord> {
     tables
         .get::<CursorRecord>(txn, Table::FeedCursors, name.as_bytes())?
-        .ok_or_else(|| ManifestError::CursorNotFound {
-            name: name.to_owned(),
-        })
+        .ok_or_else(|| ManifestError::CursorNotFound { name: name.to_owned() })
 }
 
 /// Applies one cursor operation.
@@ -100,9 +98,7 @@ pub(crate) fn apply_cursor_op(
             }
             let count = tables.len(txn, Table::FeedCursors)?;
             if count >= u64::try_from(config.cursors_max).unwrap_or(u64::MAX) {
-                return Err(ManifestError::TooManyCursors {
-                    cursors_max: config.cursors_max,
-                });
+                return Err(ManifestError::TooManyCursors { cursors_max: config.cursors_max });
             }
             let (oldest, head) = bounds(tables, txn)?;
             let acked_seq = match *start {
@@ -118,10 +114,7 @@ pub(crate) fn apply_cursor_op(
                     })
                 }
             };
-            let record = CursorRecord {
-                acked_seq,
-                stale: false,
-            };
+            let record = CursorRecord { acked_seq, stale: false };
             tables.put(txn, Table::FeedCursors, name.as_bytes(), &record)
         }
         CursorOp::Ack { name, seq } => {
@@ -135,11 +128,7 @@ pub(crate) fn apply_cursor_op(
                 });
             }
             if *seq > head {
-                return Err(ManifestError::CursorAckBeyondHead {
-                    name: name.clone(),
-                    seq: *seq,
-                    head,
-                });
+                return Err(ManifestError::CursorAckBeyondHead { name: name.clone(), seq: *seq, head });
             }
             // Acks are idempotent and monotonic: acking an older sequence again is a no-op.
             if *seq > record.acked_seq {
@@ -158,37 +147,25 @@ pub(crate) fn apply_cursor_op(
 }
 
 /// Marks lagging cursors stale and truncates the feed; runs inside every group commit.
-pub(crate) fn maintain(
-    tables: &Tables,
-    txn: &mut RwTxn<'_>,
-    config: &ManifestConfig,
-) -> Result<FeedStats> {
+pub(crate) fn maintain(tables: &Tables, txn: &mut RwTxn<'_>, config: &ManifestConfig) -> Result<FeedStats> {
     let (oldest, head) = bounds(tables, txn)?;
     let mut stats = FeedStats::default();
     let mut live_acked_min: Option<u64> = None;
     let mut newly_stale: Vec<(Vec<u8>, CursorRecord)> = Vec::new();
     // Bounded by `cursors_max` at registration.
-    tables.scan::<CursorRecord>(
-        txn,
-        Table::FeedCursors,
-        &[],
-        None,
-        usize::MAX,
-        |key, record| {
-            let lag = head.saturating_sub(record.acked_seq);
-            if record.stale {
-                stats.cursors_stale += 1;
-            } else if lag > config.feed_cursor_lag_entries_max {
-                stats.cursors_stale += 1;
-                newly_stale.push((key.to_vec(), record));
-            } else {
-                stats.cursor_lag_max = stats.cursor_lag_max.max(lag);
-                live_acked_min =
-                    Some(live_acked_min.map_or(record.acked_seq, |m| m.min(record.acked_seq)));
-            }
-            Ok(true)
-        },
-    )?;
+    tables.scan::<CursorRecord>(txn, Table::FeedCursors, &[], None, usize::MAX, |key, record| {
+        let lag = head.saturating_sub(record.acked_seq);
+        if record.stale {
+            stats.cursors_stale += 1;
+        } else if lag > config.feed_cursor_lag_entries_max {
+            stats.cursors_stale += 1;
+            newly_stale.push((key.to_vec(), record));
+        } else {
+            stats.cursor_lag_max = stats.cursor_lag_max.max(lag);
+            live_acked_min = Some(live_acked_min.map_or(record.acked_seq, |m| m.min(record.acked_seq)));
+        }
+        Ok(true)
+    })?;
     for (key, mut record) in newly_stale {
         record.stale = true;
         tracing::warn!(
@@ -248,26 +225,16 @@ pub(crate) fn read_page(
             page_entries_max,
             |key, value| {
                 let seq = keys::decode_u64_key(Table::Feed, key)?;
-                entries.push(FeedEntry {
-                    seq,
-                    changes: value.changes,
-                });
+                entries.push(FeedEntry { seq, changes: value.changes });
                 Ok(true)
             },
         )?;
     }
-    Ok(FeedPage {
-        entries,
-        head_seq: head,
-    })
+    Ok(FeedPage { entries, head_seq: head })
 }
 
 /// Reads one cursor.
-pub(crate) fn cursor_info(
-    tables: &Tables,
-    txn: &RoTxn<'_>,
-    name: &str,
-) -> Result<Option<CursorInfo>> {
+pub(crate) fn cursor_info(tables: &Tables, txn: &RoTxn<'_>, name: &str) -> Result<Option<CursorInfo>> {
     let record = tables.get::<CursorRecord>(txn, Table::FeedCursors, name.as_bytes())?;
     Ok(record.map(|record| CursorInfo {
         name: name.to_owned(),

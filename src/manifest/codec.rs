@@ -10,8 +10,8 @@ use serde::Serialize;
 
 use super::error::{key_hex, ManifestError, Result, Table};
 use super::records::{
-    CommittedRecord, CounterRecord, CursorRecord, DatabaseRecord, FeedRecord, FormatRecord,
-    Generation, LogId, Membership, NameRecord, Segment, Sentinel, Snapshot, Vote,
+    CommittedRecord, CounterRecord, CursorRecord, DatabaseRecord, FeedRecord, FormatRecord, Generation,
+    LogId, Membership, NameRecord, Segment, Sentinel, Snapshot, Vote,
 };
 
 /// Upper bound of a decoded payload; bounds the allocation a corrupt length prefix can cause.
@@ -46,18 +46,13 @@ pub(crate) trait Record: Serialize + DeserializeOwned + Sized {
         if version == Self::VERSION {
             decode_payload(payload)
         } else {
-            Err(DecodeFailure::UnsupportedVersion {
-                version,
-                supported_max: Self::VERSION,
-            })
+            Err(DecodeFailure::UnsupportedVersion { version, supported_max: Self::VERSION })
         }
     }
 }
 
 /// Decodes a bincode payload that must be consumed entirely.
-pub(crate) fn decode_payload<T: DeserializeOwned>(
-    payload: &[u8],
-) -> std::result::Result<T, DecodeFailure> {
+pub(crate) fn decode_payload<T: DeserializeOwned>(payload: &[u8]) -> std::result::Result<T, DecodeFailure> {
     match bincode::serde::decode_from_slice::<T, _>(payload, bincode_config()) {
         Ok((value, read_bytes)) if read_bytes == payload.len() => Ok(value),
         Ok((_, read_bytes)) => Err(DecodeFailure::Malformed(format!(
@@ -70,12 +65,8 @@ pub(crate) fn decode_payload<T: DeserializeOwned>(
 
 /// Encodes a value with its version prefix.
 pub(crate) fn encode<T: Record>(table: Table, value: &T) -> Result<Vec<u8>> {
-    let payload = bincode::serde::encode_to_vec(value, bincode_config()).map_err(|error| {
-        ManifestError::Encode {
-            table,
-            reason: error.to_string(),
-        }
-    })?;
+    let payload = bincode::serde::encode_to_vec(value, bincode_config())
+        .map_err(|error| ManifestError::Encode { table, reason: error.to_string() })?;
     let mut out = Vec::with_capacity(VERSION_PREFIX_BYTES + payload.len());
     out.extend_from_slice(&T::VERSION.to_le_bytes());
     out.extend_from_slice(&payload);
@@ -90,29 +81,16 @@ pub(crate) fn decode<T: Record>(table: Table, key: &[u8], bytes: &[u8]) -> Resul
             return Err(ManifestError::Decode {
                 table,
                 key: key_hex(key),
-                reason: format!(
-                    "value of {} bytes is shorter than the version prefix",
-                    bytes.len()
-                ),
+                reason: format!("value of {} bytes is shorter than the version prefix", bytes.len()),
             })
         }
     };
     let version = u16::from_le_bytes(*prefix);
     T::decode_version(version, payload).map_err(|failure| match failure {
-        DecodeFailure::UnsupportedVersion {
-            version,
-            supported_max,
-        } => ManifestError::UnsupportedRecordVersion {
-            table,
-            key: key_hex(key),
-            version,
-            supported_max,
-        },
-        DecodeFailure::Malformed(reason) => ManifestError::Decode {
-            table,
-            key: key_hex(key),
-            reason,
-        },
+        DecodeFailure::UnsupportedVersion { version, supported_max } => {
+            ManifestError::UnsupportedRecordVersion { table, key: key_hex(key), version, supported_max }
+        }
+        DecodeFailure::Malformed(reason) => ManifestError::Decode { table, key: key_hex(key), reason },
     })
 }
 
@@ -139,11 +117,7 @@ mod tests {
     #[test]
     fn round_trip_and_exact_layout() {
         // A vote is 8 + 8 + 1 bytes of fixed-width little-endian after the version prefix.
-        let vote = Vote {
-            term: 3,
-            node_id: 7,
-            committed: true,
-        };
+        let vote = Vote { term: 3, node_id: 7, committed: true };
         let bytes = encode(Table::Raft, &vote).unwrap();
         let mut expected = vec![1, 0];
         expected.extend_from_slice(&3u64.to_le_bytes());
@@ -155,10 +129,7 @@ mod tests {
         // A string is a u64 LE length then its bytes; a Vec<u8> likewise.
         let record = DatabaseRecord {
             name: "a".into(),
-            config: DatabaseConfig {
-                page_size_bytes: 4096,
-                options: vec![9],
-            },
+            config: DatabaseConfig { page_size_bytes: 4096, options: vec![9] },
         };
         let bytes = encode(Table::Databases, &record).unwrap();
         let mut expected = vec![1, 0];
@@ -170,11 +141,7 @@ mod tests {
         assert_eq!(bytes, expected);
 
         // An enum is a u32 LE variant index.
-        let segment = Segment {
-            first_index: 1,
-            last_index: None,
-            state: SegmentState::Sealed,
-        };
+        let segment = Segment { first_index: 1, last_index: None, state: SegmentState::Sealed };
         let bytes = encode(Table::Segments, &segment).unwrap();
         let mut expected = vec![1, 0];
         expected.extend_from_slice(&1u64.to_le_bytes());
@@ -191,10 +158,7 @@ mod tests {
             changes: vec![
                 Change::DatabaseCreated { id: DatabaseId(5) },
                 Change::VoteSet,
-                Change::GenerationAdded(GenerationRef {
-                    database_id: DatabaseId(5),
-                    generation: 2,
-                }),
+                Change::GenerationAdded(GenerationRef { database_id: DatabaseId(5), generation: 2 }),
                 Change::SnapshotRemoved { id: 9 },
             ],
         };
@@ -212,10 +176,7 @@ mod tests {
         assert_eq!(bytes, expected);
 
         // Sentinel: u32 state (0 Running, 1 Clean) then u64 open count.
-        let sentinel = Sentinel {
-            state: RunState::Clean,
-            open_count: 3,
-        };
+        let sentinel = Sentinel { state: RunState::Clean, open_count: 3 };
         let bytes = encode(Table::Runtime, &sentinel).unwrap();
         let mut expected = vec![1, 0];
         expected.extend_from_slice(&1u32.to_le_bytes());
@@ -225,13 +186,8 @@ mod tests {
         // Committed log id: Option tag byte, then the log id when present.
         let none = encode(Table::Raft, &CommittedRecord { log_id: None }).unwrap();
         assert_eq!(none, vec![1, 0, 0]);
-        let some = encode(
-            Table::Raft,
-            &CommittedRecord {
-                log_id: Some(LogId { term: 2, index: 3 }),
-            },
-        )
-        .unwrap();
+        let some =
+            encode(Table::Raft, &CommittedRecord { log_id: Some(LogId { term: 2, index: 3 }) }).unwrap();
         assert_eq!(some.len(), 2 + 1 + 16);
         assert_eq!(some[2], 1);
     }
@@ -239,42 +195,21 @@ mod tests {
     #[test]
     fn bad_values_are_typed_errors() {
         // Short, newer version, truncated payload, trailing bytes: all errors, none panics.
-        assert!(matches!(
-            decode::<Vote>(Table::Raft, b"k", &[1]),
-            Err(ManifestError::Decode { .. })
-        ));
+        assert!(matches!(decode::<Vote>(Table::Raft, b"k", &[1]), Err(ManifestError::Decode { .. })));
         assert!(matches!(
             decode::<Vote>(Table::Raft, b"k", &[2, 0, 1]),
-            Err(ManifestError::UnsupportedRecordVersion {
-                version: 2,
-                supported_max: 1,
-                ..
-            })
+            Err(ManifestError::UnsupportedRecordVersion { version: 2, supported_max: 1, .. })
         ));
         assert!(matches!(
             decode::<Vote>(Table::Raft, b"k", &[1, 0, 1, 2, 3]),
             Err(ManifestError::Decode { .. })
         ));
-        let mut long = encode(
-            Table::Raft,
-            &Vote {
-                term: 1,
-                node_id: 1,
-                committed: false,
-            },
-        )
-        .unwrap();
+        let mut long = encode(Table::Raft, &Vote { term: 1, node_id: 1, committed: false }).unwrap();
         long.push(0);
-        assert!(matches!(
-            decode::<Vote>(Table::Raft, b"k", &long),
-            Err(ManifestError::Decode { .. })
-        ));
+        assert!(matches!(decode::<Vote>(Table::Raft, b"k", &long), Err(ManifestError::Decode { .. })));
         // A huge length prefix fails without allocating it.
         let mut huge = vec![1, 0];
         huge.extend_from_slice(&u64::MAX.to_le_bytes());
-        assert!(matches!(
-            decode::<FeedRecord>(Table::Feed, b"k", &huge),
-            Err(ManifestError::Decode { .. })
-        ));
+        assert!(matches!(decode::<FeedRecord>(Table::Feed, b"k", &huge), Err(ManifestError::Decode { .. })));
     }
 }

@@ -65,17 +65,15 @@ impl Default for ManifestConfig {
 impl ManifestConfig {
     /// Checks the bounds against each other; returns the config with map sizes aligned.
     pub(crate) fn validated(&self) -> Result<ManifestConfig> {
-        let invalid = |field: &'static str, reason: String| {
-            Err(ManifestError::InvalidConfig { field, reason })
-        };
+        let invalid =
+            |field: &'static str, reason: String| Err(ManifestError::InvalidConfig { field, reason });
         let mut config = self.clone();
         config.map_size_initial_bytes = self
             .map_size_initial_bytes
             .max(MAP_SIZE_ALIGN_BYTES)
             .div_ceil(MAP_SIZE_ALIGN_BYTES)
             .saturating_mul(MAP_SIZE_ALIGN_BYTES);
-        config.map_size_max_bytes =
-            self.map_size_max_bytes / MAP_SIZE_ALIGN_BYTES * MAP_SIZE_ALIGN_BYTES;
+        config.map_size_max_bytes = self.map_size_max_bytes / MAP_SIZE_ALIGN_BYTES * MAP_SIZE_ALIGN_BYTES;
         if config.map_size_max_bytes < config.map_size_initial_bytes {
             return invalid(
                 "map_size_max_bytes",

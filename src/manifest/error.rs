@@ -298,9 +298,7 @@ pub enum ManifestError {
         generation: u64,
     },
     /// A new generation must be newer than every existing one of the same database.
-    #[error(
-        "generation {generation} of database {database_id} is not newer than the newest {newest}"
-    )]
+    #[error("generation {generation} of database {database_id} is not newer than the newest {newest}")]
     GenerationNotNewer {
         /// The database.
         database_id: DatabaseId,
@@ -381,7 +379,9 @@ pub enum ManifestError {
     },
     /// The cursor lagged more than `feed_cursor_lag_entries_max` behind the head and was marked
     /// stale; the entries after `acked` may be gone. Remove and re-register it.
-    #[error("change-feed cursor {name:?} is stale: acknowledged {acked}, oldest available {oldest_available}")]
+    #[error(
+        "change-feed cursor {name:?} is stale: acknowledged {acked}, oldest available {oldest_available}"
+    )]
     CursorStale {
         /// The name.
         name: String,
@@ -416,19 +416,12 @@ pub enum ManifestError {
 
 impl ManifestError {
     pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>, source: io::Error) -> Self {
-        ManifestError::Io {
-            op,
-            path: path.into(),
-            source: Arc::new(source),
-        }
+        ManifestError::Io { op, path: path.into(), source: Arc::new(source) }
     }
 
     /// Returns a closure that wraps a heed error with the operation name.
     pub(crate) fn lmdb(op: &'static str) -> impl FnOnce(heed::Error) -> ManifestError {
-        move |source| ManifestError::Lmdb {
-            op,
-            source: Arc::new(source),
-        }
+        move |source| ManifestError::Lmdb { op, source: Arc::new(source) }
     }
 
     /// True when LMDB reported `MDB_MAP_FULL` (the map can be grown and the transaction retried).

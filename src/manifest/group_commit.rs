@@ -103,9 +103,7 @@ impl Pipeline {
 
     fn lock(&self) -> MutexGuard<'_, QueueState> {
         // The state is only mutated in short sections that cannot panic halfway.
-        self.state
-            .lock()
-            .unwrap_or_else(|poison| poison.into_inner())
+        self.state.lock().unwrap_or_else(|poison| poison.into_inner())
     }
 
     /// Test hook: pretend a leader is (or is no longer) running.
@@ -138,60 +136,42 @@ impl Pipeline {
     ) -> Result<Vec<Result<Done>>> {
         let count = works.len();
         if count > self.queue_max {
-            return Err(ManifestError::BatchTooLarge {
-                ops: count,
-                ops_max: self.queue_max,
-            });
+            return Err(ManifestError::BatchTooLarge { ops: count, ops_max: self.queue_max });
         }
         let mut state = self.lock();
         loop {
             if let Some(reason) = &state.poisoned {
-                return Err(ManifestError::Poisoned {
-                    reason: reason.clone(),
-                });
+                return Err(ManifestError::Poisoned { reason: reason.clone() });
             }
             if state.queue.len() + count <= self.queue_max {
                 break;
             }
             if when_full == WhenFull::Fail {
-                return Err(ManifestError::Backpressure {
-                    queue_batches_max: self.queue_max,
-                });
+                return Err(ManifestError::Backpressure { queue_batches_max: self.queue_max });
             }
-            state = self
-                .space
-                .wait(state)
-                .unwrap_or_else(|poison| poison.into_inner());
+            state = self.space.wait(state).unwrap_or_else(|poison| poison.into_inner());
         }
         let first_ticket = state.next_ticket;
         state.next_ticket += count as u64;
         for (offset, work) in works.into_iter().enumerate() {
-            state.queue.push_back(Pending {
-                ticket: first_ticket + offset as u64,
-                work,
-            });
+            state.queue.push_back(Pending { ticket: first_ticket + offset as u64, work });
         }
         let tickets = first_ticket..first_ticket + count as u64;
         loop {
-            if tickets
-                .clone()
-                .all(|ticket| state.finished.contains_key(&ticket))
-            {
+            if tickets.clone().all(|ticket| state.finished.contains_key(&ticket)) {
                 let results = tickets
                     .clone()
                     .map(|ticket| {
-                        state.finished.remove(&ticket).unwrap_or_else(|| {
-                            unreachable!("ticket {ticket} was checked to be finished")
-                        })
+                        state
+                            .finished
+                            .remove(&ticket)
+                            .unwrap_or_else(|| unreachable!("ticket {ticket} was checked to be finished"))
                     })
                     .collect();
                 return Ok(results);
             }
             if state.leader_active {
-                state = self
-                    .progress
-                    .wait(state)
-                    .unwrap_or_else(|poison| poison.into_inner());
+                state = self.progress.wait(state).unwrap_or_else(|poison| poison.into_inner());
                 continue;
             }
             // Lead: our unfinished tickets are queued (results are published before the
@@ -207,10 +187,7 @@ impl Pipeline {
             let (results, poison) = match poisoned {
                 Some(reason) => {
                     let error = ManifestError::Poisoned { reason };
-                    let results = group
-                        .iter()
-                        .map(|pending| (pending.ticket, Err(error.clone())))
-                        .collect();
+                    let results = group.iter().map(|pending| (pending.ticket, Err(error.clone()))).collect();
                     (results, None)
                 }
                 None => {
@@ -219,13 +196,9 @@ impl Pipeline {
                         Ok(outcome) => outcome,
                         Err(_) => {
                             let reason = "a commit leader panicked".to_owned();
-                            let error = ManifestError::Poisoned {
-                                reason: reason.clone(),
-                            };
-                            let results = group
-                                .iter()
-                                .map(|pending| (pending.ticket, Err(error.clone())))
-                                .collect();
+                            let error = ManifestError::Poisoned { reason: reason.clone() };
+                            let results =
+                                group.iter().map(|pending| (pending.ticket, Err(error.clone()))).collect();
                             (results, Some(reason))
                         }
                     }
@@ -275,10 +248,7 @@ fn lead(
             }
             Step::Rejected(index, error) => {
                 if matches!(group[index].work, Work::Batch(_)) {
-                    store
-                        .metrics
-                        .batches_rejected
-                        .fetch_add(1, Ordering::Relaxed);
+                    store.metrics.batches_rejected.fetch_add(1, Ordering::Relaxed);
                 }
                 store.metrics.group_retries.fetch_add(1, Ordering::Relaxed);
                 settled[index] = Some(Err(error));
@@ -289,10 +259,7 @@ fn lead(
                     break;
                 }
             }
-            Step::Failed {
-                error,
-                poison: poison_now,
-            } => {
+            Step::Failed { error, poison: poison_now } => {
                 if poison_now {
                     poison = Some(format!("LMDB commit failed: {error}"));
                 }
@@ -331,21 +298,13 @@ fn attempt(
         } else if error.is_rejection() {
             Step::Rejected(index, error)
         } else {
-            Step::Failed {
-                error,
-                poison: false,
-            }
+            Step::Failed { error, poison: false }
         }
     };
     let tables = &store.tables;
     let mut txn = match store.begin_write() {
         Ok(txn) => txn,
-        Err(error) => {
-            return Step::Failed {
-                error,
-                poison: false,
-            }
-        }
+        Err(error) => return Step::Failed { error, poison: false },
     };
     let mut outcomes = Vec::with_capacity(group.len());
     for (index, pending) in group.iter().enumerate() {
@@ -353,15 +312,10 @@ fn attempt(
             continue;
         }
         let result = match &pending.work {
-            Work::Batch(batch) => {
-                apply_batch(tables, &mut txn, batch, config).and_then(|applied| {
-                    let seq = change_feed::append(tables, &mut txn, applied.changes)?;
-                    Ok(Done::Batch(CommitOutcome {
-                        seq,
-                        created_databases: applied.created_databases,
-                    }))
-                })
-            }
+            Work::Batch(batch) => apply_batch(tables, &mut txn, batch, config).and_then(|applied| {
+                let seq = change_feed::append(tables, &mut txn, applied.changes)?;
+                Ok(Done::Batch(CommitOutcome { seq, created_databases: applied.created_databases }))
+            }),
             Work::Cursor(op) => {
                 change_feed::apply_cursor_op(tables, &mut txn, op, config).map(|()| Done::Cursor)
             }
@@ -374,20 +328,12 @@ fn attempt(
     let stats = match change_feed::maintain(tables, &mut txn, config) {
         Ok(stats) => stats,
         Err(error) if error.is_lmdb_map_full() => return Step::MapFull,
-        Err(error) => {
-            return Step::Failed {
-                error,
-                poison: false,
-            }
-        }
+        Err(error) => return Step::Failed { error, poison: false },
     };
     match txn.commit() {
         Ok(()) => Step::Committed(outcomes, stats),
         Err(error) if error.is_lmdb_map_full() => Step::MapFull,
         // The commit may or may not have reached the disk; nothing on this handle can know.
-        Err(error) => Step::Failed {
-            error,
-            poison: true,
-        },
+        Err(error) => Step::Failed { error, poison: true },
     }
 }

@@ -53,10 +53,8 @@ pub(crate) fn decode_generation_key(key: &[u8]) -> Result<GenerationRef> {
         key: key_hex(key),
         reason: "expected 16 bytes",
     };
-    let (database, generation) = key
-        .split_first_chunk::<8>()
-        .filter(|(_, rest)| rest.len() == 8)
-        .ok_or_else(malformed)?;
+    let (database, generation) =
+        key.split_first_chunk::<8>().filter(|(_, rest)| rest.len() == 8).ok_or_else(malformed)?;
     let generation: [u8; 8] = (*generation).try_into().map_err(|_| malformed())?;
     Ok(GenerationRef {
         database_id: DatabaseId(u64::from_be_bytes(*database)),

@@ -28,14 +28,11 @@ pub(crate) struct Metrics {
 impl Metrics {
     pub(crate) fn record_feed(&self, stats: &FeedStats) {
         self.feed_len.store(stats.feed_len, Ordering::Relaxed);
-        self.cursor_lag_max
-            .store(stats.cursor_lag_max, Ordering::Relaxed);
-        self.cursors_stale
-            .store(stats.cursors_stale, Ordering::Relaxed);
+        self.cursor_lag_max.store(stats.cursor_lag_max, Ordering::Relaxed);
+        self.cursors_stale.store(stats.cursors_stale, Ordering::Relaxed);
         if stats.truncated_entries > 0 {
             self.feed_truncations.fetch_add(1, Ordering::Relaxed);
-            self.feed_truncated_entries
-                .fetch_add(stats.truncated_entries, Ordering::Relaxed);
+            self.feed_truncated_entries.fetch_add(stats.truncated_entries, Ordering::Relaxed);
         }
     }
 
@@ -46,11 +43,7 @@ impl Metrics {
         MetricsSnapshot {
             commits,
             batches,
-            batches_per_commit: if commits == 0 {
-                0.0
-            } else {
-                batches as f64 / commits as f64
-            },
+            batches_per_commit: if commits == 0 { 0.0 } else { batches as f64 / commits as f64 },
             batches_rejected: load(&self.batches_rejected),
             cursor_ops: load(&self.cursor_ops),
             group_retries: load(&self.group_retries),

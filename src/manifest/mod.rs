@@ -50,9 +50,8 @@ pub use names::{validate_name, FILE_NAME_BYTES_MAX, NAME_BYTES_MAX};
 pub use open::{FORMAT_VERSION, MANIFEST_DIR_NAME};
 pub use read::ManifestReader;
 pub use records::{
-    Change, CursorInfo, DatabaseConfig, DatabaseId, DatabaseInfo, FeedEntry, Generation,
-    GenerationRef, LogId, Membership, PreviousShutdown, RaftState, Segment, SegmentState, Snapshot,
-    Vote,
+    Change, CursorInfo, DatabaseConfig, DatabaseId, DatabaseInfo, FeedEntry, Generation, GenerationRef,
+    LogId, Membership, PreviousShutdown, RaftState, Segment, SegmentState, Snapshot, Vote,
 };
 
 use change_feed::CursorOp;
@@ -127,12 +126,8 @@ impl Manifest {
 
     fn commit_one(&self, batch: Batch, when_full: WhenFull) -> Result<CommitOutcome> {
         batch.validate_static(&self.config)?;
-        let mut results = self.pipeline.submit(
-            &self.store,
-            &self.config,
-            vec![Work::Batch(batch)],
-            when_full,
-        )?;
+        let mut results =
+            self.pipeline.submit(&self.store, &self.config, vec![Work::Batch(batch)], when_full)?;
         match results.pop() {
             Some(result) => result.and_then(expect_batch),
             None => unreachable!("one submission yields one result"),
@@ -155,10 +150,8 @@ impl Manifest {
                 Err(error) => results.push(Some(Err(error))),
             }
         }
-        let mut committed = self
-            .pipeline
-            .submit(&self.store, &self.config, works, WhenFull::Wait)?
-            .into_iter();
+        let mut committed =
+            self.pipeline.submit(&self.store, &self.config, works, WhenFull::Wait)?.into_iter();
         Ok(results
             .into_iter()
             .map(|slot| match slot {
@@ -177,26 +170,17 @@ impl Manifest {
     /// open transaction to end, and the commit would wait for the growth.
     pub fn read<T>(&self, body: impl FnOnce(&ManifestReader<'_>) -> Result<T>) -> Result<T> {
         let txn = self.store.begin_read()?;
-        let reader = ManifestReader {
-            tables: &self.store.tables,
-            txn: &txn,
-        };
+        let reader = ManifestReader { tables: &self.store.tables, txn: &txn };
         body(&reader)
     }
 
     fn cursor_op(&self, op: CursorOp) -> Result<()> {
         let name = match &op {
-            CursorOp::Register { name, .. }
-            | CursorOp::Ack { name, .. }
-            | CursorOp::Remove { name } => name,
+            CursorOp::Register { name, .. } | CursorOp::Ack { name, .. } | CursorOp::Remove { name } => name,
         };
         names::validate_name(NameKind::Cursor, name)?;
-        let mut results = self.pipeline.submit(
-            &self.store,
-            &self.config,
-            vec![Work::Cursor(op)],
-            WhenFull::Wait,
-        )?;
+        let mut results =
+            self.pipeline.submit(&self.store, &self.config, vec![Work::Cursor(op)], WhenFull::Wait)?;
         match results.pop() {
             Some(Ok(Done::Cursor)) => Ok(()),
             Some(Ok(Done::Batch(_))) => unreachable!("a cursor operation yields a cursor result"),
@@ -207,26 +191,18 @@ impl Manifest {
 
     /// Registers a durable change-feed cursor.
     pub fn register_cursor(&self, name: &str, start: FeedStart) -> Result<()> {
-        self.cursor_op(CursorOp::Register {
-            name: name.to_owned(),
-            start,
-        })
+        self.cursor_op(CursorOp::Register { name: name.to_owned(), start })
     }
 
     /// Acknowledges every entry up to and including `seq`; acknowledging an older sequence again
     /// is a no-op. Entries acknowledged by every live cursor are truncated in the same commit.
     pub fn ack_cursor(&self, name: &str, seq: u64) -> Result<()> {
-        self.cursor_op(CursorOp::Ack {
-            name: name.to_owned(),
-            seq,
-        })
+        self.cursor_op(CursorOp::Ack { name: name.to_owned(), seq })
     }
 
     /// Removes a cursor; it no longer holds truncation back.
     pub fn remove_cursor(&self, name: &str) -> Result<()> {
-        self.cursor_op(CursorOp::Remove {
-            name: name.to_owned(),
-        })
+        self.cursor_op(CursorOp::Remove { name: name.to_owned() })
     }
 
     /// Reads up to `page_entries_max` (capped by the config) entries after the cursor's
@@ -253,10 +229,7 @@ impl Manifest {
         self.store.write(|txn| {
             let sentinel = tables.get::<Sentinel>(txn, Table::Runtime, &keys::RUNTIME_SENTINEL)?;
             let open_count = sentinel.map_or(1, |sentinel| sentinel.open_count);
-            let clean = Sentinel {
-                state: RunState::Clean,
-                open_count,
-            };
+            let clean = Sentinel { state: RunState::Clean, open_count };
             tables.put(txn, Table::Runtime, &keys::RUNTIME_SENTINEL, &clean)
         })?;
         tracing::info!(path = %self.store.path.display(), "manifest closed cleanly");

@@ -14,11 +14,8 @@ pub const FILE_NAME_BYTES_MAX: usize = 255;
 
 /// Checks a database or cursor name.
 pub fn validate_name(kind: NameKind, name: &str) -> Result<()> {
-    let reject = |reason: &'static str| ManifestError::InvalidName {
-        kind,
-        name: shown_name(name, 160),
-        reason,
-    };
+    let reject =
+        |reason: &'static str| ManifestError::InvalidName { kind, name: shown_name(name, 160), reason };
     if name.is_empty() {
         return Err(reject("the name is empty"));
     }
@@ -28,10 +25,7 @@ pub fn validate_name(kind: NameKind, name: &str) -> Result<()> {
     if name.starts_with('.') {
         return Err(reject("the name starts with '.'"));
     }
-    if !name
-        .bytes()
-        .all(|byte| byte.is_ascii_alphanumeric() || matches!(byte, b'_' | b'.' | b'-'))
-    {
+    if !name.bytes().all(|byte| byte.is_ascii_alphanumeric() || matches!(byte, b'_' | b'.' | b'-')) {
         return Err(reject("the name holds a character outside [A-Za-z0-9_.-]"));
     }
     Ok(())
@@ -39,10 +33,8 @@ pub fn validate_name(kind: NameKind, name: &str) -> Result<()> {
 
 /// Checks a generation file name.
 pub(crate) fn validate_file_name(name: &str) -> Result<()> {
-    let reject = |reason: &'static str| ManifestError::InvalidFileName {
-        name: shown_name(name, 300),
-        reason,
-    };
+    let reject =
+        |reason: &'static str| ManifestError::InvalidFileName { name: shown_name(name, 300), reason };
     if name.is_empty() {
         return Err(reject("the file name is empty"));
     }

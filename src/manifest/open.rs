@@ -43,9 +43,7 @@ fn precheck_data_file(path: &Path) -> Result<()> {
         Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(()),
         Err(error) => return Err(ManifestError::io("open data file", path, error)),
     };
-    let metadata = file
-        .metadata()
-        .map_err(|error| ManifestError::io("stat data file", path, error))?;
+    let metadata = file.metadata().map_err(|error| ManifestError::io("stat data file", path, error))?;
     if !metadata.is_file() {
         return Err(ManifestError::NotAnLmdbEnvironment {
             path: path.to_owned(),
@@ -84,9 +82,7 @@ fn sync_dir(path: &Path) -> Result<()> {
 
 fn map_open_error(dir: &Path, error: heed::Error) -> ManifestError {
     match error {
-        heed::Error::EnvAlreadyOpened => ManifestError::AlreadyOpen {
-            path: dir.to_owned(),
-        },
+        heed::Error::EnvAlreadyOpened => ManifestError::AlreadyOpen { path: dir.to_owned() },
         heed::Error::Mdb(heed::MdbError::Invalid) => ManifestError::NotAnLmdbEnvironment {
             path: dir.join(DATA_FILE_NAME),
             reason: "LMDB reports MDB_INVALID",
@@ -128,11 +124,7 @@ pub(crate) fn open_store(data_dir: &Path, config: &ManifestConfig) -> Result<Ope
     let file_len = usize::try_from(file_len).unwrap_or(usize::MAX);
     let map_size_bytes = config
         .map_size_initial_bytes
-        .max(
-            file_len
-                .div_ceil(MAP_SIZE_ALIGN_BYTES)
-                .saturating_mul(MAP_SIZE_ALIGN_BYTES),
-        )
+        .max(file_len.div_ceil(MAP_SIZE_ALIGN_BYTES).saturating_mul(MAP_SIZE_ALIGN_BYTES))
         .min(config.map_size_max_bytes.max(config.map_size_initial_bytes));
 
     let mut options = EnvOpenOptions::new().read_txn_without_tls();
@@ -148,9 +140,7 @@ pub(crate) fn open_store(data_dir: &Path, config: &ManifestConfig) -> Result<Ope
         | heed::EnvFlags::MAP_ASYNC
         | heed::EnvFlags::WRITE_MAP
         | heed::EnvFlags::NO_LOCK;
-    let flags = env
-        .get_flags()
-        .map_err(ManifestError::lmdb("read environment flags"))?;
+    let flags = env.get_flags().map_err(ManifestError::lmdb("read environment flags"))?;
     assert_eq!(
         flags & unsafe_flags.bits(),
         0,
@@ -161,33 +151,18 @@ pub(crate) fn open_store(data_dir: &Path, config: &ManifestConfig) -> Result<Ope
 
     // Tables and the format record are created in one transaction, so an environment either
     // has no manifest tables or has a format version.
-    let mut wtxn = env
-        .write_txn()
-        .map_err(ManifestError::lmdb("begin write transaction"))?;
+    let mut wtxn = env.write_txn().map_err(ManifestError::lmdb("begin write transaction"))?;
     let tables = Tables::create(&env, &mut wtxn)?;
     let format = tables.get::<FormatRecord>(&wtxn, Table::Meta, &keys::META_FORMAT_VERSION)?;
     if format.is_none() {
-        let record = FormatRecord {
-            format_version: FORMAT_VERSION,
-        };
+        let record = FormatRecord { format_version: FORMAT_VERSION };
         tables.put(&mut wtxn, Table::Meta, &keys::META_FORMAT_VERSION, &record)?;
         let first_id = CounterRecord { value: 1 };
-        tables.put(
-            &mut wtxn,
-            Table::Meta,
-            &keys::META_NEXT_DATABASE_ID,
-            &first_id,
-        )?;
+        tables.put(&mut wtxn, Table::Meta, &keys::META_NEXT_DATABASE_ID, &first_id)?;
         let empty_feed = CounterRecord { value: 0 };
-        tables.put(
-            &mut wtxn,
-            Table::Meta,
-            &keys::META_FEED_HEAD_SEQ,
-            &empty_feed,
-        )?;
+        tables.put(&mut wtxn, Table::Meta, &keys::META_FEED_HEAD_SEQ, &empty_feed)?;
     }
-    wtxn.commit()
-        .map_err(ManifestError::lmdb("commit manifest creation"))?;
+    wtxn.commit().map_err(ManifestError::lmdb("commit manifest creation"))?;
 
     let store = Store::new(env, tables, config.map_size_max_bytes, dir.clone());
     let previous_shutdown = store.write(|txn| {
@@ -195,35 +170,25 @@ pub(crate) fn open_store(data_dir: &Path, config: &ManifestConfig) -> Result<Ope
         let sentinel = tables.get::<Sentinel>(txn, Table::Runtime, &keys::RUNTIME_SENTINEL)?;
         let (previous, open_count) = match sentinel {
             None => (PreviousShutdown::FirstOpen, 1),
-            Some(Sentinel {
-                state: RunState::Clean,
-                open_count,
-            }) => (PreviousShutdown::Clean, open_count.saturating_add(1)),
-            Some(Sentinel {
-                state: RunState::Running,
-                open_count,
-            }) => (PreviousShutdown::Unclean, open_count.saturating_add(1)),
+            Some(Sentinel { state: RunState::Clean, open_count }) => {
+                (PreviousShutdown::Clean, open_count.saturating_add(1))
+            }
+            Some(Sentinel { state: RunState::Running, open_count }) => {
+                (PreviousShutdown::Unclean, open_count.saturating_add(1))
+            }
         };
-        let running = Sentinel {
-            state: RunState::Running,
-            open_count,
-        };
+        let running = Sentinel { state: RunState::Running, open_count };
         tables.put(txn, Table::Runtime, &keys::RUNTIME_SENTINEL, &running)?;
         Ok(previous)
     })?;
     sync_dir(&dir)?;
-    Ok(Opened {
-        store,
-        previous_shutdown,
-    })
+    Ok(Opened { store, previous_shutdown })
 }
 
 /// Refuses an environment that is not a manifest or whose format is newer, before anything is
 /// written to it (this runs in a read transaction).
 fn check_format(env: &heed::Env<WithoutTls>, dir: &Path) -> Result<()> {
-    let rtxn = env
-        .read_txn()
-        .map_err(ManifestError::lmdb("begin read transaction"))?;
+    let rtxn = env.read_txn().map_err(ManifestError::lmdb("begin read transaction"))?;
     let meta = env
         .open_database::<Bytes, Bytes>(&rtxn, Some(Table::Meta.name()))
         .map_err(ManifestError::lmdb("open meta table"))?;
@@ -234,27 +199,15 @@ fn check_format(env: &heed::Env<WithoutTls>, dir: &Path) -> Result<()> {
             .open_database::<Bytes, Bytes>(&rtxn, None)
             .map_err(ManifestError::lmdb("open main database"))?;
         let empty = match main {
-            Some(main) => main
-                .is_empty(&rtxn)
-                .map_err(ManifestError::lmdb("main database length"))?,
+            Some(main) => main.is_empty(&rtxn).map_err(ManifestError::lmdb("main database length"))?,
             None => true,
         };
-        return if empty {
-            Ok(())
-        } else {
-            Err(ManifestError::NotAManifest {
-                path: dir.to_owned(),
-            })
-        };
+        return if empty { Ok(()) } else { Err(ManifestError::NotAManifest { path: dir.to_owned() }) };
     };
     let key = keys::META_FORMAT_VERSION;
-    let bytes = meta
-        .get(&rtxn, &key)
-        .map_err(ManifestError::lmdb("read format version"))?;
+    let bytes = meta.get(&rtxn, &key).map_err(ManifestError::lmdb("read format version"))?;
     let Some(bytes) = bytes else {
-        return Err(ManifestError::NotAManifest {
-            path: dir.to_owned(),
-        });
+        return Err(ManifestError::NotAManifest { path: dir.to_owned() });
     };
     let record = super::codec::decode::<FormatRecord>(Table::Meta, &key, bytes)?;
     if record.format_version > FORMAT_VERSION {

@@ -20,21 +20,13 @@ pub struct ManifestReader<'t> {
 impl ManifestReader<'_> {
     /// The database with this id.
     pub fn database(&self, id: DatabaseId) -> Result<Option<DatabaseInfo>> {
-        let record =
-            self.tables
-                .get::<DatabaseRecord>(self.txn, Table::Databases, &u64_key(id.0))?;
-        Ok(record.map(|record| DatabaseInfo {
-            id,
-            name: record.name,
-            config: record.config,
-        }))
+        let record = self.tables.get::<DatabaseRecord>(self.txn, Table::Databases, &u64_key(id.0))?;
+        Ok(record.map(|record| DatabaseInfo { id, name: record.name, config: record.config }))
     }
 
     /// The database with exactly this name (byte-for-byte).
     pub fn database_by_name(&self, name: &str) -> Result<Option<DatabaseInfo>> {
-        let Some(entry) =
-            self.tables
-                .get::<NameRecord>(self.txn, Table::DatabaseNames, name.as_bytes())?
+        let Some(entry) = self.tables.get::<NameRecord>(self.txn, Table::DatabaseNames, name.as_bytes())?
         else {
             return Ok(None);
         };
@@ -43,10 +35,7 @@ impl ManifestReader<'_> {
             _ => Err(ManifestError::Decode {
                 table: Table::DatabaseNames,
                 key: super::error::key_hex(name.as_bytes()),
-                reason: format!(
-                    "name index points at database {} which does not carry this name",
-                    entry.id
-                ),
+                reason: format!("name index points at database {} which does not carry this name", entry.id),
             }),
         }
     }
@@ -79,17 +68,13 @@ impl ManifestReader<'_> {
 
     /// The id the next created database will get (ids are never reused).
     pub fn next_database_id(&self) -> Result<DatabaseId> {
-        Ok(DatabaseId(
-            self.tables
-                .counter(self.txn, &keys::META_NEXT_DATABASE_ID)?,
-        ))
+        Ok(DatabaseId(self.tables.counter(self.txn, &keys::META_NEXT_DATABASE_ID)?))
     }
 
     /// Vote, committed, purged and membership.
     pub fn raft_state(&self) -> Result<RaftState> {
         let tables = self.tables;
-        let committed =
-            tables.get::<CommittedRecord>(self.txn, Table::Raft, &keys::RAFT_COMMITTED)?;
+        let committed = tables.get::<CommittedRecord>(self.txn, Table::Raft, &keys::RAFT_COMMITTED)?;
         Ok(RaftState {
             vote: tables.get::<Vote>(self.txn, Table::Raft, &keys::RAFT_VOTE)?,
             committed: committed.and_then(|record| record.log_id),
@@ -100,8 +85,7 @@ impl ManifestReader<'_> {
 
     /// One log segment.
     pub fn segment(&self, sequence: u64) -> Result<Option<Segment>> {
-        self.tables
-            .get::<Segment>(self.txn, Table::Segments, &u64_key(sequence))
+        self.tables.get::<Segment>(self.txn, Table::Segments, &u64_key(sequence))
     }
 
     /// Up to `limit` segments with sequence >= `start`, in sequence order.
@@ -122,24 +106,12 @@ impl ManifestReader<'_> {
     }
 
     /// One generation.
-    pub fn generation(
-        &self,
-        database_id: DatabaseId,
-        generation: u64,
-    ) -> Result<Option<Generation>> {
-        self.tables.get::<Generation>(
-            self.txn,
-            Table::Generations,
-            &generation_key(database_id, generation),
-        )
+    pub fn generation(&self, database_id: DatabaseId, generation: u64) -> Result<Option<Generation>> {
+        self.tables.get::<Generation>(self.txn, Table::Generations, &generation_key(database_id, generation))
     }
 
     /// Up to `limit` generations of one database, oldest first.
-    pub fn generations(
-        &self,
-        database_id: DatabaseId,
-        limit: usize,
-    ) -> Result<Vec<(u64, Generation)>> {
+    pub fn generations(&self, database_id: DatabaseId, limit: usize) -> Result<Vec<(u64, Generation)>> {
         let mut out = Vec::new();
         self.tables.scan::<Generation>(
             self.txn,
@@ -165,15 +137,12 @@ impl ManifestReader<'_> {
         )?;
         let Some(key) = key else { return Ok(None) };
         let generation = keys::decode_generation_key(&key)?.generation;
-        Ok(self
-            .generation(database_id, generation)?
-            .map(|record| (generation, record)))
+        Ok(self.generation(database_id, generation)?.map(|record| (generation, record)))
     }
 
     /// One snapshot.
     pub fn snapshot(&self, id: u64) -> Result<Option<Snapshot>> {
-        self.tables
-            .get::<Snapshot>(self.txn, Table::Snapshots, &u64_key(id))
+        self.tables.get::<Snapshot>(self.txn, Table::Snapshots, &u64_key(id))
     }
 
     /// Up to `limit` snapshots with id >= `start`, in id order.
@@ -201,21 +170,14 @@ impl ManifestReader<'_> {
     /// Up to `limit` cursors in name order.
     pub fn cursors(&self, limit: usize) -> Result<Vec<CursorInfo>> {
         let mut out = Vec::new();
-        self.tables.scan::<CursorRecord>(
-            self.txn,
-            Table::FeedCursors,
-            &[],
-            None,
-            limit,
-            |key, record| {
-                out.push(CursorInfo {
-                    name: String::from_utf8_lossy(key).into_owned(),
-                    acked_seq: record.acked_seq,
-                    stale: record.stale,
-                });
-                Ok(true)
-            },
-        )?;
+        self.tables.scan::<CursorRecord>(self.txn, Table::FeedCursors, &[], None, limit, |key, record| {
+            out.push(CursorInfo {
+                name: String::from_utf8_lossy(key).into_owned(),
+                acked_seq: record.acked_seq,
+                stale: record.stale,
+            });
+            Ok(true)
+        })?;
         Ok(out)
     }
 
@@ -234,10 +196,7 @@ impl ManifestReader<'_> {
             None,
             limit,
             |key, record| {
-                out.push(FeedEntry {
-                    seq: keys::decode_u64_key(Table::Feed, key)?,
-                    changes: record.changes,
-                });
+                out.push(FeedEntry { seq: keys::decode_u64_key(Table::Feed, key)?, changes: record.changes });
                 Ok(true)
             },
         )?;

@@ -88,35 +88,25 @@ impl Store {
 
     fn publish_map_size(&self) {
         let map_size_bytes = self.env.info().map_size as u64;
-        self.metrics
-            .map_size_bytes
-            .store(map_size_bytes, Ordering::Relaxed);
+        self.metrics.map_size_bytes.store(map_size_bytes, Ordering::Relaxed);
     }
 
     fn gate_shared(&self) -> RwLockReadGuard<'_, ()> {
         // The gate guards no data; a panic while holding it leaves nothing inconsistent.
-        self.gate
-            .read()
-            .unwrap_or_else(|poison| poison.into_inner())
+        self.gate.read().unwrap_or_else(|poison| poison.into_inner())
     }
 
     /// Opens a read transaction.
     pub(crate) fn begin_read(&self) -> Result<ReadTxn<'_>> {
         let gate = self.gate_shared();
-        let txn = self
-            .env
-            .read_txn()
-            .map_err(ManifestError::lmdb("begin read transaction"))?;
+        let txn = self.env.read_txn().map_err(ManifestError::lmdb("begin read transaction"))?;
         Ok(ReadTxn { txn, _gate: gate })
     }
 
     /// Opens the write transaction (LMDB allows one at a time; this blocks for it).
     pub(crate) fn begin_write(&self) -> Result<WriteTxn<'_>> {
         let gate = self.gate_shared();
-        let txn = self
-            .env
-            .write_txn()
-            .map_err(ManifestError::lmdb("begin write transaction"))?;
+        let txn = self.env.write_txn().map_err(ManifestError::lmdb("begin write transaction"))?;
         Ok(WriteTxn { txn, _gate: gate })
     }
 
@@ -137,10 +127,7 @@ impl Store {
     /// Doubles the map, up to `map_size_max_bytes`. Must be called with no transaction open on
     /// this thread (the gate would deadlock otherwise).
     pub(crate) fn grow(&self) -> Result<()> {
-        let _exclusive = self
-            .gate
-            .write()
-            .unwrap_or_else(|poison| poison.into_inner());
+        let _exclusive = self.gate.write().unwrap_or_else(|poison| poison.into_inner());
         let current = self.env.info().map_size;
         if current >= self.map_size_max_bytes {
             return Err(ManifestError::MapFull {

@@ -65,27 +65,14 @@ impl Tables {
     }
 
     /// Reads and decodes one value.
-    pub(crate) fn get<T: Record>(
-        &self,
-        txn: &RoTxn<'_>,
-        table: Table,
-        key: &[u8],
-    ) -> Result<Option<T>> {
-        let bytes = self
-            .raw(table)
-            .get(txn, key)
-            .map_err(ManifestError::lmdb("get"))?;
-        bytes
-            .map(|bytes| codec::decode(table, key, bytes))
-            .transpose()
+    pub(crate) fn get<T: Record>(&self, txn: &RoTxn<'_>, table: Table, key: &[u8]) -> Result<Option<T>> {
+        let bytes = self.raw(table).get(txn, key).map_err(ManifestError::lmdb("get"))?;
+        bytes.map(|bytes| codec::decode(table, key, bytes)).transpose()
     }
 
     /// True when the key exists (the value is not decoded).
     pub(crate) fn contains(&self, txn: &RoTxn<'_>, table: Table, key: &[u8]) -> Result<bool> {
-        let bytes = self
-            .raw(table)
-            .get(txn, key)
-            .map_err(ManifestError::lmdb("get"))?;
+        let bytes = self.raw(table).get(txn, key).map_err(ManifestError::lmdb("get"))?;
         Ok(bytes.is_some())
     }
 
@@ -98,31 +85,22 @@ impl Tables {
         value: &T,
     ) -> Result<()> {
         let bytes = codec::encode(table, value)?;
-        self.raw(table)
-            .put(txn, key, &bytes)
-            .map_err(ManifestError::lmdb("put"))
+        self.raw(table).put(txn, key, &bytes).map_err(ManifestError::lmdb("put"))
     }
 
     /// Deletes one key; returns whether it existed.
     pub(crate) fn delete(&self, txn: &mut RwTxn<'_>, table: Table, key: &[u8]) -> Result<bool> {
-        self.raw(table)
-            .delete(txn, key)
-            .map_err(ManifestError::lmdb("delete"))
+        self.raw(table).delete(txn, key).map_err(ManifestError::lmdb("delete"))
     }
 
     /// Number of entries in a table (O(1) in LMDB).
     pub(crate) fn len(&self, txn: &RoTxn<'_>, table: Table) -> Result<u64> {
-        self.raw(table)
-            .len(txn)
-            .map_err(ManifestError::lmdb("table length"))
+        self.raw(table).len(txn).map_err(ManifestError::lmdb("table length"))
     }
 
     /// The first key of a table.
     pub(crate) fn first_key(&self, txn: &RoTxn<'_>, table: Table) -> Result<Option<Vec<u8>>> {
-        let first = self
-            .raw(table)
-            .first(txn)
-            .map_err(ManifestError::lmdb("first"))?;
+        let first = self.raw(table).first(txn).map_err(ManifestError::lmdb("first"))?;
         Ok(first.map(|(key, _)| key.to_vec()))
     }
 
@@ -142,16 +120,9 @@ impl Tables {
             None => Bound::Unbounded,
         };
         // LMDB rejects zero-length keys, so an empty start means "from the first key".
-        let lower = if start.is_empty() {
-            Bound::Unbounded
-        } else {
-            Bound::Included(start)
-        };
+        let lower = if start.is_empty() { Bound::Unbounded } else { Bound::Included(start) };
         let range = (lower, upper);
-        let iter = self
-            .raw(table)
-            .range(txn, &range)
-            .map_err(ManifestError::lmdb("range"))?;
+        let iter = self.raw(table).range(txn, &range).map_err(ManifestError::lmdb("range"))?;
         for item in iter.take(limit) {
             let (key, bytes) = item.map_err(ManifestError::lmdb("range next"))?;
             let value = codec::decode(table, key, bytes)?;
@@ -172,10 +143,7 @@ impl Tables {
         limit: usize,
     ) -> Result<Vec<Vec<u8>>> {
         let range = (Bound::Included(start), Bound::Included(end));
-        let iter = self
-            .raw(table)
-            .range(txn, &range)
-            .map_err(ManifestError::lmdb("range"))?;
+        let iter = self.raw(table).range(txn, &range).map_err(ManifestError::lmdb("range"))?;
         let mut keys = Vec::new();
         for item in iter.take(limit) {
             let (key, _) = item.map_err(ManifestError::lmdb("range next"))?;
@@ -193,10 +161,8 @@ impl Tables {
         end: &[u8],
     ) -> Result<Option<Vec<u8>>> {
         let range = (Bound::Included(start), Bound::Included(end));
-        let mut iter = self
-            .raw(table)
-            .rev_range(txn, &range)
-            .map_err(ManifestError::lmdb("reverse range"))?;
+        let mut iter =
+            self.raw(table).rev_range(txn, &range).map_err(ManifestError::lmdb("reverse range"))?;
         match iter.next() {
             Some(item) => {
                 let (key, _) = item.map_err(ManifestError::lmdb("reverse range next"))?;

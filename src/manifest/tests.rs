@@ -14,10 +14,7 @@ fn config() -> ManifestConfig {
 }
 
 fn db_config() -> DatabaseConfig {
-    DatabaseConfig {
-        page_size_bytes: 4096,
-        options: Vec::new(),
-    }
+    DatabaseConfig { page_size_bytes: 4096, options: Vec::new() }
 }
 
 fn create(name: &str) -> Batch {
@@ -30,10 +27,7 @@ fn create(name: &str) -> Batch {
 fn wait_until(mut condition: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(5);
     while !condition() {
-        assert!(
-            Instant::now() < deadline,
-            "condition not reached within 5 s"
-        );
+        assert!(Instant::now() < deadline, "condition not reached within 5 s");
         std::thread::yield_now();
     }
 }
@@ -48,15 +42,9 @@ fn commit_then_read() {
 
     assert_eq!(outcome.seq, 1);
     assert_eq!(outcome.created_databases, vec![DatabaseId(1)]);
-    let info = manifest
-        .read(|r| r.database_by_name("my-db"))
-        .unwrap()
-        .unwrap();
+    let info = manifest.read(|r| r.database_by_name("my-db")).unwrap().unwrap();
     assert_eq!(info.id, DatabaseId(1));
-    assert!(manifest
-        .read(|r| r.database_by_name("my_db"))
-        .unwrap()
-        .is_none());
+    assert!(manifest.read(|r| r.database_by_name("my_db")).unwrap().is_none());
 }
 
 #[test]
@@ -67,9 +55,7 @@ fn a_rejected_batch_fails_alone_inside_its_group() {
     let before = manifest.metrics();
 
     // Three batches share one group; the middle one conflicts with the stored state.
-    let results = manifest
-        .commit_all(vec![create("a"), create("taken"), create("b")])
-        .unwrap();
+    let results = manifest.commit_all(vec![create("a"), create("taken"), create("b")]).unwrap();
 
     assert!(results[0].is_ok());
     assert!(matches!(
@@ -78,18 +64,12 @@ fn a_rejected_batch_fails_alone_inside_its_group() {
     ));
     assert!(results[2].is_ok());
     let after = manifest.metrics();
-    assert_eq!(
-        after.commits - before.commits,
-        1,
-        "one LMDB commit for the group"
-    );
+    assert_eq!(after.commits - before.commits, 1, "one LMDB commit for the group");
     assert_eq!(after.batches - before.batches, 2);
     assert_eq!(after.batches_rejected - before.batches_rejected, 1);
     // Sequence numbers are contiguous: the rejected batch got none.
-    let seqs: Vec<u64> = results
-        .iter()
-        .filter_map(|result| result.as_ref().ok().map(|outcome| outcome.seq))
-        .collect();
+    let seqs: Vec<u64> =
+        results.iter().filter_map(|result| result.as_ref().ok().map(|outcome| outcome.seq)).collect();
     assert_eq!(seqs, vec![2, 3]);
 }
 
@@ -104,14 +84,8 @@ fn a_batch_conflicting_with_itself_is_rejected_whole() {
 
     assert!(matches!(result, Err(ManifestError::DatabaseExists { .. })));
     // Nothing of the batch is visible, not even its first operation.
-    assert!(manifest
-        .read(|r| r.database_by_name("x"))
-        .unwrap()
-        .is_none());
-    assert_eq!(
-        manifest.read(|r| r.next_database_id()).unwrap(),
-        DatabaseId(1)
-    );
+    assert!(manifest.read(|r| r.database_by_name("x")).unwrap().is_none());
+    assert_eq!(manifest.read(|r| r.next_database_id()).unwrap(), DatabaseId(1));
 }
 
 #[test]
@@ -121,11 +95,7 @@ fn try_commit_reports_backpressure_when_the_queue_is_full() {
     let manifest = Arc::new(
         Manifest::open(
             dir.path(),
-            ManifestConfig {
-                commit_queue_batches_max: queue_max,
-                group_batches_max: 2,
-                ..config()
-            },
+            ManifestConfig { commit_queue_batches_max: queue_max, group_batches_max: 2, ..config() },
         )
         .unwrap(),
     );
@@ -153,12 +123,6 @@ fn try_commit_reports_backpressure_when_the_queue_is_full() {
     for committer in committers {
         committer.join().unwrap().unwrap();
     }
-    assert_eq!(
-        manifest.read(|r| r.database_count()).unwrap(),
-        queue_max as u64
-    );
-    assert!(
-        manifest.metrics().commits >= 2,
-        "group_batches_max = 2 splits 4 batches"
-    );
+    assert_eq!(manifest.read(|r| r.database_count()).unwrap(), queue_max as u64);
+    assert!(manifest.metrics().commits >= 2, "group_batches_max = 2 splits 4 batches");
 }

@@ -108,6 +108,18 @@ pub enum WalError {
         #[source]
         error: IoError,
     },
+    /// A read of a payload range that does not lie within the entry's payload.
+    #[error("payload range {offset}+{len_bytes} outside entry {index}'s {payload_len}-byte payload")]
+    PayloadRange {
+        /// The entry.
+        index: u64,
+        /// Offset asked for.
+        offset: usize,
+        /// Length asked for.
+        len_bytes: usize,
+        /// The payload's length.
+        payload_len: usize,
+    },
     /// A configuration the store cannot use.
     #[error("invalid WAL configuration: {reason}")]
     InvalidConfig {

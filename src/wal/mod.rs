@@ -479,6 +479,46 @@ impl WalStore {
         Ok(Some(Entry { index, term, payload: rec.payload.to_vec() }))
     }
 
+    /// Reads `len_bytes` bytes at `offset` within the payload of entry `index`, or `None` if the entry is
+    /// not in the log. The WAL's record checksum covers the whole payload and is not checked here: callers
+    /// that read part of a payload carry their own checksums (the page store's frames do).
+    pub fn read_payload_range(
+        &self,
+        index: u64,
+        offset: usize,
+        len_bytes: usize,
+    ) -> Result<Option<Vec<u8>>, WalError> {
+        let (record_offset, file, path) = {
+            let st = self.shared.state.lock();
+            if let Some(cause) = &st.poison {
+                return Err(WalError::Poisoned(Arc::clone(cause)));
+            }
+            let Some(slot) = st.index.get(index) else { return Ok(None) };
+            let payload_len = match &slot.loc {
+                Loc::Pending(payload) => payload.len(),
+                Loc::Disk { len, .. } => *len as usize,
+            };
+            if offset.checked_add(len_bytes).is_none_or(|end| end > payload_len) {
+                return Err(WalError::PayloadRange { index, offset, len_bytes, payload_len });
+            }
+            match &slot.loc {
+                Loc::Pending(payload) => return Ok(Some(payload[offset..offset + len_bytes].to_vec())),
+                Loc::Disk { seq, offset: record_offset, .. } => {
+                    let Some(seg) = st.segments.get(seq) else {
+                        return Err(WalError::Corruption {
+                            segment: *seq,
+                            offset: *record_offset,
+                            reason: CorruptionReason::MissingSegment { missing: *seq },
+                        });
+                    };
+                    (*record_offset, Arc::clone(&seg.file), seg.path.clone())
+                }
+            }
+        };
+        let at = record_offset + (crate::format::RECORD_HEADER_LEN + offset) as u64;
+        segment::read_span(file.as_ref(), &path, at, len_bytes).map(Some)
+    }
+
     /// Entries in `[start, end)` that are in the log, in order, stopping early (after at least one) once
     /// `bytes_max` payload bytes are gathered.
     pub fn read_range(&self, start: u64, end: u64, bytes_max: usize) -> Result<Vec<Entry>, WalError> {

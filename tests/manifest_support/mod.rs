@@ -5,8 +5,8 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use bop_storage::manifest::{
-    Batch, CursorInfo, DatabaseConfig, DatabaseId, DatabaseInfo, Generation, Manifest,
-    ManifestConfig, RaftState, Segment, Snapshot,
+    Batch, CursorInfo, DatabaseConfig, DatabaseId, DatabaseInfo, Generation, Manifest, ManifestConfig,
+    RaftState, Segment, Snapshot,
 };
 
 /// A small config for tests.
@@ -19,10 +19,7 @@ pub fn small_config() -> ManifestConfig {
 }
 
 pub fn db_config() -> DatabaseConfig {
-    DatabaseConfig {
-        page_size_bytes: 4096,
-        options: vec![1, 2, 3],
-    }
+    DatabaseConfig { page_size_bytes: 4096, options: vec![1, 2, 3] }
 }
 
 pub fn create(name: &str) -> Batch {

@@ -1,0 +1,157 @@
+//! The in-memory state of one database: its generation chain, the page index into the log, the page-count
+//! history and the pinned readers.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use super::commit::CommitHeader;
+use super::generation::GenerationFile;
+
+/// A page version that lives inside a log entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct LogFrame {
+    /// Log index of the commit.
+    pub index: u64,
+    /// Frame number within the commit record.
+    pub frame: u32,
+    /// The frame's checksum, as written.
+    pub crc: u32,
+}
+
+/// Where the version of a page that a reader sees lies.
+#[derive(Debug, Clone)]
+pub(crate) enum Location {
+    Log(LogFrame),
+    Base { generation: Arc<GenerationFile>, slot: usize },
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct DbState {
+    /// Page versions committed after the newest generation, oldest first, per page.
+    pub versions: BTreeMap<u32, Vec<LogFrame>>,
+    /// Database size after each commit newer than the newest generation.
+    pub page_counts: BTreeMap<u64, u32>,
+    /// The generation chain in force, oldest first: a full generation followed by deltas.
+    pub chain: Vec<Arc<GenerationFile>>,
+    /// For each page held by the chain: the generation (index into `chain`) and slot of its newest image.
+    pub base: HashMap<u32, (usize, usize)>,
+    /// Database size at the newest generation.
+    pub base_page_count: u32,
+    /// Log index the newest generation reflects (0 before the first checkpoint).
+    pub checkpoint_index: u64,
+    /// Readers pinned at each snapshot index.
+    pub pinned: BTreeMap<u64, usize>,
+}
+
+impl DbState {
+    /// Applies a commit at `index`: the page index points at its frames inside the log entry.
+    pub fn apply(&mut self, index: u64, commit: &CommitHeader) {
+        debug_assert!(index > self.checkpoint_index, "applied entries are newer than the checkpoint");
+        for (frame, (page_no, crc)) in commit.frames.iter().enumerate() {
+            let versions = self.versions.entry(*page_no).or_default();
+            debug_assert!(versions.last().is_none_or(|v| v.index < index), "commits apply in index order");
+            versions.push(LogFrame { index, frame: frame as u32, crc: *crc });
+        }
+        self.page_counts.insert(index, commit.db_page_count);
+    }
+
+    /// Database size in pages as of `snapshot`.
+    pub fn page_count_at(&self, snapshot: u64) -> u32 {
+        self.page_counts.range(..=snapshot).next_back().map_or(self.base_page_count, |(_, count)| *count)
+    }
+
+    /// The newest version of `page_no` at `snapshot`, if the page exists then.
+    pub fn locate(&self, page_no: u32, snapshot: u64) -> Option<Location> {
+        if page_no == 0 || page_no > self.page_count_at(snapshot) {
+            return None;
+        }
+        let in_log = self
+            .versions
+            .get(&page_no)
+            .and_then(|versions| versions.iter().rev().find(|v| v.index <= snapshot).copied());
+        if let Some(frame) = in_log {
+            return Some(Location::Log(frame));
+        }
+        let (chain_pos, slot) = self.base.get(&page_no)?;
+        let generation = Arc::clone(self.chain.get(*chain_pos)?);
+        Some(Location::Base { generation, slot: *slot })
+    }
+
+    pub fn pin(&mut self, snapshot: u64) {
+        *self.pinned.entry(snapshot).or_default() += 1;
+    }
+
+    pub fn unpin(&mut self, snapshot: u64) {
+        if let Some(count) = self.pinned.get_mut(&snapshot) {
+            *count -= 1;
+            if *count == 0 {
+                self.pinned.remove(&snapshot);
+            }
+        }
+    }
+
+    pub fn oldest_pinned(&self) -> Option<u64> {
+        self.pinned.keys().next().copied()
+    }
+
+    /// Lowest log index this database still needs from the log (its oldest commit not checkpointed).
+    pub fn oldest_needed_index(&self) -> Option<u64> {
+        self.page_counts.keys().next().copied()
+    }
+
+    /// The pages a checkpoint at `target` writes: for each page changed at or before `target`, its newest
+    /// version then; with `full`, also every other page of the chain, so the result stands alone. Pages
+    /// past the size at `target` are left out. Ascending page numbers.
+    pub fn checkpoint_plan(&self, target: u64, full: bool) -> Vec<(u32, Location)> {
+        let page_count = self.page_count_at(target);
+        let mut plan: BTreeMap<u32, Location> = BTreeMap::new();
+        if full {
+            for (&page_no, &(chain_pos, slot)) in &self.base {
+                if let Some(generation) = self.chain.get(chain_pos) {
+                    plan.insert(page_no, Location::Base { generation: Arc::clone(generation), slot });
+                }
+            }
+        }
+        for (&page_no, versions) in &self.versions {
+            if let Some(frame) = versions.iter().rev().find(|v| v.index <= target) {
+                plan.insert(page_no, Location::Log(*frame));
+            }
+        }
+        plan.into_iter().filter(|(page_no, _)| *page_no <= page_count).collect()
+    }
+
+    /// Puts a new generation at `target` in force: drops the log versions it covers and rebuilds the
+    /// base map (from scratch for a full generation, as an overlay for a delta).
+    pub fn install(&mut self, target: u64, generation: Arc<GenerationFile>) {
+        self.base_page_count = self.page_count_at(target);
+        for versions in self.versions.values_mut() {
+            versions.retain(|v| v.index > target);
+        }
+        self.versions.retain(|_, versions| !versions.is_empty());
+        self.page_counts = self.page_counts.split_off(&(target + 1));
+        self.checkpoint_index = target;
+        if generation.meta.parent == 0 {
+            self.chain.clear();
+            self.base.clear();
+        }
+        self.push_generation(generation);
+    }
+
+    /// Adds a generation to the chain (at open, in order, or by `install`).
+    pub fn push_generation(&mut self, generation: Arc<GenerationFile>) {
+        let chain_pos = self.chain.len();
+        for (slot, (page_no, _)) in generation.slots.iter().enumerate() {
+            self.base.insert(*page_no, (chain_pos, slot));
+        }
+        let count = generation.meta.db_page_count;
+        self.base.retain(|page_no, _| *page_no <= count);
+        self.base_page_count = count;
+        self.checkpoint_index = generation.meta.log_index;
+        self.chain.push(generation);
+    }
+
+    /// Number of page versions the index holds.
+    pub fn version_count(&self) -> usize {
+        self.versions.values().map(Vec::len).sum()
+    }
+}

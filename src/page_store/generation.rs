@@ -1,0 +1,363 @@
+//! Base generation files: a database's pages as of one log index, in the unified chunk format.
+//!
+//! Layout (docs/design.md, "Generation file"): a 4096-byte chunk header block (kind 2), `slot_count`
+//! page slots of 4096 bytes, a directory of `slot_count` × (`page_no:u32 crc32c:u32`) padded to the block
+//! size, and a 4096-byte footer block. Every page carries its checksum (the same `page_crc` as log frames),
+//! so a read verifies exactly the page it reads; the footer and directory carry their own checksums.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::format::{ChunkHeader, ChunkKind, CHUNK_HEADER_LEN};
+use crate::io::{read_exact_at, AlignedBuf, Io, IoFile, OpenMode, BLOCK_SIZE};
+
+use super::commit::{page_crc, PAGE_SIZE};
+use super::PageStoreError;
+
+const FOOTER_MAGIC: [u8; 8] = *b"BOPGENFT";
+const FOOTER_VERSION: u16 = 1;
+const FOOTER_LEN: usize = 80;
+/// Pages buffered per write while a generation is written.
+const WRITE_BATCH_PAGES: usize = 64;
+
+/// What a generation file describes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GenerationMeta {
+    /// Database id.
+    pub db: u64,
+    /// Generation number (1, 2, 3, … per database).
+    pub generation: u64,
+    /// The generation this one is a delta on, or 0 for a full generation.
+    pub parent: u64,
+    /// The log index whose effects the generation includes.
+    pub log_index: u64,
+    /// The term of that entry.
+    pub log_term: u64,
+    /// Database size in pages at `log_index`.
+    pub db_page_count: u32,
+}
+
+/// An open generation file with its directory in memory.
+#[derive(Debug)]
+pub struct GenerationFile {
+    /// Path of the file.
+    pub path: PathBuf,
+    file: Arc<dyn IoFile>,
+    /// Its description.
+    pub meta: GenerationMeta,
+    /// `(page_no, crc32c)` per slot, ascending by page number.
+    pub slots: Vec<(u32, u32)>,
+    /// Total file size.
+    pub size_bytes: u64,
+}
+
+/// File name of generation `generation` of database `db`.
+pub fn file_name(db: u64, generation: u64) -> String {
+    format!("{db:016x}-{generation:016x}.gen")
+}
+
+fn io_err<'a>(
+    during: &'static str,
+    path: &'a Path,
+) -> impl FnOnce(crate::io::IoError) -> PageStoreError + 'a {
+    move |e| PageStoreError::io(during, path, e)
+}
+
+fn corrupt(path: &Path, reason: impl Into<String>) -> PageStoreError {
+    PageStoreError::Corrupt { what: format!("generation file {}", path.display()), reason: reason.into() }
+}
+
+/// Appends bytes to a file through a block-aligned buffer, tracking a CRC of everything written.
+struct Writer<'a> {
+    file: &'a dyn IoFile,
+    path: &'a Path,
+    buf: AlignedBuf,
+    offset: u64,
+    crc: u32,
+}
+
+impl Writer<'_> {
+    fn push(&mut self, bytes: &[u8]) -> Result<(), PageStoreError> {
+        self.buf.extend_from_slice(bytes);
+        if self.buf.len() >= WRITE_BATCH_PAGES * PAGE_SIZE {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    fn pad_to_block(&mut self) {
+        let len = self.buf.len();
+        self.buf.resize(len.next_multiple_of(BLOCK_SIZE));
+    }
+
+    fn flush(&mut self) -> Result<(), PageStoreError> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        debug_assert_eq!(self.buf.len() % BLOCK_SIZE, 0, "generation writes are whole blocks");
+        let mut done = 0usize;
+        while done < self.buf.len() {
+            let n = self
+                .file
+                .write_at(&self.buf[done..], self.offset + done as u64)
+                .map_err(io_err("write generation", self.path))?;
+            if n == 0 {
+                return Err(corrupt(self.path, "write returned 0 bytes"));
+            }
+            done += n;
+        }
+        self.crc = crc32c::crc32c_append(self.crc, &self.buf);
+        self.offset += self.buf.len() as u64;
+        self.buf.clear();
+        Ok(())
+    }
+}
+
+/// Writes a generation holding `pages` (ascending page numbers; each `(page_no, image, crc)` with the
+/// crc already verified by the caller), fsyncs it, and moves it into place: `<dir>/<file_name>` exists
+/// only complete and durable. Returns the open file and the CRC32C of its whole contents.
+pub fn write(
+    io: &dyn Io,
+    dir: &Path,
+    meta: &GenerationMeta,
+    pages: impl Iterator<Item = Result<(u32, Arc<[u8]>, u32), PageStoreError>>,
+) -> Result<(GenerationFile, u32), PageStoreError> {
+    let final_path = dir.join(file_name(meta.db, meta.generation));
+    let tmp_path = dir.join(format!("{}.tmp", file_name(meta.db, meta.generation)));
+    let _ = io.remove_file(&tmp_path);
+    let file = io.open(&tmp_path, OpenMode::CreateNew).map_err(io_err("create generation", &tmp_path))?;
+    let mut w = Writer { file: file.as_ref(), path: &tmp_path, buf: AlignedBuf::new(), offset: 0, crc: 0 };
+    let header = ChunkHeader {
+        kind: ChunkKind::PageGeneration,
+        sequence: meta.generation,
+        generation: meta.generation,
+        store_id: meta.db,
+        capacity_bytes: 0,
+        base: meta.log_index,
+    };
+    w.push(&header.encode())?;
+    w.pad_to_block();
+    let mut slots: Vec<(u32, u32)> = Vec::new();
+    for page in pages {
+        let (page_no, image, crc) = page?;
+        if image.len() != PAGE_SIZE {
+            return Err(PageStoreError::UnsupportedPageSize { got: image.len() });
+        }
+        if slots.last().is_some_and(|(last, _)| *last >= page_no) {
+            return Err(PageStoreError::invalid(format!("generation pages out of order at page {page_no}")));
+        }
+        w.push(&image)?;
+        slots.push((page_no, crc));
+    }
+    let directory_offset = w.offset + w.buf.len() as u64;
+    let mut directory = Vec::with_capacity(slots.len() * 8);
+    for (page_no, crc) in &slots {
+        directory.extend_from_slice(&page_no.to_le_bytes());
+        directory.extend_from_slice(&crc.to_le_bytes());
+    }
+    w.push(&directory)?;
+    w.pad_to_block();
+    let mut footer = [0u8; FOOTER_LEN];
+    footer[0..8].copy_from_slice(&FOOTER_MAGIC);
+    footer[8..10].copy_from_slice(&FOOTER_VERSION.to_le_bytes());
+    footer[16..24].copy_from_slice(&meta.db.to_le_bytes());
+    footer[24..32].copy_from_slice(&meta.generation.to_le_bytes());
+    footer[32..40].copy_from_slice(&meta.parent.to_le_bytes());
+    footer[40..48].copy_from_slice(&meta.log_index.to_le_bytes());
+    footer[48..56].copy_from_slice(&meta.log_term.to_le_bytes());
+    footer[56..60].copy_from_slice(&meta.db_page_count.to_le_bytes());
+    footer[60..64].copy_from_slice(&(slots.len() as u32).to_le_bytes());
+    footer[64..72].copy_from_slice(&directory_offset.to_le_bytes());
+    footer[72..76].copy_from_slice(&crc32c::crc32c(&directory).to_le_bytes());
+    let footer_crc = crc32c::crc32c(&footer[..76]);
+    footer[76..80].copy_from_slice(&footer_crc.to_le_bytes());
+    w.push(&footer)?;
+    w.pad_to_block();
+    w.flush()?;
+    let (size_bytes, checksum) = (w.offset, w.crc);
+    file.sync_all().map_err(io_err("fsync generation", &tmp_path))?;
+    io.rename(&tmp_path, &final_path).map_err(io_err("publish generation", &final_path))?;
+    io.sync_dir(dir).map_err(io_err("fsync generation directory", dir))?;
+    Ok((GenerationFile { path: final_path, file, meta: meta.clone(), slots, size_bytes }, checksum))
+}
+
+/// Opens a generation file, checking header, footer and directory (pages are checked when read).
+pub fn open(io: &dyn Io, path: &Path) -> Result<GenerationFile, PageStoreError> {
+    let file = io.open(path, OpenMode::Existing).map_err(io_err("open generation", path))?;
+    let size_bytes = file.len().map_err(io_err("stat generation", path))?;
+    if size_bytes < 2 * BLOCK_SIZE as u64 || size_bytes % BLOCK_SIZE as u64 != 0 {
+        return Err(corrupt(path, format!("size {size_bytes} is not a whole number of blocks ≥ 2")));
+    }
+    let mut block = AlignedBuf::zeroed(BLOCK_SIZE);
+    read_exact_at(file.as_ref(), &mut block, 0).map_err(io_err("read generation header", path))?;
+    let header = ChunkHeader::decode(&block[..CHUNK_HEADER_LEN])
+        .map_err(|source| PageStoreError::GenerationHeader { path: path.to_path_buf(), source })?;
+    if header.kind != ChunkKind::PageGeneration {
+        return Err(corrupt(path, format!("chunk kind {:?}, not a page generation", header.kind)));
+    }
+    read_exact_at(file.as_ref(), &mut block, size_bytes - BLOCK_SIZE as u64)
+        .map_err(io_err("read generation footer", path))?;
+    let f = &block[..FOOTER_LEN];
+    let u64_at = |at: usize| {
+        let mut raw = [0u8; 8];
+        raw.copy_from_slice(&f[at..at + 8]);
+        u64::from_le_bytes(raw)
+    };
+    let u32_at = |at: usize| u32::from_le_bytes([f[at], f[at + 1], f[at + 2], f[at + 3]]);
+    if f[0..8] != FOOTER_MAGIC {
+        return Err(corrupt(path, "footer magic missing (incomplete or foreign file)"));
+    }
+    let (expected, got) = (u32_at(76), crc32c::crc32c(&f[..76]));
+    if expected != got {
+        return Err(corrupt(
+            path,
+            format!("footer checksum mismatch: stored {expected:#010x}, computed {got:#010x}"),
+        ));
+    }
+    let version = u16::from_le_bytes([f[8], f[9]]);
+    if version != FOOTER_VERSION {
+        return Err(corrupt(path, format!("footer version {version} (this build reads {FOOTER_VERSION})")));
+    }
+    let meta = GenerationMeta {
+        db: u64_at(16),
+        generation: u64_at(24),
+        parent: u64_at(32),
+        log_index: u64_at(40),
+        log_term: u64_at(48),
+        db_page_count: u32_at(56),
+    };
+    if meta.generation != header.generation || meta.db != header.store_id || meta.log_index != header.base {
+        return Err(corrupt(path, "header and footer disagree"));
+    }
+    let slot_count = u32_at(60) as u64;
+    let directory_offset = u64_at(64);
+    let directory_len = slot_count * 8;
+    let expected_offset = BLOCK_SIZE as u64 + slot_count * PAGE_SIZE as u64;
+    let directory_blocks = directory_len.div_ceil(BLOCK_SIZE as u64) * BLOCK_SIZE as u64;
+    if directory_offset != expected_offset
+        || expected_offset + directory_blocks + BLOCK_SIZE as u64 != size_bytes
+    {
+        return Err(corrupt(path, format!("{slot_count} slots do not fit a {size_bytes}-byte file")));
+    }
+    let mut directory = AlignedBuf::zeroed(directory_blocks as usize);
+    read_exact_at(file.as_ref(), &mut directory, directory_offset)
+        .map_err(io_err("read generation directory", path))?;
+    let directory = &directory[..directory_len as usize];
+    let (expected, got) = (u32_at(72), crc32c::crc32c(directory));
+    if expected != got {
+        return Err(corrupt(
+            path,
+            format!("directory checksum mismatch: stored {expected:#010x}, computed {got:#010x}"),
+        ));
+    }
+    let slots: Vec<(u32, u32)> = directory
+        .chunks_exact(8)
+        .map(|e| (u32::from_le_bytes([e[0], e[1], e[2], e[3]]), u32::from_le_bytes([e[4], e[5], e[6], e[7]])))
+        .collect();
+    if slots.windows(2).any(|w| w[0].0 >= w[1].0) {
+        return Err(corrupt(path, "directory page numbers are not ascending"));
+    }
+    Ok(GenerationFile { path: path.to_path_buf(), file, meta, slots, size_bytes })
+}
+
+impl GenerationFile {
+    /// Reads the page in `slot` and verifies its checksum.
+    pub fn read_slot(&self, slot: usize) -> Result<Arc<[u8]>, PageStoreError> {
+        let Some(&(page_no, expected)) = self.slots.get(slot) else {
+            return Err(corrupt(&self.path, format!("slot {slot} out of range")));
+        };
+        let mut buf = AlignedBuf::zeroed(PAGE_SIZE);
+        let offset = (BLOCK_SIZE + slot * PAGE_SIZE) as u64;
+        read_exact_at(self.file.as_ref(), &mut buf, offset)
+            .map_err(io_err("read generation page", &self.path))?;
+        let got = page_crc(self.meta.db, page_no, &buf);
+        if got != expected {
+            return Err(PageStoreError::PageChecksum {
+                db: self.meta.db,
+                page_no,
+                location: format!(
+                    "generation {} slot {slot} ({})",
+                    self.meta.generation,
+                    self.path.display()
+                ),
+                expected,
+                got,
+            });
+        }
+        Ok(Arc::from(&buf[..]))
+    }
+
+    /// Reads `len` bytes of the raw file at `offset` (block-aligned), for streaming it out as a snapshot.
+    pub fn read_raw(&self, offset: u64, len_bytes: usize) -> Result<Vec<u8>, PageStoreError> {
+        let mut buf = AlignedBuf::zeroed(len_bytes.next_multiple_of(BLOCK_SIZE));
+        read_exact_at(self.file.as_ref(), &mut buf, offset).map_err(io_err("read generation", &self.path))?;
+        buf.resize(len_bytes);
+        Ok(buf.to_vec())
+    }
+
+    /// Reads every page and checks it, and the CRC32C of the whole file against `checksum`.
+    pub fn verify(&self, checksum: u32) -> Result<(), PageStoreError> {
+        let mut crc = 0u32;
+        let chunk = (WRITE_BATCH_PAGES * PAGE_SIZE) as u64;
+        let mut offset = 0u64;
+        while offset < self.size_bytes {
+            let len = chunk.min(self.size_bytes - offset) as usize;
+            crc = crc32c::crc32c_append(crc, &self.read_raw(offset, len)?);
+            offset += len as u64;
+        }
+        if crc != checksum {
+            return Err(corrupt(&self.path, format!("file checksum {crc:#010x}, expected {checksum:#010x}")));
+        }
+        for slot in 0..self.slots.len() {
+            self.read_slot(slot)?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::io::SimDisk;
+
+    fn meta() -> GenerationMeta {
+        GenerationMeta { db: 3, generation: 2, parent: 1, log_index: 40, log_term: 2, db_page_count: 9 }
+    }
+
+    #[test]
+    fn generation_round_trips_and_detects_a_flipped_page_bit() {
+        let disk = SimDisk::new(1);
+        let dir = PathBuf::from("/pages");
+        disk.create_dir_all(&dir).expect("mkdir");
+        let pages: Vec<_> = [2u32, 5, 9]
+            .iter()
+            .map(|&p| {
+                let image: Arc<[u8]> = Arc::from(vec![p as u8; PAGE_SIZE]);
+                let crc = page_crc(3, p, &image);
+                Ok((p, image, crc))
+            })
+            .collect();
+        let (written, checksum) = write(&disk, &dir, &meta(), pages.into_iter()).expect("write");
+        let opened = open(&disk, &written.path).expect("open");
+        assert_eq!(opened.meta, meta());
+        assert_eq!(opened.slots.len(), 3);
+        opened.verify(checksum).expect("verifies");
+        assert_eq!(opened.read_slot(1).expect("page")[0], 5);
+
+        assert!(disk.corrupt(&written.path, (BLOCK_SIZE + PAGE_SIZE + 100) as u64, 0x04));
+        let err = opened.read_slot(1).expect_err("flipped");
+        assert!(matches!(err, PageStoreError::PageChecksum { db: 3, page_no: 5, .. }), "{err}");
+        assert!(opened.verify(checksum).is_err());
+    }
+
+    #[test]
+    fn a_file_that_is_not_a_generation_is_a_clear_error() {
+        let disk = SimDisk::new(2);
+        let dir = PathBuf::from("/pages");
+        disk.create_dir_all(&dir).expect("mkdir");
+        let path = dir.join("junk.gen");
+        let file = disk.open(&path, OpenMode::CreateNew).expect("create");
+        file.write_at(&[7u8; 3 * BLOCK_SIZE], 0).expect("write");
+        assert!(open(&disk, &path).is_err());
+    }
+}

@@ -1,0 +1,712 @@
+//! The Manager: a node's data directory (manifest, WAL, generation files, page cache) and its databases.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use parking_lot::{Condvar, Mutex, RwLock};
+
+use crate::io::{BufferedIo, Io};
+use crate::manifest::{Batch, DatabaseConfig, DatabaseId, Generation, LogId, Manifest, ManifestConfig};
+use crate::page_cache::{PageCache, PageCacheConfig, PageCacheMetrics, PageKey, PageRef};
+use crate::wal::{LogPos, NewEntry, WalConfig, WalStore};
+
+use super::commit::{
+    decode_commit, encode_commit, frame_page_offset, page_crc, COMMIT_HEADER_LEN, FRAME_LEN, PAGE_SIZE,
+};
+use super::database::{DbState, Location};
+use super::generation::{self, GenerationFile, GenerationMeta};
+use super::PageStoreError;
+
+type Result<T> = std::result::Result<T, PageStoreError>;
+
+/// The term local commits are written with (the Raft layer will write real terms).
+const LOCAL_TERM: u64 = 1;
+/// Bytes read from the log per step while replaying it at open.
+const REPLAY_BATCH_BYTES: usize = 16 << 20;
+
+/// Configuration of a [`Manager`].
+#[derive(Debug, Clone)]
+pub struct ManagerConfig {
+    /// The node's data directory: `manifest/` (LMDB, always on the real file system), `wal/` and `pages/`
+    /// (through `io`).
+    pub data_dir: PathBuf,
+    /// File access for the WAL and the generation files.
+    pub io: Arc<dyn Io>,
+    /// WAL settings; its `dir` is replaced by `<data_dir>/wal`.
+    pub wal: WalConfig,
+    /// Manifest settings.
+    pub manifest: ManifestConfig,
+    /// Page cache settings.
+    pub cache: PageCacheConfig,
+    /// Most frames one commit may carry.
+    pub commit_frames_max: usize,
+    /// Longest generation chain (a full generation plus deltas) before a checkpoint writes a full one.
+    pub generation_chain_max: usize,
+}
+
+impl ManagerConfig {
+    /// Defaults for `data_dir` with buffered I/O.
+    pub fn new(data_dir: impl Into<PathBuf>) -> Self {
+        let data_dir = data_dir.into();
+        ManagerConfig {
+            wal: WalConfig::new(data_dir.join("wal")),
+            data_dir,
+            io: Arc::new(BufferedIo::new()),
+            manifest: ManifestConfig::default(),
+            cache: PageCacheConfig::default(),
+            commit_frames_max: 16_384,
+            generation_chain_max: 4,
+        }
+    }
+}
+
+struct DbEntry {
+    id: u64,
+    name: String,
+    state: RwLock<DbState>,
+    /// One writer per database at a time.
+    writer: Mutex<()>,
+    dropped: AtomicBool,
+}
+
+struct Inner {
+    config: ManagerConfig,
+    pages_dir: PathBuf,
+    wal: WalStore,
+    manifest: RwLock<Option<Manifest>>,
+    cache: PageCache,
+    dbs: RwLock<HashMap<u64, Arc<DbEntry>>>,
+    names: RwLock<HashMap<String, u64>>,
+    /// Next log index to assign.
+    next_index: Mutex<u64>,
+    /// Highest log index applied; commits apply strictly in index order.
+    applied: Mutex<u64>,
+    applied_cv: Condvar,
+    poison: Mutex<Option<String>>,
+    closed: AtomicBool,
+    /// One checkpoint (and one drop) at a time.
+    maintenance: Mutex<()>,
+}
+
+/// A node's storage: manifest, WAL and page store, with many databases.
+///
+/// Cloning gives another handle to the same Manager. [`Manager::close`] shuts everything down in order
+/// (WAL flushed and closed, manifest marked cleanly shut down); handles still open afterwards get
+/// [`PageStoreError::Closed`] from every call, and memory is released when the last handle is dropped.
+#[derive(Clone)]
+pub struct Manager {
+    inner: Arc<Inner>,
+}
+
+/// A handle on one database. Dropping it releases nothing shared; closing the Manager ends it.
+#[derive(Clone)]
+pub struct Db {
+    inner: Arc<Inner>,
+    entry: Arc<DbEntry>,
+}
+
+/// A read view pinned at one applied log index: sees exactly the page versions committed up to it, however
+/// many commits and checkpoints follow. Dropping it unpins it.
+pub struct ReadSnapshot {
+    db: Db,
+    index: u64,
+}
+
+/// What a commit became.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CommitInfo {
+    /// The log index of the commit.
+    pub index: u64,
+}
+
+/// What a checkpoint did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckpointOutcome {
+    /// The generation written.
+    pub generation: u64,
+    /// The log index it reflects.
+    pub log_index: u64,
+    /// Pages written.
+    pub pages: usize,
+    /// Whether it is a full generation (else a delta).
+    pub full: bool,
+    /// Bytes of the file.
+    pub size_bytes: u64,
+    /// The log was purged up to this index afterwards, if it moved.
+    pub log_purged_upto: Option<u64>,
+}
+
+/// A diagnostics snapshot of one database.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DbDiagnostics {
+    /// Id.
+    pub id: u64,
+    /// Name.
+    pub name: String,
+    /// Size in pages at the applied index.
+    pub page_count: u32,
+    /// Generations in force, oldest first: (generation, log index, pages).
+    pub generations: Vec<(u64, u64, usize)>,
+    /// Page versions held in the log index.
+    pub log_versions: usize,
+    /// Pinned readers and the oldest pinned index.
+    pub pinned_readers: usize,
+    /// Oldest pinned snapshot index.
+    pub oldest_pinned: Option<u64>,
+    /// The range of log indexes this database depends on (commits newer than its newest generation).
+    pub log_range: Option<(u64, u64)>,
+    /// The node's page cache.
+    pub cache: PageCacheMetrics,
+}
+
+impl Inner {
+    fn check(&self) -> Result<()> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(PageStoreError::Closed);
+        }
+        if let Some(reason) = self.poison.lock().clone() {
+            return Err(PageStoreError::Poisoned { reason });
+        }
+        Ok(())
+    }
+
+    fn poison(&self, reason: String) {
+        tracing::error!(%reason, "page store poisoned; reopen to recover");
+        self.poison.lock().get_or_insert(reason);
+        let _guard = self.applied.lock();
+        self.applied_cv.notify_all();
+    }
+
+    fn with_manifest<T>(&self, f: impl FnOnce(&Manifest) -> Result<T>) -> Result<T> {
+        let manifest = self.manifest.read();
+        match manifest.as_ref() {
+            Some(m) => f(m),
+            None => Err(PageStoreError::Closed),
+        }
+    }
+
+    /// Reads the page at `loc` (a log frame or a generation slot), through the cache, verifying its checksum.
+    /// `Ok(None)` if a log frame vanished (purged after a checkpoint): the caller looks the page up again.
+    fn read_location(&self, db: u64, page_no: u32, loc: &Location) -> Result<Option<PageRef>> {
+        let version = match loc {
+            Location::Log(frame) => frame.index,
+            Location::Base { generation, .. } => generation.meta.log_index,
+        };
+        let key = PageKey { db, page_no, version };
+        if let Some(page) = self.cache.get(&key) {
+            return Ok(Some(page));
+        }
+        let page: PageRef = match loc {
+            Location::Log(frame) => {
+                let offset = frame_page_offset(frame.frame as usize) - 8;
+                let Some(bytes) = self.wal.read_payload_range(frame.index, offset, FRAME_LEN)? else {
+                    return Ok(None);
+                };
+                let stored_page_no = u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]);
+                let image = &bytes[8..];
+                let got = page_crc(db, page_no, image);
+                if stored_page_no != page_no || got != frame.crc {
+                    return Err(PageStoreError::PageChecksum {
+                        db,
+                        page_no,
+                        location: format!("log entry {} frame {}", frame.index, frame.frame),
+                        expected: frame.crc,
+                        got,
+                    });
+                }
+                Arc::from(image)
+            }
+            Location::Base { generation, slot } => generation.read_slot(*slot)?,
+        };
+        self.cache.insert(key, Arc::clone(&page));
+        Ok(Some(page))
+    }
+}
+
+fn ensure_dir(io: &dyn Io, dir: &Path) -> Result<()> {
+    io.create_dir_all(dir).map_err(|e| PageStoreError::io("create directory", dir, e))
+}
+
+impl Manager {
+    /// Opens (creating if needed) the node's data directory and recovers: the manifest says which
+    /// databases and generations exist, the WAL's recovery gives the durable log, and every commit newer
+    /// than a database's newest generation is re-applied from the log.
+    pub fn open(config: ManagerConfig) -> Result<Manager> {
+        let io = Arc::clone(&config.io);
+        let pages_dir = config.data_dir.join("pages");
+        ensure_dir(io.as_ref(), &config.data_dir)?;
+        ensure_dir(io.as_ref(), &pages_dir)?;
+        if !config.data_dir.exists() {
+            std::fs::create_dir_all(&config.data_dir).map_err(|e| {
+                PageStoreError::io(
+                    "create data directory",
+                    &config.data_dir,
+                    crate::io::IoError::os("mkdir", e),
+                )
+            })?;
+        }
+        let manifest = Manifest::open(&config.data_dir, config.manifest.clone())?;
+        let mut wal_config = config.wal.clone();
+        wal_config.dir = config.data_dir.join("wal");
+        let wal = WalStore::open(Arc::clone(&io), wal_config)?;
+
+        // Databases and their generation chains, from the manifest.
+        let mut dbs = HashMap::new();
+        let mut names = HashMap::new();
+        let mut referenced = std::collections::HashSet::new();
+        let infos = manifest.read(|r| r.databases(DatabaseId(0), usize::MAX))?;
+        for info in infos {
+            let generations = manifest.read(|r| r.generations(info.id, usize::MAX))?;
+            let mut state = DbState::default();
+            for (number, record) in generations {
+                let path = pages_dir.join(&record.file_name);
+                let file = generation::open(io.as_ref(), &path)?;
+                if file.meta.db != info.id.0 || file.meta.generation != number {
+                    return Err(PageStoreError::Corrupt {
+                        what: format!("generation file {}", path.display()),
+                        reason: format!(
+                            "holds db {} generation {}, manifest says db {} generation {number}",
+                            file.meta.db, file.meta.generation, info.id
+                        ),
+                    });
+                }
+                referenced.insert(record.file_name.clone());
+                state.push_generation(Arc::new(file));
+            }
+            names.insert(info.name.clone(), info.id.0);
+            let entry = DbEntry {
+                id: info.id.0,
+                name: info.name,
+                state: RwLock::new(state),
+                writer: Mutex::new(()),
+                dropped: AtomicBool::new(false),
+            };
+            dbs.insert(info.id.0, Arc::new(entry));
+        }
+        // Generation files the manifest does not know are leftovers of checkpoints or drops a crash
+        // interrupted: never in force, so removed.
+        let listed =
+            io.list_dir(&pages_dir).map_err(|e| PageStoreError::io("list pages directory", &pages_dir, e))?;
+        let mut removed_any = false;
+        for name in listed {
+            if !referenced.contains(&name) && (name.ends_with(".gen") || name.ends_with(".gen.tmp")) {
+                tracing::info!(file = %name, "removing a generation file no manifest entry refers to");
+                io.remove_file(&pages_dir.join(&name))
+                    .map_err(|e| PageStoreError::io("remove orphan generation", pages_dir.join(&name), e))?;
+                removed_any = true;
+            }
+        }
+        if removed_any {
+            io.sync_dir(&pages_dir)
+                .map_err(|e| PageStoreError::io("fsync pages directory", &pages_dir, e))?;
+        }
+
+        // Replay the log: every commit newer than its database's newest generation.
+        let log = wal.state();
+        let mut applied = log.purged.map_or(0, |p| p.index);
+        if let (Some(first), Some(last)) = (log.first_index, log.last) {
+            let mut index = first;
+            while index <= last.index {
+                let entries = wal.read_range(index, last.index + 1, REPLAY_BATCH_BYTES)?;
+                if entries.is_empty() {
+                    break;
+                }
+                for entry in entries {
+                    let commit = decode_commit(&entry.payload).map_err(|e| PageStoreError::Corrupt {
+                        what: format!("log entry {}", entry.index),
+                        reason: e.to_string(),
+                    })?;
+                    if let Some(db) = dbs.get(&commit.db) {
+                        let mut state = db.state.write();
+                        if entry.index > state.checkpoint_index {
+                            state.apply(entry.index, &commit);
+                        }
+                    }
+                    applied = entry.index;
+                    index = entry.index + 1;
+                }
+            }
+        }
+        let next_index = log.next_index.unwrap_or(1).max(applied + 1);
+        tracing::info!(databases = dbs.len(), applied, "page store opened");
+        let inner = Inner {
+            cache: PageCache::new(config.cache.clone()),
+            config,
+            pages_dir,
+            wal,
+            manifest: RwLock::new(Some(manifest)),
+            dbs: RwLock::new(dbs),
+            names: RwLock::new(names),
+            next_index: Mutex::new(next_index),
+            applied: Mutex::new(applied),
+            applied_cv: Condvar::new(),
+            poison: Mutex::new(None),
+            closed: AtomicBool::new(false),
+            maintenance: Mutex::new(()),
+        };
+        Ok(Manager { inner: Arc::new(inner) })
+    }
+
+    /// Creates a database. Names are exact (see the manifest's name rules); an existing name is an error.
+    pub fn create_database(&self, name: &str) -> Result<Db> {
+        let inner = &self.inner;
+        inner.check()?;
+        let config = DatabaseConfig { page_size_bytes: PAGE_SIZE as u32, options: Vec::new() };
+        let mut batch = Batch::new();
+        batch.create_database(name, config);
+        let outcome = inner.with_manifest(|m| Ok(m.commit(batch)?))?;
+        let Some(id) = outcome.created_databases.first().map(|id| id.0) else {
+            return Err(PageStoreError::invalid("the manifest allocated no id"));
+        };
+        let entry = Arc::new(DbEntry {
+            id,
+            name: name.to_owned(),
+            state: RwLock::new(DbState::default()),
+            writer: Mutex::new(()),
+            dropped: AtomicBool::new(false),
+        });
+        inner.dbs.write().insert(id, Arc::clone(&entry));
+        inner.names.write().insert(name.to_owned(), id);
+        Ok(Db { inner: Arc::clone(inner), entry })
+    }
+
+    /// Opens a database by its exact name.
+    pub fn open_database(&self, name: &str) -> Result<Db> {
+        self.inner.check()?;
+        let id = self.inner.names.read().get(name).copied();
+        let entry = id.and_then(|id| self.inner.dbs.read().get(&id).cloned());
+        match entry {
+            Some(entry) => Ok(Db { inner: Arc::clone(&self.inner), entry }),
+            None => Err(PageStoreError::NoSuchDatabase { name: name.to_owned() }),
+        }
+    }
+
+    /// Names and ids of the databases, sorted by name.
+    pub fn list_databases(&self) -> Result<Vec<(String, u64)>> {
+        self.inner.check()?;
+        let mut out: Vec<_> = self.inner.names.read().iter().map(|(n, id)| (n.clone(), *id)).collect();
+        out.sort();
+        Ok(out)
+    }
+
+    /// Drops a database: its handles stop working, its generations and manifest entry are removed in one
+    /// manifest commit, then its files are deleted. Its frames in the log are ignored from then on and go
+    /// with the log's purges.
+    pub fn drop_database(&self, name: &str) -> Result<()> {
+        let inner = &self.inner;
+        inner.check()?;
+        let _one = inner.maintenance.lock();
+        let db = self.open_database(name)?;
+        let _writer = db.entry.writer.lock();
+        db.entry.dropped.store(true, Ordering::Release);
+        let chain: Vec<Arc<GenerationFile>> = db.entry.state.read().chain.clone();
+        let mut batch = Batch::new();
+        for generation in &chain {
+            batch.remove_generation(DatabaseId(db.entry.id), generation.meta.generation);
+        }
+        batch.drop_database(DatabaseId(db.entry.id));
+        inner.with_manifest(|m| Ok(m.commit(batch)?))?;
+        inner.names.write().remove(name);
+        inner.dbs.write().remove(&db.entry.id);
+        inner.cache.remove_db(db.entry.id);
+        for generation in &chain {
+            inner
+                .config
+                .io
+                .remove_file(&generation.path)
+                .map_err(|e| PageStoreError::io("delete generation", &generation.path, e))?;
+        }
+        if !chain.is_empty() {
+            inner
+                .config
+                .io
+                .sync_dir(&inner.pages_dir)
+                .map_err(|e| PageStoreError::io("fsync pages directory", &inner.pages_dir, e))?;
+        }
+        Ok(())
+    }
+
+    /// The WAL underneath (for diagnostics and tests).
+    pub fn wal(&self) -> &WalStore {
+        &self.inner.wal
+    }
+
+    /// Highest applied log index.
+    pub fn applied_index(&self) -> u64 {
+        *self.inner.applied.lock()
+    }
+
+    /// Shuts down in order: no new work, the WAL drains and closes, the manifest records a clean shutdown.
+    pub fn close(&self) -> Result<()> {
+        let inner = &self.inner;
+        if inner.closed.swap(true, Ordering::AcqRel) {
+            return Ok(());
+        }
+        {
+            let _guard = inner.applied.lock();
+            inner.applied_cv.notify_all();
+        }
+        inner.wal.close()?;
+        if let Some(manifest) = inner.manifest.write().take() {
+            manifest.close()?;
+        }
+        Ok(())
+    }
+}
+
+impl Db {
+    /// The database's id.
+    pub fn id(&self) -> u64 {
+        self.entry.id
+    }
+
+    /// The database's name.
+    pub fn name(&self) -> &str {
+        &self.entry.name
+    }
+
+    fn check(&self) -> Result<()> {
+        self.inner.check()?;
+        if self.entry.dropped.load(Ordering::Acquire) {
+            return Err(PageStoreError::NoSuchDatabase { name: self.entry.name.clone() });
+        }
+        Ok(())
+    }
+
+    /// Commits page images locally: appends one commit record to the WAL, waits until it is durable, then
+    /// applies it (the page index points at the frames inside the log entry) in log order. `frames` are
+    /// `(page_no, 4096-byte image)` with distinct page numbers in `1..=db_page_count`.
+    pub fn commit(&self, frames: &[(u32, &[u8])], db_page_count: u32) -> Result<CommitInfo> {
+        self.check()?;
+        let inner = &*self.inner;
+        // A commit is one log record, so it must also fit a segment.
+        let frames_max = inner
+            .config
+            .commit_frames_max
+            .min(inner.wal.config().record_payload_max_bytes().saturating_sub(COMMIT_HEADER_LEN) / FRAME_LEN);
+        if frames.len() > frames_max {
+            return Err(PageStoreError::invalid(format!(
+                "{} frames exceed the {frames_max} one commit may carry (commit_frames_max {}, WAL segment {} bytes)",
+                frames.len(),
+                inner.config.commit_frames_max,
+                inner.wal.config().segment_size_bytes
+            )));
+        }
+        let mut seen = std::collections::HashSet::with_capacity(frames.len());
+        for (page_no, page) in frames {
+            if page.len() != PAGE_SIZE {
+                return Err(PageStoreError::UnsupportedPageSize { got: page.len() });
+            }
+            if *page_no == 0 || *page_no > db_page_count {
+                return Err(PageStoreError::invalid(format!("page {page_no} outside 1..={db_page_count}")));
+            }
+            if !seen.insert(*page_no) {
+                return Err(PageStoreError::invalid(format!("page {page_no} appears twice")));
+            }
+        }
+        let _writer = self.entry.writer.lock();
+        self.check()?;
+        let payload = encode_commit(self.entry.id, db_page_count, frames);
+        let header = decode_commit(&payload)?;
+        let (ticket, index) = {
+            let mut next = inner.next_index.lock();
+            let index = *next;
+            let ticket = inner.wal.append(vec![NewEntry { index, term: LOCAL_TERM, payload }])?;
+            *next += 1;
+            (ticket, index)
+        };
+        if let Err(e) = ticket.wait() {
+            inner.poison(format!("commit at index {index} failed: {e}"));
+            return Err(e.into());
+        }
+        // Apply strictly in log order, so that an applied index means every commit up to it is visible.
+        let mut applied = inner.applied.lock();
+        while *applied + 1 < index {
+            if let Some(reason) = inner.poison.lock().clone() {
+                return Err(PageStoreError::Poisoned { reason });
+            }
+            inner.applied_cv.wait(&mut applied);
+        }
+        self.entry.state.write().apply(index, &header);
+        for (page_no, page) in frames {
+            inner
+                .cache
+                .insert(PageKey { db: self.entry.id, page_no: *page_no, version: index }, Arc::from(*page));
+        }
+        *applied = index;
+        inner.applied_cv.notify_all();
+        Ok(CommitInfo { index })
+    }
+
+    /// Pins a read view at the current applied index.
+    pub fn snapshot(&self) -> Result<ReadSnapshot> {
+        self.check()?;
+        let applied = self.inner.applied.lock();
+        let index = *applied;
+        self.entry.state.write().pin(index);
+        drop(applied);
+        Ok(ReadSnapshot { db: self.clone(), index })
+    }
+
+    /// Writes a new generation of this database at the newest index no pinned reader precedes, publishes it
+    /// in the manifest, and lets the log be purged up to what every database has checkpointed.
+    /// `Ok(None)` when nothing is newer than the current generation.
+    pub fn checkpoint(&self) -> Result<Option<CheckpointOutcome>> {
+        self.check()?;
+        let inner = &*self.inner;
+        let _one = inner.maintenance.lock();
+        let applied = *inner.applied.lock();
+        let (target, plan, full, generation_no, page_count, parent, old_chain) = {
+            let st = self.entry.state.read();
+            let target = st.oldest_pinned().map_or(applied, |p| p.min(applied));
+            if target <= st.checkpoint_index || st.page_counts.range(..=target).next().is_none() {
+                return Ok(None);
+            }
+            let full = st.chain.is_empty() || st.chain.len() >= inner.config.generation_chain_max;
+            let generation_no = st.chain.last().map_or(1, |g| g.meta.generation + 1);
+            let parent = if full { 0 } else { st.chain.last().map_or(0, |g| g.meta.generation) };
+            (
+                target,
+                st.checkpoint_plan(target, full),
+                full,
+                generation_no,
+                st.page_count_at(target),
+                parent,
+                st.chain.clone(),
+            )
+        };
+        let term = inner.wal.term(target).unwrap_or(LOCAL_TERM);
+        let meta = GenerationMeta {
+            db: self.entry.id,
+            generation: generation_no,
+            parent,
+            log_index: target,
+            log_term: term,
+            db_page_count: page_count,
+        };
+        let db = self.entry.id;
+        let pages = plan.iter().map(|(page_no, loc)| {
+            let page = inner.read_location(db, *page_no, loc)?.ok_or_else(|| {
+                PageStoreError::invalid(format!("page {page_no} left the log during a checkpoint"))
+            })?;
+            let crc = page_crc(db, *page_no, &page);
+            Ok((*page_no, page, crc))
+        });
+        let (file, checksum) = generation::write(inner.config.io.as_ref(), &inner.pages_dir, &meta, pages)?;
+        let file = Arc::new(file);
+        let mut batch = Batch::new();
+        batch.add_generation(
+            DatabaseId(db),
+            generation_no,
+            Generation {
+                log_id: LogId { term, index: target },
+                file_name: generation::file_name(db, generation_no),
+                page_count: file.slots.len() as u64,
+                checksum,
+            },
+        );
+        if full {
+            for old in &old_chain {
+                batch.remove_generation(DatabaseId(db), old.meta.generation);
+            }
+        }
+        inner.with_manifest(|m| Ok(m.commit(batch)?))?;
+        self.entry.state.write().install(target, Arc::clone(&file));
+        if full {
+            for old in &old_chain {
+                inner
+                    .config
+                    .io
+                    .remove_file(&old.path)
+                    .map_err(|e| PageStoreError::io("delete old generation", &old.path, e))?;
+            }
+            if !old_chain.is_empty() {
+                inner
+                    .config
+                    .io
+                    .sync_dir(&inner.pages_dir)
+                    .map_err(|e| PageStoreError::io("fsync pages directory", &inner.pages_dir, e))?;
+            }
+        }
+        let log_purged_upto = self.purge_log(applied)?;
+        Ok(Some(CheckpointOutcome {
+            generation: generation_no,
+            log_index: target,
+            pages: file.slots.len(),
+            full,
+            size_bytes: file.size_bytes,
+            log_purged_upto,
+        }))
+    }
+
+    /// Purges the log up to the newest index that no database still needs.
+    fn purge_log(&self, applied: u64) -> Result<Option<u64>> {
+        let inner = &*self.inner;
+        let needed = inner.dbs.read().values().filter_map(|db| db.state.read().oldest_needed_index()).min();
+        let limit = needed.map_or(applied, |n| n.saturating_sub(1)).min(applied);
+        let log = inner.wal.state();
+        if limit == 0 || log.purged.is_some_and(|p| p.index >= limit) {
+            return Ok(None);
+        }
+        let Some(term) = inner.wal.term(limit) else { return Ok(None) };
+        inner.wal.purge_upto(LogPos { index: limit, term })?;
+        Ok(Some(limit))
+    }
+
+    /// A diagnostics snapshot.
+    pub fn diagnostics(&self) -> DbDiagnostics {
+        let applied = *self.inner.applied.lock();
+        let st = self.entry.state.read();
+        DbDiagnostics {
+            id: self.entry.id,
+            name: self.entry.name.clone(),
+            page_count: st.page_count_at(applied),
+            generations: st
+                .chain
+                .iter()
+                .map(|g| (g.meta.generation, g.meta.log_index, g.slots.len()))
+                .collect(),
+            log_versions: st.version_count(),
+            pinned_readers: st.pinned.values().sum(),
+            oldest_pinned: st.oldest_pinned(),
+            log_range: st.oldest_needed_index().zip(st.page_counts.keys().next_back().copied()),
+            cache: self.inner.cache.metrics(),
+        }
+    }
+}
+
+impl ReadSnapshot {
+    /// The log index the view is pinned at.
+    pub fn index(&self) -> u64 {
+        self.index
+    }
+
+    /// The database size in pages in this view.
+    pub fn page_count(&self) -> u32 {
+        self.db.entry.state.read().page_count_at(self.index)
+    }
+
+    /// The page as of this view: cache, then the log frame the page index points at, then the base
+    /// generation. `None` for page 0, pages past the size, and pages never written.
+    pub fn read_page(&self, page_no: u32) -> Result<Option<PageRef>> {
+        self.db.check()?;
+        // A log frame can be purged between the lookup and the read, right after a checkpoint put its
+        // page into a generation; the second lookup then finds the generation.
+        for _ in 0..2 {
+            let loc = self.db.entry.state.read().locate(page_no, self.index);
+            let Some(loc) = loc else { return Ok(None) };
+            if let Some(page) = self.db.inner.read_location(self.db.entry.id, page_no, &loc)? {
+                return Ok(Some(page));
+            }
+        }
+        Err(PageStoreError::invalid(format!("page {page_no} moved twice while being read")))
+    }
+}
+
+impl Drop for ReadSnapshot {
+    fn drop(&mut self) {
+        self.db.entry.state.write().unpin(self.index);
+    }
+}
