@@ -31,6 +31,9 @@ pub(crate) struct DbState {
     pub versions: BTreeMap<u32, Vec<LogFrame>>,
     /// Database size after each commit newer than the newest generation.
     pub page_counts: BTreeMap<u64, u32>,
+    /// The commits among those that shrank the database: a page past such a size is gone, and reads as
+    /// absent until it is written again, even if the database grows back.
+    pub shrinks: BTreeMap<u64, u32>,
     /// The generation chain in force, oldest first: a full generation followed by deltas.
     pub chain: Vec<Arc<GenerationFile>>,
     /// For each page held by the chain: the generation (index into `chain`) and slot of its newest image.
@@ -52,12 +55,23 @@ impl DbState {
             debug_assert!(versions.last().is_none_or(|v| v.index < index), "commits apply in index order");
             versions.push(LogFrame { index, frame: frame as u32, crc: *crc });
         }
+        if commit.db_page_count < self.page_count_at(index) {
+            self.shrinks.insert(index, commit.db_page_count);
+        }
         self.page_counts.insert(index, commit.db_page_count);
     }
 
     /// Database size in pages as of `snapshot`.
     pub fn page_count_at(&self, snapshot: u64) -> u32 {
         self.page_counts.range(..=snapshot).next_back().map_or(self.base_page_count, |(_, count)| *count)
+    }
+
+    /// The smallest size a commit in `(after, upto]` shrank the database to, if any did.
+    pub fn shrunk_to(&self, after: u64, upto: u64) -> Option<u32> {
+        if after >= upto {
+            return None;
+        }
+        self.shrinks.range(after + 1..=upto).map(|(_, count)| *count).min()
     }
 
     /// The newest version of `page_no` at `snapshot`, if the page exists then.
@@ -69,6 +83,11 @@ impl DbState {
             .versions
             .get(&page_no)
             .and_then(|versions| versions.iter().rev().find(|v| v.index <= snapshot).copied());
+        // A version written before a shrink that cut the page off is gone.
+        let since = in_log.map_or(self.checkpoint_index, |v| v.index);
+        if self.shrunk_to(since, snapshot).is_some_and(|count| count < page_no) {
+            return None;
+        }
         if let Some(frame) = in_log {
             return Some(Location::Log(frame));
         }
@@ -103,26 +122,30 @@ impl DbState {
     /// version then; with `full`, also every other page of the chain, so the result stands alone. Pages
     /// past the size at `target` are left out. Ascending page numbers.
     pub fn checkpoint_plan(&self, target: u64, full: bool) -> Vec<(u32, Location)> {
-        let page_count = self.page_count_at(target);
         let mut plan: BTreeMap<u32, Location> = BTreeMap::new();
         if full {
-            for (&page_no, &(chain_pos, slot)) in &self.base {
-                if let Some(generation) = self.chain.get(chain_pos) {
-                    plan.insert(page_no, Location::Base { generation: Arc::clone(generation), slot });
+            for &page_no in self.base.keys() {
+                if let Some(loc) = self.locate(page_no, target) {
+                    plan.insert(page_no, loc);
                 }
             }
         }
-        for (&page_no, versions) in &self.versions {
-            if let Some(frame) = versions.iter().rev().find(|v| v.index <= target) {
-                plan.insert(page_no, Location::Log(*frame));
+        for &page_no in self.versions.keys() {
+            match self.locate(page_no, target) {
+                Some(loc @ Location::Log(_)) => {
+                    plan.insert(page_no, loc);
+                }
+                // Unchanged since the chain (only a full generation copies it) or gone.
+                Some(Location::Base { .. }) | None => {}
             }
         }
-        plan.into_iter().filter(|(page_no, _)| *page_no <= page_count).collect()
+        plan.into_iter().collect()
     }
 
     /// Puts a new generation at `target` in force: drops the log versions it covers and rebuilds the
     /// base map (from scratch for a full generation, as an overlay for a delta).
     pub fn install(&mut self, target: u64, generation: Arc<GenerationFile>) {
+        self.shrinks = self.shrinks.split_off(&(target + 1));
         self.base_page_count = self.page_count_at(target);
         for versions in self.versions.values_mut() {
             versions.retain(|v| v.index > target);
@@ -139,6 +162,10 @@ impl DbState {
 
     /// Adds a generation to the chain (at open, in order, or by `install`).
     pub fn push_generation(&mut self, generation: Arc<GenerationFile>) {
+        // Chain pages cut off by a shrink since the parent are gone even if the database grew back; a
+        // delta carries only the pages written since.
+        let floor = generation.meta.db_page_floor;
+        self.base.retain(|page_no, _| *page_no <= floor);
         let chain_pos = self.chain.len();
         for (slot, (page_no, _)) in generation.slots.iter().enumerate() {
             self.base.insert(*page_no, (chain_pos, slot));

@@ -35,6 +35,9 @@ pub struct GenerationMeta {
     pub log_term: u64,
     /// Database size in pages at `log_index`.
     pub db_page_count: u32,
+    /// Smallest size the database had since the parent generation (equal to `db_page_count` for a full
+    /// generation): pages of the chain above it were cut off by a shrink and are gone.
+    pub db_page_floor: u32,
 }
 
 /// An open generation file with its directory in memory.
@@ -160,6 +163,7 @@ pub fn write(
     let mut footer = [0u8; FOOTER_LEN];
     footer[0..8].copy_from_slice(&FOOTER_MAGIC);
     footer[8..10].copy_from_slice(&FOOTER_VERSION.to_le_bytes());
+    footer[12..16].copy_from_slice(&meta.db_page_floor.to_le_bytes());
     footer[16..24].copy_from_slice(&meta.db.to_le_bytes());
     footer[24..32].copy_from_slice(&meta.generation.to_le_bytes());
     footer[32..40].copy_from_slice(&meta.parent.to_le_bytes());
@@ -225,6 +229,7 @@ pub fn open(io: &dyn Io, path: &Path) -> Result<GenerationFile, PageStoreError> 
         log_index: u64_at(40),
         log_term: u64_at(48),
         db_page_count: u32_at(56),
+        db_page_floor: u32_at(12),
     };
     if meta.generation != header.generation || meta.db != header.store_id || meta.log_index != header.base {
         return Err(corrupt(path, "header and footer disagree"));
@@ -321,7 +326,15 @@ mod tests {
     use crate::io::SimDisk;
 
     fn meta() -> GenerationMeta {
-        GenerationMeta { db: 3, generation: 2, parent: 1, log_index: 40, log_term: 2, db_page_count: 9 }
+        GenerationMeta {
+            db: 3,
+            generation: 2,
+            parent: 1,
+            log_index: 40,
+            log_term: 2,
+            db_page_count: 9,
+            db_page_floor: 7,
+        }
     }
 
     #[test]

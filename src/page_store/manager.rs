@@ -567,16 +567,25 @@ impl Db {
             let full = st.chain.is_empty() || st.chain.len() >= inner.config.generation_chain_max;
             let generation_no = st.chain.last().map_or(1, |g| g.meta.generation + 1);
             let parent = if full { 0 } else { st.chain.last().map_or(0, |g| g.meta.generation) };
+            let page_count = st.page_count_at(target);
+            // A delta records the smallest size since its parent, so that reopening drops the chain pages a
+            // shrink cut off even if the database grew back.
+            let floor = if full {
+                page_count
+            } else {
+                st.shrunk_to(st.checkpoint_index, target).map_or(page_count, |c| c.min(page_count))
+            };
             (
                 target,
                 st.checkpoint_plan(target, full),
                 full,
                 generation_no,
-                st.page_count_at(target),
+                (page_count, floor),
                 parent,
                 st.chain.clone(),
             )
         };
+        let (page_count, page_floor) = page_count;
         let term = inner.wal.term(target).unwrap_or(LOCAL_TERM);
         let meta = GenerationMeta {
             db: self.entry.id,
@@ -585,6 +594,7 @@ impl Db {
             log_index: target,
             log_term: term,
             db_page_count: page_count,
+            db_page_floor: page_floor,
         };
         let db = self.entry.id;
         let pages = plan.iter().map(|(page_no, loc)| {
