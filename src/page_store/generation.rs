@@ -292,6 +292,43 @@ impl GenerationFile {
         Ok(Arc::from(&buf[..]))
     }
 
+    /// Reads slots `first..=last` with one read, verifying each page: `(page_no, image, crc)` per slot.
+    pub fn read_slots(
+        &self,
+        first: usize,
+        last: usize,
+    ) -> Result<Vec<(u32, Arc<[u8]>, u32)>, PageStoreError> {
+        if first > last || last >= self.slots.len() {
+            return Err(corrupt(&self.path, format!("slots {first}..={last} out of range")));
+        }
+        let count = last - first + 1;
+        let mut buf = AlignedBuf::zeroed(count * PAGE_SIZE);
+        let offset = (BLOCK_SIZE + first * PAGE_SIZE) as u64;
+        read_exact_at(self.file.as_ref(), &mut buf, offset)
+            .map_err(io_err("read generation pages", &self.path))?;
+        let mut out = Vec::with_capacity(count);
+        for (i, image) in buf.chunks_exact(PAGE_SIZE).enumerate() {
+            let slot = first + i;
+            let (page_no, expected) = self.slots[slot];
+            let got = page_crc(self.meta.db, page_no, image);
+            if got != expected {
+                return Err(PageStoreError::PageChecksum {
+                    db: self.meta.db,
+                    page_no,
+                    location: format!(
+                        "generation {} slot {slot} ({})",
+                        self.meta.generation,
+                        self.path.display()
+                    ),
+                    expected,
+                    got,
+                });
+            }
+            out.push((page_no, Arc::from(image), expected));
+        }
+        Ok(out)
+    }
+
     /// Reads `len` bytes of the raw file at `offset` (block-aligned), for streaming it out as a snapshot.
     pub fn read_raw(&self, offset: u64, len_bytes: usize) -> Result<Vec<u8>, PageStoreError> {
         let mut buf = AlignedBuf::zeroed(len_bytes.next_multiple_of(BLOCK_SIZE));

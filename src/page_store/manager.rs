@@ -225,6 +225,101 @@ impl Inner {
     }
 }
 
+/// Pages a checkpoint loads into memory at once (4 MiB).
+const CHECKPOINT_CHUNK_PAGES: usize = 1024;
+/// Unneeded frames or slots a checkpoint read may span to join two runs into one read.
+const READ_GAP_PAGES_MAX: usize = 8;
+
+/// Splits sorted positions into runs whose gaps are at most [`READ_GAP_PAGES_MAX`].
+fn runs(sorted: &[usize]) -> Vec<(usize, usize)> {
+    let mut out: Vec<(usize, usize)> = Vec::new();
+    for &pos in sorted {
+        match out.last_mut() {
+            Some((_, end)) if pos <= *end + 1 + READ_GAP_PAGES_MAX => *end = pos,
+            _ => out.push((pos, pos)),
+        }
+    }
+    out
+}
+
+impl Inner {
+    /// Loads the pages of `chunk` (ascending page numbers) for a checkpoint: cached images as they are,
+    /// the rest with one read per run of neighbouring frames (same log entry) or slots (same generation),
+    /// each page verified against its checksum. Returns `(page_no, image, crc)` in the chunk's order.
+    fn load_pages(&self, db: u64, chunk: &[(u32, Location)]) -> Result<Vec<(u32, PageRef, u32)>> {
+        let mut out: Vec<Option<(u32, PageRef, u32)>> = vec![None; chunk.len()];
+        let mut by_entry: HashMap<u64, Vec<(usize, usize, u32)>> = HashMap::new();
+        let mut by_generation: HashMap<u64, (Arc<GenerationFile>, Vec<(usize, usize)>)> = HashMap::new();
+        for (i, (page_no, loc)) in chunk.iter().enumerate() {
+            match loc {
+                Location::Log(frame) => {
+                    let key = PageKey { db, page_no: *page_no, version: frame.index };
+                    match self.cache.get(&key) {
+                        Some(page) => out[i] = Some((*page_no, page, frame.crc)),
+                        None => by_entry.entry(frame.index).or_default().push((
+                            frame.frame as usize,
+                            i,
+                            frame.crc,
+                        )),
+                    }
+                }
+                Location::Base { generation, slot } => {
+                    let group = by_generation
+                        .entry(generation.meta.generation)
+                        .or_insert_with(|| (Arc::clone(generation), Vec::new()));
+                    group.1.push((*slot, i));
+                }
+            }
+        }
+        for (index, mut frames) in by_entry {
+            frames.sort_unstable();
+            let positions: Vec<usize> = frames.iter().map(|f| f.0).collect();
+            for (first, last) in runs(&positions) {
+                let offset = frame_page_offset(first) - 8;
+                let len = (last - first + 1) * FRAME_LEN;
+                let bytes = self.wal.read_payload_range(index, offset, len)?.ok_or_else(|| {
+                    PageStoreError::invalid(format!("log entry {index} left the log during a checkpoint"))
+                })?;
+                for &(frame, i, crc) in frames.iter().filter(|f| f.0 >= first && f.0 <= last) {
+                    let at = (frame - first) * FRAME_LEN;
+                    let (page_no, _) = chunk[i];
+                    let image = &bytes[at + 8..at + FRAME_LEN];
+                    let got = page_crc(db, page_no, image);
+                    let stored_page_no =
+                        u32::from_le_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]]);
+                    if got != crc || stored_page_no != page_no {
+                        return Err(PageStoreError::PageChecksum {
+                            db,
+                            page_no,
+                            location: format!("log entry {index} frame {frame}"),
+                            expected: crc,
+                            got,
+                        });
+                    }
+                    out[i] = Some((page_no, Arc::from(image), crc));
+                }
+            }
+        }
+        for (_, (generation, mut slots)) in by_generation {
+            slots.sort_unstable();
+            let positions: Vec<usize> = slots.iter().map(|s| s.0).collect();
+            for (first, last) in runs(&positions) {
+                let images = generation.read_slots(first, last)?;
+                for &(slot, i) in slots.iter().filter(|s| s.0 >= first && s.0 <= last) {
+                    let (page_no, image, crc) = images[slot - first].clone();
+                    out[i] = Some((page_no, image, crc));
+                }
+            }
+        }
+        out.into_iter()
+            .zip(chunk)
+            .map(|(page, (page_no, _))| {
+                page.ok_or_else(|| PageStoreError::invalid(format!("page {page_no} not loaded")))
+            })
+            .collect()
+    }
+}
+
 fn ensure_dir(io: &dyn Io, dir: &Path) -> Result<()> {
     io.create_dir_all(dir).map_err(|e| PageStoreError::io("create directory", dir, e))
 }
@@ -597,12 +692,10 @@ impl Db {
             db_page_floor: page_floor,
         };
         let db = self.entry.id;
-        let pages = plan.iter().map(|(page_no, loc)| {
-            let page = inner.read_location(db, *page_no, loc)?.ok_or_else(|| {
-                PageStoreError::invalid(format!("page {page_no} left the log during a checkpoint"))
-            })?;
-            let crc = page_crc(db, *page_no, &page);
-            Ok((*page_no, page, crc))
+        // Pages are loaded a bounded chunk at a time, with one read per run of neighbouring frames or slots.
+        let pages = plan.chunks(CHECKPOINT_CHUNK_PAGES).flat_map(|chunk| match inner.load_pages(db, chunk) {
+            Ok(loaded) => loaded.into_iter().map(Ok).collect::<Vec<_>>(),
+            Err(e) => vec![Err(e)],
         });
         let (file, checksum) = generation::write(inner.config.io.as_ref(), &inner.pages_dir, &meta, pages)?;
         let file = Arc::new(file);
