@@ -6,11 +6,13 @@
 //!   is also the Raft log storage.
 //! - [`manifest`]: the node's durable metadata on LMDB — databases, Raft state, segments, generations,
 //!   snapshots — with group commit and a change feed.
+//! - [`page_cache`]: a sharded, byte-bounded cache of page images with CLOCK eviction, metrics and observers.
 #![deny(missing_docs)]
 #![warn(clippy::unwrap_used)]
 
 pub mod format;
 pub mod io;
 pub mod manifest;
+pub mod page_cache;
 pub mod panic;
 pub mod wal;
