@@ -6,8 +6,6 @@
 
 use std::hash::{BuildHasher, Hasher};
 
-use super::PageKey;
-
 /// Final avalanche step (the splitmix64 finaliser): every input bit affects every output bit.
 fn mix64(mut value: u64) -> u64 {
     value ^= value >> 30;
@@ -81,6 +79,7 @@ impl BuildHasher for BuildKeyHasher {
 
 #[cfg(test)]
 mod tests {
+    use super::super::PageKey;
     use super::*;
 
     #[test]
