@@ -26,12 +26,10 @@ pub struct PageCacheMetrics {
     pub capacity_bytes: u64,
 }
 
-/// One shard's counters. Hits and misses are bumped after the shard lock is released; the rest
-/// are written under the shard's write lock and only read without it.
+/// One shard's insert-path counters, written under the shard's write lock and read without it.
+/// (Hits and misses live in the shard state, next to the lock word.)
 #[derive(Debug, Default)]
 pub(crate) struct ShardCounters {
-    pub(crate) hits: AtomicU64,
-    pub(crate) misses: AtomicU64,
     pub(crate) inserts: AtomicU64,
     pub(crate) evictions: AtomicU64,
     pub(crate) eviction_scans: AtomicU64,
@@ -45,8 +43,6 @@ impl ShardCounters {
     /// Adds this shard's counters to `total`.
     pub(crate) fn add_to(&self, total: &mut PageCacheMetrics) {
         let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
-        total.hits += load(&self.hits);
-        total.misses += load(&self.misses);
         total.inserts += load(&self.inserts);
         total.evictions += load(&self.evictions);
         total.eviction_scans += load(&self.eviction_scans);

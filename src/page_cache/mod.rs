@@ -136,7 +136,7 @@ impl PageCache {
     pub fn metrics(&self) -> PageCacheMetrics {
         let mut total = PageCacheMetrics { capacity_bytes: self.capacity_bytes as u64, ..Default::default() };
         for shard in self.shards.iter() {
-            shard.0.counters.add_to(&mut total);
+            shard.0.add_metrics_to(&mut total);
         }
         total
     }

@@ -7,12 +7,12 @@
 //! - the `bytes`/`entries` gauges in the counters equal `bytes` and `index.len()`.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use parking_lot::RwLock;
 
 use super::hash::BuildKeyHasher;
-use super::metrics::ShardCounters;
+use super::metrics::{PageCacheMetrics, ShardCounters};
 use super::observer::{deliver, CacheEvent, ObserverList};
 use super::{PageKey, PageRef, ENTRY_OVERHEAD_BYTES};
 
@@ -30,7 +30,15 @@ struct Entry {
     referenced: AtomicBool,
 }
 
+/// `repr(C)` with the hit and miss counters first: the lock word of `RwLock<ShardState>` precedes
+/// the state, so the counters share its cache line, which a hit has just taken exclusive for the
+/// read-lock increment; a separate counter line would be a second line moving between cores.
+#[repr(C)]
 struct ShardState {
+    /// `get` calls that found their key; bumped under the read lock.
+    hits: AtomicU64,
+    /// `get` calls that did not find their key; bumped under the read lock.
+    misses: AtomicU64,
     index: HashMap<PageKey, usize, BuildKeyHasher>,
     /// The CLOCK ring. Never shrinks; its length is at most the largest number of entries the
     /// shard ever held, which is bounded by `capacity_bytes / ENTRY_OVERHEAD_BYTES`.
@@ -82,6 +90,8 @@ impl Shard {
     pub(crate) fn new(capacity_bytes: usize) -> Self {
         Self {
             state: RwLock::new(ShardState {
+                hits: AtomicU64::new(0),
+                misses: AtomicU64::new(0),
                 index: HashMap::with_hasher(BuildKeyHasher),
                 slots: Vec::new(),
                 free_slots: Vec::new(),
@@ -107,16 +117,12 @@ impl Shard {
                 }
                 Some(PageRef::clone(&entry.page))
             });
+            let counter = if page.is_some() { &state.hits } else { &state.misses };
+            counter.fetch_add(1, Ordering::Relaxed);
             (page, observers_if_any(&state.observers))
         };
-        let event = if page.is_some() {
-            self.counters.hits.fetch_add(1, Ordering::Relaxed);
-            CacheEvent::Hit(*key)
-        } else {
-            self.counters.misses.fetch_add(1, Ordering::Relaxed);
-            CacheEvent::Miss(*key)
-        };
         if let Some(observers) = observers {
+            let event = if page.is_some() { CacheEvent::Hit(*key) } else { CacheEvent::Miss(*key) };
             deliver(&observers, &[event]);
         }
         page
@@ -174,6 +180,14 @@ impl Shard {
             state.publish_gauges(&self.counters);
         }
         removed_count
+    }
+
+    /// Adds this shard's counters to `total` (takes the read lock for the hit and miss counts).
+    pub(crate) fn add_metrics_to(&self, total: &mut PageCacheMetrics) {
+        self.counters.add_to(total);
+        let state = self.state.read();
+        total.hits += state.hits.load(Ordering::Relaxed);
+        total.misses += state.misses.load(Ordering::Relaxed);
     }
 
     /// Makes `observers` the list this shard's events are delivered to.
