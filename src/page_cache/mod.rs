@@ -126,9 +126,11 @@ impl PageCache {
         // Held while the shards are updated so concurrent additions cannot lose each other.
         let mut observers = self.observers.lock();
         observers.push(observer);
-        let list: ObserverList = observers.iter().cloned().collect();
         for shard in self.shards.iter() {
-            shard.0.set_observers(ObserverList::clone(&list));
+            // A separate allocation per shard: the list's reference count is bumped by every event,
+            // and one shared count would be a cache-wide contended line.
+            let list: ObserverList = observers.iter().cloned().collect();
+            shard.0.set_observers(list);
         }
     }
 

@@ -299,3 +299,32 @@ fn two_observers_both_see_every_event() {
     assert_eq!(*first.events.lock(), vec![CacheEvent::Miss(key(1, 1, 1))]);
     assert_eq!(*second.events.lock(), vec![CacheEvent::Miss(key(1, 1, 1))]);
 }
+
+/// Panics on every insert.
+struct PanickingObserver;
+
+impl PageCacheObserver for PanickingObserver {
+    fn on_event(&self, event: CacheEvent) {
+        if let CacheEvent::Insert(key) = event {
+            panic!("observer refuses {key:?}");
+        }
+    }
+}
+
+#[test]
+fn a_panicking_observer_leaves_the_cache_consistent() {
+    // An observer that panics on insert.
+    let cache = one_shard_cache(2);
+    cache.add_observer(Arc::new(PanickingObserver));
+
+    // The insert's caller sees the panic.
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        cache.insert(key(1, 1, 1), page(5, PAGE_BYTES));
+    }));
+    assert!(outcome.is_err());
+
+    // The page was stored before delivery, no lock is poisoned or held, and the cache works.
+    assert_eq!(cache.get(&key(1, 1, 1)).as_deref(), Some(&[5u8; PAGE_BYTES][..]));
+    assert!(cache.remove(&key(1, 1, 1)).is_some());
+    cache.check_invariants();
+}
