@@ -121,7 +121,8 @@ fn main() {
     let one = (throughput(&baseline, &present, 1, duration), throughput(&cache, &present, 1, duration));
     let two = (throughput(&baseline, &present, 2, duration), throughput(&cache, &present, 2, duration));
 
-    println!("page cache: {PAGES} pages of {PAGE_BYTES} B, {} shards, {seconds} s per throughput case", 16);
+    let shards = PageCacheConfig::SHARDS_DEFAULT;
+    println!("page cache: {PAGES} pages of {PAGE_BYTES} B, {shards} shards, {seconds} s per throughput case");
     println!("baseline: parking_lot::Mutex<HashMap<PageKey, Arc<[u8]>>> (SipHash), same keys, same order");
     println!();
     println!("| case | baseline | page cache | ratio |");
