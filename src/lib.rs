@@ -6,6 +6,9 @@
 //!   is also the Raft log storage.
 //! - [`manifest`]: the node's durable metadata on LMDB — databases, Raft state, segments, generations,
 //!   snapshots — with group commit and a change feed.
+//! - [`page_cache`]: a sharded, byte-bounded cache of page images with CLOCK eviction, metrics and observers.
+//! - [`page_store`]: pages of many databases as generation chains plus a page index into the log;
+//!   checkpoints; the [`page_store::Manager`] with per-database handles.
 #![deny(missing_docs)]
 #![warn(clippy::unwrap_used)]
 
