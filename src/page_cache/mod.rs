@@ -6,7 +6,7 @@
 //! CLOCK hand. A hit takes only its shard's read lock and sets the entry's reference bit with an
 //! atomic; inserts and removals take the shard's write lock. No operation takes a cache-wide lock.
 //! Observers are called after every lock is released (see [`PageCacheObserver`] for the contract).
-//! docs/page_cache.md describes the structure, the eviction policy and the bounds.
+//! docs/design.md (Page cache) describes the structure, the eviction policy and the bounds.
 //!
 //! ```
 //! use std::sync::Arc;

@@ -54,6 +54,25 @@ pub struct GenerationFile {
     pub size_bytes: u64,
 }
 
+/// A page image handed to [`write`]: a cached page, or a page inside a larger buffer read in one go.
+#[derive(Debug, Clone)]
+pub enum PageImage {
+    /// A whole page.
+    Page(Arc<[u8]>),
+    /// The page at `offset` of a shared buffer.
+    InBuffer(Arc<Vec<u8>>, usize),
+}
+
+impl PageImage {
+    /// The page's bytes (4096 for a well-formed image).
+    pub fn bytes(&self) -> &[u8] {
+        match self {
+            PageImage::Page(page) => page,
+            PageImage::InBuffer(buf, offset) => buf.get(*offset..*offset + PAGE_SIZE).unwrap_or(&[]),
+        }
+    }
+}
+
 /// File name of generation `generation` of database `db`.
 pub fn file_name(db: u64, generation: u64) -> String {
     format!("{db:016x}-{generation:016x}.gen")
@@ -123,7 +142,7 @@ pub fn write(
     io: &dyn Io,
     dir: &Path,
     meta: &GenerationMeta,
-    pages: impl Iterator<Item = Result<(u32, Arc<[u8]>, u32), PageStoreError>>,
+    pages: impl Iterator<Item = Result<(u32, PageImage, u32), PageStoreError>>,
 ) -> Result<(GenerationFile, u32), PageStoreError> {
     let final_path = dir.join(file_name(meta.db, meta.generation));
     let tmp_path = dir.join(format!("{}.tmp", file_name(meta.db, meta.generation)));
@@ -143,13 +162,14 @@ pub fn write(
     let mut slots: Vec<(u32, u32)> = Vec::new();
     for page in pages {
         let (page_no, image, crc) = page?;
+        let image = image.bytes();
         if image.len() != PAGE_SIZE {
             return Err(PageStoreError::UnsupportedPageSize { got: image.len() });
         }
         if slots.last().is_some_and(|(last, _)| *last >= page_no) {
             return Err(PageStoreError::invalid(format!("generation pages out of order at page {page_no}")));
         }
-        w.push(&image)?;
+        w.push(image)?;
         slots.push((page_no, crc));
     }
     let directory_offset = w.offset + w.buf.len() as u64;
@@ -297,7 +317,7 @@ impl GenerationFile {
         &self,
         first: usize,
         last: usize,
-    ) -> Result<Vec<(u32, Arc<[u8]>, u32)>, PageStoreError> {
+    ) -> Result<Vec<(u32, PageImage, u32)>, PageStoreError> {
         if first > last || last >= self.slots.len() {
             return Err(corrupt(&self.path, format!("slots {first}..={last} out of range")));
         }
@@ -307,6 +327,7 @@ impl GenerationFile {
         read_exact_at(self.file.as_ref(), &mut buf, offset)
             .map_err(io_err("read generation pages", &self.path))?;
         let mut out = Vec::with_capacity(count);
+        let shared = Arc::new(buf.to_vec());
         for (i, image) in buf.chunks_exact(PAGE_SIZE).enumerate() {
             let slot = first + i;
             let (page_no, expected) = self.slots[slot];
@@ -324,7 +345,7 @@ impl GenerationFile {
                     got,
                 });
             }
-            out.push((page_no, Arc::from(image), expected));
+            out.push((page_no, PageImage::InBuffer(Arc::clone(&shared), i * PAGE_SIZE), expected));
         }
         Ok(out)
     }
@@ -384,7 +405,7 @@ mod tests {
             .map(|&p| {
                 let image: Arc<[u8]> = Arc::from(vec![p as u8; PAGE_SIZE]);
                 let crc = page_crc(3, p, &image);
-                Ok((p, image, crc))
+                Ok((p, PageImage::Page(image), crc))
             })
             .collect();
         let (written, checksum) = write(&disk, &dir, &meta(), pages.into_iter()).expect("write");

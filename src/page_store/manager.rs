@@ -16,7 +16,7 @@ use super::commit::{
     decode_commit, encode_commit, frame_page_offset, page_crc, COMMIT_HEADER_LEN, FRAME_LEN, PAGE_SIZE,
 };
 use super::database::{DbState, Location};
-use super::generation::{self, GenerationFile, GenerationMeta};
+use super::generation::{self, GenerationFile, GenerationMeta, PageImage};
 use super::PageStoreError;
 
 type Result<T> = std::result::Result<T, PageStoreError>;
@@ -136,6 +136,12 @@ pub struct CheckpointOutcome {
     pub size_bytes: u64,
     /// The log was purged up to this index afterwards, if it moved.
     pub log_purged_upto: Option<u64>,
+    /// Time spent loading pages and writing + fsyncing the generation file.
+    pub write_duration: std::time::Duration,
+    /// Time spent publishing it (manifest commit) and putting it in force.
+    pub publish_duration: std::time::Duration,
+    /// Time spent deleting superseded files and purging the log.
+    pub cleanup_duration: std::time::Duration,
 }
 
 /// A diagnostics snapshot of one database.
@@ -246,8 +252,8 @@ impl Inner {
     /// Loads the pages of `chunk` (ascending page numbers) for a checkpoint: cached images as they are,
     /// the rest with one read per run of neighbouring frames (same log entry) or slots (same generation),
     /// each page verified against its checksum. Returns `(page_no, image, crc)` in the chunk's order.
-    fn load_pages(&self, db: u64, chunk: &[(u32, Location)]) -> Result<Vec<(u32, PageRef, u32)>> {
-        let mut out: Vec<Option<(u32, PageRef, u32)>> = vec![None; chunk.len()];
+    fn load_pages(&self, db: u64, chunk: &[(u32, Location)]) -> Result<Vec<(u32, PageImage, u32)>> {
+        let mut out: Vec<Option<(u32, PageImage, u32)>> = vec![None; chunk.len()];
         let mut by_entry: HashMap<u64, Vec<(usize, usize, u32)>> = HashMap::new();
         let mut by_generation: HashMap<u64, (Arc<GenerationFile>, Vec<(usize, usize)>)> = HashMap::new();
         for (i, (page_no, loc)) in chunk.iter().enumerate() {
@@ -255,7 +261,7 @@ impl Inner {
                 Location::Log(frame) => {
                     let key = PageKey { db, page_no: *page_no, version: frame.index };
                     match self.cache.get(&key) {
-                        Some(page) => out[i] = Some((*page_no, page, frame.crc)),
+                        Some(page) => out[i] = Some((*page_no, PageImage::Page(page), frame.crc)),
                         None => by_entry.entry(frame.index).or_default().push((
                             frame.frame as usize,
                             i,
@@ -277,9 +283,9 @@ impl Inner {
             for (first, last) in runs(&positions) {
                 let offset = frame_page_offset(first) - 8;
                 let len = (last - first + 1) * FRAME_LEN;
-                let bytes = self.wal.read_payload_range(index, offset, len)?.ok_or_else(|| {
+                let bytes = Arc::new(self.wal.read_payload_range(index, offset, len)?.ok_or_else(|| {
                     PageStoreError::invalid(format!("log entry {index} left the log during a checkpoint"))
-                })?;
+                })?);
                 for &(frame, i, crc) in frames.iter().filter(|f| f.0 >= first && f.0 <= last) {
                     let at = (frame - first) * FRAME_LEN;
                     let (page_no, _) = chunk[i];
@@ -296,7 +302,7 @@ impl Inner {
                             got,
                         });
                     }
-                    out[i] = Some((page_no, Arc::from(image), crc));
+                    out[i] = Some((page_no, PageImage::InBuffer(Arc::clone(&bytes), at + 8), crc));
                 }
             }
         }
@@ -692,6 +698,7 @@ impl Db {
             db_page_floor: page_floor,
         };
         let db = self.entry.id;
+        let started = std::time::Instant::now();
         // Pages are loaded a bounded chunk at a time, with one read per run of neighbouring frames or slots.
         let pages = plan.chunks(CHECKPOINT_CHUNK_PAGES).flat_map(|chunk| match inner.load_pages(db, chunk) {
             Ok(loaded) => loaded.into_iter().map(Ok).collect::<Vec<_>>(),
@@ -699,6 +706,7 @@ impl Db {
         });
         let (file, checksum) = generation::write(inner.config.io.as_ref(), &inner.pages_dir, &meta, pages)?;
         let file = Arc::new(file);
+        let written = std::time::Instant::now();
         let mut batch = Batch::new();
         batch.add_generation(
             DatabaseId(db),
@@ -717,6 +725,7 @@ impl Db {
         }
         inner.with_manifest(|m| Ok(m.commit(batch)?))?;
         self.entry.state.write().install(target, Arc::clone(&file));
+        let published = std::time::Instant::now();
         if full {
             for old in &old_chain {
                 inner
@@ -741,6 +750,9 @@ impl Db {
             full,
             size_bytes: file.size_bytes,
             log_purged_upto,
+            write_duration: written - started,
+            publish_duration: published - written,
+            cleanup_duration: published.elapsed(),
         }))
     }
 

@@ -113,6 +113,12 @@ pub(crate) fn read_span(
     len: usize,
 ) -> Result<Vec<u8>, WalError> {
     let alignment = file.alignment().max(1) as u64;
+    if alignment == 1 {
+        // No alignment needed: read straight into the returned buffer.
+        let mut buf = vec![0u8; len];
+        read_exact_at(file, &mut buf, offset).map_err(|e| WalError::io("read entry", path, e))?;
+        return Ok(buf);
+    }
     let start = crate::io::align_down(offset, alignment);
     let end = crate::io::align_up(offset + len as u64, alignment);
     let mut buf = AlignedBuf::zeroed((end - start) as usize);
