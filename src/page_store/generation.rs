@@ -358,6 +358,12 @@ impl GenerationFile {
         Ok(buf.to_vec())
     }
 
+    /// Streams the file out in chunks of at most [`STREAM_CHUNK_BYTES`] (what ships as a snapshot);
+    /// memory is bounded by one chunk.
+    pub fn stream(self: &Arc<Self>) -> GenerationStream {
+        GenerationStream { file: Arc::clone(self), offset: 0 }
+    }
+
     /// Reads every page and checks it, and the CRC32C of the whole file against `checksum`.
     pub fn verify(&self, checksum: u32) -> Result<(), PageStoreError> {
         let mut crc = 0u32;
@@ -376,6 +382,122 @@ impl GenerationFile {
         }
         Ok(())
     }
+}
+
+/// Bytes per chunk when a generation is streamed.
+pub const STREAM_CHUNK_BYTES: usize = 1 << 20;
+
+/// The chunks of a generation file, in order (see [`GenerationFile::stream`]).
+#[derive(Debug)]
+pub struct GenerationStream {
+    file: Arc<GenerationFile>,
+    offset: u64,
+}
+
+impl Iterator for GenerationStream {
+    type Item = Result<Vec<u8>, PageStoreError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.offset >= self.file.size_bytes {
+            return None;
+        }
+        let len = (self.file.size_bytes - self.offset).min(STREAM_CHUNK_BYTES as u64) as usize;
+        let chunk = self.file.read_raw(self.offset, len);
+        self.offset += len as u64;
+        Some(chunk)
+    }
+}
+
+/// What a received generation must be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ExpectedGeneration {
+    /// Database id.
+    pub db: u64,
+    /// Generation number.
+    pub generation: u64,
+    /// CRC32C of the whole file (from the sender's manifest record).
+    pub checksum: u32,
+    /// Refuse streams longer than this.
+    pub size_bytes_max: u64,
+}
+
+/// Installs a generation received as a stream of chunks (of any sizes): writes `<name>.tmp`, fsyncs it,
+/// checks it completely — header, footer, directory, every page, the whole-file checksum, and that it is
+/// the database and generation expected — then renames it into place and fsyncs the directory. Memory is
+/// bounded by one chunk plus one buffer of [`STREAM_CHUNK_BYTES`]. On any error the temporary file is removed
+/// and nothing is in place.
+pub fn install(
+    io: &dyn Io,
+    dir: &Path,
+    expected: ExpectedGeneration,
+    chunks: impl Iterator<Item = Result<Vec<u8>, PageStoreError>>,
+) -> Result<GenerationFile, PageStoreError> {
+    let final_path = dir.join(file_name(expected.db, expected.generation));
+    let tmp_path = dir.join(format!("{}.tmp", file_name(expected.db, expected.generation)));
+    let _ = io.remove_file(&tmp_path);
+    let result = (|| {
+        let file = io
+            .open(&tmp_path, OpenMode::CreateNew)
+            .map_err(io_err("create received generation", &tmp_path))?;
+        let mut buf = AlignedBuf::new();
+        let mut written = 0u64;
+        let mut received = 0u64;
+        let mut flush = |buf: &mut AlignedBuf, all: bool| -> Result<(), PageStoreError> {
+            let len = if all { buf.len() } else { buf.len() - buf.len() % BLOCK_SIZE };
+            if len == 0 {
+                return Ok(());
+            }
+            if len % BLOCK_SIZE != 0 {
+                return Err(corrupt(&tmp_path, "stream length is not a whole number of blocks"));
+            }
+            let mut done = 0usize;
+            while done < len {
+                let n = file
+                    .write_at(&buf[done..len], written + done as u64)
+                    .map_err(io_err("write received generation", &tmp_path))?;
+                if n == 0 {
+                    return Err(corrupt(&tmp_path, "write returned 0 bytes"));
+                }
+                done += n;
+            }
+            written += len as u64;
+            let rest = buf[len..].to_vec();
+            buf.clear();
+            buf.extend_from_slice(&rest);
+            Ok(())
+        };
+        for chunk in chunks {
+            let chunk = chunk?;
+            received += chunk.len() as u64;
+            if received > expected.size_bytes_max {
+                return Err(corrupt(&tmp_path, format!("stream exceeds {} bytes", expected.size_bytes_max)));
+            }
+            buf.extend_from_slice(&chunk);
+            if buf.len() >= STREAM_CHUNK_BYTES {
+                flush(&mut buf, false)?;
+            }
+        }
+        flush(&mut buf, true)?;
+        file.sync_all().map_err(io_err("fsync received generation", &tmp_path))?;
+        let opened = open(io, &tmp_path)?;
+        if opened.meta.db != expected.db || opened.meta.generation != expected.generation {
+            return Err(corrupt(
+                &tmp_path,
+                format!(
+                    "holds db {} generation {}, expected db {} generation {}",
+                    opened.meta.db, opened.meta.generation, expected.db, expected.generation
+                ),
+            ));
+        }
+        opened.verify(expected.checksum)?;
+        io.rename(&tmp_path, &final_path).map_err(io_err("publish received generation", &final_path))?;
+        io.sync_dir(dir).map_err(io_err("fsync generation directory", dir))?;
+        Ok(GenerationFile { path: final_path.clone(), ..opened })
+    })();
+    if result.is_err() {
+        let _ = io.remove_file(&tmp_path);
+    }
+    result
 }
 
 #[cfg(test)]
@@ -419,6 +541,54 @@ mod tests {
         let err = opened.read_slot(1).expect_err("flipped");
         assert!(matches!(err, PageStoreError::PageChecksum { db: 3, page_no: 5, .. }), "{err}");
         assert!(opened.verify(checksum).is_err());
+    }
+
+    #[test]
+    fn a_generation_streams_out_and_installs_elsewhere_in_bounded_chunks() {
+        let disk = SimDisk::new(3);
+        let (src, dst) = (PathBuf::from("/src"), PathBuf::from("/dst"));
+        disk.create_dir_all(&src).expect("mkdir");
+        disk.create_dir_all(&dst).expect("mkdir");
+        // 600 pages: a 2.4 MiB file, so the stream has several chunks.
+        let pages = (1..=600u32).map(|p| {
+            let image: Arc<[u8]> = Arc::from(vec![(p % 251) as u8; PAGE_SIZE]);
+            let crc = page_crc(3, p, &image);
+            Ok((p, PageImage::Page(image), crc))
+        });
+        let (written, checksum) = write(&disk, &src, &meta(), pages).expect("write");
+        let written = Arc::new(written);
+        let chunks: Vec<_> = written.stream().collect::<Result<_, _>>().expect("stream");
+        assert!(chunks.len() > 2 && chunks.iter().all(|c| c.len() <= STREAM_CHUNK_BYTES));
+
+        let expected = ExpectedGeneration { db: 3, generation: 2, checksum, size_bytes_max: 8 << 20 };
+        let installed = install(&disk, &dst, expected, chunks.clone().into_iter().map(Ok)).expect("install");
+        assert_eq!(installed.meta, meta());
+        match installed.read_slot(599).expect("page").first() {
+            Some(&b) => assert_eq!(b, (600 % 251) as u8),
+            None => panic!("empty page"),
+        }
+
+        // A damaged stream, a wrong checksum or an oversized stream installs nothing.
+        let mut damaged = chunks.clone();
+        damaged[1][5000] ^= 1;
+        let other = ExpectedGeneration { generation: 2, ..expected };
+        let _ = disk.remove_file(&installed.path);
+        assert!(install(&disk, &dst, other, damaged.into_iter().map(Ok)).is_err());
+        assert!(install(
+            &disk,
+            &dst,
+            ExpectedGeneration { checksum: checksum ^ 1, ..expected },
+            chunks.clone().into_iter().map(Ok)
+        )
+        .is_err());
+        assert!(install(
+            &disk,
+            &dst,
+            ExpectedGeneration { size_bytes_max: 1 << 20, ..expected },
+            chunks.into_iter().map(Ok)
+        )
+        .is_err());
+        assert!(disk.list_dir(&dst).expect("ls").is_empty(), "nothing left behind");
     }
 
     #[test]

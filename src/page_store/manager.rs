@@ -770,6 +770,12 @@ impl Db {
         Ok(Some(limit))
     }
 
+    /// The generation files in force, oldest first (a full generation, then deltas): what a snapshot of
+    /// this database ships, each streamed with [`GenerationFile::stream`].
+    pub fn generation_chain(&self) -> Vec<Arc<GenerationFile>> {
+        self.entry.state.read().chain.clone()
+    }
+
     /// A diagnostics snapshot.
     pub fn diagnostics(&self) -> DbDiagnostics {
         let applied = *self.inner.applied.lock();

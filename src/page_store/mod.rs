@@ -13,5 +13,8 @@ mod manager;
 
 pub use commit::{decode_commit, encode_commit, page_crc, CommitHeader, FRAME_LEN, PAGE_SIZE};
 pub use error::PageStoreError;
-pub use generation::{GenerationFile, GenerationMeta};
+pub use generation::{
+    install as install_generation, ExpectedGeneration, GenerationFile, GenerationMeta, GenerationStream,
+    PageImage, STREAM_CHUNK_BYTES,
+};
 pub use manager::{CheckpointOutcome, CommitInfo, Db, DbDiagnostics, Manager, ManagerConfig, ReadSnapshot};
