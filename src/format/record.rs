@@ -20,9 +20,10 @@ const FLAGS_KNOWN: u8 = FLAG_BATCH_START;
 pub enum RecordKind {
     /// A log entry at `index` with `term` and an opaque payload.
     Entry,
-    /// Every entry after `index` is removed (a Raft conflict truncation).
+    /// Every entry at or after `index` is removed (a Raft conflict truncation).
     Truncate,
-    /// Every entry up to and including `index` (whose term is `term`) is purged.
+    /// Every entry up to and including `index` (whose term is `term`) is purged; the payload, if any, is
+    /// opaque bytes the purger attached (the generic Raft log store keeps the purged log id there).
     Purge,
 }
 
@@ -50,7 +51,7 @@ impl RecordKind {
 pub struct RecordHeader {
     /// What the record means.
     pub kind: RecordKind,
-    /// Raft index (entry), last kept index (truncate) or last purged index (purge).
+    /// Raft index (entry), first removed index (truncate) or last purged index (purge).
     pub index: u64,
     /// Raft term of the entry, or of the last purged entry; 0 for truncate.
     pub term: u64,

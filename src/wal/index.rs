@@ -38,6 +38,8 @@ pub(crate) struct LogIndex {
     /// The index the next append must have, when known (unknown only for a log that never held an entry).
     next: Option<u64>,
     purged: Option<LogPos>,
+    /// The opaque bytes the newest purge carried (an embedder's own form of the purged log id).
+    purged_meta: Option<Arc<Vec<u8>>>,
 }
 
 impl LogIndex {
@@ -77,22 +79,26 @@ impl LogIndex {
         self.next = Some(index + 1);
     }
 
-    /// Removes every entry after `index`.
-    pub fn truncate_after(&mut self, index: u64) {
-        while self.last().is_some_and(|last| last.index > index) {
+    /// Removes every entry at or after `index`.
+    pub fn truncate_from(&mut self, index: u64) {
+        while self.last().is_some_and(|last| last.index >= index) {
             self.slots.pop_back();
         }
-        let next = index.saturating_add(1);
-        if self.slots.is_empty() || self.next.is_none_or(|n| n > next) {
-            self.next = Some(next);
+        if self.slots.is_empty() || self.next.is_none_or(|n| n > index) {
+            self.next = Some(index);
         }
     }
 
+    pub fn purged_meta(&self) -> Option<Arc<Vec<u8>>> {
+        self.purged_meta.clone()
+    }
+
     /// Removes every entry up to and including `pos.index`.
-    pub fn purge_upto(&mut self, pos: LogPos) {
+    pub fn purge_upto(&mut self, pos: LogPos, meta: Option<Arc<Vec<u8>>>) {
         if self.purged.is_some_and(|p| p.index >= pos.index) {
             return;
         }
+        self.purged_meta = meta;
         while !self.slots.is_empty() && self.first <= pos.index {
             self.slots.pop_front();
             self.first += 1;
@@ -128,15 +134,15 @@ mod tests {
         for i in 5..10 {
             index.push(i, slot(1));
         }
-        index.truncate_after(7);
+        index.truncate_from(8);
         assert_eq!(index.last(), Some(LogPos { index: 7, term: 1 }));
         assert_eq!(index.next_index(), Some(8));
-        index.purge_upto(LogPos { index: 6, term: 1 });
+        index.purge_upto(LogPos { index: 6, term: 1 }, None);
         assert_eq!(index.first_index(), Some(7));
-        index.purge_upto(LogPos { index: 20, term: 3 });
+        index.purge_upto(LogPos { index: 20, term: 3 }, None);
         assert_eq!(index.first_index(), None);
         assert_eq!(index.next_index(), Some(21), "a purge past the end moves the next index");
-        index.truncate_after(2);
+        index.truncate_from(3);
         assert_eq!(index.next_index(), Some(3));
     }
 }

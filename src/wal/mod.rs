@@ -362,6 +362,13 @@ impl WalStore {
         AppendFuture { store: self, entries: Some(entries) }
     }
 
+    /// Appends from async code with a callback: waits for space without blocking the thread, then enqueues;
+    /// `done` runs once the entries are durable (or can never be). If the future resolves to an error,
+    /// `done` was dropped without being called.
+    pub fn append_with_async(&self, entries: Vec<NewEntry>, done: DurableCallback) -> AppendWithFuture<'_> {
+        AppendWithFuture { store: self, entries: Some(entries), done: Some(done) }
+    }
+
     /// A ticket that resolves once everything submitted before it is durable.
     pub fn flush(&self) -> Result<Durable, WalError> {
         let (ticket, done) = Durable::new(Arc::downgrade(&self.shared));
@@ -372,21 +379,30 @@ impl WalStore {
         Ok(ticket)
     }
 
-    /// Removes every entry after `index` (readers stop seeing them at once) and returns a ticket that
-    /// resolves when the removal is durable.
-    pub fn submit_truncate_after(&self, index: u64) -> Result<Durable, WalError> {
+    /// Removes every entry at or after `index` (readers stop seeing them at once) and returns a ticket
+    /// that resolves when the removal is durable. `index` may not be at or below the purge point.
+    pub fn submit_truncate_from(&self, index: u64) -> Result<Durable, WalError> {
         let (ticket, done) = Durable::new(Arc::downgrade(&self.shared));
         let mut st = self.shared.state.lock();
         Self::check_open(&st)?;
         if let Some(purged) = st.index.purged() {
-            if index < purged.index {
-                return Err(WalError::TruncateBelowPurged { index, purged: purged.index });
+            if index <= purged.index {
+                return Err(WalError::TruncateBelowPurged {
+                    index: index.saturating_sub(1),
+                    purged: purged.index,
+                });
             }
         }
-        st.index.truncate_after(index);
-        self.enqueue(&mut st, Op::Truncate { after: index }, 0, Some(done));
+        st.index.truncate_from(index);
+        self.enqueue(&mut st, Op::Truncate { from: index }, 0, Some(done));
         self.wake_writer(&st);
         Ok(ticket)
+    }
+
+    /// Removes every entry after `index` (readers stop seeing them at once) and returns a ticket that
+    /// resolves when the removal is durable.
+    pub fn submit_truncate_after(&self, index: u64) -> Result<Durable, WalError> {
+        self.submit_truncate_from(index.saturating_add(1))
     }
 
     /// Removes every entry after `index`; durable when this returns.
@@ -399,19 +415,40 @@ impl WalStore {
     /// whole segments below it are then deleted without holding up appends.
     pub fn purge_upto(&self, pos: LogPos) -> Result<PurgeOutcome, WalError> {
         let _one_purge_at_a_time = self.purge_lock.lock();
-        let ticket = {
-            let (ticket, done) = Durable::new(Arc::downgrade(&self.shared));
-            let mut st = self.shared.state.lock();
-            Self::check_open(&st)?;
-            if st.index.purged().is_some_and(|p| p.index >= pos.index) {
-                return Ok(PurgeOutcome::default());
+        if let Some(ticket) = self.submit_purge(pos, None)? {
+            ticket.wait()?;
+        }
+        self.delete_purged_segments()
+    }
+
+    /// Purges every entry up to and including `pos.index`, recording `meta` (opaque, at most a record's
+    /// payload) with the purge point, and returns a ticket that resolves when the purge point is durable
+    /// (`None` if nothing was left to purge). Entries disappear from reads at once. Call
+    /// [`WalStore::delete_purged_segments`] once the ticket resolved to free the disk space.
+    pub fn submit_purge(&self, pos: LogPos, meta: Option<Vec<u8>>) -> Result<Option<Durable>, WalError> {
+        if let Some(meta) = &meta {
+            let max_bytes = self.shared.config.record_payload_max_bytes();
+            if meta.len() > max_bytes {
+                return Err(WalError::TooLarge { size_bytes: meta.len(), max_bytes });
             }
-            st.index.purge_upto(pos);
-            self.enqueue(&mut st, Op::Purge { pos }, 0, Some(done));
-            self.wake_writer(&st);
-            ticket
-        };
-        ticket.wait()?;
+        }
+        let (ticket, done) = Durable::new(Arc::downgrade(&self.shared));
+        let mut st = self.shared.state.lock();
+        Self::check_open(&st)?;
+        if st.index.purged().is_some_and(|p| p.index >= pos.index) {
+            return Ok(None);
+        }
+        let meta = meta.map(Arc::new);
+        let cost = meta.as_ref().map_or(0, |m| encoded_len(m.len()));
+        st.index.purge_upto(pos, meta.clone());
+        self.enqueue(&mut st, Op::Purge { pos, meta }, cost, Some(done));
+        self.wake_writer(&st);
+        Ok(Some(ticket))
+    }
+
+    /// Deletes the segment files that durable purges left entirely below the purge point (never the one
+    /// holding the newest purge record), then fsyncs the directory. Appends go on meanwhile.
+    pub fn delete_purged_segments(&self) -> Result<PurgeOutcome, WalError> {
         let doomed: Vec<_> = {
             let mut st = self.shared.state.lock();
             let seqs = recovery::segments_fully_purged(&st.segments, st.index.purged(), st.purge_seq);
@@ -427,6 +464,11 @@ impl WalStore {
             Metrics::add(&self.shared.metrics.segments_deleted, doomed.len() as u64);
         }
         Ok(PurgeOutcome { segments_deleted: doomed.into_iter().map(|(seq, _)| seq).collect() })
+    }
+
+    /// The opaque bytes recorded with the newest purge ([`WalStore::submit_purge`]), if any.
+    pub fn purged_meta(&self) -> Option<Vec<u8>> {
+        self.shared.state.lock().index.purged_meta().map(|m| m.as_ref().clone())
     }
 
     /// The entry at `index`, or `None` if it is not in the log (purged, truncated or never appended).
@@ -623,6 +665,42 @@ impl Future for AppendFuture<'_> {
         match this.store.submit_entries_from(&mut this.entries, done, Wait::Fail, true) {
             Ok(()) => Poll::Ready(Ok(ticket)),
             Err(WalError::Backpressure { .. }) => Poll::Pending,
+            Err(e) => Poll::Ready(Err(e)),
+        }
+    }
+}
+
+/// Future returned by [`WalStore::append_with_async`].
+pub struct AppendWithFuture<'a> {
+    store: &'a WalStore,
+    entries: Option<Vec<NewEntry>>,
+    done: Option<DurableCallback>,
+}
+
+impl Future for AppendWithFuture<'_> {
+    type Output = Result<(), WalError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        {
+            let mut st = self.store.shared.state.lock();
+            st.space_wakers.push(cx.waker().clone());
+        }
+        let this = &mut *self;
+        let Some(done) = this.done.take() else { return Poll::Ready(Err(WalError::Closed)) };
+        // The callback goes to the store only with accepted entries; on backpressure it comes back.
+        let held = Arc::new(Mutex::new(Some(done)));
+        let slot = Arc::clone(&held);
+        let forward: DurableCallback = Box::new(move |result| {
+            if let Some(done) = slot.lock().take() {
+                done(result);
+            }
+        });
+        match this.store.submit_entries_from(&mut this.entries, forward, Wait::Fail, true) {
+            Ok(()) => Poll::Ready(Ok(())),
+            Err(WalError::Backpressure { .. }) => {
+                this.done = held.lock().take();
+                Poll::Pending
+            }
             Err(e) => Poll::Ready(Err(e)),
         }
     }

@@ -2,6 +2,7 @@
 //! tail. See docs/design.md, "Recovery".
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use crate::format::{
     decode_record, encoded_len, plausible_batch_start, ChunkHeader, ChunkKind, DecodeError, RecordKind,
@@ -259,9 +260,13 @@ pub(crate) fn recover(io: &dyn Io, config: &WalConfig) -> Result<Recovered, WalE
                     let loc = Loc::Disk { seq, offset: rec.offset, len: rec.payload_len };
                     index.push(rec.index, Slot { term: rec.term, lsn, loc });
                 }
-                RecordKind::Truncate => index.truncate_after(rec.index),
+                RecordKind::Truncate => index.truncate_from(rec.index),
                 RecordKind::Purge => {
-                    index.purge_upto(LogPos { index: rec.index, term: rec.term });
+                    let meta = (rec.payload_len > 0).then(|| {
+                        let at = rec.offset as usize + RECORD_HEADER_LEN;
+                        Arc::new(buf.get(at..at + rec.payload_len as usize).unwrap_or_default().to_vec())
+                    });
+                    index.purge_upto(LogPos { index: rec.index, term: rec.term }, meta);
                     purge_seq = Some(seq);
                 }
             }

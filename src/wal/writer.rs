@@ -34,11 +34,13 @@ pub(crate) enum Op {
         term: u64,
         payload: Arc<Vec<u8>>,
     },
+    /// Removes entries at or after `from`.
     Truncate {
-        after: u64,
+        from: u64,
     },
     Purge {
         pos: LogPos,
+        meta: Option<Arc<Vec<u8>>>,
     },
     /// Writes nothing; its callback fires once everything before it is durable.
     Barrier,
@@ -375,8 +377,10 @@ impl FlushCore {
         for (i, queued) in batch.iter().enumerate() {
             let (kind, index, term, payload): (_, _, _, &[u8]) = match &queued.op {
                 Op::Entry { index, term, payload } => (RecordKind::Entry, *index, *term, payload),
-                Op::Truncate { after } => (RecordKind::Truncate, *after, 0, &[]),
-                Op::Purge { pos } => (RecordKind::Purge, pos.index, pos.term, &[]),
+                Op::Truncate { from } => (RecordKind::Truncate, *from, 0, &[]),
+                Op::Purge { pos, meta } => {
+                    (RecordKind::Purge, pos.index, pos.term, meta.as_deref().map_or(&[][..], |m| &m[..]))
+                }
                 Op::Barrier => continue,
             };
             let len = encoded_len(payload.len());
