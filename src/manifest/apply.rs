@@ -13,7 +13,8 @@ use super::config::ManifestConfig;
 use super::error::{ManifestError, Result, Table};
 use super::keys::{self, generation_key, u64_key};
 use super::records::{
-    Change, CommittedRecord, DatabaseId, DatabaseRecord, GenerationRef, NameRecord, Segment, Snapshot,
+    Change, CommittedRecord, DatabaseId, DatabaseRecord, GenerationRef, NameRecord, RaftBlob, RaftBlobRecord,
+    Segment, Snapshot,
 };
 use super::tables::Tables;
 
@@ -104,6 +105,14 @@ fn apply_op(
         Op::SetMembership(membership) => {
             tables.put(txn, Table::Raft, &keys::RAFT_MEMBERSHIP, membership)?;
             Ok(Change::MembershipSet)
+        }
+        Op::SetRaftBlob(which, bytes) => {
+            let key = match which {
+                RaftBlob::LogStoreVote => keys::RAFT_LOG_STORE_VOTE,
+                RaftBlob::LogStoreCommitted => keys::RAFT_LOG_STORE_COMMITTED,
+            };
+            tables.put(txn, Table::Raft, &key, &RaftBlobRecord { bytes: bytes.clone() })?;
+            Ok(Change::RaftBlobSet { which: *which })
         }
         Op::PutSegment { sequence, segment } => {
             let key = u64_key(*sequence);

@@ -3,7 +3,9 @@
 use super::config::ManifestConfig;
 use super::error::{ManifestError, NameKind, Result};
 use super::names::{validate_file_name, validate_name};
-use super::records::{DatabaseConfig, DatabaseId, Generation, LogId, Membership, Segment, Snapshot, Vote};
+use super::records::{
+    DatabaseConfig, DatabaseId, Generation, LogId, Membership, RaftBlob, Segment, Snapshot, Vote,
+};
 
 /// One operation of a [`Batch`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -15,6 +17,7 @@ pub(crate) enum Op {
     SetCommitted(Option<LogId>),
     SetPurged(LogId),
     SetMembership(Membership),
+    SetRaftBlob(RaftBlob, Vec<u8>),
     PutSegment { sequence: u64, segment: Segment },
     RemoveSegment { sequence: u64 },
     AddGeneration { database_id: DatabaseId, generation: u64, record: Generation },
@@ -65,6 +68,12 @@ impl Batch {
     /// Drops a database; it must have no generation left.
     pub fn drop_database(&mut self, id: DatabaseId) -> &mut Self {
         self.ops.push(Op::DropDatabase { id });
+        self
+    }
+
+    /// Saves an opaque Raft fact (the generic Raft log store's vote or committed log id).
+    pub fn set_raft_blob(&mut self, which: RaftBlob, bytes: Vec<u8>) -> &mut Self {
+        self.ops.push(Op::SetRaftBlob(which, bytes));
         self
     }
 
@@ -159,6 +168,7 @@ impl Batch {
                     blob("database options", config.options.len())?;
                 }
                 Op::SetMembership(membership) => blob("membership", membership.config.len())?,
+                Op::SetRaftBlob(_, bytes) => blob("raft blob", bytes.len())?,
                 Op::AddGeneration { record, .. } => validate_file_name(&record.file_name)?,
                 Op::PutSnapshot { snapshot, .. } => {
                     blob("snapshot metadata", snapshot.metadata.len())?;

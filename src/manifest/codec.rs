@@ -101,6 +101,7 @@ impl Record for DatabaseRecord {}
 impl Record for NameRecord {}
 impl Record for Vote {}
 impl Record for CommittedRecord {}
+impl Record for crate::manifest::records::RaftBlobRecord {}
 impl Record for LogId {}
 impl Record for Membership {}
 impl Record for Segment {}

@@ -22,6 +22,10 @@ pub(crate) const RAFT_COMMITTED: [u8; 2] = 0x0002u16.to_be_bytes();
 pub(crate) const RAFT_PURGED: [u8; 2] = 0x0003u16.to_be_bytes();
 /// Key of the membership in `raft`.
 pub(crate) const RAFT_MEMBERSHIP: [u8; 2] = 0x0004u16.to_be_bytes();
+/// Key of the Raft log store's vote, in the embedder's own encoding, in `raft`.
+pub(crate) const RAFT_LOG_STORE_VOTE: [u8; 2] = 0x0005u16.to_be_bytes();
+/// Key of the Raft log store's committed log id, in the embedder's own encoding, in `raft`.
+pub(crate) const RAFT_LOG_STORE_COMMITTED: [u8; 2] = 0x0006u16.to_be_bytes();
 
 /// An 8-byte big-endian key (database id, segment sequence, snapshot id, feed sequence).
 pub(crate) fn u64_key(value: u64) -> [u8; 8] {

@@ -51,7 +51,7 @@ pub use open::{FORMAT_VERSION, MANIFEST_DIR_NAME};
 pub use read::ManifestReader;
 pub use records::{
     Change, CursorInfo, DatabaseConfig, DatabaseId, DatabaseInfo, FeedEntry, Generation, GenerationRef,
-    LogId, Membership, PreviousShutdown, RaftState, Segment, SegmentState, Snapshot, Vote,
+    LogId, Membership, PreviousShutdown, RaftBlob, RaftState, Segment, SegmentState, Snapshot, Vote,
 };
 
 use change_feed::CursorOp;

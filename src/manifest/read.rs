@@ -7,7 +7,8 @@ use super::error::{ManifestError, Result, Table};
 use super::keys::{self, generation_key, u64_key};
 use super::records::{
     CommittedRecord, CursorInfo, CursorRecord, DatabaseId, DatabaseInfo, DatabaseRecord, FeedEntry,
-    FeedRecord, Generation, LogId, Membership, NameRecord, RaftState, Segment, Snapshot, Vote,
+    FeedRecord, Generation, LogId, Membership, NameRecord, RaftBlob, RaftBlobRecord, RaftState, Segment,
+    Snapshot, Vote,
 };
 use super::tables::Tables;
 
@@ -81,6 +82,15 @@ impl ManifestReader<'_> {
             purged: tables.get::<LogId>(self.txn, Table::Raft, &keys::RAFT_PURGED)?,
             membership: tables.get::<Membership>(self.txn, Table::Raft, &keys::RAFT_MEMBERSHIP)?,
         })
+    }
+
+    /// An opaque Raft fact saved with [`crate::manifest::Batch::set_raft_blob`].
+    pub fn raft_blob(&self, which: RaftBlob) -> Result<Option<Vec<u8>>> {
+        let key = match which {
+            RaftBlob::LogStoreVote => keys::RAFT_LOG_STORE_VOTE,
+            RaftBlob::LogStoreCommitted => keys::RAFT_LOG_STORE_COMMITTED,
+        };
+        Ok(self.tables.get::<RaftBlobRecord>(self.txn, Table::Raft, &key)?.map(|r| r.bytes))
     }
 
     /// One log segment.

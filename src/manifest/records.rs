@@ -87,6 +87,21 @@ pub struct RaftState {
     pub membership: Option<Membership>,
 }
 
+/// Opaque Raft facts kept for the generic Raft log store, in the embedder's own encoding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum RaftBlob {
+    /// The vote (`save_vote`).
+    LogStoreVote,
+    /// The committed log id (`save_committed`).
+    LogStoreCommitted,
+}
+
+/// Stored value of an opaque Raft fact.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct RaftBlobRecord {
+    pub(crate) bytes: Vec<u8>,
+}
+
 /// Stored value of the `raft` table for the committed log id (it may be cleared to `None`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct CommittedRecord {
@@ -195,6 +210,11 @@ pub enum Change {
     SnapshotRemoved {
         /// The snapshot id.
         id: u64,
+    },
+    /// An opaque Raft fact (the generic log store's vote or committed id) was saved.
+    RaftBlobSet {
+        /// Which one.
+        which: RaftBlob,
     },
 }
 
