@@ -1,0 +1,273 @@
+//! `LogStore<C>`: openraft log storage on bop's WAL chunk store, for any `RaftTypeConfig` whose entries,
+//! votes and log ids serialize with serde.
+//!
+//! - Entries are WAL entries at their Raft index; the payload is the bincode (serde) encoding of the
+//!   whole openraft entry, so the log id travels with it. The WAL's own term field is not used (0).
+//! - `append` returns once the entries are readable and hands openraft's `IOFlushed` callback to the WAL's
+//!   group commit: it fires after the fdatasync that covers the entries, or with an error if the store is
+//!   poisoned. Appends are not awaited one by one, so concurrent appends share fdatasyncs.
+//! - The vote and the committed log id are saved in the manifest (one LMDB commit each, durable before the
+//!   call returns). The purged log id rides in the WAL's purge record, so it is exactly as durable as the
+//!   purge itself.
+//! - `truncate_after` and `purge` map onto the WAL's truncate and purge records; a purge deletes whole
+//!   segments afterwards without blocking appends.
+
+use std::fmt::Debug;
+use std::io;
+use std::ops::{Bound, RangeBounds};
+use std::sync::Arc;
+
+use bop_storage::manifest::{Batch, Manifest, RaftBlob};
+use bop_storage::wal::{LogPos, NewEntry, WalError, WalStore};
+use openraft::entry::RaftEntry;
+use openraft::storage::{IOFlushed, LogState, RaftLogStorage};
+use openraft::type_config::alias::{LogIdOf, VoteOf};
+use openraft::{OptionalSend, RaftLogReader, RaftTypeConfig};
+use parking_lot::Mutex;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+/// Most bytes `limited_get_log_entries` returns in one call (at least one entry is always returned).
+pub const READ_BATCH_BYTES_MAX: usize = 4 << 20;
+
+/// Errors opening a [`LogStore`].
+#[derive(Debug, thiserror::Error)]
+pub enum LogStoreError {
+    /// The WAL could not be opened.
+    #[error(transparent)]
+    Wal(#[from] WalError),
+    /// The manifest could not be read.
+    #[error(transparent)]
+    Manifest(#[from] bop_storage::manifest::ManifestError),
+    /// A stored vote or log id does not decode as this type config's.
+    #[error("stored {what} does not decode: {reason}")]
+    Decode {
+        /// What was being decoded.
+        what: &'static str,
+        /// Why not.
+        reason: String,
+    },
+}
+
+fn encode<T: Serialize>(value: &T) -> io::Result<Vec<u8>> {
+    bincode::serde::encode_to_vec(value, bincode::config::standard()).map_err(io::Error::other)
+}
+
+fn decode<T: DeserializeOwned>(bytes: &[u8], what: &'static str) -> io::Result<T> {
+    let (value, used) = bincode::serde::decode_from_slice(bytes, bincode::config::standard())
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("{what}: {e}")))?;
+    if used != bytes.len() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("{what}: {} trailing bytes", bytes.len() - used),
+        ));
+    }
+    Ok(value)
+}
+
+fn wal_err(e: WalError) -> io::Error {
+    io::Error::other(e)
+}
+
+struct Inner<C: RaftTypeConfig> {
+    wal: WalStore,
+    manifest: Arc<Manifest>,
+    vote: Mutex<Option<VoteOf<C>>>,
+    committed: Mutex<Option<LogIdOf<C>>>,
+}
+
+/// openraft log storage on a [`WalStore`] and a [`Manifest`]. Cheap to clone; the clone is also its reader.
+pub struct LogStore<C: RaftTypeConfig> {
+    inner: Arc<Inner<C>>,
+}
+
+impl<C: RaftTypeConfig> Clone for LogStore<C> {
+    fn clone(&self) -> Self {
+        LogStore { inner: Arc::clone(&self.inner) }
+    }
+}
+
+impl<C> LogStore<C>
+where
+    C: RaftTypeConfig,
+    C::Entry: Serialize + DeserializeOwned,
+    VoteOf<C>: Serialize + DeserializeOwned,
+    LogIdOf<C>: Serialize + DeserializeOwned,
+{
+    /// A log store over an opened WAL (whose recovery has run) and the node's manifest.
+    pub fn new(wal: WalStore, manifest: Arc<Manifest>) -> Result<Self, LogStoreError> {
+        let (vote, committed) = manifest.read(|r| {
+            Ok((r.raft_blob(RaftBlob::LogStoreVote)?, r.raft_blob(RaftBlob::LogStoreCommitted)?))
+        })?;
+        let decode_err = |what| move |e: io::Error| LogStoreError::Decode { what, reason: e.to_string() };
+        let vote = vote.map(|b| decode::<VoteOf<C>>(&b, "vote")).transpose().map_err(decode_err("vote"))?;
+        let committed = committed
+            .map(|b| decode::<Option<LogIdOf<C>>>(&b, "committed log id"))
+            .transpose()
+            .map_err(decode_err("committed log id"))?
+            .flatten();
+        Ok(LogStore {
+            inner: Arc::new(Inner {
+                wal,
+                manifest,
+                vote: Mutex::new(vote),
+                committed: Mutex::new(committed),
+            }),
+        })
+    }
+
+    /// The WAL underneath.
+    pub fn wal(&self) -> &WalStore {
+        &self.inner.wal
+    }
+
+    /// Flushes and closes the WAL (outstanding callbacks resolve first).
+    pub fn close(&self) -> Result<(), WalError> {
+        self.inner.wal.close()
+    }
+
+    fn decode_entry(payload: &[u8]) -> io::Result<C::Entry> {
+        decode(payload, "log entry")
+    }
+
+    fn read_entries(&self, start: u64, end: u64, bytes_max: usize) -> io::Result<Vec<C::Entry>> {
+        // Entries before the first one (purged, or never written) are simply not returned.
+        let Some(first) = self.inner.wal.state().first_index else { return Ok(Vec::new()) };
+        let start = start.max(first);
+        if start >= end {
+            return Ok(Vec::new());
+        }
+        let entries = self.inner.wal.read_range(start, end, bytes_max).map_err(wal_err)?;
+        entries.iter().map(|e| Self::decode_entry(&e.payload)).collect()
+    }
+
+    async fn save_blob(&self, which: RaftBlob, bytes: Vec<u8>) -> io::Result<()> {
+        let manifest = Arc::clone(&self.inner.manifest);
+        // The LMDB commit (an fsync) runs off the async workers.
+        tokio::task::spawn_blocking(move || {
+            let mut batch = Batch::new();
+            batch.set_raft_blob(which, bytes);
+            manifest.commit(batch).map(|_| ()).map_err(io::Error::other)
+        })
+        .await
+        .map_err(io::Error::other)?
+    }
+}
+
+fn range_bounds(range: &impl RangeBounds<u64>) -> (u64, u64) {
+    let start = match range.start_bound() {
+        Bound::Included(&s) => s,
+        Bound::Excluded(&s) => s.saturating_add(1),
+        Bound::Unbounded => 0,
+    };
+    let end = match range.end_bound() {
+        Bound::Included(&e) => e.saturating_add(1),
+        Bound::Excluded(&e) => e,
+        Bound::Unbounded => u64::MAX,
+    };
+    (start, end)
+}
+
+impl<C> RaftLogReader<C> for LogStore<C>
+where
+    C: RaftTypeConfig,
+    C::Entry: Serialize + DeserializeOwned,
+    VoteOf<C>: Serialize + DeserializeOwned,
+    LogIdOf<C>: Serialize + DeserializeOwned,
+{
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<C::Entry>, io::Error> {
+        let (start, end) = range_bounds(&range);
+        self.read_entries(start, end, usize::MAX)
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<VoteOf<C>>, io::Error> {
+        Ok(self.inner.vote.lock().clone())
+    }
+
+    async fn limited_get_log_entries(&mut self, start: u64, end: u64) -> Result<Vec<C::Entry>, io::Error> {
+        self.read_entries(start, end, READ_BATCH_BYTES_MAX)
+    }
+}
+
+impl<C> RaftLogStorage<C> for LogStore<C>
+where
+    C: RaftTypeConfig,
+    C::Entry: Serialize + DeserializeOwned,
+    VoteOf<C>: Serialize + DeserializeOwned,
+    LogIdOf<C>: Serialize + DeserializeOwned,
+{
+    type LogReader = Self;
+
+    async fn get_log_state(&mut self) -> Result<LogState<C>, io::Error> {
+        let wal = &self.inner.wal;
+        let last_purged_log_id =
+            wal.purged_meta().map(|meta| decode::<LogIdOf<C>>(&meta, "purged log id")).transpose()?;
+        let state = wal.state();
+        let last_log_id = match state.last {
+            Some(last) => {
+                let entry = wal.read(last.index).map_err(wal_err)?.ok_or_else(|| {
+                    io::Error::new(io::ErrorKind::NotFound, format!("last entry {} vanished", last.index))
+                })?;
+                Some(Self::decode_entry(&entry.payload)?.log_id())
+            }
+            None => last_purged_log_id.clone(),
+        };
+        Ok(LogState { last_purged_log_id, last_log_id })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &VoteOf<C>) -> Result<(), io::Error> {
+        self.save_blob(RaftBlob::LogStoreVote, encode(vote)?).await?;
+        *self.inner.vote.lock() = Some(vote.clone());
+        Ok(())
+    }
+
+    async fn save_committed(&mut self, committed: Option<LogIdOf<C>>) -> Result<(), io::Error> {
+        self.save_blob(RaftBlob::LogStoreCommitted, encode(&committed)?).await?;
+        *self.inner.committed.lock() = committed;
+        Ok(())
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<LogIdOf<C>>, io::Error> {
+        Ok(self.inner.committed.lock().clone())
+    }
+
+    async fn append<I>(&mut self, entries: I, callback: IOFlushed<C>) -> Result<(), io::Error>
+    where
+        I: IntoIterator<Item = C::Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let mut batch = Vec::new();
+        for entry in entries {
+            batch.push(NewEntry { index: entry.index(), term: 0, payload: encode(&entry)? });
+        }
+        let done =
+            Box::new(move |result: Result<(), WalError>| callback.io_completed(result.map_err(wal_err)));
+        self.inner.wal.append_with_async(batch, done).await.map_err(wal_err)
+    }
+
+    async fn truncate_after(&mut self, last_log_id: Option<LogIdOf<C>>) -> Result<(), io::Error> {
+        let from = last_log_id.map_or(0, |id| id.index() + 1);
+        let ticket = self.inner.wal.submit_truncate_from(from).map_err(wal_err)?;
+        ticket.await.map_err(wal_err)
+    }
+
+    async fn purge(&mut self, log_id: LogIdOf<C>) -> Result<(), io::Error> {
+        let pos = LogPos { index: log_id.index(), term: 0 };
+        if let Some(ticket) = self.inner.wal.submit_purge(pos, Some(encode(&log_id)?)).map_err(wal_err)? {
+            ticket.await.map_err(wal_err)?;
+        }
+        let store = self.clone();
+        tokio::task::spawn_blocking(move || {
+            store.inner.wal.delete_purged_segments().map(|_| ()).map_err(wal_err)
+        })
+        .await
+        .map_err(io::Error::other)?
+    }
+}
