@@ -77,7 +77,7 @@ fn main() {
     let count = pages();
     println!(
         "page store benchmark: {count} pages ({} MiB) in {}",
-        count as usize * PAGE_SIZE >> 20,
+        (count as usize * PAGE_SIZE) >> 20,
         tmp.path().display()
     );
 

@@ -11,6 +11,7 @@
 //!   checkpoints; the [`page_store::Manager`] with per-database handles.
 #![deny(missing_docs)]
 #![warn(clippy::unwrap_used)]
+#![cfg_attr(test, allow(clippy::unwrap_used))]
 
 pub mod format;
 pub mod io;

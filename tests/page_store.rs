@@ -189,6 +189,7 @@ fn databases_are_separate_exactly_named_and_droppable() {
 }
 
 #[test]
+#[allow(clippy::err_expect)] // `expect_err` would print a whole page on failure.
 fn corrupt_pages_are_typed_errors_naming_database_page_and_place() {
     let dir = tempfile::tempdir().expect("tempdir");
     let disk = SimDisk::new(6);

@@ -79,7 +79,7 @@ proptest! {
         let mut disk = SimDisk::new(seed);
         let mut manager = Manager::open(config(dir.path(), &disk)).expect("open");
         let mut dbs: Vec<Db> = ["a", "b"].iter().map(|n| manager.create_database(n).expect("create")).collect();
-        let mut models = vec![DbModel::default(), DbModel::default()];
+        let mut models = [DbModel::default(), DbModel::default()];
         let mut pinned: Vec<(usize, ReadSnapshot, DbModel)> = Vec::new();
         let mut version = 0u64;
         for step in steps {

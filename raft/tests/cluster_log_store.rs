@@ -46,8 +46,7 @@ async fn start(router: &LocalRouter<KvConfig, KvStateMachine>, dir: &Path, id: u
     let mut wal_config = WalConfig::new(dir.join(format!("node-{id}/wal")));
     wal_config.segment_size_bytes = 64 * 1024;
     let wal = WalStore::open(Arc::new(BufferedIo::new()), wal_config).expect("wal");
-    let mut manifest_config = ManifestConfig::default();
-    manifest_config.map_size_initial_bytes = 1 << 20;
+    let manifest_config = ManifestConfig { map_size_initial_bytes: 1 << 20, ..ManifestConfig::default() };
     let manifest =
         Arc::new(Manifest::open(dir.join(format!("node-{id}")), manifest_config).expect("manifest"));
     let store = LogStore::new(wal, manifest).expect("store");

@@ -32,8 +32,7 @@ fn open_store(dir: &std::path::Path, io: Arc<dyn Io>) -> LogStore<C> {
     let mut wal_config = WalConfig::new(dir.join("wal"));
     wal_config.segment_size_bytes = 64 * 1024;
     let wal = WalStore::open(io, wal_config).expect("open wal");
-    let mut manifest_config = ManifestConfig::default();
-    manifest_config.map_size_initial_bytes = 1 << 20;
+    let manifest_config = ManifestConfig { map_size_initial_bytes: 1 << 20, ..ManifestConfig::default() };
     let manifest = Arc::new(Manifest::open(dir, manifest_config).expect("open manifest"));
     LogStore::new(wal, manifest).expect("log store")
 }

@@ -37,10 +37,12 @@ struct SmState {
     sum: u64,
 }
 
+type StoredSnapshot = (SnapshotMetaOf<C>, Vec<u8>);
+
 #[derive(Clone, Default)]
 struct MemSm {
     state: Arc<Mutex<SmState>>,
-    snapshot: Arc<Mutex<Option<(SnapshotMetaOf<C>, Vec<u8>)>>>,
+    snapshot: Arc<Mutex<Option<StoredSnapshot>>>,
 }
 
 impl RaftSnapshotBuilder<C> for MemSm {
@@ -124,8 +126,7 @@ fn open_store(dir: &std::path::Path) -> LogStore<C> {
     let mut wal_config = WalConfig::new(dir.join("wal"));
     wal_config.segment_size_bytes = 64 * 1024;
     let wal = WalStore::open(io, wal_config).expect("open wal");
-    let mut manifest_config = ManifestConfig::default();
-    manifest_config.map_size_initial_bytes = 1 << 20;
+    let manifest_config = ManifestConfig { map_size_initial_bytes: 1 << 20, ..ManifestConfig::default() };
     let manifest = Arc::new(Manifest::open(dir, manifest_config).expect("open manifest"));
     LogStore::new(wal, manifest).expect("log store")
 }

@@ -124,6 +124,7 @@ pub trait Io: Send + Sync + fmt::Debug + 'static {
 }
 
 /// An open file. All calls are positional; implementations are safe to share between threads.
+#[allow(clippy::len_without_is_empty)] // `len` is the file size, as `std::fs::Metadata::len`.
 pub trait IoFile: Send + Sync + fmt::Debug {
     /// Reads up to `buf.len()` bytes at `offset`; returns how many were read (0 at end of file).
     fn read_at(&self, buf: &mut [u8], offset: u64) -> IoResult<usize>;

@@ -231,6 +231,9 @@ impl Inner {
     }
 }
 
+/// A generation and the `(slot, position in the chunk)` pairs to read from it.
+type SlotsToRead = (Arc<GenerationFile>, Vec<(usize, usize)>);
+
 /// Pages a checkpoint loads into memory at once (4 MiB).
 const CHECKPOINT_CHUNK_PAGES: usize = 1024;
 /// Unneeded frames or slots a checkpoint read may span to join two runs into one read.
@@ -255,7 +258,7 @@ impl Inner {
     fn load_pages(&self, db: u64, chunk: &[(u32, Location)]) -> Result<Vec<(u32, PageImage, u32)>> {
         let mut out: Vec<Option<(u32, PageImage, u32)>> = vec![None; chunk.len()];
         let mut by_entry: HashMap<u64, Vec<(usize, usize, u32)>> = HashMap::new();
-        let mut by_generation: HashMap<u64, (Arc<GenerationFile>, Vec<(usize, usize)>)> = HashMap::new();
+        let mut by_generation: HashMap<u64, SlotsToRead> = HashMap::new();
         for (i, (page_no, loc)) in chunk.iter().enumerate() {
             match loc {
                 Location::Log(frame) => {

@@ -122,16 +122,7 @@ impl WalStore {
         }
         let mut write_pos = recovered.write_pos;
         if segments.is_empty() {
-            let first = segment::create(
-                io.as_ref(),
-                &config.dir,
-                1,
-                recovered.store_id,
-                config.segment_size_bytes,
-                config.preallocate,
-                &config.retry,
-                &Metrics::default(),
-            )?;
+            let first = segment::create(io.as_ref(), &config, 1, recovered.store_id, &Metrics::default())?;
             segments.insert(1, first);
             write_pos = segment::FIRST_RECORD_OFFSET;
         }

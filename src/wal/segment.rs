@@ -6,7 +6,7 @@ use std::sync::Arc;
 use crate::format::{ChunkHeader, ChunkKind, CHUNK_HEADER_LEN, DATA_OFFSET};
 use crate::io::{read_exact_at, AlignedBuf, Io, IoFile, OpenMode, BLOCK_SIZE};
 
-use super::config::{Preallocate, RetryPolicy};
+use super::config::{Preallocate, WalConfig};
 use super::metrics::Metrics;
 use super::writer::write_all_retrying;
 use super::WalError;
@@ -40,14 +40,13 @@ pub(crate) struct SegmentHandle {
 /// that a segment that exists after a crash has a valid header and its full size.
 pub(crate) fn create(
     io: &dyn Io,
-    dir: &Path,
+    config: &WalConfig,
     seq: u64,
     store_id: u64,
-    size_bytes: u64,
-    preallocate: Preallocate,
-    retry: &RetryPolicy,
     metrics: &Metrics,
 ) -> Result<SegmentHandle, WalError> {
+    let (dir, size_bytes, preallocate, retry) =
+        (config.dir.as_path(), config.segment_size_bytes, config.preallocate, &config.retry);
     let path = dir.join(file_name(seq));
     let file = io.open(&path, OpenMode::CreateNew).map_err(|e| WalError::io("create segment", &path, e))?;
     let header = ChunkHeader {

@@ -431,24 +431,15 @@ impl FlushCore {
     /// the new one exists, so a torn tail can only ever be in the last segment.
     fn roll(&mut self, shared: &Shared) -> Result<(), PoisonCause> {
         let seq = self.active_seq + 1;
-        let handle = segment::create(
-            shared.io.as_ref(),
-            &shared.config.dir,
-            seq,
-            self.store_id,
-            shared.config.segment_size_bytes,
-            shared.config.preallocate,
-            &shared.config.retry,
-            &shared.metrics,
-        )
-        .map_err(|e| match e {
-            WalError::Io { during, path, error } => PoisonCause::Io { during, path, error },
-            other => PoisonCause::Io {
-                during: "create segment",
-                path: shared.config.dir.clone(),
-                error: IoError::os("create segment", std::io::Error::other(other.to_string())),
-            },
-        })?;
+        let handle = segment::create(shared.io.as_ref(), &shared.config, seq, self.store_id, &shared.metrics)
+            .map_err(|e| match e {
+                WalError::Io { during, path, error } => PoisonCause::Io { during, path, error },
+                other => PoisonCause::Io {
+                    during: "create segment",
+                    path: shared.config.dir.clone(),
+                    error: IoError::os("create segment", std::io::Error::other(other.to_string())),
+                },
+            })?;
         Metrics::add(&shared.metrics.segments_created, 1);
         self.active = Arc::clone(&handle.file);
         self.active_path = handle.path.clone();

@@ -47,12 +47,15 @@ pub struct KvState {
     pub map: BTreeMap<String, String>,
 }
 
+/// The latest snapshot: its metadata and bytes.
+type StoredSnapshot = (SnapshotMetaOf<KvConfig>, Vec<u8>);
+
 /// The state machine: shared state and the latest snapshot.
 #[derive(Clone, Default)]
 pub struct KvStateMachine {
     /// The state (read it to serve queries).
     pub state: Arc<Mutex<KvState>>,
-    snapshot: Arc<Mutex<Option<(SnapshotMetaOf<KvConfig>, Vec<u8>)>>>,
+    snapshot: Arc<Mutex<Option<StoredSnapshot>>>,
 }
 
 fn encode(state: &KvState) -> Result<Vec<u8>, std::io::Error> {
