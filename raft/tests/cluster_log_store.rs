@@ -2,9 +2,7 @@
 //! applies the same writes; a node restarted from its log directory catches up; a new node whose log the
 //! leader has purged catches up through a snapshot.
 
-#[path = "../examples/kv/state_machine.rs"]
-#[allow(dead_code)]
-mod state_machine;
+mod common;
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -13,11 +11,9 @@ use std::time::Duration;
 
 use bop_raft::{LocalRouter, LogStore};
 use bop_storage::io::BufferedIo;
-use bop_storage::manifest::{Manifest, ManifestConfig};
-use bop_storage::wal::{WalConfig, WalStore};
+use common::{open_store, KvConfig, KvStateMachine, Put};
 use openraft::async_runtime::WatchReceiver;
 use openraft::{Config, Raft};
-use state_machine::{KvConfig, KvStateMachine, Put};
 
 type KvRaft = Raft<KvConfig, KvStateMachine>;
 const WAIT: Option<Duration> = Some(Duration::from_secs(20));
@@ -43,13 +39,7 @@ fn config() -> Arc<Config> {
 }
 
 async fn start(router: &LocalRouter<KvConfig, KvStateMachine>, dir: &Path, id: u64) -> Node {
-    let mut wal_config = WalConfig::new(dir.join(format!("node-{id}/wal")));
-    wal_config.segment_size_bytes = 64 * 1024;
-    let wal = WalStore::open(Arc::new(BufferedIo::new()), wal_config).expect("wal");
-    let manifest_config = ManifestConfig { map_size_initial_bytes: 1 << 20, ..ManifestConfig::default() };
-    let manifest =
-        Arc::new(Manifest::open(dir.join(format!("node-{id}")), manifest_config).expect("manifest"));
-    let store = LogStore::new(wal, manifest).expect("store");
+    let store = open_store(&dir.join(format!("node-{id}")), Arc::new(BufferedIo::new()));
     let sm = KvStateMachine::default();
     let raft = Raft::new(id, config(), router.network(id), store.clone(), sm.clone()).await.expect("raft");
     router.add(id, raft.clone());

@@ -2,14 +2,15 @@
 //! and committed ids gives the same state; entries whose flush callback fired survive a crash of the
 //! simulated disk; a poisoned store fails the callbacks instead of hanging.
 
+mod common;
+
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bop_raft::LogStore;
 use bop_storage::io::{BufferedIo, CrashMode, Io, SimDisk};
-use bop_storage::manifest::{Manifest, ManifestConfig};
-use bop_storage::wal::{WalConfig, WalStore};
+use common::{open_store, KvConfig};
 use openraft::entry::RaftEntry;
 use openraft::storage::{IOFlushed, RaftLogStorage};
 use openraft::testing::{blank_ent, log_id};
@@ -17,25 +18,7 @@ use openraft::type_config::alias::VoteOf;
 use openraft::type_config::TypeConfigExt;
 use openraft::RaftLogReader;
 
-openraft::declare_raft_types!(
-    /// The test's own type config.
-    pub TestConfig:
-        D = u64,
-        R = (),
-        NodeId = u64,
-        Node = (),
-);
-
-type C = TestConfig;
-
-fn open_store(dir: &std::path::Path, io: Arc<dyn Io>) -> LogStore<C> {
-    let mut wal_config = WalConfig::new(dir.join("wal"));
-    wal_config.segment_size_bytes = 64 * 1024;
-    let wal = WalStore::open(io, wal_config).expect("open wal");
-    let manifest_config = ManifestConfig { map_size_initial_bytes: 1 << 20, ..ManifestConfig::default() };
-    let manifest = Arc::new(Manifest::open(dir, manifest_config).expect("open manifest"));
-    LogStore::new(wal, manifest).expect("log store")
-}
+type C = KvConfig;
 
 async fn append_durably(store: &mut LogStore<C>, term: u64, indexes: std::ops::RangeInclusive<u64>) {
     let entries: Vec<_> = indexes.map(|i| blank_ent::<C>(term, 0, i)).collect();

@@ -288,28 +288,11 @@ pub fn open(io: &dyn Io, path: &Path) -> Result<GenerationFile, PageStoreError> 
 impl GenerationFile {
     /// Reads the page in `slot` and verifies its checksum.
     pub fn read_slot(&self, slot: usize) -> Result<Arc<[u8]>, PageStoreError> {
-        let Some(&(page_no, expected)) = self.slots.get(slot) else {
-            return Err(corrupt(&self.path, format!("slot {slot} out of range")));
-        };
-        let mut buf = AlignedBuf::zeroed(PAGE_SIZE);
-        let offset = (BLOCK_SIZE + slot * PAGE_SIZE) as u64;
-        read_exact_at(self.file.as_ref(), &mut buf, offset)
-            .map_err(io_err("read generation page", &self.path))?;
-        let got = page_crc(self.meta.db, page_no, &buf);
-        if got != expected {
-            return Err(PageStoreError::PageChecksum {
-                db: self.meta.db,
-                page_no,
-                location: format!(
-                    "generation {} slot {slot} ({})",
-                    self.meta.generation,
-                    self.path.display()
-                ),
-                expected,
-                got,
-            });
+        let mut pages = self.read_slots(slot, slot)?;
+        match pages.pop() {
+            Some((_, image, _)) => Ok(Arc::from(image.bytes())),
+            None => Err(corrupt(&self.path, format!("slot {slot} read nothing"))),
         }
-        Ok(Arc::from(&buf[..]))
     }
 
     /// Reads slots `first..=last` with one read, verifying each page: `(page_no, image, crc)` per slot.
