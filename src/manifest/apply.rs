@@ -47,18 +47,27 @@ fn apply_op(
     created: &mut Vec<DatabaseId>,
 ) -> Result<Change> {
     match op {
-        Op::CreateDatabase { name, config: db_config } => {
+        Op::CreateDatabase { id: chosen, name, config: db_config } => {
             if tables.contains(txn, Table::DatabaseNames, name.as_bytes())? {
                 return Err(ManifestError::DatabaseExists { name: name.clone() });
             }
             if tables.len(txn, Table::Databases)? >= config.databases_max {
                 return Err(ManifestError::TooManyDatabases { databases_max: config.databases_max });
             }
-            let id = DatabaseId(tables.counter(txn, &keys::META_NEXT_DATABASE_ID)?);
+            let next = tables.counter(txn, &keys::META_NEXT_DATABASE_ID)?;
+            let id = match chosen {
+                Some(id) => {
+                    if id.0 == 0 || tables.contains(txn, Table::Databases, &u64_key(id.0))? {
+                        return Err(ManifestError::DatabaseIdTaken { id: *id });
+                    }
+                    *id
+                }
+                None => DatabaseId(next),
+            };
             let record = DatabaseRecord { name: name.clone(), config: db_config.clone() };
             tables.put(txn, Table::Databases, &u64_key(id.0), &record)?;
             tables.put(txn, Table::DatabaseNames, name.as_bytes(), &NameRecord { id })?;
-            tables.set_counter(txn, &keys::META_NEXT_DATABASE_ID, id.0 + 1)?;
+            tables.set_counter(txn, &keys::META_NEXT_DATABASE_ID, next.max(id.0 + 1))?;
             created.push(id);
             Ok(Change::DatabaseCreated { id })
         }

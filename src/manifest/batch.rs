@@ -10,7 +10,7 @@ use super::records::{
 /// One operation of a [`Batch`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Op {
-    CreateDatabase { name: String, config: DatabaseConfig },
+    CreateDatabase { id: Option<DatabaseId>, name: String, config: DatabaseConfig },
     UpdateDatabaseConfig { id: DatabaseId, config: DatabaseConfig },
     DropDatabase { id: DatabaseId },
     SetVote(Vote),
@@ -55,7 +55,20 @@ impl Batch {
     /// Creates a database; its id is allocated at commit and reported in
     /// `CommitOutcome::created_databases`. Fails with `DatabaseExists` if the exact name exists.
     pub fn create_database(&mut self, name: impl Into<String>, config: DatabaseConfig) -> &mut Self {
-        self.ops.push(Op::CreateDatabase { name: name.into(), config });
+        self.ops.push(Op::CreateDatabase { id: None, name: name.into(), config });
+        self
+    }
+
+    /// Creates a database with a chosen id (the Raft layer uses the index of the entry that created it, so
+    /// that every node agrees). Fails with `DatabaseExists` if the name exists and `DatabaseIdTaken` if the
+    /// id does; the allocator then continues above it.
+    pub fn create_database_with_id(
+        &mut self,
+        id: DatabaseId,
+        name: impl Into<String>,
+        config: DatabaseConfig,
+    ) -> &mut Self {
+        self.ops.push(Op::CreateDatabase { id: Some(id), name: name.into(), config });
         self
     }
 
@@ -160,7 +173,7 @@ impl Batch {
         };
         for op in &self.ops {
             match op {
-                Op::CreateDatabase { name, config } => {
+                Op::CreateDatabase { name, config, .. } => {
                     validate_name(NameKind::Database, name)?;
                     blob("database options", config.options.len())?;
                 }

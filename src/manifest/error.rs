@@ -271,6 +271,12 @@ pub enum ManifestError {
         /// The name.
         name: String,
     },
+    /// A chosen database id is 0 or already in use.
+    #[error("database id {id} is 0 or already in use")]
+    DatabaseIdTaken {
+        /// The id.
+        id: DatabaseId,
+    },
     /// No database with this id.
     #[error("database {id} not found")]
     DatabaseNotFound {

@@ -16,6 +16,9 @@ pub(crate) struct LogFrame {
     pub frame: u32,
     /// The frame's checksum, as written.
     pub crc: u32,
+    /// Offset of the commit record within the log entry's payload (0 for local commits; a Raft entry
+    /// carries the record after its own header).
+    pub base: u32,
 }
 
 /// Where the version of a page that a reader sees lies.
@@ -47,13 +50,14 @@ pub(crate) struct DbState {
 }
 
 impl DbState {
-    /// Applies a commit at `index`: the page index points at its frames inside the log entry.
-    pub fn apply(&mut self, index: u64, commit: &CommitHeader) {
+    /// Applies a commit at `index` whose record starts at `base` in the entry's payload: the page index
+    /// points at its frames inside the log entry.
+    pub fn apply(&mut self, index: u64, base: u32, commit: &CommitHeader) {
         debug_assert!(index > self.checkpoint_index, "applied entries are newer than the checkpoint");
         for (frame, (page_no, crc)) in commit.frames.iter().enumerate() {
             let versions = self.versions.entry(*page_no).or_default();
             debug_assert!(versions.last().is_none_or(|v| v.index < index), "commits apply in index order");
-            versions.push(LogFrame { index, frame: frame as u32, crc: *crc });
+            versions.push(LogFrame { index, frame: frame as u32, crc: *crc, base });
         }
         if commit.db_page_count < self.page_count_at(index) {
             self.shrinks.insert(index, commit.db_page_count);

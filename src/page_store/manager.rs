@@ -206,7 +206,7 @@ impl Inner {
         }
         let page: PageRef = match loc {
             Location::Log(frame) => {
-                let offset = frame_page_offset(frame.frame as usize) - 8;
+                let offset = frame.base as usize + frame_page_offset(frame.frame as usize) - 8;
                 let Some(bytes) = self.wal.read_payload_range(frame.index, offset, FRAME_LEN)? else {
                     return Ok(None);
                 };
@@ -230,6 +230,9 @@ impl Inner {
         Ok(Some(page))
     }
 }
+
+/// A log entry's commit-record offset and the `(frame, position in the chunk, crc)` triples to read from it.
+type FramesToRead = (usize, Vec<(usize, usize, u32)>);
 
 /// A generation and the `(slot, position in the chunk)` pairs to read from it.
 type SlotsToRead = (Arc<GenerationFile>, Vec<(usize, usize)>);
@@ -257,7 +260,7 @@ impl Inner {
     /// each page verified against its checksum. Returns `(page_no, image, crc)` in the chunk's order.
     fn load_pages(&self, db: u64, chunk: &[(u32, Location)]) -> Result<Vec<(u32, PageImage, u32)>> {
         let mut out: Vec<Option<(u32, PageImage, u32)>> = vec![None; chunk.len()];
-        let mut by_entry: HashMap<u64, Vec<(usize, usize, u32)>> = HashMap::new();
+        let mut by_entry: HashMap<u64, FramesToRead> = HashMap::new();
         let mut by_generation: HashMap<u64, SlotsToRead> = HashMap::new();
         for (i, (page_no, loc)) in chunk.iter().enumerate() {
             match loc {
@@ -265,11 +268,11 @@ impl Inner {
                     let key = PageKey { db, page_no: *page_no, version: frame.index };
                     match self.cache.get(&key) {
                         Some(page) => out[i] = Some((*page_no, PageImage::Page(page), frame.crc)),
-                        None => by_entry.entry(frame.index).or_default().push((
-                            frame.frame as usize,
-                            i,
-                            frame.crc,
-                        )),
+                        None => by_entry
+                            .entry(frame.index)
+                            .or_insert_with(|| (frame.base as usize, Vec::new()))
+                            .1
+                            .push((frame.frame as usize, i, frame.crc)),
                     }
                 }
                 Location::Base { generation, slot } => {
@@ -280,11 +283,11 @@ impl Inner {
                 }
             }
         }
-        for (index, mut frames) in by_entry {
+        for (index, (base, mut frames)) in by_entry {
             frames.sort_unstable();
             let positions: Vec<usize> = frames.iter().map(|f| f.0).collect();
             for (first, last) in runs(&positions) {
-                let offset = frame_page_offset(first) - 8;
+                let offset = base + frame_page_offset(first) - 8;
                 let len = (last - first + 1) * FRAME_LEN;
                 let bytes = Arc::new(self.wal.read_payload_range(index, offset, len)?.ok_or_else(|| {
                     PageStoreError::invalid(format!("log entry {index} left the log during a checkpoint"))
@@ -425,7 +428,7 @@ impl Manager {
                     if let Some(db) = dbs.get(&commit.db) {
                         let mut state = db.state.write();
                         if entry.index > state.checkpoint_index {
-                            state.apply(entry.index, &commit);
+                            state.apply(entry.index, 0, &commit);
                         }
                     }
                     applied = entry.index;
@@ -633,7 +636,7 @@ impl Db {
             }
             inner.applied_cv.wait(&mut applied);
         }
-        self.entry.state.write().apply(index, &header);
+        self.entry.state.write().apply(index, 0, &header);
         for (page_no, page) in frames {
             inner
                 .cache
