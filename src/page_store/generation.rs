@@ -404,7 +404,7 @@ pub struct ExpectedGeneration {
     pub size_bytes_max: u64,
 }
 
-/// Installs a generation received as a stream of chunks (of any sizes): writes `<name>.tmp`, fsyncs it,
+/// Installs a generation received as a stream of chunks (of any sizes) as `dir/name`: writes `<name>.tmp`, fsyncs it,
 /// checks it completely — header, footer, directory, every page, the whole-file checksum, and that it is
 /// the database and generation expected — then renames it into place and fsyncs the directory. Memory is
 /// bounded by one chunk plus one buffer of [`STREAM_CHUNK_BYTES`]. On any error the temporary file is removed
@@ -412,11 +412,12 @@ pub struct ExpectedGeneration {
 pub fn install(
     io: &dyn Io,
     dir: &Path,
+    name: &str,
     expected: ExpectedGeneration,
     chunks: impl Iterator<Item = Result<Vec<u8>, PageStoreError>>,
 ) -> Result<GenerationFile, PageStoreError> {
-    let final_path = dir.join(file_name(expected.db, expected.generation));
-    let tmp_path = dir.join(format!("{}.tmp", file_name(expected.db, expected.generation)));
+    let final_path = dir.join(name);
+    let tmp_path = dir.join(format!("{name}.tmp"));
     let _ = io.remove_file(&tmp_path);
     let result = (|| {
         let file = io
@@ -544,7 +545,8 @@ mod tests {
         assert!(chunks.len() > 2 && chunks.iter().all(|c| c.len() <= STREAM_CHUNK_BYTES));
 
         let expected = ExpectedGeneration { db: 3, generation: 2, checksum, size_bytes_max: 8 << 20 };
-        let installed = install(&disk, &dst, expected, chunks.clone().into_iter().map(Ok)).expect("install");
+        let installed = install(&disk, &dst, &file_name(3, 2), expected, chunks.clone().into_iter().map(Ok))
+            .expect("install");
         assert_eq!(installed.meta, meta());
         match installed.read_slot(599).expect("page").first() {
             Some(&b) => assert_eq!(b, (600 % 251) as u8),
@@ -556,10 +558,11 @@ mod tests {
         damaged[1][5000] ^= 1;
         let other = ExpectedGeneration { generation: 2, ..expected };
         let _ = disk.remove_file(&installed.path);
-        assert!(install(&disk, &dst, other, damaged.into_iter().map(Ok)).is_err());
+        assert!(install(&disk, &dst, &file_name(3, 2), other, damaged.into_iter().map(Ok)).is_err());
         assert!(install(
             &disk,
             &dst,
+            &file_name(3, 2),
             ExpectedGeneration { checksum: checksum ^ 1, ..expected },
             chunks.clone().into_iter().map(Ok)
         )
@@ -567,6 +570,7 @@ mod tests {
         assert!(install(
             &disk,
             &dst,
+            &file_name(3, 2),
             ExpectedGeneration { size_bytes_max: 1 << 20, ..expected },
             chunks.into_iter().map(Ok)
         )

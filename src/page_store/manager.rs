@@ -74,8 +74,10 @@ struct DbEntry {
 struct Inner {
     config: ManagerConfig,
     pages_dir: PathBuf,
-    wal: WalStore,
-    manifest: RwLock<Option<Manifest>>,
+    wal: Arc<WalStore>,
+    manifest: RwLock<Option<Arc<Manifest>>>,
+    /// Commits arrive through Raft (`apply_*`); the WAL and manifest belong to the Raft log store.
+    replicated: bool,
     cache: PageCache,
     dbs: RwLock<HashMap<u64, Arc<DbEntry>>>,
     names: RwLock<HashMap<String, u64>>,
@@ -119,6 +121,17 @@ pub struct ReadSnapshot {
 pub struct CommitInfo {
     /// The log index of the commit.
     pub index: u64,
+}
+
+/// One database of a Raft snapshot: its id, name and generation chain (with each file's CRC32C).
+#[derive(Debug, Clone)]
+pub struct SnapshotDatabase {
+    /// Database id.
+    pub id: u64,
+    /// Name.
+    pub name: String,
+    /// Generation files in force, oldest first, with the CRC32C of each whole file.
+    pub generations: Vec<(Arc<GenerationFile>, u32)>,
 }
 
 /// What a checkpoint did.
@@ -354,11 +367,36 @@ impl Manager {
                 )
             })?;
         }
-        let manifest = Manifest::open(&config.data_dir, config.manifest.clone())?;
+        let manifest = Arc::new(Manifest::open(&config.data_dir, config.manifest.clone())?);
         let mut wal_config = config.wal.clone();
         wal_config.dir = config.data_dir.join("wal");
-        let wal = WalStore::open(Arc::clone(&io), wal_config)?;
+        let wal = Arc::new(WalStore::open(Arc::clone(&io), wal_config)?);
+        Self::load(config, pages_dir, wal, manifest, false)
+    }
 
+    /// Opens the page store of a Raft node over the Raft log store's WAL and the node's manifest. Nothing
+    /// is replayed here: the Raft state machine re-applies the log after its last snapshot. Local commits
+    /// are refused; commits, creations and drops arrive through [`Manager::apply_commit`] and friends.
+    pub fn open_replicated(
+        config: ManagerConfig,
+        wal: Arc<WalStore>,
+        manifest: Arc<Manifest>,
+    ) -> Result<Manager> {
+        let io = Arc::clone(&config.io);
+        let pages_dir = config.data_dir.join("pages");
+        ensure_dir(io.as_ref(), &config.data_dir)?;
+        ensure_dir(io.as_ref(), &pages_dir)?;
+        Self::load(config, pages_dir, wal, manifest, true)
+    }
+
+    fn load(
+        config: ManagerConfig,
+        pages_dir: PathBuf,
+        wal: Arc<WalStore>,
+        manifest: Arc<Manifest>,
+        replicated: bool,
+    ) -> Result<Manager> {
+        let io = Arc::clone(&config.io);
         // Databases and their generation chains, from the manifest.
         let mut dbs = HashMap::new();
         let mut names = HashMap::new();
@@ -413,7 +451,9 @@ impl Manager {
         // Replay the log: every commit newer than its database's newest generation.
         let log = wal.state();
         let mut applied = log.purged.map_or(0, |p| p.index);
-        if let (Some(first), Some(last)) = (log.first_index, log.last) {
+        if replicated {
+            applied = 0;
+        } else if let (Some(first), Some(last)) = (log.first_index, log.last) {
             let mut index = first;
             while index <= last.index {
                 let entries = wal.read_range(index, last.index + 1, REPLAY_BATCH_BYTES)?;
@@ -444,6 +484,7 @@ impl Manager {
             pages_dir,
             wal,
             manifest: RwLock::new(Some(manifest)),
+            replicated,
             dbs: RwLock::new(dbs),
             names: RwLock::new(names),
             next_index: Mutex::new(next_index),
@@ -535,6 +576,224 @@ impl Manager {
         Ok(())
     }
 
+    fn insert_db(&self, id: u64, name: &str) -> Db {
+        let entry = Arc::new(DbEntry {
+            id,
+            name: name.to_owned(),
+            state: RwLock::new(DbState::default()),
+            writer: Mutex::new(()),
+            dropped: AtomicBool::new(false),
+        });
+        self.inner.dbs.write().insert(id, Arc::clone(&entry));
+        self.inner.names.write().insert(name.to_owned(), id);
+        Db { inner: Arc::clone(&self.inner), entry }
+    }
+
+    /// Replicated mode: applies the creation of database `name` with id `id` (the index of the Raft entry
+    /// that created it, so every node agrees). Re-applying it after a restart is a no-op.
+    pub fn apply_create_database(&self, id: u64, name: &str) -> Result<()> {
+        let inner = &self.inner;
+        inner.check()?;
+        if inner.names.read().get(name) == Some(&id) {
+            return Ok(());
+        }
+        let config = DatabaseConfig { page_size_bytes: PAGE_SIZE as u32, options: Vec::new() };
+        let mut batch = Batch::new();
+        batch.create_database_with_id(DatabaseId(id), name, config);
+        inner.with_manifest(|m| Ok(m.commit(batch)?))?;
+        self.insert_db(id, name);
+        Ok(())
+    }
+
+    /// Replicated mode: applies the drop of database `name`; dropping one that is not there is a no-op.
+    pub fn apply_drop_database(&self, name: &str) -> Result<()> {
+        match self.drop_database(name) {
+            Err(PageStoreError::NoSuchDatabase { .. }) => Ok(()),
+            other => other,
+        }
+    }
+
+    /// Replicated mode: applies the commit record `record` that sits at byte `base` of the payload of log
+    /// entry `index`: the page index points at its frames inside that entry (nothing is copied to disk) and
+    /// the pages warm the cache. A commit to a database that no longer exists, or one its generations
+    /// already hold (re-applied after a restart), changes nothing.
+    pub fn apply_commit(&self, index: u64, base: u32, record: &[u8]) -> Result<()> {
+        let inner = &self.inner;
+        inner.check()?;
+        let header = decode_commit(record)?;
+        let entry = inner.dbs.read().get(&header.db).cloned();
+        if let Some(entry) = entry {
+            let mut state = entry.state.write();
+            if index > state.checkpoint_index && state.page_counts.range(index..).next().is_none() {
+                state.apply(index, base, &header);
+                drop(state);
+                for (i, (page_no, _)) in header.frames.iter().enumerate() {
+                    let at = frame_page_offset(i);
+                    if let Some(page) = record.get(at..at + PAGE_SIZE) {
+                        inner.cache.insert(
+                            PageKey { db: header.db, page_no: *page_no, version: index },
+                            Arc::from(page),
+                        );
+                    }
+                }
+            }
+        }
+        self.set_applied(index);
+        Ok(())
+    }
+
+    /// Replicated mode: moves the applied index (every entry, whatever it carries, is applied in order).
+    pub fn set_applied(&self, index: u64) {
+        let mut applied = self.inner.applied.lock();
+        if index > *applied {
+            *applied = index;
+        }
+    }
+
+    /// Checkpoints every database at the same log index — the applied index, or the oldest pinned reader if
+    /// that is older — and returns that index with each database's generation chain: what a Raft snapshot
+    /// of the node consists of.
+    pub fn checkpoint_all(&self) -> Result<(u64, Vec<SnapshotDatabase>)> {
+        let inner = &self.inner;
+        inner.check()?;
+        let dbs: Vec<Arc<DbEntry>> = inner.dbs.read().values().cloned().collect();
+        let applied = *inner.applied.lock();
+        let target = dbs
+            .iter()
+            .filter_map(|db| db.state.read().oldest_pinned())
+            .min()
+            .map_or(applied, |p| p.min(applied));
+        let mut out = Vec::new();
+        for entry in dbs {
+            let db = Db { inner: Arc::clone(inner), entry };
+            db.checkpoint_at(target)?;
+            let checksums: HashMap<u64, u32> = inner
+                .with_manifest(|m| Ok(m.read(|r| r.generations(DatabaseId(db.entry.id), usize::MAX))?))?
+                .into_iter()
+                .map(|(number, record)| (number, record.checksum))
+                .collect();
+            let generations = db
+                .generation_chain()
+                .into_iter()
+                .map(|g| {
+                    let checksum = checksums.get(&g.meta.generation).copied().unwrap_or_default();
+                    (g, checksum)
+                })
+                .collect();
+            out.push(SnapshotDatabase { id: db.entry.id, name: db.entry.name.clone(), generations });
+        }
+        out.sort_by_key(|db| db.id);
+        Ok((target, out))
+    }
+
+    /// Replicated mode: replaces the whole page store with a snapshot's databases, atomically. Their
+    /// generation files are streamed in (bounded memory) and verified first; then one manifest commit drops
+    /// every local database and generation and records the snapshot's; then the old files go. A crash
+    /// before that commit leaves the old page store (the new files are orphans, removed at the next open),
+    /// after it the new one. The applied index becomes `index`.
+    pub fn install_snapshot(
+        &self,
+        snapshot_id: u64,
+        index: u64,
+        databases: &[SnapshotDatabase],
+    ) -> Result<()> {
+        let inner = &self.inner;
+        inner.check()?;
+        let _one = inner.maintenance.lock();
+        let io = inner.config.io.as_ref();
+        // 1. Receive and verify every file under a name of its own.
+        let mut installed: Vec<(u64, String, Vec<(Arc<GenerationFile>, u32)>)> = Vec::new();
+        let mut written: Vec<PathBuf> = Vec::new();
+        let received = (|| {
+            for db in databases {
+                let mut chain = Vec::new();
+                for (source, checksum) in &db.generations {
+                    let name =
+                        format!("{:016x}-{:016x}-s{snapshot_id:016x}.gen", db.id, source.meta.generation);
+                    let expected = generation::ExpectedGeneration {
+                        db: db.id,
+                        generation: source.meta.generation,
+                        checksum: *checksum,
+                        size_bytes_max: source.size_bytes,
+                    };
+                    let file = generation::install(io, &inner.pages_dir, &name, expected, source.stream())?;
+                    written.push(file.path.clone());
+                    chain.push((Arc::new(file), *checksum));
+                }
+                installed.push((db.id, db.name.clone(), chain));
+            }
+            Ok::<(), PageStoreError>(())
+        })();
+        if let Err(e) = received {
+            for path in &written {
+                let _ = io.remove_file(path);
+            }
+            return Err(e);
+        }
+        // 2. One manifest commit switches from the old page store to the new one.
+        let old: Vec<Arc<DbEntry>> = inner.dbs.read().values().cloned().collect();
+        let mut batch = Batch::new();
+        for entry in &old {
+            for generation in &entry.state.read().chain {
+                batch.remove_generation(DatabaseId(entry.id), generation.meta.generation);
+            }
+            batch.drop_database(DatabaseId(entry.id));
+        }
+        for (id, name, chain) in &installed {
+            let config = DatabaseConfig { page_size_bytes: PAGE_SIZE as u32, options: Vec::new() };
+            batch.create_database_with_id(DatabaseId(*id), name, config);
+            for (file, checksum) in chain {
+                let file_name = file.path.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_owned();
+                batch.add_generation(
+                    DatabaseId(*id),
+                    file.meta.generation,
+                    Generation {
+                        log_id: LogId { term: file.meta.log_term, index: file.meta.log_index },
+                        file_name,
+                        page_count: file.slots.len() as u64,
+                        checksum: *checksum,
+                    },
+                );
+            }
+        }
+        inner.with_manifest(|m| Ok(m.commit(batch)?))?;
+        // 3. The new page store is in force: swap it in memory, then delete the old files.
+        let mut dbs = HashMap::new();
+        let mut names = HashMap::new();
+        for (id, name, chain) in installed {
+            let mut state = DbState::default();
+            for (file, _) in chain {
+                state.push_generation(file);
+            }
+            names.insert(name.clone(), id);
+            let entry = DbEntry {
+                id,
+                name,
+                state: RwLock::new(state),
+                writer: Mutex::new(()),
+                dropped: AtomicBool::new(false),
+            };
+            dbs.insert(id, Arc::new(entry));
+        }
+        *inner.dbs.write() = dbs;
+        *inner.names.write() = names;
+        {
+            let mut applied = inner.applied.lock();
+            *applied = index;
+        }
+        for entry in &old {
+            entry.dropped.store(true, Ordering::Release);
+            inner.cache.remove_db(entry.id);
+            for generation in &entry.state.read().chain {
+                io.remove_file(&generation.path)
+                    .map_err(|e| PageStoreError::io("delete replaced generation", &generation.path, e))?;
+            }
+        }
+        io.sync_dir(&inner.pages_dir)
+            .map_err(|e| PageStoreError::io("fsync pages directory", &inner.pages_dir, e))?;
+        Ok(())
+    }
+
     /// The WAL underneath (for diagnostics and tests).
     pub fn wal(&self) -> &WalStore {
         &self.inner.wal
@@ -555,9 +814,14 @@ impl Manager {
             let _guard = inner.applied.lock();
             inner.applied_cv.notify_all();
         }
-        inner.wal.close()?;
         if let Some(manifest) = inner.manifest.write().take() {
-            manifest.close()?;
+            if !inner.replicated {
+                inner.wal.close()?;
+                // The Manager owns its manifest in local mode; a shared one is closed by its owner.
+                if let Ok(manifest) = Arc::try_unwrap(manifest) {
+                    manifest.close()?;
+                }
+            }
         }
         Ok(())
     }
@@ -588,6 +852,9 @@ impl Db {
     pub fn commit(&self, frames: &[(u32, &[u8])], db_page_count: u32) -> Result<CommitInfo> {
         self.check()?;
         let inner = &*self.inner;
+        if inner.replicated {
+            return Err(PageStoreError::invalid("this page store is replicated: commits go through Raft"));
+        }
         // A commit is one log record, so it must also fit a segment.
         let frames_max = inner
             .config
@@ -661,13 +928,18 @@ impl Db {
     /// in the manifest, and lets the log be purged up to what every database has checkpointed.
     /// `Ok(None)` when nothing is newer than the current generation.
     pub fn checkpoint(&self) -> Result<Option<CheckpointOutcome>> {
+        self.checkpoint_at(u64::MAX)
+    }
+
+    /// Like [`Db::checkpoint`], at `min(limit, applied index, oldest pinned reader)`.
+    pub fn checkpoint_at(&self, limit: u64) -> Result<Option<CheckpointOutcome>> {
         self.check()?;
         let inner = &*self.inner;
         let _one = inner.maintenance.lock();
         let applied = *inner.applied.lock();
         let (target, plan, full, generation_no, page_count, parent, old_chain) = {
             let st = self.entry.state.read();
-            let target = st.oldest_pinned().map_or(applied, |p| p.min(applied));
+            let target = st.oldest_pinned().map_or(applied, |p| p.min(applied)).min(limit);
             if target <= st.checkpoint_index || st.page_counts.range(..=target).next().is_none() {
                 return Ok(None);
             }
@@ -748,7 +1020,8 @@ impl Db {
                     .map_err(|e| PageStoreError::io("fsync pages directory", &inner.pages_dir, e))?;
             }
         }
-        let log_purged_upto = self.purge_log(applied)?;
+        // A replicated page store leaves purging to Raft (after the snapshot this checkpoint is part of).
+        let log_purged_upto = if inner.replicated { None } else { self.purge_log(applied)? };
         Ok(Some(CheckpointOutcome {
             generation: generation_no,
             log_index: target,

@@ -17,4 +17,6 @@ pub use generation::{
     install as install_generation, ExpectedGeneration, GenerationFile, GenerationMeta, GenerationStream,
     PageImage, STREAM_CHUNK_BYTES,
 };
-pub use manager::{CheckpointOutcome, CommitInfo, Db, DbDiagnostics, Manager, ManagerConfig, ReadSnapshot};
+pub use manager::{
+    CheckpointOutcome, CommitInfo, Db, DbDiagnostics, Manager, ManagerConfig, ReadSnapshot, SnapshotDatabase,
+};
