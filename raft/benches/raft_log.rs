@@ -58,7 +58,7 @@ fn raw_wal(dir: &std::path::Path, writers: usize, size: usize) -> f64 {
 async fn raft(dir: &std::path::Path, writers: usize) -> (f64, usize, f64) {
     let wal = WalStore::open(Arc::new(BufferedIo::new()), WalConfig::new(dir.join("wal"))).expect("wal");
     let manifest = Arc::new(Manifest::open(dir, ManifestConfig::default()).expect("manifest"));
-    let store = LogStore::<KvConfig>::new(wal, manifest).expect("store");
+    let store = LogStore::<KvConfig>::new(Arc::new(wal), manifest).expect("store");
     let config = Arc::new(
         Config {
             heartbeat_interval: 100,

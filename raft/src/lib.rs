@@ -1,11 +1,14 @@
 //! bop's Raft layer.
 //!
 //! - [`LogStore`]: openraft log storage on bop's WAL chunk store, usable by any openraft application.
+//! - [`BopStateMachine`]: bop's own state machine, the replicated page store ([`BopConfig`], [`Command`]).
 //! - [`LocalRouter`]: an in-process Raft network for tests, examples and benchmarks.
 #![deny(missing_docs)]
 
 mod local_network;
 mod log_store;
+mod state_machine;
 
 pub use local_network::{LocalConnection, LocalNetwork, LocalRouter};
 pub use log_store::{LogStore, LogStoreError, READ_BATCH_BYTES_MAX};
+pub use state_machine::{BopConfig, BopSnapshot, BopStateMachine, Command, Response};

@@ -70,7 +70,7 @@ fn wal_err(e: WalError) -> io::Error {
 }
 
 struct Inner<C: RaftTypeConfig> {
-    wal: WalStore,
+    wal: Arc<WalStore>,
     manifest: Arc<Manifest>,
     vote: Mutex<Option<VoteOf<C>>>,
     committed: Mutex<Option<LogIdOf<C>>>,
@@ -95,7 +95,7 @@ where
     LogIdOf<C>: Serialize + DeserializeOwned,
 {
     /// A log store over an opened WAL (whose recovery has run) and the node's manifest.
-    pub fn new(wal: WalStore, manifest: Arc<Manifest>) -> Result<Self, LogStoreError> {
+    pub fn new(wal: Arc<WalStore>, manifest: Arc<Manifest>) -> Result<Self, LogStoreError> {
         let (vote, committed) = manifest.read(|r| {
             Ok((r.raft_blob(RaftBlob::LogStoreVote)?, r.raft_blob(RaftBlob::LogStoreCommitted)?))
         })?;

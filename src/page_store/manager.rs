@@ -345,6 +345,20 @@ impl Inner {
     }
 }
 
+/// The rules every commit's page numbers follow: distinct, and within `1..=db_page_count`.
+fn validate_page_numbers(page_nos: impl Iterator<Item = u32>, db_page_count: u32) -> Result<()> {
+    let mut seen = std::collections::HashSet::new();
+    for page_no in page_nos {
+        if page_no == 0 || page_no > db_page_count {
+            return Err(PageStoreError::invalid(format!("page {page_no} outside 1..={db_page_count}")));
+        }
+        if !seen.insert(page_no) {
+            return Err(PageStoreError::invalid(format!("page {page_no} appears twice")));
+        }
+    }
+    Ok(())
+}
+
 fn ensure_dir(io: &dyn Io, dir: &Path) -> Result<()> {
     io.create_dir_all(dir).map_err(|e| PageStoreError::io("create directory", dir, e))
 }
@@ -595,6 +609,7 @@ impl Manager {
         let inner = &self.inner;
         inner.check()?;
         if inner.names.read().get(name) == Some(&id) {
+            self.set_applied(id);
             return Ok(());
         }
         let config = DatabaseConfig { page_size_bytes: PAGE_SIZE as u32, options: Vec::new() };
@@ -602,12 +617,20 @@ impl Manager {
         batch.create_database_with_id(DatabaseId(id), name, config);
         inner.with_manifest(|m| Ok(m.commit(batch)?))?;
         self.insert_db(id, name);
+        self.set_applied(id);
         Ok(())
     }
 
-    /// Replicated mode: applies the drop of database `name`; dropping one that is not there is a no-op.
-    pub fn apply_drop_database(&self, name: &str) -> Result<()> {
-        match self.drop_database(name) {
+    /// Replicated mode: applies the drop, by the log entry at `index`, of database `name`. Dropping one that
+    /// is not there, or one created after `index` (the drop is being re-applied after a restart), is a no-op.
+    pub fn apply_drop_database(&self, index: u64, name: &str) -> Result<()> {
+        let created = self.inner.names.read().get(name).copied();
+        let result = match created {
+            Some(id) if id < index => self.drop_database(name),
+            _ => Ok(()),
+        };
+        self.set_applied(index);
+        match result {
             Err(PageStoreError::NoSuchDatabase { .. }) => Ok(()),
             other => other,
         }
@@ -621,6 +644,16 @@ impl Manager {
         let inner = &self.inner;
         inner.check()?;
         let header = decode_commit(record)?;
+        // The record came from a client through the log: check it like a local commit (every node refuses
+        // a bad one the same way).
+        validate_page_numbers(header.frames.iter().map(|(page_no, _)| *page_no), header.db_page_count)?;
+        if header.frames.len() > inner.config.commit_frames_max {
+            return Err(PageStoreError::invalid(format!(
+                "{} frames exceed commit_frames_max {}",
+                header.frames.len(),
+                inner.config.commit_frames_max
+            )));
+        }
         let entry = inner.dbs.read().get(&header.db).cloned();
         if let Some(entry) = entry {
             let mut state = entry.state.write();
@@ -663,10 +696,19 @@ impl Manager {
             .filter_map(|db| db.state.read().oldest_pinned())
             .min()
             .map_or(applied, |p| p.min(applied));
+        for entry in dbs {
+            Db { inner: Arc::clone(inner), entry }.checkpoint_at(target)?;
+        }
+        Ok((target, self.snapshot_databases()?))
+    }
+
+    /// Every database with its generation chain in force and each file's CRC32C.
+    pub fn snapshot_databases(&self) -> Result<Vec<SnapshotDatabase>> {
+        let inner = &self.inner;
+        let dbs: Vec<Arc<DbEntry>> = inner.dbs.read().values().cloned().collect();
         let mut out = Vec::new();
         for entry in dbs {
             let db = Db { inner: Arc::clone(inner), entry };
-            db.checkpoint_at(target)?;
             let checksums: HashMap<u64, u32> = inner
                 .with_manifest(|m| Ok(m.read(|r| r.generations(DatabaseId(db.entry.id), usize::MAX))?))?
                 .into_iter()
@@ -683,19 +725,47 @@ impl Manager {
             out.push(SnapshotDatabase { id: db.entry.id, name: db.entry.name.clone(), generations });
         }
         out.sort_by_key(|db| db.id);
-        Ok((target, out))
+        Ok(out)
+    }
+
+    /// Adds to `batch` the replacement of every stored snapshot record by one holding `metadata`.
+    fn replace_snapshot_record(&self, batch: &mut Batch, metadata: Vec<u8>) -> Result<u64> {
+        let existing = self.inner.with_manifest(|m| Ok(m.read(|r| r.snapshots(0, usize::MAX))?))?;
+        let id = existing.iter().map(|(id, _)| *id).max().map_or(1, |id| id + 1);
+        for (old, _) in &existing {
+            batch.remove_snapshot(*old);
+        }
+        batch.put_snapshot(id, crate::manifest::Snapshot { metadata, generations: Vec::new() });
+        Ok(id)
+    }
+
+    /// Replicated mode: records the metadata of the snapshot the current generations form (replacing any
+    /// older record), in one manifest commit. Returns the record's id.
+    pub fn record_snapshot(&self, metadata: Vec<u8>) -> Result<u64> {
+        let mut batch = Batch::new();
+        let id = self.replace_snapshot_record(&mut batch, metadata)?;
+        self.inner.with_manifest(|m| Ok(m.commit(batch)?))?;
+        Ok(id)
+    }
+
+    /// The newest snapshot record's id and metadata, if any.
+    pub fn newest_snapshot_record(&self) -> Result<Option<(u64, Vec<u8>)>> {
+        let records = self.inner.with_manifest(|m| Ok(m.read(|r| r.snapshots(0, usize::MAX))?))?;
+        Ok(records.into_iter().max_by_key(|(id, _)| *id).map(|(id, s)| (id, s.metadata)))
     }
 
     /// Replicated mode: replaces the whole page store with a snapshot's databases, atomically. Their
     /// generation files are streamed in (bounded memory) and verified first; then one manifest commit drops
     /// every local database and generation and records the snapshot's; then the old files go. A crash
     /// before that commit leaves the old page store (the new files are orphans, removed at the next open),
-    /// after it the new one. The applied index becomes `index`.
+    /// after it the new one, together with the snapshot record holding `metadata`. The applied index becomes
+    /// `index`.
     pub fn install_snapshot(
         &self,
         snapshot_id: u64,
         index: u64,
         databases: &[SnapshotDatabase],
+        metadata: Vec<u8>,
     ) -> Result<()> {
         let inner = &self.inner;
         inner.check()?;
@@ -756,6 +826,8 @@ impl Manager {
                 );
             }
         }
+        // The snapshot's metadata (last log id, membership) switches in the same commit.
+        self.replace_snapshot_record(&mut batch, metadata)?;
         inner.with_manifest(|m| Ok(m.commit(batch)?))?;
         // 3. The new page store is in force: swap it in memory, then delete the old files.
         let mut dbs = HashMap::new();
@@ -868,18 +940,10 @@ impl Db {
                 inner.wal.config().segment_size_bytes
             )));
         }
-        let mut seen = std::collections::HashSet::with_capacity(frames.len());
-        for (page_no, page) in frames {
-            if page.len() != PAGE_SIZE {
-                return Err(PageStoreError::UnsupportedPageSize { got: page.len() });
-            }
-            if *page_no == 0 || *page_no > db_page_count {
-                return Err(PageStoreError::invalid(format!("page {page_no} outside 1..={db_page_count}")));
-            }
-            if !seen.insert(*page_no) {
-                return Err(PageStoreError::invalid(format!("page {page_no} appears twice")));
-            }
+        if let Some((_, page)) = frames.iter().find(|(_, page)| page.len() != PAGE_SIZE) {
+            return Err(PageStoreError::UnsupportedPageSize { got: page.len() });
         }
+        validate_page_numbers(frames.iter().map(|(page_no, _)| *page_no), db_page_count)?;
         let _writer = self.entry.writer.lock();
         self.check()?;
         let payload = encode_commit(self.entry.id, db_page_count, frames);

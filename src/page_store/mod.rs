@@ -11,7 +11,9 @@ mod error;
 mod generation;
 mod manager;
 
-pub use commit::{decode_commit, encode_commit, page_crc, CommitHeader, FRAME_LEN, PAGE_SIZE};
+pub use commit::{
+    decode_commit, encode_commit, page_crc, CommitHeader, COMMIT_HEADER_LEN, FRAME_LEN, PAGE_SIZE,
+};
 pub use error::PageStoreError;
 pub use generation::{
     install as install_generation, ExpectedGeneration, GenerationFile, GenerationMeta, GenerationStream,

@@ -570,6 +570,15 @@ impl WalStore {
         Ok(out)
     }
 
+    /// The payload length of the entry at `index`, if it is in the log.
+    pub fn payload_len(&self, index: u64) -> Option<usize> {
+        let st = self.shared.state.lock();
+        st.index.get(index).map(|slot| match &slot.loc {
+            Loc::Pending(payload) => payload.len(),
+            Loc::Disk { len, .. } => *len as usize,
+        })
+    }
+
     /// The term of the entry at `index`, if it is in the log.
     pub fn term(&self, index: u64) -> Option<u64> {
         self.shared.state.lock().index.get(index).map(|slot| slot.term)

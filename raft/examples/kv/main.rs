@@ -22,7 +22,7 @@ type KvRaft = Raft<KvConfig, KvStateMachine>;
 fn open_log_store(dir: &std::path::Path) -> Result<LogStore<KvConfig>, Box<dyn std::error::Error>> {
     let wal = WalStore::open(Arc::new(BufferedIo::new()), WalConfig::new(dir.join("wal")))?;
     let manifest = Arc::new(Manifest::open(dir, ManifestConfig::default())?);
-    Ok(LogStore::new(wal, manifest)?)
+    Ok(LogStore::new(Arc::new(wal), manifest)?)
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]

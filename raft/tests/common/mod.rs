@@ -23,5 +23,5 @@ pub fn open_store(dir: &Path, io: Arc<dyn Io>) -> LogStore<KvConfig> {
     let wal = WalStore::open(io, wal_config).expect("open wal");
     let manifest_config = ManifestConfig { map_size_initial_bytes: 1 << 20, ..ManifestConfig::default() };
     let manifest = Arc::new(Manifest::open(dir, manifest_config).expect("open manifest"));
-    LogStore::new(wal, manifest).expect("log store")
+    LogStore::new(Arc::new(wal), manifest).expect("log store")
 }

@@ -1,0 +1,337 @@
+//! bop's Raft state machine: the page store.
+//!
+//! Commands are creating a database, dropping one, and committing a transaction's page frames. Applying a
+//! commit does not copy pages: the commit record is the last field of the serialized log entry, so its bytes
+//! end the WAL entry's payload, and the page index points at its frames there. A snapshot is a checkpoint
+//! of every database at one index (their generation chains), recorded in the manifest with the snapshot's
+//! metadata; it ships as the generation files themselves, streamed in bounded chunks; installing one
+//! replaces the page store in one manifest commit. Last applied log id and membership survive restarts as
+//! the newest snapshot record plus the log after it, which openraft re-applies (every apply is idempotent).
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::io;
+use std::sync::Arc;
+
+use bop_storage::page_store::{Manager, PageStoreError, SnapshotDatabase, COMMIT_HEADER_LEN};
+use bop_storage::wal::WalStore;
+use futures_util::StreamExt;
+use openraft::entry::RaftEntry;
+use openraft::storage::{EntryResponder, RaftSnapshotBuilder, RaftStateMachine, Snapshot};
+use openraft::type_config::alias::{LogIdOf, SnapshotMetaOf, SnapshotOf, StoredMembershipOf};
+use openraft::{EntryPayload, OptionalSend};
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+
+/// A command in bop's Raft log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Command {
+    /// Create a database; its id is the index of this entry.
+    CreateDatabase {
+        /// Exact name.
+        name: String,
+    },
+    /// Drop a database.
+    DropDatabase {
+        /// Exact name.
+        name: String,
+    },
+    /// Commit page frames: `record` is a page-store commit record (`bop_storage::page_store::encode_commit`)
+    /// naming the database by id. It must stay the last field: its bytes end the serialized entry.
+    Commit {
+        /// The commit record.
+        record: Vec<u8>,
+    },
+}
+
+impl fmt::Display for Command {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Command::CreateDatabase { name } => write!(f, "create {name:?}"),
+            Command::DropDatabase { name } => write!(f, "drop {name:?}"),
+            Command::Commit { record } => write!(f, "commit of {} bytes", record.len()),
+        }
+    }
+}
+
+/// What applying a command answered.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Response {
+    /// A blank or membership entry.
+    Applied,
+    /// The database was created with this id.
+    Created {
+        /// Its id (the entry's index).
+        id: u64,
+    },
+    /// The database was dropped (or did not exist).
+    Dropped,
+    /// The commit was applied at this log index.
+    Committed {
+        /// The entry's index.
+        index: u64,
+    },
+    /// The command was refused, identically on every node (e.g. a duplicate name).
+    Refused {
+        /// Why.
+        reason: String,
+    },
+}
+
+openraft::declare_raft_types!(
+    /// bop's Raft type config.
+    pub BopConfig:
+        D = Command,
+        R = Response,
+        NodeId = u64,
+);
+
+/// Snapshot data: every database's generation chain, shipped file by file in bounded chunks.
+#[derive(Debug, Clone)]
+pub struct BopSnapshot {
+    /// The databases.
+    pub databases: Vec<SnapshotDatabase>,
+}
+
+struct Inner {
+    manager: Manager,
+    wal: Arc<WalStore>,
+    last_applied: Option<LogIdOf<BopConfig>>,
+    membership: StoredMembershipOf<BopConfig>,
+    /// Log ids applied since the newest snapshot (a snapshot at an older index needs its id).
+    applied_ids: BTreeMap<u64, LogIdOf<BopConfig>>,
+    /// Memberships applied since the newest snapshot, by index.
+    memberships: BTreeMap<u64, StoredMembershipOf<BopConfig>>,
+    current: Option<(SnapshotMetaOf<BopConfig>, Vec<SnapshotDatabase>)>,
+}
+
+/// bop's state machine over a replicated page store. Cheap to clone.
+#[derive(Clone)]
+pub struct BopStateMachine {
+    inner: Arc<Mutex<Inner>>,
+}
+
+fn io_err(e: impl std::error::Error + Send + Sync + 'static) -> io::Error {
+    io::Error::other(e)
+}
+
+fn encode<T: Serialize>(value: &T) -> io::Result<Vec<u8>> {
+    bincode::serde::encode_to_vec(value, bincode::config::standard()).map_err(io_err)
+}
+
+impl BopStateMachine {
+    /// The state machine of a page store opened with `Manager::open_replicated` over `wal` (the Raft log
+    /// store's WAL). Restores the last applied log id and membership from the newest snapshot record.
+    pub fn open(manager: Manager, wal: Arc<WalStore>) -> io::Result<Self> {
+        let record = manager.newest_snapshot_record().map_err(io_err)?;
+        let meta = match record {
+            Some((_, bytes)) => {
+                let (meta, _): (SnapshotMetaOf<BopConfig>, usize) =
+                    bincode::serde::decode_from_slice(&bytes, bincode::config::standard()).map_err(io_err)?;
+                Some(meta)
+            }
+            None => None,
+        };
+        let (last_applied, membership, current) = match meta {
+            Some(meta) => {
+                if let Some(id) = &meta.last_log_id {
+                    manager.set_applied(id.index());
+                }
+                let databases = manager.snapshot_databases().map_err(io_err)?;
+                (meta.last_log_id, meta.last_membership.clone(), Some((meta, databases)))
+            }
+            None => (None, StoredMembershipOf::<BopConfig>::default(), None),
+        };
+        let inner = Inner {
+            manager,
+            wal,
+            last_applied,
+            membership,
+            applied_ids: BTreeMap::new(),
+            memberships: BTreeMap::new(),
+            current,
+        };
+        Ok(BopStateMachine { inner: Arc::new(Mutex::new(inner)) })
+    }
+
+    /// The page store.
+    pub fn manager(&self) -> Manager {
+        self.inner.lock().manager.clone()
+    }
+}
+
+impl Inner {
+    /// Applies one command at `index`. Refusals are answers; storage failures are errors (fatal to Raft).
+    fn apply_command(&mut self, index: u64, command: &Command) -> io::Result<Response> {
+        let refused = |e: PageStoreError| -> io::Result<Response> {
+            match e {
+                PageStoreError::Manifest(ref m) if m.is_rejection() => {
+                    Ok(Response::Refused { reason: e.to_string() })
+                }
+                PageStoreError::InvalidCommit { .. } | PageStoreError::UnsupportedPageSize { .. } => {
+                    Ok(Response::Refused { reason: e.to_string() })
+                }
+                other => Err(io_err(other)),
+            }
+        };
+        match command {
+            Command::CreateDatabase { name } => match self.manager.apply_create_database(index, name) {
+                Ok(()) => Ok(Response::Created { id: index }),
+                Err(e) => {
+                    self.manager.set_applied(index);
+                    refused(e)
+                }
+            },
+            Command::DropDatabase { name } => match self.manager.apply_drop_database(index, name) {
+                Ok(()) => Ok(Response::Dropped),
+                Err(e) => refused(e),
+            },
+            Command::Commit { record } => {
+                let payload_len = self.wal.payload_len(index).ok_or_else(|| {
+                    io::Error::new(
+                        io::ErrorKind::NotFound,
+                        format!("applied entry {index} is not in the log"),
+                    )
+                })?;
+                let base = payload_len.checked_sub(record.len()).ok_or_else(|| {
+                    io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!("commit record longer than entry {index}"),
+                    )
+                })?;
+                // The record must be where the page index will point: check its header in the log.
+                let head_len = COMMIT_HEADER_LEN.min(record.len());
+                let head = self.wal.read_payload_range(index, base, head_len).map_err(io_err)?;
+                if head.as_deref() != record.get(..head_len) {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!("commit record of entry {index} is not at the end of its payload"),
+                    ));
+                }
+                let base = u32::try_from(base).map_err(io_err)?;
+                match self.manager.apply_commit(index, base, record) {
+                    Ok(()) => Ok(Response::Committed { index }),
+                    Err(e) => {
+                        self.manager.set_applied(index);
+                        refused(e)
+                    }
+                }
+            }
+        }
+    }
+
+    fn membership_at(&self, index: u64) -> StoredMembershipOf<BopConfig> {
+        self.memberships.range(..=index).next_back().map(|(_, m)| m.clone()).unwrap_or_else(|| {
+            self.current.as_ref().map(|(meta, _)| meta.last_membership.clone()).unwrap_or_default()
+        })
+    }
+
+    fn log_id_at(&self, index: u64) -> Option<LogIdOf<BopConfig>> {
+        if let Some(id) = self.applied_ids.get(&index) {
+            return Some(*id);
+        }
+        self.current.as_ref().and_then(|(meta, _)| meta.last_log_id.filter(|id| id.index() == index))
+    }
+}
+
+impl RaftSnapshotBuilder<BopConfig> for BopStateMachine {
+    type SnapshotData = BopSnapshot;
+
+    async fn build_snapshot(&mut self) -> Result<SnapshotOf<BopConfig, BopSnapshot>, io::Error> {
+        let mut inner = self.inner.lock();
+        let (target, databases) = inner.manager.checkpoint_all().map_err(io_err)?;
+        let last_log_id =
+            if target == 0 && inner.last_applied.is_none() { None } else { inner.log_id_at(target) };
+        if target > 0 && last_log_id.is_none() {
+            return Err(io::Error::other(format!("no log id known for snapshot index {target}")));
+        }
+        let meta = SnapshotMetaOf::<BopConfig> { last_log_id, last_membership: inner.membership_at(target) };
+        inner.manager.record_snapshot(encode(&meta)?).map_err(io_err)?;
+        inner.applied_ids = inner.applied_ids.split_off(&(target + 1));
+        let keep_from = inner.memberships.range(..=target).next_back().map(|(i, _)| *i);
+        if let Some(from) = keep_from {
+            inner.memberships = inner.memberships.split_off(&from);
+        }
+        inner.current = Some((meta.clone(), databases.clone()));
+        Ok(Snapshot { meta, snapshot: BopSnapshot { databases } })
+    }
+}
+
+impl RaftStateMachine<BopConfig> for BopStateMachine {
+    type SnapshotData = BopSnapshot;
+    type SnapshotBuilder = Self;
+
+    async fn applied_state(
+        &mut self,
+    ) -> Result<(Option<LogIdOf<BopConfig>>, StoredMembershipOf<BopConfig>), io::Error> {
+        let inner = self.inner.lock();
+        Ok((inner.last_applied, inner.membership.clone()))
+    }
+
+    async fn apply<Strm>(&mut self, mut entries: Strm) -> Result<(), io::Error>
+    where
+        Strm:
+            futures_util::Stream<Item = Result<EntryResponder<BopConfig>, io::Error>> + Unpin + OptionalSend,
+    {
+        while let Some(item) = entries.next().await {
+            let (entry, responder) = item?;
+            let log_id = entry.log_id();
+            let index = log_id.index();
+            let response = {
+                let mut inner = self.inner.lock();
+                let response = match &entry.payload {
+                    EntryPayload::Blank => {
+                        inner.manager.set_applied(index);
+                        Response::Applied
+                    }
+                    EntryPayload::Membership(m) => {
+                        let stored = StoredMembershipOf::<BopConfig>::new(Some(log_id), m.clone());
+                        inner.membership = stored.clone();
+                        inner.memberships.insert(index, stored);
+                        inner.manager.set_applied(index);
+                        Response::Applied
+                    }
+                    EntryPayload::Normal(command) => inner.apply_command(index, command)?,
+                };
+                inner.last_applied = Some(log_id);
+                inner.applied_ids.insert(index, log_id);
+                response
+            };
+            if let Some(responder) = responder {
+                responder.send(response);
+            }
+        }
+        Ok(())
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        self.clone()
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMetaOf<BopConfig>,
+        snapshot: BopSnapshot,
+    ) -> Result<(), io::Error> {
+        let mut inner = self.inner.lock();
+        let index = meta.last_log_id.map_or(0, |id| id.index());
+        inner.manager.install_snapshot(index, index, &snapshot.databases, encode(meta)?).map_err(io_err)?;
+        let databases = inner.manager.snapshot_databases().map_err(io_err)?;
+        inner.last_applied = meta.last_log_id;
+        inner.membership = meta.last_membership.clone();
+        inner.applied_ids.clear();
+        inner.memberships.clear();
+        inner.current = Some((meta.clone(), databases));
+        Ok(())
+    }
+
+    async fn get_current_snapshot(
+        &mut self,
+    ) -> Result<Option<SnapshotOf<BopConfig, BopSnapshot>>, io::Error> {
+        let inner = self.inner.lock();
+        Ok(inner
+            .current
+            .clone()
+            .map(|(meta, databases)| Snapshot { meta, snapshot: BopSnapshot { databases } }))
+    }
+}

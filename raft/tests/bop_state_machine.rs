@@ -1,0 +1,227 @@
+//! bop's own state machine (the replicated page store) under openraft: the storage suite, clusters whose
+//! nodes end up with the same page contents (including a learner that catches up through a snapshot), and
+//! restarts that keep the applied state and the pages.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bop_raft::{BopConfig, BopStateMachine, Command, LocalRouter, LogStore, Response};
+use bop_storage::io::BufferedIo;
+use bop_storage::manifest::{Manifest, ManifestConfig};
+use bop_storage::page_store::{encode_commit, Manager, ManagerConfig, PAGE_SIZE};
+use bop_storage::wal::{WalConfig, WalStore};
+use openraft::async_runtime::WatchReceiver;
+use openraft::testing::log::{StoreBuilder, Suite};
+use openraft::type_config::TypeConfigExt;
+use openraft::{Config, Raft, StorageError};
+
+type BopRaft = Raft<BopConfig, BopStateMachine>;
+const WAIT: Option<Duration> = Some(Duration::from_secs(30));
+
+/// Opens one node's storage in `dir`: one WAL (the Raft log, which the page store points into), one
+/// manifest, the page store in replicated mode.
+fn open_node(dir: &Path) -> (LogStore<BopConfig>, BopStateMachine) {
+    let mut wal_config = WalConfig::new(dir.join("wal"));
+    wal_config.segment_size_bytes = 1 << 20;
+    let wal = Arc::new(WalStore::open(Arc::new(BufferedIo::new()), wal_config).expect("wal"));
+    let manifest_config = ManifestConfig { map_size_initial_bytes: 1 << 20, ..ManifestConfig::default() };
+    let manifest = Arc::new(Manifest::open(dir, manifest_config).expect("manifest"));
+    let store = LogStore::new(Arc::clone(&wal), Arc::clone(&manifest)).expect("log store");
+    let manager =
+        Manager::open_replicated(ManagerConfig::new(dir), Arc::clone(&wal), manifest).expect("page store");
+    let sm = BopStateMachine::open(manager, wal).expect("state machine");
+    (store, sm)
+}
+
+struct Builder;
+
+impl StoreBuilder<BopConfig, LogStore<BopConfig>, BopStateMachine, tempfile::TempDir> for Builder {
+    async fn build(
+        &self,
+    ) -> Result<(tempfile::TempDir, LogStore<BopConfig>, BopStateMachine), StorageError<BopConfig>> {
+        let dir = tempfile::tempdir().map_err(|e| StorageError::read(BopConfig::err_from_error(&e)))?;
+        let (store, sm) = open_node(dir.path());
+        Ok((dir, store, sm))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openraft_storage_suite_passes_with_bops_state_machine() {
+    Suite::test_all(Builder).await.expect("openraft's storage suite");
+}
+
+fn members(ids: &[u64]) -> BTreeMap<u64, openraft::impls::BasicNode> {
+    ids.iter().map(|id| (*id, openraft::impls::BasicNode::default())).collect()
+}
+
+struct Node {
+    raft: BopRaft,
+    store: LogStore<BopConfig>,
+    sm: BopStateMachine,
+}
+
+fn config() -> Arc<Config> {
+    Arc::new(
+        Config {
+            heartbeat_interval: 50,
+            election_timeout_min: 200,
+            election_timeout_max: 400,
+            max_in_snapshot_log_to_keep: 0,
+            ..Default::default()
+        }
+        .validate()
+        .expect("config"),
+    )
+}
+
+async fn start(router: &LocalRouter<BopConfig, BopStateMachine>, dir: &Path, id: u64) -> Node {
+    let (store, sm) = open_node(&dir.join(format!("node-{id}")));
+    let raft = Raft::new(id, config(), router.network(id), store.clone(), sm.clone()).await.expect("raft");
+    router.add(id, raft.clone());
+    Node { raft, store, sm }
+}
+
+async fn ready_leader(raft: &BopRaft) {
+    raft.wait(WAIT)
+        .metrics(
+            |m| m.state.is_leader() && m.last_applied.map(|l| l.index) == m.last_log_index,
+            "leader ready",
+        )
+        .await
+        .expect("leader ready");
+}
+
+fn page(db: u64, page_no: u32, version: u64) -> Vec<u8> {
+    let mut p = vec![(version % 251) as u8; PAGE_SIZE];
+    p[0..8].copy_from_slice(&db.to_le_bytes());
+    p[8..12].copy_from_slice(&page_no.to_le_bytes());
+    p[12..20].copy_from_slice(&version.to_le_bytes());
+    p
+}
+
+async fn create(leader: &BopRaft, name: &str) -> u64 {
+    let response = leader.client_write(Command::CreateDatabase { name: name.into() }).await.expect("create");
+    match response.data {
+        Response::Created { id } => id,
+        other => panic!("create answered {other:?}"),
+    }
+}
+
+/// Commits `pages` of database `db` at `version`, through Raft; returns the log index.
+async fn commit(leader: &BopRaft, db: u64, pages: &[u32], version: u64, count: u32) -> u64 {
+    let images: Vec<Vec<u8>> = pages.iter().map(|&p| page(db, p, version)).collect();
+    let frames: Vec<(u32, &[u8])> = pages.iter().zip(&images).map(|(&p, i)| (p, &i[..])).collect();
+    let record = encode_commit(db, count, &frames);
+    let response = leader.client_write(Command::Commit { record }).await.expect("commit");
+    assert_eq!(response.data, Response::Committed { index: response.log_id.index });
+    response.log_id.index
+}
+
+/// Every page of every database, as `(db name, page_no, bytes)`: what "the same page contents" compares.
+fn contents(sm: &BopStateMachine) -> Vec<(String, u32, Vec<u8>)> {
+    let manager = sm.manager();
+    let mut out = Vec::new();
+    for (name, _) in manager.list_databases().expect("list") {
+        let db = manager.open_database(&name).expect("db");
+        let view = db.snapshot().expect("pin");
+        for page_no in 1..=view.page_count() {
+            let bytes = view.read_page(page_no).expect("read").map(|p| p.to_vec()).unwrap_or_default();
+            out.push((name.clone(), page_no, bytes));
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_applies_commits_to_the_same_pages_and_a_new_node_catches_up_by_snapshot() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let router = LocalRouter::new();
+    let mut nodes = Vec::new();
+    for id in 1..=3 {
+        nodes.push(start(&router, dir.path(), id).await);
+    }
+    nodes[0].raft.initialize(members(&[1, 2, 3])).await.expect("initialize");
+    let m = nodes[0].raft.wait(WAIT).metrics(|m| m.current_leader.is_some(), "leader").await.expect("leader");
+    let leader = router.get(&m.current_leader.expect("leader id")).expect("leader handle");
+    ready_leader(&leader).await;
+
+    // Two databases, several commits each, one shrinking.
+    let a = create(&leader, "a").await;
+    let b = create(&leader, "b").await;
+    for version in 1..=20u64 {
+        commit(&leader, a, &[1, 2, (version % 6 + 3) as u32], version, 8).await;
+        commit(&leader, b, &[1, (version % 3 + 2) as u32], version, 4).await;
+    }
+    // A bad commit (a page twice) is refused the same way on every node and changes nothing.
+    let images = [page(b, 1, 99), page(b, 1, 98)];
+    let bad = encode_commit(b, 4, &[(1, &images[0][..]), (1, &images[1][..])]);
+    let response = leader.client_write(Command::Commit { record: bad }).await.expect("write");
+    assert!(matches!(response.data, Response::Refused { .. }), "{:?}", response.data);
+    let last = commit(&leader, b, &[1], 21, 2).await;
+    for node in &nodes {
+        node.raft.wait(WAIT).applied_index_at_least(Some(last), "applied").await.expect("applied");
+    }
+    let expected = contents(&nodes[0].sm);
+    assert_eq!(expected.len(), 8 + 2, "a has 8 pages, b shrank to 2");
+    for node in &nodes {
+        assert_eq!(contents(&node.sm), expected, "every node holds the same pages");
+    }
+
+    // Snapshot and purge on the leader, then a new node joins and must catch up through the snapshot.
+    leader.trigger().snapshot().await.expect("snapshot");
+    leader
+        .wait(WAIT)
+        .metrics(|m| m.snapshot.is_some_and(|s| s.index >= last), "snapshot built")
+        .await
+        .expect("snapshot built");
+    leader.trigger().purge_log(last).await.expect("purge");
+    leader.wait(WAIT).metrics(|m| m.purged.is_some_and(|p| p.index >= last), "purged").await.expect("purged");
+    let node4 = start(&router, dir.path(), 4).await;
+    leader.add_learner(4, Default::default(), true).await.expect("add learner");
+    let last = commit(&leader, a, &[3], 22, 8).await;
+    node4.raft.wait(WAIT).applied_index_at_least(Some(last), "learner caught up").await.expect("caught up");
+    let installed = node4.raft.metrics().borrow_watched().snapshot;
+    assert!(installed.is_some(), "the learner installed a snapshot");
+    nodes[0].raft.wait(WAIT).applied_index_at_least(Some(last), "applied").await.expect("applied");
+    assert_eq!(contents(&node4.sm), contents(&nodes[0].sm), "the learner holds the same pages");
+    nodes.push(node4);
+    for node in &nodes {
+        node.raft.shutdown().await.expect("shutdown");
+        node.store.close().expect("close");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_node_keeps_its_applied_state_and_pages() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let router = LocalRouter::new();
+    let node = start(&router, dir.path(), 1).await;
+    node.raft.initialize(members(&[1])).await.expect("initialize");
+    ready_leader(&node.raft).await;
+    let db = create(&node.raft, "main").await;
+    for version in 1..=30u64 {
+        commit(&node.raft, db, &[1, (version % 5 + 2) as u32], version, 6).await;
+    }
+    // A snapshot in the middle: the restart restores from it and re-applies the log after it.
+    node.raft.trigger().snapshot().await.expect("snapshot");
+    node.raft.wait(WAIT).metrics(|m| m.snapshot.is_some(), "snapshot").await.expect("snapshot");
+    let mut last = 0;
+    for version in 31..=40u64 {
+        last = commit(&node.raft, db, &[2, 3], version, 6).await;
+    }
+    let before = contents(&node.sm);
+    node.raft.shutdown().await.expect("shutdown");
+    node.store.close().expect("close");
+    router.remove(&1);
+    drop(node);
+
+    let node = start(&router, dir.path(), 1).await;
+    node.raft.wait(WAIT).applied_index_at_least(Some(last), "re-applied").await.expect("re-applied");
+    assert_eq!(contents(&node.sm), before, "the same pages after the restart");
+    let applied = node.raft.metrics().borrow_watched().last_applied;
+    assert_eq!(applied.map(|l| l.index), Some(last));
+    node.raft.shutdown().await.expect("shutdown");
+    node.store.close().expect("close");
+}
