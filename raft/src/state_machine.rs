@@ -68,8 +68,14 @@ pub enum Response {
     Dropped,
     /// The commit was applied at this log index.
     Committed {
-        /// The entry's index.
+        /// The entry's index: the commit is visible to every read at or after it.
         index: u64,
+        /// The database it went to (`None` if it was dropped before the commit applied).
+        db: Option<u64>,
+        /// Pages it carried.
+        pages: u32,
+        /// The database's size in pages after it.
+        db_page_count: u32,
     },
     /// The command was refused, identically on every node (e.g. a duplicate name).
     Refused {
@@ -210,7 +216,15 @@ impl Inner {
                 }
                 let base = u32::try_from(base).map_err(io_err)?;
                 match self.manager.apply_commit(index, base, record) {
-                    Ok(()) => Ok(Response::Committed { index }),
+                    Ok(db) => {
+                        let header = bop_storage::page_store::decode_commit(record).map_err(io_err)?;
+                        Ok(Response::Committed {
+                            index,
+                            db,
+                            pages: header.frames.len() as u32,
+                            db_page_count: header.db_page_count,
+                        })
+                    }
                     Err(e) => {
                         self.manager.set_applied(index);
                         refused(e)

@@ -115,7 +115,13 @@ async fn commit(leader: &BopRaft, db: u64, pages: &[u32], version: u64, count: u
     let frames: Vec<(u32, &[u8])> = pages.iter().zip(&images).map(|(&p, i)| (p, &i[..])).collect();
     let record = encode_commit(db, count, &frames);
     let response = leader.client_write(Command::Commit { record }).await.expect("commit");
-    assert_eq!(response.data, Response::Committed { index: response.log_id.index });
+    let expected = Response::Committed {
+        index: response.log_id.index,
+        db: Some(db),
+        pages: pages.len() as u32,
+        db_page_count: count,
+    };
+    assert_eq!(response.data, expected);
     response.log_id.index
 }
 
@@ -224,4 +230,52 @@ async fn a_restarted_node_keeps_its_applied_state_and_pages() {
     assert_eq!(applied.map(|l| l.index), Some(last));
     node.raft.shutdown().await.expect("shutdown");
     node.store.close().expect("close");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_that_fails_verification_leaves_the_old_page_store_in_force() {
+    use openraft::storage::RaftStateMachine;
+
+    // Set-up: node A with a snapshot of database "x"; node B, elsewhere, with database "y".
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (router_a, router_b) = (LocalRouter::new(), LocalRouter::new());
+    let a = start(&router_a, &dir.path().join("a"), 1).await;
+    a.raft.initialize(members(&[1])).await.expect("initialize");
+    ready_leader(&a.raft).await;
+    let x = create(&a.raft, "x").await;
+    commit(&a.raft, x, &[1, 2, 3], 1, 3).await;
+    a.raft.trigger().snapshot().await.expect("snapshot");
+    a.raft.wait(WAIT).metrics(|m| m.snapshot.is_some(), "snapshot").await.expect("snapshot");
+    let mut sm_a = a.sm.clone();
+    let snapshot = sm_a.get_current_snapshot().await.expect("read").expect("a snapshot");
+
+    let b = start(&router_b, &dir.path().join("b"), 1).await;
+    b.raft.initialize(members(&[1])).await.expect("initialize");
+    ready_leader(&b.raft).await;
+    let y = create(&b.raft, "y").await;
+    commit(&b.raft, y, &[1], 7, 1).await;
+    let before = contents(&b.sm);
+
+    // Action: a bit of A's generation file rots before B receives it.
+    let file = &snapshot.snapshot.databases[0].generations[0].0;
+    let mut bytes = std::fs::read(&file.path).expect("read generation");
+    bytes[4096 + 100] ^= 0x20;
+    std::fs::write(&file.path, &bytes).expect("write generation");
+    let mut sm_b = b.sm.clone();
+    let result = sm_b.install_snapshot(&snapshot.meta, snapshot.snapshot.clone()).await;
+
+    // Property: the install fails, B's page store is untouched, nothing received is left behind.
+    assert!(result.is_err(), "a damaged snapshot is refused");
+    assert_eq!(contents(&b.sm), before);
+    let pages_dir = dir.path().join("b/node-1/pages");
+    let leftovers: Vec<_> = std::fs::read_dir(&pages_dir)
+        .expect("ls")
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().contains("-s"))
+        .collect();
+    assert!(leftovers.is_empty(), "no received file stays: {leftovers:?}");
+    for node in [&a, &b] {
+        node.raft.shutdown().await.expect("shutdown");
+        node.store.close().expect("close");
+    }
 }

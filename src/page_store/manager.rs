@@ -639,8 +639,8 @@ impl Manager {
     /// Replicated mode: applies the commit record `record` that sits at byte `base` of the payload of log
     /// entry `index`: the page index points at its frames inside that entry (nothing is copied to disk) and
     /// the pages warm the cache. A commit to a database that no longer exists, or one its generations
-    /// already hold (re-applied after a restart), changes nothing.
-    pub fn apply_commit(&self, index: u64, base: u32, record: &[u8]) -> Result<()> {
+    /// already hold (re-applied after a restart), changes nothing. Returns the database it went to.
+    pub fn apply_commit(&self, index: u64, base: u32, record: &[u8]) -> Result<Option<u64>> {
         let inner = &self.inner;
         inner.check()?;
         let header = decode_commit(record)?;
@@ -655,6 +655,7 @@ impl Manager {
             )));
         }
         let entry = inner.dbs.read().get(&header.db).cloned();
+        let applied_to = entry.as_ref().map(|e| e.id);
         if let Some(entry) = entry {
             let mut state = entry.state.write();
             if index > state.checkpoint_index && state.page_counts.range(index..).next().is_none() {
@@ -672,7 +673,7 @@ impl Manager {
             }
         }
         self.set_applied(index);
-        Ok(())
+        Ok(applied_to)
     }
 
     /// Replicated mode: moves the applied index (every entry, whatever it carries, is applied in order).
