@@ -773,7 +773,7 @@ impl Manager {
         let _one = inner.maintenance.lock();
         let io = inner.config.io.as_ref();
         // 1. Receive and verify every file under a name of its own.
-        let mut installed: Vec<(u64, String, Vec<(Arc<GenerationFile>, u32)>)> = Vec::new();
+        let mut installed: Vec<SnapshotDatabase> = Vec::new();
         let mut written: Vec<PathBuf> = Vec::new();
         let received = (|| {
             for db in databases {
@@ -791,7 +791,7 @@ impl Manager {
                     written.push(file.path.clone());
                     chain.push((Arc::new(file), *checksum));
                 }
-                installed.push((db.id, db.name.clone(), chain));
+                installed.push(SnapshotDatabase { id: db.id, name: db.name.clone(), generations: chain });
             }
             Ok::<(), PageStoreError>(())
         })();
@@ -810,7 +810,7 @@ impl Manager {
             }
             batch.drop_database(DatabaseId(entry.id));
         }
-        for (id, name, chain) in &installed {
+        for SnapshotDatabase { id, name, generations: chain } in &installed {
             let config = DatabaseConfig { page_size_bytes: PAGE_SIZE as u32, options: Vec::new() };
             batch.create_database_with_id(DatabaseId(*id), name, config);
             for (file, checksum) in chain {
@@ -833,7 +833,7 @@ impl Manager {
         // 3. The new page store is in force: swap it in memory, then delete the old files.
         let mut dbs = HashMap::new();
         let mut names = HashMap::new();
-        for (id, name, chain) in installed {
+        for SnapshotDatabase { id, name, generations: chain } in installed {
             let mut state = DbState::default();
             for (file, _) in chain {
                 state.push_generation(file);
