@@ -113,6 +113,58 @@ fn wal(dir: &std::path::Path, io: Arc<dyn Io>, size: usize, appenders: usize) ->
     }
 }
 
+/// The same measurement with appenders as async tasks on a 2-thread runtime (how openraft and a node use
+/// the WAL): each task appends with `try_append` and awaits the durability ticket.
+fn wal_tasks(dir: &std::path::Path, io: Arc<dyn Io>, size: usize, appenders: usize) -> Run {
+    let _ = std::fs::remove_dir_all(dir);
+    let mut config = WalConfig::new(dir);
+    config.segment_size_bytes = 256 << 20;
+    let store = Arc::new(WalStore::open(io, config).expect("open"));
+    let runtime =
+        tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+    let next = Arc::new(Mutex::new(1u64));
+    let deadline = Instant::now() + Duration::from_secs_f64(secs());
+    let start = Instant::now();
+    let mut lat: Vec<Duration> = runtime.block_on(async {
+        let tasks: Vec<_> = (0..appenders)
+            .map(|_| {
+                let (store, next) = (Arc::clone(&store), Arc::clone(&next));
+                tokio::spawn(async move {
+                    let payload = vec![0x5au8; size];
+                    let mut lat = Vec::new();
+                    while Instant::now() < deadline {
+                        let t = Instant::now();
+                        let ticket = {
+                            let mut next = next.lock();
+                            let entry = NewEntry { index: *next, term: 1, payload: payload.clone() };
+                            *next += 1;
+                            store.try_append(vec![entry]).expect("append")
+                        };
+                        ticket.await.expect("durable");
+                        lat.push(t.elapsed());
+                    }
+                    lat
+                })
+            })
+            .collect();
+        let mut all = Vec::new();
+        for task in tasks {
+            all.extend(task.await.expect("task"));
+        }
+        all
+    });
+    let elapsed = start.elapsed().as_secs_f64();
+    let metrics = store.metrics();
+    store.close().expect("close");
+    lat.sort();
+    Run {
+        rate: lat.len() as f64 / elapsed,
+        p50: percentile(&lat, 0.5),
+        p99: percentile(&lat, 0.99),
+        records_per_fsync: metrics.records_per_fsync,
+    }
+}
+
 fn peak_rss_kib() -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
@@ -166,6 +218,35 @@ fn main() {
             let mut single = 0.0;
             for appenders in [1usize, 8, 64] {
                 let r = wal(&dir.join("wal"), Arc::clone(io), *size, appenders);
+                if appenders == 1 {
+                    single = r.rate;
+                }
+                let ratio = r.rate / (raw.rate * r.records_per_fsync.max(1.0));
+                println!(
+                    "| {name} | {size} B | {appenders} | {:.0} | {:.0} | {:.0} | {:.1} | {:.2} | {:.2} | {:.1} |",
+                    r.rate,
+                    r.p50.as_secs_f64() * 1e6,
+                    r.p99.as_secs_f64() * 1e6,
+                    r.records_per_fsync,
+                    ratio,
+                    r.p50.as_secs_f64() / raw.p50.as_secs_f64(),
+                    r.rate / single,
+                );
+            }
+        }
+    }
+    println!();
+    println!("durable appends from async tasks on a 2-thread runtime (same columns)");
+    println!(
+        "| io | size | tasks | appends/s | p50 µs | p99 µs | records/fsync | ratio | p50/raw | ×1-task |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|");
+    for (name, io) in &ios {
+        let direct = *name == "direct";
+        for (_, size, raw) in raw_by_case.iter().filter(|(d, _, _)| *d == direct) {
+            let mut single = 0.0;
+            for appenders in [1usize, 64] {
+                let r = wal_tasks(&dir.join("wal"), Arc::clone(io), *size, appenders);
                 if appenders == 1 {
                     single = r.rate;
                 }
