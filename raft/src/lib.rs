@@ -3,11 +3,13 @@
 //! - [`LogStore`]: openraft log storage on bop's WAL chunk store, usable by any openraft application.
 //! - [`BopStateMachine`]: bop's own state machine, the replicated page store ([`BopConfig`], [`Command`]).
 //! - [`LocalRouter`]: an in-process Raft network for tests, examples and benchmarks.
+//! - [`tcp`]: Raft over TCP (framed, checksummed; snapshots not yet).
 #![deny(missing_docs)]
 
 mod local_network;
 mod log_store;
 mod state_machine;
+pub mod tcp;
 
 pub use local_network::{LocalConnection, LocalNetwork, LocalRouter};
 pub use log_store::{LogStore, LogStoreError, READ_BATCH_BYTES_MAX};

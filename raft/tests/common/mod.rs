@@ -2,6 +2,8 @@
 //! a `LogStore` in a directory.
 #![allow(dead_code)]
 
+pub mod bop;
+
 #[path = "../../examples/kv/state_machine.rs"]
 pub mod state_machine;
 

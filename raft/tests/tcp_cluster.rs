@@ -1,0 +1,137 @@
+//! Raft over TCP on loopback: a three-node cluster of bop's state machine agrees on the same pages, a
+//! follower that was down catches up, and malformed or corrupt frames are refused without taking a node down.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bop_raft::tcp::{read_frame, serve, write_frame, TcpConnector, TcpNetwork, FRAME_BYTES_MAX};
+use bop_raft::{BopSnapshot, LogStore};
+use common::bop::{commit, contents, create, open_node, BopRaft};
+use openraft::impls::BasicNode;
+use openraft::{Config, Raft};
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+
+const WAIT: Option<Duration> = Some(Duration::from_secs(30));
+
+struct Node {
+    raft: BopRaft,
+    store: LogStore<bop_raft::BopConfig>,
+    sm: bop_raft::BopStateMachine,
+    server: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+async fn start(dir: &std::path::Path, id: u64, listener: TcpListener) -> Node {
+    let config = Arc::new(
+        Config {
+            heartbeat_interval: 50,
+            election_timeout_min: 300,
+            election_timeout_max: 600,
+            ..Default::default()
+        }
+        .validate()
+        .expect("config"),
+    );
+    let (store, sm) = open_node(&dir.join(format!("node-{id}")));
+    let network = TcpNetwork::<_, BopSnapshot, _>::new(TcpConnector, Duration::from_secs(2));
+    let raft = Raft::new(id, config, network, store.clone(), sm.clone()).await.expect("raft");
+    let server = tokio::spawn(serve(listener, raft.clone()));
+    Node { raft, store, sm, server }
+}
+
+async fn stop(node: Node) {
+    node.server.abort();
+    node.raft.shutdown().await.expect("shutdown");
+    node.store.close().expect("close");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_over_tcp_hold_the_same_pages_and_a_restarted_follower_catches_up() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut listeners = Vec::new();
+    let mut members = BTreeMap::new();
+    for id in 1..=3u64 {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        members.insert(id, BasicNode::new(listener.local_addr().expect("addr").to_string()));
+        listeners.push(listener);
+    }
+    let mut nodes = Vec::new();
+    for (i, listener) in listeners.into_iter().enumerate() {
+        nodes.push(Some(start(dir.path(), i as u64 + 1, listener).await));
+    }
+    let first = nodes[0].as_ref().expect("node 1");
+    first.raft.initialize(members.clone()).await.expect("initialize");
+    let m = first.raft.wait(WAIT).metrics(|m| m.current_leader.is_some(), "leader").await.expect("leader");
+    let leader_id = m.current_leader.expect("leader id");
+    let leader = nodes[leader_id as usize - 1].as_ref().expect("leader node").raft.clone();
+    leader
+        .wait(WAIT)
+        .metrics(|m| m.state.is_leader() && m.last_applied.map(|l| l.index) == m.last_log_index, "ready")
+        .await
+        .expect("ready");
+
+    let db = create(&leader, "tcp").await;
+    for version in 1..=30u64 {
+        commit(&leader, db, &[1, (version % 4 + 2) as u32], version, 6).await;
+    }
+
+    // Take a follower down, write more, bring it back on the same address: it catches up from the log.
+    let follower_id = (1..=3u64).find(|id| *id != leader_id).expect("a follower");
+    let down = nodes[follower_id as usize - 1].take().expect("follower");
+    stop(down).await;
+    let mut last = 0;
+    for version in 31..=40u64 {
+        last = commit(&leader, db, &[1, 2], version, 6).await;
+    }
+    let addr = members[&follower_id].addr.clone();
+    let listener = TcpListener::bind(&addr).await.expect("rebind the follower's address");
+    nodes[follower_id as usize - 1] = Some(start(dir.path(), follower_id, listener).await);
+
+    for node in nodes.iter().flatten() {
+        node.raft.wait(WAIT).applied_index_at_least(Some(last), "applied").await.expect("applied");
+    }
+    let expected = contents(&nodes[0].as_ref().expect("node").sm);
+    assert_eq!(expected.len(), 6);
+    for node in nodes.iter().flatten() {
+        assert_eq!(contents(&node.sm), expected, "every node holds the same pages");
+    }
+    for node in nodes.into_iter().flatten() {
+        stop(node).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn corrupt_oversized_and_malformed_frames_are_refused_and_the_server_stays_up() {
+    // Frames round-trip, and a flipped bit or an oversized length is refused.
+    let (mut a, mut b) = tokio::io::duplex(1 << 16);
+    write_frame(&mut a, b"hello").await.expect("write");
+    assert_eq!(read_frame(&mut b).await.expect("read"), b"hello");
+    let mut raw = Vec::new();
+    write_frame(&mut raw, b"hello").await.expect("encode");
+    raw[9] ^= 1;
+    a.write_all(&raw).await.expect("write");
+    assert_eq!(read_frame(&mut b).await.expect_err("corrupt").kind(), std::io::ErrorKind::InvalidData);
+    let mut huge = ((FRAME_BYTES_MAX + 1) as u32).to_le_bytes().to_vec();
+    huge.extend_from_slice(&[0u8; 4]);
+    a.write_all(&huge).await.expect("write");
+    assert_eq!(read_frame(&mut b).await.expect_err("oversized").kind(), std::io::ErrorKind::InvalidData);
+
+    // A server given garbage closes that connection and keeps serving others.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let node = start(dir.path(), 1, listener).await;
+    let mut garbage = TcpStream::connect(addr).await.expect("connect");
+    write_frame(&mut garbage, b"not a raft request").await.expect("send");
+    let closed =
+        tokio::time::timeout(Duration::from_secs(5), read_frame(&mut garbage)).await.expect("answers");
+    assert!(closed.is_err(), "the malformed connection is closed");
+    let mut members = BTreeMap::new();
+    members.insert(1u64, BasicNode::new(addr.to_string()));
+    node.raft.initialize(members).await.expect("initialize");
+    node.raft.wait(WAIT).metrics(|m| m.state.is_leader(), "leader").await.expect("still serving");
+    stop(node).await;
+}
