@@ -349,3 +349,59 @@ impl RaftStateMachine<BopConfig> for BopStateMachine {
             .map(|(meta, databases)| Snapshot { meta, snapshot: BopSnapshot { databases } }))
     }
 }
+
+#[derive(Serialize, Deserialize)]
+struct FileDescriptor {
+    db: u64,
+    name: String,
+    checksum: u32,
+}
+
+impl crate::tcp::WireSnapshot for BopSnapshot {
+    fn files(&self) -> Vec<crate::tcp::WireFile> {
+        let mut out = Vec::new();
+        for db in &self.databases {
+            for (file, checksum) in &db.generations {
+                let descriptor = FileDescriptor { db: db.id, name: db.name.clone(), checksum: *checksum };
+                out.push(crate::tcp::WireFile {
+                    descriptor: encode(&descriptor).unwrap_or_default(),
+                    size_bytes: file.size_bytes,
+                });
+            }
+        }
+        out
+    }
+
+    fn read(&self, file: usize, offset: u64, len: usize) -> io::Result<Vec<u8>> {
+        let generation = self
+            .databases
+            .iter()
+            .flat_map(|db| db.generations.iter())
+            .nth(file)
+            .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, format!("no snapshot file {file}")))?;
+        generation.0.read_raw(offset, len).map_err(io_err)
+    }
+
+    fn assemble(
+        io: &dyn bop_storage::io::Io,
+        staged: Vec<(crate::tcp::WireFile, std::path::PathBuf)>,
+    ) -> io::Result<Self> {
+        let mut databases: Vec<SnapshotDatabase> = Vec::new();
+        for (spec, path) in staged {
+            let (descriptor, _): (FileDescriptor, usize) =
+                bincode::serde::decode_from_slice(&spec.descriptor, bincode::config::standard())
+                    .map_err(io_err)?;
+            // Opening checks header, footer and directory; the install verifies every page and the checksum.
+            let file = Arc::new(bop_storage::page_store::open_generation(io, &path).map_err(io_err)?);
+            match databases.last_mut() {
+                Some(db) if db.id == descriptor.db => db.generations.push((file, descriptor.checksum)),
+                _ => databases.push(SnapshotDatabase {
+                    id: descriptor.db,
+                    name: descriptor.name,
+                    generations: vec![(file, descriptor.checksum)],
+                }),
+            }
+        }
+        Ok(BopSnapshot { databases })
+    }
+}

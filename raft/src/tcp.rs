@@ -5,15 +5,19 @@
 //! (serde, standard config) encoding of a request or reply. Connections are made through a [`Connector`], so
 //! the simulation can run the same code over its own network.
 //!
-//! Snapshots are not yet streamed over TCP: `full_snapshot` answers "unreachable", and a peer that needs one
-//! cannot catch up through this transport yet (the in-process network ships them).
+//! Snapshots stream over the same connection as files in chunks of at most [`SNAPSHOT_CHUNK_BYTES`]: a
+//! `SnapshotBegin` (vote, metadata, file list), the chunks in order, and a `SnapshotEnd`. The receiver writes
+//! each chunk straight into a staging file (memory bounded by one chunk), then hands the staged files to
+//! the state machine's install, which verifies them before anything changes.
 
 use std::future::Future;
 use std::io;
 use std::marker::PhantomData;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bop_storage::io::{Io, IoFile, OpenMode};
 use openraft::error::{RPCError, ReplicationClosed, StreamingError, Unreachable};
 use openraft::impls::BasicNode;
 use openraft::network::v2::RaftNetworkV2;
@@ -22,7 +26,7 @@ use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse,
 };
 use openraft::storage::RaftStateMachine;
-use openraft::type_config::alias::{SnapshotOf, VoteOf};
+use openraft::type_config::alias::{SnapshotMetaOf, SnapshotOf, VoteOf};
 use openraft::{OptionalSend, Raft, RaftNetworkFactory, RaftTypeConfig};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -33,6 +37,38 @@ use tokio::net::{TcpListener, TcpStream};
 pub const FRAME_BYTES_MAX: usize = 64 << 20;
 /// Connections a server serves at once; more wait in the accept queue.
 pub const CONNECTIONS_MAX: usize = 256;
+/// Largest snapshot chunk sent in one frame.
+pub const SNAPSHOT_CHUNK_BYTES: usize = 1 << 20;
+/// Most files one snapshot may consist of.
+pub const SNAPSHOT_FILES_MAX: usize = 1 << 16;
+
+/// One file of a snapshot as it travels: an opaque descriptor the snapshot type interprets, and its size.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WireFile {
+    /// Opaque to the transport.
+    pub descriptor: Vec<u8>,
+    /// Bytes in the file.
+    pub size_bytes: u64,
+}
+
+/// Snapshot data that can travel as files: what the TCP transport needs of a state machine's `SnapshotData`.
+pub trait WireSnapshot: Sized + OptionalSend + 'static {
+    /// The files, in the order they are sent.
+    fn files(&self) -> Vec<WireFile>;
+    /// `len` bytes of file `file` at `offset` (offsets are multiples of [`SNAPSHOT_CHUNK_BYTES`]).
+    fn read(&self, file: usize, offset: u64, len: usize) -> io::Result<Vec<u8>>;
+    /// Builds the snapshot data from files received into `staged` (same order as `files`), through `io`.
+    fn assemble(io: &dyn Io, staged: Vec<(WireFile, PathBuf)>) -> io::Result<Self>;
+}
+
+/// Where a server stages snapshot files it receives.
+#[derive(Debug, Clone)]
+pub struct SnapshotInbox {
+    /// File access for the staged files.
+    pub io: Arc<dyn Io>,
+    /// A directory of their own (emptied before and after each snapshot).
+    pub dir: PathBuf,
+}
 
 /// How connections to peers are made (TCP in a real node; the simulation substitutes its own).
 pub trait Connector: Send + Sync + 'static {
@@ -61,6 +97,9 @@ impl Connector for TcpConnector {
 enum Request<C: RaftTypeConfig> {
     Append(AppendEntriesRequest<C>),
     Vote(VoteRequest<C>),
+    SnapshotBegin { vote: VoteOf<C>, meta: SnapshotMetaOf<C>, files: Vec<WireFile> },
+    SnapshotChunk { file: u32, offset: u64, bytes: Vec<u8> },
+    SnapshotEnd,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -68,6 +107,8 @@ enum Request<C: RaftTypeConfig> {
 enum Reply<C: RaftTypeConfig> {
     Append(Result<AppendEntriesResponse<C>, String>),
     Vote(Result<VoteResponse<C>, String>),
+    Ack(Result<(), String>),
+    Snapshot(Result<SnapshotResponse<C>, String>),
 }
 
 fn encode<T: Serialize>(value: &T) -> io::Result<Vec<u8>> {
@@ -146,7 +187,7 @@ pub struct TcpConnection<C, SD, K: Connector> {
 impl<C, SD, K> RaftNetworkFactory<C> for TcpNetwork<C, SD, K>
 where
     C: RaftTypeConfig<Node = BasicNode>,
-    SD: OptionalSend + 'static,
+    SD: WireSnapshot,
     K: Connector,
 {
     type Network = TcpConnection<C, SD, K>;
@@ -167,12 +208,19 @@ where
     C: RaftTypeConfig<Node = BasicNode>,
     K: Connector,
 {
+    async fn expect_ack(&mut self, request: &Request<C>) -> Result<(), Unreachable<C>> {
+        match self.call(request).await? {
+            Reply::Ack(Ok(())) => Ok(()),
+            other => Err(self.failed(other)),
+        }
+    }
+
     /// The peer answered with an error (it may be shutting down or restarting) or the wrong reply: drop the
     /// connection so that the next call connects afresh.
     fn failed(&mut self, reply: Reply<C>) -> Unreachable<C> {
         self.stream = None;
         match reply {
-            Reply::Append(Err(e)) | Reply::Vote(Err(e)) => {
+            Reply::Append(Err(e)) | Reply::Vote(Err(e)) | Reply::Ack(Err(e)) | Reply::Snapshot(Err(e)) => {
                 Unreachable::from_string(format!("{}: {e}", self.addr))
             }
             _ => Unreachable::from_string(format!("{}: mismatched reply", self.addr)),
@@ -211,7 +259,7 @@ where
 impl<C, SD, K> RaftNetworkV2<C> for TcpConnection<C, SD, K>
 where
     C: RaftTypeConfig<Node = BasicNode>,
-    SD: OptionalSend + 'static,
+    SD: WireSnapshot,
     K: Connector,
 {
     type SnapshotData = SD;
@@ -240,25 +288,65 @@ where
 
     async fn full_snapshot(
         &mut self,
-        _vote: VoteOf<C>,
-        _snapshot: SnapshotOf<C, SD>,
+        vote: VoteOf<C>,
+        snapshot: SnapshotOf<C, SD>,
         _cancel: impl Future<Output = ReplicationClosed> + OptionalSend + 'static,
         _option: RPCOption,
     ) -> Result<SnapshotResponse<C>, StreamingError<C>> {
-        Err(StreamingError::Unreachable(Unreachable::from_string("snapshots over TCP are not built yet")))
+        let files = snapshot.snapshot.files();
+        let begin = Request::SnapshotBegin { vote, meta: snapshot.meta.clone(), files: files.clone() };
+        self.expect_ack(&begin).await?;
+        let mut sent_bytes = 0u64;
+        let started = std::time::Instant::now();
+        for (i, file) in files.iter().enumerate() {
+            let mut offset = 0u64;
+            while offset < file.size_bytes {
+                let len = (file.size_bytes - offset).min(SNAPSHOT_CHUNK_BYTES as u64) as usize;
+                let bytes = snapshot.snapshot.read(i, offset, len).map_err(|e| Unreachable::new(&e))?;
+                self.expect_ack(&Request::SnapshotChunk { file: i as u32, offset, bytes }).await?;
+                offset += len as u64;
+                sent_bytes += len as u64;
+            }
+        }
+        let reply = self.call(&Request::SnapshotEnd).await?;
+        let secs = started.elapsed().as_secs_f64().max(1e-9);
+        tracing::info!(
+            to = %self.addr,
+            files = files.len(),
+            bytes = sent_bytes,
+            mib_per_s = sent_bytes as f64 / secs / (1 << 20) as f64,
+            "snapshot sent"
+        );
+        match reply {
+            Reply::Snapshot(Ok(response)) => Ok(response),
+            other => Err(StreamingError::Unreachable(self.failed(other))),
+        }
     }
+}
+
+/// A snapshot being received on one connection.
+struct Incoming<C: RaftTypeConfig> {
+    vote: VoteOf<C>,
+    meta: SnapshotMetaOf<C>,
+    files: Vec<(WireFile, PathBuf, Arc<dyn IoFile>)>,
+}
+
+fn staging_err(e: impl std::fmt::Display) -> String {
+    format!("snapshot staging: {e}")
 }
 
 /// Serves Raft RPCs for `raft` on `listener` until the listener fails or this future is dropped (which
 /// ends every connection it serves). Each connection is served by its own task, one request at a time; at
-/// most [`CONNECTIONS_MAX`] at once.
-pub async fn serve<C, SM>(listener: TcpListener, raft: Raft<C, SM>) -> io::Result<()>
+/// most [`CONNECTIONS_MAX`] at once. Received snapshots are staged in `inbox`, one at a time.
+pub async fn serve<C, SM>(listener: TcpListener, raft: Raft<C, SM>, inbox: SnapshotInbox) -> io::Result<()>
 where
     C: RaftTypeConfig,
     SM: RaftStateMachine<C>,
+    SM::SnapshotData: WireSnapshot,
 {
     let slots = Arc::new(tokio::sync::Semaphore::new(CONNECTIONS_MAX));
     let mut connections = tokio::task::JoinSet::new();
+    let one_snapshot_at_a_time = Arc::new(tokio::sync::Mutex::new(()));
     loop {
         // Reap finished connection tasks so the set stays bounded.
         while connections.try_join_next().is_some() {}
@@ -266,8 +354,11 @@ where
         let (mut stream, peer) = listener.accept().await?;
         let _ = stream.set_nodelay(true);
         let raft = raft.clone();
+        let inbox = inbox.clone();
+        let snapshot_lock = Arc::clone(&one_snapshot_at_a_time);
         connections.spawn(async move {
             let _permit = permit;
+            let mut incoming: Option<(Incoming<C>, tokio::sync::OwnedMutexGuard<()>)> = None;
             loop {
                 let body = match read_frame(&mut stream).await {
                     Ok(body) => body,
@@ -283,6 +374,27 @@ where
                         Reply::Append(raft.append_entries(rpc).await.map_err(|e| e.to_string()))
                     }
                     Ok(Request::Vote(rpc)) => Reply::Vote(raft.vote(rpc).await.map_err(|e| e.to_string())),
+                    Ok(Request::SnapshotBegin { vote, meta, files }) => {
+                        let guard = Arc::clone(&snapshot_lock).lock_owned().await;
+                        match begin_snapshot::<C>(&inbox, vote, meta, files) {
+                            Ok(state) => {
+                                incoming = Some((state, guard));
+                                Reply::Ack(Ok(()))
+                            }
+                            Err(e) => Reply::Ack(Err(e)),
+                        }
+                    }
+                    Ok(Request::SnapshotChunk { file, offset, bytes }) => {
+                        Reply::Ack(receive_chunk(incoming.as_ref().map(|(s, _)| s), file, offset, &bytes))
+                    }
+                    Ok(Request::SnapshotEnd) => match incoming.take() {
+                        Some((state, _guard)) => {
+                            let result = finish_snapshot::<C, SM>(&raft, &inbox, state).await;
+                            let _ = clear_inbox(&inbox);
+                            Reply::Snapshot(result)
+                        }
+                        None => Reply::Snapshot(Err("snapshot end without a beginning".into())),
+                    },
                     Err(e) => {
                         tracing::warn!(%peer, error = %e, "malformed Raft request; closing the connection");
                         return;
@@ -298,4 +410,79 @@ where
             }
         });
     }
+}
+
+fn clear_inbox(inbox: &SnapshotInbox) -> io::Result<()> {
+    let Ok(names) = inbox.io.list_dir(&inbox.dir) else { return Ok(()) };
+    for name in names {
+        let _ = inbox.io.remove_file(&inbox.dir.join(name));
+    }
+    inbox.io.sync_dir(&inbox.dir).map_err(io::Error::other)
+}
+
+fn begin_snapshot<C: RaftTypeConfig>(
+    inbox: &SnapshotInbox,
+    vote: VoteOf<C>,
+    meta: SnapshotMetaOf<C>,
+    files: Vec<WireFile>,
+) -> Result<Incoming<C>, String> {
+    if files.len() > SNAPSHOT_FILES_MAX {
+        return Err(format!("{} files exceed {SNAPSHOT_FILES_MAX}", files.len()));
+    }
+    inbox.io.create_dir_all(&inbox.dir).map_err(staging_err)?;
+    clear_inbox(inbox).map_err(staging_err)?;
+    let mut staged = Vec::with_capacity(files.len());
+    for (i, file) in files.into_iter().enumerate() {
+        let path = inbox.dir.join(format!("{i:08}.part"));
+        let handle = inbox.io.open(&path, OpenMode::CreateNew).map_err(staging_err)?;
+        staged.push((file, path, handle));
+    }
+    Ok(Incoming { vote, meta, files: staged })
+}
+
+fn receive_chunk<C: RaftTypeConfig>(
+    incoming: Option<&Incoming<C>>,
+    file: u32,
+    offset: u64,
+    bytes: &[u8],
+) -> Result<(), String> {
+    let state = incoming.ok_or("snapshot chunk without a beginning")?;
+    let (spec, _, handle) =
+        state.files.get(file as usize).ok_or_else(|| format!("no file {file} in this snapshot"))?;
+    if offset.checked_add(bytes.len() as u64).is_none_or(|end| end > spec.size_bytes) {
+        return Err(format!(
+            "chunk {offset}+{} outside file {file} of {} bytes",
+            bytes.len(),
+            spec.size_bytes
+        ));
+    }
+    let mut done = 0usize;
+    while done < bytes.len() {
+        let n = handle.write_at(&bytes[done..], offset + done as u64).map_err(staging_err)?;
+        if n == 0 {
+            return Err(staging_err("write returned 0 bytes"));
+        }
+        done += n;
+    }
+    Ok(())
+}
+
+async fn finish_snapshot<C, SM>(
+    raft: &Raft<C, SM>,
+    inbox: &SnapshotInbox,
+    state: Incoming<C>,
+) -> Result<SnapshotResponse<C>, String>
+where
+    C: RaftTypeConfig,
+    SM: RaftStateMachine<C>,
+    SM::SnapshotData: WireSnapshot,
+{
+    let mut staged = Vec::with_capacity(state.files.len());
+    for (spec, path, handle) in state.files {
+        handle.sync_all().map_err(staging_err)?;
+        staged.push((spec, path));
+    }
+    let data = SM::SnapshotData::assemble(inbox.io.as_ref(), staged).map_err(staging_err)?;
+    let snapshot = openraft::storage::Snapshot { meta: state.meta, snapshot: data };
+    raft.install_full_snapshot(state.vote, snapshot).await.map_err(|e| e.to_string())
 }

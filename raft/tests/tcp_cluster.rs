@@ -7,9 +7,13 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bop_raft::tcp::{read_frame, serve, write_frame, TcpConnector, TcpNetwork, FRAME_BYTES_MAX};
+use bop_raft::tcp::{
+    read_frame, serve, write_frame, SnapshotInbox, TcpConnector, TcpNetwork, FRAME_BYTES_MAX,
+};
 use bop_raft::{BopSnapshot, LogStore};
+use bop_storage::io::BufferedIo;
 use common::bop::{commit, contents, create, open_node, BopRaft};
+use openraft::async_runtime::WatchReceiver;
 use openraft::impls::BasicNode;
 use openraft::{Config, Raft};
 use tokio::io::AsyncWriteExt;
@@ -30,15 +34,18 @@ async fn start(dir: &std::path::Path, id: u64, listener: TcpListener) -> Node {
             heartbeat_interval: 50,
             election_timeout_min: 300,
             election_timeout_max: 600,
+            max_in_snapshot_log_to_keep: 0,
             ..Default::default()
         }
         .validate()
         .expect("config"),
     );
-    let (store, sm) = open_node(&dir.join(format!("node-{id}")));
+    let node_dir = dir.join(format!("node-{id}"));
+    let (store, sm) = open_node(&node_dir);
     let network = TcpNetwork::<_, BopSnapshot, _>::new(TcpConnector, Duration::from_secs(2));
     let raft = Raft::new(id, config, network, store.clone(), sm.clone()).await.expect("raft");
-    let server = tokio::spawn(serve(listener, raft.clone()));
+    let inbox = SnapshotInbox { io: Arc::new(BufferedIo::new()), dir: node_dir.join("snapshot-inbox") };
+    let server = tokio::spawn(serve(listener, raft.clone(), inbox));
     Node { raft, store, sm, server }
 }
 
@@ -98,6 +105,31 @@ async fn three_nodes_over_tcp_hold_the_same_pages_and_a_restarted_follower_catch
     for node in nodes.iter().flatten() {
         assert_eq!(contents(&node.sm), expected, "every node holds the same pages");
     }
+
+    // Snapshot and purge on the leader; a fourth node joins over TCP and catches up through the snapshot,
+    // streamed in chunks.
+    leader.trigger().snapshot().await.expect("snapshot");
+    leader
+        .wait(WAIT)
+        .metrics(|m| m.snapshot.is_some_and(|s| s.index >= last), "snapshot")
+        .await
+        .expect("snapshot");
+    leader.trigger().purge_log(last).await.expect("purge");
+    leader.wait(WAIT).metrics(|m| m.purged.is_some_and(|p| p.index >= last), "purged").await.expect("purged");
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr").to_string();
+    let node4 = start(dir.path(), 4, listener).await;
+    leader.add_learner(4, BasicNode::new(addr), true).await.expect("add learner");
+    let last = commit(&leader, db, &[3], 41, 6).await;
+    node4.raft.wait(WAIT).applied_index_at_least(Some(last), "learner caught up").await.expect("caught up");
+    let installed = node4.raft.metrics().borrow_watched().snapshot;
+    assert!(installed.is_some(), "the learner installed a snapshot received over TCP");
+    let leader_node = nodes[leader_id as usize - 1].as_ref().expect("leader node");
+    leader_node.raft.wait(WAIT).applied_index_at_least(Some(last), "applied").await.expect("applied");
+    assert_eq!(contents(&node4.sm), contents(&leader_node.sm), "the learner holds the same pages");
+    let inbox = dir.path().join("node-4/snapshot-inbox");
+    assert_eq!(std::fs::read_dir(&inbox).map(|d| d.count()).unwrap_or(0), 0, "the staging area is emptied");
+    stop(node4).await;
     for node in nodes.into_iter().flatten() {
         stop(node).await;
     }

@@ -16,8 +16,8 @@ pub use commit::{
 };
 pub use error::PageStoreError;
 pub use generation::{
-    install as install_generation, ExpectedGeneration, GenerationFile, GenerationMeta, GenerationStream,
-    PageImage, STREAM_CHUNK_BYTES,
+    install as install_generation, open as open_generation, ExpectedGeneration, GenerationFile,
+    GenerationMeta, GenerationStream, PageImage, STREAM_CHUNK_BYTES,
 };
 pub use manager::{
     CheckpointOutcome, CommitInfo, Db, DbDiagnostics, Manager, ManagerConfig, ReadSnapshot, SnapshotDatabase,
