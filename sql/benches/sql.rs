@@ -17,7 +17,10 @@ fn insert_batch(conn: &mut Connection, next_id: &mut i64, rows_per_txn: usize) {
             *next_id += 1;
             Statement::with_params(
                 "INSERT INTO t(id, v) VALUES (?1, ?2)",
-                Params::Positional(vec![Value::Integer(*next_id), Value::Blob(vec![(*next_id % 251) as u8; ROW_BYTES])]),
+                Params::Positional(vec![
+                    Value::Integer(*next_id),
+                    Value::Blob(vec![(*next_id % 251) as u8; ROW_BYTES]),
+                ]),
             )
         })
         .collect();
@@ -59,7 +62,9 @@ fn main() {
         engine.manager().close().unwrap();
         table.push((rows_per_txn, bop_tps, stock_tps));
     }
-    println!("| rows/txn | bop txn/s | bop rows/s | stock SQLite (WAL, synchronous=FULL) txn/s | bop / stock |");
+    println!(
+        "| rows/txn | bop txn/s | bop rows/s | stock SQLite (WAL, synchronous=FULL) txn/s | bop / stock |"
+    );
     println!("| ---: | ---: | ---: | ---: | ---: |");
     for (rows, bop, stock) in table {
         println!("| {rows} | {bop:.0} | {:.0} | {stock:.0} | {:.2} |", bop * rows as f64, bop / stock);

@@ -181,7 +181,9 @@ impl Connection {
         // WAL manager is moved into SQLite, which destroys it when the connection closes.
         let rc = unsafe {
             match wal_manager {
-                Some(manager) => ffi::libsql_open_v3(path.as_ptr(), &mut raw, flags, std::ptr::null(), manager),
+                Some(manager) => {
+                    ffi::libsql_open_v3(path.as_ptr(), &mut raw, flags, std::ptr::null(), manager)
+                }
                 None => ffi::sqlite3_open_v2(path.as_ptr(), &mut raw, flags, std::ptr::null()),
             }
         };
@@ -385,7 +387,8 @@ impl Connection {
 
 fn named_index(stmt: &Stmt, name: &str) -> Result<c_int, SqlError> {
     let lookup = |name: &str| -> Result<c_int, SqlError> {
-        let c_name = CString::new(name).map_err(|_| SqlError::invalid("parameter name contains a NUL byte"))?;
+        let c_name =
+            CString::new(name).map_err(|_| SqlError::invalid("parameter name contains a NUL byte"))?;
         // SAFETY: `stmt` is prepared and `c_name` NUL-terminated.
         Ok(unsafe { ffi::sqlite3_bind_parameter_index(stmt.0, c_name.as_ptr()) })
     };
@@ -407,7 +410,8 @@ fn columns(stmt: &Stmt, count: c_int) -> Vec<Column> {
     (0..count)
         .map(|i| {
             // SAFETY: `i` is a valid column index of the prepared statement.
-            let (name, decl) = unsafe { (ffi::sqlite3_column_name(stmt.0, i), ffi::sqlite3_column_decltype(stmt.0, i)) };
+            let (name, decl) =
+                unsafe { (ffi::sqlite3_column_name(stmt.0, i), ffi::sqlite3_column_decltype(stmt.0, i)) };
             Column { name: text(name).unwrap_or_default(), decl_type: text(decl) }
         })
         .collect()

@@ -30,7 +30,11 @@ pub struct SqlConfig {
 impl SqlConfig {
     /// Defaults with placeholders under `placeholder_dir`.
     pub fn new(placeholder_dir: impl Into<PathBuf>) -> Self {
-        SqlConfig { placeholder_dir: placeholder_dir.into(), pending_bytes_max: 64 << 20, busy_timeout_ms: 5_000 }
+        SqlConfig {
+            placeholder_dir: placeholder_dir.into(),
+            pending_bytes_max: 64 << 20,
+            busy_timeout_ms: 5_000,
+        }
     }
 }
 

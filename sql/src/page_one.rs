@@ -27,8 +27,8 @@ pub(crate) fn empty_database_page_one() -> Vec<u8> {
     page[23] = 32; // leaf payload fraction
     page[24..28].copy_from_slice(&1u32.to_be_bytes()); // file change counter
     page[28..32].copy_from_slice(&1u32.to_be_bytes()); // database size in pages
-    // 32..92: freelist, schema cookie, schema format, encoding, ... all zero: SQLite fills them in with
-    // the first schema change, as for a database it created itself.
+                                                       // 32..92: freelist, schema cookie, schema format, encoding, ... all zero: SQLite fills them in with
+                                                       // the first schema change, as for a database it created itself.
     page[92..96].copy_from_slice(&1u32.to_be_bytes()); // version-valid-for = change counter
     let version = libsql_sys::ffi::SQLITE_VERSION_NUMBER as u32;
     page[96..100].copy_from_slice(&version.to_be_bytes());

@@ -18,8 +18,8 @@ use std::sync::Arc;
 use bop_storage::page_store::{Db, ReadSnapshot, PAGE_SIZE};
 use libsql_sys::ffi;
 use libsql_sys::wal::{
-    BusyHandler, CheckpointCallback, CheckpointMode, PageHeaders, Sqlite3Db, Sqlite3File, UndoHandler, Vfs, Wal,
-    WalManager,
+    BusyHandler, CheckpointCallback, CheckpointMode, PageHeaders, Sqlite3Db, Sqlite3File, UndoHandler, Vfs,
+    Wal, WalManager,
 };
 use parking_lot::Mutex;
 
@@ -215,7 +215,9 @@ impl Wal for BopWal {
     fn find_frame(&mut self, page_no: NonZeroU32) -> WalResult<Option<NonZeroU32>> {
         let page_no = page_no.get();
         if page_no > PAGE_NO_MAX {
-            return Err(self.fail(ffi::SQLITE_IOERR_READ, format!("page {page_no} is past bop's largest page")));
+            return Err(
+                self.fail(ffi::SQLITE_IOERR_READ, format!("page {page_no} is past bop's largest page"))
+            );
         }
         if let Some(&slot) = self.slots.get(&page_no) {
             assert!(slot < PENDING_FRAME_BIT as usize);

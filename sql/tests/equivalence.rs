@@ -55,14 +55,18 @@ fn workload(conn: &mut Connection) -> Vec<Rows> {
     // Blobs larger than a page, with positional and named parameters.
     for i in 0..20u64 {
         let params = if i % 2 == 0 {
-            Params::Positional(vec![Value::Integer(i as i64), Value::Blob(blob(i, 5_000 + 3_000 * i as usize))])
+            Params::Positional(vec![
+                Value::Integer(i as i64),
+                Value::Blob(blob(i, 5_000 + 3_000 * i as usize)),
+            ])
         } else {
             Params::Named(vec![
                 (":id".into(), Value::Integer(i as i64)),
                 ("b".into(), Value::Blob(blob(i, 5_000 + 3_000 * i as usize))),
             ])
         };
-        let sql = if i % 2 == 0 { "INSERT INTO blobs VALUES (?, ?)" } else { "INSERT INTO blobs VALUES (:id, :b)" };
+        let sql =
+            if i % 2 == 0 { "INSERT INTO blobs VALUES (?, ?)" } else { "INSERT INTO blobs VALUES (:id, :b)" };
         conn.execute(sql, &params).unwrap();
     }
     // Updates and deletes.

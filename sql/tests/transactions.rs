@@ -72,7 +72,8 @@ fn readers_see_consistent_snapshots_during_transfers() {
                     exec(&mut conn, "BEGIN");
                     let first = int(&mut conn, "SELECT sum(balance) FROM acct");
                     let rows = query(&mut conn, "SELECT balance FROM acct ORDER BY id");
-                    let second: i64 = rows.rows.iter().map(|r| if let Value::Integer(v) = r[0] { v } else { 0 }).sum();
+                    let second: i64 =
+                        rows.rows.iter().map(|r| if let Value::Integer(v) = r[0] { v } else { 0 }).sum();
                     exec(&mut conn, "COMMIT");
                     assert_eq!(first, total);
                     assert_eq!(second, total);
@@ -123,7 +124,10 @@ fn failing_sink_rolls_back_and_database_stays_usable() {
     // The sink fails: batch and autocommit statement both report it, nothing is committed.
     sink.fail.store(true, Ordering::Release);
     let err = conn
-        .execute_batch(&[Statement::new("INSERT INTO t VALUES (2, 'two')"), Statement::new("UPDATE t SET v = 'x'")])
+        .execute_batch(&[
+            Statement::new("INSERT INTO t VALUES (2, 'two')"),
+            Statement::new("UPDATE t SET v = 'x'"),
+        ])
         .unwrap_err();
     assert!(err.to_string().contains("test sink refuses"), "{err}");
     let err = conn.execute("INSERT INTO t VALUES (3, 'three')", &Params::None).unwrap_err();
@@ -137,7 +141,10 @@ fn failing_sink_rolls_back_and_database_stays_usable() {
     let rows = query(&mut conn, "SELECT id, v FROM t ORDER BY id");
     assert_eq!(
         rows.rows,
-        vec![vec![Value::Integer(1), Value::Text("one".into())], vec![Value::Integer(4), Value::Text("four".into())]]
+        vec![
+            vec![Value::Integer(1), Value::Text("one".into())],
+            vec![Value::Integer(4), Value::Text("four".into())]
+        ]
     );
     let mut other = open(&engine, "f");
     assert_eq!(query(&mut other, "SELECT id FROM t ORDER BY id").rows.len(), 2);
@@ -154,7 +161,10 @@ fn bad_sql_returns_sqlite_message_and_writes_nothing() {
 
     // A valid insert followed by a statement on a missing table, then a syntax error.
     let err = conn
-        .execute_batch(&[Statement::new("INSERT INTO t VALUES (1)"), Statement::new("INSERT INTO nope VALUES (1)")])
+        .execute_batch(&[
+            Statement::new("INSERT INTO t VALUES (1)"),
+            Statement::new("INSERT INTO nope VALUES (1)"),
+        ])
         .unwrap_err();
     assert!(err.to_string().contains("no such table: nope"), "{err}");
     let err = conn.execute_batch(&[Statement::new("INSRT INTO t VALUES (2)")]).unwrap_err();
