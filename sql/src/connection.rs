@@ -1,0 +1,442 @@
+//! A SQLite connection: batches in one transaction, queries returning typed rows.
+
+use std::ffi::{c_char, c_int, CStr, CString};
+use std::path::Path;
+use std::sync::Arc;
+
+use libsql_sys::ffi;
+
+use crate::error::SqlError;
+use crate::wal::{ConnShared, DbShared};
+
+/// A SQLite value.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Value {
+    /// SQL NULL.
+    Null,
+    /// A 64-bit signed integer.
+    Integer(i64),
+    /// A 64-bit float.
+    Real(f64),
+    /// UTF-8 text.
+    Text(String),
+    /// Bytes.
+    Blob(Vec<u8>),
+}
+
+/// Parameters of one statement.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub enum Params {
+    /// No parameters.
+    #[default]
+    None,
+    /// `?` / `?NNN` parameters, 1-based in order.
+    Positional(Vec<Value>),
+    /// `:name`, `@name` or `$name` parameters; a name given without its prefix is looked up as `:name`.
+    Named(Vec<(String, Value)>),
+}
+
+/// One statement of a batch.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Statement {
+    /// The SQL text (one statement when it has parameters; any number otherwise).
+    pub sql: String,
+    /// Its parameters.
+    pub params: Params,
+}
+
+impl Statement {
+    /// A statement without parameters.
+    pub fn new(sql: impl Into<String>) -> Self {
+        Statement { sql: sql.into(), params: Params::None }
+    }
+
+    /// A statement with parameters.
+    pub fn with_params(sql: impl Into<String>, params: Params) -> Self {
+        Statement { sql: sql.into(), params }
+    }
+}
+
+/// A result column: its name and declared type (`None` for expressions).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Column {
+    /// Column name as SQLite reports it.
+    pub name: String,
+    /// Declared type of the table column it comes from.
+    pub decl_type: Option<String>,
+}
+
+/// The result of a query.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Rows {
+    /// Columns of the last statement that returned columns.
+    pub columns: Vec<Column>,
+    /// Its rows.
+    pub rows: Vec<Vec<Value>>,
+}
+
+/// What one executed statement did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ExecOutcome {
+    /// Rows inserted, updated or deleted by the last statement of its SQL text.
+    pub rows_affected: u64,
+    /// The connection's last inserted rowid afterwards.
+    pub last_insert_rowid: i64,
+}
+
+/// A connection: to a bop database (opened through [`crate::SqlEngine`]), or to an ordinary SQLite file
+/// (a baseline for tests and benchmarks).
+pub struct Connection {
+    raw: *mut ffi::sqlite3,
+    conn: Option<Arc<ConnShared>>,
+    // Keeps the database's shared state (and its page-store handle) alive as long as the connection.
+    _shared: Option<Arc<DbShared>>,
+}
+
+// SAFETY: libSQL is built threadsafe (serialized) by default, checked in `open_raw`; a `Connection` is used
+// by one thread at a time (`&mut self`), and its WAL's state is only touched from inside SQLite calls.
+unsafe impl Send for Connection {}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        // SAFETY: `raw` came from a successful open and is closed exactly once; close_v2 defers the close
+        // until unfinalised statements are gone (we finalise all of ours before returning).
+        unsafe {
+            ffi::sqlite3_close_v2(self.raw);
+        }
+    }
+}
+
+/// SQLite's `SQLITE_TRANSIENT` destructor: SQLite copies the bound bytes before the bind call returns.
+fn transient() -> ffi::sqlite3_destructor_type {
+    // SAFETY: SQLite defines SQLITE_TRANSIENT as the destructor pointer value -1, which it compares against
+    // and never calls.
+    Some(unsafe { std::mem::transmute::<isize, unsafe extern "C" fn(*mut std::ffi::c_void)>(-1isize) })
+}
+
+struct Stmt(*mut ffi::sqlite3_stmt);
+
+impl Drop for Stmt {
+    fn drop(&mut self) {
+        // SAFETY: the statement came from sqlite3_prepare_v2 and is finalised once.
+        unsafe {
+            ffi::sqlite3_finalize(self.0);
+        }
+    }
+}
+
+fn path_cstring(path: &Path) -> Result<CString, SqlError> {
+    use std::os::unix::ffi::OsStrExt;
+    CString::new(path.as_os_str().as_bytes()).map_err(|_| SqlError::invalid("path contains a NUL byte"))
+}
+
+fn result(raw: *mut ffi::sqlite3, rc: c_int, conn: Option<&ConnShared>) -> Result<(), SqlError> {
+    if rc == ffi::SQLITE_OK || rc == ffi::SQLITE_DONE || rc == ffi::SQLITE_ROW {
+        return Ok(());
+    }
+    Err(sqlite_error(raw, rc, conn))
+}
+
+fn sqlite_error(raw: *mut ffi::sqlite3, rc: c_int, conn: Option<&ConnShared>) -> SqlError {
+    // SAFETY: `raw` is an open connection; errmsg returns a NUL-terminated string owned by SQLite, copied
+    // before any other call on the connection.
+    let (code, mut message) = unsafe {
+        let code = ffi::sqlite3_extended_errcode(raw);
+        let msg = ffi::sqlite3_errmsg(raw);
+        let message =
+            if msg.is_null() { String::new() } else { CStr::from_ptr(msg).to_string_lossy().into_owned() };
+        (code, message)
+    };
+    let code = if code == 0 { rc } else { code };
+    if let Some(reason) = conn.and_then(|conn| conn.last_error.lock().take()) {
+        message = format!("{message} ({reason})");
+    }
+    SqlError::Sqlite { code, message }
+}
+
+impl Connection {
+    /// Opens `path`: through bop's virtual WAL when `wal_manager` is given, else as an ordinary SQLite file
+    /// (stock WAL and VFS).
+    pub(crate) fn open_raw(
+        path: &Path,
+        wal_manager: Option<ffi::libsql_wal_manager>,
+        conn: Option<Arc<ConnShared>>,
+        shared: Option<Arc<DbShared>>,
+        busy_timeout_ms: u32,
+    ) -> Result<Connection, SqlError> {
+        // SAFETY: plain query of a compile-time setting.
+        if unsafe { ffi::sqlite3_threadsafe() } == 0 {
+            return Err(SqlError::invalid("libSQL was built without thread safety"));
+        }
+        // libsql_open_v3 allocates before it initialises the library; initialising is idempotent.
+        // SAFETY: no arguments; safe to call from any thread at any time.
+        let rc = unsafe { ffi::sqlite3_initialize() };
+        if rc != ffi::SQLITE_OK {
+            return Err(SqlError::Sqlite { code: rc, message: "sqlite3_initialize failed".into() });
+        }
+        let path = path_cstring(path)?;
+        let flags = ffi::SQLITE_OPEN_READWRITE | ffi::SQLITE_OPEN_CREATE;
+        let mut raw: *mut ffi::sqlite3 = std::ptr::null_mut();
+        // SAFETY: `path` is NUL-terminated and outlives the call; `raw` receives the handle (or null). The
+        // WAL manager is moved into SQLite, which destroys it when the connection closes.
+        let rc = unsafe {
+            match wal_manager {
+                Some(manager) => {
+                    ffi::libsql_open_v3(path.as_ptr(), &mut raw, flags, std::ptr::null(), manager)
+                }
+                None => ffi::sqlite3_open_v2(path.as_ptr(), &mut raw, flags, std::ptr::null()),
+            }
+        };
+        if raw.is_null() {
+            return Err(SqlError::Sqlite { code: rc, message: "out of memory opening a connection".into() });
+        }
+        let connection = Connection { raw, conn, _shared: shared };
+        result(raw, rc, None)?;
+        // SAFETY: `raw` is open.
+        unsafe {
+            ffi::sqlite3_extended_result_codes(raw, 1);
+            ffi::sqlite3_busy_timeout(raw, busy_timeout_ms as c_int);
+        }
+        Ok(connection)
+    }
+
+    /// Opens an ordinary file-backed SQLite database (stock WAL and VFS): the baseline bop is compared to.
+    pub fn open_stock(path: impl AsRef<Path>) -> Result<Connection, SqlError> {
+        Connection::open_raw(path.as_ref(), None, None, None, 5_000)
+    }
+
+    pub(crate) fn raw(&self) -> *mut ffi::sqlite3 {
+        self.raw
+    }
+
+    fn error(&self, rc: c_int) -> SqlError {
+        sqlite_error(self.raw, rc, self.conn.as_deref())
+    }
+
+    /// Runs every statement of `sql` (binding `params` to each statement that has parameters), returning
+    /// the rows of the last statement that returned columns and the outcome of the last statement.
+    fn run(&mut self, sql: &str, params: &Params) -> Result<(Rows, ExecOutcome), SqlError> {
+        if let Some(conn) = &self.conn {
+            conn.last_error.lock().take();
+        }
+        let mut rows = Rows::default();
+        let mut rest = sql.as_bytes();
+        let mut outcome = ExecOutcome { rows_affected: 0, last_insert_rowid: 0 };
+        loop {
+            let mut stmt: *mut ffi::sqlite3_stmt = std::ptr::null_mut();
+            let mut tail: *const c_char = std::ptr::null();
+            if rest.len() > c_int::MAX as usize {
+                return Err(SqlError::invalid("SQL text too long"));
+            }
+            // SAFETY: `rest` is valid for its length; SQLite sets `tail` inside it (or to its end).
+            let rc = unsafe {
+                ffi::sqlite3_prepare_v2(
+                    self.raw,
+                    rest.as_ptr() as *const c_char,
+                    rest.len() as c_int,
+                    &mut stmt,
+                    &mut tail,
+                )
+            };
+            if rc != ffi::SQLITE_OK {
+                if !stmt.is_null() {
+                    drop(Stmt(stmt));
+                }
+                return Err(self.error(rc));
+            }
+            let consumed = if tail.is_null() { rest.len() } else { tail as usize - rest.as_ptr() as usize };
+            rest = &rest[consumed..];
+            if stmt.is_null() {
+                // Only whitespace or comments were left.
+                if rest.is_empty() {
+                    break;
+                }
+                continue;
+            }
+            let stmt = Stmt(stmt);
+            self.bind(&stmt, params)?;
+            // SAFETY: `stmt` is a prepared statement of this connection.
+            let column_count = unsafe { ffi::sqlite3_column_count(stmt.0) };
+            if column_count > 0 {
+                rows = Rows { columns: columns(&stmt, column_count), rows: Vec::new() };
+            }
+            loop {
+                // SAFETY: as above.
+                let rc = unsafe { ffi::sqlite3_step(stmt.0) };
+                if rc == ffi::SQLITE_ROW {
+                    rows.rows.push((0..column_count).map(|i| column_value(&stmt, i)).collect());
+                } else if rc == ffi::SQLITE_DONE {
+                    break;
+                } else {
+                    return Err(self.error(rc));
+                }
+            }
+            // SAFETY: `raw` is open.
+            outcome = unsafe {
+                ExecOutcome {
+                    rows_affected: ffi::sqlite3_changes64(self.raw) as u64,
+                    last_insert_rowid: ffi::sqlite3_last_insert_rowid(self.raw),
+                }
+            };
+            if rest.is_empty() {
+                break;
+            }
+        }
+        Ok((rows, outcome))
+    }
+
+    fn bind(&self, stmt: &Stmt, params: &Params) -> Result<(), SqlError> {
+        // SAFETY: `stmt` is a prepared statement of this connection.
+        let count = unsafe { ffi::sqlite3_bind_parameter_count(stmt.0) };
+        match params {
+            Params::None => Ok(()),
+            Params::Positional(values) => {
+                if values.len() != count as usize {
+                    return Err(SqlError::invalid(format!(
+                        "statement has {count} parameters, {} values given",
+                        values.len()
+                    )));
+                }
+                for (i, value) in values.iter().enumerate() {
+                    self.bind_value(stmt, i as c_int + 1, value)?;
+                }
+                Ok(())
+            }
+            Params::Named(values) => {
+                for (name, value) in values {
+                    let index = named_index(stmt, name)?;
+                    self.bind_value(stmt, index, value)?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    fn bind_value(&self, stmt: &Stmt, index: c_int, value: &Value) -> Result<(), SqlError> {
+        // SAFETY: `stmt` is prepared; SQLITE_TRANSIENT makes SQLite copy text and blobs before returning.
+        let rc = unsafe {
+            match value {
+                Value::Null => ffi::sqlite3_bind_null(stmt.0, index),
+                Value::Integer(v) => ffi::sqlite3_bind_int64(stmt.0, index, *v),
+                Value::Real(v) => ffi::sqlite3_bind_double(stmt.0, index, *v),
+                Value::Text(v) => ffi::sqlite3_bind_text64(
+                    stmt.0,
+                    index,
+                    v.as_ptr() as *const c_char,
+                    v.len() as u64,
+                    transient(),
+                    ffi::SQLITE_UTF8 as u8,
+                ),
+                Value::Blob(v) => ffi::sqlite3_bind_blob64(
+                    stmt.0,
+                    index,
+                    v.as_ptr() as *const std::ffi::c_void,
+                    v.len() as u64,
+                    transient(),
+                ),
+            }
+        };
+        result(self.raw, rc, None)
+    }
+
+    /// Runs `statements` in one transaction (`BEGIN IMMEDIATE` … `COMMIT`): all of them commit, or — on the
+    /// first error, whose SQLite message is returned — none.
+    pub fn execute_batch(&mut self, statements: &[Statement]) -> Result<Vec<ExecOutcome>, SqlError> {
+        self.run("BEGIN IMMEDIATE", &Params::None)?;
+        let mut outcomes = Vec::with_capacity(statements.len());
+        for statement in statements {
+            match self.run(&statement.sql, &statement.params) {
+                Ok((_, outcome)) => outcomes.push(outcome),
+                Err(e) => {
+                    self.rollback_if_open();
+                    return Err(e);
+                }
+            }
+        }
+        if let Err(e) = self.run("COMMIT", &Params::None) {
+            self.rollback_if_open();
+            return Err(e);
+        }
+        Ok(outcomes)
+    }
+
+    /// Runs `sql` (in autocommit mode unless a transaction is open) and returns what it did.
+    pub fn execute(&mut self, sql: &str, params: &Params) -> Result<ExecOutcome, SqlError> {
+        Ok(self.run(sql, params)?.1)
+    }
+
+    /// Runs `sql` and returns the columns and rows of its last statement that returned columns.
+    pub fn query(&mut self, sql: &str, params: &Params) -> Result<Rows, SqlError> {
+        Ok(self.run(sql, params)?.0)
+    }
+
+    /// Whether no transaction is open.
+    pub fn is_autocommit(&self) -> bool {
+        // SAFETY: `raw` is open.
+        unsafe { ffi::sqlite3_get_autocommit(self.raw) != 0 }
+    }
+
+    fn rollback_if_open(&mut self) {
+        if !self.is_autocommit() {
+            if let Err(e) = self.run("ROLLBACK", &Params::None) {
+                tracing::warn!(error = %e, "rollback after a failed batch failed");
+            }
+        }
+    }
+}
+
+fn named_index(stmt: &Stmt, name: &str) -> Result<c_int, SqlError> {
+    let lookup = |name: &str| -> Result<c_int, SqlError> {
+        let c_name =
+            CString::new(name).map_err(|_| SqlError::invalid("parameter name contains a NUL byte"))?;
+        // SAFETY: `stmt` is prepared and `c_name` NUL-terminated.
+        Ok(unsafe { ffi::sqlite3_bind_parameter_index(stmt.0, c_name.as_ptr()) })
+    };
+    let mut index = lookup(name)?;
+    if index == 0 && !name.starts_with([':', '@', '$']) {
+        index = lookup(&format!(":{name}"))?;
+    }
+    if index == 0 {
+        return Err(SqlError::invalid(format!("statement has no parameter named {name}")));
+    }
+    Ok(index)
+}
+
+fn columns(stmt: &Stmt, count: c_int) -> Vec<Column> {
+    let text = |ptr: *const c_char| {
+        // SAFETY: SQLite returns NUL-terminated strings valid until the statement is finalised.
+        (!ptr.is_null()).then(|| unsafe { CStr::from_ptr(ptr) }.to_string_lossy().into_owned())
+    };
+    (0..count)
+        .map(|i| {
+            // SAFETY: `i` is a valid column index of the prepared statement.
+            let (name, decl) =
+                unsafe { (ffi::sqlite3_column_name(stmt.0, i), ffi::sqlite3_column_decltype(stmt.0, i)) };
+            Column { name: text(name).unwrap_or_default(), decl_type: text(decl) }
+        })
+        .collect()
+}
+
+fn column_value(stmt: &Stmt, i: c_int) -> Value {
+    // SAFETY: called right after SQLITE_ROW with a valid column index; text/blob pointers are copied before
+    // the next call on the statement, with their length taken after the pointer as SQLite requires.
+    unsafe {
+        match ffi::sqlite3_column_type(stmt.0, i) {
+            ffi::SQLITE_INTEGER => Value::Integer(ffi::sqlite3_column_int64(stmt.0, i)),
+            ffi::SQLITE_FLOAT => Value::Real(ffi::sqlite3_column_double(stmt.0, i)),
+            ffi::SQLITE_TEXT => {
+                let ptr = ffi::sqlite3_column_text(stmt.0, i);
+                let len = ffi::sqlite3_column_bytes(stmt.0, i) as usize;
+                let bytes = if ptr.is_null() { &[][..] } else { std::slice::from_raw_parts(ptr, len) };
+                Value::Text(String::from_utf8_lossy(bytes).into_owned())
+            }
+            ffi::SQLITE_BLOB => {
+                let ptr = ffi::sqlite3_column_blob(stmt.0, i) as *const u8;
+                let len = ffi::sqlite3_column_bytes(stmt.0, i) as usize;
+                let bytes = if ptr.is_null() { &[][..] } else { std::slice::from_raw_parts(ptr, len) };
+                Value::Blob(bytes.to_vec())
+            }
+            _ => Value::Null,
+        }
+    }
+}

@@ -1,0 +1,172 @@
+//! Opening connections to bop databases.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use bop_storage::page_store::{Db, Manager, PageStoreError, PAGE_SIZE};
+use libsql_sys::wal::make_wal_manager;
+use parking_lot::Mutex;
+
+use crate::connection::{Connection, Params, Value};
+use crate::error::SqlError;
+use crate::page_one::empty_database_page_one;
+use crate::sink::{FrameSink, LocalSink};
+use crate::wal::{BopWalManager, ConnShared, DbShared, WriterState, PAGE_NO_MAX};
+
+/// Settings of the SQL layer.
+#[derive(Debug, Clone)]
+pub struct SqlConfig {
+    /// Directory of the placeholder main-database files SQLite opens (one zero-filled 4096-byte file per
+    /// database; never a source of data).
+    pub placeholder_dir: PathBuf,
+    /// Most bytes of page frames one write transaction may hold in memory; past it the transaction fails
+    /// with `SQLITE_FULL` and rolls back. Also bounded by what one page-store commit may carry.
+    pub pending_bytes_max: usize,
+    /// How long a connection waits for another connection's write lock before `SQLITE_BUSY`.
+    pub busy_timeout_ms: u32,
+}
+
+impl SqlConfig {
+    /// Defaults with placeholders under `placeholder_dir`.
+    pub fn new(placeholder_dir: impl Into<PathBuf>) -> Self {
+        SqlConfig {
+            placeholder_dir: placeholder_dir.into(),
+            pending_bytes_max: 64 << 20,
+            busy_timeout_ms: 5_000,
+        }
+    }
+}
+
+/// Whether [`SqlEngine::open`] may create the database.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OpenMode {
+    /// The database must exist.
+    Existing,
+    /// Create it (empty) when it does not exist.
+    CreateIfMissing,
+}
+
+/// The SQL layer over one page-store [`Manager`]: opens libSQL connections whose pages live in the page
+/// store and whose commits go to a [`FrameSink`].
+pub struct SqlEngine {
+    manager: Manager,
+    sink: Arc<dyn FrameSink>,
+    config: SqlConfig,
+    dbs: Mutex<HashMap<u64, Arc<DbShared>>>,
+}
+
+impl SqlEngine {
+    /// An engine committing through `sink`.
+    pub fn new(manager: Manager, sink: Arc<dyn FrameSink>, config: SqlConfig) -> Result<SqlEngine, SqlError> {
+        std::fs::create_dir_all(&config.placeholder_dir).map_err(|source| SqlError::Io {
+            during: "creating",
+            path: config.placeholder_dir.clone(),
+            source,
+        })?;
+        Ok(SqlEngine { manager, sink, config, dbs: Mutex::new(HashMap::new()) })
+    }
+
+    /// A single-node engine: every transaction is one local page-store commit ([`LocalSink`]).
+    pub fn local(manager: Manager, config: SqlConfig) -> Result<SqlEngine, SqlError> {
+        SqlEngine::new(manager, Arc::new(LocalSink), config)
+    }
+
+    /// The page store underneath.
+    pub fn manager(&self) -> &Manager {
+        &self.manager
+    }
+
+    /// Opens a connection to the database `name`, creating it when `mode` allows.
+    pub fn open(&self, name: &str, mode: OpenMode) -> Result<Connection, SqlError> {
+        let db = match self.manager.open_database(name) {
+            Ok(db) => db,
+            Err(PageStoreError::NoSuchDatabase { .. }) if mode == OpenMode::CreateIfMissing => {
+                self.manager.create_database(name)?
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let shared = self.shared(db);
+        self.initialise(&shared)?;
+        let path = self.placeholder(&shared.db)?;
+        let conn = Arc::new(ConnShared::default());
+        let manager = BopWalManager { shared: shared.clone(), conn: conn.clone() };
+        let mut connection = Connection::open_raw(
+            &path,
+            Some(make_wal_manager(manager)),
+            Some(conn),
+            Some(shared),
+            self.config.busy_timeout_ms,
+        )?;
+        // SAFETY: the connection is open; 0 disables SQLite's automatic checkpoints (bop drives them).
+        unsafe {
+            libsql_sys::ffi::sqlite3_wal_autocheckpoint(connection.raw(), 0);
+        }
+        let setup = format!(
+            "PRAGMA mmap_size=0; PRAGMA max_page_count={PAGE_NO_MAX}; PRAGMA cache_size=-8192; \
+             PRAGMA temp_store=MEMORY;"
+        );
+        connection.execute(&setup, &Params::None)?;
+        let mode = connection.query("PRAGMA journal_mode", &Params::None)?;
+        if mode.rows != vec![vec![Value::Text("wal".into())]] {
+            return Err(SqlError::invalid(format!("virtual WAL not in use (journal_mode {:?})", mode.rows)));
+        }
+        let page_size = connection.query("PRAGMA page_size", &Params::None)?;
+        if page_size.rows != vec![vec![Value::Integer(PAGE_SIZE as i64)]] {
+            return Err(SqlError::invalid(format!(
+                "bop databases use {PAGE_SIZE}-byte pages, this one has {:?}",
+                page_size.rows
+            )));
+        }
+        Ok(connection)
+    }
+
+    fn shared(&self, db: Db) -> Arc<DbShared> {
+        let pending_bytes_max = self.config.pending_bytes_max;
+        self.dbs
+            .lock()
+            .entry(db.id())
+            .or_insert_with(|| {
+                Arc::new(DbShared {
+                    db,
+                    sink: self.sink.clone(),
+                    pending_bytes_max,
+                    writer: Mutex::new(WriterState::default()),
+                })
+            })
+            .clone()
+    }
+
+    /// Commits page 1 of an empty database if the database has no pages yet (see `page_one`).
+    fn initialise(&self, shared: &DbShared) -> Result<(), SqlError> {
+        let mut writer = shared.writer.lock();
+        if shared.db.snapshot()?.page_count() > 0 {
+            return Ok(());
+        }
+        if writer.active {
+            return Err(SqlError::invalid("database has no pages but a writer is active"));
+        }
+        let page = empty_database_page_one();
+        let index = shared
+            .sink
+            .commit(&shared.db, &[(1, &page)], 1)
+            .map_err(|e| SqlError::invalid(format!("initialising database {}: {e}", shared.db.name())))?;
+        writer.last_commit_index = writer.last_commit_index.max(index);
+        Ok(())
+    }
+
+    fn placeholder(&self, db: &Db) -> Result<PathBuf, SqlError> {
+        let path = self.config.placeholder_dir.join(format!("{:016x}.db", db.id()));
+        let ok = std::fs::metadata(&path).map(|m| m.len() == PAGE_SIZE as u64).unwrap_or(false);
+        if !ok {
+            // One zero-filled page: non-empty, so that SQLite opens the WAL, and not a database, so that
+            // a read from it could never pass for data.
+            std::fs::write(&path, vec![0u8; PAGE_SIZE]).map_err(|source| SqlError::Io {
+                during: "writing",
+                path: path.clone(),
+                source,
+            })?;
+        }
+        Ok(path)
+    }
+}

@@ -1,0 +1,19 @@
+//! bop's SQL layer: libSQL connections whose pages live only in bop's page store, reached through a
+//! virtual WAL, with commits handed to a [`FrameSink`] (local page-store commit, or Raft in the cluster).
+//!
+//! Design and reasoning: docs/sql.md.
+
+#![deny(missing_docs)]
+#![warn(clippy::unwrap_used)]
+
+mod connection;
+mod engine;
+mod error;
+mod page_one;
+mod sink;
+mod wal;
+
+pub use connection::{Column, Connection, ExecOutcome, Params, Rows, Statement, Value};
+pub use engine::{OpenMode, SqlConfig, SqlEngine};
+pub use error::SqlError;
+pub use sink::{FrameSink, LocalSink, SinkError};

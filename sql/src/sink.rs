@@ -1,0 +1,46 @@
+//! Where a committed SQLite transaction goes: the frame sink.
+//!
+//! The virtual WAL hands the whole transaction (every page it changed, newest image of each, and the database
+//! size after it) to a [`FrameSink`] at commit, and reports success to SQLite only when the sink returns
+//! `Ok`. The local sink commits straight into the page store; the cluster substitutes "propose through Raft
+//! and wait until applied".
+
+use bop_storage::page_store::{Db, PageStoreError};
+
+/// Why a sink did not commit a transaction.
+#[derive(Debug, thiserror::Error)]
+pub enum SinkError {
+    /// The page store refused or failed the commit.
+    #[error("page store: {0}")]
+    PageStore(#[from] PageStoreError),
+    /// The sink refused the commit for its own reason (e.g. not the leader, a test fault).
+    #[error("{reason}")]
+    Rejected {
+        /// Why.
+        reason: String,
+    },
+}
+
+/// Takes a committed transaction's page frames and makes them the database's next version.
+///
+/// Contract, relied on by the virtual WAL:
+/// - `frames` are `(page_no, 4096-byte image)` with distinct page numbers in `1..=db_page_count`.
+/// - `Ok(index)` means the commit is durable **and applied in the local page store**: a `Db::snapshot()` taken
+///   after the call returns sees it, and `index` is its log index.
+/// - `Err` means no part of the commit is, or will ever become, visible. (A sink that cannot know — e.g. a
+///   Raft proposal whose outcome is unknown — must not return until it knows.)
+/// - Calls for one database never overlap: the virtual WAL holds the database's write lock around them.
+pub trait FrameSink: Send + Sync {
+    /// Commits `frames` to `db` with the database size `db_page_count` after the commit.
+    fn commit(&self, db: &Db, frames: &[(u32, &[u8])], db_page_count: u32) -> Result<u64, SinkError>;
+}
+
+/// The single-node sink: one page-store commit (appended to the WAL, durable, applied) per transaction.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct LocalSink;
+
+impl FrameSink for LocalSink {
+    fn commit(&self, db: &Db, frames: &[(u32, &[u8])], db_page_count: u32) -> Result<u64, SinkError> {
+        Ok(db.commit(frames, db_page_count)?.index)
+    }
+}

@@ -1,0 +1,428 @@
+//! bop's virtual WAL: SQLite reads every page from the page store and hands every committed page to a
+//! [`FrameSink`].
+//!
+//! Frame numbers (what `find_frame` returns and `read_frame` takes):
+//! - `page_no` (below 2^31) names page `page_no` of the page store at the read transaction's pinned snapshot;
+//!   every page `1..=page_count` of the snapshot is "in the WAL", so SQLite never reads the main database
+//!   file, which is a zero-filled placeholder.
+//! - `PENDING_FRAME_BIT | slot` names slot `slot` of the current write transaction's held frames.
+//!
+//! Pages above the snapshot's size are "found at frame 0", as SQLite's contract asks (SQLite does not read
+//! pages past the database size). See docs/sql.md for the whole design.
+
+use std::collections::HashMap;
+use std::ffi::{c_int, CStr};
+use std::num::NonZeroU32;
+use std::sync::Arc;
+
+use bop_storage::page_store::{Db, ReadSnapshot, PAGE_SIZE};
+use libsql_sys::ffi;
+use libsql_sys::wal::{
+    BusyHandler, CheckpointCallback, CheckpointMode, PageHeaders, Sqlite3Db, Sqlite3File, UndoHandler, Vfs,
+    Wal, WalManager,
+};
+use parking_lot::Mutex;
+
+use crate::sink::FrameSink;
+
+type WalResult<T> = libsql_sys::wal::Result<T>;
+
+/// Set in a frame number that names a held frame of the current write transaction.
+pub(crate) const PENDING_FRAME_BIT: u32 = 1 << 31;
+/// Largest page number a bop database may use (page numbers share the frame-number space with held frames).
+pub(crate) const PAGE_NO_MAX: u32 = PENDING_FRAME_BIT - 1;
+
+fn sqlite_error(code: c_int) -> libsql_sys::wal::Error {
+    libsql_sys::wal::Error::new(code)
+}
+
+/// What every connection to one database shares: the page-store handle, the sink and the write lock.
+pub(crate) struct DbShared {
+    pub db: Db,
+    pub sink: Arc<dyn FrameSink>,
+    /// Most bytes of frames one write transaction may hold before commit; past it the WAL returns
+    /// `SQLITE_FULL` and SQLite rolls the transaction back.
+    pub pending_bytes_max: usize,
+    pub writer: Mutex<WriterState>,
+}
+
+/// One writer per database at a time, and which commit was the newest through this process.
+#[derive(Debug, Default)]
+pub(crate) struct WriterState {
+    /// A connection holds the write lock (between `begin_write_txn` and `end_write_txn`).
+    pub active: bool,
+    /// Log index of the newest commit made through the sink; a read snapshot older than it may not write
+    /// (`SQLITE_BUSY_SNAPSHOT`, as in stock SQLite).
+    pub last_commit_index: u64,
+}
+
+/// Per-connection state shared between the connection and its WAL: the reason of the last failure that
+/// SQLite can only see as an error code.
+#[derive(Debug, Default)]
+pub(crate) struct ConnShared {
+    pub last_error: Mutex<Option<String>>,
+}
+
+/// Opens a [`BopWal`] for each connection; never touches files.
+pub(crate) struct BopWalManager {
+    pub shared: Arc<DbShared>,
+    pub conn: Arc<ConnShared>,
+}
+
+impl WalManager for BopWalManager {
+    type Wal = BopWal;
+
+    fn use_shared_memory(&self) -> bool {
+        false
+    }
+
+    fn open(
+        &self,
+        _vfs: &mut Vfs,
+        _file: &mut Sqlite3File,
+        _no_shm_mode: c_int,
+        _max_log_size: i64,
+        _db_path: &CStr,
+    ) -> WalResult<BopWal> {
+        Ok(BopWal {
+            shared: self.shared.clone(),
+            conn: self.conn.clone(),
+            read: None,
+            last_seen_index: None,
+            writing: false,
+            frames: Vec::new(),
+            slots: HashMap::new(),
+        })
+    }
+
+    fn close(
+        &self,
+        _wal: &mut BopWal,
+        _db: &mut Sqlite3Db,
+        _sync_flags: c_int,
+        _scratch: Option<&mut [u8]>,
+    ) -> WalResult<()> {
+        // Nothing to checkpoint: bop drives checkpoints. The WAL (and any snapshot it pins) is dropped by
+        // the caller right after.
+        Ok(())
+    }
+
+    fn destroy_log(&self, _vfs: &mut Vfs, _db_path: &CStr) -> WalResult<()> {
+        // The "log" is the page store; SQLite must never delete it.
+        Ok(())
+    }
+
+    fn log_exists(&self, _vfs: &mut Vfs, _db_path: &CStr) -> WalResult<bool> {
+        // Always: this makes the pager open the WAL at the first read of every connection.
+        Ok(true)
+    }
+
+    fn destroy(self) {}
+}
+
+struct ReadView {
+    snapshot: ReadSnapshot,
+    page_count: u32,
+}
+
+/// One connection's virtual WAL.
+pub(crate) struct BopWal {
+    shared: Arc<DbShared>,
+    conn: Arc<ConnShared>,
+    read: Option<ReadView>,
+    /// Snapshot index of the previous read transaction (or of our own last commit): SQLite keeps its page
+    /// cache only when the next read transaction is pinned at the same index.
+    last_seen_index: Option<u64>,
+    writing: bool,
+    /// Frames held by the current write transaction, in first-insert order; a later frame of the same page
+    /// replaces the earlier one in place (as stock SQLite does within a transaction).
+    frames: Vec<(u32, Box<[u8]>)>,
+    slots: HashMap<u32, usize>,
+}
+
+impl BopWal {
+    fn fail(&self, code: c_int, reason: String) -> libsql_sys::wal::Error {
+        tracing::warn!(db = self.shared.db.name(), code, %reason, "virtual WAL error");
+        *self.conn.last_error.lock() = Some(reason);
+        sqlite_error(code)
+    }
+
+    fn clear_frames(&mut self) {
+        self.frames.clear();
+        self.slots.clear();
+    }
+
+    fn pin(&mut self) -> WalResult<()> {
+        let snapshot = self
+            .shared
+            .db
+            .snapshot()
+            .map_err(|e| self.fail(ffi::SQLITE_IOERR_READ, format!("pinning a read snapshot: {e}")))?;
+        let page_count = snapshot.page_count();
+        self.last_seen_index = Some(snapshot.index());
+        self.read = Some(ReadView { snapshot, page_count });
+        Ok(())
+    }
+
+    fn commit(&mut self, size_after: u32) -> WalResult<usize> {
+        // Pages above the new size were cut off (e.g. by VACUUM); they are not part of the database.
+        let frames: Vec<(u32, &[u8])> = self
+            .frames
+            .iter()
+            .filter(|(page_no, _)| *page_no <= size_after)
+            .map(|(page_no, page)| (*page_no, &page[..]))
+            .collect();
+        let frame_count = frames.len();
+        let result = self.shared.sink.commit(&self.shared.db, &frames, size_after);
+        drop(frames);
+        match result {
+            Ok(index) => {
+                self.shared.writer.lock().last_commit_index = index;
+                // Our own commit is the database's newest version and SQLite's page cache holds it: re-pin
+                // at it so that reads for the rest of this read transaction see it, and the next read
+                // transaction at the same index keeps the cache.
+                self.read = None;
+                if let Err(e) = self.pin() {
+                    // The commit is durable; only the re-pin failed. Later reads report the error.
+                    tracing::warn!(db = self.shared.db.name(), error = ?e, "re-pin after commit failed");
+                } else if let Some(read) = &self.read {
+                    debug_assert!(read.snapshot.index() >= index);
+                    debug_assert_eq!(read.page_count, size_after);
+                }
+                self.clear_frames();
+                Ok(frame_count)
+            }
+            Err(e) => Err(self.fail(ffi::SQLITE_IOERR_WRITE, format!("commit failed: {e}"))),
+        }
+    }
+}
+
+impl Wal for BopWal {
+    fn limit(&mut self, _size: i64) {}
+
+    fn begin_read_txn(&mut self) -> WalResult<bool> {
+        let previous = self.last_seen_index;
+        self.read = None;
+        self.pin()?;
+        Ok(self.last_seen_index != previous)
+    }
+
+    fn end_read_txn(&mut self) {
+        debug_assert!(!self.writing, "read transaction ended inside a write transaction");
+        self.read = None;
+    }
+
+    fn find_frame(&mut self, page_no: NonZeroU32) -> WalResult<Option<NonZeroU32>> {
+        let page_no = page_no.get();
+        if page_no > PAGE_NO_MAX {
+            return Err(
+                self.fail(ffi::SQLITE_IOERR_READ, format!("page {page_no} is past bop's largest page"))
+            );
+        }
+        if let Some(&slot) = self.slots.get(&page_no) {
+            assert!(slot < PENDING_FRAME_BIT as usize);
+            return Ok(NonZeroU32::new(PENDING_FRAME_BIT | slot as u32));
+        }
+        let Some(read) = &self.read else {
+            return Err(self.fail(ffi::SQLITE_IOERR_READ, "find_frame outside a read transaction".into()));
+        };
+        Ok(if page_no <= read.page_count { NonZeroU32::new(page_no) } else { None })
+    }
+
+    fn read_frame(&mut self, frame_no: NonZeroU32, buffer: &mut [u8]) -> WalResult<()> {
+        let frame_no = frame_no.get();
+        if buffer.len() != PAGE_SIZE {
+            return Err(self.fail(
+                ffi::SQLITE_IOERR_READ,
+                format!("bop pages are {PAGE_SIZE} bytes, SQLite asked for {}", buffer.len()),
+            ));
+        }
+        if frame_no & PENDING_FRAME_BIT != 0 {
+            let slot = (frame_no & !PENDING_FRAME_BIT) as usize;
+            let Some((_, page)) = self.frames.get(slot) else {
+                return Err(self.fail(ffi::SQLITE_IOERR_READ, format!("no held frame in slot {slot}")));
+            };
+            buffer.copy_from_slice(page);
+            return Ok(());
+        }
+        let Some(read) = &self.read else {
+            return Err(self.fail(ffi::SQLITE_IOERR_READ, "read_frame outside a read transaction".into()));
+        };
+        match read.snapshot.read_page(frame_no) {
+            Ok(Some(page)) if page.len() == PAGE_SIZE => buffer.copy_from_slice(&page),
+            Ok(Some(page)) => {
+                let len = page.len();
+                return Err(self.fail(ffi::SQLITE_IOERR_READ, format!("page {frame_no} has {len} bytes")));
+            }
+            // A page inside the database that was never written (cut off by a shrink, then the database
+            // grew back) reads as zeros, exactly as a stock database file's hole would.
+            Ok(None) => buffer.fill(0),
+            Err(e) => return Err(self.fail(ffi::SQLITE_IOERR_READ, format!("reading page {frame_no}: {e}"))),
+        }
+        Ok(())
+    }
+
+    fn read_frame_raw(&mut self, _frame_no: NonZeroU32, _buffer: &mut [u8]) -> WalResult<()> {
+        Err(self.fail(ffi::SQLITE_MISUSE, "bop's WAL has no raw frames".into()))
+    }
+
+    fn db_size(&self) -> u32 {
+        self.read.as_ref().map_or(0, |read| read.page_count)
+    }
+
+    fn begin_write_txn(&mut self) -> WalResult<()> {
+        let Some(read) = &self.read else {
+            return Err(self.fail(ffi::SQLITE_MISUSE, "write transaction outside a read transaction".into()));
+        };
+        let snapshot_index = read.snapshot.index();
+        let mut writer = self.shared.writer.lock();
+        if writer.active {
+            return Err(sqlite_error(ffi::SQLITE_BUSY));
+        }
+        if writer.last_commit_index > snapshot_index {
+            // Another connection committed after our snapshot: writing on top of it would lose that commit.
+            return Err(sqlite_error(ffi::SQLITE_BUSY_SNAPSHOT));
+        }
+        writer.active = true;
+        drop(writer);
+        self.writing = true;
+        debug_assert!(self.frames.is_empty());
+        Ok(())
+    }
+
+    fn end_write_txn(&mut self) -> WalResult<()> {
+        if self.writing {
+            self.writing = false;
+            self.shared.writer.lock().active = false;
+        }
+        self.clear_frames();
+        Ok(())
+    }
+
+    fn undo<U: UndoHandler>(&mut self, handler: Option<&mut U>) -> WalResult<()> {
+        // Forget the held frames first: the handler makes the pager reload pages, which must then come from
+        // the snapshot, not from the rolled-back frames.
+        let page_nos: Vec<u32> = self.frames.iter().map(|(page_no, _)| *page_no).collect();
+        self.clear_frames();
+        if let Some(handler) = handler {
+            for page_no in page_nos {
+                handler.handle_undo(page_no)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn savepoint(&mut self, rollback_data: &mut [u32]) {
+        rollback_data.fill(0);
+        if let Some(first) = rollback_data.first_mut() {
+            *first = self.frames.len() as u32;
+        }
+    }
+
+    fn savepoint_undo(&mut self, rollback_data: &mut [u32]) -> WalResult<()> {
+        let mark = rollback_data.first().copied().unwrap_or(0) as usize;
+        if mark < self.frames.len() {
+            self.frames.truncate(mark);
+            self.slots.retain(|_, slot| *slot < mark);
+        }
+        Ok(())
+    }
+
+    fn frame_count(&self, _locked: i32) -> WalResult<u32> {
+        Ok(0)
+    }
+
+    fn insert_frames(
+        &mut self,
+        page_size: c_int,
+        page_headers: &mut PageHeaders,
+        size_after: u32,
+        is_commit: bool,
+        _sync_flags: c_int,
+    ) -> WalResult<usize> {
+        if !self.writing {
+            return Err(self.fail(ffi::SQLITE_MISUSE, "frames outside a write transaction".into()));
+        }
+        if page_size as usize != PAGE_SIZE {
+            return Err(self.fail(
+                ffi::SQLITE_IOERR_WRITE,
+                format!("bop databases use {PAGE_SIZE}-byte pages; SQLite wrote {page_size}-byte pages"),
+            ));
+        }
+        for (page_no, page) in page_headers.iter() {
+            if page_no == 0 || page_no > PAGE_NO_MAX {
+                return Err(self.fail(ffi::SQLITE_IOERR_WRITE, format!("page number {page_no} out of range")));
+            }
+            assert_eq!(page.len(), PAGE_SIZE);
+            if let Some(&slot) = self.slots.get(&page_no) {
+                self.frames[slot].1.copy_from_slice(page);
+                continue;
+            }
+            if (self.frames.len() + 1) * PAGE_SIZE > self.shared.pending_bytes_max {
+                return Err(self.fail(
+                    ffi::SQLITE_FULL,
+                    format!(
+                        "transaction changes more than {} bytes of pages (pending_bytes_max)",
+                        self.shared.pending_bytes_max
+                    ),
+                ));
+            }
+            self.slots.insert(page_no, self.frames.len());
+            self.frames.push((page_no, Box::from(page)));
+        }
+        if !is_commit {
+            return Ok(0);
+        }
+        if size_after == 0 {
+            return Err(self.fail(ffi::SQLITE_IOERR_WRITE, "commit without a database size".into()));
+        }
+        self.commit(size_after)
+    }
+
+    fn checkpoint(
+        &mut self,
+        _db: &mut Sqlite3Db,
+        _mode: CheckpointMode,
+        _busy_handler: Option<&mut dyn BusyHandler>,
+        _sync_flags: u32,
+        _buf: &mut [u8],
+        _checkpoint_cb: Option<&mut dyn CheckpointCallback>,
+        in_wal: Option<&mut i32>,
+        backfilled: Option<&mut i32>,
+    ) -> WalResult<()> {
+        // bop drives checkpoints (Db::checkpoint); SQLite's requests change nothing.
+        if let Some(in_wal) = in_wal {
+            *in_wal = 0;
+        }
+        if let Some(backfilled) = backfilled {
+            *backfilled = 0;
+        }
+        Ok(())
+    }
+
+    fn exclusive_mode(&mut self, _op: c_int) -> WalResult<()> {
+        Ok(())
+    }
+
+    fn uses_heap_memory(&self) -> bool {
+        true
+    }
+
+    fn set_db(&mut self, _db: &mut Sqlite3Db) {}
+
+    fn callback(&self) -> i32 {
+        0
+    }
+
+    fn frames_in_wal(&self) -> u32 {
+        0
+    }
+}
+
+impl Drop for BopWal {
+    fn drop(&mut self) {
+        if self.writing {
+            self.shared.writer.lock().active = false;
+        }
+    }
+}

@@ -1,0 +1,231 @@
+//! Read snapshots under concurrent writes, failing sinks, bad SQL, bop checkpoints, the frame bound.
+
+mod common;
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+
+use bop_sql::{FrameSink, LocalSink, Params, SinkError, SqlConfig, SqlEngine, SqlError, Statement, Value};
+use bop_storage::page_store::Db;
+use common::*;
+
+const ACCOUNTS: i64 = 50;
+const BALANCE: i64 = 1_000;
+
+fn setup_accounts(conn: &mut bop_sql::Connection) {
+    conn.execute_batch(&[
+        Statement::new("CREATE TABLE acct(id INTEGER PRIMARY KEY, balance INTEGER NOT NULL, pad TEXT)"),
+        Statement::with_params(
+            "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < ?1) \
+             INSERT INTO acct SELECT x, ?2, printf('%0900d', x) FROM c",
+            Params::Positional(vec![Value::Integer(ACCOUNTS), Value::Integer(BALANCE)]),
+        ),
+    ])
+    .unwrap();
+}
+
+#[test]
+fn readers_see_consistent_snapshots_during_transfers() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Arc::new(engine(dir.path()));
+    let mut conn = open(&engine, "bank");
+    setup_accounts(&mut conn);
+    let total = ACCOUNTS * BALANCE;
+    let writers_done = Arc::new(AtomicBool::new(false));
+    const TRANSFERS_PER_WRITER: i64 = 150;
+
+    // Two writers move money between accounts, one transaction per transfer.
+    let writers: Vec<_> = (0..2)
+        .map(|w| {
+            let engine = engine.clone();
+            std::thread::spawn(move || {
+                let mut conn = open(&engine, "bank");
+                for i in 0..TRANSFERS_PER_WRITER {
+                    let from = (i * 7 + w) % ACCOUNTS + 1;
+                    let to = (i * 13 + 3 * w + 1) % ACCOUNTS + 1;
+                    let amount = Value::Integer(i % 37 + 1);
+                    conn.execute_batch(&[
+                        Statement::with_params(
+                            "UPDATE acct SET balance = balance - ?1 WHERE id = ?2",
+                            Params::Positional(vec![amount.clone(), Value::Integer(from)]),
+                        ),
+                        Statement::with_params(
+                            "UPDATE acct SET balance = balance + ?1 WHERE id = ?2",
+                            Params::Positional(vec![amount, Value::Integer(to)]),
+                        ),
+                    ])
+                    .unwrap();
+                }
+            })
+        })
+        .collect();
+
+    // Readers check the sum, twice inside one read transaction, until the writers are done.
+    let reads = Arc::new(AtomicU64::new(0));
+    let readers: Vec<_> = (0..2)
+        .map(|_| {
+            let (engine, done, reads) = (engine.clone(), writers_done.clone(), reads.clone());
+            std::thread::spawn(move || {
+                let mut conn = open(&engine, "bank");
+                loop {
+                    let finished = done.load(Ordering::Acquire);
+                    exec(&mut conn, "BEGIN");
+                    let first = int(&mut conn, "SELECT sum(balance) FROM acct");
+                    let rows = query(&mut conn, "SELECT balance FROM acct ORDER BY id");
+                    let second: i64 =
+                        rows.rows.iter().map(|r| if let Value::Integer(v) = r[0] { v } else { 0 }).sum();
+                    exec(&mut conn, "COMMIT");
+                    assert_eq!(first, total);
+                    assert_eq!(second, total);
+                    reads.fetch_add(1, Ordering::Relaxed);
+                    if finished {
+                        break;
+                    }
+                }
+            })
+        })
+        .collect();
+    for writer in writers {
+        writer.join().unwrap();
+    }
+    writers_done.store(true, Ordering::Release);
+    for reader in readers {
+        reader.join().unwrap();
+    }
+    assert!(reads.load(Ordering::Relaxed) >= 2);
+    assert_eq!(int(&mut conn, "SELECT sum(balance) FROM acct"), total);
+    assert_integrity(&mut conn);
+}
+
+/// Local commits, or an error while `fail` is set.
+struct FlakySink {
+    fail: AtomicBool,
+}
+
+impl FrameSink for FlakySink {
+    fn commit(&self, db: &Db, frames: &[(u32, &[u8])], db_page_count: u32) -> Result<u64, SinkError> {
+        if self.fail.load(Ordering::Acquire) {
+            return Err(SinkError::Rejected { reason: "test sink refuses".into() });
+        }
+        LocalSink.commit(db, frames, db_page_count)
+    }
+}
+
+#[test]
+fn failing_sink_rolls_back_and_database_stays_usable() {
+    let dir = tempfile::tempdir().unwrap();
+    let sink = Arc::new(FlakySink { fail: AtomicBool::new(false) });
+    let engine = engine_with_sink(dir.path(), sink.clone());
+    let mut conn = open(&engine, "f");
+    exec(&mut conn, "CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT)");
+    exec(&mut conn, "INSERT INTO t VALUES (1, 'one')");
+    let applied = engine.manager().applied_index();
+
+    // The sink fails: batch and autocommit statement both report it, nothing is committed.
+    sink.fail.store(true, Ordering::Release);
+    let err = conn
+        .execute_batch(&[
+            Statement::new("INSERT INTO t VALUES (2, 'two')"),
+            Statement::new("UPDATE t SET v = 'x'"),
+        ])
+        .unwrap_err();
+    assert!(err.to_string().contains("test sink refuses"), "{err}");
+    let err = conn.execute("INSERT INTO t VALUES (3, 'three')", &Params::None).unwrap_err();
+    assert!(matches!(err, SqlError::Sqlite { .. }), "{err}");
+    assert!(conn.is_autocommit());
+    assert_eq!(engine.manager().applied_index(), applied);
+
+    // The sink works again: the next transaction commits, the failed ones are invisible.
+    sink.fail.store(false, Ordering::Release);
+    exec(&mut conn, "INSERT INTO t VALUES (4, 'four')");
+    let rows = query(&mut conn, "SELECT id, v FROM t ORDER BY id");
+    assert_eq!(
+        rows.rows,
+        vec![
+            vec![Value::Integer(1), Value::Text("one".into())],
+            vec![Value::Integer(4), Value::Text("four".into())]
+        ]
+    );
+    let mut other = open(&engine, "f");
+    assert_eq!(query(&mut other, "SELECT id FROM t ORDER BY id").rows.len(), 2);
+    assert_integrity(&mut conn);
+}
+
+#[test]
+fn bad_sql_returns_sqlite_message_and_writes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = engine(dir.path());
+    let mut conn = open(&engine, "b");
+    exec(&mut conn, "CREATE TABLE t(id INTEGER PRIMARY KEY)");
+    let applied = engine.manager().applied_index();
+
+    // A valid insert followed by a statement on a missing table, then a syntax error.
+    let err = conn
+        .execute_batch(&[
+            Statement::new("INSERT INTO t VALUES (1)"),
+            Statement::new("INSERT INTO nope VALUES (1)"),
+        ])
+        .unwrap_err();
+    assert!(err.to_string().contains("no such table: nope"), "{err}");
+    let err = conn.execute_batch(&[Statement::new("INSRT INTO t VALUES (2)")]).unwrap_err();
+    assert!(err.to_string().contains("syntax error"), "{err}");
+    let err = conn.query("SELECT missing FROM t", &Params::None).unwrap_err();
+    assert!(err.to_string().contains("no such column: missing"), "{err}");
+
+    // Nothing reached the page store.
+    assert_eq!(engine.manager().applied_index(), applied);
+    assert_eq!(int(&mut conn, "SELECT count(*) FROM t"), 0);
+    assert!(conn.is_autocommit());
+}
+
+#[test]
+fn bop_checkpoint_between_transactions_changes_nothing_visible() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = engine(dir.path());
+    let mut conn = open(&engine, "c");
+    setup_accounts(&mut conn);
+    exec(&mut conn, "UPDATE acct SET balance = balance + id");
+    let db = engine.manager().open_database("c").unwrap();
+    let dump = |conn: &mut bop_sql::Connection| query(conn, "SELECT * FROM acct ORDER BY id");
+    let before = dump(&mut conn);
+
+    // Checkpoint between transactions.
+    assert!(db.checkpoint().unwrap().is_some());
+    assert_eq!(dump(&mut conn), before);
+
+    // A reader holds a read transaction across a commit and a checkpoint.
+    let mut reader = open(&engine, "c");
+    exec(&mut reader, "BEGIN");
+    assert_eq!(dump(&mut reader), before);
+    exec(&mut conn, "UPDATE acct SET balance = 0 WHERE id = 1");
+    db.checkpoint().unwrap();
+    assert_eq!(dump(&mut reader), before);
+    exec(&mut reader, "COMMIT");
+    assert_eq!(int(&mut reader, "SELECT balance FROM acct WHERE id = 1"), 0);
+    db.checkpoint().unwrap();
+    assert_eq!(dump(&mut reader), dump(&mut conn));
+    assert_integrity(&mut conn);
+}
+
+#[test]
+fn transaction_over_frame_bound_fails_full_and_rolls_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = SqlConfig::new(dir.path().join("sql"));
+    config.pending_bytes_max = 64 * 4096;
+    let engine = SqlEngine::local(manager(dir.path()), config).unwrap();
+    let mut conn = open(&engine, "full");
+    exec(&mut conn, "CREATE TABLE t(v BLOB)");
+    let applied = engine.manager().applied_index();
+
+    // About 100 pages of blobs in one transaction: more than 64 pages of frames.
+    let err = conn
+        .execute("INSERT INTO t SELECT zeroblob(4000) FROM (WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x+1 FROM c WHERE x < 100) SELECT x FROM c)", &Params::None)
+        .unwrap_err();
+    assert!(matches!(err, SqlError::Sqlite { code, .. } if code & 0xff == 13), "{err}");
+    assert_eq!(engine.manager().applied_index(), applied);
+
+    // Small transactions still work.
+    exec(&mut conn, "INSERT INTO t VALUES (zeroblob(10))");
+    assert_eq!(int(&mut conn, "SELECT count(*) FROM t"), 1);
+    assert_integrity(&mut conn);
+}
