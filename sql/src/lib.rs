@@ -1,7 +1,7 @@
 //! bop's SQL layer: libSQL connections whose pages live only in bop's page store, reached through a
 //! virtual WAL, with commits handed to a [`FrameSink`] (local page-store commit, or Raft in the cluster).
 //!
-//! Design and reasoning: docs/sql.md.
+//! Design and reasoning: docs/design.md (SQL layer).
 
 #![deny(missing_docs)]
 #![warn(clippy::unwrap_used)]

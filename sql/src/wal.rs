@@ -8,7 +8,7 @@
 //! - `PENDING_FRAME_BIT | slot` names slot `slot` of the current write transaction's held frames.
 //!
 //! Pages above the snapshot's size are "found at frame 0", as SQLite's contract asks (SQLite does not read
-//! pages past the database size). See docs/sql.md for the whole design.
+//! pages past the database size). See docs/design.md (SQL layer) for the whole design.
 
 use std::collections::HashMap;
 use std::ffi::{c_int, CStr};
