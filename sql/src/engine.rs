@@ -118,6 +118,12 @@ impl SqlEngine {
                 page_size.rows
             )));
         }
+        // From here on, client SQL may not switch the journal away from bop's WAL (SQLite would then write
+        // the placeholder file) nor attach other database files.
+        // SAFETY: the connection is open; the callback is a plain function that reads only its arguments.
+        unsafe {
+            libsql_sys::ffi::sqlite3_set_authorizer(connection.raw(), Some(authorize), std::ptr::null_mut());
+        }
         Ok(connection)
     }
 
@@ -168,5 +174,30 @@ impl SqlEngine {
             })?;
         }
         Ok(path)
+    }
+}
+
+/// SQLite authorizer of bop connections: denies `ATTACH`/`DETACH` and any `PRAGMA journal_mode` or
+/// `locking_mode` that sets a value (reading them is fine). Everything else is allowed.
+unsafe extern "C" fn authorize(
+    _user: *mut std::ffi::c_void,
+    action: std::ffi::c_int,
+    arg1: *const std::ffi::c_char,
+    arg2: *const std::ffi::c_char,
+    _database: *const std::ffi::c_char,
+    _trigger: *const std::ffi::c_char,
+) -> std::ffi::c_int {
+    use libsql_sys::ffi;
+    match action {
+        ffi::SQLITE_ATTACH | ffi::SQLITE_DETACH => ffi::SQLITE_DENY,
+        ffi::SQLITE_PRAGMA if !arg1.is_null() && !arg2.is_null() => {
+            // SAFETY: SQLite passes NUL-terminated strings (or null, checked above) valid for this call.
+            let name = unsafe { std::ffi::CStr::from_ptr(arg1) }.to_string_lossy().to_ascii_lowercase();
+            match name.as_str() {
+                "journal_mode" | "locking_mode" => ffi::SQLITE_DENY,
+                _ => ffi::SQLITE_OK,
+            }
+        }
+        _ => ffi::SQLITE_OK,
     }
 }

@@ -229,3 +229,23 @@ fn transaction_over_frame_bound_fails_full_and_rolls_back() {
     assert_eq!(int(&mut conn, "SELECT count(*) FROM t"), 1);
     assert_integrity(&mut conn);
 }
+
+#[test]
+fn statements_that_would_leave_bops_wal_or_attach_files_are_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let manager =
+        bop_storage::page_store::Manager::open(bop_storage::page_store::ManagerConfig::new(dir.path()))
+            .expect("manager");
+    let engine =
+        bop_sql::SqlEngine::local(manager, bop_sql::SqlConfig::new(dir.path().join("sql"))).expect("engine");
+    let mut conn = engine.open("guarded", bop_sql::OpenMode::CreateIfMissing).expect("open");
+    for sql in
+        ["PRAGMA journal_mode=DELETE", "PRAGMA locking_mode=EXCLUSIVE", "ATTACH DATABASE 'other.db' AS other"]
+    {
+        let err = conn.execute(sql, &bop_sql::Params::None).expect_err("refused");
+        assert!(err.to_string().contains("not authorized"), "{sql}: {err}");
+    }
+    // Reading the journal mode is fine, and it is still bop's WAL.
+    let rows = conn.query("PRAGMA journal_mode", &bop_sql::Params::None).expect("read").rows;
+    assert_eq!(rows, vec![vec![bop_sql::Value::Text("wal".into())]]);
+}
