@@ -119,7 +119,7 @@ impl SqlEngine {
             )));
         }
         // From here on, client SQL may not switch the journal away from bop's WAL (SQLite would then write
-        // the placeholder file) nor attach other database files.
+        // the placeholder file) nor attach database files.
         // SAFETY: the connection is open; the callback is a plain function that reads only its arguments.
         unsafe {
             libsql_sys::ffi::sqlite3_set_authorizer(connection.raw(), Some(authorize), std::ptr::null_mut());
@@ -177,8 +177,9 @@ impl SqlEngine {
     }
 }
 
-/// SQLite authorizer of bop connections: denies `ATTACH`/`DETACH` and any `PRAGMA journal_mode` or
-/// `locking_mode` that sets a value (reading them is fine). Everything else is allowed.
+/// SQLite authorizer of bop connections: denies `ATTACH` of a file (VACUUM's temporary attach is allowed)
+/// and any `PRAGMA journal_mode` or `locking_mode` that sets a value (reading them is fine). Everything else
+/// is allowed.
 unsafe extern "C" fn authorize(
     _user: *mut std::ffi::c_void,
     action: std::ffi::c_int,
@@ -189,7 +190,16 @@ unsafe extern "C" fn authorize(
 ) -> std::ffi::c_int {
     use libsql_sys::ffi;
     match action {
-        ffi::SQLITE_ATTACH | ffi::SQLITE_DETACH => ffi::SQLITE_DENY,
+        // VACUUM attaches a temporary database (empty file name) internally; a named file is refused.
+        ffi::SQLITE_ATTACH => {
+            // SAFETY: as below; a null file name is treated as empty.
+            let empty = arg1.is_null() || unsafe { std::ffi::CStr::from_ptr(arg1) }.is_empty();
+            if empty {
+                ffi::SQLITE_OK
+            } else {
+                ffi::SQLITE_DENY
+            }
+        }
         ffi::SQLITE_PRAGMA if !arg1.is_null() && !arg2.is_null() => {
             // SAFETY: SQLite passes NUL-terminated strings (or null, checked above) valid for this call.
             let name = unsafe { std::ffi::CStr::from_ptr(arg1) }.to_string_lossy().to_ascii_lowercase();
