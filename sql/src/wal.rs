@@ -51,8 +51,8 @@ pub(crate) struct DbShared {
 pub(crate) struct WriterState {
     /// A connection holds the write lock (between `begin_write_txn` and `end_write_txn`).
     pub active: bool,
-    /// Log index of the newest commit made through the sink; a read snapshot older than it may not write
-    /// (`SQLITE_BUSY_SNAPSHOT`, as in stock SQLite).
+    /// Log index of the newest commit made through the sink (diagnostics; staleness is judged by the page
+    /// store, which also sees commits applied from Raft).
     pub last_commit_index: u64,
 }
 
@@ -159,7 +159,9 @@ impl BopWal {
             .snapshot()
             .map_err(|e| self.fail(ffi::SQLITE_IOERR_READ, format!("pinning a read snapshot: {e}")))?;
         let page_count = snapshot.page_count();
-        self.last_seen_index = Some(snapshot.index());
+        // SQLite may keep its page cache across read transactions that see the same version of this
+        // database, even if the node applied commits to other databases in between.
+        self.last_seen_index = Some(snapshot.last_change_index());
         self.read = Some(ReadView { snapshot, page_count });
         Ok(())
     }
@@ -274,13 +276,14 @@ impl Wal for BopWal {
         let Some(read) = &self.read else {
             return Err(self.fail(ffi::SQLITE_MISUSE, "write transaction outside a read transaction".into()));
         };
-        let snapshot_index = read.snapshot.index();
         let mut writer = self.shared.writer.lock();
         if writer.active {
             return Err(sqlite_error(ffi::SQLITE_BUSY));
         }
-        if writer.last_commit_index > snapshot_index {
-            // Another connection committed after our snapshot: writing on top of it would lose that commit.
+        // Whoever committed after our snapshot — this node's SQL or a commit applied from Raft — writing on
+        // top of it would lose that commit.
+        let newest = self.shared.db.last_change_index();
+        if newest > read.snapshot.last_change_index() {
             return Err(sqlite_error(ffi::SQLITE_BUSY_SNAPSHOT));
         }
         writer.active = true;

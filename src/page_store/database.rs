@@ -65,6 +65,12 @@ impl DbState {
         self.page_counts.insert(index, commit.db_page_count);
     }
 
+    /// Log index of the newest change to this database at or before `snapshot` (a commit, or the newest
+    /// generation's index).
+    pub fn last_change_at(&self, snapshot: u64) -> u64 {
+        self.page_counts.range(..=snapshot).next_back().map_or(self.checkpoint_index, |(index, _)| *index)
+    }
+
     /// Database size in pages as of `snapshot`.
     pub fn page_count_at(&self, snapshot: u64) -> u32 {
         self.page_counts.range(..=snapshot).next_back().map_or(self.base_page_count, |(_, count)| *count)

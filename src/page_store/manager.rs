@@ -979,6 +979,11 @@ impl Db {
         Ok(CommitInfo { index })
     }
 
+    /// Log index of the newest change applied to this database.
+    pub fn last_change_index(&self) -> u64 {
+        self.entry.state.read().last_change_at(u64::MAX)
+    }
+
     /// Pins a read view at the current applied index.
     pub fn snapshot(&self) -> Result<ReadSnapshot> {
         self.check()?;
@@ -1146,6 +1151,12 @@ impl ReadSnapshot {
     /// The log index the view is pinned at.
     pub fn index(&self) -> u64 {
         self.index
+    }
+
+    /// Log index of the newest change to this database that this view sees: two views with the same value
+    /// see the same pages of this database, whatever else the node applied in between.
+    pub fn last_change_index(&self) -> u64 {
+        self.db.entry.state.read().last_change_at(self.index)
     }
 
     /// The database size in pages in this view.
