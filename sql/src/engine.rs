@@ -81,9 +81,10 @@ impl SqlEngine {
     pub fn open(&self, name: &str, mode: OpenMode) -> Result<Connection, SqlError> {
         let db = match self.manager.open_database(name) {
             Ok(db) => db,
-            Err(PageStoreError::NoSuchDatabase { .. }) if mode == OpenMode::CreateIfMissing => {
-                self.manager.create_database(name)?
-            }
+            Err(PageStoreError::NoSuchDatabase { .. }) if mode == OpenMode::CreateIfMissing => self
+                .sink
+                .create_database(&self.manager, name)
+                .map_err(|e| SqlError::invalid(format!("creating database {name}: {e}")))?,
             Err(e) => return Err(e.into()),
         };
         let shared = self.shared(db);

@@ -5,7 +5,7 @@
 //! `Ok`. The local sink commits straight into the page store; the cluster substitutes "propose through Raft
 //! and wait until applied".
 
-use bop_storage::page_store::{Db, PageStoreError};
+use bop_storage::page_store::{Db, Manager, PageStoreError};
 
 /// Why a sink did not commit a transaction.
 #[derive(Debug, thiserror::Error)]
@@ -33,6 +33,12 @@ pub enum SinkError {
 pub trait FrameSink: Send + Sync {
     /// Commits `frames` to `db` with the database size `db_page_count` after the commit.
     fn commit(&self, db: &Db, frames: &[(u32, &[u8])], db_page_count: u32) -> Result<u64, SinkError>;
+
+    /// Creates the database `name` (locally by default; a cluster sink creates it through its log) and
+    /// returns its handle once it exists in `manager`.
+    fn create_database(&self, manager: &Manager, name: &str) -> Result<Db, SinkError> {
+        Ok(manager.create_database(name)?)
+    }
 }
 
 /// The single-node sink: one page-store commit (appended to the WAL, durable, applied) per transaction.

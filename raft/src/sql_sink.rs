@@ -1,0 +1,66 @@
+//! The cluster's frame sink: a SQLite commit on the leader becomes a Raft entry, and the transaction
+//! succeeds once that entry is applied.
+
+use std::sync::Arc;
+
+use bop_sql::{FrameSink, SinkError};
+use bop_storage::page_store::{encode_commit, Db, Manager};
+use openraft::Raft;
+
+use crate::state_machine::{BopConfig, BopStateMachine, Command, Response};
+
+/// Proposes each committed transaction through Raft and returns once this node applied it.
+///
+/// Runs on the SQL connection's thread and blocks on `runtime`: call SQL from blocking threads
+/// (`spawn_blocking`), never from an async task. Outcomes: applied (`Ok`, the entry's index); refused by the
+/// state machine or not the leader (`Err`, never visible); Raft failed after proposing (`Err` saying the
+/// outcome is unknown: the entry may still commit, as with any replicated database, and a later write on the
+/// stale snapshot is refused as busy rather than lost).
+pub struct RaftSink {
+    raft: Raft<BopConfig, BopStateMachine>,
+    runtime: tokio::runtime::Handle,
+}
+
+impl RaftSink {
+    /// A sink proposing through `raft`, blocking on `runtime`.
+    pub fn new(raft: Raft<BopConfig, BopStateMachine>, runtime: tokio::runtime::Handle) -> Arc<Self> {
+        Arc::new(RaftSink { raft, runtime })
+    }
+
+    fn propose(&self, command: Command) -> Result<(u64, Response), SinkError> {
+        let raft = self.raft.clone();
+        let outcome = self.runtime.block_on(async move { raft.client_write(command).await });
+        match outcome {
+            Ok(response) => Ok((response.log_id.index, response.data)),
+            Err(e) => {
+                let reason = match e.forward_to_leader() {
+                    Some(forward) => format!("not the leader (leader: {:?})", forward.leader_id),
+                    None => format!("outcome unknown: {e}"),
+                };
+                Err(SinkError::Rejected { reason })
+            }
+        }
+    }
+}
+
+impl FrameSink for RaftSink {
+    fn commit(&self, db: &Db, frames: &[(u32, &[u8])], db_page_count: u32) -> Result<u64, SinkError> {
+        let record = encode_commit(db.id(), db_page_count, frames);
+        match self.propose(Command::Commit { record })? {
+            (index, Response::Committed { db: Some(_), .. }) => Ok(index),
+            (_, Response::Committed { db: None, .. }) => {
+                Err(SinkError::Rejected { reason: format!("database {} was dropped", db.name()) })
+            }
+            (_, Response::Refused { reason }) => Err(SinkError::Rejected { reason }),
+            (_, other) => Err(SinkError::Rejected { reason: format!("unexpected answer {other:?}") }),
+        }
+    }
+
+    fn create_database(&self, manager: &Manager, name: &str) -> Result<Db, SinkError> {
+        match self.propose(Command::CreateDatabase { name: name.to_owned() })? {
+            (_, Response::Created { .. }) => Ok(manager.open_database(name)?),
+            (_, Response::Refused { reason }) => Err(SinkError::Rejected { reason }),
+            (_, other) => Err(SinkError::Rejected { reason: format!("unexpected answer {other:?}") }),
+        }
+    }
+}
