@@ -212,58 +212,39 @@ fn main() {
     println!("|---|---|---|---|---|---|---|---|---|---|");
     let ios: [(&str, Arc<dyn Io>); 2] =
         [("buffered", Arc::new(BufferedIo::new())), ("direct", Arc::new(DirectIo::new()))];
-    for (name, io) in &ios {
-        let direct = *name == "direct";
-        for (_, size, raw) in raw_by_case.iter().filter(|(d, _, _)| *d == direct) {
-            let mut single = 0.0;
-            for appenders in [1usize, 8, 64] {
-                let r = wal(&dir.join("wal"), Arc::clone(io), *size, appenders);
-                if appenders == 1 {
-                    single = r.rate;
+    let table = |run: fn(&std::path::Path, Arc<dyn Io>, usize, usize) -> Run, counts: &[usize]| {
+        for (name, io) in &ios {
+            let direct = *name == "direct";
+            for (_, size, raw) in raw_by_case.iter().filter(|(d, _, _)| *d == direct) {
+                let mut single = 0.0;
+                for &appenders in counts {
+                    let r = run(&dir.join("wal"), Arc::clone(io), *size, appenders);
+                    if appenders == 1 {
+                        single = r.rate;
+                    }
+                    let ratio = r.rate / (raw.rate * r.records_per_fsync.max(1.0));
+                    println!(
+                        "| {name} | {size} B | {appenders} | {:.0} | {:.0} | {:.0} | {:.1} | {:.2} | {:.2} | {:.1} |",
+                        r.rate,
+                        r.p50.as_secs_f64() * 1e6,
+                        r.p99.as_secs_f64() * 1e6,
+                        r.records_per_fsync,
+                        ratio,
+                        r.p50.as_secs_f64() / raw.p50.as_secs_f64(),
+                        r.rate / single,
+                    );
                 }
-                let ratio = r.rate / (raw.rate * r.records_per_fsync.max(1.0));
-                println!(
-                    "| {name} | {size} B | {appenders} | {:.0} | {:.0} | {:.0} | {:.1} | {:.2} | {:.2} | {:.1} |",
-                    r.rate,
-                    r.p50.as_secs_f64() * 1e6,
-                    r.p99.as_secs_f64() * 1e6,
-                    r.records_per_fsync,
-                    ratio,
-                    r.p50.as_secs_f64() / raw.p50.as_secs_f64(),
-                    r.rate / single,
-                );
             }
         }
-    }
+    };
+    table(wal, &[1, 8, 64]);
     println!();
     println!("durable appends from async tasks on a 2-thread runtime (same columns)");
     println!(
         "| io | size | tasks | appends/s | p50 µs | p99 µs | records/fsync | ratio | p50/raw | ×1-task |"
     );
     println!("|---|---|---|---|---|---|---|---|---|---|");
-    for (name, io) in &ios {
-        let direct = *name == "direct";
-        for (_, size, raw) in raw_by_case.iter().filter(|(d, _, _)| *d == direct) {
-            let mut single = 0.0;
-            for appenders in [1usize, 64] {
-                let r = wal_tasks(&dir.join("wal"), Arc::clone(io), *size, appenders);
-                if appenders == 1 {
-                    single = r.rate;
-                }
-                let ratio = r.rate / (raw.rate * r.records_per_fsync.max(1.0));
-                println!(
-                    "| {name} | {size} B | {appenders} | {:.0} | {:.0} | {:.0} | {:.1} | {:.2} | {:.2} | {:.1} |",
-                    r.rate,
-                    r.p50.as_secs_f64() * 1e6,
-                    r.p99.as_secs_f64() * 1e6,
-                    r.records_per_fsync,
-                    ratio,
-                    r.p50.as_secs_f64() / raw.p50.as_secs_f64(),
-                    r.rate / single,
-                );
-            }
-        }
-    }
+    table(wal_tasks, &[1, 64]);
     println!();
     println!("peak RSS: {} MiB", peak_rss_kib() / 1024);
 }

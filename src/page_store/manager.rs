@@ -198,6 +198,19 @@ impl Inner {
         self.applied_cv.notify_all();
     }
 
+    /// Deletes generation files no manifest entry names any more, then fsyncs the pages directory.
+    fn delete_generations(&self, files: &[Arc<GenerationFile>]) -> Result<()> {
+        let io = self.config.io.as_ref();
+        for file in files {
+            io.remove_file(&file.path).map_err(|e| PageStoreError::io("delete generation", &file.path, e))?;
+        }
+        if !files.is_empty() {
+            io.sync_dir(&self.pages_dir)
+                .map_err(|e| PageStoreError::io("fsync pages directory", &self.pages_dir, e))?;
+        }
+        Ok(())
+    }
+
     fn with_manifest<T>(&self, f: impl FnOnce(&Manifest) -> Result<T>) -> Result<T> {
         let manifest = self.manifest.read();
         match manifest.as_ref() {
@@ -573,21 +586,7 @@ impl Manager {
         inner.names.write().remove(name);
         inner.dbs.write().remove(&db.entry.id);
         inner.cache.remove_db(db.entry.id);
-        for generation in &chain {
-            inner
-                .config
-                .io
-                .remove_file(&generation.path)
-                .map_err(|e| PageStoreError::io("delete generation", &generation.path, e))?;
-        }
-        if !chain.is_empty() {
-            inner
-                .config
-                .io
-                .sync_dir(&inner.pages_dir)
-                .map_err(|e| PageStoreError::io("fsync pages directory", &inner.pages_dir, e))?;
-        }
-        Ok(())
+        inner.delete_generations(&chain)
     }
 
     fn insert_db(&self, id: u64, name: &str) -> Db {
@@ -854,17 +853,13 @@ impl Manager {
             let mut applied = inner.applied.lock();
             *applied = index;
         }
+        let mut replaced = Vec::new();
         for entry in &old {
             entry.dropped.store(true, Ordering::Release);
             inner.cache.remove_db(entry.id);
-            for generation in &entry.state.read().chain {
-                io.remove_file(&generation.path)
-                    .map_err(|e| PageStoreError::io("delete replaced generation", &generation.path, e))?;
-            }
+            replaced.extend(entry.state.read().chain.iter().cloned());
         }
-        io.sync_dir(&inner.pages_dir)
-            .map_err(|e| PageStoreError::io("fsync pages directory", &inner.pages_dir, e))?;
-        Ok(())
+        inner.delete_generations(&replaced)
     }
 
     /// The WAL underneath (for diagnostics and tests).
@@ -1075,20 +1070,7 @@ impl Db {
         self.entry.state.write().install(target, Arc::clone(&file));
         let published = std::time::Instant::now();
         if full {
-            for old in &old_chain {
-                inner
-                    .config
-                    .io
-                    .remove_file(&old.path)
-                    .map_err(|e| PageStoreError::io("delete old generation", &old.path, e))?;
-            }
-            if !old_chain.is_empty() {
-                inner
-                    .config
-                    .io
-                    .sync_dir(&inner.pages_dir)
-                    .map_err(|e| PageStoreError::io("fsync pages directory", &inner.pages_dir, e))?;
-            }
+            inner.delete_generations(&old_chain)?;
         }
         // A replicated page store leaves purging to Raft (after the snapshot this checkpoint is part of).
         let log_purged_upto = if inner.replicated { None } else { self.purge_log(applied)? };
