@@ -5,10 +5,12 @@
 //! - [`LocalRouter`]: an in-process Raft network for tests, examples and benchmarks.
 //! - [`tcp`]: Raft over TCP (framed, checksummed, snapshots streamed in chunks).
 //! - [`RaftSink`]: the SQL layer's frame sink for a cluster (a transaction is a Raft entry).
+//! - [`node`]: a bop node — storage, Raft over TCP, SQL through Raft, and an rqlite-compatible HTTP API.
 #![deny(missing_docs)]
 
 mod local_network;
 mod log_store;
+pub mod node;
 mod sql_sink;
 mod state_machine;
 pub mod tcp;

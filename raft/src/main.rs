@@ -1,6 +1,10 @@
-//! The `bop` binary. Until the cluster exists, its main job is `bop demo`: append to a WAL from several
-//! threads in a child process, kill the child with SIGKILL mid-stream, reopen the log and show that every
-//! acknowledged entry was recovered.
+//! The `bop` binary.
+//!
+//! - `bop up`: a local three-node cluster on loopback, data under `./bop-data/`, HTTP API on ports
+//!   4101–4103 (Raft on 4001–4003); Ctrl-C stops it; run again, it reuses the data.
+//! - `bop node --id N --data-dir DIR --raft-addr A --http-addr H [--init ID=RAFT_ADDR,...]`: one node.
+//! - `bop demo`: append to a WAL from several threads in a child process, SIGKILL it mid-stream, reopen the
+//!   log and show that every acknowledged entry was recovered.
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::PathBuf;
@@ -11,9 +15,10 @@ use std::time::{Duration, Instant};
 use bop_storage::io::BufferedIo;
 use bop_storage::wal::{NewEntry, WalConfig, WalStore};
 
-const USAGE: &str = "usage: bop demo [--dir DIR] [--millis N]\n\n\
-  demo   append to a WAL in a child process, SIGKILL it, reopen and verify recovery\n\
-         (default dir ./bop-data/demo-wal, default 300 ms of appending)";
+const USAGE: &str = "usage:\n\
+  bop up [--data-dir DIR]            a local three-node cluster (default ./bop-data), Ctrl-C to stop\n\
+  bop node --id N --data-dir DIR --raft-addr HOST:PORT --http-addr HOST:PORT [--init ID=RAFT_ADDR,...]\n\
+  bop demo [--dir DIR] [--millis N]  append to a WAL in a child process, SIGKILL it, reopen and verify";
 
 fn payload(index: u64) -> Vec<u8> {
     format!("entry {index:>10} | bop demo payload").into_bytes()
@@ -124,8 +129,146 @@ fn demo(dir: PathBuf, millis: u64) -> Result<(), String> {
     Ok(())
 }
 
+fn runtime() -> Result<tokio::runtime::Runtime, String> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("tokio runtime: {e}"))
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,bop=info,openraft=error"));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).try_init();
+}
+
+async fn wait_for_leader(node: &bop_raft::node::Node) -> Result<u64, String> {
+    let m = node
+        .raft()
+        .wait(Some(Duration::from_secs(30)))
+        .metrics(|m| m.current_leader.is_some(), "a leader")
+        .await
+        .map_err(|e| format!("no leader elected: {e}"))?;
+    m.current_leader.ok_or_else(|| "no leader".to_string())
+}
+
+/// `bop up`: three nodes in this process on loopback.
+fn up(data_dir: PathBuf) -> Result<(), String> {
+    use bop_raft::node::{Node, NodeConfig};
+    init_logging();
+    runtime()?.block_on(async move {
+        let mut nodes = Vec::new();
+        let mut members = std::collections::BTreeMap::new();
+        for id in 1..=3u64 {
+            let config = NodeConfig {
+                id,
+                data_dir: data_dir.join(format!("node-{id}")),
+                raft_addr: format!("127.0.0.1:{}", 4000 + id),
+                http_addr: format!("127.0.0.1:{}", 4100 + id),
+            };
+            members.insert(id, config.raft_addr.clone());
+            nodes.push(Node::start(config).await.map_err(|e| format!("node {id}: {e}"))?);
+        }
+        nodes[0].initialize_if_new(members).await.map_err(|e| e.to_string())?;
+        let leader = wait_for_leader(&nodes[0]).await?;
+        println!("bop: three nodes up, data in {}", data_dir.display());
+        for node in &nodes {
+            let role = if node.id() == leader { " (leader)" } else { "" };
+            println!("  node {}: http://{}  raft {}{role}", node.id(), node.http_addr(), node.raft_addr());
+        }
+        let leader_http = nodes.iter().find(|n| n.id() == leader).map(|n| n.http_addr().to_owned()).unwrap_or_default();
+        println!();
+        println!("try:");
+        println!(
+            "  curl -s -XPOST 'http://{leader_http}/db/execute' -H 'Content-Type: application/json' \\\n    -d '[\"CREATE TABLE IF NOT EXISTS greet (id INTEGER PRIMARY KEY, msg TEXT)\", [\"INSERT INTO greet(msg) VALUES(?)\", \"hello\"]]'"
+        );
+        println!("  curl -s -G 'http://{leader_http}/db/query' --data-urlencode 'q=SELECT * FROM greet'");
+        println!();
+        println!("Ctrl-C stops the cluster.");
+        tokio::signal::ctrl_c().await.map_err(|e| format!("waiting for Ctrl-C: {e}"))?;
+        println!("stopping");
+        for node in nodes {
+            node.shutdown().await;
+        }
+        Ok(())
+    })
+}
+
+/// `bop node`: one node of a cluster.
+fn node(args: &[String]) -> Result<(), String> {
+    use bop_raft::node::{Node, NodeConfig};
+    init_logging();
+    let mut id = None;
+    let mut data_dir = None;
+    let mut raft_addr = None;
+    let mut http_addr = None;
+    let mut init = None;
+    let mut it = args.iter();
+    while let Some(arg) = it.next() {
+        let mut value = || it.next().cloned().ok_or_else(|| format!("{arg} needs a value"));
+        match arg.as_str() {
+            "--id" => id = Some(value()?.parse::<u64>().map_err(|e| format!("--id: {e}"))?),
+            "--data-dir" => data_dir = Some(PathBuf::from(value()?)),
+            "--raft-addr" => raft_addr = Some(value()?),
+            "--http-addr" => http_addr = Some(value()?),
+            "--init" => {
+                let mut members = std::collections::BTreeMap::new();
+                for pair in value()?.split(',') {
+                    let (member, addr) =
+                        pair.split_once('=').ok_or_else(|| format!("--init wants ID=ADDR, got {pair:?}"))?;
+                    members.insert(
+                        member.parse::<u64>().map_err(|e| format!("--init id {member:?}: {e}"))?,
+                        addr.to_owned(),
+                    );
+                }
+                init = Some(members);
+            }
+            other => return Err(format!("unknown argument {other:?}")),
+        }
+    }
+    let config = NodeConfig {
+        id: id.ok_or("--id is required")?,
+        data_dir: data_dir.ok_or("--data-dir is required")?,
+        raft_addr: raft_addr.ok_or("--raft-addr is required")?,
+        http_addr: http_addr.ok_or("--http-addr is required")?,
+    };
+    runtime()?.block_on(async move {
+        let node = Node::start(config).await.map_err(|e| e.to_string())?;
+        if let Some(members) = init {
+            node.initialize_if_new(members).await.map_err(|e| e.to_string())?;
+        }
+        println!("bop node {}: http://{}  raft {}", node.id(), node.http_addr(), node.raft_addr());
+        tokio::signal::ctrl_c().await.map_err(|e| format!("waiting for Ctrl-C: {e}"))?;
+        node.shutdown().await;
+        Ok(())
+    })
+}
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.first().map(String::as_str) {
+        Some("up") => {
+            let mut data_dir = PathBuf::from("bop-data");
+            let mut it = args.iter().skip(1);
+            while let Some(arg) = it.next() {
+                match (arg.as_str(), it.next()) {
+                    ("--data-dir", Some(dir)) => data_dir = PathBuf::from(dir),
+                    _ => return fail(&format!("unknown argument {arg:?}")),
+                }
+            }
+            return match up(data_dir) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => fail(&e),
+            };
+        }
+        Some("node") => {
+            return match node(&args[1..]) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => fail(&e),
+            };
+        }
+        _ => {}
+    }
     let mut dir = PathBuf::from("bop-data/demo-wal");
     let mut millis = 300u64;
     let mut is_child = false;

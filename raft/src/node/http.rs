@@ -1,0 +1,255 @@
+//! The node's HTTP API, compatible with rqlite's for the calls below (documented in docs/design.md).
+//!
+//! `POST /db/execute`, `GET|POST /db/query` (`level=none|weak|linearizable|strong`, `associative`,
+//! `pretty`, `timings`, `db=NAME` for a named database, `q=SQL` for GET), `GET /status`, `GET /nodes`,
+//! `GET /readyz`. Bodies are bounded; malformed input is a 4xx with a JSON error and writes nothing.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bop_sql::{OpenMode, Rows, SqlError};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use serde_json::{json, Value as Json};
+use tokio::net::TcpListener;
+
+use super::rqlite::{error_result, exec_results, parse_statements, query_result};
+use super::NodeShared;
+
+/// Largest request body accepted.
+pub const BODY_BYTES_MAX: usize = 4 << 20;
+/// The database used when a request names none.
+pub const DEFAULT_DATABASE: &str = "main";
+
+type HttpResponse = Response<Full<Bytes>>;
+
+fn respond(status: StatusCode, body: &Json, pretty: bool) -> HttpResponse {
+    let text =
+        if pretty { serde_json::to_vec_pretty(body) } else { serde_json::to_vec(body) }.unwrap_or_default();
+    let mut response = Response::new(Full::new(Bytes::from(text)));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(hyper::header::CONTENT_TYPE, hyper::header::HeaderValue::from_static("application/json"));
+    response
+}
+
+fn error(status: StatusCode, message: impl Into<String>) -> HttpResponse {
+    respond(status, &json!({ "error": message.into() }), false)
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < bytes.len() => {
+                let hex = std::str::from_utf8(&bytes[i + 1..i + 3])
+                    .ok()
+                    .and_then(|h| u8::from_str_radix(h, 16).ok());
+                match hex {
+                    Some(b) => {
+                        out.push(b);
+                        i += 2;
+                    }
+                    None => out.push(b'%'),
+                }
+            }
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+const KNOWN_PARAMS: &[&str] =
+    &["q", "level", "associative", "pretty", "timings", "db", "transaction", "freshness", "redirect"];
+
+fn query_params(query: Option<&str>) -> Result<HashMap<String, String>, String> {
+    let mut params = HashMap::new();
+    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        let key = percent_decode(key);
+        if !KNOWN_PARAMS.contains(&key.as_str()) {
+            return Err(format!("unknown parameter {key:?} (known: {})", KNOWN_PARAMS.join(", ")));
+        }
+        params.insert(key, percent_decode(value));
+    }
+    Ok(params)
+}
+
+/// Serves the HTTP API on `listener` until it fails (or the future is dropped).
+pub async fn serve_http(listener: TcpListener, node: Arc<NodeShared>) -> std::io::Result<()> {
+    let mut connections = tokio::task::JoinSet::new();
+    loop {
+        while connections.try_join_next().is_some() {}
+        let (stream, _) = listener.accept().await?;
+        let node = Arc::clone(&node);
+        connections.spawn(async move {
+            let service = service_fn(move |req| handle(Arc::clone(&node), req));
+            let _ = http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
+        });
+    }
+}
+
+async fn body(req: Request<Incoming>) -> Result<Bytes, HttpResponse> {
+    match Limited::new(req.into_body(), BODY_BYTES_MAX).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) => Err(error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("request body: {e} (limit {BODY_BYTES_MAX} bytes)"),
+        )),
+    }
+}
+
+async fn handle(node: Arc<NodeShared>, req: Request<Incoming>) -> Result<HttpResponse, Infallible> {
+    let started = Instant::now();
+    let params = match query_params(req.uri().query()) {
+        Ok(params) => params,
+        Err(e) => return Ok(error(StatusCode::BAD_REQUEST, e)),
+    };
+    let pretty = params.contains_key("pretty");
+    let db = params.get("db").cloned().unwrap_or_else(|| DEFAULT_DATABASE.to_owned());
+    let response = match (req.method().clone(), req.uri().path()) {
+        (Method::POST, "/db/execute") => match body(req).await {
+            Ok(bytes) => execute(&node, &db, &bytes, pretty).await,
+            Err(response) => response,
+        },
+        (method @ (Method::GET | Method::POST), "/db/query") => {
+            let statements = if method == Method::GET {
+                match params.get("q") {
+                    Some(q) => Ok(serde_json::to_vec(&json!([q])).unwrap_or_default().into()),
+                    None => Err(error(StatusCode::BAD_REQUEST, "GET /db/query needs q=SQL")),
+                }
+            } else {
+                body(req).await
+            };
+            match statements {
+                Ok(bytes) => query(&node, &db, &bytes, &params, pretty).await,
+                Err(response) => response,
+            }
+        }
+        (Method::GET, "/status") => respond(StatusCode::OK, &node.status(), pretty),
+        (Method::GET, "/nodes") => respond(StatusCode::OK, &node.nodes(), pretty),
+        (Method::GET, "/readyz") => match node.leader() {
+            Some(_) => respond(StatusCode::OK, &json!({ "ready": true }), pretty),
+            None => error(StatusCode::SERVICE_UNAVAILABLE, "no leader"),
+        },
+        (_, path) => error(StatusCode::NOT_FOUND, format!("no route for {path}")),
+    };
+    let mut response = response;
+    if params.contains_key("timings") {
+        let took = started.elapsed().as_secs_f64();
+        response.headers_mut().insert(
+            "x-bop-time-s",
+            hyper::header::HeaderValue::from_str(&format!("{took:.6}"))
+                .unwrap_or(hyper::header::HeaderValue::from_static("0")),
+        );
+    }
+    node.record_latency(started.elapsed());
+    Ok(response)
+}
+
+/// 503 naming the leader (its Raft address), for a write or a weak read sent to a follower.
+fn not_leader(node: &NodeShared, pretty: bool) -> HttpResponse {
+    let leader = node.leader();
+    respond(
+        StatusCode::SERVICE_UNAVAILABLE,
+        &json!({ "error": "not the leader", "leader": leader.map(|(id, addr)| json!({ "id": id, "raft_addr": addr })) }),
+        pretty,
+    )
+}
+
+fn sql_failure(node: &NodeShared, e: &SqlError, pretty: bool) -> HttpResponse {
+    let message = e.to_string();
+    if message.contains("not the leader") {
+        return not_leader(node, pretty);
+    }
+    respond(StatusCode::OK, &error_result(&message), pretty)
+}
+
+async fn execute(node: &Arc<NodeShared>, db: &str, bytes: &[u8], pretty: bool) -> HttpResponse {
+    let statements = match parse_statements(bytes) {
+        Ok(statements) => statements,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e),
+    };
+    let engine = Arc::clone(&node.engine);
+    let db = db.to_owned();
+    let outcome = tokio::task::spawn_blocking(move || {
+        let mut conn = engine.open(&db, OpenMode::CreateIfMissing)?;
+        conn.execute_batch(&statements)
+    })
+    .await;
+    match outcome {
+        Ok(Ok(outcomes)) => respond(StatusCode::OK, &exec_results(&outcomes), pretty),
+        Ok(Err(e)) => sql_failure(node, &e, pretty),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, format!("execute task: {e}")),
+    }
+}
+
+async fn query(
+    node: &Arc<NodeShared>,
+    db: &str,
+    bytes: &[u8],
+    params: &HashMap<String, String>,
+    pretty: bool,
+) -> HttpResponse {
+    let statements = match parse_statements(bytes) {
+        Ok(statements) => statements,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e),
+    };
+    let level = params.get("level").map(String::as_str).unwrap_or("weak");
+    match level {
+        "none" => {}
+        "weak" => {
+            if !node.is_leader() {
+                return not_leader(node, pretty);
+            }
+        }
+        "linearizable" | "strong" => {
+            if let Err(e) = node.raft.ensure_linearizable(openraft::raft::ReadPolicy::ReadIndex).await {
+                let message = e.to_string();
+                return match e.forward_to_leader() {
+                    Some(_) => not_leader(node, pretty),
+                    None => error(StatusCode::SERVICE_UNAVAILABLE, message),
+                };
+            }
+        }
+        other => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("unknown level {other:?} (none, weak, linearizable, strong)"),
+            )
+        }
+    }
+    let associative = params.contains_key("associative");
+    let engine = Arc::clone(&node.engine);
+    let db = db.to_owned();
+    let outcome = tokio::task::spawn_blocking(move || {
+        let mut conn = engine.open(&db, OpenMode::Existing)?;
+        let mut results = Vec::new();
+        for statement in &statements {
+            let rows: Result<Rows, SqlError> = conn.query(&statement.sql, &statement.params);
+            results.push(match rows {
+                Ok(rows) => query_result(&rows, associative),
+                Err(e) => json!({ "error": e.to_string() }),
+            });
+        }
+        Ok::<_, SqlError>(json!({ "results": results }))
+    })
+    .await;
+    match outcome {
+        Ok(Ok(body)) => respond(StatusCode::OK, &body, pretty),
+        Ok(Err(e)) => respond(StatusCode::OK, &error_result(&e.to_string()), pretty),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, format!("query task: {e}")),
+    }
+}

@@ -1,0 +1,235 @@
+//! A bop node: storage, Raft over TCP, the SQL engine committing through Raft, and the HTTP API.
+
+mod http;
+mod rqlite;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bop_sql::{SqlConfig, SqlEngine};
+use bop_storage::io::BufferedIo;
+use bop_storage::manifest::{Manifest, ManifestConfig};
+use bop_storage::page_store::{Manager, ManagerConfig};
+use bop_storage::wal::{WalConfig, WalStore};
+use openraft::async_runtime::WatchReceiver;
+use openraft::impls::BasicNode;
+use openraft::{Config, Raft};
+use serde_json::{json, Value as Json};
+use tokio::net::TcpListener;
+
+pub use http::{BODY_BYTES_MAX, DEFAULT_DATABASE};
+
+use crate::tcp::{serve, SnapshotInbox, TcpConnector, TcpNetwork};
+use crate::{BopConfig, BopSnapshot, BopStateMachine, LogStore, RaftSink};
+
+/// What a node needs to start.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    /// Node id (unique in the cluster, not 0).
+    pub id: u64,
+    /// Its data directory.
+    pub data_dir: PathBuf,
+    /// Address the Raft transport listens on (and peers connect to).
+    pub raft_addr: String,
+    /// Address the HTTP API listens on.
+    pub http_addr: String,
+}
+
+/// Errors starting a node.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// Bad configuration (e.g. node id 0).
+    #[error("invalid node configuration: {0}")]
+    Config(String),
+    /// A listening address could not be bound (e.g. the port is taken).
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Storage failed to open.
+    #[error("storage: {0}")]
+    Storage(String),
+    /// Raft failed to start.
+    #[error("raft: {0}")]
+    Raft(String),
+}
+
+/// What the HTTP handlers share.
+pub struct NodeShared {
+    id: u64,
+    raft: Raft<BopConfig, BopStateMachine>,
+    engine: Arc<SqlEngine>,
+    raft_addr: String,
+    http_addr: String,
+    requests: AtomicU64,
+    latency_us_total: AtomicU64,
+}
+
+impl NodeShared {
+    fn leader(&self) -> Option<(u64, String)> {
+        let metrics = self.raft.metrics().borrow_watched().clone();
+        let id = metrics.current_leader?;
+        let addr =
+            metrics.membership_config.membership().get_node(&id).map(|n| n.addr.clone()).unwrap_or_default();
+        Some((id, addr))
+    }
+
+    fn is_leader(&self) -> bool {
+        self.raft.metrics().borrow_watched().current_leader == Some(self.id)
+    }
+
+    fn record_latency(&self, took: Duration) {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        self.latency_us_total.fetch_add(took.as_micros() as u64, Ordering::Relaxed);
+    }
+
+    fn status(&self) -> Json {
+        let m = self.raft.metrics().borrow_watched().clone();
+        let requests = self.requests.load(Ordering::Relaxed);
+        json!({
+            "node": { "id": self.id, "raft_addr": self.raft_addr, "http_addr": self.http_addr },
+            "raft": {
+                "state": format!("{:?}", m.state),
+                "term": m.current_term,
+                "leader": m.current_leader,
+                "last_log_index": m.last_log_index,
+                "last_applied": m.last_applied.map(|l| l.index),
+                "snapshot": m.snapshot.map(|l| l.index),
+                "purged": m.purged.map(|l| l.index),
+            },
+            "http": {
+                "requests": requests,
+                "latency_us_avg": self.latency_us_total.load(Ordering::Relaxed).checked_div(requests).unwrap_or(0),
+            },
+        })
+    }
+
+    fn nodes(&self) -> Json {
+        let m = self.raft.metrics().borrow_watched().clone();
+        let membership = m.membership_config.membership();
+        let voters: Vec<u64> = membership.voter_ids().collect();
+        let nodes: BTreeMap<String, Json> = membership
+            .nodes()
+            .map(|(id, node)| {
+                (id.to_string(), json!({ "raft_addr": node.addr, "voter": voters.contains(id), "leader": m.current_leader == Some(*id) }))
+            })
+            .collect();
+        json!(nodes)
+    }
+}
+
+/// A running node.
+pub struct Node {
+    shared: Arc<NodeShared>,
+    store: LogStore<BopConfig>,
+    raft_server: tokio::task::JoinHandle<std::io::Result<()>>,
+    http_server: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl Node {
+    /// Opens the node's storage (recovering it), starts Raft, the Raft transport and the HTTP API.
+    pub async fn start(config: NodeConfig) -> Result<Node, NodeError> {
+        if config.id == 0 {
+            return Err(NodeError::Config("node id must not be 0".into()));
+        }
+        let raft_listener = TcpListener::bind(&config.raft_addr)
+            .await
+            .map_err(|source| NodeError::Bind { addr: config.raft_addr.clone(), source })?;
+        let http_listener = TcpListener::bind(&config.http_addr)
+            .await
+            .map_err(|source| NodeError::Bind { addr: config.http_addr.clone(), source })?;
+        let storage = |e: &dyn std::fmt::Display| NodeError::Storage(e.to_string());
+        std::fs::create_dir_all(&config.data_dir).map_err(|e| storage(&e))?;
+        let wal = Arc::new(
+            WalStore::open(Arc::new(BufferedIo::new()), WalConfig::new(config.data_dir.join("wal")))
+                .map_err(|e| storage(&e))?,
+        );
+        let manifest =
+            Arc::new(Manifest::open(&config.data_dir, ManifestConfig::default()).map_err(|e| storage(&e))?);
+        let store = LogStore::new(Arc::clone(&wal), Arc::clone(&manifest)).map_err(|e| storage(&e))?;
+        let manager =
+            Manager::open_replicated(ManagerConfig::new(&config.data_dir), Arc::clone(&wal), manifest)
+                .map_err(|e| storage(&e))?;
+        let sm = BopStateMachine::open(manager.clone(), wal).map_err(|e| storage(&e))?;
+        let raft_config = Arc::new(
+            Config {
+                heartbeat_interval: 100,
+                election_timeout_min: 500,
+                election_timeout_max: 1000,
+                ..Default::default()
+            }
+            .validate()
+            .map_err(|e| NodeError::Raft(e.to_string()))?,
+        );
+        let network = TcpNetwork::<_, BopSnapshot, _>::new(TcpConnector, Duration::from_secs(5));
+        let raft = Raft::new(config.id, raft_config, network, store.clone(), sm)
+            .await
+            .map_err(|e| NodeError::Raft(e.to_string()))?;
+        let sink = RaftSink::new(raft.clone(), tokio::runtime::Handle::current());
+        let engine = Arc::new(
+            SqlEngine::new(manager, sink, SqlConfig::new(config.data_dir.join("sql")))
+                .map_err(|e| storage(&e))?,
+        );
+        let http_addr = http_listener.local_addr().map_or(config.http_addr.clone(), |a| a.to_string());
+        let raft_addr = raft_listener.local_addr().map_or(config.raft_addr.clone(), |a| a.to_string());
+        let shared = Arc::new(NodeShared {
+            id: config.id,
+            raft: raft.clone(),
+            engine,
+            raft_addr,
+            http_addr,
+            requests: AtomicU64::new(0),
+            latency_us_total: AtomicU64::new(0),
+        });
+        let inbox =
+            SnapshotInbox { io: Arc::new(BufferedIo::new()), dir: config.data_dir.join("snapshot-inbox") };
+        let raft_server = tokio::spawn(serve(raft_listener, raft, inbox));
+        let http_server = tokio::spawn(http::serve_http(http_listener, Arc::clone(&shared)));
+        Ok(Node { shared, store, raft_server, http_server })
+    }
+
+    /// The node's id.
+    pub fn id(&self) -> u64 {
+        self.shared.id
+    }
+
+    /// The address the HTTP API listens on.
+    pub fn http_addr(&self) -> &str {
+        &self.shared.http_addr
+    }
+
+    /// The address the Raft transport listens on.
+    pub fn raft_addr(&self) -> &str {
+        &self.shared.raft_addr
+    }
+
+    /// The node's Raft handle.
+    pub fn raft(&self) -> &Raft<BopConfig, BopStateMachine> {
+        &self.shared.raft
+    }
+
+    /// Forms a new cluster of `members` (id → Raft address) if this node has never been initialised.
+    pub async fn initialize_if_new(&self, members: BTreeMap<u64, String>) -> Result<(), NodeError> {
+        if self.shared.raft.is_initialized().await.map_err(|e| NodeError::Raft(e.to_string()))? {
+            return Ok(());
+        }
+        let members: BTreeMap<u64, BasicNode> =
+            members.into_iter().map(|(id, addr)| (id, BasicNode::new(addr))).collect();
+        self.shared.raft.initialize(members).await.map_err(|e| NodeError::Raft(e.to_string()))
+    }
+
+    /// Stops serving, shuts Raft down and closes the storage.
+    pub async fn shutdown(self) {
+        self.http_server.abort();
+        self.raft_server.abort();
+        let _ = self.shared.raft.shutdown().await;
+        let _ = self.store.close();
+    }
+}

@@ -1,0 +1,148 @@
+//! The node's HTTP API against rqlite's request and response shapes, on a three-node cluster over loopback
+//! TCP: writes through the leader, reads at every level on every node, and the error cases.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use bop_raft::node::{Node, NodeConfig, BODY_BYTES_MAX};
+use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// A minimal HTTP/1.1 client: one request per connection, returns (status, body as JSON or string).
+async fn http(addr: &str, method: &str, path: &str, body: &[u8]) -> (u16, Value) {
+    let mut stream = TcpStream::connect(addr).await.expect("connect");
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).await.expect("send head");
+    stream.write_all(body).await.expect("send body");
+    let mut raw = Vec::new();
+    tokio::time::timeout(Duration::from_secs(30), stream.read_to_end(&mut raw))
+        .await
+        .expect("answer")
+        .expect("read");
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let status: u16 = text.split(' ').nth(1).and_then(|s| s.parse().ok()).expect("status line");
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
+    (status, serde_json::from_str(body).unwrap_or(Value::String(body.to_owned())))
+}
+
+fn encode(q: &str) -> String {
+    q.bytes()
+        .map(|b| if b.is_ascii_alphanumeric() { (b as char).to_string() } else { format!("%{b:02X}") })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_http_api_speaks_rqlite() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut nodes = Vec::new();
+    let mut members = BTreeMap::new();
+    for id in 1..=3u64 {
+        let config = NodeConfig {
+            id,
+            data_dir: dir.path().join(format!("node-{id}")),
+            raft_addr: "127.0.0.1:0".into(),
+            http_addr: "127.0.0.1:0".into(),
+        };
+        let node = Node::start(config).await.expect("start");
+        members.insert(id, node.raft_addr().to_owned());
+        nodes.push(node);
+    }
+    nodes[0].initialize_if_new(members).await.expect("initialize");
+    let m = nodes[0]
+        .raft()
+        .wait(Some(Duration::from_secs(30)))
+        .metrics(|m| m.current_leader.is_some(), "leader")
+        .await
+        .expect("leader");
+    let leader_id = m.current_leader.expect("leader id");
+    let leader = nodes.iter().find(|n| n.id() == leader_id).expect("leader node");
+    let follower = nodes.iter().find(|n| n.id() != leader_id).expect("a follower");
+    leader
+        .raft()
+        .wait(Some(Duration::from_secs(30)))
+        .metrics(|m| m.state.is_leader() && m.last_applied.map(|l| l.index) == m.last_log_index, "ready")
+        .await
+        .expect("ready");
+    let (l, f) = (leader.http_addr().to_owned(), follower.http_addr().to_owned());
+
+    // Writes: plain, positional and named statements, with rqlite's result shape.
+    let body = json!([
+        "CREATE TABLE foo (id INTEGER NOT NULL PRIMARY KEY, name TEXT, age INTEGER)",
+        ["INSERT INTO foo(name, age) VALUES(?, ?)", "fiona", 20],
+        ["INSERT INTO foo(name, age) VALUES(:name, :age)", {"name": "billy", "age": 30}]
+    ]);
+    let (status, out) = http(&l, "POST", "/db/execute", body.to_string().as_bytes()).await;
+    assert_eq!(status, 200, "{out}");
+    assert_eq!(out["results"][1]["last_insert_id"], 1);
+    assert_eq!(out["results"][2]["rows_affected"], 1);
+
+    // Reads: GET with q, POST with a statement list, associative rows, each level.
+    let path = format!("/db/query?q={}", encode("SELECT name, age FROM foo ORDER BY id"));
+    let (status, out) = http(&l, "GET", &path, b"").await;
+    assert_eq!(status, 200, "{out}");
+    assert_eq!(out["results"][0]["columns"], json!(["name", "age"]));
+    assert_eq!(out["results"][0]["values"], json!([["fiona", 20], ["billy", 30]]));
+    let (_, out) = http(
+        &l,
+        "POST",
+        "/db/query?associative&level=linearizable",
+        br#"["SELECT name FROM foo WHERE age > 25"]"#,
+    )
+    .await;
+    assert_eq!(out["results"][0]["rows"], json!([{"name": "billy"}]));
+    let (status, out) = http(&f, "GET", &format!("{path}&level=weak"), b"").await;
+    assert_eq!(status, 503, "a weak read on a follower names the leader: {out}");
+    assert_eq!(out["leader"]["id"], leader_id);
+    // A follower serves level=none from its own page store once it applied the writes.
+    let mut seen = Value::Null;
+    for _ in 0..100 {
+        let (_, out) = http(&f, "GET", &format!("{path}&level=none"), b"").await;
+        seen = out["results"][0]["values"].clone();
+        if seen == json!([["fiona", 20], ["billy", 30]]) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(seen, json!([["fiona", 20], ["billy", 30]]), "the follower's own copy");
+
+    // Errors: SQL errors inside results, writes on a follower, malformed input, unknown parameters, size.
+    let (status, out) = http(&l, "POST", "/db/execute", br#"["INSERT INTO nope VALUES(1)"]"#).await;
+    assert_eq!(status, 200);
+    assert!(out["results"][0]["error"].as_str().is_some_and(|e| e.contains("no such table")), "{out}");
+    let (status, _) = http(&f, "POST", "/db/execute", br#"["INSERT INTO foo(name) VALUES('x')"]"#).await;
+    assert_eq!(status, 503, "writes go to the leader");
+    let (status, _) = http(&l, "POST", "/db/execute", b"{not json").await;
+    assert_eq!(status, 400);
+    let (status, _) = http(&l, "GET", "/db/query?q=SELECT%201&bogus=1", b"").await;
+    assert_eq!(status, 400);
+    let (status, _) = http(&l, "POST", "/db/execute", &vec![b' '; BODY_BYTES_MAX + 1]).await;
+    assert_eq!(status, 413);
+    let (status, out) = http(&l, "GET", "/db/query?q=SELECT%20count(*)%20FROM%20foo", b"").await;
+    assert_eq!(
+        (status, out["results"][0]["values"].clone()),
+        (200, json!([[2]])),
+        "nothing was written by the failures"
+    );
+
+    // A named database beyond the default one.
+    let (status, _) =
+        http(&l, "POST", "/db/execute?db=other", br#"["CREATE TABLE t (x)", "INSERT INTO t VALUES (42)"]"#)
+            .await;
+    assert_eq!(status, 200);
+    let (_, out) = http(&l, "GET", "/db/query?db=other&q=SELECT%20x%20FROM%20t", b"").await;
+    assert_eq!(out["results"][0]["values"], json!([[42]]));
+
+    // Status and readiness.
+    let (status, out) = http(&f, "GET", "/status", b"").await;
+    assert_eq!(status, 200);
+    assert_eq!(out["raft"]["leader"], leader_id);
+    let (status, _) = http(&f, "GET", "/readyz", b"").await;
+    assert_eq!(status, 200);
+    for node in nodes {
+        node.shutdown().await;
+    }
+}
