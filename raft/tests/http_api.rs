@@ -142,6 +142,33 @@ async fn the_http_api_speaks_rqlite() {
     assert_eq!(out["raft"]["leader"], leader_id);
     let (status, _) = http(&f, "GET", "/readyz", b"").await;
     assert_eq!(status, 200);
+
+    // Membership: a fourth node joins through the leader's API (learner, caught up, then voter), serves the
+    // data from its own copy, and is removed again.
+    let config = NodeConfig {
+        id: 4,
+        data_dir: dir.path().join("node-4"),
+        raft_addr: "127.0.0.1:0".into(),
+        http_addr: "127.0.0.1:0".into(),
+    };
+    let fourth = Node::start(config).await.expect("start node 4");
+    let join = json!({ "id": 4, "addr": fourth.raft_addr() });
+    let (status, out) = http(&l, "POST", "/join", join.to_string().as_bytes()).await;
+    assert_eq!(status, 200, "{out}");
+    let (status, _) = http(&f, "POST", "/join", join.to_string().as_bytes()).await;
+    assert_eq!(status, 503, "membership changes go to the leader");
+    let (_, out) = http(&l, "GET", "/nodes", b"").await;
+    assert_eq!(out["4"]["voter"], true, "{out}");
+    let h4 = fourth.http_addr().to_owned();
+    let (_, out) = http(&h4, "GET", &format!("{path}&level=none"), b"").await;
+    assert_eq!(out["results"][0]["values"], json!([["fiona", 20], ["billy", 30]]), "the new node's copy");
+    let (status, out) = http(&l, "DELETE", "/remove", br#"{"id": 4}"#).await;
+    assert_eq!(status, 200, "{out}");
+    let (_, out) = http(&l, "GET", "/nodes", b"").await;
+    assert!(out.get("4").is_none(), "node 4 is gone from the membership: {out}");
+    fourth.shutdown().await;
+    let (status, _) = http(&l, "POST", "/db/execute", br#"["INSERT INTO foo(name) VALUES('after')"]"#).await;
+    assert_eq!(status, 200, "the three remaining nodes still commit");
     for node in nodes {
         node.shutdown().await;
     }

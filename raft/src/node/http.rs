@@ -17,6 +17,7 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
+use openraft::async_runtime::WatchReceiver;
 use serde_json::{json, Value as Json};
 use tokio::net::TcpListener;
 
@@ -138,6 +139,14 @@ async fn handle(node: Arc<NodeShared>, req: Request<Incoming>) -> Result<HttpRes
                 Err(response) => response,
             }
         }
+        (Method::POST, "/join") => match body(req).await {
+            Ok(bytes) => join(&node, &bytes, pretty).await,
+            Err(response) => response,
+        },
+        (Method::DELETE | Method::POST, "/remove") => match body(req).await {
+            Ok(bytes) => remove(&node, &bytes, pretty).await,
+            Err(response) => response,
+        },
         (Method::GET, "/status") => respond(StatusCode::OK, &node.status(), pretty),
         (Method::GET, "/nodes") => respond(StatusCode::OK, &node.nodes(), pretty),
         (Method::GET, "/readyz") => match node.leader() {
@@ -252,4 +261,78 @@ async fn query(
         Ok(Err(e)) => respond(StatusCode::OK, &error_result(&e.to_string()), pretty),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, format!("query task: {e}")),
     }
+}
+
+#[derive(serde::Deserialize)]
+struct JoinRequest {
+    id: u64,
+    addr: String,
+    #[serde(default = "yes")]
+    voter: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(serde::Deserialize)]
+struct RemoveRequest {
+    id: u64,
+}
+
+/// `POST /join {"id", "addr" (Raft address), "voter" (default true)}`: adds the node as a learner, waits
+/// until it caught up (through a snapshot if the log it needs is purged), then promotes it to voter.
+async fn join(node: &Arc<NodeShared>, bytes: &[u8], pretty: bool) -> HttpResponse {
+    let request: JoinRequest = match serde_json::from_slice(bytes) {
+        Ok(r) => r,
+        Err(e) => {
+            return error(StatusCode::BAD_REQUEST, format!("join wants {{\"id\", \"addr\", \"voter\"}}: {e}"))
+        }
+    };
+    if !node.is_leader() {
+        return not_leader(node, pretty);
+    }
+    let learner = openraft::impls::BasicNode::new(request.addr.clone());
+    if let Err(e) = node.raft.add_learner(request.id, learner, true).await {
+        return error(StatusCode::SERVICE_UNAVAILABLE, format!("adding learner {}: {e}", request.id));
+    }
+    if request.voter {
+        let voters = std::collections::BTreeSet::from([request.id]);
+        if let Err(e) = node.raft.change_membership(openraft::ChangeMembers::AddVoterIds(voters), false).await
+        {
+            return error(StatusCode::SERVICE_UNAVAILABLE, format!("promoting {}: {e}", request.id));
+        }
+    }
+    respond(StatusCode::OK, &json!({ "joined": request.id, "voter": request.voter }), pretty)
+}
+
+/// `DELETE /remove {"id"}`: removes the node from the membership (voter and learner).
+async fn remove(node: &Arc<NodeShared>, bytes: &[u8], pretty: bool) -> HttpResponse {
+    let request: RemoveRequest = match serde_json::from_slice(bytes) {
+        Ok(r) => r,
+        Err(e) => return error(StatusCode::BAD_REQUEST, format!("remove wants {{\"id\"}}: {e}")),
+    };
+    if !node.is_leader() {
+        return not_leader(node, pretty);
+    }
+    let ids = std::collections::BTreeSet::from([request.id]);
+    let voters = node
+        .raft
+        .metrics()
+        .borrow_watched()
+        .membership_config
+        .membership()
+        .voter_ids()
+        .any(|v| v == request.id);
+    if voters {
+        if let Err(e) =
+            node.raft.change_membership(openraft::ChangeMembers::RemoveVoters(ids.clone()), false).await
+        {
+            return error(StatusCode::SERVICE_UNAVAILABLE, format!("removing voter {}: {e}", request.id));
+        }
+    }
+    if let Err(e) = node.raft.change_membership(openraft::ChangeMembers::RemoveNodes(ids), false).await {
+        return error(StatusCode::SERVICE_UNAVAILABLE, format!("removing node {}: {e}", request.id));
+    }
+    respond(StatusCode::OK, &json!({ "removed": request.id }), pretty)
 }
