@@ -15,10 +15,15 @@ use std::time::{Duration, Instant};
 use bop_storage::io::BufferedIo;
 use bop_storage::wal::{NewEntry, WalConfig, WalStore};
 
-const USAGE: &str = "usage:\n\
-  bop up [--data-dir DIR]            a local three-node cluster (default ./bop-data), Ctrl-C to stop\n\
-  bop node --id N --data-dir DIR --raft-addr HOST:PORT --http-addr HOST:PORT [--init ID=RAFT_ADDR,...]\n\
-  bop demo [--dir DIR] [--millis N]  append to a WAL in a child process, SIGKILL it, reopen and verify";
+const USAGE: &str = "usage:
+  bop up [--data-dir DIR]                    a local three-node cluster (default ./bop-data), Ctrl-C to stop
+  bop node --id N --data-dir DIR --raft-addr HOST:PORT --http-addr HOST:PORT [--init ID=RAFT_ADDR,...]
+  bop demo [--dir DIR] [--millis N]          append to a WAL in a child process, SIGKILL it, reopen, verify
+  bop execute HTTP_ADDR SQL [--db NAME]      run a write through a node (its leader)
+  bop query HTTP_ADDR SQL [--db NAME] [--level none|weak|linearizable]
+  bop status HTTP_ADDR                       node, Raft and membership status
+  bop join LEADER_HTTP_ADDR ID RAFT_ADDR [--learner]
+  bop remove LEADER_HTTP_ADDR ID";
 
 fn payload(index: u64) -> Vec<u8> {
     format!("entry {index:>10} | bop demo payload").into_bytes()
@@ -244,8 +249,113 @@ fn node(args: &[String]) -> Result<(), String> {
     })
 }
 
+/// A one-request HTTP/1.1 client for the client subcommands: returns the status and the body.
+fn http_call(addr: &str, method: &str, path: &str, body: &str) -> Result<(u16, String), String> {
+    use std::io::Read;
+    let mut stream = std::net::TcpStream::connect(addr).map_err(|e| format!("connecting to {addr}: {e}"))?;
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(60)));
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).map_err(|e| format!("sending to {addr}: {e}"))?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).map_err(|e| format!("reading from {addr}: {e}"))?;
+    let status = response.split(' ').nth(1).and_then(|s| s.parse().ok()).ok_or("malformed HTTP response")?;
+    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    Ok((status, body))
+}
+
+fn url_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+/// The client subcommands: `execute`, `query`, `status`, `join`, `remove`.
+fn client(command: &str, args: &[String]) -> Result<(), String> {
+    let mut positional = Vec::new();
+    let mut db = None;
+    let mut level = None;
+    let mut learner = false;
+    let mut it = args.iter();
+    while let Some(arg) = it.next() {
+        match arg.as_str() {
+            "--db" => db = Some(it.next().ok_or("--db needs a name")?.clone()),
+            "--level" => level = Some(it.next().ok_or("--level needs a value")?.clone()),
+            "--learner" => learner = true,
+            other => positional.push(other.to_owned()),
+        }
+    }
+    let want = |n: usize| -> Result<(), String> {
+        if positional.len() == n {
+            Ok(())
+        } else {
+            Err(format!("{command} takes {n} arguments, got {}", positional.len()))
+        }
+    };
+    let db_param = db.map(|d| format!("db={}", url_encode(&d)));
+    let (status, body) = match command {
+        "execute" => {
+            want(2)?;
+            let body = serde_json::to_string(&[&positional[1]]).map_err(|e| e.to_string())?;
+            let path = format!("/db/execute{}", db_param.map(|p| format!("?{p}")).unwrap_or_default());
+            http_call(&positional[0], "POST", &path, &body)?
+        }
+        "query" => {
+            want(2)?;
+            let mut path = format!("/db/query?q={}", url_encode(&positional[1]));
+            if let Some(p) = db_param {
+                path.push_str(&format!("&{p}"));
+            }
+            if let Some(level) = level {
+                path.push_str(&format!("&level={}", url_encode(&level)));
+            }
+            http_call(&positional[0], "GET", &path, "")?
+        }
+        "status" => {
+            want(1)?;
+            let (status, body) = http_call(&positional[0], "GET", "/status", "")?;
+            let (_, nodes) = http_call(&positional[0], "GET", "/nodes", "")?;
+            (status, format!("{body}\n{nodes}"))
+        }
+        "join" => {
+            want(3)?;
+            let id: u64 = positional[1].parse().map_err(|e| format!("node id {:?}: {e}", positional[1]))?;
+            let body = serde_json::json!({ "id": id, "addr": positional[2], "voter": !learner }).to_string();
+            http_call(&positional[0], "POST", "/join", &body)?
+        }
+        "remove" => {
+            want(2)?;
+            let id: u64 = positional[1].parse().map_err(|e| format!("node id {:?}: {e}", positional[1]))?;
+            http_call(&positional[0], "DELETE", "/remove", &serde_json::json!({ "id": id }).to_string())?
+        }
+        other => return Err(format!("unknown command {other:?}")),
+    };
+    println!("{body}");
+    if status == 200 {
+        Ok(())
+    } else {
+        Err(format!("HTTP {status}"))
+    }
+}
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if let Some(command @ ("execute" | "query" | "status" | "join" | "remove")) =
+        args.first().map(String::as_str)
+    {
+        return match client(command, &args[1..]) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => fail(&e),
+        };
+    }
     match args.first().map(String::as_str) {
         Some("up") => {
             let mut data_dir = PathBuf::from("bop-data");
