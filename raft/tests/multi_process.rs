@@ -1,0 +1,137 @@
+//! Three `bop node` processes on loopback: writes through the leader; the leader is killed with SIGKILL, a
+//! new leader is elected, no acknowledged write is lost; the old leader restarts and catches up.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("port")
+}
+
+fn http(addr: &str, method: &str, path: &str, body: &str) -> Option<(u16, Value)> {
+    let mut stream = TcpStream::connect(addr).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    let status = response.split(' ').nth(1)?.parse().ok()?;
+    let body = response.split_once("\r\n\r\n")?.1;
+    Some((status, serde_json::from_str(body).unwrap_or(Value::Null)))
+}
+
+struct Cluster {
+    dir: tempfile::TempDir,
+    raft: Vec<String>,
+    http: Vec<String>,
+    children: Vec<Option<Child>>,
+}
+
+impl Cluster {
+    fn spawn(&mut self, i: usize, init: bool) {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_bop"));
+        cmd.args(["node", "--id", &(i + 1).to_string()])
+            .arg("--data-dir")
+            .arg(self.dir.path().join(format!("node-{}", i + 1)))
+            .args(["--raft-addr", &self.raft[i], "--http-addr", &self.http[i]])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        if init {
+            let members: Vec<String> = self.raft.iter().enumerate().map(|(j, a)| format!("{}={a}", j + 1)).collect();
+            cmd.args(["--init", &members.join(",")]);
+        }
+        self.children[i] = Some(cmd.spawn().expect("spawn bop node"));
+    }
+
+    /// The leader's index, once every live node agrees on one (bounded wait).
+    fn leader(&self, deadline: Duration) -> usize {
+        let until = Instant::now() + deadline;
+        loop {
+            for (i, addr) in self.http.iter().enumerate() {
+                if self.children[i].is_none() {
+                    continue;
+                }
+                if let Some((200, status)) = http(addr, "GET", "/status", "") {
+                    if status["raft"]["state"] == "Leader" {
+                        return i;
+                    }
+                }
+            }
+            assert!(Instant::now() < until, "no leader within {deadline:?}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for child in self.children.iter_mut().flatten() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn count(addr: &str) -> Option<i64> {
+    let (status, out) = http(addr, "GET", "/db/query?q=SELECT%20count(*)%20FROM%20t&level=none", "")?;
+    (status == 200).then(|| out["results"][0]["values"][0][0].as_i64()).flatten()
+}
+
+#[test]
+fn killing_the_leader_loses_no_acknowledged_write_and_it_catches_up_on_restart() {
+    let n = 3;
+    let mut cluster = Cluster {
+        dir: tempfile::tempdir().expect("tempdir"),
+        raft: (0..n).map(|_| format!("127.0.0.1:{}", free_port())).collect(),
+        http: (0..n).map(|_| format!("127.0.0.1:{}", free_port())).collect(),
+        children: (0..n).map(|_| None).collect(),
+    };
+    for i in 0..n {
+        cluster.spawn(i, i == 0);
+    }
+    let leader = cluster.leader(Duration::from_secs(30));
+    let (status, _) = http(&cluster.http[leader], "POST", "/db/execute", r#"["CREATE TABLE t (x INTEGER)"]"#).expect("create");
+    assert_eq!(status, 200);
+
+    // Acknowledged writes through the leader.
+    let mut acked = 0i64;
+    for i in 0..50 {
+        let body = format!("[\"INSERT INTO t VALUES ({i})\"]");
+        if let Some((200, out)) = http(&cluster.http[leader], "POST", "/db/execute", &body) {
+            if out["results"][0].get("error").is_none() {
+                acked += 1;
+            }
+        }
+    }
+    assert_eq!(acked, 50);
+
+    // SIGKILL the leader; a new one is elected among the other two and holds every acknowledged row.
+    if let Some(mut child) = cluster.children[leader].take() {
+        child.kill().expect("SIGKILL");
+        child.wait().expect("reap");
+    }
+    let new_leader = cluster.leader(Duration::from_secs(30));
+    assert_ne!(new_leader, leader);
+    assert_eq!(count(&cluster.http[new_leader]), Some(acked), "no acknowledged write is lost");
+    let (status, _) = http(&cluster.http[new_leader], "POST", "/db/execute", r#"["INSERT INTO t VALUES (1000)"]"#)
+        .expect("write to the new leader");
+    assert_eq!(status, 200);
+
+    // The old leader restarts from its data directory and catches up.
+    cluster.spawn(leader, false);
+    let until = Instant::now() + Duration::from_secs(30);
+    loop {
+        if count(&cluster.http[leader]) == Some(acked + 1) {
+            break;
+        }
+        assert!(Instant::now() < until, "the restarted node did not catch up");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
