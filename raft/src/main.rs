@@ -2,7 +2,7 @@
 //!
 //! - `bop up`: a local three-node cluster on loopback, data under `./bop-data/`, HTTP API on ports
 //!   4101–4103 (Raft on 4001–4003); Ctrl-C stops it; run again, it reuses the data.
-//! - `bop node --id N --data-dir DIR --raft-addr A --http-addr H [--init ID=RAFT_ADDR,...]`: one node.
+//! - `bop node --id N --data-dir DIR --raft-addr A --http-addr H [--init ID=RAFT/HTTP,...]`: one node.
 //! - `bop demo`: append to a WAL from several threads in a child process, SIGKILL it mid-stream, reopen the
 //!   log and show that every acknowledged entry was recovered.
 
@@ -17,12 +17,12 @@ use bop_storage::wal::{NewEntry, WalConfig, WalStore};
 
 const USAGE: &str = "usage:
   bop up [--data-dir DIR]                    a local three-node cluster (default ./bop-data), Ctrl-C to stop
-  bop node --id N --data-dir DIR --raft-addr HOST:PORT --http-addr HOST:PORT [--init ID=RAFT_ADDR,...]
+  bop node --id N --data-dir DIR --raft-addr HOST:PORT --http-addr HOST:PORT [--init ID=RAFT/HTTP,...]
   bop demo [--dir DIR] [--millis N]          append to a WAL in a child process, SIGKILL it, reopen, verify
   bop execute HTTP_ADDR SQL [--db NAME]      run a write through a node (its leader)
   bop query HTTP_ADDR SQL [--db NAME] [--level none|weak|linearizable]
   bop status HTTP_ADDR                       node, Raft and membership status
-  bop join LEADER_HTTP_ADDR ID RAFT_ADDR [--learner]
+  bop join LEADER_HTTP_ADDR ID RAFT_ADDR[/HTTP_ADDR] [--learner]
   bop remove LEADER_HTTP_ADDR ID";
 
 fn payload(index: u64) -> Vec<u8> {
@@ -171,7 +171,7 @@ fn up(data_dir: PathBuf) -> Result<(), String> {
                 raft_addr: format!("127.0.0.1:{}", 4000 + id),
                 http_addr: format!("127.0.0.1:{}", 4100 + id),
             };
-            members.insert(id, config.raft_addr.clone());
+            members.insert(id, format!("{} http={}", config.raft_addr, config.http_addr));
             nodes.push(Node::start(config).await.map_err(|e| format!("node {id}: {e}"))?);
         }
         nodes[0].initialize_if_new(members).await.map_err(|e| e.to_string())?;
@@ -221,9 +221,14 @@ fn node(args: &[String]) -> Result<(), String> {
                 for pair in value()?.split(',') {
                     let (member, addr) =
                         pair.split_once('=').ok_or_else(|| format!("--init wants ID=ADDR, got {pair:?}"))?;
+                    // ADDR is RAFT_ADDR, or RAFT_ADDR/HTTP_ADDR so that followers can forward to the leader.
+                    let addr = match addr.split_once('/') {
+                        Some((raft, http)) => format!("{raft} http={http}"),
+                        None => addr.to_owned(),
+                    };
                     members.insert(
                         member.parse::<u64>().map_err(|e| format!("--init id {member:?}: {e}"))?,
-                        addr.to_owned(),
+                        addr,
                     );
                 }
                 init = Some(members);
@@ -328,7 +333,11 @@ fn client(command: &str, args: &[String]) -> Result<(), String> {
         "join" => {
             want(3)?;
             let id: u64 = positional[1].parse().map_err(|e| format!("node id {:?}: {e}", positional[1]))?;
-            let body = serde_json::json!({ "id": id, "addr": positional[2], "voter": !learner }).to_string();
+            let addr = match positional[2].split_once('/') {
+                Some((raft, http)) => format!("{raft} http={http}"),
+                None => positional[2].clone(),
+            };
+            let body = serde_json::json!({ "id": id, "addr": addr, "voter": !learner }).to_string();
             http_call(&positional[0], "POST", "/join", &body)?
         }
         "remove" => {

@@ -161,7 +161,17 @@ pub async fn read_frame(stream: &mut (impl AsyncRead + Unpin)) -> io::Result<Vec
     Ok(body)
 }
 
-/// The network factory of one node: connections to peers at their `BasicNode::addr`.
+/// The Raft address in a node's `BasicNode::addr`, which is `RAFT_ADDR` or `RAFT_ADDR http=HTTP_ADDR`.
+pub fn raft_addr_of(addr: &str) -> &str {
+    addr.split_whitespace().next().unwrap_or("")
+}
+
+/// The HTTP address in a node's `BasicNode::addr`, if it carries one (`RAFT_ADDR http=HTTP_ADDR`).
+pub fn http_addr_of(addr: &str) -> Option<&str> {
+    addr.split_whitespace().find_map(|part| part.strip_prefix("http="))
+}
+
+/// The network factory of one node: connections to peers at the Raft address of their `BasicNode::addr`.
 pub struct TcpNetwork<C, SD, K: Connector> {
     connector: Arc<K>,
     timeout: Duration,
@@ -195,7 +205,7 @@ where
     async fn new_client(&mut self, _target: C::NodeId, node: &BasicNode) -> Self::Network {
         TcpConnection {
             connector: Arc::clone(&self.connector),
-            addr: node.addr.clone(),
+            addr: raft_addr_of(&node.addr).to_owned(),
             timeout: self.timeout,
             stream: None,
             _types: PhantomData,

@@ -48,7 +48,7 @@ async fn the_http_api_speaks_rqlite() {
             http_addr: "127.0.0.1:0".into(),
         };
         let node = Node::start(config).await.expect("start");
-        members.insert(id, node.raft_addr().to_owned());
+        members.insert(id, node.member_addr());
         nodes.push(node);
     }
     nodes[0].initialize_if_new(members).await.expect("initialize");
@@ -95,7 +95,13 @@ async fn the_http_api_speaks_rqlite() {
     .await;
     assert_eq!(out["results"][0]["rows"], json!([{"name": "billy"}]));
     let (status, out) = http(&f, "GET", &format!("{path}&level=weak"), b"").await;
-    assert_eq!(status, 503, "a weak read on a follower names the leader: {out}");
+    assert_eq!(
+        (status, out["results"][0]["values"].clone()),
+        (200, json!([["fiona", 20], ["billy", 30]])),
+        "a weak read on a follower is forwarded to the leader"
+    );
+    let (status, out) = http(&f, "GET", &format!("{path}&level=weak&redirect"), b"").await;
+    assert_eq!(status, 503, "with redirect, a follower names the leader instead: {out}");
     assert_eq!(out["leader"]["id"], leader_id);
     // A follower serves level=none from its own page store once it applied the writes.
     let mut seen = Value::Null;
@@ -113,8 +119,9 @@ async fn the_http_api_speaks_rqlite() {
     let (status, out) = http(&l, "POST", "/db/execute", br#"["INSERT INTO nope VALUES(1)"]"#).await;
     assert_eq!(status, 200);
     assert!(out["results"][0]["error"].as_str().is_some_and(|e| e.contains("no such table")), "{out}");
-    let (status, _) = http(&f, "POST", "/db/execute", br#"["INSERT INTO foo(name) VALUES('x')"]"#).await;
-    assert_eq!(status, 503, "writes go to the leader");
+    let (status, _) =
+        http(&f, "POST", "/db/execute?redirect", br#"["INSERT INTO foo(name) VALUES('x')"]"#).await;
+    assert_eq!(status, 503, "with redirect, writes sent to a follower are refused, naming the leader");
     let (status, _) = http(&l, "POST", "/db/execute", b"{not json").await;
     assert_eq!(status, 400);
     let (status, _) = http(&l, "GET", "/db/query?q=SELECT%201&bogus=1", b"").await;
@@ -152,10 +159,10 @@ async fn the_http_api_speaks_rqlite() {
         http_addr: "127.0.0.1:0".into(),
     };
     let fourth = Node::start(config).await.expect("start node 4");
-    let join = json!({ "id": 4, "addr": fourth.raft_addr() });
+    let join = json!({ "id": 4, "addr": fourth.member_addr() });
     let (status, out) = http(&l, "POST", "/join", join.to_string().as_bytes()).await;
     assert_eq!(status, 200, "{out}");
-    let (status, _) = http(&f, "POST", "/join", join.to_string().as_bytes()).await;
+    let (status, _) = http(&f, "POST", "/join?redirect", join.to_string().as_bytes()).await;
     assert_eq!(status, 503, "membership changes go to the leader");
     let (_, out) = http(&l, "GET", "/nodes", b"").await;
     assert_eq!(out["4"]["voter"], true, "{out}");
@@ -167,8 +174,14 @@ async fn the_http_api_speaks_rqlite() {
     let (_, out) = http(&l, "GET", "/nodes", b"").await;
     assert!(out.get("4").is_none(), "node 4 is gone from the membership: {out}");
     fourth.shutdown().await;
-    let (status, _) = http(&l, "POST", "/db/execute", br#"["INSERT INTO foo(name) VALUES('after')"]"#).await;
-    assert_eq!(status, 200, "the three remaining nodes still commit");
+    // A write sent to a follower is forwarded to the leader and committed.
+    let (status, out) =
+        http(&f, "POST", "/db/execute", br#"["INSERT INTO foo(name) VALUES('after')"]"#).await;
+    assert_eq!(status, 200, "{out}");
+    assert_eq!(
+        out["results"][0]["rows_affected"], 1,
+        "the three remaining nodes still commit, via forwarding"
+    );
     for node in nodes {
         node.shutdown().await;
     }

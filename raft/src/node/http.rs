@@ -112,12 +112,70 @@ async fn body(req: Request<Incoming>) -> Result<Bytes, HttpResponse> {
     }
 }
 
+/// Sends the request to the leader's HTTP API and returns its answer verbatim (rqlite forwards writes and
+/// weak reads sent to a follower). `None` when the leader or its HTTP address is unknown.
+async fn forward(
+    node: &NodeShared,
+    method: &Method,
+    path_and_query: &str,
+    body: &[u8],
+) -> Option<HttpResponse> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (_, addr) = node.leader()?;
+    let target = crate::tcp::http_addr_of(&addr)?.to_owned();
+    let exchange = async {
+        let mut stream = tokio::net::TcpStream::connect(&target).await?;
+        let head = format!(
+            "{method} {path_and_query} HTTP/1.1\r\nHost: {target}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            body.len()
+        );
+        stream.write_all(head.as_bytes()).await?;
+        stream.write_all(body).await?;
+        let mut raw = Vec::new();
+        (&mut stream).take(BODY_BYTES_MAX as u64 * 4).read_to_end(&mut raw).await?;
+        Ok::<_, std::io::Error>(raw)
+    };
+    let raw = tokio::time::timeout(std::time::Duration::from_secs(30), exchange).await.ok()?.ok()?;
+    let text = String::from_utf8_lossy(&raw);
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse::<u16>().ok())
+        .and_then(|s| StatusCode::from_u16(s).ok())?;
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(hyper::header::CONTENT_TYPE, hyper::header::HeaderValue::from_static("application/json"));
+    Some(response)
+}
+
 async fn handle(node: Arc<NodeShared>, req: Request<Incoming>) -> Result<HttpResponse, Infallible> {
     let started = Instant::now();
     let params = match query_params(req.uri().query()) {
         Ok(params) => params,
         Err(e) => return Ok(error(StatusCode::BAD_REQUEST, e)),
     };
+    // Writes and leader reads sent to a follower go to the leader, unless the client asked for a redirect.
+    let path = req.uri().path().to_owned();
+    let level = params.get("level").map(String::as_str).unwrap_or("weak");
+    let needs_leader = path == "/db/execute"
+        || path == "/join"
+        || path == "/remove"
+        || (path == "/db/query" && level != "none");
+    if needs_leader && !node.is_leader() && !params.contains_key("redirect") {
+        let method = req.method().clone();
+        let path_and_query = req.uri().path_and_query().map(|p| p.as_str().to_owned()).unwrap_or(path);
+        let bytes = match body(req).await {
+            Ok(bytes) => bytes,
+            Err(response) => return Ok(response),
+        };
+        return Ok(match forward(&node, &method, &path_and_query, &bytes).await {
+            Some(response) => response,
+            None => not_leader(&node, params.contains_key("pretty")),
+        });
+    }
     let pretty = params.contains_key("pretty");
     let db = params.get("db").cloned().unwrap_or_else(|| DEFAULT_DATABASE.to_owned());
     let response = match (req.method().clone(), req.uri().path()) {

@@ -73,12 +73,18 @@ pub struct NodeShared {
 }
 
 impl NodeShared {
+    /// The leader's id and its address as recorded in the membership (`RAFT_ADDR http=HTTP_ADDR`).
     fn leader(&self) -> Option<(u64, String)> {
         let metrics = self.raft.metrics().borrow_watched().clone();
         let id = metrics.current_leader?;
         let addr =
             metrics.membership_config.membership().get_node(&id).map(|n| n.addr.clone()).unwrap_or_default();
         Some((id, addr))
+    }
+
+    /// This node's address as it goes into the membership.
+    pub fn member_addr(&self) -> String {
+        format!("{} http={}", self.raft_addr, self.http_addr)
     }
 
     fn is_leader(&self) -> bool {
@@ -215,7 +221,13 @@ impl Node {
         &self.shared.raft
     }
 
-    /// Forms a new cluster of `members` (id → Raft address) if this node has never been initialised.
+    /// This node's address as it goes into the membership: `RAFT_ADDR http=HTTP_ADDR`.
+    pub fn member_addr(&self) -> String {
+        self.shared.member_addr()
+    }
+
+    /// Forms a new cluster of `members` (id → member address, `RAFT_ADDR` or `RAFT_ADDR http=HTTP_ADDR`) if
+    /// this node has never been initialised.
     pub async fn initialize_if_new(&self, members: BTreeMap<u64, String>) -> Result<(), NodeError> {
         if self.shared.raft.is_initialized().await.map_err(|e| NodeError::Raft(e.to_string()))? {
             return Ok(());
