@@ -5,7 +5,12 @@ use std::sync::Arc;
 
 use bop_sql::{FrameSink, SinkError};
 use bop_storage::page_store::{encode_commit, Db, Manager};
+use openraft::async_runtime::WatchReceiver;
 use openraft::Raft;
+
+/// How often a proposal is retried while this node's leadership is being established, and how long apart.
+const PROPOSE_RETRIES_MAX: u32 = 40;
+const PROPOSE_RETRY_PAUSE: std::time::Duration = std::time::Duration::from_millis(50);
 
 use crate::state_machine::{BopConfig, BopStateMachine, Command, Response};
 
@@ -29,7 +34,26 @@ impl RaftSink {
 
     fn propose(&self, command: Command) -> Result<(u64, Response), SinkError> {
         let raft = self.raft.clone();
-        let outcome = self.runtime.block_on(async move { raft.client_write(command).await });
+        let outcome = self.runtime.block_on(async move {
+            // A leader elected a moment ago refuses writes until its leadership is established (its first
+            // entry committed): wait for that, a bounded number of times, rather than bounce the client.
+            let mut attempts = 0u32;
+            loop {
+                match raft.client_write(command.clone()).await {
+                    Err(e)
+                        if attempts < PROPOSE_RETRIES_MAX
+                            && e.forward_to_leader().is_some_and(|f| {
+                                f.leader_id.is_none()
+                                    || f.leader_id == Some(raft.metrics().borrow_watched().id)
+                            }) =>
+                    {
+                        attempts += 1;
+                        tokio::time::sleep(PROPOSE_RETRY_PAUSE).await;
+                    }
+                    other => return other,
+                }
+            }
+        });
         match outcome {
             Ok(response) => Ok((response.log_id.index, response.data)),
             Err(e) => {

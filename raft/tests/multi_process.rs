@@ -99,9 +99,10 @@ fn killing_the_leader_loses_no_acknowledged_write_and_it_catches_up_on_restart()
         cluster.spawn(i, i == 0);
     }
     let leader = cluster.leader(Duration::from_secs(30));
-    let (status, _) = http(&cluster.http[leader], "POST", "/db/execute", r#"["CREATE TABLE t (x INTEGER)"]"#)
-        .expect("create");
-    assert_eq!(status, 200);
+    let (status, out) =
+        http(&cluster.http[leader], "POST", "/db/execute", r#"["CREATE TABLE t (x INTEGER)"]"#)
+            .expect("create");
+    assert_eq!(status, 200, "{out}");
 
     // Acknowledged writes through the leader.
     let mut acked = 0i64;
