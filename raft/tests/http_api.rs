@@ -149,6 +149,20 @@ async fn the_http_api_speaks_rqlite() {
     assert_eq!(out["raft"]["leader"], leader_id);
     let (status, _) = http(&f, "GET", "/readyz", b"").await;
     assert_eq!(status, 200);
+    let (status, text) = http(&l, "GET", "/metrics", b"").await;
+    let text = text.as_str().unwrap_or_default().to_owned();
+    assert_eq!(status, 200);
+    assert!(text.contains("bop_raft_is_leader 1") && text.contains("bop_wal_fsyncs_total"), "{text}");
+
+    // A running node's data directory is locked: a second node on it is refused before touching its files.
+    let twin = NodeConfig {
+        id: leader_id,
+        data_dir: dir.path().join(format!("node-{leader_id}")),
+        raft_addr: "127.0.0.1:0".into(),
+        http_addr: "127.0.0.1:0".into(),
+    };
+    let err = Node::start(twin).await.err().expect("refused");
+    assert!(err.to_string().contains("in use by another running bop node"), "{err}");
 
     // Membership: a fourth node joins through the leader's API (learner, caught up, then voter), serves the
     // data from its own copy, and is removed again.
@@ -185,4 +199,24 @@ async fn the_http_api_speaks_rqlite() {
     for node in nodes {
         node.shutdown().await;
     }
+
+    // A data directory belongs to one node id; a port that is taken is a clear error.
+    let wrong = NodeConfig {
+        id: 9,
+        data_dir: dir.path().join("node-1"),
+        raft_addr: "127.0.0.1:0".into(),
+        http_addr: "127.0.0.1:0".into(),
+    };
+    let err = Node::start(wrong).await.err().expect("refused");
+    // Not "in use": shutting the node down released the directory's lock.
+    assert!(err.to_string().contains("belongs to node 1"), "{err}");
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let busy = NodeConfig {
+        id: 1,
+        data_dir: dir.path().join("node-1"),
+        raft_addr: taken.local_addr().expect("addr").to_string(),
+        http_addr: "127.0.0.1:0".into(),
+    };
+    let err = Node::start(busy).await.err().expect("refused");
+    assert!(err.to_string().contains("cannot listen"), "{err}");
 }

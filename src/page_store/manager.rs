@@ -867,6 +867,11 @@ impl Manager {
         &self.inner.wal
     }
 
+    /// The node's page cache counters.
+    pub fn cache_metrics(&self) -> PageCacheMetrics {
+        self.inner.cache.metrics()
+    }
+
     /// Highest applied log index.
     pub fn applied_index(&self) -> u64 {
         *self.inner.applied.lock()

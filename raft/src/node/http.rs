@@ -207,6 +207,14 @@ async fn handle(node: Arc<NodeShared>, req: Request<Incoming>) -> Result<HttpRes
         },
         (Method::GET, "/status") => respond(StatusCode::OK, &node.status(), pretty),
         (Method::GET, "/nodes") => respond(StatusCode::OK, &node.nodes(), pretty),
+        (Method::GET, "/metrics") => {
+            let mut response = Response::new(Full::new(Bytes::from(node.metrics_text())));
+            response.headers_mut().insert(
+                hyper::header::CONTENT_TYPE,
+                hyper::header::HeaderValue::from_static("text/plain; version=0.0.4"),
+            );
+            response
+        }
         (Method::GET, "/readyz") => match node.leader() {
             Some(_) => respond(StatusCode::OK, &json!({ "ready": true }), pretty),
             None => error(StatusCode::SERVICE_UNAVAILABLE, "no leader"),

@@ -61,9 +61,77 @@ pub enum NodeError {
     Raft(String),
 }
 
+/// Name of the file that ties a data directory to one node id.
+const IDENTITY_FILE: &str = "bop-node.json";
+const LOCK_FILE: &str = "LOCK";
+
+/// Takes the exclusive lock on the data directory, held as long as the returned file is open, so two
+/// processes (or two nodes in one process) never open the same log, manifest and page store.
+fn lock_data_dir(config: &NodeConfig) -> Result<std::fs::File, NodeError> {
+    let path = config.data_dir.join(LOCK_FILE);
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| NodeError::Storage(format!("opening {}: {e}", path.display())))?;
+    match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+        Ok(()) => Ok(file),
+        Err(rustix::io::Errno::WOULDBLOCK) => Err(NodeError::Config(format!(
+            "data directory {} is in use by another running bop node",
+            config.data_dir.display()
+        ))),
+        Err(e) => Err(NodeError::Storage(format!("locking {}: {e}", path.display()))),
+    }
+}
+
+/// A data directory belongs to one node: its first start writes the node id (fsynced), and every later start
+/// with another id is refused, so a node cannot come up with someone else's log and vote.
+fn check_identity(config: &NodeConfig) -> Result<(), NodeError> {
+    let path = config.data_dir.join(IDENTITY_FILE);
+    match std::fs::read(&path) {
+        Ok(bytes) => {
+            let stored: Json = serde_json::from_slice(&bytes).map_err(|e| {
+                NodeError::Config(format!("{} is not a bop node identity: {e}", path.display()))
+            })?;
+            match stored["node_id"].as_u64() {
+                Some(id) if id == config.id => Ok(()),
+                Some(id) => Err(NodeError::Config(format!(
+                    "data directory {} belongs to node {id}, not node {}",
+                    config.data_dir.display(),
+                    config.id
+                ))),
+                None => Err(NodeError::Config(format!("{} has no node_id", path.display()))),
+            }
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let entries = std::fs::read_dir(&config.data_dir)
+                .map(|d| d.filter(|e| e.as_ref().map_or(true, |e| e.file_name() != LOCK_FILE)).count())
+                .unwrap_or(0);
+            if entries > 0 {
+                return Err(NodeError::Config(format!(
+                    "data directory {} is not empty and is not a bop node's",
+                    config.data_dir.display()
+                )));
+            }
+            let write = || -> std::io::Result<()> {
+                let tmp = config.data_dir.join(format!("{IDENTITY_FILE}.tmp"));
+                std::fs::write(&tmp, json!({ "node_id": config.id }).to_string())?;
+                std::fs::File::open(&tmp)?.sync_all()?;
+                std::fs::rename(&tmp, &path)?;
+                std::fs::File::open(&config.data_dir)?.sync_all()
+            };
+            write().map_err(|e| NodeError::Storage(format!("writing {}: {e}", path.display())))
+        }
+        Err(e) => Err(NodeError::Storage(format!("reading {}: {e}", path.display()))),
+    }
+}
+
 /// What the HTTP handlers share.
 pub struct NodeShared {
     id: u64,
+    wal: Arc<WalStore>,
+    manager: Manager,
     raft: Raft<BopConfig, BopStateMachine>,
     engine: Arc<SqlEngine>,
     raft_addr: String,
@@ -117,6 +185,61 @@ impl NodeShared {
         })
     }
 
+    /// Prometheus text exposition of the node's figures.
+    fn metrics_text(&self) -> String {
+        let m = self.raft.metrics().borrow_watched().clone();
+        let wal = self.wal.metrics();
+        let cache = self.manager.cache_metrics();
+        let requests = self.requests.load(Ordering::Relaxed);
+        let last_log = m.last_log_index.unwrap_or(0);
+        let applied = m.last_applied.map_or(0, |l| l.index);
+        let latency_s =
+            self.latency_us_total.load(Ordering::Relaxed).checked_div(requests).unwrap_or(0) as f64 / 1e6;
+        let gauges: [(&str, &str, f64); 19] = [
+            (
+                "bop_raft_is_leader",
+                "1 if this node leads",
+                f64::from(u8::from(m.current_leader == Some(self.id))),
+            ),
+            ("bop_raft_term", "current term", m.current_term as f64),
+            ("bop_raft_last_log_index", "last log index", last_log as f64),
+            ("bop_raft_last_applied_index", "last applied index", applied as f64),
+            (
+                "bop_raft_apply_lag_entries",
+                "entries logged but not applied",
+                last_log.saturating_sub(applied) as f64,
+            ),
+            ("bop_wal_appends_total", "append calls", wal.appends as f64),
+            ("bop_wal_records_total", "records made durable", wal.records as f64),
+            ("bop_wal_bytes_total", "bytes written", wal.bytes as f64),
+            ("bop_wal_fsyncs_total", "fdatasyncs", wal.fsyncs as f64),
+            ("bop_wal_records_per_fsync", "records per fdatasync", wal.records_per_fsync),
+            ("bop_wal_queue_depth", "records accepted, not yet durable", wal.queue_depth as f64),
+            (
+                "bop_wal_backpressure_total",
+                "appends refused for backpressure",
+                wal.backpressure_rejections as f64,
+            ),
+            (
+                "bop_wal_permanent_failures_total",
+                "permanent write failures (poison)",
+                wal.permanent_failures as f64,
+            ),
+            ("bop_cache_hits_total", "page cache hits", cache.hits as f64),
+            ("bop_cache_misses_total", "page cache misses", cache.misses as f64),
+            ("bop_cache_evictions_total", "page cache evictions", cache.evictions as f64),
+            ("bop_cache_bytes", "page cache bytes", cache.bytes as f64),
+            ("bop_http_requests_total", "HTTP requests served", requests as f64),
+            ("bop_http_latency_seconds_avg", "mean HTTP request latency", latency_s),
+        ];
+        let mut out = String::new();
+        for (name, help, value) in gauges {
+            let kind = if name.ends_with("_total") { "counter" } else { "gauge" };
+            out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n"));
+        }
+        out
+    }
+
     fn nodes(&self) -> Json {
         let m = self.raft.metrics().borrow_watched().clone();
         let membership = m.membership_config.membership();
@@ -137,6 +260,8 @@ pub struct Node {
     store: LogStore<BopConfig>,
     raft_server: tokio::task::JoinHandle<std::io::Result<()>>,
     http_server: tokio::task::JoinHandle<std::io::Result<()>>,
+    /// The data directory's exclusive lock, released when the node is dropped.
+    _lock: std::fs::File,
 }
 
 impl Node {
@@ -153,6 +278,8 @@ impl Node {
             .map_err(|source| NodeError::Bind { addr: config.http_addr.clone(), source })?;
         let storage = |e: &dyn std::fmt::Display| NodeError::Storage(e.to_string());
         std::fs::create_dir_all(&config.data_dir).map_err(|e| storage(&e))?;
+        let lock = lock_data_dir(&config)?;
+        check_identity(&config)?;
         let wal = Arc::new(
             WalStore::open(Arc::new(BufferedIo::new()), WalConfig::new(config.data_dir.join("wal")))
                 .map_err(|e| storage(&e))?,
@@ -163,7 +290,7 @@ impl Node {
         let manager =
             Manager::open_replicated(ManagerConfig::new(&config.data_dir), Arc::clone(&wal), manifest)
                 .map_err(|e| storage(&e))?;
-        let sm = BopStateMachine::open(manager.clone(), wal).map_err(|e| storage(&e))?;
+        let sm = BopStateMachine::open(manager.clone(), Arc::clone(&wal)).map_err(|e| storage(&e))?;
         let raft_config = Arc::new(
             Config {
                 heartbeat_interval: 100,
@@ -180,13 +307,15 @@ impl Node {
             .map_err(|e| NodeError::Raft(e.to_string()))?;
         let sink = RaftSink::new(raft.clone(), tokio::runtime::Handle::current());
         let engine = Arc::new(
-            SqlEngine::new(manager, sink, SqlConfig::new(config.data_dir.join("sql")))
+            SqlEngine::new(manager.clone(), sink, SqlConfig::new(config.data_dir.join("sql")))
                 .map_err(|e| storage(&e))?,
         );
         let http_addr = http_listener.local_addr().map_or(config.http_addr.clone(), |a| a.to_string());
         let raft_addr = raft_listener.local_addr().map_or(config.raft_addr.clone(), |a| a.to_string());
         let shared = Arc::new(NodeShared {
             id: config.id,
+            wal,
+            manager,
             raft: raft.clone(),
             engine,
             raft_addr,
@@ -198,7 +327,7 @@ impl Node {
             SnapshotInbox { io: Arc::new(BufferedIo::new()), dir: config.data_dir.join("snapshot-inbox") };
         let raft_server = tokio::spawn(serve(raft_listener, raft, inbox));
         let http_server = tokio::spawn(http::serve_http(http_listener, Arc::clone(&shared)));
-        Ok(Node { shared, store, raft_server, http_server })
+        Ok(Node { shared, store, raft_server, http_server, _lock: lock })
     }
 
     /// The node's id.
