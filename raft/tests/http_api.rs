@@ -143,6 +143,39 @@ async fn the_http_api_speaks_rqlite() {
     let (_, out) = http(&l, "GET", "/db/query?db=other&q=SELECT%20x%20FROM%20t", b"").await;
     assert_eq!(out["results"][0]["values"], json!([[42]]));
 
+    // The unified endpoint: a batch with a write runs in one transaction on the leader (forwarded from a
+    // follower) and answers rows for reads; a batch of reads is a query, served locally at level=none.
+    let mixed = br#"[["INSERT INTO t VALUES(?)", 7], "SELECT x FROM t ORDER BY x"]"#;
+    let (status, out) = http(&f, "POST", "/db/request?db=other", mixed).await;
+    assert_eq!(status, 200, "{out}");
+    assert_eq!(out["results"][0]["rows_affected"], 1, "{out}");
+    assert_eq!(out["results"][1]["values"], json!([[7], [42]]), "{out}");
+    let (status, _) = http(&f, "POST", "/db/request?db=other&redirect", mixed).await;
+    assert_eq!(status, 503, "with redirect, a batch with a write is refused on a follower");
+    let (status, out) =
+        http(&l, "POST", "/db/request?db=other", br#"["INSERT INTO t VALUES(1)", "SELECT * FROM nope"]"#)
+            .await;
+    assert_eq!(status, 200);
+    assert!(out["results"][0]["error"].as_str().is_some_and(|e| e.contains("no such table")), "{out}");
+    let mut seen = Value::Null;
+    for _ in 0..100 {
+        let (status, out) =
+            http(&f, "POST", "/db/request?db=other&level=none&redirect", br#"["SELECT count(*) FROM t"]"#)
+                .await;
+        // 503 only until the follower has applied the database's creation (unknown databases count as
+        // writes); afterwards a read-only batch at level=none is served here, not redirected.
+        seen = json!([status, out["results"][0]["values"].clone()]);
+        if seen == json!([200, [[2]]]) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        seen,
+        json!([200, [[2]]]),
+        "served locally; the failed batch wrote nothing, the mixed one applied"
+    );
+
     // Status and readiness.
     let (status, out) = http(&f, "GET", "/status", b"").await;
     assert_eq!(status, 200);

@@ -222,38 +222,7 @@ impl Connection {
         let mut rows = Rows::default();
         let mut rest = sql.as_bytes();
         let mut outcome = ExecOutcome { rows_affected: 0, last_insert_rowid: 0 };
-        loop {
-            let mut stmt: *mut ffi::sqlite3_stmt = std::ptr::null_mut();
-            let mut tail: *const c_char = std::ptr::null();
-            if rest.len() > c_int::MAX as usize {
-                return Err(SqlError::invalid("SQL text too long"));
-            }
-            // SAFETY: `rest` is valid for its length; SQLite sets `tail` inside it (or to its end).
-            let rc = unsafe {
-                ffi::sqlite3_prepare_v2(
-                    self.raw,
-                    rest.as_ptr() as *const c_char,
-                    rest.len() as c_int,
-                    &mut stmt,
-                    &mut tail,
-                )
-            };
-            if rc != ffi::SQLITE_OK {
-                if !stmt.is_null() {
-                    drop(Stmt(stmt));
-                }
-                return Err(self.error(rc));
-            }
-            let consumed = if tail.is_null() { rest.len() } else { tail as usize - rest.as_ptr() as usize };
-            rest = &rest[consumed..];
-            if stmt.is_null() {
-                // Only whitespace or comments were left.
-                if rest.is_empty() {
-                    break;
-                }
-                continue;
-            }
-            let stmt = Stmt(stmt);
+        while let Some(stmt) = self.prepare_next(&mut rest)? {
             self.bind(&stmt, params)?;
             // SAFETY: `stmt` is a prepared statement of this connection.
             let column_count = unsafe { ffi::sqlite3_column_count(stmt.0) };
@@ -278,11 +247,55 @@ impl Connection {
                     last_insert_rowid: ffi::sqlite3_last_insert_rowid(self.raw),
                 }
             };
-            if rest.is_empty() {
-                break;
-            }
         }
         Ok((rows, outcome))
+    }
+
+    /// Prepares the next statement of `rest` and advances it past that statement; `None` once only
+    /// whitespace or comments are left.
+    fn prepare_next(&self, rest: &mut &[u8]) -> Result<Option<Stmt>, SqlError> {
+        while !rest.is_empty() {
+            let mut stmt: *mut ffi::sqlite3_stmt = std::ptr::null_mut();
+            let mut tail: *const c_char = std::ptr::null();
+            if rest.len() > c_int::MAX as usize {
+                return Err(SqlError::invalid("SQL text too long"));
+            }
+            // SAFETY: `rest` is valid for its length; SQLite sets `tail` inside it (or to its end).
+            let rc = unsafe {
+                ffi::sqlite3_prepare_v2(
+                    self.raw,
+                    rest.as_ptr() as *const c_char,
+                    rest.len() as c_int,
+                    &mut stmt,
+                    &mut tail,
+                )
+            };
+            if rc != ffi::SQLITE_OK {
+                if !stmt.is_null() {
+                    drop(Stmt(stmt));
+                }
+                return Err(self.error(rc));
+            }
+            let consumed = if tail.is_null() { rest.len() } else { tail as usize - rest.as_ptr() as usize };
+            *rest = &rest[consumed..];
+            if !stmt.is_null() {
+                return Ok(Some(Stmt(stmt)));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Whether every statement of `sql` only reads the database (SQLite's `sqlite3_stmt_readonly`); an
+    /// error if `sql` does not prepare.
+    pub fn is_read_only(&mut self, sql: &str) -> Result<bool, SqlError> {
+        let mut rest = sql.as_bytes();
+        while let Some(stmt) = self.prepare_next(&mut rest)? {
+            // SAFETY: `stmt` is a prepared statement of this connection.
+            if unsafe { ffi::sqlite3_stmt_readonly(stmt.0) } == 0 {
+                return Ok(false);
+            }
+        }
+        Ok(true)
     }
 
     fn bind(&self, stmt: &Stmt, params: &Params) -> Result<(), SqlError> {
@@ -342,11 +355,20 @@ impl Connection {
     /// Runs `statements` in one transaction (`BEGIN IMMEDIATE` … `COMMIT`): all of them commit, or — on the
     /// first error, whose SQLite message is returned — none.
     pub fn execute_batch(&mut self, statements: &[Statement]) -> Result<Vec<ExecOutcome>, SqlError> {
+        Ok(self.request_batch(statements)?.into_iter().map(|(_, outcome)| outcome).collect())
+    }
+
+    /// Runs `statements` in one transaction like [`Connection::execute_batch`], also returning the rows of
+    /// each statement that returned columns (rqlite's unified request, where reads and writes mix).
+    pub fn request_batch(
+        &mut self,
+        statements: &[Statement],
+    ) -> Result<Vec<(Option<Rows>, ExecOutcome)>, SqlError> {
         self.run("BEGIN IMMEDIATE", &Params::None)?;
         let mut outcomes = Vec::with_capacity(statements.len());
         for statement in statements {
             match self.run(&statement.sql, &statement.params) {
-                Ok((_, outcome)) => outcomes.push(outcome),
+                Ok((rows, outcome)) => outcomes.push(((!rows.columns.is_empty()).then_some(rows), outcome)),
                 Err(e) => {
                     self.rollback_if_open();
                     return Err(e);

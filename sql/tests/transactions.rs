@@ -249,3 +249,43 @@ fn statements_that_would_leave_bops_wal_or_attach_files_are_refused() {
     let rows = conn.query("PRAGMA journal_mode", &bop_sql::Params::None).expect("read").rows;
     assert_eq!(rows, vec![vec![bop_sql::Value::Text("wal".into())]]);
 }
+
+#[test]
+fn request_batches_mix_reads_and_writes_and_reads_are_classified() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = engine(dir.path());
+    let mut conn = open(&engine, "r");
+    exec(&mut conn, "CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT)");
+
+    // Classification per SQLite: every statement of the text must only read.
+    assert!(conn.is_read_only("SELECT * FROM t; SELECT 1").unwrap());
+    assert!(!conn.is_read_only("SELECT 1; INSERT INTO t(v) VALUES ('a')").unwrap());
+    assert!(!conn.is_read_only("DELETE FROM t").unwrap());
+    assert!(conn.is_read_only("SELECT * FROM nope").unwrap_err().to_string().contains("no such table"));
+
+    // One transaction: rows for statements with columns, outcomes for all.
+    let out = conn
+        .request_batch(&[
+            Statement::new("INSERT INTO t(v) VALUES ('a')"),
+            Statement::new("SELECT v FROM t"),
+            Statement::new("INSERT INTO t(v) VALUES ('b')"),
+        ])
+        .unwrap();
+    assert_eq!(out.len(), 3);
+    assert!(out[0].0.is_none() && out[0].1.rows_affected == 1);
+    assert_eq!(out[1].0.as_ref().map(|r| r.rows.clone()), Some(vec![vec![Value::Text("a".into())]]));
+    assert_eq!(out[2].1.last_insert_rowid, 2);
+
+    // A failing statement rolls the whole batch back, reads included.
+    let applied = engine.manager().applied_index();
+    let err = conn
+        .request_batch(&[
+            Statement::new("INSERT INTO t(v) VALUES ('c')"),
+            Statement::new("SELECT * FROM nope"),
+        ])
+        .unwrap_err();
+    assert!(err.to_string().contains("no such table"), "{err}");
+    assert_eq!(engine.manager().applied_index(), applied);
+    assert_eq!(int(&mut conn, "SELECT count(*) FROM t"), 2);
+    assert!(conn.is_autocommit());
+}

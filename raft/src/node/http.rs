@@ -1,6 +1,6 @@
 //! The node's HTTP API, compatible with rqlite's for the calls below (documented in docs/design.md).
 //!
-//! `POST /db/execute`, `GET|POST /db/query` (`level=none|weak|linearizable|strong`, `associative`,
+//! `POST /db/execute`, `GET|POST /db/query`, `POST /db/request` (reads and writes mixed) (`level=none|weak|linearizable|strong`, `associative`,
 //! `pretty`, `timings`, `db=NAME` for a named database, `q=SQL` for GET), `GET /status`, `GET /nodes`,
 //! `GET /readyz`. Bodies are bounded; malformed input is a 4xx with a JSON error and writes nothing.
 
@@ -21,7 +21,7 @@ use openraft::async_runtime::WatchReceiver;
 use serde_json::{json, Value as Json};
 use tokio::net::TcpListener;
 
-use super::rqlite::{error_result, exec_results, parse_statements, query_result};
+use super::rqlite::{error_result, exec_result, exec_results, parse_statements, query_result};
 use super::NodeShared;
 
 /// Largest request body accepted.
@@ -183,6 +183,7 @@ async fn handle(node: Arc<NodeShared>, req: Request<Incoming>) -> Result<HttpRes
             Ok(bytes) => execute(&node, &db, &bytes, pretty).await,
             Err(response) => response,
         },
+        (Method::POST, "/db/request") => request(&node, req, &params, &db, pretty).await,
         (method @ (Method::GET | Method::POST), "/db/query") => {
             let statements = if method == Method::GET {
                 match params.get("q") {
@@ -326,6 +327,78 @@ async fn query(
         Ok(Ok(body)) => respond(StatusCode::OK, &body, pretty),
         Ok(Err(e)) => respond(StatusCode::OK, &error_result(&e.to_string()), pretty),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, format!("query task: {e}")),
+    }
+}
+
+/// rqlite's unified endpoint: a batch of only reads is a query (at the requested level, forwarded like one);
+/// a batch with any write runs on the leader in one transaction, answering rows for the statements that
+/// return them and `last_insert_id`/`rows_affected` for the others.
+async fn request(
+    node: &Arc<NodeShared>,
+    req: Request<Incoming>,
+    params: &HashMap<String, String>,
+    db: &str,
+    pretty: bool,
+) -> HttpResponse {
+    let path_and_query = req.uri().path_and_query().map(|p| p.as_str().to_owned()).unwrap_or_default();
+    let bytes = match body(req).await {
+        Ok(bytes) => bytes,
+        Err(response) => return response,
+    };
+    let statements = match parse_statements(&bytes) {
+        Ok(statements) => statements,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e),
+    };
+    // Classified on a local connection; a database this node does not have yet counts as a write.
+    let engine = Arc::clone(&node.engine);
+    let name = db.to_owned();
+    let classify = statements.clone();
+    let read_only = tokio::task::spawn_blocking(move || {
+        let mut conn = engine.open(&name, OpenMode::Existing).ok()?;
+        let mut all = true;
+        for statement in &classify {
+            all &= conn.is_read_only(&statement.sql).ok()?;
+        }
+        Some(all)
+    })
+    .await
+    .ok()
+    .flatten()
+    .unwrap_or(false);
+    let level = params.get("level").map(String::as_str).unwrap_or("weak");
+    if (!read_only || level != "none") && !node.is_leader() {
+        if params.contains_key("redirect") {
+            return not_leader(node, pretty);
+        }
+        return match forward(node, &Method::POST, &path_and_query, &bytes).await {
+            Some(response) => response,
+            None => not_leader(node, pretty),
+        };
+    }
+    if read_only {
+        return query(node, db, &bytes, params, pretty).await;
+    }
+    let associative = params.contains_key("associative");
+    let engine = Arc::clone(&node.engine);
+    let name = db.to_owned();
+    let outcome = tokio::task::spawn_blocking(move || {
+        let mut conn = engine.open(&name, OpenMode::CreateIfMissing)?;
+        conn.request_batch(&statements)
+    })
+    .await;
+    match outcome {
+        Ok(Ok(outcomes)) => {
+            let results: Vec<Json> = outcomes
+                .iter()
+                .map(|(rows, outcome)| match rows {
+                    Some(rows) => query_result(rows, associative),
+                    None => exec_result(outcome),
+                })
+                .collect();
+            respond(StatusCode::OK, &json!({ "results": results }), pretty)
+        }
+        Ok(Err(e)) => sql_failure(node, &e, pretty),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, format!("request task: {e}")),
     }
 }
 

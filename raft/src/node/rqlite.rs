@@ -84,11 +84,13 @@ fn to_json(value: &Value) -> Json {
 
 /// `{"results": [{"last_insert_id": .., "rows_affected": ..}, ..]}`.
 pub fn exec_results(outcomes: &[ExecOutcome]) -> Json {
-    let results: Vec<Json> = outcomes
-        .iter()
-        .map(|o| json!({ "last_insert_id": o.last_insert_rowid, "rows_affected": o.rows_affected }))
-        .collect();
+    let results: Vec<Json> = outcomes.iter().map(exec_result).collect();
     json!({ "results": results })
+}
+
+/// `{"last_insert_id": .., "rows_affected": ..}`: what one write did.
+pub fn exec_result(outcome: &ExecOutcome) -> Json {
+    json!({ "last_insert_id": outcome.last_insert_rowid, "rows_affected": outcome.rows_affected })
 }
 
 /// One query result, as rows of values or (associative) as objects.
