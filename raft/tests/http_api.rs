@@ -11,6 +11,13 @@ use tokio::net::TcpStream;
 
 /// A minimal HTTP/1.1 client: one request per connection, returns (status, body as JSON or string).
 async fn http(addr: &str, method: &str, path: &str, body: &[u8]) -> (u16, Value) {
+    let (status, raw) = http_raw(addr, method, path, body).await;
+    let body = String::from_utf8_lossy(&raw).into_owned();
+    (status, serde_json::from_str(&body).unwrap_or(Value::String(body)))
+}
+
+/// The status and the body's bytes.
+async fn http_raw(addr: &str, method: &str, path: &str, body: &[u8]) -> (u16, Vec<u8>) {
     let mut stream = TcpStream::connect(addr).await.expect("connect");
     let head = format!(
         "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
@@ -23,10 +30,10 @@ async fn http(addr: &str, method: &str, path: &str, body: &[u8]) -> (u16, Value)
         .await
         .expect("answer")
         .expect("read");
-    let text = String::from_utf8_lossy(&raw).into_owned();
-    let status: u16 = text.split(' ').nth(1).and_then(|s| s.parse().ok()).expect("status line");
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
-    (status, serde_json::from_str(body).unwrap_or(Value::String(body.to_owned())))
+    let split = raw.windows(4).position(|w| w == b"\r\n\r\n").expect("end of head");
+    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
+    let status: u16 = head.split(' ').nth(1).and_then(|s| s.parse().ok()).expect("status line");
+    (status, raw[split + 4..].to_vec())
 }
 
 fn encode(q: &str) -> String {
@@ -175,6 +182,18 @@ async fn the_http_api_speaks_rqlite() {
         json!([200, [[2]]]),
         "served locally; the failed batch wrote nothing, the mixed one applied"
     );
+
+    // A backup is a consistent, ordinary SQLite file, taken on the leader (forwarded byte for byte).
+    let (status, bytes) = http_raw(&f, "GET", "/db/backup?db=other", b"").await;
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&bytes));
+    assert_eq!(&bytes[..16], b"SQLite format 3\0");
+    let copy_path = dir.path().join("backup-copy.db");
+    std::fs::write(&copy_path, &bytes).expect("write backup");
+    let mut copy = bop_sql::Connection::open_stock(&copy_path).expect("open backup");
+    let rows = copy.query("SELECT x FROM t ORDER BY x", &bop_sql::Params::None).expect("query backup");
+    assert_eq!(rows.rows, vec![vec![bop_sql::Value::Integer(7)], vec![bop_sql::Value::Integer(42)]]);
+    let (status, _) = http(&l, "GET", "/db/backup?db=missing", b"").await;
+    assert_eq!(status, 404);
 
     // Status and readiness.
     let (status, out) = http(&f, "GET", "/status", b"").await;

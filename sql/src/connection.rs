@@ -392,6 +392,36 @@ impl Connection {
         Ok(self.run(sql, params)?.0)
     }
 
+    /// Writes a consistent copy of this database (the snapshot one read transaction sees) to `path` as an
+    /// ordinary SQLite file in rollback-journal mode, with SQLite's online backup API. `path` must not
+    /// exist yet.
+    pub fn backup_to(&mut self, path: impl AsRef<Path>) -> Result<(), SqlError> {
+        let path = path.as_ref();
+        if path.exists() {
+            return Err(SqlError::invalid(format!("backup target {} already exists", path.display())));
+        }
+        let mut dest = Connection::open_stock(path)?;
+        let main = c"main";
+        // SAFETY: both handles are open, distinct and used only by this thread for the backup's duration.
+        let backup = unsafe { ffi::sqlite3_backup_init(dest.raw, main.as_ptr(), self.raw, main.as_ptr()) };
+        if backup.is_null() {
+            // SAFETY: `dest.raw` is open; the error of a failed init is left on the destination.
+            return Err(dest.error(unsafe { ffi::sqlite3_errcode(dest.raw) }));
+        }
+        // SAFETY: `backup` is live until `sqlite3_backup_finish`, which is called exactly once.
+        let (step, finish) = unsafe {
+            let step = ffi::sqlite3_backup_step(backup, -1);
+            (step, ffi::sqlite3_backup_finish(backup))
+        };
+        if step != ffi::SQLITE_DONE {
+            return Err(if step == ffi::SQLITE_OK { self.error(finish) } else { self.error(step) });
+        }
+        result(dest.raw, finish, None)?;
+        // The copy carries the source's WAL-mode header; an exported file should open without one.
+        dest.run("PRAGMA journal_mode=DELETE", &Params::None)?;
+        Ok(())
+    }
+
     /// Whether no transaction is open.
     pub fn is_autocommit(&self) -> bool {
         // SAFETY: `raw` is open.

@@ -289,3 +289,35 @@ fn request_batches_mix_reads_and_writes_and_reads_are_classified() {
     assert_eq!(int(&mut conn, "SELECT count(*) FROM t"), 2);
     assert!(conn.is_autocommit());
 }
+
+#[test]
+fn backup_is_a_consistent_ordinary_sqlite_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = engine(dir.path());
+    let mut conn = open(&engine, "bk");
+    exec(&mut conn, "CREATE TABLE t(id INTEGER PRIMARY KEY, v BLOB)");
+    for i in 0..500 {
+        conn.execute(
+            "INSERT INTO t(v) VALUES (?)",
+            &Params::Positional(vec![Value::Blob(vec![i as u8; 300])]),
+        )
+        .unwrap();
+    }
+    let target = dir.path().join("backup.db");
+    conn.backup_to(&target).unwrap();
+    assert!(conn.backup_to(&target).unwrap_err().to_string().contains("already exists"));
+
+    // A stock SQLite file in rollback-journal mode (header bytes 18 and 19 are 1), holding every row.
+    let bytes = std::fs::read(&target).unwrap();
+    assert_eq!(&bytes[..16], b"SQLite format 3\0");
+    assert_eq!((bytes[18], bytes[19]), (1, 1));
+    let mut copy = bop_sql::Connection::open_stock(&target).unwrap();
+    let check = copy.query("PRAGMA integrity_check", &Params::None).unwrap();
+    assert_eq!(check.rows, vec![vec![Value::Text("ok".into())]]);
+    assert_eq!(int(&mut copy, "SELECT count(*) FROM t"), 500);
+    assert_eq!(int(&mut copy, "SELECT sum(length(v)) FROM t"), 500 * 300);
+    // The source is unchanged and still writable.
+    exec(&mut conn, "DELETE FROM t WHERE id <= 100");
+    assert_eq!(int(&mut conn, "SELECT count(*) FROM t"), 400);
+    assert_eq!(int(&mut copy, "SELECT count(*) FROM t"), 500);
+}

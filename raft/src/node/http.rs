@@ -1,6 +1,6 @@
 //! The node's HTTP API, compatible with rqlite's for the calls below (documented in docs/design.md).
 //!
-//! `POST /db/execute`, `GET|POST /db/query`, `POST /db/request` (reads and writes mixed) (`level=none|weak|linearizable|strong`, `associative`,
+//! `POST /db/execute`, `GET|POST /db/query`, `POST /db/request` (reads and writes mixed), `GET /db/backup` (`level=none|weak|linearizable|strong`, `associative`,
 //! `pretty`, `timings`, `db=NAME` for a named database, `q=SQL` for GET), `GET /status`, `GET /nodes`,
 //! `GET /readyz`. Bodies are bounded; malformed input is a 4xx with a JSON error and writes nothing.
 
@@ -26,6 +26,10 @@ use super::NodeShared;
 
 /// Largest request body accepted.
 pub const BODY_BYTES_MAX: usize = 4 << 20;
+/// Largest database `/db/backup` returns (the copy is held in memory while it is sent).
+pub const BACKUP_BYTES_MAX: u64 = 256 << 20;
+/// Largest answer accepted from the leader when forwarding (a backup plus its head).
+const FORWARD_ANSWER_BYTES_MAX: u64 = BACKUP_BYTES_MAX + (64 << 10);
 /// The database used when a request names none.
 pub const DEFAULT_DATABASE: &str = "main";
 
@@ -132,22 +136,32 @@ async fn forward(
         stream.write_all(head.as_bytes()).await?;
         stream.write_all(body).await?;
         let mut raw = Vec::new();
-        (&mut stream).take(BODY_BYTES_MAX as u64 * 4).read_to_end(&mut raw).await?;
+        (&mut stream).take(FORWARD_ANSWER_BYTES_MAX + 1).read_to_end(&mut raw).await?;
         Ok::<_, std::io::Error>(raw)
     };
     let raw = tokio::time::timeout(std::time::Duration::from_secs(30), exchange).await.ok()?.ok()?;
-    let text = String::from_utf8_lossy(&raw);
-    let status = text
+    if raw.len() as u64 > FORWARD_ANSWER_BYTES_MAX {
+        return Some(error(StatusCode::BAD_GATEWAY, "the leader's answer exceeds the forwarding limit"));
+    }
+    // The head is text; the body is passed on byte for byte (a backup is binary).
+    let split = raw.windows(4).position(|w| w == b"\r\n\r\n")?;
+    let head = String::from_utf8_lossy(&raw[..split]);
+    let status = head
         .split(' ')
         .nth(1)
         .and_then(|s| s.parse::<u16>().ok())
         .and_then(|s| StatusCode::from_u16(s).ok())?;
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
-    let mut response = Response::new(Full::new(Bytes::from(body)));
+    let content_type = head
+        .lines()
+        .find_map(|line| {
+            let (name, value) = line.split_once(':')?;
+            name.eq_ignore_ascii_case("content-type").then(|| value.trim().to_owned())
+        })
+        .and_then(|v| hyper::header::HeaderValue::from_str(&v).ok())
+        .unwrap_or(hyper::header::HeaderValue::from_static("application/json"));
+    let mut response = Response::new(Full::new(Bytes::copy_from_slice(&raw[split + 4..])));
     *response.status_mut() = status;
-    response
-        .headers_mut()
-        .insert(hyper::header::CONTENT_TYPE, hyper::header::HeaderValue::from_static("application/json"));
+    response.headers_mut().insert(hyper::header::CONTENT_TYPE, content_type);
     Some(response)
 }
 
@@ -161,6 +175,7 @@ async fn handle(node: Arc<NodeShared>, req: Request<Incoming>) -> Result<HttpRes
     let path = req.uri().path().to_owned();
     let level = params.get("level").map(String::as_str).unwrap_or("weak");
     let needs_leader = path == "/db/execute"
+        || path == "/db/backup"
         || path == "/join"
         || path == "/remove"
         || (path == "/db/query" && level != "none");
@@ -206,6 +221,7 @@ async fn handle(node: Arc<NodeShared>, req: Request<Incoming>) -> Result<HttpRes
             Ok(bytes) => remove(&node, &bytes, pretty).await,
             Err(response) => response,
         },
+        (Method::GET, "/db/backup") => backup(&node, &db).await,
         (Method::GET, "/status") => respond(StatusCode::OK, &node.status(), pretty),
         (Method::GET, "/nodes") => respond(StatusCode::OK, &node.nodes(), pretty),
         (Method::GET, "/metrics") => {
@@ -399,6 +415,48 @@ async fn request(
         }
         Ok(Err(e)) => sql_failure(node, &e, pretty),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, format!("request task: {e}")),
+    }
+}
+
+/// `GET /db/backup`: a consistent copy of the database as an ordinary SQLite file, taken on the leader.
+async fn backup(node: &Arc<NodeShared>, db: &str) -> HttpResponse {
+    static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let engine = Arc::clone(&node.engine);
+    let name = db.to_owned();
+    let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let target = node.data_dir.join(format!("backup-{}-{seq}.sqlite.tmp", std::process::id()));
+    let outcome = tokio::task::spawn_blocking(move || {
+        let taken = (|| {
+            let mut conn = engine
+                .open(&name, OpenMode::Existing)
+                .map_err(|e| (StatusCode::NOT_FOUND, format!("database {name:?}: {e}")))?;
+            let internal =
+                |e: &dyn std::fmt::Display| (StatusCode::INTERNAL_SERVER_ERROR, format!("backup: {e}"));
+            conn.backup_to(&target).map_err(|e| internal(&e))?;
+            let len = std::fs::metadata(&target).map_err(|e| internal(&e))?.len();
+            if len > BACKUP_BYTES_MAX {
+                return Err((
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    format!("the database is {len} bytes; /db/backup returns at most {BACKUP_BYTES_MAX}"),
+                ));
+            }
+            std::fs::read(&target).map_err(|e| internal(&e))
+        })();
+        let _ = std::fs::remove_file(&target);
+        taken
+    })
+    .await;
+    match outcome {
+        Ok(Ok(bytes)) => {
+            let mut response = Response::new(Full::new(Bytes::from(bytes)));
+            response.headers_mut().insert(
+                hyper::header::CONTENT_TYPE,
+                hyper::header::HeaderValue::from_static("application/octet-stream"),
+            );
+            response
+        }
+        Ok(Err((status, message))) => error(status, message),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, format!("backup task: {e}")),
     }
 }
 

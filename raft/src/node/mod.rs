@@ -65,6 +65,18 @@ pub enum NodeError {
 const IDENTITY_FILE: &str = "bop-node.json";
 const LOCK_FILE: &str = "LOCK";
 
+/// Removes the temporary files of `/db/backup` calls a crash interrupted (they are never read again).
+fn remove_stale_backups(dir: &std::path::Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with("backup-") && name.ends_with(".sqlite.tmp") {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+}
+
 /// Takes the exclusive lock on the data directory, held as long as the returned file is open, so two
 /// processes (or two nodes in one process) never open the same log, manifest and page store.
 fn lock_data_dir(config: &NodeConfig) -> Result<std::fs::File, NodeError> {
@@ -136,6 +148,7 @@ pub struct NodeShared {
     engine: Arc<SqlEngine>,
     raft_addr: String,
     http_addr: String,
+    data_dir: std::path::PathBuf,
     requests: AtomicU64,
     latency_us_total: AtomicU64,
 }
@@ -280,6 +293,7 @@ impl Node {
         std::fs::create_dir_all(&config.data_dir).map_err(|e| storage(&e))?;
         let lock = lock_data_dir(&config)?;
         check_identity(&config)?;
+        remove_stale_backups(&config.data_dir);
         let wal = Arc::new(
             WalStore::open(Arc::new(BufferedIo::new()), WalConfig::new(config.data_dir.join("wal")))
                 .map_err(|e| storage(&e))?,
@@ -320,6 +334,7 @@ impl Node {
             engine,
             raft_addr,
             http_addr,
+            data_dir: config.data_dir.clone(),
             requests: AtomicU64::new(0),
             latency_us_total: AtomicU64::new(0),
         });
