@@ -5,12 +5,15 @@
 //! - `bop node --id N --data-dir DIR --raft-addr A --http-addr H [--init ID=RAFT/HTTP,...]`: one node.
 //! - `bop demo`: append to a WAL from several threads in a child process, SIGKILL it mid-stream, reopen the
 //!   log and show that every acknowledged entry was recovered.
+//! - `bop bench`: a load generator against a running cluster (see `load.rs`).
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::PathBuf;
 use std::process::{Command, ExitCode, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+mod load;
 
 use bop_storage::io::BufferedIo;
 use bop_storage::wal::{NewEntry, WalConfig, WalStore};
@@ -23,7 +26,9 @@ const USAGE: &str = "usage:
   bop query HTTP_ADDR SQL [--db NAME] [--level none|weak|linearizable]
   bop status HTTP_ADDR                       node, Raft and membership status
   bop join LEADER_HTTP_ADDR ID RAFT_ADDR[/HTTP_ADDR] [--learner]
-  bop remove LEADER_HTTP_ADDR ID";
+  bop remove LEADER_HTTP_ADDR ID
+  bop bench HTTP_ADDR[,HTTP_ADDR...] [--clients N] [--secs S] [--keys K]
+                                             load: 256-byte upserts, then linearizable point reads";
 
 fn payload(index: u64) -> Vec<u8> {
     format!("entry {index:>10} | bop demo payload").into_bytes()
@@ -355,6 +360,26 @@ fn client(command: &str, args: &[String]) -> Result<(), String> {
     }
 }
 
+fn bench(args: &[String]) -> Result<(), String> {
+    let mut config = load::LoadConfig { addrs: Vec::new(), clients: 16, secs: 10, keys: 10_000 };
+    let mut it = args.iter();
+    let number = |flag: &str, value: Option<&String>| -> Result<u64, String> {
+        value.and_then(|v| v.parse().ok()).ok_or_else(|| format!("{flag} needs a number"))
+    };
+    while let Some(arg) = it.next() {
+        match arg.as_str() {
+            "--clients" => config.clients = number(arg, it.next())? as usize,
+            "--secs" => config.secs = number(arg, it.next())?.min(3600),
+            "--keys" => config.keys = number(arg, it.next())?,
+            addrs if config.addrs.is_empty() && !addrs.starts_with("--") => {
+                config.addrs = addrs.split(',').map(str::to_owned).collect();
+            }
+            other => return Err(format!("unknown argument {other:?}")),
+        }
+    }
+    runtime()?.block_on(load::run(config))
+}
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if let Some(command @ ("execute" | "query" | "status" | "join" | "remove")) =
@@ -376,6 +401,12 @@ fn main() -> ExitCode {
                 }
             }
             return match up(data_dir) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => fail(&e),
+            };
+        }
+        Some("bench") => {
+            return match bench(&args[1..]) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => fail(&e),
             };

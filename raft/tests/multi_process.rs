@@ -148,4 +148,27 @@ fn killing_the_leader_loses_no_acknowledged_write_and_it_catches_up_on_restart()
         assert!(Instant::now() < until, "the restarted node did not catch up");
         std::thread::sleep(Duration::from_millis(100));
     }
+
+    // The load generator runs against the healed cluster: both phases complete without an error.
+    let out = Command::new(env!("CARGO_BIN_EXE_bop"))
+        .args(["bench", &cluster.http[new_leader], "--clients", "2", "--secs", "1", "--keys", "10"])
+        .output()
+        .expect("run bop bench");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    for phase in ["writes:", " reads:"] {
+        let line =
+            stdout.lines().find(|l| l.starts_with(phase)).unwrap_or_else(|| panic!("{phase} in {stdout}"));
+        assert!(line.ends_with(", 0 errors)") && !line.contains("(0 ops"), "{line}");
+    }
+    // Every upserted key is one row: 10 keys at most, all readable through the leader.
+    let (status, rows) = http(
+        &cluster.http[new_leader],
+        "GET",
+        "/db/query?db=bench&level=linearizable&q=SELECT%20count(*)%20FROM%20kv",
+        "",
+    )
+    .expect("count bench rows");
+    assert_eq!(status, 200);
+    assert!(rows["results"][0]["values"][0][0].as_i64().is_some_and(|n| (1..=10).contains(&n)), "{rows}");
 }

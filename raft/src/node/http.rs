@@ -274,6 +274,7 @@ async fn execute(node: &Arc<NodeShared>, db: &str, bytes: &[u8], pretty: bool) -
         Ok(statements) => statements,
         Err(e) => return error(StatusCode::BAD_REQUEST, e),
     };
+    let _turn = node.writer_turn(db).lock().await;
     let engine = Arc::clone(&node.engine);
     let db = db.to_owned();
     let outcome = tokio::task::spawn_blocking(move || {
@@ -395,6 +396,7 @@ async fn request(
         return query(node, db, &bytes, params, pretty).await;
     }
     let associative = params.contains_key("associative");
+    let _turn = node.writer_turn(db).lock().await;
     let engine = Arc::clone(&node.engine);
     let name = db.to_owned();
     let outcome = tokio::task::spawn_blocking(move || {

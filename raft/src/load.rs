@@ -1,0 +1,233 @@
+//! `bop bench`: a load generator against a running cluster's HTTP API.
+//!
+//! N clients, each on its own keep-alive connection, first upsert single rows of 256-byte values for the
+//! given time, then do linearizable point reads of those keys for the same time. Each phase reports
+//! operations per second, p50 and p99. The baseline, measured in the same process before the load, is
+//! a sequential 256-byte write + fdatasync loop in the current directory: a write acknowledged by a
+//! cluster needs at least one such fsync on a majority, so writes/s ÷ fsyncs/s is the cluster's
+//! efficiency against the disk (above 1 when commits are batched).
+
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+
+/// Largest answer body the generator reads.
+const ANSWER_BYTES_MAX: usize = 1 << 20;
+/// Latency samples kept per client and phase (counts go on beyond it).
+const SAMPLES_MAX: usize = 1 << 20;
+/// Clients at most.
+pub const CLIENTS_MAX: usize = 1024;
+
+/// What to run.
+pub struct LoadConfig {
+    /// HTTP addresses; client `i` talks to `addrs[i % len]`.
+    pub addrs: Vec<String>,
+    /// Concurrent clients.
+    pub clients: usize,
+    /// Seconds per phase.
+    pub secs: u64,
+    /// Distinct keys written and read.
+    pub keys: u64,
+}
+
+struct Conn {
+    reader: BufReader<TcpStream>,
+    addr: String,
+}
+
+impl Conn {
+    async fn open(addr: &str) -> Result<Conn, String> {
+        let stream = TcpStream::connect(addr).await.map_err(|e| format!("connecting to {addr}: {e}"))?;
+        let _ = stream.set_nodelay(true);
+        Ok(Conn { reader: BufReader::new(stream), addr: addr.to_owned() })
+    }
+
+    /// One request on the kept-alive connection; the status and the body.
+    async fn call(&mut self, method: &str, path: &str, body: &[u8]) -> Result<(u16, Vec<u8>), String> {
+        let head = format!(
+            "{method} {path} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+            self.addr,
+            body.len()
+        );
+        let io = |e: std::io::Error| format!("{}: {e}", self.addr);
+        let stream = self.reader.get_mut();
+        stream.write_all(head.as_bytes()).await.map_err(io)?;
+        stream.write_all(body).await.map_err(io)?;
+        let mut status = None;
+        let mut length = 0usize;
+        loop {
+            let mut line = String::new();
+            if self.reader.read_line(&mut line).await.map_err(io)? == 0 {
+                return Err(format!("{}: connection closed", self.addr));
+            }
+            let line = line.trim_end();
+            if line.is_empty() {
+                break;
+            }
+            if status.is_none() {
+                status = line.split(' ').nth(1).and_then(|s| s.parse::<u16>().ok());
+            } else if let Some((name, value)) = line.split_once(':') {
+                if name.eq_ignore_ascii_case("content-length") {
+                    length =
+                        value.trim().parse().map_err(|_| format!("{}: bad content-length", self.addr))?;
+                }
+            }
+        }
+        if length > ANSWER_BYTES_MAX {
+            return Err(format!("{}: answer of {length} bytes", self.addr));
+        }
+        let mut answer = vec![0; length];
+        self.reader.read_exact(&mut answer).await.map_err(io)?;
+        Ok((status.ok_or_else(|| format!("{}: malformed status line", self.addr))?, answer))
+    }
+}
+
+/// Per-phase figures.
+struct Phase {
+    ops: u64,
+    errors: u64,
+    samples: Vec<u32>,
+    elapsed: Duration,
+}
+
+impl Phase {
+    fn report(&mut self, name: &str) -> f64 {
+        self.samples.sort_unstable();
+        let at = |q: f64| -> f64 {
+            match self.samples.len() {
+                0 => 0.0,
+                n => f64::from(self.samples[((n as f64 * q) as usize).min(n - 1)]) / 1000.0,
+            }
+        };
+        let rate = self.ops as f64 / self.elapsed.as_secs_f64();
+        println!(
+            "{name:>6}: {rate:>9.0} ops/s  p50 {:>7.2} ms  p99 {:>7.2} ms  ({} ops, {} errors)",
+            at(0.50),
+            at(0.99),
+            self.ops,
+            self.errors
+        );
+        rate
+    }
+}
+
+fn value(key: u64, round: u64) -> String {
+    let seed = format!("{key:016x}{round:016x}");
+    seed.repeat(8)
+}
+
+async fn run_phase(config: &LoadConfig, write: bool) -> Result<Phase, String> {
+    let deadline = Instant::now() + Duration::from_secs(config.secs);
+    let started = Instant::now();
+    let mut tasks = Vec::with_capacity(config.clients);
+    for client in 0..config.clients {
+        let addr = config.addrs[client % config.addrs.len()].clone();
+        let keys = config.keys;
+        tasks.push(tokio::spawn(async move {
+            let mut conn = Conn::open(&addr).await?;
+            let mut phase = Phase { ops: 0, errors: 0, samples: Vec::new(), elapsed: Duration::ZERO };
+            let mut round = 0u64;
+            while Instant::now() < deadline {
+                let key = (client as u64 + round * 7919) % keys;
+                round += 1;
+                let began = Instant::now();
+                let (status, answer) = if write {
+                    let body = serde_json::json!([[
+                        "INSERT INTO kv(k, v) VALUES(?, ?) ON CONFLICT(k) DO UPDATE SET v = excluded.v",
+                        key,
+                        value(key, round)
+                    ]]);
+                    conn.call("POST", "/db/execute?db=bench", body.to_string().as_bytes()).await?
+                } else {
+                    let body = serde_json::json!([["SELECT v FROM kv WHERE k = ?", key]]);
+                    conn.call("POST", "/db/query?db=bench&level=linearizable", body.to_string().as_bytes())
+                        .await?
+                };
+                let ok = status == 200 && !answer.windows(8).any(|w| w == b"\"error\":");
+                if ok {
+                    phase.ops += 1;
+                    if phase.samples.len() < SAMPLES_MAX {
+                        phase.samples.push(began.elapsed().as_micros().min(u128::from(u32::MAX)) as u32);
+                    }
+                } else {
+                    phase.errors += 1;
+                    if phase.errors == 1 {
+                        eprintln!("client {client}: HTTP {status}: {}", String::from_utf8_lossy(&answer));
+                    }
+                }
+            }
+            Ok::<_, String>(phase)
+        }));
+    }
+    let mut total = Phase { ops: 0, errors: 0, samples: Vec::new(), elapsed: Duration::ZERO };
+    for task in tasks {
+        let phase = task.await.map_err(|e| format!("client task: {e}"))??;
+        total.ops += phase.ops;
+        total.errors += phase.errors;
+        total.samples.extend(phase.samples);
+    }
+    total.elapsed = started.elapsed();
+    Ok(total)
+}
+
+/// Sequential 256-byte write + fdatasync in the current directory for about a second: fsyncs per second.
+fn raw_fsync_rate() -> Result<f64, String> {
+    use std::io::Write;
+    let path = std::env::current_dir()
+        .map_err(|e| e.to_string())?
+        .join(format!(".bop-bench-fsync-{}", std::process::id()));
+    let run = || -> std::io::Result<f64> {
+        let mut file = std::fs::File::create(&path)?;
+        let block = [0x5au8; 256];
+        let started = Instant::now();
+        let mut n = 0u64;
+        while started.elapsed() < Duration::from_secs(1) {
+            file.write_all(&block)?;
+            file.sync_data()?;
+            n += 1;
+        }
+        Ok(n as f64 / started.elapsed().as_secs_f64())
+    };
+    let rate = run();
+    let _ = std::fs::remove_file(&path);
+    rate.map_err(|e| format!("raw fsync baseline: {e}"))
+}
+
+/// Runs the benchmark and prints its figures.
+pub async fn run(config: LoadConfig) -> Result<(), String> {
+    if config.addrs.is_empty() || config.clients == 0 || config.clients > CLIENTS_MAX || config.keys == 0 {
+        return Err(format!("bench needs an address, 1..={CLIENTS_MAX} clients and at least one key"));
+    }
+    let raw = tokio::task::spawn_blocking(raw_fsync_rate).await.map_err(|e| e.to_string())??;
+    let mut setup = Conn::open(&config.addrs[0]).await?;
+    let (status, answer) = setup
+        .call(
+            "POST",
+            "/db/execute?db=bench",
+            br#"["CREATE TABLE IF NOT EXISTS kv (k INTEGER PRIMARY KEY, v TEXT)"]"#,
+        )
+        .await?;
+    if status != 200 || answer.windows(8).any(|w| w == b"\"error\":") {
+        return Err(format!("creating the table: HTTP {status}: {}", String::from_utf8_lossy(&answer)));
+    }
+    println!(
+        "bop bench: {} clients, {} s per phase, {} keys, 256-byte values, against {}",
+        config.clients,
+        config.secs,
+        config.keys,
+        config.addrs.join(",")
+    );
+    println!(
+        "baseline: {raw:.0} raw 256-byte write+fdatasync/s in {}",
+        std::env::current_dir().map_err(|e| e.to_string())?.display()
+    );
+    let writes = run_phase(&config, true).await?.report("writes");
+    let reads = run_phase(&config, false).await?.report("reads");
+    println!(
+        "ratio: writes/s ÷ raw fsyncs/s = {:.2}; reads/s ÷ writes/s = {:.2}",
+        writes / raw,
+        reads / writes.max(1.0)
+    );
+    Ok(())
+}
