@@ -2,7 +2,9 @@
 //!
 //! - `bop up`: a local three-node cluster on loopback, data under `./bop-data/`, HTTP API on ports
 //!   4101–4103 (Raft on 4001–4003); Ctrl-C stops it; run again, it reuses the data.
-//! - `bop node --id N --data-dir DIR --raft-addr A --http-addr H [--init ID=RAFT/HTTP,...]`: one node.
+//! - `bop node [--config FILE] --id N --data-dir DIR --raft-addr A --http-addr H [--bootstrap ID=RAFT/HTTP,...
+//!   | --join HTTP_ADDR]`: one node; the TOML file holds the same keys (`id`, `data_dir`, `raft_addr`,
+//!   `http_addr`, `bootstrap`, `join`), flags override it.
 //! - `bop demo`: append to a WAL from several threads in a child process, SIGKILL it mid-stream, reopen the
 //!   log and show that every acknowledged entry was recovered.
 //! - `bop bench`: a load generator against a running cluster (see `load.rs`).
@@ -20,7 +22,8 @@ use bop_storage::wal::{NewEntry, WalConfig, WalStore};
 
 const USAGE: &str = "usage:
   bop up [--data-dir DIR]                    a local three-node cluster (default ./bop-data), Ctrl-C to stop
-  bop node --id N --data-dir DIR --raft-addr HOST:PORT --http-addr HOST:PORT [--init ID=RAFT/HTTP,...]
+  bop node [--config FILE.toml] --id N --data-dir DIR --raft-addr HOST:PORT --http-addr HOST:PORT
+           [--bootstrap ID=RAFT/HTTP,... | --join HTTP_ADDR]   (the file holds the same keys; flags win)
   bop demo [--dir DIR] [--millis N]          append to a WAL in a child process, SIGKILL it, reopen, verify
   bop execute HTTP_ADDR SQL [--db NAME]      run a write through a node (its leader)
   bop query HTTP_ADDR SQL [--db NAME] [--level none|weak|linearizable]
@@ -205,59 +208,111 @@ fn up(data_dir: PathBuf) -> Result<(), String> {
 }
 
 /// `bop node`: one node of a cluster.
+/// `bop node`'s settings, from `--config FILE` (TOML) and flags; flags win.
+#[derive(Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NodeFile {
+    id: Option<u64>,
+    data_dir: Option<PathBuf>,
+    raft_addr: Option<String>,
+    http_addr: Option<String>,
+    /// A new cluster's members, `ID=RAFT_ADDR/HTTP_ADDR,...` (as `--bootstrap`).
+    bootstrap: Option<String>,
+    /// An HTTP address of a running cluster to join on first start (as `--join`).
+    join: Option<String>,
+}
+
+/// Parses `ID=RAFT_ADDR[/HTTP_ADDR],...` into membership addresses (`RAFT_ADDR http=HTTP_ADDR`).
+fn parse_members(list: &str) -> Result<std::collections::BTreeMap<u64, String>, String> {
+    let mut members = std::collections::BTreeMap::new();
+    for pair in list.split(',') {
+        let (member, addr) =
+            pair.split_once('=').ok_or_else(|| format!("--bootstrap wants ID=ADDR, got {pair:?}"))?;
+        // ADDR is RAFT_ADDR, or RAFT_ADDR/HTTP_ADDR so that followers can forward to the leader.
+        let addr = match addr.split_once('/') {
+            Some((raft, http)) => format!("{raft} http={http}"),
+            None => addr.to_owned(),
+        };
+        members.insert(member.parse::<u64>().map_err(|e| format!("--bootstrap id {member:?}: {e}"))?, addr);
+    }
+    Ok(members)
+}
+
 fn node(args: &[String]) -> Result<(), String> {
     use bop_raft::node::{Node, NodeConfig};
     init_logging();
-    let mut id = None;
-    let mut data_dir = None;
-    let mut raft_addr = None;
-    let mut http_addr = None;
-    let mut init = None;
+    let mut flags = NodeFile::default();
+    let mut file = NodeFile::default();
     let mut it = args.iter();
     while let Some(arg) = it.next() {
         let mut value = || it.next().cloned().ok_or_else(|| format!("{arg} needs a value"));
         match arg.as_str() {
-            "--id" => id = Some(value()?.parse::<u64>().map_err(|e| format!("--id: {e}"))?),
-            "--data-dir" => data_dir = Some(PathBuf::from(value()?)),
-            "--raft-addr" => raft_addr = Some(value()?),
-            "--http-addr" => http_addr = Some(value()?),
-            "--init" => {
-                let mut members = std::collections::BTreeMap::new();
-                for pair in value()?.split(',') {
-                    let (member, addr) =
-                        pair.split_once('=').ok_or_else(|| format!("--init wants ID=ADDR, got {pair:?}"))?;
-                    // ADDR is RAFT_ADDR, or RAFT_ADDR/HTTP_ADDR so that followers can forward to the leader.
-                    let addr = match addr.split_once('/') {
-                        Some((raft, http)) => format!("{raft} http={http}"),
-                        None => addr.to_owned(),
-                    };
-                    members.insert(
-                        member.parse::<u64>().map_err(|e| format!("--init id {member:?}: {e}"))?,
-                        addr,
-                    );
-                }
-                init = Some(members);
+            "--config" => {
+                let path = value()?;
+                let text = std::fs::read_to_string(&path).map_err(|e| format!("reading {path}: {e}"))?;
+                file = toml::from_str(&text).map_err(|e| format!("{path}: {e}"))?;
             }
+            "--id" => flags.id = Some(value()?.parse::<u64>().map_err(|e| format!("--id: {e}"))?),
+            "--data-dir" => flags.data_dir = Some(PathBuf::from(value()?)),
+            "--raft-addr" => flags.raft_addr = Some(value()?),
+            "--http-addr" => flags.http_addr = Some(value()?),
+            "--bootstrap" | "--init" => flags.bootstrap = Some(value()?),
+            "--join" => flags.join = Some(value()?),
             other => return Err(format!("unknown argument {other:?}")),
         }
     }
+    let bootstrap = flags.bootstrap.or(file.bootstrap).map(|list| parse_members(&list)).transpose()?;
+    let join = flags.join.or(file.join);
+    if bootstrap.is_some() && join.is_some() {
+        return Err("--bootstrap and --join exclude each other".into());
+    }
     let config = NodeConfig {
-        id: id.ok_or("--id is required")?,
-        data_dir: data_dir.ok_or("--data-dir is required")?,
-        raft_addr: raft_addr.ok_or("--raft-addr is required")?,
-        http_addr: http_addr.ok_or("--http-addr is required")?,
+        id: flags.id.or(file.id).ok_or("--id (or id in the config file) is required")?,
+        data_dir: flags.data_dir.or(file.data_dir).ok_or("--data-dir (or data_dir) is required")?,
+        raft_addr: flags.raft_addr.or(file.raft_addr).ok_or("--raft-addr (or raft_addr) is required")?,
+        http_addr: flags.http_addr.or(file.http_addr).ok_or("--http-addr (or http_addr) is required")?,
     };
     runtime()?.block_on(async move {
         let node = Node::start(config).await.map_err(|e| e.to_string())?;
-        if let Some(members) = init {
+        if let Some(members) = bootstrap {
             node.initialize_if_new(members).await.map_err(|e| e.to_string())?;
         }
         println!("bop node {}: http://{}  raft {}", node.id(), node.http_addr(), node.raft_addr());
+        if let Some(target) = join {
+            join_cluster(&node, &target).await?;
+        }
         tokio::signal::ctrl_c().await.map_err(|e| format!("waiting for Ctrl-C: {e}"))?;
         node.shutdown().await;
         Ok(())
     })
 }
+
+/// On a node's first start, asks the cluster at `target` (any member's HTTP address; followers forward)
+/// to add it as a voter; retried a bounded number of times while the cluster is unreachable or electing.
+async fn join_cluster(node: &bop_raft::node::Node, target: &str) -> Result<(), String> {
+    if node.raft().is_initialized().await.map_err(|e| e.to_string())? {
+        return Ok(());
+    }
+    let body = serde_json::json!({ "id": node.id(), "addr": node.member_addr(), "voter": true }).to_string();
+    let mut last = String::new();
+    for _ in 0..JOIN_ATTEMPTS_MAX {
+        let (to, body) = (target.to_owned(), body.clone());
+        match tokio::task::spawn_blocking(move || http_call(&to, "POST", "/join", &body)).await {
+            Ok(Ok((200, _))) => {
+                println!("joined the cluster through {target}");
+                return Ok(());
+            }
+            Ok(Ok((status, answer))) => last = format!("HTTP {status}: {answer}"),
+            Ok(Err(e)) => last = e,
+            Err(e) => last = e.to_string(),
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    Err(format!("joining through {target} failed {JOIN_ATTEMPTS_MAX} times; last: {last}"))
+}
+
+/// Attempts `--join` makes before giving up.
+const JOIN_ATTEMPTS_MAX: u32 = 30;
 
 /// A one-request HTTP/1.1 client for the client subcommands: returns the status and the body.
 fn http_call(addr: &str, method: &str, path: &str, body: &str) -> Result<(u16, String), String> {

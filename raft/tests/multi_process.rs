@@ -1,5 +1,6 @@
 //! Three `bop node` processes on loopback: writes through the leader; the leader is killed with SIGKILL, a
-//! new leader is elected, no acknowledged write is lost; the old leader restarts and catches up.
+//! new leader is elected, no acknowledged write is lost; the old leader restarts and catches up; the load
+//! generator runs; a fourth node configured by a TOML file joins. Bad configurations fail clearly.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -171,4 +172,71 @@ fn killing_the_leader_loses_no_acknowledged_write_and_it_catches_up_on_restart()
     .expect("count bench rows");
     assert_eq!(status, 200);
     assert!(rows["results"][0]["values"][0][0].as_i64().is_some_and(|n| (1..=10).contains(&n)), "{rows}");
+
+    // A fourth node configured by a TOML file joins through a follower (forwarded to the leader), becomes a
+    // voter and serves every row from its own copy.
+    let (raft4, http4) = (format!("127.0.0.1:{}", free_port()), format!("127.0.0.1:{}", free_port()));
+    let config = cluster.dir.path().join("node-4.toml");
+    let toml = format!(
+        "id = 4\ndata_dir = {:?}\nraft_addr = {raft4:?}\nhttp_addr = {http4:?}\njoin = {:?}\n",
+        cluster.dir.path().join("node-4").display().to_string(),
+        cluster.http[follower]
+    );
+    std::fs::write(&config, toml).expect("write config");
+    let child = Command::new(env!("CARGO_BIN_EXE_bop"))
+        .args(["node", "--config"])
+        .arg(&config)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn node 4");
+    cluster.raft.push(raft4);
+    cluster.http.push(http4.clone());
+    cluster.children.push(Some(child));
+    let until = Instant::now() + Duration::from_secs(60);
+    loop {
+        let voters = http(&cluster.http[new_leader], "GET", "/nodes", "")
+            .and_then(|(_, nodes)| nodes["4"]["voter"].as_bool())
+            .unwrap_or(false);
+        if voters && count(&http4) == Some(acked + 1) {
+            break;
+        }
+        assert!(Instant::now() < until, "node 4 did not join and catch up");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn bad_node_configuration_is_a_clear_error() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let run = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_bop")).args(args).output().expect("run bop");
+        assert!(!out.status.success(), "{args:?} must fail");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let missing = dir.path().join("missing.toml");
+    let err = run(&["node", "--config", missing.to_str().expect("utf-8 path")]);
+    assert!(err.contains("reading") && err.contains("missing.toml"), "{err}");
+    let typo = dir.path().join("typo.toml");
+    std::fs::write(&typo, "id = 1\ndata_dirr = \"x\"\n").expect("write");
+    let err = run(&["node", "--config", typo.to_str().expect("utf-8 path")]);
+    assert!(err.contains("unknown field") && err.contains("data_dirr"), "{err}");
+    let err = run(&[
+        "node",
+        "--id",
+        "1",
+        "--data-dir",
+        "x",
+        "--raft-addr",
+        "a:1",
+        "--http-addr",
+        "b:1",
+        "--bootstrap",
+        "1=a:1",
+        "--join",
+        "b:2",
+    ]);
+    assert!(err.contains("exclude each other"), "{err}");
+    let err = run(&["node", "--id", "one"]);
+    assert!(err.contains("--id"), "{err}");
 }
