@@ -19,4 +19,5 @@ pub mod manifest;
 pub mod page_cache;
 pub mod page_store;
 pub mod panic;
+pub mod progress;
 pub mod wal;

@@ -339,6 +339,7 @@ struct Incoming<C: RaftTypeConfig> {
     vote: VoteOf<C>,
     meta: SnapshotMetaOf<C>,
     files: Vec<(WireFile, PathBuf, Arc<dyn IoFile>)>,
+    progress: bop_storage::progress::Progress,
 }
 
 fn staging_err(e: impl std::fmt::Display) -> String {
@@ -395,7 +396,7 @@ where
                         }
                     }
                     Ok(Request::SnapshotChunk { file, offset, bytes }) => {
-                        Reply::Ack(receive_chunk(incoming.as_ref().map(|(s, _)| s), file, offset, &bytes))
+                        Reply::Ack(receive_chunk(incoming.as_mut().map(|(s, _)| s), file, offset, &bytes))
                     }
                     Ok(Request::SnapshotEnd) => match incoming.take() {
                         Some((state, _guard)) => {
@@ -447,11 +448,17 @@ fn begin_snapshot<C: RaftTypeConfig>(
         let handle = inbox.io.open(&path, OpenMode::CreateNew).map_err(staging_err)?;
         staged.push((file, path, handle));
     }
-    Ok(Incoming { vote, meta, files: staged })
+    let total = staged.iter().map(|(spec, _, _)| spec.size_bytes).sum();
+    Ok(Incoming {
+        vote,
+        meta,
+        files: staged,
+        progress: bop_storage::progress::Progress::new("snapshot receive", total),
+    })
 }
 
 fn receive_chunk<C: RaftTypeConfig>(
-    incoming: Option<&Incoming<C>>,
+    incoming: Option<&mut Incoming<C>>,
     file: u32,
     offset: u64,
     bytes: &[u8],
@@ -474,6 +481,7 @@ fn receive_chunk<C: RaftTypeConfig>(
         }
         done += n;
     }
+    state.progress.advance(bytes.len() as u64);
     Ok(())
 }
 
@@ -487,6 +495,7 @@ where
     SM: RaftStateMachine<C>,
     SM::SnapshotData: WireSnapshot,
 {
+    state.progress.finish();
     let mut staged = Vec::with_capacity(state.files.len());
     for (spec, path, handle) in state.files {
         handle.sync_all().map_err(staging_err)?;

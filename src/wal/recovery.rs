@@ -168,12 +168,15 @@ pub(crate) fn recover(io: &dyn Io, config: &WalConfig) -> Result<Recovered, WalE
     let mut tail_end = FIRST_RECORD_OFFSET;
     let mut tail_dirty = false;
     let last_seq = seqs.last().copied();
+    let mut progress =
+        crate::progress::Progress::new("WAL recovery", seqs.len() as u64 * config.segment_size_bytes);
 
     for &seq in &seqs {
         let path = dir.join(segment::file_name(seq));
         let is_last = Some(seq) == last_seq;
         let file = io.open(&path, OpenMode::Existing).map_err(|e| WalError::io("open segment", &path, e))?;
         let buf = segment::read_all(file.as_ref(), &path)?;
+        progress.advance(buf.len() as u64);
         let header = match ChunkHeader::decode(&buf) {
             Ok(header) => header,
             Err(error) if is_last && config.recovery_mode == RecoveryMode::TolerateTornTail => {
@@ -311,6 +314,7 @@ pub(crate) fn recover(io: &dyn Io, config: &WalConfig) -> Result<Recovered, WalE
         }
         None => FIRST_RECORD_OFFSET,
     };
+    progress.finish();
     Ok(Recovered { index, segments, write_pos, store_id, next_lsn, purge_seq, report })
 }
 
