@@ -159,9 +159,13 @@ async fn the_http_api_speaks_rqlite() {
     assert_eq!(out["results"][1]["values"], json!([[7], [42]]), "{out}");
     let (status, _) = http(&f, "POST", "/db/request?db=other&redirect", mixed).await;
     assert_eq!(status, 503, "with redirect, a batch with a write is refused on a follower");
-    let (status, out) =
-        http(&l, "POST", "/db/request?db=other", br#"["INSERT INTO t VALUES(1)", "SELECT * FROM nope"]"#)
-            .await;
+    let (status, out) = http(
+        &l,
+        "POST",
+        "/db/request?db=other&transaction",
+        br#"["INSERT INTO t VALUES(1)", "SELECT * FROM nope"]"#,
+    )
+    .await;
     assert_eq!(status, 200);
     assert!(out["results"][0]["error"].as_str().is_some_and(|e| e.contains("no such table")), "{out}");
     let mut seen = Value::Null;
@@ -182,6 +186,30 @@ async fn the_http_api_speaks_rqlite() {
         json!([200, [[2]]]),
         "served locally; the failed batch wrote nothing, the mixed one applied"
     );
+
+    // Without `transaction` each statement stands alone (rqlite's semantics): the failed one is reported in
+    // its place, the others are written. With it, the batch is all or nothing.
+    let (status, out) = http(
+        &l,
+        "POST",
+        "/db/execute?db=each",
+        br#"["CREATE TABLE e (x)", "INSERT INTO e VALUES (1)", "INSERT INTO nope VALUES (2)", "INSERT INTO e VALUES (3)"]"#,
+    )
+    .await;
+    assert_eq!(status, 200, "{out}");
+    assert_eq!(out["results"][1]["rows_affected"], 1, "{out}");
+    assert!(out["results"][2]["error"].as_str().is_some_and(|e| e.contains("no such table")), "{out}");
+    assert_eq!(out["results"][3]["rows_affected"], 1, "{out}");
+    let (_, out) = http(
+        &l,
+        "POST",
+        "/db/execute?db=each&transaction",
+        br#"["INSERT INTO e VALUES (4)", "INSERT INTO nope VALUES (5)"]"#,
+    )
+    .await;
+    assert!(out["results"][0]["error"].as_str().is_some_and(|e| e.contains("no such table")), "{out}");
+    let (_, out) = http(&l, "GET", "/db/query?db=each&q=SELECT%20x%20FROM%20e%20ORDER%20BY%20x", b"").await;
+    assert_eq!(out["results"][0]["values"], json!([[1], [3]]), "{out}");
 
     // A backup is a consistent, ordinary SQLite file, taken on the leader (forwarded byte for byte).
     let (status, bytes) = http_raw(&f, "GET", "/db/backup?db=other", b"").await;

@@ -84,6 +84,9 @@ pub struct ExecOutcome {
     pub last_insert_rowid: i64,
 }
 
+/// What one statement of a batch did: its rows (when it returned columns) and outcome, or its error.
+pub type StatementResult = Result<(Option<Rows>, ExecOutcome), SqlError>;
+
 /// A connection: to a bop database (opened through [`crate::SqlEngine`]), or to an ordinary SQLite file
 /// (a baseline for tests and benchmarks).
 pub struct Connection {
@@ -364,11 +367,47 @@ impl Connection {
         &mut self,
         statements: &[Statement],
     ) -> Result<Vec<(Option<Rows>, ExecOutcome)>, SqlError> {
+        self.batch(statements, false)?.into_iter().collect()
+    }
+
+    /// Runs `statements` in one transaction where each statement stands alone: a statement that fails is
+    /// undone (by a savepoint around it) and reported in its place, and the others still commit — rqlite's
+    /// semantics for a batch sent without `transaction`, committed as one unit. The outer error is for a
+    /// failure of the batch itself (the commit, or a savepoint that could not be rolled back).
+    pub fn request_each(&mut self, statements: &[Statement]) -> Result<Vec<StatementResult>, SqlError> {
+        self.batch(statements, true)
+    }
+
+    fn batch(&mut self, statements: &[Statement], each: bool) -> Result<Vec<StatementResult>, SqlError> {
         self.run("BEGIN IMMEDIATE", &Params::None)?;
         let mut outcomes = Vec::with_capacity(statements.len());
         for statement in statements {
+            if each {
+                if let Err(e) = self.run("SAVEPOINT bop_statement", &Params::None) {
+                    self.rollback_if_open();
+                    return Err(e);
+                }
+            }
             match self.run(&statement.sql, &statement.params) {
-                Ok((rows, outcome)) => outcomes.push(((!rows.columns.is_empty()).then_some(rows), outcome)),
+                Ok((rows, outcome)) => {
+                    outcomes.push(Ok(((!rows.columns.is_empty()).then_some(rows), outcome)));
+                    if each {
+                        if let Err(e) = self.run("RELEASE bop_statement", &Params::None) {
+                            self.rollback_if_open();
+                            return Err(e);
+                        }
+                    }
+                }
+                Err(e) if each && !self.is_autocommit() => {
+                    outcomes.push(Err(e));
+                    let undone = self
+                        .run("ROLLBACK TO bop_statement", &Params::None)
+                        .and_then(|_| self.run("RELEASE bop_statement", &Params::None));
+                    if let Err(e) = undone {
+                        self.rollback_if_open();
+                        return Err(e);
+                    }
+                }
                 Err(e) => {
                     self.rollback_if_open();
                     return Err(e);

@@ -13,7 +13,7 @@ mod page_one;
 mod sink;
 mod wal;
 
-pub use connection::{Column, Connection, ExecOutcome, Params, Rows, Statement, Value};
+pub use connection::{Column, Connection, ExecOutcome, Params, Rows, Statement, StatementResult, Value};
 pub use engine::{OpenMode, SqlConfig, SqlEngine};
 pub use error::SqlError;
 pub use sink::{FrameSink, LocalSink, SinkError};

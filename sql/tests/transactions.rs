@@ -321,3 +321,29 @@ fn backup_is_a_consistent_ordinary_sqlite_file() {
     assert_eq!(int(&mut conn, "SELECT count(*) FROM t"), 400);
     assert_eq!(int(&mut copy, "SELECT count(*) FROM t"), 500);
 }
+
+#[test]
+fn request_each_undoes_only_the_failed_statement() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = engine(dir.path());
+    let mut conn = open(&engine, "each");
+    exec(&mut conn, "CREATE TABLE t(x INTEGER UNIQUE)");
+    let applied = engine.manager().applied_index();
+    let out = conn
+        .request_each(&[
+            Statement::new("INSERT INTO t VALUES (1)"),
+            // Fails halfway: its first row violates nothing, its second does; both are undone.
+            Statement::new("INSERT INTO t VALUES (2), (1)"),
+            Statement::new("SELECT count(*) FROM t"),
+            Statement::new("INSERT INTO t VALUES (3)"),
+        ])
+        .unwrap();
+    assert!(out[0].is_ok() && out[3].is_ok());
+    assert!(out[1].as_ref().unwrap_err().to_string().contains("UNIQUE"), "{:?}", out[1]);
+    let counted = out[2].as_ref().unwrap().0.as_ref().map(|r| r.rows.clone());
+    assert_eq!(counted, Some(vec![vec![Value::Integer(1)]]), "the failed statement left nothing behind");
+    // One commit for the whole batch.
+    assert_eq!(engine.manager().applied_index(), applied + 1);
+    assert_eq!(int(&mut conn, "SELECT sum(x) FROM t"), 4);
+    assert!(conn.is_autocommit());
+}

@@ -21,7 +21,7 @@ use openraft::async_runtime::WatchReceiver;
 use serde_json::{json, Value as Json};
 use tokio::net::TcpListener;
 
-use super::rqlite::{error_result, exec_result, exec_results, parse_statements, query_result};
+use super::rqlite::{error_result, exec_result, parse_statements, query_result};
 use super::NodeShared;
 
 /// Largest request body accepted.
@@ -195,7 +195,7 @@ async fn handle(node: Arc<NodeShared>, req: Request<Incoming>) -> Result<HttpRes
     let db = params.get("db").cloned().unwrap_or_else(|| DEFAULT_DATABASE.to_owned());
     let response = match (req.method().clone(), req.uri().path()) {
         (Method::POST, "/db/execute") => match body(req).await {
-            Ok(bytes) => execute(&node, &db, &bytes, pretty).await,
+            Ok(bytes) => execute(&node, &db, &bytes, &params, pretty).await,
             Err(response) => response,
         },
         (Method::POST, "/db/request") => request(&node, req, &params, &db, pretty).await,
@@ -269,23 +269,60 @@ fn sql_failure(node: &NodeShared, e: &SqlError, pretty: bool) -> HttpResponse {
     respond(StatusCode::OK, &error_result(&message), pretty)
 }
 
-async fn execute(node: &Arc<NodeShared>, db: &str, bytes: &[u8], pretty: bool) -> HttpResponse {
+async fn execute(
+    node: &Arc<NodeShared>,
+    db: &str,
+    bytes: &[u8],
+    params: &HashMap<String, String>,
+    pretty: bool,
+) -> HttpResponse {
     let statements = match parse_statements(bytes) {
         Ok(statements) => statements,
         Err(e) => return error(StatusCode::BAD_REQUEST, e),
     };
+    write_batch(node, db, statements, params, false, pretty).await
+}
+
+/// Runs a batch with writes on this node (the leader), in one Raft commit. With `transaction` it is all or
+/// nothing (the first error is the answer); without, as rqlite does, each statement stands alone and a failed
+/// one is reported in its place while the others commit. `rows` answers rows for statements that return
+/// them (`/db/request`) instead of only `last_insert_id`/`rows_affected` (`/db/execute`).
+async fn write_batch(
+    node: &Arc<NodeShared>,
+    db: &str,
+    statements: Vec<bop_sql::Statement>,
+    params: &HashMap<String, String>,
+    rows: bool,
+    pretty: bool,
+) -> HttpResponse {
+    let transaction = params.contains_key("transaction");
+    let associative = params.contains_key("associative");
     let _turn = node.writer_turn(db).lock().await;
     let engine = Arc::clone(&node.engine);
-    let db = db.to_owned();
+    let name = db.to_owned();
     let outcome = tokio::task::spawn_blocking(move || {
-        let mut conn = engine.open(&db, OpenMode::CreateIfMissing)?;
-        conn.execute_batch(&statements)
+        let mut conn = engine.open(&name, OpenMode::CreateIfMissing)?;
+        if transaction {
+            Ok(conn.request_batch(&statements)?.into_iter().map(Ok).collect())
+        } else {
+            conn.request_each(&statements)
+        }
     })
     .await;
     match outcome {
-        Ok(Ok(outcomes)) => respond(StatusCode::OK, &exec_results(&outcomes), pretty),
+        Ok(Ok(outcomes)) => {
+            let results: Vec<Json> = outcomes
+                .iter()
+                .map(|outcome| match outcome {
+                    Ok((Some(found), _)) if rows => query_result(found, associative),
+                    Ok((_, done)) => exec_result(done),
+                    Err(e) => json!({ "error": e.to_string() }),
+                })
+                .collect();
+            respond(StatusCode::OK, &json!({ "results": results }), pretty)
+        }
         Ok(Err(e)) => sql_failure(node, &e, pretty),
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, format!("execute task: {e}")),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, format!("write task: {e}")),
     }
 }
 
@@ -395,29 +432,7 @@ async fn request(
     if read_only {
         return query(node, db, &bytes, params, pretty).await;
     }
-    let associative = params.contains_key("associative");
-    let _turn = node.writer_turn(db).lock().await;
-    let engine = Arc::clone(&node.engine);
-    let name = db.to_owned();
-    let outcome = tokio::task::spawn_blocking(move || {
-        let mut conn = engine.open(&name, OpenMode::CreateIfMissing)?;
-        conn.request_batch(&statements)
-    })
-    .await;
-    match outcome {
-        Ok(Ok(outcomes)) => {
-            let results: Vec<Json> = outcomes
-                .iter()
-                .map(|(rows, outcome)| match rows {
-                    Some(rows) => query_result(rows, associative),
-                    None => exec_result(outcome),
-                })
-                .collect();
-            respond(StatusCode::OK, &json!({ "results": results }), pretty)
-        }
-        Ok(Err(e)) => sql_failure(node, &e, pretty),
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, format!("request task: {e}")),
-    }
+    write_batch(node, db, statements, params, true, pretty).await
 }
 
 /// `GET /db/backup`: a consistent copy of the database as an ordinary SQLite file, taken on the leader.

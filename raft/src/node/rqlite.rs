@@ -82,12 +82,6 @@ fn to_json(value: &Value) -> Json {
     }
 }
 
-/// `{"results": [{"last_insert_id": .., "rows_affected": ..}, ..]}`.
-pub fn exec_results(outcomes: &[ExecOutcome]) -> Json {
-    let results: Vec<Json> = outcomes.iter().map(exec_result).collect();
-    json!({ "results": results })
-}
-
 /// `{"last_insert_id": .., "rows_affected": ..}`: what one write did.
 pub fn exec_result(outcome: &ExecOutcome) -> Json {
     json!({ "last_insert_id": outcome.last_insert_rowid, "rows_affected": outcome.rows_affected })
