@@ -61,6 +61,37 @@ pub trait WireSnapshot: Sized + OptionalSend + 'static {
     fn assemble(io: &dyn Io, staged: Vec<(WireFile, PathBuf)>) -> io::Result<Self>;
 }
 
+/// When this server last accepted entries or a heartbeat from a leader (an `AppendEntries` not refused for
+/// a higher vote): what `level=none&freshness=` reads are judged by. Cheap to clone; clones share the time.
+#[derive(Debug, Clone)]
+pub struct LeaderContact {
+    origin: std::time::Instant,
+    /// Milliseconds since `origin` plus one at the last contact; 0 for never.
+    last_ms_plus_one: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Default for LeaderContact {
+    fn default() -> Self {
+        LeaderContact { origin: std::time::Instant::now(), last_ms_plus_one: Arc::default() }
+    }
+}
+
+impl LeaderContact {
+    /// Records a contact now.
+    pub fn touch(&self) {
+        let ms = self.origin.elapsed().as_millis() as u64 + 1;
+        self.last_ms_plus_one.fetch_max(ms, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Time since the last contact; `None` if there was none.
+    pub fn since(&self) -> Option<std::time::Duration> {
+        match self.last_ms_plus_one.load(std::sync::atomic::Ordering::Relaxed) {
+            0 => None,
+            ms => Some(self.origin.elapsed().saturating_sub(std::time::Duration::from_millis(ms - 1))),
+        }
+    }
+}
+
 /// Where a server stages snapshot files it receives.
 #[derive(Debug, Clone)]
 pub struct SnapshotInbox {
@@ -349,7 +380,12 @@ fn staging_err(e: impl std::fmt::Display) -> String {
 /// Serves Raft RPCs for `raft` on `listener` until the listener fails or this future is dropped (which
 /// ends every connection it serves). Each connection is served by its own task, one request at a time; at
 /// most [`CONNECTIONS_MAX`] at once. Received snapshots are staged in `inbox`, one at a time.
-pub async fn serve<C, SM>(listener: TcpListener, raft: Raft<C, SM>, inbox: SnapshotInbox) -> io::Result<()>
+pub async fn serve<C, SM>(
+    listener: TcpListener,
+    raft: Raft<C, SM>,
+    inbox: SnapshotInbox,
+    contact: LeaderContact,
+) -> io::Result<()>
 where
     C: RaftTypeConfig,
     SM: RaftStateMachine<C>,
@@ -366,6 +402,7 @@ where
         let _ = stream.set_nodelay(true);
         let raft = raft.clone();
         let inbox = inbox.clone();
+        let contact = contact.clone();
         let snapshot_lock = Arc::clone(&one_snapshot_at_a_time);
         connections.spawn(async move {
             let _permit = permit;
@@ -382,7 +419,11 @@ where
                 };
                 let reply = match decode::<Request<C>>(&body) {
                     Ok(Request::Append(rpc)) => {
-                        Reply::Append(raft.append_entries(rpc).await.map_err(|e| e.to_string()))
+                        let answer = raft.append_entries(rpc).await;
+                        if matches!(&answer, Ok(r) if !matches!(r, AppendEntriesResponse::HigherVote(_))) {
+                            contact.touch();
+                        }
+                        Reply::Append(answer.map_err(|e| e.to_string()))
                     }
                     Ok(Request::Vote(rpc)) => Reply::Vote(raft.vote(rpc).await.map_err(|e| e.to_string())),
                     Ok(Request::SnapshotBegin { vote, meta, files }) => {

@@ -267,6 +267,21 @@ async fn the_http_api_speaks_rqlite() {
     assert_eq!(status, 200, "{out}");
     let (_, out) = http(&l, "GET", "/nodes", b"").await;
     assert!(out.get("4").is_none(), "node 4 is gone from the membership: {out}");
+    // `freshness` bounds how long ago a node at level=none last heard from a leader: a follower in the
+    // cluster answers; node 4, removed and no longer sent heartbeats, turns its reads down as stale.
+    let (_, out) = http(&f, "GET", &format!("{path}&level=none&freshness=10s"), b"").await;
+    assert_eq!(out["results"][0]["values"], json!([["fiona", 20], ["billy", 30]]), "{out}");
+    let (status, _) = http(&f, "GET", &format!("{path}&level=none&freshness=soon"), b"").await;
+    assert_eq!(status, 400, "a freshness that is not a duration");
+    let until = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, out) = http(&h4, "GET", &format!("{path}&level=none&freshness=300ms"), b"").await;
+        if out["results"][0]["error"].as_str().is_some_and(|e| e.starts_with("stale read")) {
+            break;
+        }
+        assert!(std::time::Instant::now() < until, "node 4 never turned a read down as stale: {out}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     fourth.shutdown().await;
     // A write sent to a follower is forwarded to the leader and committed.
     let (status, out) =

@@ -251,6 +251,24 @@ async fn handle(node: Arc<NodeShared>, req: Request<Incoming>) -> Result<HttpRes
     Ok(response)
 }
 
+/// A Go-style duration as rqlite takes it: a number and a unit (`ns`, `us`, `ms`, `s`, `m`, `h`), e.g.
+/// `500ms`, `1.5s`; `None` when it is not one.
+fn parse_duration(text: &str) -> Option<std::time::Duration> {
+    let split = text.find(|c: char| !(c.is_ascii_digit() || c == '.'))?;
+    let (number, unit) = text.split_at(split);
+    let value: f64 = number.parse().ok()?;
+    let secs = match unit {
+        "ns" => value / 1e9,
+        "us" | "µs" => value / 1e6,
+        "ms" => value / 1e3,
+        "s" => value,
+        "m" => value * 60.0,
+        "h" => value * 3600.0,
+        _ => return None,
+    };
+    std::time::Duration::try_from_secs_f64(secs).ok()
+}
+
 /// 503 naming the leader (its Raft address), for a write or a weak read sent to a follower.
 fn not_leader(node: &NodeShared, pretty: bool) -> HttpResponse {
     let leader = node.leader();
@@ -339,7 +357,36 @@ async fn query(
     };
     let level = params.get("level").map(String::as_str).unwrap_or("weak");
     match level {
-        "none" => {}
+        "none" => {
+            if let Some(limit) = params.get("freshness") {
+                let limit = match parse_duration(limit) {
+                    Some(limit) => limit,
+                    None => {
+                        return error(
+                            StatusCode::BAD_REQUEST,
+                            format!("freshness {limit:?} is not a duration (e.g. 500ms, 1s, 2m)"),
+                        )
+                    }
+                };
+                if !node.is_leader() {
+                    match node.contact.since() {
+                        Some(since) if since <= limit => {}
+                        since => {
+                            let heard =
+                                since.map_or("never".to_owned(), |d| format!("{} ms ago", d.as_millis()));
+                            return respond(
+                                StatusCode::OK,
+                                &error_result(&format!(
+                                    "stale read: last heard from a leader {heard}, freshness is {} ms",
+                                    limit.as_millis()
+                                )),
+                                pretty,
+                            );
+                        }
+                    }
+                }
+            }
+        }
         "weak" => {
             if !node.is_leader() {
                 return not_leader(node, pretty);
@@ -549,4 +596,21 @@ async fn remove(node: &Arc<NodeShared>, bytes: &[u8], pretty: bool) -> HttpRespo
         return error(StatusCode::SERVICE_UNAVAILABLE, format!("removing node {}: {e}", request.id));
     }
     respond(StatusCode::OK, &json!({ "removed": request.id }), pretty)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_duration;
+    use std::time::Duration;
+
+    #[test]
+    fn durations_parse_like_rqlite_takes_them() {
+        assert_eq!(parse_duration("500ms"), Some(Duration::from_millis(500)));
+        assert_eq!(parse_duration("1.5s"), Some(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("2m"), Some(Duration::from_secs(120)));
+        assert_eq!(parse_duration("10us"), Some(Duration::from_micros(10)));
+        for bad in ["", "s", "10", "10 s", "1x", "-1s", "1e999h"] {
+            assert_eq!(parse_duration(bad), None, "{bad:?}");
+        }
+    }
 }

@@ -154,6 +154,8 @@ pub struct NodeShared {
     /// Writers queue here, per database (striped), before taking SQLite's write lock: waiting in FIFO order
     /// instead of in SQLite's sleeping busy handler keeps the tail latency near clients × commit time.
     writer_turns: Vec<tokio::sync::Mutex<()>>,
+    /// When the Raft server last heard from a leader (for `freshness`).
+    contact: crate::tcp::LeaderContact,
     requests: AtomicU64,
     latency_us_total: AtomicU64,
 }
@@ -349,12 +351,13 @@ impl Node {
             http_addr,
             data_dir: config.data_dir.clone(),
             writer_turns: (0..WRITER_TURN_STRIPES).map(|_| tokio::sync::Mutex::new(())).collect(),
+            contact: crate::tcp::LeaderContact::default(),
             requests: AtomicU64::new(0),
             latency_us_total: AtomicU64::new(0),
         });
         let inbox =
             SnapshotInbox { io: Arc::new(BufferedIo::new()), dir: config.data_dir.join("snapshot-inbox") };
-        let raft_server = tokio::spawn(serve(raft_listener, raft, inbox));
+        let raft_server = tokio::spawn(serve(raft_listener, raft, inbox, shared.contact.clone()));
         let http_server = tokio::spawn(http::serve_http(http_listener, Arc::clone(&shared)));
         Ok(Node { shared, store, raft_server, http_server, _lock: lock })
     }
