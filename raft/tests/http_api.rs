@@ -222,6 +222,8 @@ async fn the_http_api_speaks_rqlite() {
     assert_eq!(rows.rows, vec![vec![bop_sql::Value::Integer(7)], vec![bop_sql::Value::Integer(42)]]);
     let (status, _) = http(&l, "GET", "/db/backup?db=missing", b"").await;
     assert_eq!(status, 404);
+    let (status, _) = http(&f, "GET", "/db/backup?db=other&redirect", b"").await;
+    assert_eq!(status, 503, "with redirect, a follower names the leader instead of taking a backup itself");
 
     // Status and readiness.
     let (status, out) = http(&f, "GET", "/status", b"").await;

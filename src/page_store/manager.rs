@@ -71,6 +71,18 @@ struct DbEntry {
     dropped: AtomicBool,
 }
 
+impl DbEntry {
+    fn new(id: u64, name: String, state: DbState) -> Arc<DbEntry> {
+        Arc::new(DbEntry {
+            id,
+            name,
+            state: RwLock::new(state),
+            writer: Mutex::new(()),
+            dropped: AtomicBool::new(false),
+        })
+    }
+}
+
 struct Inner {
     config: ManagerConfig,
     pages_dir: PathBuf,
@@ -448,14 +460,7 @@ impl Manager {
                 state.push_generation(Arc::new(file));
             }
             names.insert(info.name.clone(), info.id.0);
-            let entry = DbEntry {
-                id: info.id.0,
-                name: info.name,
-                state: RwLock::new(state),
-                writer: Mutex::new(()),
-                dropped: AtomicBool::new(false),
-            };
-            dbs.insert(info.id.0, Arc::new(entry));
+            dbs.insert(info.id.0, DbEntry::new(info.id.0, info.name, state));
         }
         // Generation files the manifest does not know are leftovers of checkpoints or drops a crash
         // interrupted: never in force, so removed.
@@ -535,16 +540,7 @@ impl Manager {
         let Some(id) = outcome.created_databases.first().map(|id| id.0) else {
             return Err(PageStoreError::invalid("the manifest allocated no id"));
         };
-        let entry = Arc::new(DbEntry {
-            id,
-            name: name.to_owned(),
-            state: RwLock::new(DbState::default()),
-            writer: Mutex::new(()),
-            dropped: AtomicBool::new(false),
-        });
-        inner.dbs.write().insert(id, Arc::clone(&entry));
-        inner.names.write().insert(name.to_owned(), id);
-        Ok(Db { inner: Arc::clone(inner), entry })
+        Ok(self.insert_db(id, name))
     }
 
     /// Opens a database by its exact name.
@@ -590,13 +586,7 @@ impl Manager {
     }
 
     fn insert_db(&self, id: u64, name: &str) -> Db {
-        let entry = Arc::new(DbEntry {
-            id,
-            name: name.to_owned(),
-            state: RwLock::new(DbState::default()),
-            writer: Mutex::new(()),
-            dropped: AtomicBool::new(false),
-        });
+        let entry = DbEntry::new(id, name.to_owned(), DbState::default());
         self.inner.dbs.write().insert(id, Arc::clone(&entry));
         self.inner.names.write().insert(name.to_owned(), id);
         Db { inner: Arc::clone(&self.inner), entry }
@@ -838,14 +828,7 @@ impl Manager {
                 state.push_generation(file);
             }
             names.insert(name.clone(), id);
-            let entry = DbEntry {
-                id,
-                name,
-                state: RwLock::new(state),
-                writer: Mutex::new(()),
-                dropped: AtomicBool::new(false),
-            };
-            dbs.insert(id, Arc::new(entry));
+            dbs.insert(id, DbEntry::new(id, name, state));
         }
         *inner.dbs.write() = dbs;
         *inner.names.write() = names;

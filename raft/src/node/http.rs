@@ -179,17 +179,14 @@ async fn handle(node: Arc<NodeShared>, req: Request<Incoming>) -> Result<HttpRes
         || path == "/join"
         || path == "/remove"
         || (path == "/db/query" && level != "none");
-    if needs_leader && !node.is_leader() && !params.contains_key("redirect") {
+    if needs_leader && !node.is_leader() {
         let method = req.method().clone();
         let path_and_query = req.uri().path_and_query().map(|p| p.as_str().to_owned()).unwrap_or(path);
         let bytes = match body(req).await {
             Ok(bytes) => bytes,
             Err(response) => return Ok(response),
         };
-        return Ok(match forward(&node, &method, &path_and_query, &bytes).await {
-            Some(response) => response,
-            None => not_leader(&node, params.contains_key("pretty")),
-        });
+        return Ok(to_leader(&node, &params, &method, &path_and_query, &bytes).await);
     }
     let pretty = params.contains_key("pretty");
     let db = params.get("db").cloned().unwrap_or_else(|| DEFAULT_DATABASE.to_owned());
@@ -202,14 +199,17 @@ async fn handle(node: Arc<NodeShared>, req: Request<Incoming>) -> Result<HttpRes
         (method @ (Method::GET | Method::POST), "/db/query") => {
             let statements = if method == Method::GET {
                 match params.get("q") {
-                    Some(q) => Ok(serde_json::to_vec(&json!([q])).unwrap_or_default().into()),
+                    Some(q) => Ok(vec![bop_sql::Statement::new(q.as_str())]),
                     None => Err(error(StatusCode::BAD_REQUEST, "GET /db/query needs q=SQL")),
                 }
             } else {
-                body(req).await
+                match body(req).await {
+                    Ok(bytes) => parse_statements(&bytes).map_err(|e| error(StatusCode::BAD_REQUEST, e)),
+                    Err(response) => Err(response),
+                }
             };
             match statements {
-                Ok(bytes) => query(&node, &db, &bytes, &params, pretty).await,
+                Ok(statements) => query(&node, &db, statements, &params, pretty).await,
                 Err(response) => response,
             }
         }
@@ -267,6 +267,25 @@ fn parse_duration(text: &str) -> Option<std::time::Duration> {
         _ => return None,
     };
     std::time::Duration::try_from_secs_f64(secs).ok()
+}
+
+/// A call this follower cannot answer: with `redirect`, 503 naming the leader; otherwise the leader's own
+/// answer, forwarded (503 naming it if it cannot be reached).
+async fn to_leader(
+    node: &NodeShared,
+    params: &HashMap<String, String>,
+    method: &Method,
+    path_and_query: &str,
+    bytes: &[u8],
+) -> HttpResponse {
+    let pretty = params.contains_key("pretty");
+    if params.contains_key("redirect") {
+        return not_leader(node, pretty);
+    }
+    match forward(node, method, path_and_query, bytes).await {
+        Some(response) => response,
+        None => not_leader(node, pretty),
+    }
 }
 
 /// 503 naming the leader (its Raft address), for a write or a weak read sent to a follower.
@@ -347,14 +366,10 @@ async fn write_batch(
 async fn query(
     node: &Arc<NodeShared>,
     db: &str,
-    bytes: &[u8],
+    statements: Vec<bop_sql::Statement>,
     params: &HashMap<String, String>,
     pretty: bool,
 ) -> HttpResponse {
-    let statements = match parse_statements(bytes) {
-        Ok(statements) => statements,
-        Err(e) => return error(StatusCode::BAD_REQUEST, e),
-    };
     let level = params.get("level").map(String::as_str).unwrap_or("weak");
     match level {
         "none" => {
@@ -450,34 +465,35 @@ async fn request(
         Ok(statements) => statements,
         Err(e) => return error(StatusCode::BAD_REQUEST, e),
     };
+    let level = params.get("level").map(String::as_str).unwrap_or("weak");
+    let leader = node.is_leader();
+    if !leader && level != "none" {
+        return to_leader(node, params, &Method::POST, &path_and_query, &bytes).await;
+    }
     // Classified on a local connection; a database this node does not have yet counts as a write.
     let engine = Arc::clone(&node.engine);
     let name = db.to_owned();
-    let classify = statements.clone();
-    let read_only = tokio::task::spawn_blocking(move || {
-        let mut conn = engine.open(&name, OpenMode::Existing).ok()?;
-        let mut all = true;
-        for statement in &classify {
-            all &= conn.is_read_only(&statement.sql).ok()?;
-        }
-        Some(all)
+    let classified = tokio::task::spawn_blocking(move || {
+        let read_only = (|| {
+            let mut conn = engine.open(&name, OpenMode::Existing).ok()?;
+            let mut all = true;
+            for statement in &statements {
+                all &= conn.is_read_only(&statement.sql).ok()?;
+            }
+            Some(all)
+        })();
+        (read_only.unwrap_or(false), statements)
     })
-    .await
-    .ok()
-    .flatten()
-    .unwrap_or(false);
-    let level = params.get("level").map(String::as_str).unwrap_or("weak");
-    if (!read_only || level != "none") && !node.is_leader() {
-        if params.contains_key("redirect") {
-            return not_leader(node, pretty);
-        }
-        return match forward(node, &Method::POST, &path_and_query, &bytes).await {
-            Some(response) => response,
-            None => not_leader(node, pretty),
-        };
+    .await;
+    let (read_only, statements) = match classified {
+        Ok(classified) => classified,
+        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, format!("classify task: {e}")),
+    };
+    if !read_only && !leader {
+        return to_leader(node, params, &Method::POST, &path_and_query, &bytes).await;
     }
     if read_only {
-        return query(node, db, &bytes, params, pretty).await;
+        return query(node, db, statements, params, pretty).await;
     }
     write_batch(node, db, statements, params, true, pretty).await
 }
