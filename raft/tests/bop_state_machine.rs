@@ -3,7 +3,6 @@
 //! restarts that keep the applied state and the pages.
 
 use std::path::Path;
-use std::sync::Arc;
 use std::time::Duration;
 
 mod common;
@@ -14,7 +13,7 @@ use common::bop::{commit, contents, create, members, open_node, page, BopRaft};
 use openraft::async_runtime::WatchReceiver;
 use openraft::testing::log::{StoreBuilder, Suite};
 use openraft::type_config::TypeConfigExt;
-use openraft::{Config, Raft, StorageError};
+use openraft::{Raft, StorageError};
 
 const WAIT: Option<Duration> = Some(Duration::from_secs(30));
 
@@ -41,23 +40,11 @@ struct Node {
     sm: BopStateMachine,
 }
 
-fn config() -> Arc<Config> {
-    Arc::new(
-        Config {
-            heartbeat_interval: 50,
-            election_timeout_min: 200,
-            election_timeout_max: 400,
-            max_in_snapshot_log_to_keep: 0,
-            ..Default::default()
-        }
-        .validate()
-        .expect("config"),
-    )
-}
-
 async fn start(router: &LocalRouter<BopConfig, BopStateMachine>, dir: &Path, id: u64) -> Node {
     let (store, sm) = open_node(&dir.join(format!("node-{id}")));
-    let raft = Raft::new(id, config(), router.network(id), store.clone(), sm.clone()).await.expect("raft");
+    let raft = Raft::new(id, common::fast_config(), router.network(id), store.clone(), sm.clone())
+        .await
+        .expect("raft");
     router.add(id, raft.clone());
     Node { raft, store, sm }
 }

@@ -13,7 +13,7 @@ use bop_raft::{LocalRouter, LogStore};
 use bop_storage::io::BufferedIo;
 use common::{open_store, KvConfig, KvStateMachine, Put};
 use openraft::async_runtime::WatchReceiver;
-use openraft::{Config, Raft};
+use openraft::Raft;
 
 type KvRaft = Raft<KvConfig, KvStateMachine>;
 const WAIT: Option<Duration> = Some(Duration::from_secs(20));
@@ -24,24 +24,12 @@ struct Node {
     sm: KvStateMachine,
 }
 
-fn config() -> Arc<Config> {
-    Arc::new(
-        Config {
-            heartbeat_interval: 50,
-            election_timeout_min: 200,
-            election_timeout_max: 400,
-            max_in_snapshot_log_to_keep: 0,
-            ..Default::default()
-        }
-        .validate()
-        .expect("config"),
-    )
-}
-
 async fn start(router: &LocalRouter<KvConfig, KvStateMachine>, dir: &Path, id: u64) -> Node {
     let store = open_store(&dir.join(format!("node-{id}")), Arc::new(BufferedIo::new()));
     let sm = KvStateMachine::default();
-    let raft = Raft::new(id, config(), router.network(id), store.clone(), sm.clone()).await.expect("raft");
+    let raft = Raft::new(id, common::fast_config(), router.network(id), store.clone(), sm.clone())
+        .await
+        .expect("raft");
     router.add(id, raft.clone());
     Node { raft, store, sm }
 }

@@ -159,7 +159,8 @@ async fn forward(
         })
         .and_then(|v| hyper::header::HeaderValue::from_str(&v).ok())
         .unwrap_or(hyper::header::HeaderValue::from_static("application/json"));
-    let mut response = Response::new(Full::new(Bytes::copy_from_slice(&raw[split + 4..])));
+    // The body is a view into the answer's buffer, not a copy (a backup can be hundreds of MiB).
+    let mut response = Response::new(Full::new(Bytes::from(raw).slice(split + 4..)));
     *response.status_mut() = status;
     response.headers_mut().insert(hyper::header::CONTENT_TYPE, content_type);
     Some(response)

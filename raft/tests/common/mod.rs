@@ -18,6 +18,22 @@ use bop_storage::wal::{WalConfig, WalStore};
 #[allow(unused_imports)]
 pub use state_machine::{KvConfig, KvStateMachine, Put};
 
+/// Raft timings for in-process clusters (50 ms heartbeats, 200–400 ms elections), keeping no log behind a
+/// snapshot so that purges reach every entry a snapshot covers.
+pub fn fast_config() -> Arc<openraft::Config> {
+    Arc::new(
+        openraft::Config {
+            heartbeat_interval: 50,
+            election_timeout_min: 200,
+            election_timeout_max: 400,
+            max_in_snapshot_log_to_keep: 0,
+            ..Default::default()
+        }
+        .validate()
+        .expect("config"),
+    )
+}
+
 /// Opens a log store in `dir` (WAL in `dir/wal` with small segments, manifest in `dir/manifest`).
 pub fn open_store(dir: &Path, io: Arc<dyn Io>) -> LogStore<KvConfig> {
     let mut wal_config = WalConfig::new(dir.join("wal"));
