@@ -68,14 +68,33 @@ struct Run {
     records_per_fsync: f64,
 }
 
-fn wal(dir: &std::path::Path, io: Arc<dyn Io>, size: usize, appenders: usize) -> Run {
+/// A fresh store in `dir` with 256 MiB segments (and `BOP_BENCH_WAIT_US` as the group-commit wait, if set).
+fn open_fresh(dir: &std::path::Path, io: Arc<dyn Io>) -> Arc<WalStore> {
     let _ = std::fs::remove_dir_all(dir);
     let mut config = WalConfig::new(dir);
     config.segment_size_bytes = 256 << 20;
     if let Some(wait_us) = std::env::var("BOP_BENCH_WAIT_US").ok().and_then(|s| s.parse().ok()) {
         config.group_commit_wait_us_max = wait_us;
     }
-    let store = Arc::new(WalStore::open(io, config).expect("open"));
+    Arc::new(WalStore::open(io, config).expect("open"))
+}
+
+/// Closes the store and summarises the latencies of a run that began at `start`.
+fn finish(store: &WalStore, mut lat: Vec<Duration>, start: Instant) -> Run {
+    let elapsed = start.elapsed().as_secs_f64();
+    let metrics = store.metrics();
+    store.close().expect("close");
+    lat.sort();
+    Run {
+        rate: lat.len() as f64 / elapsed,
+        p50: percentile(&lat, 0.5),
+        p99: percentile(&lat, 0.99),
+        records_per_fsync: metrics.records_per_fsync,
+    }
+}
+
+fn wal(dir: &std::path::Path, io: Arc<dyn Io>, size: usize, appenders: usize) -> Run {
+    let store = open_fresh(dir, io);
     let next = Arc::new(Mutex::new(1u64));
     let deadline = Instant::now() + Duration::from_secs_f64(secs());
     let start = Instant::now();
@@ -100,32 +119,20 @@ fn wal(dir: &std::path::Path, io: Arc<dyn Io>, size: usize, appenders: usize) ->
             })
         })
         .collect();
-    let mut lat: Vec<Duration> = threads.into_iter().flat_map(|t| t.join().expect("appender")).collect();
-    let elapsed = start.elapsed().as_secs_f64();
-    let metrics = store.metrics();
-    store.close().expect("close");
-    lat.sort();
-    Run {
-        rate: lat.len() as f64 / elapsed,
-        p50: percentile(&lat, 0.5),
-        p99: percentile(&lat, 0.99),
-        records_per_fsync: metrics.records_per_fsync,
-    }
+    let lat: Vec<Duration> = threads.into_iter().flat_map(|t| t.join().expect("appender")).collect();
+    finish(&store, lat, start)
 }
 
 /// The same measurement with appenders as async tasks on a 2-thread runtime (how openraft and a node use
 /// the WAL): each task appends with `try_append` and awaits the durability ticket.
 fn wal_tasks(dir: &std::path::Path, io: Arc<dyn Io>, size: usize, appenders: usize) -> Run {
-    let _ = std::fs::remove_dir_all(dir);
-    let mut config = WalConfig::new(dir);
-    config.segment_size_bytes = 256 << 20;
-    let store = Arc::new(WalStore::open(io, config).expect("open"));
+    let store = open_fresh(dir, io);
     let runtime =
         tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
     let next = Arc::new(Mutex::new(1u64));
     let deadline = Instant::now() + Duration::from_secs_f64(secs());
     let start = Instant::now();
-    let mut lat: Vec<Duration> = runtime.block_on(async {
+    let lat: Vec<Duration> = runtime.block_on(async {
         let tasks: Vec<_> = (0..appenders)
             .map(|_| {
                 let (store, next) = (Arc::clone(&store), Arc::clone(&next));
@@ -153,16 +160,7 @@ fn wal_tasks(dir: &std::path::Path, io: Arc<dyn Io>, size: usize, appenders: usi
         }
         all
     });
-    let elapsed = start.elapsed().as_secs_f64();
-    let metrics = store.metrics();
-    store.close().expect("close");
-    lat.sort();
-    Run {
-        rate: lat.len() as f64 / elapsed,
-        p50: percentile(&lat, 0.5),
-        p99: percentile(&lat, 0.99),
-        records_per_fsync: metrics.records_per_fsync,
-    }
+    finish(&store, lat, start)
 }
 
 fn peak_rss_kib() -> u64 {
