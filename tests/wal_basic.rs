@@ -6,8 +6,8 @@ mod common;
 use std::sync::Arc;
 
 use bop_storage::io::{BufferedIo, CrashMode, DirectIo, Io, SimDisk};
-use bop_storage::wal::{LogPos, RecoveryMode, WalConfig, WalError, WalStore};
-use common::{check_payload, entry, payload, sim_store, small_config};
+use bop_storage::wal::{LogPos, RecoveryMode, WalConfig, WalError, WalStore, WriterMode};
+use common::{check_payload, entry, payload, sim_store, sim_store_with, small_config};
 
 fn append_read_reopen(io: Arc<dyn Io>, dir: &std::path::Path) {
     // Set-up: a store with small segments so that 300 entries of 700 bytes span several of them.
@@ -407,4 +407,41 @@ fn block_on<F: std::future::Future>(future: F) -> F::Output {
         assert!(std::time::Instant::now() < deadline, "future did not complete within 30 s");
         std::thread::park_timeout(std::time::Duration::from_millis(100));
     }
+}
+
+#[test]
+fn inline_writer_is_durable_before_the_submission_returns() {
+    let disk = SimDisk::new(7);
+    let store = sim_store_with(&disk, WriterMode::Inline);
+    let called = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = Arc::clone(&called);
+    store
+        .append_with(
+            vec![entry(1, 1, 100)],
+            Box::new(move |result| {
+                result.expect("durable");
+                flag.store(true, std::sync::atomic::Ordering::SeqCst);
+            }),
+        )
+        .expect("append");
+    assert!(called.load(std::sync::atomic::Ordering::SeqCst), "the callback ran before append_with returned");
+    let syncs = disk.sync_count();
+    // A crash right after the call keeps the entry: it was fsynced on the submitting thread.
+    let disk = disk.crash(CrashMode::LoseUnsynced);
+    drop(store);
+    let store = sim_store_with(&disk, WriterMode::Inline);
+    assert_eq!(store.read(1).expect("read").map(|e| check_payload(&e.payload)), Some(Some((1, 1))));
+    assert!(syncs >= 1);
+}
+
+#[test]
+fn inline_writer_poisons_on_a_failed_fsync() {
+    let disk = SimDisk::new(8);
+    let store = sim_store_with(&disk, WriterMode::Inline);
+    store.append_durable(vec![entry(1, 1, 64)]).expect("first append");
+    disk.fail_sync_after(0);
+    let failed = store.append(vec![entry(2, 1, 64)]).expect("accepted").wait();
+    assert!(matches!(failed, Err(WalError::Poisoned(_))), "{failed:?}");
+    assert!(store.poisoned().is_some());
+    assert!(matches!(store.append_durable(vec![entry(3, 1, 64)]), Err(WalError::Poisoned(_))));
 }

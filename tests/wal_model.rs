@@ -6,8 +6,8 @@ mod common;
 use std::collections::BTreeMap;
 
 use bop_storage::io::{CrashMode, SimDisk};
-use bop_storage::wal::{LogPos, WalStore};
-use common::{entry, payload, sim_store};
+use bop_storage::wal::{LogPos, WalStore, WriterMode};
+use common::{entry, payload, sim_store_with};
 use proptest::prelude::*;
 
 #[derive(Debug, Clone)]
@@ -59,10 +59,12 @@ proptest! {
     fn store_matches_the_model(
         seed in any::<u64>(),
         direct in any::<bool>(),
+        inline in any::<bool>(),
         steps in proptest::collection::vec(step(), 1..60),
     ) {
         let mut disk = if direct { SimDisk::new_direct(seed) } else { SimDisk::new(seed) };
-        let mut store = sim_store(&disk);
+        let writer = if inline { WriterMode::Inline } else { WriterMode::Threads };
+        let mut store = sim_store_with(&disk, writer);
         let mut model = Model { next: 1, term: 1, ..Model::default() };
         for step in steps {
             match step {
@@ -95,12 +97,12 @@ proptest! {
                     let mode = if torn { CrashMode::TornSectors } else { CrashMode::LoseUnsynced };
                     disk = disk.crash(mode);
                     drop(store);
-                    store = sim_store(&disk);
+                    store = sim_store_with(&disk, writer);
                 }
                 Step::Reopen => {
                     store.close().expect("close");
                     drop(store);
-                    store = sim_store(&disk);
+                    store = sim_store_with(&disk, writer);
                 }
             }
             check(&store, &model);

@@ -74,6 +74,21 @@ pub struct WalConfig {
     pub recovery_mode: RecoveryMode,
     /// Retries of transient write errors.
     pub retry: RetryPolicy,
+    /// Who writes batches: background threads, or the submitting thread itself.
+    pub writer: WriterMode,
+}
+
+/// Who writes and fsyncs batches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum WriterMode {
+    /// A writer thread (group commit with a bounded wait for stragglers) and a completer thread that runs
+    /// large batches' callbacks. The default.
+    #[default]
+    Threads,
+    /// No threads: every submission writes, fsyncs and runs its callbacks before it returns. Used by the
+    /// deterministic simulation, where a background thread would make the order of events depend on the
+    /// operating system's scheduler; appends then never group across submissions.
+    Inline,
 }
 
 impl WalConfig {
@@ -89,6 +104,7 @@ impl WalConfig {
             preallocate: Preallocate::Allocate,
             recovery_mode: RecoveryMode::TolerateTornTail,
             retry: RetryPolicy::default(),
+            writer: WriterMode::Threads,
         }
     }
 

@@ -30,7 +30,7 @@ use crate::format::{decode_record, encoded_len, RecordKind};
 use crate::io::{AlignedBuf, Io};
 
 pub use completion::{Durable, DurableCallback};
-pub use config::{Preallocate, RecoveryMode, RetryPolicy, WalConfig};
+pub use config::{Preallocate, RecoveryMode, RetryPolicy, WalConfig, WriterMode};
 pub use error::{CorruptionReason, PoisonCause, WalError};
 pub use index::LogPos;
 pub use metrics::WalMetrics;
@@ -175,6 +175,16 @@ impl WalStore {
         let spawn_err = |e: std::io::Error| {
             WalError::io("spawn WAL thread", &shared.config.dir, crate::io::IoError::os("spawn", e))
         };
+        if shared.config.writer == WriterMode::Inline {
+            // Without a completions channel, every batch's callbacks run on the flushing thread.
+            shared.completions.lock().take();
+            return Ok(WalStore {
+                shared,
+                threads: Mutex::new(Vec::new()),
+                purge_lock: Mutex::new(()),
+                report,
+            });
+        }
         let completer = std::thread::Builder::new()
             .name("bop-wal-complete".into())
             .spawn(move || writer::run_completer(rx, pending))
@@ -225,6 +235,17 @@ impl WalStore {
         if st.queue.len() >= st.writer_wake_at {
             self.shared.work_cv.notify_one();
         }
+    }
+
+    /// In [`WriterMode::Inline`], writes everything queued on this thread (call without the state lock).
+    /// A callback that submits more re-enters here, finds the flush lock held by its own caller and leaves
+    /// the new work to that caller's loop.
+    fn flush_inline(&self) {
+        if self.shared.config.writer != WriterMode::Inline {
+            return;
+        }
+        let Some(mut core) = self.shared.core.try_lock() else { return };
+        while let Ok(true) = self.shared.flush_batch(&mut core, false) {}
     }
 
     /// Validates, waits for (or refuses on lack of) space, and enqueues `entries`.
@@ -313,6 +334,8 @@ impl WalStore {
         if wake_writer {
             self.wake_writer(&st);
         }
+        drop(st);
+        self.flush_inline();
         Ok(())
     }
 
@@ -367,6 +390,8 @@ impl WalStore {
         Self::check_open(&st)?;
         self.enqueue(&mut st, Op::Barrier, 0, Some(done));
         self.wake_writer(&st);
+        drop(st);
+        self.flush_inline();
         Ok(ticket)
     }
 
@@ -387,6 +412,8 @@ impl WalStore {
         st.index.truncate_from(index);
         self.enqueue(&mut st, Op::Truncate { from: index }, 0, Some(done));
         self.wake_writer(&st);
+        drop(st);
+        self.flush_inline();
         Ok(ticket)
     }
 
@@ -434,6 +461,8 @@ impl WalStore {
         st.index.purge_upto(pos, meta.clone());
         self.enqueue(&mut st, Op::Purge { pos, meta }, cost, Some(done));
         self.wake_writer(&st);
+        drop(st);
+        self.flush_inline();
         Ok(Some(ticket))
     }
 

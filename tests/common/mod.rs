@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use bop_storage::io::{Io, SimDisk};
-use bop_storage::wal::{NewEntry, WalConfig, WalStore};
+use bop_storage::wal::{NewEntry, WalConfig, WalStore, WriterMode};
 
 /// The payload every test writes for `(index, term)`: its content proves which entry it is and that it
 /// is whole.
@@ -41,6 +41,12 @@ pub fn small_config(dir: impl Into<PathBuf>) -> WalConfig {
 }
 
 pub fn sim_store(disk: &SimDisk) -> WalStore {
+    sim_store_with(disk, WriterMode::Threads)
+}
+
+pub fn sim_store_with(disk: &SimDisk, writer: WriterMode) -> WalStore {
     let io: Arc<dyn Io> = Arc::new(disk.clone());
-    WalStore::open(io, small_config("/wal")).expect("open on the simulated disk")
+    let mut config = small_config("/wal");
+    config.writer = writer;
+    WalStore::open(io, config).expect("open on the simulated disk")
 }
