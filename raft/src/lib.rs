@@ -8,9 +8,12 @@
 //! - [`node`]: a bop node — storage, Raft over TCP, SQL through Raft, and an rqlite-compatible HTTP API.
 #![deny(missing_docs)]
 
+pub mod blocking;
 mod local_network;
 mod log_store;
+pub mod net;
 pub mod node;
+pub mod runtime;
 mod sql_sink;
 mod state_machine;
 pub mod tcp;

@@ -18,7 +18,7 @@ use std::ops::{Bound, RangeBounds};
 use std::sync::Arc;
 
 use bop_storage::manifest::{Batch, Manifest, RaftBlob};
-use bop_storage::wal::{LogPos, NewEntry, WalError, WalStore};
+use bop_storage::wal::{LogPos, NewEntry, WalError, WalStore, WriterMode};
 use openraft::entry::RaftEntry;
 use openraft::storage::{IOFlushed, LogState, RaftLogStorage};
 use openraft::type_config::alias::{LogIdOf, VoteOf};
@@ -144,13 +144,21 @@ where
     async fn save_blob(&self, which: RaftBlob, bytes: Vec<u8>) -> io::Result<()> {
         let manifest = Arc::clone(&self.inner.manifest);
         // The LMDB commit (an fsync) runs off the async workers.
-        tokio::task::spawn_blocking(move || {
+        self.off_runtime(move || {
             let mut batch = Batch::new();
             batch.set_raft_blob(which, bytes);
             manifest.commit(batch).map(|_| ()).map_err(io::Error::other)
         })
         .await
-        .map_err(io::Error::other)?
+    }
+
+    /// Runs blocking storage work on a blocking thread, or right here when the WAL runs its inline writer
+    /// (the deterministic simulation, which allows no thread the scheduler could reorder).
+    async fn off_runtime(&self, work: impl FnOnce() -> io::Result<()> + Send + 'static) -> io::Result<()> {
+        if self.inner.wal.config().writer == WriterMode::Inline {
+            return work();
+        }
+        tokio::task::spawn_blocking(work).await.map_err(io::Error::other)?
     }
 }
 
@@ -264,10 +272,6 @@ where
             ticket.await.map_err(wal_err)?;
         }
         let store = self.clone();
-        tokio::task::spawn_blocking(move || {
-            store.inner.wal.delete_purged_segments().map(|_| ()).map_err(wal_err)
-        })
-        .await
-        .map_err(io::Error::other)?
+        self.off_runtime(move || store.inner.wal.delete_purged_segments().map(|_| ()).map_err(wal_err)).await
     }
 }

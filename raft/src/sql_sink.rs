@@ -12,6 +12,7 @@ use openraft::Raft;
 const PROPOSE_RETRIES_MAX: u32 = 40;
 const PROPOSE_RETRY_PAUSE: std::time::Duration = std::time::Duration::from_millis(50);
 
+use crate::blocking::Blocking;
 use crate::state_machine::{BopConfig, BopStateMachine, Command, Response};
 
 /// Proposes each committed transaction through Raft and returns once this node applied it.
@@ -24,17 +25,23 @@ use crate::state_machine::{BopConfig, BopStateMachine, Command, Response};
 pub struct RaftSink {
     raft: Raft<BopConfig, BopStateMachine>,
     runtime: tokio::runtime::Handle,
+    blocking: Blocking,
 }
 
 impl RaftSink {
-    /// A sink proposing through `raft`, blocking on `runtime`.
-    pub fn new(raft: Raft<BopConfig, BopStateMachine>, runtime: tokio::runtime::Handle) -> Arc<Self> {
-        Arc::new(RaftSink { raft, runtime })
+    /// A sink proposing through `raft`, waiting on `runtime` the way `blocking` says (SQL must run through
+    /// the same [`Blocking`]).
+    pub fn new(
+        raft: Raft<BopConfig, BopStateMachine>,
+        runtime: tokio::runtime::Handle,
+        blocking: Blocking,
+    ) -> Arc<Self> {
+        Arc::new(RaftSink { raft, runtime, blocking })
     }
 
     fn propose(&self, command: Command) -> Result<(u64, Response), SinkError> {
         let raft = self.raft.clone();
-        let outcome = self.runtime.block_on(async move {
+        let outcome = self.blocking.block_on(&self.runtime, async move {
             // A leader elected a moment ago refuses writes until its leadership is established (its first
             // entry committed): wait for that, a bounded number of times, rather than bounce the client.
             let mut attempts = 0u32;
@@ -54,6 +61,7 @@ impl RaftSink {
                 }
             }
         });
+        let outcome = outcome.map_err(|e| SinkError::Rejected { reason: format!("outcome unknown: {e}") })?;
         match outcome {
             Ok(response) => Ok((response.log_id.index, response.data)),
             Err(e) => {

@@ -90,6 +90,7 @@ openraft::declare_raft_types!(
         D = Command,
         R = Response,
         NodeId = u64,
+        AsyncRuntime = crate::runtime::BopRuntime,
 );
 
 /// Snapshot data: every database's generation chain, shipped file by file in bounded chunks.

@@ -31,7 +31,7 @@ use openraft::{OptionalSend, Raft, RaftNetworkFactory, RaftTypeConfig};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 
 /// Largest frame body accepted (a bound on what one message can make a peer allocate).
 pub const FRAME_BYTES_MAX: usize = 64 << 20;
@@ -381,7 +381,7 @@ fn staging_err(e: impl std::fmt::Display) -> String {
 /// ends every connection it serves). Each connection is served by its own task, one request at a time; at
 /// most [`CONNECTIONS_MAX`] at once. Received snapshots are staged in `inbox`, one at a time.
 pub async fn serve<C, SM>(
-    listener: TcpListener,
+    mut listener: Box<dyn crate::net::Listener>,
     raft: Raft<C, SM>,
     inbox: SnapshotInbox,
     contact: LeaderContact,
@@ -399,7 +399,6 @@ where
         while connections.try_join_next().is_some() {}
         let permit = Arc::clone(&slots).acquire_owned().await.map_err(io::Error::other)?;
         let (mut stream, peer) = listener.accept().await?;
-        let _ = stream.set_nodelay(true);
         let raft = raft.clone();
         let inbox = inbox.clone();
         let contact = contact.clone();

@@ -9,6 +9,7 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Instant;
 
+use crate::net::Listener;
 use bop_sql::{OpenMode, Rows, SqlError};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
@@ -19,7 +20,6 @@ use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use openraft::async_runtime::WatchReceiver;
 use serde_json::{json, Value as Json};
-use tokio::net::TcpListener;
 
 use super::rqlite::{error_result, exec_result, parse_statements, query_result};
 use super::NodeShared;
@@ -93,7 +93,7 @@ fn query_params(query: Option<&str>) -> Result<HashMap<String, String>, String> 
 }
 
 /// Serves the HTTP API on `listener` until it fails (or the future is dropped).
-pub async fn serve_http(listener: TcpListener, node: Arc<NodeShared>) -> std::io::Result<()> {
+pub async fn serve_http(mut listener: Box<dyn Listener>, node: Arc<NodeShared>) -> std::io::Result<()> {
     let mut connections = tokio::task::JoinSet::new();
     loop {
         while connections.try_join_next().is_some() {}
@@ -128,7 +128,7 @@ async fn forward(
     let (_, addr) = node.leader()?;
     let target = crate::tcp::http_addr_of(&addr)?.to_owned();
     let exchange = async {
-        let mut stream = tokio::net::TcpStream::connect(&target).await?;
+        let mut stream = node.net.connect(&target).await?;
         let head = format!(
             "{method} {path_and_query} HTTP/1.1\r\nHost: {target}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
             body.len()
@@ -338,15 +338,17 @@ async fn write_batch(
     let _turn = node.writer_turn(db).lock().await;
     let engine = Arc::clone(&node.engine);
     let name = db.to_owned();
-    let outcome = tokio::task::spawn_blocking(move || {
-        let mut conn = engine.open(&name, OpenMode::CreateIfMissing)?;
-        if transaction {
-            Ok(conn.request_batch(&statements)?.into_iter().map(Ok).collect())
-        } else {
-            conn.request_each(&statements)
-        }
-    })
-    .await;
+    let outcome = node
+        .blocking
+        .run(move || {
+            let mut conn = engine.open(&name, OpenMode::CreateIfMissing)?;
+            if transaction {
+                Ok(conn.request_batch(&statements)?.into_iter().map(Ok).collect())
+            } else {
+                conn.request_each(&statements)
+            }
+        })
+        .await;
     match outcome {
         Ok(Ok(outcomes)) => {
             let results: Vec<Json> = outcomes
@@ -427,19 +429,21 @@ async fn query(
     let associative = params.contains_key("associative");
     let engine = Arc::clone(&node.engine);
     let db = db.to_owned();
-    let outcome = tokio::task::spawn_blocking(move || {
-        let mut conn = engine.open(&db, OpenMode::Existing)?;
-        let mut results = Vec::new();
-        for statement in &statements {
-            let rows: Result<Rows, SqlError> = conn.query(&statement.sql, &statement.params);
-            results.push(match rows {
-                Ok(rows) => query_result(&rows, associative),
-                Err(e) => json!({ "error": e.to_string() }),
-            });
-        }
-        Ok::<_, SqlError>(json!({ "results": results }))
-    })
-    .await;
+    let outcome = node
+        .blocking
+        .run(move || {
+            let mut conn = engine.open(&db, OpenMode::Existing)?;
+            let mut results = Vec::new();
+            for statement in &statements {
+                let rows: Result<Rows, SqlError> = conn.query(&statement.sql, &statement.params);
+                results.push(match rows {
+                    Ok(rows) => query_result(&rows, associative),
+                    Err(e) => json!({ "error": e.to_string() }),
+                });
+            }
+            Ok::<_, SqlError>(json!({ "results": results }))
+        })
+        .await;
     match outcome {
         Ok(Ok(body)) => respond(StatusCode::OK, &body, pretty),
         Ok(Err(e)) => respond(StatusCode::OK, &error_result(&e.to_string()), pretty),
@@ -474,18 +478,20 @@ async fn request(
     // Classified on a local connection; a database this node does not have yet counts as a write.
     let engine = Arc::clone(&node.engine);
     let name = db.to_owned();
-    let classified = tokio::task::spawn_blocking(move || {
-        let read_only = (|| {
-            let mut conn = engine.open(&name, OpenMode::Existing).ok()?;
-            let mut all = true;
-            for statement in &statements {
-                all &= conn.is_read_only(&statement.sql).ok()?;
-            }
-            Some(all)
-        })();
-        (read_only.unwrap_or(false), statements)
-    })
-    .await;
+    let classified = node
+        .blocking
+        .run(move || {
+            let read_only = (|| {
+                let mut conn = engine.open(&name, OpenMode::Existing).ok()?;
+                let mut all = true;
+                for statement in &statements {
+                    all &= conn.is_read_only(&statement.sql).ok()?;
+                }
+                Some(all)
+            })();
+            (read_only.unwrap_or(false), statements)
+        })
+        .await;
     let (read_only, statements) = match classified {
         Ok(classified) => classified,
         Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, format!("classify task: {e}")),
@@ -506,27 +512,29 @@ async fn backup(node: &Arc<NodeShared>, db: &str) -> HttpResponse {
     let name = db.to_owned();
     let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let target = node.data_dir.join(format!("backup-{}-{seq}.sqlite.tmp", std::process::id()));
-    let outcome = tokio::task::spawn_blocking(move || {
-        let taken = (|| {
-            let mut conn = engine
-                .open(&name, OpenMode::Existing)
-                .map_err(|e| (StatusCode::NOT_FOUND, format!("database {name:?}: {e}")))?;
-            let internal =
-                |e: &dyn std::fmt::Display| (StatusCode::INTERNAL_SERVER_ERROR, format!("backup: {e}"));
-            conn.backup_to(&target).map_err(|e| internal(&e))?;
-            let len = std::fs::metadata(&target).map_err(|e| internal(&e))?.len();
-            if len > BACKUP_BYTES_MAX {
-                return Err((
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    format!("the database is {len} bytes; /db/backup returns at most {BACKUP_BYTES_MAX}"),
-                ));
-            }
-            std::fs::read(&target).map_err(|e| internal(&e))
-        })();
-        let _ = std::fs::remove_file(&target);
-        taken
-    })
-    .await;
+    let outcome = node
+        .blocking
+        .run(move || {
+            let taken = (|| {
+                let mut conn = engine
+                    .open(&name, OpenMode::Existing)
+                    .map_err(|e| (StatusCode::NOT_FOUND, format!("database {name:?}: {e}")))?;
+                let internal =
+                    |e: &dyn std::fmt::Display| (StatusCode::INTERNAL_SERVER_ERROR, format!("backup: {e}"));
+                conn.backup_to(&target).map_err(|e| internal(&e))?;
+                let len = std::fs::metadata(&target).map_err(|e| internal(&e))?.len();
+                if len > BACKUP_BYTES_MAX {
+                    return Err((
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        format!("the database is {len} bytes; /db/backup returns at most {BACKUP_BYTES_MAX}"),
+                    ));
+                }
+                std::fs::read(&target).map_err(|e| internal(&e))
+            })();
+            let _ = std::fs::remove_file(&target);
+            taken
+        })
+        .await;
     match outcome {
         Ok(Ok(bytes)) => {
             let mut response = Response::new(Full::new(Bytes::from(bytes)));

@@ -10,19 +10,20 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bop_sql::{SqlConfig, SqlEngine};
-use bop_storage::io::BufferedIo;
+use bop_storage::io::{BufferedIo, Io};
 use bop_storage::manifest::{Manifest, ManifestConfig};
 use bop_storage::page_store::{Manager, ManagerConfig};
-use bop_storage::wal::{WalConfig, WalStore};
+use bop_storage::wal::{WalConfig, WalStore, WriterMode};
 use openraft::async_runtime::WatchReceiver;
 use openraft::impls::BasicNode;
 use openraft::{Config, Raft};
 use serde_json::{json, Value as Json};
-use tokio::net::TcpListener;
 
 pub use http::{BODY_BYTES_MAX, DEFAULT_DATABASE};
 
-use crate::tcp::{serve, SnapshotInbox, TcpConnector, TcpNetwork};
+use crate::blocking::Blocking;
+use crate::net::{Net, NetConnector, TokioNet};
+use crate::tcp::{serve, SnapshotInbox, TcpNetwork};
 use crate::{BopConfig, BopSnapshot, BopStateMachine, LogStore, RaftSink};
 
 /// What a node needs to start.
@@ -36,6 +37,54 @@ pub struct NodeConfig {
     pub raft_addr: String,
     /// Address the HTTP API listens on.
     pub http_addr: String,
+}
+
+/// Raft's timers, in milliseconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RaftTiming {
+    /// Leader heartbeat interval.
+    pub heartbeat_ms: u64,
+    /// Election timeout, drawn from `election_min_ms..election_max_ms`.
+    pub election_min_ms: u64,
+    /// Upper end (exclusive) of the election timeout.
+    pub election_max_ms: u64,
+}
+
+impl Default for RaftTiming {
+    fn default() -> Self {
+        RaftTiming { heartbeat_ms: 100, election_min_ms: 500, election_max_ms: 1000 }
+    }
+}
+
+/// What a node runs on: the network, the disk its log and pages live on, where blocking work runs, and its
+/// timers. [`NodeEnv::default`] is a real node (TCP, buffered files, tokio's blocking pool, writer
+/// threads); the simulation substitutes turmoil's network, a simulated disk, lockstep blocking work and the
+/// inline WAL writer. The manifest (LMDB) and SQLite's placeholder files are always real files in the
+/// data directory.
+#[derive(Clone)]
+pub struct NodeEnv {
+    /// Listening and connecting (Raft and HTTP).
+    pub net: Arc<dyn Net>,
+    /// The disk under the WAL, the page store's generations and received snapshots.
+    pub io: Arc<dyn Io>,
+    /// Where SQL transactions run.
+    pub blocking: Blocking,
+    /// Who writes the WAL (inline also commits the manifest and deletes segments without threads).
+    pub wal_writer: WriterMode,
+    /// Raft's timers.
+    pub raft_timing: RaftTiming,
+}
+
+impl Default for NodeEnv {
+    fn default() -> Self {
+        NodeEnv {
+            net: Arc::new(TokioNet),
+            io: Arc::new(BufferedIo::new()),
+            blocking: Blocking::Threads,
+            wal_writer: WriterMode::Threads,
+            raft_timing: RaftTiming::default(),
+        }
+    }
 }
 
 /// Errors starting a node.
@@ -156,6 +205,10 @@ pub struct NodeShared {
     writer_turns: Vec<tokio::sync::Mutex<()>>,
     /// When the Raft server last heard from a leader (for `freshness`).
     contact: crate::tcp::LeaderContact,
+    /// For forwarding to the leader.
+    net: Arc<dyn Net>,
+    /// Where SQL runs.
+    blocking: Blocking,
     requests: AtomicU64,
     latency_us_total: AtomicU64,
 }
@@ -295,13 +348,22 @@ pub struct Node {
 impl Node {
     /// Opens the node's storage (recovering it), starts Raft, the Raft transport and the HTTP API.
     pub async fn start(config: NodeConfig) -> Result<Node, NodeError> {
+        Node::start_in(config, NodeEnv::default()).await
+    }
+
+    /// [`Node::start`] on the network, disk and threads of `env`.
+    pub async fn start_in(config: NodeConfig, env: NodeEnv) -> Result<Node, NodeError> {
         if config.id == 0 {
             return Err(NodeError::Config("node id must not be 0".into()));
         }
-        let raft_listener = TcpListener::bind(&config.raft_addr)
+        let raft_listener = env
+            .net
+            .bind(&config.raft_addr)
             .await
             .map_err(|source| NodeError::Bind { addr: config.raft_addr.clone(), source })?;
-        let http_listener = TcpListener::bind(&config.http_addr)
+        let http_listener = env
+            .net
+            .bind(&config.http_addr)
             .await
             .map_err(|source| NodeError::Bind { addr: config.http_addr.clone(), source })?;
         let storage = |e: &dyn std::fmt::Display| NodeError::Storage(e.to_string());
@@ -309,38 +371,39 @@ impl Node {
         let lock = lock_data_dir(&config)?;
         check_identity(&config)?;
         remove_stale_backups(&config.data_dir);
-        let wal = Arc::new(
-            WalStore::open(Arc::new(BufferedIo::new()), WalConfig::new(config.data_dir.join("wal")))
-                .map_err(|e| storage(&e))?,
-        );
+        let mut wal_config = WalConfig::new(config.data_dir.join("wal"));
+        wal_config.writer = env.wal_writer;
+        let wal = Arc::new(WalStore::open(Arc::clone(&env.io), wal_config).map_err(|e| storage(&e))?);
         let manifest =
             Arc::new(Manifest::open(&config.data_dir, ManifestConfig::default()).map_err(|e| storage(&e))?);
         let store = LogStore::new(Arc::clone(&wal), Arc::clone(&manifest)).map_err(|e| storage(&e))?;
+        let mut manager_config = ManagerConfig::new(&config.data_dir);
+        manager_config.io = Arc::clone(&env.io);
         let manager =
-            Manager::open_replicated(ManagerConfig::new(&config.data_dir), Arc::clone(&wal), manifest)
-                .map_err(|e| storage(&e))?;
+            Manager::open_replicated(manager_config, Arc::clone(&wal), manifest).map_err(|e| storage(&e))?;
         let sm = BopStateMachine::open(manager.clone(), Arc::clone(&wal)).map_err(|e| storage(&e))?;
         let raft_config = Arc::new(
             Config {
-                heartbeat_interval: 100,
-                election_timeout_min: 500,
-                election_timeout_max: 1000,
+                heartbeat_interval: env.raft_timing.heartbeat_ms,
+                election_timeout_min: env.raft_timing.election_min_ms,
+                election_timeout_max: env.raft_timing.election_max_ms,
                 ..Default::default()
             }
             .validate()
             .map_err(|e| NodeError::Raft(e.to_string()))?,
         );
-        let network = TcpNetwork::<_, BopSnapshot, _>::new(TcpConnector, Duration::from_secs(5));
+        let network =
+            TcpNetwork::<_, BopSnapshot, _>::new(NetConnector(Arc::clone(&env.net)), Duration::from_secs(5));
         let raft = Raft::new(config.id, raft_config, network, store.clone(), sm)
             .await
             .map_err(|e| NodeError::Raft(e.to_string()))?;
-        let sink = RaftSink::new(raft.clone(), tokio::runtime::Handle::current());
+        let sink = RaftSink::new(raft.clone(), tokio::runtime::Handle::current(), env.blocking);
         let engine = Arc::new(
             SqlEngine::new(manager.clone(), sink, SqlConfig::new(config.data_dir.join("sql")))
                 .map_err(|e| storage(&e))?,
         );
-        let http_addr = http_listener.local_addr().map_or(config.http_addr.clone(), |a| a.to_string());
-        let raft_addr = raft_listener.local_addr().map_or(config.raft_addr.clone(), |a| a.to_string());
+        let http_addr = http_listener.local_addr().unwrap_or_else(|_| config.http_addr.clone());
+        let raft_addr = raft_listener.local_addr().unwrap_or_else(|_| config.raft_addr.clone());
         let shared = Arc::new(NodeShared {
             id: config.id,
             wal,
@@ -352,11 +415,12 @@ impl Node {
             data_dir: config.data_dir.clone(),
             writer_turns: (0..WRITER_TURN_STRIPES).map(|_| tokio::sync::Mutex::new(())).collect(),
             contact: crate::tcp::LeaderContact::default(),
+            net: Arc::clone(&env.net),
+            blocking: env.blocking,
             requests: AtomicU64::new(0),
             latency_us_total: AtomicU64::new(0),
         });
-        let inbox =
-            SnapshotInbox { io: Arc::new(BufferedIo::new()), dir: config.data_dir.join("snapshot-inbox") };
+        let inbox = SnapshotInbox { io: Arc::clone(&env.io), dir: config.data_dir.join("snapshot-inbox") };
         let raft_server = tokio::spawn(serve(raft_listener, raft, inbox, shared.contact.clone()));
         let http_server = tokio::spawn(http::serve_http(http_listener, Arc::clone(&shared)));
         Ok(Node { shared, store, raft_server, http_server, _lock: lock })
