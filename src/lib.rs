@@ -13,6 +13,7 @@
 #![warn(clippy::unwrap_used)]
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
+pub mod bugs;
 pub mod format;
 pub mod io;
 pub mod manifest;

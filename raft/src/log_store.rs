@@ -130,6 +130,11 @@ where
         decode(payload, "log entry")
     }
 
+    /// The log id of the entry at `index`, if the log holds it (for checks that compare nodes' logs).
+    pub fn log_id_at(&self, index: u64) -> io::Result<Option<LogIdOf<C>>> {
+        Ok(self.read_entries(index, index + 1, usize::MAX)?.first().map(|e| e.log_id()))
+    }
+
     fn read_entries(&self, start: u64, end: u64, bytes_max: usize) -> io::Result<Vec<C::Entry>> {
         // Entries before the first one (purged, or never written) are simply not returned.
         let Some(first) = self.inner.wal.state().first_index else { return Ok(Vec::new()) };

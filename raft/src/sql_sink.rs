@@ -76,9 +76,15 @@ impl RaftSink {
 }
 
 impl FrameSink for RaftSink {
-    fn commit(&self, db: &Db, frames: &[(u32, &[u8])], db_page_count: u32) -> Result<u64, SinkError> {
+    fn commit(
+        &self,
+        db: &Db,
+        frames: &[(u32, &[u8])],
+        db_page_count: u32,
+        read_index: u64,
+    ) -> Result<u64, SinkError> {
         let record = encode_commit(db.id(), db_page_count, frames);
-        match self.propose(Command::Commit { record })? {
+        match self.propose(Command::Commit { read_index, record })? {
             (index, Response::Committed { db: Some(_), .. }) => Ok(index),
             (_, Response::Committed { db: None, .. }) => {
                 Err(SinkError::Rejected { reason: format!("database {} was dropped", db.name()) })

@@ -39,6 +39,9 @@ pub enum Command {
     /// Commit page frames: `record` is a page-store commit record (`bop_storage::page_store::encode_commit`)
     /// naming the database by id. It must stay the last field: its bytes end the serialized entry.
     Commit {
+        /// The applied index the transaction read at: a commit to the database after it makes this one
+        /// stale, and every node refuses it (`PageStoreError::StaleCommit`).
+        read_index: u64,
         /// The commit record.
         record: Vec<u8>,
     },
@@ -49,7 +52,9 @@ impl fmt::Display for Command {
         match self {
             Command::CreateDatabase { name } => write!(f, "create {name:?}"),
             Command::DropDatabase { name } => write!(f, "drop {name:?}"),
-            Command::Commit { record } => write!(f, "commit of {} bytes", record.len()),
+            Command::Commit { record, read_index } => {
+                write!(f, "commit of {} bytes read at {read_index}", record.len())
+            }
         }
     }
 }
@@ -175,9 +180,9 @@ impl Inner {
                 PageStoreError::Manifest(ref m) if m.is_rejection() => {
                     Ok(Response::Refused { reason: e.to_string() })
                 }
-                PageStoreError::InvalidCommit { .. } | PageStoreError::UnsupportedPageSize { .. } => {
-                    Ok(Response::Refused { reason: e.to_string() })
-                }
+                PageStoreError::InvalidCommit { .. }
+                | PageStoreError::UnsupportedPageSize { .. }
+                | PageStoreError::StaleCommit { .. } => Ok(Response::Refused { reason: e.to_string() }),
                 other => Err(io_err(other)),
             }
         };
@@ -193,7 +198,7 @@ impl Inner {
                 Ok(()) => Ok(Response::Dropped),
                 Err(e) => refused(e),
             },
-            Command::Commit { record } => {
+            Command::Commit { record, read_index } => {
                 let payload_len = self.wal.payload_len(index).ok_or_else(|| {
                     io::Error::new(
                         io::ErrorKind::NotFound,
@@ -216,7 +221,7 @@ impl Inner {
                     ));
                 }
                 let base = u32::try_from(base).map_err(io_err)?;
-                match self.manager.apply_commit(index, base, record) {
+                match self.manager.apply_commit(index, base, record, Some(*read_index)) {
                     Ok(db) => {
                         let header = bop_storage::page_store::decode_commit(record).map_err(io_err)?;
                         Ok(Response::Committed {

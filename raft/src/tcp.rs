@@ -250,7 +250,7 @@ where
     K: Connector,
 {
     async fn expect_ack(&mut self, request: &Request<C>) -> Result<(), Unreachable<C>> {
-        match self.call(request).await? {
+        match self.call(request, self.timeout).await? {
             Reply::Ack(Ok(())) => Ok(()),
             other => Err(self.failed(other)),
         }
@@ -268,9 +268,12 @@ where
         }
     }
 
-    async fn call(&mut self, request: &Request<C>) -> Result<Reply<C>, Unreachable<C>> {
+    /// One request and its reply, bounded by `ttl` (at most the network's timeout): a connection that stalls
+    /// (a partition that dropped segments) is abandoned and the next call reconnects.
+    async fn call(&mut self, request: &Request<C>, ttl: Duration) -> Result<Reply<C>, Unreachable<C>> {
         let body = encode(request).map_err(|e| Unreachable::new(&e))?;
-        let outcome = tokio::time::timeout(self.timeout, async {
+        let timeout = ttl.min(self.timeout);
+        let outcome = tokio::time::timeout(timeout, async {
             if self.stream.is_none() {
                 self.stream = Some(self.connector.connect(&self.addr).await?);
             }
@@ -288,10 +291,7 @@ where
             }
             Err(_) => {
                 self.stream = None;
-                Err(Unreachable::from_string(format!(
-                    "{} did not answer within {:?}",
-                    self.addr, self.timeout
-                )))
+                Err(Unreachable::from_string(format!("{} did not answer within {timeout:?}", self.addr)))
             }
         }
     }
@@ -308,20 +308,17 @@ where
     async fn append_entries(
         &mut self,
         rpc: AppendEntriesRequest<C>,
-        _option: RPCOption,
+        option: RPCOption,
     ) -> Result<AppendEntriesResponse<C>, RPCError<C>> {
-        match self.call(&Request::Append(rpc)).await? {
+        // openraft asks transports to give up at its soft deadline, derived from the Raft timers.
+        match self.call(&Request::Append(rpc), option.soft_ttl()).await? {
             Reply::Append(Ok(response)) => Ok(response),
             other => Err(RPCError::Unreachable(self.failed(other))),
         }
     }
 
-    async fn vote(
-        &mut self,
-        rpc: VoteRequest<C>,
-        _option: RPCOption,
-    ) -> Result<VoteResponse<C>, RPCError<C>> {
-        match self.call(&Request::Vote(rpc)).await? {
+    async fn vote(&mut self, rpc: VoteRequest<C>, option: RPCOption) -> Result<VoteResponse<C>, RPCError<C>> {
+        match self.call(&Request::Vote(rpc), option.soft_ttl()).await? {
             Reply::Vote(Ok(response)) => Ok(response),
             other => Err(RPCError::Unreachable(self.failed(other))),
         }
@@ -349,7 +346,7 @@ where
                 sent_bytes += len as u64;
             }
         }
-        let reply = self.call(&Request::SnapshotEnd).await?;
+        let reply = self.call(&Request::SnapshotEnd, self.timeout).await?;
         let secs = started.elapsed().as_secs_f64().max(1e-9);
         tracing::info!(
             to = %self.addr,

@@ -82,9 +82,21 @@ async fn a_cluster_applies_commits_to_the_same_pages_and_a_new_node_catches_up_b
     // A bad commit (a page twice) is refused the same way on every node and changes nothing.
     let images = [page(b, 1, 99), page(b, 1, 98)];
     let bad = encode_commit(b, 4, &[(1, &images[0][..]), (1, &images[1][..])]);
-    let response = leader.client_write(Command::Commit { record: bad }).await.expect("write");
+    let response =
+        leader.client_write(Command::Commit { read_index: u64::MAX, record: bad }).await.expect("write");
     assert!(matches!(response.data, Response::Refused { .. }), "{:?}", response.data);
-    let last = commit(&leader, b, &[1], 21, 2).await;
+    // A commit built on a view older than b's newest commit would undo it: refused, identically.
+    let stale_view = commit(&leader, b, &[1], 21, 4).await - 1;
+    let image = page(b, 2, 97);
+    let stale = encode_commit(b, 4, &[(2, &image[..])]);
+    let response =
+        leader.client_write(Command::Commit { read_index: stale_view, record: stale }).await.expect("write");
+    assert!(
+        matches!(&response.data, Response::Refused { reason } if reason.contains("stale transaction")),
+        "{:?}",
+        response.data
+    );
+    let last = commit(&leader, b, &[1], 22, 2).await;
     for node in &nodes {
         node.raft.wait(WAIT).applied_index_at_least(Some(last), "applied").await.expect("applied");
     }
@@ -105,10 +117,20 @@ async fn a_cluster_applies_commits_to_the_same_pages_and_a_new_node_catches_up_b
     leader.wait(WAIT).metrics(|m| m.purged.is_some_and(|p| p.index >= last), "purged").await.expect("purged");
     let node4 = start(&router, dir.path(), 4).await;
     leader.add_learner(4, Default::default(), true).await.expect("add learner");
-    let last = commit(&leader, a, &[3], 22, 8).await;
+    let a_before = last - 3;
+    let last = commit(&leader, a, &[3], 23, 8).await;
     node4.raft.wait(WAIT).applied_index_at_least(Some(last), "learner caught up").await.expect("caught up");
     let installed = node4.raft.metrics().borrow_watched().snapshot;
     assert!(installed.is_some(), "the learner installed a snapshot");
+    // Staleness is judged from the log alone: the learner, which only has the snapshot of what came before,
+    // refuses a commit read before a's newest commit exactly as the others do, and a fresh one is applied.
+    let image = page(a, 4, 96);
+    let stale = encode_commit(a, 8, &[(4, &image[..])]);
+    let response =
+        leader.client_write(Command::Commit { read_index: a_before, record: stale }).await.expect("write");
+    assert!(matches!(response.data, Response::Refused { .. }), "{:?}", response.data);
+    let last = commit(&leader, a, &[4], 24, 8).await;
+    node4.raft.wait(WAIT).applied_index_at_least(Some(last), "learner applied").await.expect("applied");
     nodes[0].raft.wait(WAIT).applied_index_at_least(Some(last), "applied").await.expect("applied");
     assert_eq!(contents(&node4.sm), contents(&nodes[0].sm), "the learner holds the same pages");
     nodes.push(node4);

@@ -1,1 +1,14 @@
-//! bop simulation.
+//! Deterministic simulation of bop clusters.
+//!
+//! Real bop nodes (storage, Raft, the Raft transport, SQL, the HTTP API) run as turmoil hosts: the network
+//! is turmoil's, the WAL and page files live on bop's simulated disk ([`bop_storage::io::SimDisk`]), SQL
+//! runs in lockstep with the hosts, and openraft's random draws come from the seed. Client hosts write and
+//! read registers over the rqlite-compatible HTTP API while the harness injects faults; the history is then
+//! checked for linearizability and the nodes for Raft's and the storage's invariants. One seed, one run:
+//! see `docs/design.md` (Simulation) for what is and is not simulated.
+
+pub mod check;
+pub mod harness;
+pub mod net;
+
+pub use harness::{run, Bug, Options, Report, Rng};

@@ -147,16 +147,19 @@ impl SqlEngine {
     /// Commits page 1 of an empty database if the database has no pages yet (see `page_one`).
     fn initialise(&self, shared: &DbShared) -> Result<(), SqlError> {
         let mut writer = shared.writer.lock();
-        if shared.db.snapshot()?.page_count() > 0 {
+        let snapshot = shared.db.snapshot()?;
+        if snapshot.page_count() > 0 {
             return Ok(());
         }
+        let read_index = snapshot.index();
+        drop(snapshot);
         if writer.active {
             return Err(SqlError::invalid("database has no pages but a writer is active"));
         }
         let page = empty_database_page_one();
         let index = shared
             .sink
-            .commit(&shared.db, &[(1, &page)], 1)
+            .commit(&shared.db, &[(1, &page)], 1, read_index)
             .map_err(|e| SqlError::invalid(format!("initialising database {}: {e}", shared.db.name())))?;
         writer.last_commit_index = writer.last_commit_index.max(index);
         Ok(())

@@ -31,8 +31,16 @@ pub enum SinkError {
 ///   Raft proposal whose outcome is unknown — must not return until it knows.)
 /// - Calls for one database never overlap: the virtual WAL holds the database's write lock around them.
 pub trait FrameSink: Send + Sync {
-    /// Commits `frames` to `db` with the database size `db_page_count` after the commit.
-    fn commit(&self, db: &Db, frames: &[(u32, &[u8])], db_page_count: u32) -> Result<u64, SinkError>;
+    /// Commits `frames` to `db` with the database size `db_page_count` after the commit. `read_index` is
+    /// the applied index the transaction read at: a sink that orders commits elsewhere (Raft) must refuse
+    /// the commit if the database changed after it.
+    fn commit(
+        &self,
+        db: &Db,
+        frames: &[(u32, &[u8])],
+        db_page_count: u32,
+        read_index: u64,
+    ) -> Result<u64, SinkError>;
 
     /// Creates the database `name` (locally by default; a cluster sink creates it through its log) and
     /// returns its handle once it exists in `manager`.
@@ -46,7 +54,15 @@ pub trait FrameSink: Send + Sync {
 pub struct LocalSink;
 
 impl FrameSink for LocalSink {
-    fn commit(&self, db: &Db, frames: &[(u32, &[u8])], db_page_count: u32) -> Result<u64, SinkError> {
+    /// The write lock and the staleness check at the start of the write transaction already order local
+    /// commits, so `read_index` needs no check here.
+    fn commit(
+        &self,
+        db: &Db,
+        frames: &[(u32, &[u8])],
+        db_page_count: u32,
+        _read_index: u64,
+    ) -> Result<u64, SinkError> {
         Ok(db.commit(frames, db_page_count)?.index)
     }
 }

@@ -175,7 +175,8 @@ impl BopWal {
             .map(|(page_no, page)| (*page_no, &page[..]))
             .collect();
         let frame_count = frames.len();
-        let result = self.shared.sink.commit(&self.shared.db, &frames, size_after);
+        let read_index = self.read.as_ref().map_or(0, |read| read.snapshot.index());
+        let result = self.shared.sink.commit(&self.shared.db, &frames, size_after, read_index);
         drop(frames);
         match result {
             Ok(index) => {

@@ -103,11 +103,17 @@ struct FlakySink {
 }
 
 impl FrameSink for FlakySink {
-    fn commit(&self, db: &Db, frames: &[(u32, &[u8])], db_page_count: u32) -> Result<u64, SinkError> {
+    fn commit(
+        &self,
+        db: &Db,
+        frames: &[(u32, &[u8])],
+        db_page_count: u32,
+        read_index: u64,
+    ) -> Result<u64, SinkError> {
         if self.fail.load(Ordering::Acquire) {
             return Err(SinkError::Rejected { reason: "test sink refuses".into() });
         }
-        LocalSink.commit(db, frames, db_page_count)
+        LocalSink.commit(db, frames, db_page_count, read_index)
     }
 }
 

@@ -45,6 +45,8 @@ pub(crate) struct DbState {
     pub base_page_count: u32,
     /// Log index the newest generation reflects (0 before the first checkpoint).
     pub checkpoint_index: u64,
+    /// Index of the newest commit the newest generation holds (0 if none).
+    pub checkpoint_last_commit: u64,
     /// Readers pinned at each snapshot index.
     pub pinned: BTreeMap<u64, usize>,
 }
@@ -69,6 +71,15 @@ impl DbState {
     /// generation's index).
     pub fn last_change_at(&self, snapshot: u64) -> u64 {
         self.page_counts.range(..=snapshot).next_back().map_or(self.checkpoint_index, |(index, _)| *index)
+    }
+
+    /// Index of the newest commit at or before `snapshot`. Unlike [`DbState::last_change_at`] it does not
+    /// depend on when this node checkpointed, so every node answers alike for the same applied log.
+    pub fn last_commit_at(&self, snapshot: u64) -> u64 {
+        self.page_counts
+            .range(..=snapshot)
+            .next_back()
+            .map_or(self.checkpoint_last_commit, |(index, _)| *index)
     }
 
     /// Database size in pages as of `snapshot`.
@@ -184,6 +195,7 @@ impl DbState {
         self.base.retain(|page_no, _| *page_no <= count);
         self.base_page_count = count;
         self.checkpoint_index = generation.meta.log_index;
+        self.checkpoint_last_commit = generation.meta.last_commit_index;
         self.chain.push(generation);
     }
 

@@ -36,6 +36,19 @@ pub enum PageStoreError {
         /// What is wrong.
         reason: String,
     },
+    /// A replicated commit whose transaction read the database before a commit it did not see: applying
+    /// it would undo that commit. Refused the same way on every node; the transaction can be retried.
+    #[error(
+        "stale transaction: database {db} changed at log index {last_commit}, after the transaction read it at index {read_index}; retry it"
+    )]
+    StaleCommit {
+        /// Database id.
+        db: u64,
+        /// The applied index the transaction read at.
+        read_index: u64,
+        /// The newer commit it did not see.
+        last_commit: u64,
+    },
     /// A log entry or generation file that does not decode.
     #[error("corrupt {what}: {reason}")]
     Corrupt {

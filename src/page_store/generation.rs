@@ -15,8 +15,10 @@ use super::commit::{page_crc, PAGE_SIZE};
 use super::PageStoreError;
 
 const FOOTER_MAGIC: [u8; 8] = *b"BOPGENFT";
-const FOOTER_VERSION: u16 = 1;
-const FOOTER_LEN: usize = 80;
+/// Version 2 added the last commit index; version 1 files still open (see `open`).
+const FOOTER_VERSION: u16 = 2;
+const FOOTER_LEN: usize = 88;
+const FOOTER_V1_LEN: usize = 80;
 /// Pages buffered per write while a generation is written.
 const WRITE_BATCH_PAGES: usize = 64;
 
@@ -38,6 +40,9 @@ pub struct GenerationMeta {
     /// Smallest size the database had since the parent generation (equal to `db_page_count` for a full
     /// generation): pages of the chain above it were cut off by a shrink and are gone.
     pub db_page_floor: u32,
+    /// Log index of the newest commit to the database at or before `log_index` (0 if none): what a
+    /// replicated commit's staleness is judged by, identically on every node.
+    pub last_commit_index: u64,
 }
 
 /// An open generation file with its directory in memory.
@@ -193,8 +198,9 @@ pub fn write(
     footer[60..64].copy_from_slice(&(slots.len() as u32).to_le_bytes());
     footer[64..72].copy_from_slice(&directory_offset.to_le_bytes());
     footer[72..76].copy_from_slice(&crc32c::crc32c(&directory).to_le_bytes());
-    let footer_crc = crc32c::crc32c(&footer[..76]);
-    footer[76..80].copy_from_slice(&footer_crc.to_le_bytes());
+    footer[76..84].copy_from_slice(&meta.last_commit_index.to_le_bytes());
+    let footer_crc = crc32c::crc32c(&footer[..84]);
+    footer[84..88].copy_from_slice(&footer_crc.to_le_bytes());
     w.push(&footer)?;
     w.pad_to_block();
     w.flush()?;
@@ -231,16 +237,23 @@ pub fn open(io: &dyn Io, path: &Path) -> Result<GenerationFile, PageStoreError> 
     if f[0..8] != FOOTER_MAGIC {
         return Err(corrupt(path, "footer magic missing (incomplete or foreign file)"));
     }
-    let (expected, got) = (u32_at(76), crc32c::crc32c(&f[..76]));
+    let version = u16::from_le_bytes([f[8], f[9]]);
+    let crc_at = match version {
+        FOOTER_VERSION => FOOTER_LEN - 4,
+        1 => FOOTER_V1_LEN - 4,
+        _ => {
+            return Err(corrupt(
+                path,
+                format!("footer version {version} (this build reads 1 and {FOOTER_VERSION})"),
+            ))
+        }
+    };
+    let (expected, got) = (u32_at(crc_at), crc32c::crc32c(&f[..crc_at]));
     if expected != got {
         return Err(corrupt(
             path,
             format!("footer checksum mismatch: stored {expected:#010x}, computed {got:#010x}"),
         ));
-    }
-    let version = u16::from_le_bytes([f[8], f[9]]);
-    if version != FOOTER_VERSION {
-        return Err(corrupt(path, format!("footer version {version} (this build reads {FOOTER_VERSION})")));
     }
     let meta = GenerationMeta {
         db: u64_at(16),
@@ -250,6 +263,9 @@ pub fn open(io: &dyn Io, path: &Path) -> Result<GenerationFile, PageStoreError> 
         log_term: u64_at(48),
         db_page_count: u32_at(56),
         db_page_floor: u32_at(12),
+        // Version 1 did not record it: the generation's own index is an upper bound (a replicated commit
+        // read before it is refused as stale, on every node that holds this file).
+        last_commit_index: if version == 1 { u64_at(40) } else { u64_at(76) },
     };
     if meta.generation != header.generation || meta.db != header.store_id || meta.log_index != header.base {
         return Err(corrupt(path, "header and footer disagree"));
@@ -498,7 +514,35 @@ mod tests {
             log_term: 2,
             db_page_count: 9,
             db_page_floor: 7,
+            last_commit_index: 38,
         }
+    }
+
+    #[test]
+    fn a_version_1_footer_opens_with_its_own_index_as_the_last_commit() {
+        let disk = SimDisk::new(2);
+        let dir = PathBuf::from("/pages");
+        disk.create_dir_all(&dir).expect("mkdir");
+        let image: Arc<[u8]> = Arc::from(vec![7u8; PAGE_SIZE]);
+        let pages = vec![Ok((2u32, PageImage::Page(image.clone()), page_crc(3, 2, &image)))];
+        let (written, _) = write(&disk, &dir, &meta(), pages.into_iter()).expect("write");
+        // Rewrite the footer the way version 1 laid it out: no last commit, checksum at 76.
+        let bytes = disk.file_bytes(&written.path).expect("bytes");
+        let at = bytes.len() - BLOCK_SIZE;
+        let mut footer = bytes[at..at + FOOTER_LEN].to_vec();
+        footer[8..10].copy_from_slice(&1u16.to_le_bytes());
+        footer[76..88].fill(0);
+        let crc = crc32c::crc32c(&footer[..76]);
+        footer[76..80].copy_from_slice(&crc.to_le_bytes());
+        let file = disk.open(&written.path, OpenMode::Existing).expect("open for rewrite");
+        file.write_at(&footer, at as u64).expect("rewrite footer");
+        let opened = open(&disk, &written.path).expect("a version 1 file opens");
+        assert_eq!(opened.meta.last_commit_index, meta().log_index);
+        // Any other version is refused with a clear error.
+        footer[8..10].copy_from_slice(&9u16.to_le_bytes());
+        file.write_at(&footer, at as u64).expect("rewrite footer");
+        let err = open(&disk, &written.path).expect_err("version 9");
+        assert!(err.to_string().contains("footer version 9"), "{err}");
     }
 
     #[test]

@@ -629,7 +629,18 @@ impl Manager {
     /// entry `index`: the page index points at its frames inside that entry (nothing is copied to disk) and
     /// the pages warm the cache. A commit to a database that no longer exists, or one its generations
     /// already hold (re-applied after a restart), changes nothing. Returns the database it went to.
-    pub fn apply_commit(&self, index: u64, base: u32, record: &[u8]) -> Result<Option<u64>> {
+    ///
+    /// With `read_index` (the applied index the transaction that made the commit read at), a commit to the
+    /// database newer than `read_index` refuses it as [`PageStoreError::StaleCommit`]: the record's pages
+    /// were built on a view that misses that commit. The check depends only on the applied log, so every
+    /// node refuses alike.
+    pub fn apply_commit(
+        &self,
+        index: u64,
+        base: u32,
+        record: &[u8],
+        read_index: Option<u64>,
+    ) -> Result<Option<u64>> {
         let inner = &self.inner;
         inner.check()?;
         let header = decode_commit(record)?;
@@ -648,6 +659,12 @@ impl Manager {
         if let Some(entry) = entry {
             let mut state = entry.state.write();
             if index > state.checkpoint_index && state.page_counts.range(index..).next().is_none() {
+                let last_commit = state.last_commit_at(index);
+                if let Some(read_index) = read_index.filter(|read| last_commit > *read) {
+                    drop(state);
+                    self.set_applied(index);
+                    return Err(PageStoreError::StaleCommit { db: header.db, read_index, last_commit });
+                }
                 state.apply(index, base, &header);
                 drop(state);
                 for (i, (page_no, _)) in header.frames.iter().enumerate() {
@@ -990,7 +1007,7 @@ impl Db {
         let inner = &*self.inner;
         let _one = inner.maintenance.lock();
         let applied = *inner.applied.lock();
-        let (target, plan, full, generation_no, page_count, parent, old_chain) = {
+        let (target, plan, full, generation_no, page_count, parent, old_chain, last_commit) = {
             let st = self.entry.state.read();
             let target = st.oldest_pinned().map_or(applied, |p| p.min(applied)).min(limit);
             if target <= st.checkpoint_index || st.page_counts.range(..=target).next().is_none() {
@@ -1015,6 +1032,7 @@ impl Db {
                 (page_count, floor),
                 parent,
                 st.chain.clone(),
+                st.last_commit_at(target),
             )
         };
         let (page_count, page_floor) = page_count;
@@ -1027,6 +1045,7 @@ impl Db {
             log_term: term,
             db_page_count: page_count,
             db_page_floor: page_floor,
+            last_commit_index: last_commit,
         };
         let db = self.entry.id;
         let started = std::time::Instant::now();

@@ -336,6 +336,7 @@ async fn write_batch(
     let transaction = params.contains_key("transaction");
     let associative = params.contains_key("associative");
     let _turn = node.writer_turn(db).lock().await;
+    node.leadership_applied().await;
     let engine = Arc::clone(&node.engine);
     let name = db.to_owned();
     let outcome = node

@@ -228,8 +228,28 @@ impl NodeShared {
         format!("{} http={}", self.raft_addr, self.http_addr)
     }
 
+    /// Whether this node leads (and its Raft still runs: a node stopped by a storage failure keeps its last
+    /// metrics, which may still name it leader).
     fn is_leader(&self) -> bool {
-        self.raft.metrics().borrow_watched().current_leader == Some(self.id)
+        let metrics = self.raft.metrics().borrow_watched().clone();
+        metrics.running_state.is_ok() && metrics.current_leader == Some(self.id)
+    }
+
+    /// Waits (at most 2 s) until this leader has applied an entry of its own term: everything committed
+    /// before its term is then applied, so a transaction that starts now reads the whole database. (One
+    /// that started earlier would have its commit refused as stale, on every node, when applied.)
+    async fn leadership_applied(&self) {
+        let _ = self
+            .raft
+            .wait(Some(Duration::from_secs(2)))
+            .metrics(
+                |m| {
+                    m.current_leader != Some(self.id)
+                        || m.last_applied.as_ref().is_some_and(|l| l.leader_id.term == m.current_term)
+                },
+                "leader applied an entry of its term",
+            )
+            .await;
     }
 
     fn record_latency(&self, took: Duration) {
@@ -429,6 +449,21 @@ impl Node {
     /// The node's id.
     pub fn id(&self) -> u64 {
         self.shared.id
+    }
+
+    /// The node's page store (for checks that compare nodes' contents).
+    pub fn manager(&self) -> &Manager {
+        &self.shared.manager
+    }
+
+    /// The node's Raft log storage.
+    pub fn log_store(&self) -> &LogStore<BopConfig> {
+        &self.store
+    }
+
+    /// The node's WAL chunk store (its Raft log).
+    pub fn wal(&self) -> &Arc<WalStore> {
+        &self.shared.wal
     }
 
     /// The address the HTTP API listens on.

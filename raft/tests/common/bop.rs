@@ -55,7 +55,9 @@ pub async fn commit(leader: &BopRaft, db: u64, pages: &[u32], version: u64, coun
     let images: Vec<Vec<u8>> = pages.iter().map(|&p| page(db, p, version)).collect();
     let frames: Vec<(u32, &[u8])> = pages.iter().zip(&images).map(|(&p, i)| (p, &i[..])).collect();
     let record = encode_commit(db, count, &frames);
-    let response = leader.client_write(Command::Commit { record }).await.expect("commit");
+    // Written blind: as if read after everything (never stale).
+    let read_index = u64::MAX;
+    let response = leader.client_write(Command::Commit { read_index, record }).await.expect("commit");
     let expected = Response::Committed {
         index: response.log_id.index,
         db: Some(db),

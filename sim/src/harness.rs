@@ -1,0 +1,925 @@
+//! One simulated run: three bop nodes and a few clients on turmoil, faults chosen from the seed, then the
+//! checks. Everything runs on the calling thread (turmoil hosts, and SQL in lockstep with them), so a seed
+//! determines the whole run; [`Report::trace_hash`] fingerprints it.
+
+use std::cell::{Cell, RefCell};
+use std::collections::hash_map::DefaultHasher;
+use std::collections::{BTreeMap, BTreeSet};
+use std::hash::{Hash, Hasher};
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bop_raft::blocking::Blocking;
+use bop_raft::node::{Node, NodeConfig, NodeEnv, RaftTiming};
+use bop_storage::io::{CrashMode, SimDisk};
+use bop_storage::wal::WriterMode;
+use openraft::async_runtime::WatchReceiver;
+use serde_json::{json, Value as Json};
+
+use crate::check::{self, Op, Operation};
+use crate::net::TurmoilNet;
+
+/// Nodes in the simulated cluster.
+pub const NODES: usize = 3;
+/// Registers the clients read and write.
+const KEYS: u64 = 4;
+/// Client hosts.
+const CLIENTS: usize = 3;
+/// One simulation step (turmoil tick).
+const TICK_MS: u64 = 1;
+/// Longest a client waits for one answer.
+const OP_TIMEOUT: Duration = Duration::from_millis(1500);
+/// Every this many steps the nodes' page contents are compared.
+const HASH_EVERY_STEPS: u64 = 250;
+/// Time after the last heal within which the cluster must serve every request again.
+const HEAL_GRACE_MS: u64 = 4000;
+/// Time a node with a failed fsync has to stop leading.
+const POISON_GRACE_MS: u64 = 1500;
+
+/// A deliberately reintroduced bug (see `bop_storage::bugs`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Bug {
+    /// The WAL acknowledges batches without fdatasync.
+    SkipWalFsync,
+}
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// The seed: every choice of the run follows from it.
+    pub seed: u64,
+    /// Simulated milliseconds with faults.
+    pub safety_ms: u64,
+    /// Simulated milliseconds without faults after them (the cluster must heal and serve everything).
+    pub liveness_ms: u64,
+    /// A bug to reintroduce.
+    pub bug: Option<Bug>,
+    /// Print every traced event.
+    pub verbose: bool,
+}
+
+impl Options {
+    /// The defaults for `seed`: 8 s of faults, then 8 s to heal.
+    pub fn new(seed: u64) -> Options {
+        Options { seed, safety_ms: 8_000, liveness_ms: 8_000, bug: None, verbose: false }
+    }
+}
+
+/// What a run found.
+#[derive(Debug, Clone, Default)]
+pub struct Report {
+    /// The seed.
+    pub seed: u64,
+    /// Hash of the full event trace (faults, client operations and their outcomes, leader changes).
+    pub trace_hash: u64,
+    /// Faults injected, by kind.
+    pub faults: BTreeMap<&'static str, u64>,
+    /// Client operations in the checked history.
+    pub ops_checked: usize,
+    /// Writes acknowledged.
+    pub writes_acked: usize,
+    /// Everything that went wrong; empty for a passing run.
+    pub violations: Vec<String>,
+    /// Simulated time, in milliseconds.
+    pub sim_ms: u64,
+}
+
+/// The run's own generator (SplitMix64), for the harness's and clients' choices.
+#[derive(Debug, Clone)]
+pub struct Rng(u64);
+
+impl Rng {
+    /// A generator seeded with `seed`.
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed)
+    }
+
+    /// The next number.
+    pub fn next_u64(&mut self) -> u64 {
+        let out = bop_raft::runtime::splitmix64(self.0);
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        out
+    }
+
+    /// Uniform in `0..n` (n > 0).
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next_u64() % n.max(1)
+    }
+
+    /// Uniform in `lo..hi`.
+    pub fn between(&mut self, lo: u64, hi: u64) -> u64 {
+        lo + self.below(hi.saturating_sub(lo))
+    }
+}
+
+fn host(i: usize) -> String {
+    format!("n{}", i + 1)
+}
+
+fn raft_addr(i: usize) -> String {
+    format!("n{}:7000", i + 1)
+}
+
+fn http_addr(i: usize) -> String {
+    format!("n{}:8000", i + 1)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Safety,
+    Liveness,
+    Final,
+    Done,
+}
+
+/// What clients and the harness share (all on one thread).
+struct World {
+    seq: Cell<u64>,
+    now_ms: Cell<u64>,
+    phase: Cell<Phase>,
+    ready: Cell<bool>,
+    healed_at_ms: Cell<u64>,
+    history: RefCell<Vec<Operation>>,
+    weak_reads: RefCell<Vec<(u64, Option<u64>, u64)>>,
+    writes: RefCell<BTreeMap<u64, u64>>,
+    violations: RefCell<Vec<String>>,
+    trace: RefCell<DefaultHasher>,
+    verbose: bool,
+    next_value: Cell<u64>,
+    finals_done: Cell<bool>,
+    writes_acked: Cell<usize>,
+}
+
+impl World {
+    /// A point of the run's total order of events.
+    fn tick(&self) -> u64 {
+        let seq = self.seq.get() + 1;
+        self.seq.set(seq);
+        seq
+    }
+
+    fn event(&self, text: impl AsRef<str>) {
+        let text = text.as_ref();
+        text.hash(&mut *self.trace.borrow_mut());
+        if self.verbose {
+            println!("[{:>6} ms] {text}", self.now_ms.get());
+        }
+    }
+
+    fn violation(&self, text: String) {
+        self.event(format!("VIOLATION {text}"));
+        self.violations.borrow_mut().push(text);
+    }
+}
+
+struct NodeSlot {
+    disk: RefCell<SimDisk>,
+    node: RefCell<Option<Node>>,
+    up: Cell<bool>,
+    poisoned_at_ms: Cell<Option<u64>>,
+    data_dir: PathBuf,
+    timing: RaftTiming,
+}
+
+/// A minimal HTTP/1.1 exchange over turmoil (the node closes the connection after answering).
+async fn http(addr: &str, method: &str, path: &str, body: &str) -> Result<(u16, Json), String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let exchange = async {
+        let mut stream =
+            turmoil::net::TcpStream::connect(addr.to_owned()).await.map_err(|e| format!("connect: {e}"))?;
+        let head = format!(
+            "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            body.len()
+        );
+        stream.write_all(head.as_bytes()).await.map_err(|e| format!("send: {e}"))?;
+        stream.write_all(body.as_bytes()).await.map_err(|e| format!("send: {e}"))?;
+        let mut raw = Vec::new();
+        (&mut stream).take(1 << 20).read_to_end(&mut raw).await.map_err(|e| format!("receive: {e}"))?;
+        Ok::<_, String>(raw)
+    };
+    let raw = tokio::time::timeout(OP_TIMEOUT, exchange).await.map_err(|_| "timed out".to_owned())??;
+    let split = raw.windows(4).position(|w| w == b"\r\n\r\n").ok_or("no header end")?;
+    let head = String::from_utf8_lossy(&raw[..split]);
+    let status = head.split(' ').nth(1).and_then(|s| s.parse::<u16>().ok()).ok_or("no status")?;
+    let json = serde_json::from_slice(&raw[split + 4..]).map_err(|e| format!("body: {e}"))?;
+    Ok((status, json))
+}
+
+fn result_error(body: &Json) -> Option<String> {
+    if let Some(e) = body.get("error") {
+        return Some(e.to_string());
+    }
+    let results = body.get("results")?.as_array()?;
+    results.iter().find_map(|r| r.get("error").map(|e| e.to_string()))
+}
+
+const SCHEMA: &str = r#"[
+    "CREATE TABLE IF NOT EXISTS kv(k INTEGER PRIMARY KEY, v INTEGER NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS kv2(k INTEGER PRIMARY KEY, v INTEGER NOT NULL)"
+]"#;
+
+/// Writes `value` to register `key`: one transaction setting it in both tables (a reader seeing the two
+/// differ has seen part of a transaction).
+async fn write(node: usize, key: u64, value: u64) -> Result<(), String> {
+    let body = json!([
+        ["INSERT INTO kv(k, v) VALUES(?, ?) ON CONFLICT(k) DO UPDATE SET v = excluded.v", key, value],
+        ["INSERT INTO kv2(k, v) VALUES(?, ?) ON CONFLICT(k) DO UPDATE SET v = excluded.v", key, value]
+    ]);
+    let (status, answer) =
+        http(&http_addr(node), "POST", "/db/execute?transaction", &body.to_string()).await?;
+    if status != 200 {
+        return Err(format!("status {status}: {answer}"));
+    }
+    if let Some(e) = result_error(&answer) {
+        return Err(e);
+    }
+    let results = answer["results"].as_array().map_or(0, Vec::len);
+    if results != 2 {
+        return Err(format!("{results} results: {answer}"));
+    }
+    Ok(())
+}
+
+/// Reads register `key` at `level`: `(kv's value, kv2's value)`.
+async fn read(node: usize, key: u64, level: &str) -> Result<(Option<u64>, Option<u64>), String> {
+    let body = json!([["SELECT (SELECT v FROM kv WHERE k = ?), (SELECT v FROM kv2 WHERE k = ?)", key, key]]);
+    let path = format!("/db/query?level={level}");
+    let (status, answer) = http(&http_addr(node), "POST", &path, &body.to_string()).await?;
+    if status != 200 {
+        return Err(format!("status {status}: {answer}"));
+    }
+    if let Some(e) = result_error(&answer) {
+        return Err(e);
+    }
+    let row = &answer["results"][0]["values"][0];
+    Ok((row[0].as_u64(), row[1].as_u64()))
+}
+
+async fn client(world: Rc<World>, id: usize, seed: u64) -> turmoil::Result {
+    let mut rng = Rng::new(seed);
+    if id == 0 {
+        loop {
+            let node = rng.below(NODES as u64) as usize;
+            match http(&http_addr(node), "POST", "/db/execute", SCHEMA).await {
+                Ok((200, answer)) if result_error(&answer).is_none() => break,
+                _ => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+        world.event("schema created");
+        world.ready.set(true);
+    }
+    while !world.ready.get() {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    loop {
+        let phase = world.phase.get();
+        if phase == Phase::Final {
+            if id == 0 {
+                final_reads(&world).await;
+            }
+            return Ok(());
+        }
+        if phase == Phase::Done {
+            return Ok(());
+        }
+        let key = rng.below(KEYS);
+        let node = rng.below(NODES as u64) as usize;
+        let roll = rng.below(100);
+        let must_succeed =
+            phase == Phase::Liveness && world.now_ms.get() > world.healed_at_ms.get() + HEAL_GRACE_MS;
+        let failed = if roll < 50 {
+            let value = world.next_value.get() + 1;
+            world.next_value.set(value);
+            world.writes.borrow_mut().insert(value, key);
+            let call = world.tick();
+            let outcome = write(node, key, value).await;
+            let ret = world.tick();
+            world.event(format!("c{id} write k{key}={value} via n{} -> {outcome:?}", node + 1));
+            let acked = outcome.is_ok();
+            if acked {
+                world.writes_acked.set(world.writes_acked.get() + 1);
+            }
+            world.history.borrow_mut().push(Operation {
+                key,
+                op: Op::Write(value),
+                call,
+                ret: acked.then_some(ret),
+            });
+            outcome.err()
+        } else {
+            let level = if roll < 80 { "linearizable" } else { "weak" };
+            let call = world.tick();
+            let outcome = read(node, key, level).await;
+            let ret = world.tick();
+            world.event(format!("c{id} read({level}) k{key} via n{} -> {outcome:?}", node + 1));
+            match outcome {
+                Ok((a, b)) => {
+                    if a != b {
+                        world.violation(format!(
+                            "partial transaction visible: key {key} reads {a:?} in kv but {b:?} in kv2"
+                        ));
+                    }
+                    if level == "linearizable" {
+                        world.history.borrow_mut().push(Operation {
+                            key,
+                            op: Op::Read(a),
+                            call,
+                            ret: Some(ret),
+                        });
+                    } else {
+                        world.weak_reads.borrow_mut().push((key, a, ret));
+                    }
+                    None
+                }
+                Err(e) => Some(e),
+            }
+        };
+        if let (Some(e), true) = (failed, must_succeed) {
+            world.violation(format!(
+                "liveness: client {id}'s request to n{} failed {} ms after the faults healed: {e}",
+                node + 1,
+                world.now_ms.get() - world.healed_at_ms.get()
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(rng.between(1, 30))).await;
+    }
+}
+
+/// After the run: every register read linearizably (through each node in turn, a bounded number of
+/// tries), so a lost acknowledged write shows up in the history.
+async fn final_reads(world: &World) {
+    for key in 0..KEYS {
+        let mut done = false;
+        for attempt in 0..60 {
+            let node = attempt % NODES;
+            let call = world.tick();
+            let outcome = read(node, key, "linearizable").await;
+            let ret = world.tick();
+            world.event(format!("final read k{key} via n{} -> {outcome:?}", node + 1));
+            if let Ok((a, b)) = outcome {
+                if a != b {
+                    world.violation(format!("partial transaction visible: key {key}: {a:?} vs {b:?}"));
+                }
+                world.history.borrow_mut().push(Operation { key, op: Op::Read(a), call, ret: Some(ret) });
+                done = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        if !done {
+            world.violation(format!("liveness: the final read of key {key} never succeeded"));
+        }
+    }
+    world.finals_done.set(true);
+}
+
+/// Hash of every page of every database on `node` (as of its applied index).
+fn page_hash(node: &Node) -> Result<u64, String> {
+    let manager = node.manager();
+    let mut hasher = DefaultHasher::new();
+    let databases = manager.list_databases().map_err(|e| e.to_string())?;
+    for (name, _) in databases {
+        let db = manager.open_database(&name).map_err(|e| e.to_string())?;
+        let snapshot = db.snapshot().map_err(|e| e.to_string())?;
+        name.hash(&mut hasher);
+        let pages = snapshot.page_count();
+        pages.hash(&mut hasher);
+        for page in 1..=pages {
+            match snapshot.read_page(page).map_err(|e| e.to_string())? {
+                Some(bytes) => bytes.hash(&mut hasher),
+                None => 0u8.hash(&mut hasher),
+            }
+        }
+    }
+    Ok(hasher.finish())
+}
+
+enum Heal {
+    Repair(usize, usize),
+    RepairOneway(usize, usize),
+    Latency,
+    Restart(usize),
+}
+
+/// What the trace records of a node when it changes: term, last log index, applied index.
+type Progress = (u64, Option<u64>, Option<u64>);
+
+struct Harness<'a> {
+    sim: turmoil::Sim<'a>,
+    world: Rc<World>,
+    slots: Vec<Rc<NodeSlot>>,
+    rng: Rng,
+    report: Report,
+    heals: Vec<(u64, Heal)>,
+    leaders: BTreeMap<u64, u64>,
+    applied: BTreeMap<u64, String>,
+    last_leader: Option<(u64, u64)>,
+    progress: Vec<Option<Progress>>,
+}
+
+impl Harness<'_> {
+    fn now_ms(&self) -> u64 {
+        self.world.now_ms.get()
+    }
+
+    fn fault(&mut self, kind: &'static str, detail: String) {
+        *self.report.faults.entry(kind).or_default() += 1;
+        self.world.event(format!("FAULT {kind}: {detail}"));
+    }
+
+    fn leader(&self) -> Option<usize> {
+        self.slots.iter().position(|slot| {
+            slot.node.borrow().as_ref().is_some_and(|n| {
+                let m = n.raft().metrics().borrow_watched().clone();
+                m.running_state.is_ok() && m.state.is_leader()
+            })
+        })
+    }
+
+    fn crash(&mut self, i: usize, mode: CrashMode) {
+        let slot = Rc::clone(&self.slots[i]);
+        if !slot.up.get() {
+            return;
+        }
+        // The disk first: nothing the dying node does from here on reaches it.
+        let disk = slot.disk.borrow().crash(mode);
+        *slot.disk.borrow_mut() = disk;
+        self.sim.crash(host(i));
+        drop(slot.node.borrow_mut().take());
+        slot.up.set(false);
+        slot.poisoned_at_ms.set(None);
+    }
+
+    fn restart(&mut self, i: usize) {
+        let slot = Rc::clone(&self.slots[i]);
+        if slot.up.get() {
+            return;
+        }
+        self.world.event(format!("restart n{}", i + 1));
+        self.sim.bounce(host(i));
+        slot.up.set(true);
+    }
+
+    fn others(i: usize) -> Vec<usize> {
+        (0..NODES).filter(|&j| j != i).collect()
+    }
+
+    fn inject(&mut self) {
+        let now = self.now_ms();
+        let heal_at = now + self.rng.between(300, 2000);
+        match self.rng.below(20) {
+            0..=3 => {
+                let i = self.rng.below(NODES as u64) as usize;
+                for j in Self::others(i) {
+                    self.sim.partition(host(i), host(j));
+                    self.heals.push((heal_at, Heal::Repair(i, j)));
+                }
+                self.fault("partition", format!("n{} cut off from the other nodes", i + 1));
+            }
+            4..=5 => {
+                let i = self.rng.below(NODES as u64) as usize;
+                let j = Self::others(i)[self.rng.below(NODES as u64 - 1) as usize];
+                self.sim.partition_oneway(host(i), host(j));
+                self.heals.push((heal_at, Heal::RepairOneway(i, j)));
+                self.fault("one-way partition", format!("n{} -> n{} dropped", i + 1, j + 1));
+            }
+            6..=7 => {
+                if let Some(i) = self.leader() {
+                    for j in Self::others(i) {
+                        self.sim.partition(host(i), host(j));
+                        self.heals.push((heal_at, Heal::Repair(i, j)));
+                    }
+                    self.fault("leader isolated", format!("n{}", i + 1));
+                }
+            }
+            8..=9 => {
+                let latency = Duration::from_millis(self.rng.between(20, 150));
+                self.sim.set_max_message_latency(latency);
+                self.heals.push((heal_at, Heal::Latency));
+                self.fault("message delay", format!("up to {} ms", latency.as_millis()));
+            }
+            10..=11 => {
+                let i = self.rng.below(NODES as u64) as usize;
+                let j = Self::others(i)[self.rng.below(NODES as u64 - 1) as usize];
+                self.sim.partition(host(i), host(j));
+                self.heals.push((now + self.rng.between(50, 300), Heal::Repair(i, j)));
+                self.fault("message loss", format!("link n{}-n{} drops everything briefly", i + 1, j + 1));
+            }
+            12..=13 => {
+                let i = self.rng.below(NODES as u64) as usize;
+                if self.slots[i].up.get() {
+                    let mode =
+                        if self.rng.below(2) == 0 { CrashMode::TornSectors } else { CrashMode::LoseUnsynced };
+                    self.crash(i, mode);
+                    self.heals.push((heal_at, Heal::Restart(i)));
+                    self.fault("crash", format!("n{} ({mode:?})", i + 1));
+                }
+            }
+            14..=15 => {
+                if let Some(i) = self.leader() {
+                    self.crash(i, CrashMode::TornSectors);
+                    self.heals.push((heal_at, Heal::Restart(i)));
+                    self.fault("leader kill", format!("n{}", i + 1));
+                }
+            }
+            16..=17 => {
+                let i = self.rng.below(NODES as u64) as usize;
+                if self.slots[i].up.get() {
+                    let after = self.rng.below(4);
+                    self.slots[i].disk.borrow().fail_sync_after(after);
+                    // Restarted later (a failed fsync is only recovered by reopening).
+                    self.heals.push((now + 3000, Heal::Restart(i)));
+                    self.fault("fsync failure", format!("n{} after {after} more syncs", i + 1));
+                }
+            }
+            _ => {
+                for i in 0..NODES {
+                    self.crash(i, CrashMode::TornSectors);
+                    self.heals.push((now + self.rng.between(200, 800), Heal::Restart(i)));
+                }
+                self.fault("power loss", "every node at once".into());
+            }
+        }
+    }
+
+    fn heal(&mut self, heal: Heal) {
+        match heal {
+            Heal::Repair(i, j) => self.sim.repair(host(i), host(j)),
+            Heal::RepairOneway(i, j) => self.sim.repair_oneway(host(i), host(j)),
+            Heal::Latency => self.sim.set_max_message_latency(Duration::from_millis(5)),
+            Heal::Restart(i) => {
+                // A node left poisoned by a failed fsync is restarted like after a crash.
+                if self.slots[i].poisoned_at_ms.get().is_some() || !self.slots[i].up.get() {
+                    self.crash(i, CrashMode::LoseUnsynced);
+                    self.restart(i);
+                }
+            }
+        }
+    }
+
+    fn heal_due(&mut self, all: bool) {
+        let now = self.now_ms();
+        let mut i = 0;
+        while i < self.heals.len() {
+            if all || self.heals[i].0 <= now {
+                let (_, heal) = self.heals.remove(i);
+                self.heal(heal);
+            } else {
+                i += 1;
+            }
+        }
+    }
+
+    /// The invariants checked after every step.
+    fn observe(&mut self, step: u64) {
+        let now = self.now_ms();
+        for i in 0..NODES {
+            let slot = Rc::clone(&self.slots[i]);
+            let guard = slot.node.borrow();
+            let Some(node) = guard.as_ref() else { continue };
+            let id = i as u64 + 1;
+            let m = node.raft().metrics().borrow_watched().clone();
+            let running = m.running_state.is_ok();
+            let stored = node.wal().state().last.map(|p| p.index);
+            let progress = (m.current_term, stored, m.last_applied.map(|l| l.index));
+            if self.progress[i] != Some(progress) {
+                self.progress[i] = Some(progress);
+                self.world.event(format!(
+                    "n{id} term {} log {:?} applied {:?}",
+                    progress.0, progress.1, progress.2
+                ));
+            }
+            if running && m.state.is_leader() {
+                let term = m.current_term;
+                match self.leaders.get(&term) {
+                    Some(&other) if other != id => {
+                        self.world.violation(format!("two leaders in term {term}: n{other} and n{id}"))
+                    }
+                    Some(_) => {}
+                    None => {
+                        self.leaders.insert(term, id);
+                    }
+                }
+                if self.last_leader != Some((term, id)) {
+                    self.last_leader = Some((term, id));
+                    self.world.event(format!("leader n{id} in term {term}"));
+                }
+            }
+            if let Some(applied) = m.last_applied {
+                let leader = format!("{:?}", applied.leader_id);
+                match self.applied.get(&applied.index) {
+                    Some(seen) if *seen != leader => self.world.violation(format!(
+                        "entry {} applied with two different leaders: {seen} and {leader} (on n{id})",
+                        applied.index
+                    )),
+                    Some(_) => {}
+                    None => {
+                        self.applied.insert(applied.index, leader);
+                    }
+                }
+            }
+            if node.wal().poisoned().is_some() && slot.poisoned_at_ms.get().is_none() {
+                slot.poisoned_at_ms.set(Some(now));
+                self.world.event(format!("n{id} poisoned"));
+            }
+            if let Some(at) = slot.poisoned_at_ms.get() {
+                if running && m.state.is_leader() && now > at + POISON_GRACE_MS {
+                    self.world.violation(format!("n{id} still leads {} ms after its fsync failed", now - at));
+                }
+            }
+        }
+        if step % HASH_EVERY_STEPS == 0 {
+            self.compare_pages();
+        }
+    }
+
+    /// Nodes that applied the same index hold the same pages.
+    fn compare_pages(&mut self) {
+        let mut by_index: BTreeMap<u64, Vec<(usize, u64)>> = BTreeMap::new();
+        for (i, slot) in self.slots.iter().enumerate() {
+            let guard = slot.node.borrow();
+            let Some(node) = guard.as_ref() else { continue };
+            if node.wal().poisoned().is_some() {
+                continue;
+            }
+            match page_hash(node) {
+                Ok(hash) => by_index.entry(node.manager().applied_index()).or_default().push((i, hash)),
+                Err(e) => self.world.violation(format!("n{}: reading pages failed: {e}", i + 1)),
+            }
+        }
+        for (index, hashes) in by_index {
+            if hashes.windows(2).any(|w| w[0].1 != w[1].1) {
+                self.world
+                    .violation(format!("nodes applied index {index} but hold different pages: {hashes:?}"));
+            }
+        }
+    }
+
+    /// Logs agree on every index below the highest index at which they agree (Raft's log matching).
+    fn compare_logs(&mut self) {
+        let logs: Vec<(usize, BTreeMap<u64, String>)> = self
+            .slots
+            .iter()
+            .enumerate()
+            .filter_map(|(i, slot)| {
+                let guard = slot.node.borrow();
+                let node = guard.as_ref()?;
+                let state = node.wal().state();
+                let first = state.first_index?;
+                let last = state.last?.index;
+                let store = node.log_store();
+                let ids = (first..=last)
+                    .filter_map(|x| {
+                        store.log_id_at(x).ok().flatten().map(|id| (x, format!("{:?}", id.leader_id)))
+                    })
+                    .collect();
+                Some((i, ids))
+            })
+            .collect();
+        for a in 0..logs.len() {
+            for b in a + 1..logs.len() {
+                let (ia, la) = &logs[a];
+                let (ib, lb) = &logs[b];
+                let mut agreed = false;
+                for (index, term) in la.iter().rev() {
+                    let Some(other) = lb.get(index) else { continue };
+                    if other == term {
+                        agreed = true;
+                    } else if agreed {
+                        self.world.violation(format!(
+                            "logs of n{} and n{} agree above index {index} but differ at it ({term} vs {other})",
+                            ia + 1,
+                            ib + 1
+                        ));
+                        break;
+                    }
+                }
+            }
+        }
+    }
+
+    fn step(&mut self, step: u64) -> bool {
+        self.world.now_ms.set(step * TICK_MS);
+        match self.sim.step() {
+            Ok(_) => {
+                self.observe(step);
+                true
+            }
+            Err(e) => {
+                self.world.violation(format!("a host failed: {e}"));
+                false
+            }
+        }
+    }
+}
+
+/// Runs one seed.
+pub fn run(options: &Options) -> Report {
+    bop_raft::runtime::seed_thread_rng(options.seed);
+    if let Some(Bug::SkipWalFsync) = options.bug {
+        bop_storage::bugs::set_skip_wal_fsync(true);
+    }
+    let report = run_inner(options);
+    bop_storage::bugs::set_skip_wal_fsync(false);
+    report
+}
+
+fn run_inner(options: &Options) -> Report {
+    let mut rng = Rng::new(options.seed);
+    let world = Rc::new(World {
+        seq: Cell::new(0),
+        now_ms: Cell::new(0),
+        phase: Cell::new(Phase::Safety),
+        ready: Cell::new(false),
+        healed_at_ms: Cell::new(0),
+        history: RefCell::new(Vec::new()),
+        weak_reads: RefCell::new(Vec::new()),
+        writes: RefCell::new(BTreeMap::new()),
+        violations: RefCell::new(Vec::new()),
+        trace: RefCell::new(DefaultHasher::new()),
+        verbose: options.verbose,
+        next_value: Cell::new(0),
+        finals_done: Cell::new(false),
+        writes_acked: Cell::new(0),
+    });
+    let mut report = Report { seed: options.seed, ..Report::default() };
+    let dir = match tempfile::tempdir() {
+        Ok(dir) => dir,
+        Err(e) => {
+            report.violations.push(format!("no temporary directory: {e}"));
+            return report;
+        }
+    };
+    let mut sim = turmoil::Builder::new()
+        .rng_seed(rng.next_u64())
+        .tick_duration(Duration::from_millis(TICK_MS))
+        .simulation_duration(Duration::from_secs(24 * 3600))
+        .min_message_latency(Duration::from_millis(1))
+        .max_message_latency(Duration::from_millis(5))
+        .build();
+    let members: BTreeMap<u64, String> =
+        (0..NODES).map(|i| (i as u64 + 1, format!("{} http={}", raft_addr(i), http_addr(i)))).collect();
+    let mut slots = Vec::new();
+    for i in 0..NODES {
+        // Clock skew: each node's timers run at their own rate (0.5x to 2x).
+        let skew = [50u64, 75, 100, 150, 200][rng.below(5) as usize];
+        let timing = RaftTiming {
+            heartbeat_ms: 50 * skew / 100,
+            election_min_ms: 300 * skew / 100,
+            election_max_ms: 600 * skew / 100,
+        };
+        world.event(format!("n{} timers {timing:?}", i + 1));
+        let slot = Rc::new(NodeSlot {
+            disk: RefCell::new(SimDisk::new(rng.next_u64())),
+            node: RefCell::new(None),
+            up: Cell::new(true),
+            poisoned_at_ms: Cell::new(None),
+            data_dir: dir.path().join(host(i)),
+            timing,
+        });
+        let software_slot = Rc::clone(&slot);
+        let members = members.clone();
+        sim.host(host(i), move || {
+            let slot = Rc::clone(&software_slot);
+            let members = members.clone();
+            let config = NodeConfig {
+                id: i as u64 + 1,
+                data_dir: slot.data_dir.clone(),
+                raft_addr: raft_addr(i),
+                http_addr: http_addr(i),
+            };
+            let env = NodeEnv {
+                net: Arc::new(TurmoilNet),
+                io: Arc::new(slot.disk.borrow().clone()),
+                blocking: Blocking::Lockstep,
+                wal_writer: WriterMode::Inline,
+                raft_timing: slot.timing,
+            };
+            async move {
+                let node = Node::start_in(config, env).await?;
+                if i == 0 {
+                    node.initialize_if_new(members).await?;
+                }
+                *slot.node.borrow_mut() = Some(node);
+                std::future::pending::<()>().await;
+                Ok(())
+            }
+        });
+        slots.push(slot);
+    }
+    for c in 0..CLIENTS {
+        let world = Rc::clone(&world);
+        let seed = rng.next_u64();
+        sim.client(format!("client{c}"), client(world, c, seed));
+    }
+    let mut harness = Harness {
+        sim,
+        world: Rc::clone(&world),
+        slots,
+        rng,
+        report,
+        heals: Vec::new(),
+        leaders: BTreeMap::new(),
+        applied: BTreeMap::new(),
+        last_leader: None,
+        progress: vec![None; NODES],
+    };
+    let mut step = 0u64;
+    let mut ok = true;
+    // Setup: the schema, without faults (bounded).
+    while ok && !world.ready.get() && step < 20_000 {
+        step += 1;
+        ok = harness.step(step);
+    }
+    if !world.ready.get() {
+        world.violation("liveness: the schema could not be created without faults".into());
+        ok = false;
+    }
+    // Safety phase: faults.
+    let safety_end = step + options.safety_ms / TICK_MS;
+    let mut next_fault = step + harness.rng.between(200, 800);
+    while ok && step < safety_end {
+        step += 1;
+        ok = harness.step(step);
+        harness.heal_due(false);
+        if step >= next_fault {
+            harness.inject();
+            next_fault = step + harness.rng.between(300, 900);
+        }
+    }
+    // Liveness phase: everything healed and restarted; after a grace period every request must succeed.
+    harness.heal_due(true);
+    for i in 0..NODES {
+        if harness.slots[i].poisoned_at_ms.get().is_some() || !harness.slots[i].up.get() {
+            harness.crash(i, CrashMode::LoseUnsynced);
+            harness.restart(i);
+        }
+    }
+    world.healed_at_ms.set(step * TICK_MS);
+    world.phase.set(Phase::Liveness);
+    world.event("liveness phase");
+    let liveness_end = step + options.liveness_ms / TICK_MS;
+    while ok && step < liveness_end {
+        step += 1;
+        ok = harness.step(step);
+    }
+    world.phase.set(Phase::Final);
+    let final_end = step + 30_000;
+    while ok && !world.finals_done.get() && step < final_end {
+        step += 1;
+        ok = harness.step(step);
+    }
+    if ok && !world.finals_done.get() {
+        world.violation("liveness: the final reads did not finish".into());
+    }
+    // Let every node catch up, then compare logs and pages.
+    let settle_end = step + 10_000;
+    while ok && step < settle_end {
+        let applied: BTreeSet<u64> = harness
+            .slots
+            .iter()
+            .filter_map(|s| s.node.borrow().as_ref().map(|n| n.manager().applied_index()))
+            .collect();
+        let up = harness.slots.iter().filter(|s| s.node.borrow().is_some()).count();
+        if up == NODES && applied.len() == 1 {
+            break;
+        }
+        step += 1;
+        ok = harness.step(step);
+    }
+    world.phase.set(Phase::Done);
+    if ok {
+        harness.compare_pages();
+        harness.compare_logs();
+        let up = harness.slots.iter().filter(|s| s.node.borrow().is_some()).count();
+        if up != NODES {
+            world.violation(format!("liveness: only {up} of {NODES} nodes came back up"));
+        }
+    }
+    let history = world.history.borrow().clone();
+    for violation in check::check(&history) {
+        world.violation(format!("not linearizable: {violation}"));
+    }
+    let writes = world.writes.borrow().clone();
+    for (key, value, _) in world.weak_reads.borrow().iter() {
+        if let Some(value) = value {
+            if writes.get(value) != Some(key) {
+                world.violation(format!("weak read of key {key} saw {value}, which no client wrote there"));
+            }
+        }
+    }
+    let mut report = std::mem::take(&mut harness.report);
+    report.ops_checked = history.len() + world.weak_reads.borrow().len();
+    report.writes_acked = world.writes_acked.get();
+    report.sim_ms = step * TICK_MS;
+    report.violations = world.violations.borrow().clone();
+    report.trace_hash = world.trace.borrow().finish();
+    // Nodes down before the directory goes.
+    for slot in &harness.slots {
+        drop(slot.node.borrow_mut().take());
+    }
+    drop(harness);
+    report
+}

@@ -1,0 +1,29 @@
+//! Deliberate bugs for proving the simulation's checks (feature `bug-injection`).
+//!
+//! Without the feature every switch is a constant `false` and compiles away. With it, a test may turn one
+//! on for the current thread (the simulation runs every host on one thread), reintroducing a bug that
+//! bop's checks must catch.
+
+#[cfg(feature = "bug-injection")]
+thread_local! {
+    static SKIP_WAL_FSYNC: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// The WAL reports a batch durable without its fdatasync (acknowledging writes a crash can lose).
+#[inline]
+pub fn skip_wal_fsync() -> bool {
+    #[cfg(feature = "bug-injection")]
+    {
+        SKIP_WAL_FSYNC.with(|b| b.get())
+    }
+    #[cfg(not(feature = "bug-injection"))]
+    {
+        false
+    }
+}
+
+/// Turns the skipped-fsync bug on or off for this thread.
+#[cfg(feature = "bug-injection")]
+pub fn set_skip_wal_fsync(on: bool) {
+    SKIP_WAL_FSYNC.with(|b| b.set(on));
+}
