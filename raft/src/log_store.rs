@@ -106,6 +106,17 @@ where
             .transpose()
             .map_err(decode_err("committed log id"))?
             .flatten();
+        // Written by an older version without the flush in `save_committed`, a committed index may lie past
+        // the durable log; forgetting it is safe (the leader tells the node again).
+        let state = wal.state();
+        let last = state.last.map(|p| p.index).max(state.purged.map(|p| p.index));
+        let committed = match committed {
+            Some(id) if last.is_none_or(|last| id.index() > last) => {
+                tracing::warn!(committed = id.index(), ?last, "committed index past the log; forgotten");
+                None
+            }
+            other => other,
+        };
         Ok(LogStore {
             inner: Arc::new(Inner {
                 wal,
@@ -242,6 +253,10 @@ where
     }
 
     async fn save_committed(&mut self, committed: Option<LogIdOf<C>>) -> Result<(), io::Error> {
+        // openraft may learn an index is committed before this log made the entries durable (a follower
+        // counts entries it accepted); a committed index naming entries a crash can take away would stop the
+        // node from starting. Wait until everything appended so far is durable (at once if it already is).
+        self.inner.wal.flush().map_err(wal_err)?.await.map_err(wal_err)?;
         self.save_blob(RaftBlob::LogStoreCommitted, encode(&committed)?).await?;
         *self.inner.committed.lock() = committed;
         Ok(())

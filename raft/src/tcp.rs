@@ -206,13 +206,24 @@ pub fn http_addr_of(addr: &str) -> Option<&str> {
 pub struct TcpNetwork<C, SD, K: Connector> {
     connector: Arc<K>,
     timeout: Duration,
+    append_timeout: Duration,
     _types: PhantomData<fn() -> (C, SD)>,
 }
 
 impl<C, SD, K: Connector> TcpNetwork<C, SD, K> {
     /// Connections made by `connector`, each call bounded by `timeout`.
     pub fn new(connector: K, timeout: Duration) -> Self {
-        TcpNetwork { connector: Arc::new(connector), timeout, _types: PhantomData }
+        TcpNetwork { connector: Arc::new(connector), timeout, append_timeout: timeout, _types: PhantomData }
+    }
+
+    /// Bounds append and vote calls by `append_timeout` instead (at most `timeout`). A node sets it to its
+    /// election timeout: a connection that stalls (a partition that dropped segments) is then abandoned
+    /// before the follower would give up on the leader, instead of holding replication to that peer up for
+    /// the whole network timeout. (openraft's own deadline for appends, three quarters of a heartbeat
+    /// interval, is too short for a reconnect plus a large batch: calls would time out over and over.)
+    pub fn with_append_timeout(mut self, append_timeout: Duration) -> Self {
+        self.append_timeout = append_timeout.min(self.timeout);
+        self
     }
 }
 
@@ -221,6 +232,7 @@ pub struct TcpConnection<C, SD, K: Connector> {
     connector: Arc<K>,
     addr: String,
     timeout: Duration,
+    append_timeout: Duration,
     stream: Option<K::Stream>,
     _types: PhantomData<fn() -> (C, SD)>,
 }
@@ -238,6 +250,7 @@ where
             connector: Arc::clone(&self.connector),
             addr: raft_addr_of(&node.addr).to_owned(),
             timeout: self.timeout,
+            append_timeout: self.append_timeout,
             stream: None,
             _types: PhantomData,
         }
@@ -268,11 +281,10 @@ where
         }
     }
 
-    /// One request and its reply, bounded by `ttl` (at most the network's timeout): a connection that stalls
-    /// (a partition that dropped segments) is abandoned and the next call reconnects.
-    async fn call(&mut self, request: &Request<C>, ttl: Duration) -> Result<Reply<C>, Unreachable<C>> {
+    /// One request and its reply, bounded by `timeout`; after a timeout the connection is abandoned and the
+    /// next call reconnects.
+    async fn call(&mut self, request: &Request<C>, timeout: Duration) -> Result<Reply<C>, Unreachable<C>> {
         let body = encode(request).map_err(|e| Unreachable::new(&e))?;
-        let timeout = ttl.min(self.timeout);
         let outcome = tokio::time::timeout(timeout, async {
             if self.stream.is_none() {
                 self.stream = Some(self.connector.connect(&self.addr).await?);
@@ -308,17 +320,20 @@ where
     async fn append_entries(
         &mut self,
         rpc: AppendEntriesRequest<C>,
-        option: RPCOption,
+        _option: RPCOption,
     ) -> Result<AppendEntriesResponse<C>, RPCError<C>> {
-        // openraft asks transports to give up at its soft deadline, derived from the Raft timers.
-        match self.call(&Request::Append(rpc), option.soft_ttl()).await? {
+        match self.call(&Request::Append(rpc), self.append_timeout).await? {
             Reply::Append(Ok(response)) => Ok(response),
             other => Err(RPCError::Unreachable(self.failed(other))),
         }
     }
 
-    async fn vote(&mut self, rpc: VoteRequest<C>, option: RPCOption) -> Result<VoteResponse<C>, RPCError<C>> {
-        match self.call(&Request::Vote(rpc), option.soft_ttl()).await? {
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<C>,
+        _option: RPCOption,
+    ) -> Result<VoteResponse<C>, RPCError<C>> {
+        match self.call(&Request::Vote(rpc), self.append_timeout).await? {
             Reply::Vote(Ok(response)) => Ok(response),
             other => Err(RPCError::Unreachable(self.failed(other))),
         }

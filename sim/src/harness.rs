@@ -21,8 +21,10 @@ use serde_json::{json, Value as Json};
 use crate::check::{self, Op, Operation};
 use crate::net::TurmoilNet;
 
-/// Nodes in the simulated cluster.
+/// Nodes the cluster starts with.
 pub const NODES: usize = 3;
+/// Node hosts: the starting nodes and one spare that membership changes add and remove.
+const HOSTS: usize = NODES + 1;
 /// Registers the clients read and write.
 const KEYS: u64 = 4;
 /// Client hosts.
@@ -150,6 +152,17 @@ struct World {
     next_value: Cell<u64>,
     finals_done: Cell<bool>,
     writes_acked: Cell<usize>,
+    /// Membership changes for the admin client to make.
+    admin: RefCell<std::collections::VecDeque<Admin>>,
+}
+
+/// A membership change the admin client makes over HTTP (through any node; followers forward).
+#[derive(Debug, Clone, Copy)]
+enum Admin {
+    /// Add the spare node as a learner, wait until it caught up, promote it to voter.
+    Join(usize),
+    /// Remove it.
+    Remove(usize),
 }
 
 impl World {
@@ -347,6 +360,35 @@ async fn client(world: Rc<World>, id: usize, seed: u64) -> turmoil::Result {
     }
 }
 
+async fn admin(world: Rc<World>, seed: u64) -> turmoil::Result {
+    let mut rng = Rng::new(seed);
+    loop {
+        if world.phase.get() == Phase::Done || world.phase.get() == Phase::Final {
+            return Ok(());
+        }
+        let Some(op) = world.admin.borrow_mut().pop_front() else {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            continue;
+        };
+        let (path, body) = match op {
+            Admin::Join(i) => (
+                "/join",
+                json!({ "id": i as u64 + 1, "addr": format!("{} http={}", raft_addr(i), http_addr(i)) }),
+            ),
+            Admin::Remove(i) => ("/remove", json!({ "id": i as u64 + 1 })),
+        };
+        for attempt in 0..20 {
+            let node = rng.below(NODES as u64) as usize;
+            let outcome = http(&http_addr(node), "POST", path, &body.to_string()).await;
+            world.event(format!("admin {op:?} via n{} (attempt {attempt}) -> {outcome:?}", node + 1));
+            if matches!(outcome, Ok((200, _))) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
 /// After the run: every register read linearizably (through each node in turn, a bounded number of
 /// tries), so a lost acknowledged write shows up in the history.
 async fn final_reads(world: &World) {
@@ -417,6 +459,8 @@ struct Harness<'a> {
     applied: BTreeMap<u64, String>,
     last_leader: Option<(u64, u64)>,
     progress: Vec<Option<Progress>>,
+    /// Whether the spare node was last asked to join (true) or leave.
+    spare_member: bool,
 }
 
 impl Harness<'_> {
@@ -469,7 +513,7 @@ impl Harness<'_> {
     fn inject(&mut self) {
         let now = self.now_ms();
         let heal_at = now + self.rng.between(300, 2000);
-        match self.rng.below(20) {
+        match self.rng.below(22) {
             0..=3 => {
                 let i = self.rng.below(NODES as u64) as usize;
                 for j in Self::others(i) {
@@ -524,6 +568,14 @@ impl Harness<'_> {
                     self.fault("leader kill", format!("n{}", i + 1));
                 }
             }
+            20..=21 => {
+                let spare = NODES;
+                let member = self.spare_member;
+                self.spare_member = !member;
+                let op = if member { Admin::Remove(spare) } else { Admin::Join(spare) };
+                self.world.admin.borrow_mut().push_back(op);
+                self.fault("membership change", format!("{op:?}"));
+            }
             16..=17 => {
                 let i = self.rng.below(NODES as u64) as usize;
                 if self.slots[i].up.get() {
@@ -535,7 +587,7 @@ impl Harness<'_> {
                 }
             }
             _ => {
-                for i in 0..NODES {
+                for i in 0..HOSTS {
                     self.crash(i, CrashMode::TornSectors);
                     self.heals.push((now + self.rng.between(200, 800), Heal::Restart(i)));
                 }
@@ -575,7 +627,7 @@ impl Harness<'_> {
     /// The invariants checked after every step.
     fn observe(&mut self, step: u64) {
         let now = self.now_ms();
-        for i in 0..NODES {
+        for i in 0..HOSTS {
             let slot = Rc::clone(&self.slots[i]);
             let guard = slot.node.borrow();
             let Some(node) = guard.as_ref() else { continue };
@@ -700,6 +752,28 @@ impl Harness<'_> {
         }
     }
 
+    /// Every member of the newest membership is up and has applied the same index.
+    fn members_settled(&self) -> bool {
+        let newest = self
+            .slots
+            .iter()
+            .filter_map(|s| {
+                let m = s.node.borrow().as_ref()?.raft().metrics().borrow_watched().clone();
+                Some((m.last_applied.map_or(0, |l| l.index), m.membership_config.membership().clone()))
+            })
+            .max_by_key(|(applied, _)| *applied);
+        let Some((_, membership)) = newest else { return false };
+        let applied: BTreeSet<Option<u64>> = membership
+            .nodes()
+            .map(|(id, _)| {
+                let slot = self.slots.get((*id as usize).wrapping_sub(1))?;
+                let guard = slot.node.borrow();
+                Some(guard.as_ref()?.manager().applied_index())
+            })
+            .collect();
+        applied.len() == 1 && !applied.contains(&None)
+    }
+
     fn step(&mut self, step: u64) -> bool {
         self.world.now_ms.set(step * TICK_MS);
         match self.sim.step() {
@@ -743,6 +817,7 @@ fn run_inner(options: &Options) -> Report {
         next_value: Cell::new(0),
         finals_done: Cell::new(false),
         writes_acked: Cell::new(0),
+        admin: RefCell::new(std::collections::VecDeque::new()),
     });
     let mut report = Report { seed: options.seed, ..Report::default() };
     let dir = match tempfile::tempdir() {
@@ -762,7 +837,7 @@ fn run_inner(options: &Options) -> Report {
     let members: BTreeMap<u64, String> =
         (0..NODES).map(|i| (i as u64 + 1, format!("{} http={}", raft_addr(i), http_addr(i)))).collect();
     let mut slots = Vec::new();
-    for i in 0..NODES {
+    for i in 0..HOSTS {
         // Clock skew: each node's timers run at their own rate (0.5x to 2x).
         let skew = [50u64, 75, 100, 150, 200][rng.below(5) as usize];
         let timing = RaftTiming {
@@ -814,6 +889,7 @@ fn run_inner(options: &Options) -> Report {
         let seed = rng.next_u64();
         sim.client(format!("client{c}"), client(world, c, seed));
     }
+    sim.client("admin", admin(Rc::clone(&world), rng.next_u64()));
     let mut harness = Harness {
         sim,
         world: Rc::clone(&world),
@@ -824,7 +900,8 @@ fn run_inner(options: &Options) -> Report {
         leaders: BTreeMap::new(),
         applied: BTreeMap::new(),
         last_leader: None,
-        progress: vec![None; NODES],
+        progress: vec![None; HOSTS],
+        spare_member: false,
     };
     let mut step = 0u64;
     let mut ok = true;
@@ -851,7 +928,11 @@ fn run_inner(options: &Options) -> Report {
     }
     // Liveness phase: everything healed and restarted; after a grace period every request must succeed.
     harness.heal_due(true);
-    for i in 0..NODES {
+    for slot in &harness.slots {
+        // An fsync failure armed but not yet triggered would strike in the liveness phase.
+        slot.disk.borrow().clear_faults();
+    }
+    for i in 0..HOSTS {
         if harness.slots[i].poisoned_at_ms.get().is_some() || !harness.slots[i].up.get() {
             harness.crash(i, CrashMode::LoseUnsynced);
             harness.restart(i);
@@ -874,16 +955,10 @@ fn run_inner(options: &Options) -> Report {
     if ok && !world.finals_done.get() {
         world.violation("liveness: the final reads did not finish".into());
     }
-    // Let every node catch up, then compare logs and pages.
+    // Let every member catch up, then compare logs and pages.
     let settle_end = step + 10_000;
     while ok && step < settle_end {
-        let applied: BTreeSet<u64> = harness
-            .slots
-            .iter()
-            .filter_map(|s| s.node.borrow().as_ref().map(|n| n.manager().applied_index()))
-            .collect();
-        let up = harness.slots.iter().filter(|s| s.node.borrow().is_some()).count();
-        if up == NODES && applied.len() == 1 {
+        if harness.members_settled() {
             break;
         }
         step += 1;
@@ -893,7 +968,7 @@ fn run_inner(options: &Options) -> Report {
     if ok {
         harness.compare_pages();
         harness.compare_logs();
-        let up = harness.slots.iter().filter(|s| s.node.borrow().is_some()).count();
+        let up = harness.slots[..NODES].iter().filter(|s| s.node.borrow().is_some()).count();
         if up != NODES {
             world.violation(format!("liveness: only {up} of {NODES} nodes came back up"));
         }

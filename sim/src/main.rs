@@ -1,110 +1,201 @@
 //! `bop-sim`: runs seeds of the deterministic cluster simulation and prints a summary.
 //!
 //! `cargo run --release -p bop-sim -- --seeds 10000` runs seeds 0..10000; `--seed S` replays one (with
-//! `--verbose` for its event trace); `--start S` shifts the range; `--bug skip-wal-fsync` reintroduces a
-//! bug to show the checks catch it. Exits non-zero if any seed found a violation.
+//! `--verbose` for its event trace); `--start S` shifts the range; `--jobs N` runs N seeds at a time;
+//! `--bug skip-wal-fsync` reintroduces a bug to show the checks catch it. Exits non-zero if any seed found a
+//! violation.
+//!
+//! Every seed of a sweep runs in a process of its own (this binary, re-executed with `--seed S --report`),
+//! exactly as its replay command will run it: tokio numbers tasks process-wide, and the order a crashed
+//! host's tasks are dropped in (hence the order its connections close) follows those numbers, so a second
+//! run in one process is not a replay of the first.
 
 use std::collections::BTreeMap;
-use std::process::ExitCode;
+use std::process::{Command, ExitCode, Stdio};
 
-use bop_sim::{run, Bug, Options};
+use bop_sim::{run, Bug, Options, Report};
+use serde_json::{json, Value as Json};
 
 fn usage() -> ExitCode {
     eprintln!(
-        "usage: bop-sim [--seeds N] [--start S] [--seed S] [--safety-ms MS] [--liveness-ms MS] [--bug skip-wal-fsync] [--verbose]"
+        "usage: bop-sim [--seeds N] [--start S] [--jobs N] [--seed S] [--safety-ms MS] [--liveness-ms MS] [--bug skip-wal-fsync] [--verbose]"
     );
     ExitCode::from(2)
 }
 
-fn main() -> ExitCode {
+struct Args {
+    seeds: u64,
+    start: u64,
+    one: Option<u64>,
+    jobs: usize,
+    report: bool,
+    base: Options,
+}
+
+fn parse() -> Result<Args, ExitCode> {
     let mut args = std::env::args().skip(1);
-    let (mut seeds, mut start, mut one) = (20u64, 0u64, None);
-    let mut base = Options::new(0);
+    let jobs = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mut parsed = Args { seeds: 20, start: 0, one: None, jobs, report: false, base: Options::new(0) };
     while let Some(arg) = args.next() {
-        let mut number = |name: &str| -> Option<u64> {
-            let value = args.next().and_then(|v| v.parse().ok());
-            if value.is_none() {
+        let mut number = |name: &str| -> Result<u64, ExitCode> {
+            args.next().and_then(|v| v.parse().ok()).ok_or_else(|| {
                 eprintln!("{name} needs a number");
-            }
-            value
+                usage()
+            })
         };
         match arg.as_str() {
-            "--seeds" => match number("--seeds") {
-                Some(n) => seeds = n,
-                None => return usage(),
-            },
-            "--start" => match number("--start") {
-                Some(n) => start = n,
-                None => return usage(),
-            },
-            "--seed" => match number("--seed") {
-                Some(n) => one = Some(n),
-                None => return usage(),
-            },
-            "--safety-ms" => match number("--safety-ms") {
-                Some(n) => base.safety_ms = n,
-                None => return usage(),
-            },
-            "--liveness-ms" => match number("--liveness-ms") {
-                Some(n) => base.liveness_ms = n,
-                None => return usage(),
-            },
+            "--seeds" => parsed.seeds = number("--seeds")?,
+            "--start" => parsed.start = number("--start")?,
+            "--seed" => parsed.one = Some(number("--seed")?),
+            "--jobs" => parsed.jobs = number("--jobs")?.clamp(1, 64) as usize,
+            "--safety-ms" => parsed.base.safety_ms = number("--safety-ms")?,
+            "--liveness-ms" => parsed.base.liveness_ms = number("--liveness-ms")?,
             "--bug" => match args.next().as_deref() {
-                Some("skip-wal-fsync") => base.bug = Some(Bug::SkipWalFsync),
+                Some("skip-wal-fsync") => parsed.base.bug = Some(Bug::SkipWalFsync),
                 other => {
                     eprintln!("unknown bug {other:?} (known: skip-wal-fsync)");
-                    return usage();
+                    return Err(usage());
                 }
             },
-            "--verbose" => base.verbose = true,
+            "--report" => parsed.report = true,
+            "--verbose" => parsed.base.verbose = true,
             "--help" | "-h" => {
                 usage();
-                return ExitCode::SUCCESS;
+                return Err(ExitCode::SUCCESS);
             }
             other => {
                 eprintln!("unknown argument {other:?}");
-                return usage();
+                return Err(usage());
             }
         }
     }
-    let range: Vec<u64> = match one {
-        Some(seed) => vec![seed],
-        None => (start..start.saturating_add(seeds)).collect(),
+    Ok(parsed)
+}
+
+fn report_json(report: &Report) -> Json {
+    json!({
+        "seed": report.seed,
+        "trace_hash": format!("{:016x}", report.trace_hash),
+        "faults": report.faults,
+        "ops_checked": report.ops_checked,
+        "writes_acked": report.writes_acked,
+        "violations": report.violations,
+        "sim_ms": report.sim_ms,
+    })
+}
+
+/// Runs `seed` in a child process and returns its report.
+fn run_child(args: &Args, seed: u64) -> Result<Json, String> {
+    let exe = std::env::current_exe().map_err(|e| format!("own executable: {e}"))?;
+    let mut command = Command::new(exe);
+    command.args([
+        "--seed".to_owned(),
+        seed.to_string(),
+        "--report".to_owned(),
+        "--safety-ms".to_owned(),
+        args.base.safety_ms.to_string(),
+        "--liveness-ms".to_owned(),
+        args.base.liveness_ms.to_string(),
+    ]);
+    if args.base.bug.is_some() {
+        command.args(["--bug", "skip-wal-fsync"]);
+    }
+    let output = command.stderr(Stdio::null()).output().map_err(|e| format!("seed {seed}: {e}"))?;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let line = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("REPORT "))
+        .ok_or_else(|| format!("seed {seed}: the run ended without a report ({})", output.status))?;
+    serde_json::from_str(line).map_err(|e| format!("seed {seed}: unreadable report: {e}"))
+}
+
+fn replay_command(args: &Args, seed: u64) -> String {
+    let bug = if args.base.bug.is_some() { " --bug skip-wal-fsync" } else { "" };
+    format!(
+        "cargo run --release -p bop-sim -- --seed {seed} --safety-ms {} --liveness-ms {}{bug} --verbose",
+        args.base.safety_ms, args.base.liveness_ms
+    )
+}
+
+fn main() -> ExitCode {
+    let args = match parse() {
+        Ok(args) => args,
+        Err(code) => return code,
     };
-    let started = std::time::Instant::now();
-    let mut faults: BTreeMap<&'static str, u64> = BTreeMap::new();
-    let (mut ops, mut acked, mut failed, mut violations) = (0usize, 0usize, 0u64, 0usize);
-    for seed in &range {
-        let mut options = base.clone();
-        options.seed = *seed;
+    if let Some(seed) = args.one {
+        let mut options = args.base.clone();
+        options.seed = seed;
         let report = run(&options);
-        for (kind, n) in &report.faults {
-            *faults.entry(kind).or_default() += n;
+        if args.report {
+            println!("REPORT {}", report_json(&report));
+            return ExitCode::SUCCESS;
         }
-        ops += report.ops_checked;
-        acked += report.writes_acked;
-        violations += report.violations.len();
-        if report.violations.is_empty() {
-            if one.is_some() || options.verbose {
-                println!("seed {seed}: ok (trace {:016x}, {} ops)", report.trace_hash, report.ops_checked);
+        let ok = report.violations.is_empty();
+        println!(
+            "seed {seed}: {} (trace {:016x}, {} operations, {} acknowledged writes)",
+            if ok { "ok" } else { "FAILED" },
+            report.trace_hash,
+            report.ops_checked,
+            report.writes_acked
+        );
+        for v in &report.violations {
+            println!("  {v}");
+        }
+        let kinds: Vec<String> = report.faults.iter().map(|(k, n)| format!("{k} {n}")).collect();
+        println!("faults injected: {}", kinds.join(", "));
+        return if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE };
+    }
+    let started = std::time::Instant::now();
+    let seeds: Vec<u64> = (args.start..args.start.saturating_add(args.seeds)).collect();
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let results = std::sync::Mutex::new(Vec::new());
+    std::thread::scope(|scope| {
+        for _ in 0..args.jobs.min(seeds.len().max(1)) {
+            scope.spawn(|| loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let Some(&seed) = seeds.get(i) else { return };
+                let outcome = run_child(&args, seed);
+                if let Ok(mut results) = results.lock() {
+                    results.push((seed, outcome));
+                }
+            });
+        }
+    });
+    let mut results = results.into_inner().unwrap_or_default();
+    results.sort_by_key(|(seed, _)| *seed);
+    let mut faults: BTreeMap<String, u64> = BTreeMap::new();
+    let (mut ops, mut acked, mut failed, mut violations) = (0u64, 0u64, 0u64, 0u64);
+    for (seed, outcome) in &results {
+        let report = match outcome {
+            Ok(report) => report,
+            Err(e) => {
+                failed += 1;
+                violations += 1;
+                println!("seed {seed}: FAILED: {e}\n  replay: {}", replay_command(&args, *seed));
+                continue;
             }
-        } else {
+        };
+        if let Some(kinds) = report["faults"].as_object() {
+            for (kind, n) in kinds {
+                *faults.entry(kind.clone()).or_default() += n.as_u64().unwrap_or(0);
+            }
+        }
+        ops += report["ops_checked"].as_u64().unwrap_or(0);
+        acked += report["writes_acked"].as_u64().unwrap_or(0);
+        let found = report["violations"].as_array().cloned().unwrap_or_default();
+        if !found.is_empty() {
             failed += 1;
-            println!("seed {seed}: FAILED ({} violations)", report.violations.len());
-            for v in report.violations.iter().take(5) {
-                println!("  {v}");
+            violations += found.len() as u64;
+            println!("seed {seed}: FAILED ({} violations)", found.len());
+            for v in found.iter().take(5) {
+                println!("  {}", v.as_str().unwrap_or_default());
             }
-            let bug = if options.bug.is_some() { " --bug skip-wal-fsync" } else { "" };
-            println!(
-                "  replay: cargo run --release -p bop-sim -- --seed {seed} --safety-ms {} --liveness-ms {}{bug} --verbose",
-                options.safety_ms, options.liveness_ms
-            );
+            println!("  replay: {}", replay_command(&args, *seed));
         }
     }
     println!(
-        "seeds: {} ({} failed) in {:.1} s; operations checked: {ops} ({acked} acknowledged writes); violations: {violations}",
-        range.len(),
-        failed,
+        "seeds: {} ({failed} failed) in {:.1} s; operations checked: {ops} ({acked} acknowledged writes); violations: {violations}",
+        results.len(),
         started.elapsed().as_secs_f64()
     );
     let kinds: Vec<String> = faults.iter().map(|(k, n)| format!("{k} {n}")).collect();

@@ -159,7 +159,9 @@ impl SimDisk {
         st.names = st.durable_names.clone();
         let live: BTreeSet<u64> = st.names.values().copied().collect();
         st.files.retain(|id, _| live.contains(id));
-        let ids: Vec<u64> = st.files.keys().copied().collect();
+        // In id order, so that which sectors tear is a function of the seed alone.
+        let mut ids: Vec<u64> = st.files.keys().copied().collect();
+        ids.sort_unstable();
         for id in ids {
             let dirty: Vec<u64> =
                 st.files.get(&id).map(|f| f.dirty.iter().copied().collect()).unwrap_or_default();
@@ -197,6 +199,12 @@ impl SimDisk {
     pub fn resume_writes(&self) {
         *self.gate.0.lock() = false;
         self.gate.1.notify_all();
+    }
+
+    /// Disarms every injected fault not yet triggered (a capacity limit stays).
+    pub fn clear_faults(&self) {
+        let mut st = self.state.lock();
+        st.faults = Faults { capacity_bytes: st.faults.capacity_bytes, ..Faults::default() };
     }
 
     /// The next `n` syncs succeed; the one after fails with EIO (once).
@@ -318,10 +326,13 @@ impl Io for SimDisk {
         }
         let files = st.names.keys().filter(|p| p.parent() == Some(path));
         let dirs = st.dirs.iter().filter(|p| p.parent() == Some(path));
-        Ok(files
+        let mut entries: Vec<String> = files
             .chain(dirs)
             .filter_map(|p| p.file_name().and_then(|n| n.to_str()).map(str::to_owned))
-            .collect())
+            .collect();
+        // Any order is a valid directory order; a sorted one keeps simulations a function of their seed.
+        entries.sort_unstable();
+        Ok(entries)
     }
 
     fn sync_dir(&self, path: &Path) -> IoResult<()> {

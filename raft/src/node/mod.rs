@@ -413,7 +413,8 @@ impl Node {
             .map_err(|e| NodeError::Raft(e.to_string()))?,
         );
         let network =
-            TcpNetwork::<_, BopSnapshot, _>::new(NetConnector(Arc::clone(&env.net)), Duration::from_secs(5));
+            TcpNetwork::<_, BopSnapshot, _>::new(NetConnector(Arc::clone(&env.net)), Duration::from_secs(5))
+                .with_append_timeout(Duration::from_millis(env.raft_timing.election_min_ms));
         let raft = Raft::new(config.id, raft_config, network, store.clone(), sm)
             .await
             .map_err(|e| NodeError::Raft(e.to_string()))?;
