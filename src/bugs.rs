@@ -7,6 +7,7 @@
 #[cfg(feature = "bug-injection")]
 thread_local! {
     static SKIP_WAL_FSYNC: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    static ACCEPT_STALE_COMMITS: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
 /// The WAL reports a batch durable without its fdatasync (acknowledging writes a crash can lose).
@@ -26,4 +27,25 @@ pub fn skip_wal_fsync() -> bool {
 #[cfg(feature = "bug-injection")]
 pub fn set_skip_wal_fsync(on: bool) {
     SKIP_WAL_FSYNC.with(|b| b.set(on));
+}
+
+/// Replicated commits are applied even when their transaction read a view older than the database's newest
+/// commit, and a new leader does not wait to apply its predecessors' entries before running transactions:
+/// the lost update the simulation found (`docs/design.md`, SQL on the cluster).
+#[inline]
+pub fn accept_stale_commits() -> bool {
+    #[cfg(feature = "bug-injection")]
+    {
+        ACCEPT_STALE_COMMITS.with(|b| b.get())
+    }
+    #[cfg(not(feature = "bug-injection"))]
+    {
+        false
+    }
+}
+
+/// Turns the stale-commit bug on or off for this thread.
+#[cfg(feature = "bug-injection")]
+pub fn set_accept_stale_commits(on: bool) {
+    ACCEPT_STALE_COMMITS.with(|b| b.set(on));
 }

@@ -45,6 +45,24 @@ const POISON_GRACE_MS: u64 = 1500;
 pub enum Bug {
     /// The WAL acknowledges batches without fdatasync.
     SkipWalFsync,
+    /// A new leader writes on a view missing its predecessors' last commits, and every node applies the
+    /// result (the lost update this simulation found).
+    AcceptStaleCommits,
+}
+
+impl Bug {
+    /// The name `--bug` takes.
+    pub fn name(self) -> &'static str {
+        match self {
+            Bug::SkipWalFsync => "skip-wal-fsync",
+            Bug::AcceptStaleCommits => "accept-stale-commits",
+        }
+    }
+
+    /// The bug called `name`.
+    pub fn from_name(name: &str) -> Option<Bug> {
+        [Bug::SkipWalFsync, Bug::AcceptStaleCommits].into_iter().find(|b| b.name() == name)
+    }
 }
 
 /// What to run.
@@ -792,11 +810,11 @@ impl Harness<'_> {
 /// Runs one seed.
 pub fn run(options: &Options) -> Report {
     bop_raft::runtime::seed_thread_rng(options.seed);
-    if let Some(Bug::SkipWalFsync) = options.bug {
-        bop_storage::bugs::set_skip_wal_fsync(true);
-    }
+    bop_storage::bugs::set_skip_wal_fsync(options.bug == Some(Bug::SkipWalFsync));
+    bop_storage::bugs::set_accept_stale_commits(options.bug == Some(Bug::AcceptStaleCommits));
     let report = run_inner(options);
     bop_storage::bugs::set_skip_wal_fsync(false);
+    bop_storage::bugs::set_accept_stale_commits(false);
     report
 }
 

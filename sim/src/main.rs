@@ -2,7 +2,7 @@
 //!
 //! `cargo run --release -p bop-sim -- --seeds 10000` runs seeds 0..10000; `--seed S` replays one (with
 //! `--verbose` for its event trace); `--start S` shifts the range; `--jobs N` runs N seeds at a time;
-//! `--bug skip-wal-fsync` reintroduces a bug to show the checks catch it. Exits non-zero if any seed found a
+//! `--bug skip-wal-fsync` (or `accept-stale-commits`) reintroduces a bug to show the checks catch it. Exits non-zero if any seed found a
 //! violation.
 //!
 //! Every seed of a sweep runs in a process of its own (this binary, re-executed with `--seed S --report`),
@@ -18,7 +18,7 @@ use serde_json::{json, Value as Json};
 
 fn usage() -> ExitCode {
     eprintln!(
-        "usage: bop-sim [--seeds N] [--start S] [--jobs N] [--seed S] [--safety-ms MS] [--liveness-ms MS] [--bug skip-wal-fsync] [--verbose]"
+        "usage: bop-sim [--seeds N] [--start S] [--jobs N] [--seed S] [--safety-ms MS] [--liveness-ms MS] [--bug skip-wal-fsync|accept-stale-commits] [--verbose]"
     );
     ExitCode::from(2)
 }
@@ -50,10 +50,10 @@ fn parse() -> Result<Args, ExitCode> {
             "--jobs" => parsed.jobs = number("--jobs")?.clamp(1, 64) as usize,
             "--safety-ms" => parsed.base.safety_ms = number("--safety-ms")?,
             "--liveness-ms" => parsed.base.liveness_ms = number("--liveness-ms")?,
-            "--bug" => match args.next().as_deref() {
-                Some("skip-wal-fsync") => parsed.base.bug = Some(Bug::SkipWalFsync),
-                other => {
-                    eprintln!("unknown bug {other:?} (known: skip-wal-fsync)");
+            "--bug" => match args.next().as_deref().and_then(Bug::from_name) {
+                Some(bug) => parsed.base.bug = Some(bug),
+                None => {
+                    eprintln!("unknown bug (known: skip-wal-fsync, accept-stale-commits)");
                     return Err(usage());
                 }
             },
@@ -97,8 +97,8 @@ fn run_child(args: &Args, seed: u64) -> Result<Json, String> {
         "--liveness-ms".to_owned(),
         args.base.liveness_ms.to_string(),
     ]);
-    if args.base.bug.is_some() {
-        command.args(["--bug", "skip-wal-fsync"]);
+    if let Some(bug) = args.base.bug {
+        command.args(["--bug", bug.name()]);
     }
     let output = command.stderr(Stdio::null()).output().map_err(|e| format!("seed {seed}: {e}"))?;
     let stdout = String::from_utf8_lossy(&output.stdout);
@@ -110,7 +110,7 @@ fn run_child(args: &Args, seed: u64) -> Result<Json, String> {
 }
 
 fn replay_command(args: &Args, seed: u64) -> String {
-    let bug = if args.base.bug.is_some() { " --bug skip-wal-fsync" } else { "" };
+    let bug = args.base.bug.map_or(String::new(), |b| format!(" --bug {}", b.name()));
     format!(
         "cargo run --release -p bop-sim -- --seed {seed} --safety-ms {} --liveness-ms {}{bug} --verbose",
         args.base.safety_ms, args.base.liveness_ms

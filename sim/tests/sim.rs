@@ -70,3 +70,21 @@ fn acknowledging_before_fsync_is_caught() {
     let (seed, violations) = caught.expect("a WAL that skips fdatasync went unnoticed for 10 seeds");
     eprintln!("caught at seed {seed}: {}", violations[0]);
 }
+
+#[test]
+fn accepting_stale_commits_is_caught() {
+    // The lost update the simulation found: without the fences, a new leader's transaction undoes an
+    // acknowledged write, which the linearizability check reports.
+    let mut caught = None;
+    for seed in 0..20 {
+        let mut options = Options::new(seed);
+        options.bug = Some(Bug::AcceptStaleCommits);
+        let report = run(&options);
+        if let Some(v) = report.violations.iter().find(|v| v.starts_with("not linearizable")) {
+            caught = Some((seed, v.clone()));
+            break;
+        }
+    }
+    let (seed, violation) = caught.expect("stale commits went unnoticed for 20 seeds");
+    eprintln!("caught at seed {seed}: {violation}");
+}
