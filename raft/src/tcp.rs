@@ -128,9 +128,19 @@ impl Connector for TcpConnector {
 enum Request<C: RaftTypeConfig> {
     Append(AppendEntriesRequest<C>),
     Vote(VoteRequest<C>),
-    SnapshotBegin { vote: VoteOf<C>, meta: SnapshotMetaOf<C>, files: Vec<WireFile> },
-    SnapshotChunk { file: u32, offset: u64, bytes: Vec<u8> },
+    SnapshotBegin {
+        vote: VoteOf<C>,
+        meta: SnapshotMetaOf<C>,
+        files: Vec<WireFile>,
+    },
+    SnapshotChunk {
+        file: u32,
+        offset: u64,
+        bytes: Vec<u8>,
+    },
     SnapshotEnd,
+    /// Would the peer vote for this candidate (openraft's Pre-Vote; changes nothing on the peer)?
+    PreVote(VoteRequest<C>),
 }
 
 #[derive(Serialize, Deserialize)]
@@ -339,6 +349,17 @@ where
         }
     }
 
+    async fn pre_vote(
+        &mut self,
+        rpc: VoteRequest<C>,
+        _option: RPCOption,
+    ) -> Result<VoteResponse<C>, RPCError<C>> {
+        match self.call(&Request::PreVote(rpc), self.append_timeout).await? {
+            Reply::Vote(Ok(response)) => Ok(response),
+            other => Err(RPCError::Unreachable(self.failed(other))),
+        }
+    }
+
     async fn full_snapshot(
         &mut self,
         vote: VoteOf<C>,
@@ -437,6 +458,9 @@ where
                         Reply::Append(answer.map_err(|e| e.to_string()))
                     }
                     Ok(Request::Vote(rpc)) => Reply::Vote(raft.vote(rpc).await.map_err(|e| e.to_string())),
+                    Ok(Request::PreVote(rpc)) => {
+                        Reply::Vote(raft.pre_vote(rpc).await.map_err(|e| e.to_string()))
+                    }
                     Ok(Request::SnapshotBegin { vote, meta, files }) => {
                         let guard = Arc::clone(&snapshot_lock).lock_owned().await;
                         match begin_snapshot::<C>(&inbox, vote, meta, files) {

@@ -410,6 +410,10 @@ impl Node {
                 heartbeat_interval: env.raft_timing.heartbeat_ms,
                 election_timeout_min: env.raft_timing.election_min_ms,
                 election_timeout_max: env.raft_timing.election_max_ms,
+                // A node back from a partition with a stale log asks first whether it could win, instead of
+                // raising its term over and over and deposing the leader (the simulation found clusters kept
+                // leaderless for seconds that way, by a stale node with fast timers).
+                enable_pre_vote: Some(true),
                 ..Default::default()
             }
             .validate()
