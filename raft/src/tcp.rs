@@ -293,6 +293,14 @@ where
 
     /// One request and its reply, bounded by `timeout`; after a timeout the connection is abandoned and the
     /// next call reconnects.
+    /// A vote or pre-vote request, answered with a vote response.
+    async fn ask_vote(&mut self, request: &Request<C>) -> Result<VoteResponse<C>, RPCError<C>> {
+        match self.call(request, self.append_timeout).await? {
+            Reply::Vote(Ok(response)) => Ok(response),
+            other => Err(RPCError::Unreachable(self.failed(other))),
+        }
+    }
+
     async fn call(&mut self, request: &Request<C>, timeout: Duration) -> Result<Reply<C>, Unreachable<C>> {
         let body = encode(request).map_err(|e| Unreachable::new(&e))?;
         let outcome = tokio::time::timeout(timeout, async {
@@ -343,10 +351,7 @@ where
         rpc: VoteRequest<C>,
         _option: RPCOption,
     ) -> Result<VoteResponse<C>, RPCError<C>> {
-        match self.call(&Request::Vote(rpc), self.append_timeout).await? {
-            Reply::Vote(Ok(response)) => Ok(response),
-            other => Err(RPCError::Unreachable(self.failed(other))),
-        }
+        self.ask_vote(&Request::Vote(rpc)).await
     }
 
     async fn pre_vote(
@@ -354,10 +359,7 @@ where
         rpc: VoteRequest<C>,
         _option: RPCOption,
     ) -> Result<VoteResponse<C>, RPCError<C>> {
-        match self.call(&Request::PreVote(rpc), self.append_timeout).await? {
-            Reply::Vote(Ok(response)) => Ok(response),
-            other => Err(RPCError::Unreachable(self.failed(other))),
-        }
+        self.ask_vote(&Request::PreVote(rpc)).await
     }
 
     async fn full_snapshot(
