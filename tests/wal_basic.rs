@@ -445,3 +445,17 @@ fn inline_writer_poisons_on_a_failed_fsync() {
     assert!(store.poisoned().is_some());
     assert!(matches!(store.append_durable(vec![entry(3, 1, 64)]), Err(WalError::Poisoned(_))));
 }
+
+#[test]
+fn flush_of_a_settled_store_resolves_without_another_fsync() {
+    let disk = SimDisk::new(9);
+    let store = sim_store(&disk);
+    store.append_durable(vec![entry(1, 1, 64)]).expect("append");
+    let syncs = disk.sync_count();
+    store.flush().expect("flush").wait().expect("durable");
+    assert_eq!(disk.sync_count(), syncs, "nothing was pending, so nothing was synced");
+    // With an append pending, the barrier covers it.
+    let pending = store.append(vec![entry(2, 1, 64)]).expect("append");
+    store.flush().expect("flush").wait().expect("durable");
+    pending.wait().expect("the append before the barrier is durable");
+}

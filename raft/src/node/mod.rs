@@ -231,7 +231,8 @@ impl NodeShared {
     /// Whether this node leads (and its Raft still runs: a node stopped by a storage failure keeps its last
     /// metrics, which may still name it leader).
     fn is_leader(&self) -> bool {
-        let metrics = self.raft.metrics().borrow_watched().clone();
+        let metrics = self.raft.metrics();
+        let metrics = metrics.borrow_watched();
         metrics.running_state.is_ok() && metrics.current_leader == Some(self.id)
     }
 
