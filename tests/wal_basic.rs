@@ -459,3 +459,45 @@ fn flush_of_a_settled_store_resolves_without_another_fsync() {
     store.flush().expect("flush").wait().expect("durable");
     pending.wait().expect("the append before the barrier is durable");
 }
+
+#[test]
+fn the_next_segment_is_prepared_ahead_and_a_leftover_prepared_file_is_removed_at_open() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let io: Arc<dyn Io> = Arc::new(BufferedIo::new());
+    let prepared = dir.path().join("next-segment.prepare");
+    let store = WalStore::open(Arc::clone(&io), small_config(dir.path())).expect("open");
+    // 64 KiB segments hold about 85 records of 700 bytes; the preparer is asked once the active segment is
+    // half full (about 45), so after 60 the prepared file must appear (bounded wait), and the roll takes it.
+    let mut next = 1u64;
+    for roll in 1..=2usize {
+        for _ in 0..60 {
+            store.append_durable(vec![entry(next, 1, 700)]).expect("append");
+            next += 1;
+        }
+        assert_eq!(store.segment_count(), roll, "no roll before the segment is full");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !prepared.exists() {
+            assert!(std::time::Instant::now() < deadline, "no segment was prepared within 10 s");
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        while store.segment_count() == roll {
+            store.append_durable(vec![entry(next, 1, 700)]).expect("append");
+            next += 1;
+        }
+        // Property: the roll installed the prepared file (renamed into place) instead of creating one.
+        let metrics = store.metrics();
+        assert_eq!((metrics.segments_created, metrics.segments_prepared), (roll as u64, roll as u64));
+    }
+    store.close().expect("close");
+    drop(store);
+    // A leftover (here: garbage) prepared file is not a segment and goes at the next open.
+    std::fs::write(&prepared, b"not a segment").expect("plant");
+    let store = WalStore::open(io, small_config(dir.path())).expect("reopen");
+    assert!(!prepared.exists(), "the leftover prepared file was removed");
+    assert_eq!(store.recovery_report().torn_tail, None);
+    assert_eq!(store.segment_count(), 3);
+    for index in 1..next {
+        let got = store.read(index).expect("read").expect("present");
+        assert_eq!(check_payload(&got.payload), Some((index, 1)), "entry {index}");
+    }
+}

@@ -14,7 +14,7 @@ use std::time::Duration;
 use bop_raft::blocking::Blocking;
 use bop_raft::node::{Node, NodeConfig, NodeEnv, RaftTiming};
 use bop_storage::io::{CrashMode, SimDisk};
-use bop_storage::wal::WriterMode;
+use bop_storage::wal::{Preallocate, WriterMode};
 use openraft::async_runtime::WatchReceiver;
 use serde_json::{json, Value as Json};
 
@@ -888,6 +888,9 @@ fn run_inner(options: &Options) -> Report {
                 io: Arc::new(slot.disk.borrow().clone()),
                 blocking: Blocking::Lockstep,
                 wal_writer: WriterMode::Inline,
+                // The simulated disk holds a segment in memory either way; zero-filling would only mark
+                // every sector dirty.
+                wal_preallocate: Preallocate::Allocate,
                 raft_timing: slot.timing,
             };
             async move {

@@ -9,7 +9,10 @@ use bop_sql::{Connection, OpenMode, Params, SqlConfig, SqlEngine, Statement, Val
 use bop_storage::page_store::{Manager, ManagerConfig};
 
 const ROW_BYTES: usize = 256;
-const MEASURE: Duration = Duration::from_secs(3);
+/// Each side runs `ROUNDS` rounds of `ROUND`, alternating, so that drift of the disk's speed during the run
+/// affects both alike.
+const ROUND: Duration = Duration::from_millis(600);
+const ROUNDS: u32 = 5;
 
 fn insert_batch(conn: &mut Connection, next_id: &mut i64, rows_per_txn: usize) {
     let statements: Vec<Statement> = (0..rows_per_txn)
@@ -27,20 +30,22 @@ fn insert_batch(conn: &mut Connection, next_id: &mut i64, rows_per_txn: usize) {
     conn.execute_batch(&statements).unwrap();
 }
 
-/// Transactions per second for `MEASURE`.
-fn measure(conn: &mut Connection, rows_per_txn: usize) -> f64 {
+fn prepare(conn: &mut Connection, next_id: &mut i64, rows_per_txn: usize) {
     conn.execute("CREATE TABLE IF NOT EXISTS t(id INTEGER PRIMARY KEY, v BLOB)", &Params::None).unwrap();
-    let mut next_id = 0;
     for _ in 0..10 {
-        insert_batch(conn, &mut next_id, rows_per_txn);
+        insert_batch(conn, next_id, rows_per_txn);
     }
+}
+
+/// Runs transactions for `ROUND`; returns how many and how long.
+fn round(conn: &mut Connection, next_id: &mut i64, rows_per_txn: usize) -> (u64, Duration) {
     let start = Instant::now();
     let mut txns = 0u64;
-    while start.elapsed() < MEASURE {
-        insert_batch(conn, &mut next_id, rows_per_txn);
+    while start.elapsed() < ROUND {
+        insert_batch(conn, next_id, rows_per_txn);
         txns += 1;
     }
-    txns as f64 / start.elapsed().as_secs_f64()
+    (txns, start.elapsed())
 }
 
 fn main() {
@@ -51,14 +56,23 @@ fn main() {
         let mut stock = Connection::open_stock(dir.path().join("stock.db")).unwrap();
         stock.query("PRAGMA journal_mode=WAL", &Params::None).unwrap();
         stock.execute("PRAGMA synchronous=FULL", &Params::None).unwrap();
-        let stock_tps = measure(&mut stock, rows_per_txn);
-        drop(stock);
-
         let manager = Manager::open(ManagerConfig::new(dir.path().join("node"))).unwrap();
         let engine = SqlEngine::local(manager, SqlConfig::new(dir.path().join("sql"))).unwrap();
         let mut conn = engine.open("bench", OpenMode::CreateIfMissing).unwrap();
-        let bop_tps = measure(&mut conn, rows_per_txn);
-        drop(conn);
+        let (mut stock_id, mut bop_id) = (0, 0);
+        prepare(&mut stock, &mut stock_id, rows_per_txn);
+        prepare(&mut conn, &mut bop_id, rows_per_txn);
+        let (mut stock_txns, mut stock_time, mut bop_txns, mut bop_time) =
+            (0, Duration::ZERO, 0, Duration::ZERO);
+        for _ in 0..ROUNDS {
+            let (txns, time) = round(&mut stock, &mut stock_id, rows_per_txn);
+            (stock_txns, stock_time) = (stock_txns + txns, stock_time + time);
+            let (txns, time) = round(&mut conn, &mut bop_id, rows_per_txn);
+            (bop_txns, bop_time) = (bop_txns + txns, bop_time + time);
+        }
+        let stock_tps = stock_txns as f64 / stock_time.as_secs_f64();
+        let bop_tps = bop_txns as f64 / bop_time.as_secs_f64();
+        drop((stock, conn));
         engine.manager().close().unwrap();
         table.push((rows_per_txn, bop_tps, stock_tps));
     }

@@ -2,6 +2,7 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use bop_storage::page_store::{Db, Manager, PageStoreError, PAGE_SIZE};
@@ -12,7 +13,7 @@ use crate::connection::{Connection, Params, Value};
 use crate::error::SqlError;
 use crate::page_one::empty_database_page_one;
 use crate::sink::{FrameSink, LocalSink};
-use crate::wal::{BopWalManager, ConnShared, DbShared, WriterState, PAGE_NO_MAX};
+use crate::wal::{BopWalManager, ConnShared, DbShared, WriterState, PAGE_NO_MAX, SPILL_PREFIX};
 
 /// Settings of the SQL layer.
 #[derive(Debug, Clone)]
@@ -23,6 +24,9 @@ pub struct SqlConfig {
     /// Most bytes of page frames one write transaction may hold in memory; past it the transaction fails
     /// with `SQLITE_FULL` and rolls back. Also bounded by what one page-store commit may carry.
     pub pending_bytes_max: usize,
+    /// Most bytes of a write transaction's held frames kept in memory; frames past it are spilled to an
+    /// unlinked file in `placeholder_dir` until the commit reads them back.
+    pub held_memory_bytes_max: usize,
     /// How long a connection waits for another connection's write lock before `SQLITE_BUSY`.
     pub busy_timeout_ms: u32,
 }
@@ -33,6 +37,7 @@ impl SqlConfig {
         SqlConfig {
             placeholder_dir: placeholder_dir.into(),
             pending_bytes_max: 64 << 20,
+            held_memory_bytes_max: 8 << 20,
             busy_timeout_ms: 5_000,
         }
     }
@@ -64,6 +69,7 @@ impl SqlEngine {
             path: config.placeholder_dir.clone(),
             source,
         })?;
+        remove_stale_spill_files(&config.placeholder_dir);
         Ok(SqlEngine { manager, sink, config, dbs: Mutex::new(HashMap::new()) })
     }
 
@@ -128,8 +134,14 @@ impl SqlEngine {
         Ok(connection)
     }
 
+    /// Held frames written to spill files so far, over every database of this engine.
+    pub fn frames_spilled(&self) -> u64 {
+        self.dbs.lock().values().map(|shared| shared.frames_spilled.load(Ordering::Relaxed)).sum()
+    }
+
     fn shared(&self, db: Db) -> Arc<DbShared> {
         let pending_bytes_max = self.config.pending_bytes_max;
+        let held_memory_frames_max = self.config.held_memory_bytes_max / PAGE_SIZE;
         self.dbs
             .lock()
             .entry(db.id())
@@ -138,6 +150,9 @@ impl SqlEngine {
                     db,
                     sink: self.sink.clone(),
                     pending_bytes_max,
+                    held_memory_frames_max,
+                    spill_dir: self.config.placeholder_dir.clone(),
+                    frames_spilled: AtomicU64::new(0),
                     writer: Mutex::new(WriterState::default()),
                 })
             })
@@ -178,6 +193,19 @@ impl SqlEngine {
             })?;
         }
         Ok(path)
+    }
+}
+
+/// Removes spill files that a crash left between their creation and unlinking (best effort: they hold
+/// nothing anyone needs).
+fn remove_stale_spill_files(dir: &std::path::Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with(SPILL_PREFIX) && name.ends_with(".tmp") {
+            let _ = std::fs::remove_file(entry.path());
+        }
     }
 }
 

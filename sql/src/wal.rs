@@ -13,6 +13,9 @@
 use std::collections::HashMap;
 use std::ffi::{c_int, CStr};
 use std::num::NonZeroU32;
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use bop_storage::page_store::{Db, ReadSnapshot, PAGE_SIZE};
@@ -43,6 +46,12 @@ pub(crate) struct DbShared {
     /// Most bytes of frames one write transaction may hold before commit; past it the WAL returns
     /// `SQLITE_FULL` and SQLite rolls the transaction back.
     pub pending_bytes_max: usize,
+    /// Held frames of one write transaction kept in memory; later ones are spilled to a file.
+    pub held_memory_frames_max: usize,
+    /// Where spill files are made (each is unlinked as soon as it is open).
+    pub spill_dir: PathBuf,
+    /// Frames written to spill files, ever (rewrites of a spilled page included).
+    pub frames_spilled: AtomicU64,
     pub writer: Mutex<WriterState>,
 }
 
@@ -61,6 +70,139 @@ pub(crate) struct WriterState {
 #[derive(Debug, Default)]
 pub(crate) struct ConnShared {
     pub last_error: Mutex<Option<String>>,
+}
+
+/// Frames held by the current write transaction, in first-insert order; a later frame of the same page
+/// replaces the earlier one in place (as stock SQLite does within a transaction). The first
+/// `memory_frames_max` slots live in memory; later slots are spilled to the connection's spill file at
+/// `(slot - memory_frames_max) * PAGE_SIZE`, so a savepoint rollback (a truncation) frees file space too.
+struct HeldFrames {
+    page_nos: Vec<u32>,
+    memory: Vec<Box<[u8]>>,
+    slots: HashMap<u32, usize>,
+    memory_frames_max: usize,
+    /// Created at the first spill, unlinked at once (it vanishes with the connection, even after a crash).
+    spill: Option<std::fs::File>,
+    spill_dir: PathBuf,
+}
+
+/// Numbers spill files of this process.
+static SPILL_FILES: AtomicU64 = AtomicU64::new(0);
+
+/// Prefix of spill file names (a file that a crash left between creation and unlinking is removed when
+/// the next engine starts).
+pub(crate) const SPILL_PREFIX: &str = "spill-";
+
+impl HeldFrames {
+    fn new(memory_frames_max: usize, spill_dir: PathBuf) -> Self {
+        HeldFrames {
+            page_nos: Vec::new(),
+            memory: Vec::new(),
+            slots: HashMap::new(),
+            memory_frames_max,
+            spill: None,
+            spill_dir,
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.page_nos.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.page_nos.is_empty()
+    }
+
+    fn spill_offset(&self, slot: usize) -> u64 {
+        ((slot - self.memory_frames_max) * PAGE_SIZE) as u64
+    }
+
+    fn spill_file(&mut self) -> std::io::Result<&std::fs::File> {
+        if self.spill.is_none() {
+            let n = SPILL_FILES.fetch_add(1, Ordering::Relaxed);
+            let path = self.spill_dir.join(format!("{SPILL_PREFIX}{}-{n}.tmp", std::process::id()));
+            let file = std::fs::OpenOptions::new().read(true).write(true).create_new(true).open(&path)?;
+            match std::fs::remove_file(&path) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+                _ => {}
+            }
+            self.spill = Some(file);
+        }
+        Ok(self.spill.as_ref().expect("set above"))
+    }
+
+    /// Holds `page` as the newest image of `page_no`. Returns whether it went to the spill file.
+    fn put(&mut self, page_no: u32, page: &[u8]) -> std::io::Result<bool> {
+        let slot = match self.slots.get(&page_no) {
+            Some(&slot) => slot,
+            None => {
+                let slot = self.page_nos.len();
+                if slot < self.memory_frames_max {
+                    self.memory.push(Box::from(page));
+                } else {
+                    // Written before the slot exists, so a failed write leaves nothing half-held.
+                    let offset = self.spill_offset(slot);
+                    self.spill_file()?.write_all_at(page, offset)?;
+                }
+                self.page_nos.push(page_no);
+                self.slots.insert(page_no, slot);
+                return Ok(slot >= self.memory_frames_max);
+            }
+        };
+        if slot < self.memory_frames_max {
+            self.memory[slot].copy_from_slice(page);
+            Ok(false)
+        } else {
+            let offset = self.spill_offset(slot);
+            self.spill_file()?.write_all_at(page, offset)?;
+            Ok(true)
+        }
+    }
+
+    fn read(&self, slot: usize, buffer: &mut [u8]) -> Result<(), String> {
+        if slot >= self.len() {
+            return Err(format!("no held frame in slot {slot}"));
+        }
+        if slot < self.memory_frames_max {
+            buffer.copy_from_slice(&self.memory[slot]);
+            return Ok(());
+        }
+        let Some(file) = &self.spill else { return Err(format!("held frame {slot} has no spill file")) };
+        file.read_exact_at(buffer, self.spill_offset(slot))
+            .map_err(|e| format!("reading held frame {slot} from the spill file: {e}"))
+    }
+
+    /// Reads every spilled frame back, in slot order (what a commit needs in memory).
+    fn read_spilled(&self) -> std::io::Result<Vec<u8>> {
+        let spilled = self.len().saturating_sub(self.memory_frames_max);
+        let mut buffer = vec![0u8; spilled * PAGE_SIZE];
+        if let (Some(file), true) = (&self.spill, spilled > 0) {
+            file.read_exact_at(&mut buffer, 0)?;
+        }
+        Ok(buffer)
+    }
+
+    fn truncate(&mut self, mark: usize) {
+        if mark < self.len() {
+            self.page_nos.truncate(mark);
+            self.memory.truncate(mark.min(self.memory_frames_max));
+            self.slots.retain(|_, slot| *slot < mark);
+        }
+    }
+
+    fn clear(&mut self) {
+        let spilled = self.len() > self.memory_frames_max;
+        self.page_nos.clear();
+        self.memory.clear();
+        self.slots.clear();
+        if let (Some(file), true) = (&self.spill, spilled) {
+            // Give the space back; the file itself stays for the connection's next transaction.
+            if let Err(e) = file.set_len(0) {
+                tracing::warn!(error = %e, "truncating a spill file failed; dropping it");
+                self.spill = None;
+            }
+        }
+    }
 }
 
 /// Opens a [`BopWal`] for each connection; never touches files.
@@ -90,8 +232,7 @@ impl WalManager for BopWalManager {
             read: None,
             last_seen_index: None,
             writing: false,
-            frames: Vec::new(),
-            slots: HashMap::new(),
+            frames: HeldFrames::new(self.shared.held_memory_frames_max, self.shared.spill_dir.clone()),
         })
     }
 
@@ -134,10 +275,7 @@ pub(crate) struct BopWal {
     /// cache only when the next read transaction is pinned at the same index.
     last_seen_index: Option<u64>,
     writing: bool,
-    /// Frames held by the current write transaction, in first-insert order; a later frame of the same page
-    /// replaces the earlier one in place (as stock SQLite does within a transaction).
-    frames: Vec<(u32, Box<[u8]>)>,
-    slots: HashMap<u32, usize>,
+    frames: HeldFrames,
 }
 
 impl BopWal {
@@ -149,7 +287,6 @@ impl BopWal {
 
     fn clear_frames(&mut self) {
         self.frames.clear();
-        self.slots.clear();
     }
 
     fn pin(&mut self) -> WalResult<()> {
@@ -167,17 +304,33 @@ impl BopWal {
     }
 
     fn commit(&mut self, size_after: u32) -> WalResult<usize> {
-        // Pages above the new size were cut off (e.g. by VACUUM); they are not part of the database.
-        let frames: Vec<(u32, &[u8])> = self
+        let spilled = self
             .frames
+            .read_spilled()
+            .map_err(|e| self.fail(ffi::SQLITE_IOERR_READ, format!("reading spilled frames back: {e}")))?;
+        let held = &self.frames;
+        // Pages above the new size were cut off (e.g. by VACUUM); they are not part of the database.
+        let frames: Vec<(u32, &[u8])> = held
+            .page_nos
             .iter()
-            .filter(|(page_no, _)| *page_no <= size_after)
-            .map(|(page_no, page)| (*page_no, &page[..]))
+            .enumerate()
+            .filter(|(_, page_no)| **page_no <= size_after)
+            .map(|(slot, page_no)| {
+                let page = match held.memory.get(slot) {
+                    Some(page) => &page[..],
+                    None => {
+                        let start = held.spill_offset(slot) as usize;
+                        &spilled[start..start + PAGE_SIZE]
+                    }
+                };
+                (*page_no, page)
+            })
             .collect();
         let frame_count = frames.len();
         let read_index = self.read.as_ref().map_or(0, |read| read.snapshot.index());
         let result = self.shared.sink.commit(&self.shared.db, &frames, size_after, read_index);
         drop(frames);
+        drop(spilled);
         match result {
             Ok(index) => {
                 self.shared.writer.lock().last_commit_index = index;
@@ -222,7 +375,7 @@ impl Wal for BopWal {
                 self.fail(ffi::SQLITE_IOERR_READ, format!("page {page_no} is past bop's largest page"))
             );
         }
-        if let Some(&slot) = self.slots.get(&page_no) {
+        if let Some(&slot) = self.frames.slots.get(&page_no) {
             assert!(slot < PENDING_FRAME_BIT as usize);
             return Ok(NonZeroU32::new(PENDING_FRAME_BIT | slot as u32));
         }
@@ -242,11 +395,10 @@ impl Wal for BopWal {
         }
         if frame_no & PENDING_FRAME_BIT != 0 {
             let slot = (frame_no & !PENDING_FRAME_BIT) as usize;
-            let Some((_, page)) = self.frames.get(slot) else {
-                return Err(self.fail(ffi::SQLITE_IOERR_READ, format!("no held frame in slot {slot}")));
-            };
-            buffer.copy_from_slice(page);
-            return Ok(());
+            return self
+                .frames
+                .read(slot, buffer)
+                .map_err(|reason| self.fail(ffi::SQLITE_IOERR_READ, reason));
         }
         let Some(read) = &self.read else {
             return Err(self.fail(ffi::SQLITE_IOERR_READ, "read_frame outside a read transaction".into()));
@@ -306,7 +458,7 @@ impl Wal for BopWal {
     fn undo<U: UndoHandler>(&mut self, handler: Option<&mut U>) -> WalResult<()> {
         // Forget the held frames first: the handler makes the pager reload pages, which must then come from
         // the snapshot, not from the rolled-back frames.
-        let page_nos: Vec<u32> = self.frames.iter().map(|(page_no, _)| *page_no).collect();
+        let page_nos = self.frames.page_nos.clone();
         self.clear_frames();
         if let Some(handler) = handler {
             for page_no in page_nos {
@@ -325,10 +477,7 @@ impl Wal for BopWal {
 
     fn savepoint_undo(&mut self, rollback_data: &mut [u32]) -> WalResult<()> {
         let mark = rollback_data.first().copied().unwrap_or(0) as usize;
-        if mark < self.frames.len() {
-            self.frames.truncate(mark);
-            self.slots.retain(|_, slot| *slot < mark);
-        }
+        self.frames.truncate(mark);
         Ok(())
     }
 
@@ -357,12 +506,12 @@ impl Wal for BopWal {
             if page_no == 0 || page_no > PAGE_NO_MAX {
                 return Err(self.fail(ffi::SQLITE_IOERR_WRITE, format!("page number {page_no} out of range")));
             }
-            assert_eq!(page.len(), PAGE_SIZE);
-            if let Some(&slot) = self.slots.get(&page_no) {
-                self.frames[slot].1.copy_from_slice(page);
-                continue;
+            if page.len() != PAGE_SIZE {
+                let len = page.len();
+                return Err(self.fail(ffi::SQLITE_IOERR_WRITE, format!("page {page_no} has {len} bytes")));
             }
-            if (self.frames.len() + 1) * PAGE_SIZE > self.shared.pending_bytes_max {
+            let is_new = !self.frames.slots.contains_key(&page_no);
+            if is_new && (self.frames.len() + 1) * PAGE_SIZE > self.shared.pending_bytes_max {
                 return Err(self.fail(
                     ffi::SQLITE_FULL,
                     format!(
@@ -371,8 +520,15 @@ impl Wal for BopWal {
                     ),
                 ));
             }
-            self.slots.insert(page_no, self.frames.len());
-            self.frames.push((page_no, Box::from(page)));
+            match self.frames.put(page_no, page) {
+                Ok(true) => {
+                    self.shared.frames_spilled.fetch_add(1, Ordering::Relaxed);
+                }
+                Ok(false) => {}
+                Err(e) => {
+                    return Err(self.fail(ffi::SQLITE_IOERR_WRITE, format!("spilling page {page_no}: {e}")))
+                }
+            }
         }
         if !is_commit {
             return Ok(0);

@@ -19,9 +19,14 @@ pub enum RecoveryMode {
 /// How a new segment's space is reserved.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Preallocate {
-    /// `fallocate` the whole segment (cheap; the first write to each block converts an unwritten extent).
+    /// `fallocate` the whole segment. Cheap to create, but the first write to each block converts an
+    /// unwritten extent, so most fdatasyncs also commit the file system's journal (measured on ext4: a
+    /// one-row SQL commit took 1.5× as long as on a zero-filled segment).
     Allocate,
-    /// Write zeros over the whole segment at creation (slower roll, cheapest fdatasync afterwards).
+    /// Write zeros over the whole segment, so that an fdatasync afterwards flushes data only. With the
+    /// writer threads, the next segment is zero-filled by a background thread once the active one is half
+    /// full, and a roll only writes the header and renames it into place; with the inline writer, a roll
+    /// zero-fills synchronously. The default.
     ZeroFill,
 }
 
@@ -101,7 +106,7 @@ impl WalConfig {
             queue_bytes_max: 64 << 20,
             batch_bytes_max: 4 << 20,
             group_commit_wait_us_max: 100,
-            preallocate: Preallocate::Allocate,
+            preallocate: Preallocate::ZeroFill,
             recovery_mode: RecoveryMode::TolerateTornTail,
             retry: RetryPolicy::default(),
             writer: WriterMode::Threads,

@@ -16,6 +16,7 @@ pub(crate) struct Metrics {
     pub retries: AtomicU64,
     pub permanent_failures: AtomicU64,
     pub segments_created: AtomicU64,
+    pub segments_prepared: AtomicU64,
     pub segments_deleted: AtomicU64,
     pub last_panic: Mutex<Option<String>>,
 }
@@ -51,8 +52,10 @@ pub struct WalMetrics {
     pub retries: u64,
     /// Permanent failures (each poisons the store; at most one per store lifetime).
     pub permanent_failures: u64,
-    /// Segment files created.
+    /// Segment files created (prepared ones included, at their installation).
     pub segments_created: u64,
+    /// Segments that a roll took ready-made from the background preparer.
+    pub segments_prepared: u64,
     /// Segment files deleted by purges.
     pub segments_deleted: u64,
     /// The writer's panic, if one poisoned the store.
@@ -77,6 +80,7 @@ impl Metrics {
             retries: get(&self.retries),
             permanent_failures: get(&self.permanent_failures),
             segments_created: get(&self.segments_created),
+            segments_prepared: get(&self.segments_prepared),
             segments_deleted: get(&self.segments_deleted),
             last_panic: self.last_panic.lock().clone(),
         }

@@ -38,7 +38,7 @@ pub use recovery::RecoveryReport;
 
 use index::{Loc, Slot};
 use metrics::Metrics;
-use writer::{FlushCore, Op, QueuedOp, Shared, State, COMPLETION_QUEUE_MAX};
+use writer::{FlushCore, Op, PrepareSlot, QueuedOp, Shared, State, COMPLETION_QUEUE_MAX};
 
 /// An entry to append.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -120,6 +120,7 @@ impl WalStore {
         if !leftover.is_empty() {
             io.sync_dir(&config.dir).map_err(|e| WalError::io("sync log directory", &config.dir, e))?;
         }
+        segment::remove_prepared(io.as_ref(), &config.dir)?;
         let mut write_pos = recovered.write_pos;
         if segments.is_empty() {
             let first = segment::create(io.as_ref(), &config, 1, recovered.store_id, &Metrics::default())?;
@@ -159,6 +160,7 @@ impl WalStore {
             store_id: recovered.store_id,
             buf: AlignedBuf::new(),
             last_batch_ops: 0,
+            prepare_requested: false,
         };
         let pending = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let shared = Arc::new(Shared {
@@ -171,6 +173,8 @@ impl WalStore {
             core: Mutex::new(core),
             completions: Mutex::new(Some(tx)),
             completions_pending: Arc::clone(&pending),
+            prepare: Mutex::new(PrepareSlot::default()),
+            prepare_cv: Condvar::new(),
         });
         let spawn_err = |e: std::io::Error| {
             WalError::io("spawn WAL thread", &shared.config.dir, crate::io::IoError::os("spawn", e))
@@ -194,9 +198,14 @@ impl WalStore {
             .name("bop-wal-writer".into())
             .spawn(move || writer_shared.run_writer())
             .map_err(spawn_err)?;
+        let preparer_shared = Arc::clone(&shared);
+        let preparer = std::thread::Builder::new()
+            .name("bop-wal-prepare".into())
+            .spawn(move || preparer_shared.run_preparer())
+            .map_err(spawn_err)?;
         Ok(WalStore {
             shared,
-            threads: Mutex::new(vec![writer, completer]),
+            threads: Mutex::new(vec![writer, completer, preparer]),
             purge_lock: Mutex::new(()),
             report,
         })
@@ -666,8 +675,14 @@ impl WalStore {
             let _ = writer.join();
         }
         self.shared.completions.lock().take();
+        self.shared.prepare.lock().closing = true;
+        self.shared.prepare_cv.notify_all();
         for handle in threads.drain(..) {
             let _ = handle.join();
+        }
+        if self.shared.prepare.lock().ready.take().is_some() {
+            // Unused; the next open would remove it anyway.
+            let _ = segment::remove_prepared(self.shared.io.as_ref(), &self.shared.config.dir);
         }
         let st = self.shared.state.lock();
         match &st.poison {

@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::format::{ChunkHeader, ChunkKind, CHUNK_HEADER_LEN, DATA_OFFSET};
-use crate::io::{read_exact_at, AlignedBuf, Io, IoFile, OpenMode, BLOCK_SIZE};
+use crate::io::{read_exact_at, AlignedBuf, Io, IoError, IoFile, OpenMode, BLOCK_SIZE};
 
 use super::config::{Preallocate, WalConfig};
 use super::metrics::Metrics;
@@ -36,6 +36,10 @@ pub(crate) struct SegmentHandle {
     pub max_index: Option<u64>,
 }
 
+/// Name of the next segment while a background thread prepares it. Never parsed as a segment: recovery
+/// ignores it and opening the store removes a leftover one.
+pub(crate) const PREPARED_NAME: &str = "next-segment.prepare";
+
 /// Creates segment `seq`: header block, reserved space, then fsync of the file and of the directory, so
 /// that a segment that exists after a crash has a valid header and its full size.
 pub(crate) fn create(
@@ -45,34 +49,12 @@ pub(crate) fn create(
     store_id: u64,
     metrics: &Metrics,
 ) -> Result<SegmentHandle, WalError> {
-    let (dir, size_bytes, preallocate, retry) =
-        (config.dir.as_path(), config.segment_size_bytes, config.preallocate, &config.retry);
+    let dir = config.dir.as_path();
     let path = dir.join(file_name(seq));
     let file = io.open(&path, OpenMode::CreateNew).map_err(|e| WalError::io("create segment", &path, e))?;
-    let header = ChunkHeader {
-        kind: ChunkKind::LogSegment,
-        sequence: seq,
-        generation: 0,
-        store_id,
-        capacity_bytes: size_bytes,
-        base: 0,
-    };
-    let mut block = AlignedBuf::zeroed(BLOCK_SIZE);
-    block[..CHUNK_HEADER_LEN].copy_from_slice(&header.encode());
     let result = (|| {
-        match preallocate {
-            Preallocate::Allocate => file.allocate(0, size_bytes)?,
-            Preallocate::ZeroFill => {
-                let zeros = AlignedBuf::zeroed(1 << 20);
-                let mut offset = 0u64;
-                while offset < size_bytes {
-                    let len = ((size_bytes - offset) as usize).min(zeros.len());
-                    write_all_retrying(file.as_ref(), &zeros[..len], offset, retry, metrics)?;
-                    offset += len as u64;
-                }
-            }
-        }
-        write_all_retrying(file.as_ref(), &block, 0, retry, metrics)?;
+        reserve(file.as_ref(), config, metrics)?;
+        write_header(file.as_ref(), config, seq, store_id, metrics)?;
         file.sync_all()?;
         io.sync_dir(dir)
     })();
@@ -82,6 +64,96 @@ pub(crate) fn create(
         return Err(WalError::io("create segment", &path, error));
     }
     Ok(SegmentHandle { file, path, max_index: None })
+}
+
+/// Reserves the whole segment's space in `file` as `config.preallocate` says.
+fn reserve(file: &dyn IoFile, config: &WalConfig, metrics: &Metrics) -> Result<(), IoError> {
+    let size_bytes = config.segment_size_bytes;
+    match config.preallocate {
+        Preallocate::Allocate => file.allocate(0, size_bytes),
+        Preallocate::ZeroFill => {
+            let zeros = AlignedBuf::zeroed(1 << 20);
+            let mut offset = 0u64;
+            while offset < size_bytes {
+                let len = ((size_bytes - offset) as usize).min(zeros.len());
+                write_all_retrying(file, &zeros[..len], offset, &config.retry, metrics)?;
+                offset += len as u64;
+            }
+            Ok(())
+        }
+    }
+}
+
+fn write_header(
+    file: &dyn IoFile,
+    config: &WalConfig,
+    seq: u64,
+    store_id: u64,
+    metrics: &Metrics,
+) -> Result<(), IoError> {
+    let header = ChunkHeader {
+        kind: ChunkKind::LogSegment,
+        sequence: seq,
+        generation: 0,
+        store_id,
+        capacity_bytes: config.segment_size_bytes,
+        base: 0,
+    };
+    let mut block = AlignedBuf::zeroed(BLOCK_SIZE);
+    block[..CHUNK_HEADER_LEN].copy_from_slice(&header.encode());
+    write_all_retrying(file, &block, 0, &config.retry, metrics)
+}
+
+/// Prepares the next segment's file under [`PREPARED_NAME`]: space reserved and fsynced, no header. Run
+/// by the preparer thread, off the write path; [`install`] turns it into a segment at a roll.
+pub(crate) fn prepare(
+    io: &dyn Io,
+    config: &WalConfig,
+    metrics: &Metrics,
+) -> Result<Arc<dyn IoFile>, WalError> {
+    let dir = config.dir.as_path();
+    let path = dir.join(PREPARED_NAME);
+    remove_prepared(io, dir)?;
+    let file = io.open(&path, OpenMode::CreateNew).map_err(|e| WalError::io("prepare segment", &path, e))?;
+    let result = reserve(file.as_ref(), config, metrics).and_then(|()| file.sync_all());
+    if let Err(error) = result {
+        let _ = io.remove_file(&path);
+        return Err(WalError::io("prepare segment", &path, error));
+    }
+    Ok(file)
+}
+
+/// Turns a prepared file into segment `seq`: header written and fsynced, then renamed into place and the
+/// directory fsynced. A crash before the rename leaves only the prepared file, which is not a segment; a
+/// crash after it leaves a segment with a valid header and its full size, as [`create`] does.
+pub(crate) fn install(
+    io: &dyn Io,
+    config: &WalConfig,
+    file: Arc<dyn IoFile>,
+    seq: u64,
+    store_id: u64,
+    metrics: &Metrics,
+) -> Result<SegmentHandle, WalError> {
+    let dir = config.dir.as_path();
+    let path = dir.join(file_name(seq));
+    let result = (|| {
+        write_header(file.as_ref(), config, seq, store_id, metrics)?;
+        file.sync_data()?;
+        io.rename(&dir.join(PREPARED_NAME), &path)?;
+        io.sync_dir(dir)
+    })();
+    result.map_err(|error| WalError::io("install prepared segment", &path, error))?;
+    Ok(SegmentHandle { file, path, max_index: None })
+}
+
+/// Removes a prepared file left by an earlier run (or a failed preparation), if there is one.
+pub(crate) fn remove_prepared(io: &dyn Io, dir: &Path) -> Result<(), WalError> {
+    let names = io.list_dir(dir).map_err(|e| WalError::io("list log directory", dir, e))?;
+    if names.iter().any(|name| name == PREPARED_NAME) {
+        let path = dir.join(PREPARED_NAME);
+        io.remove_file(&path).map_err(|e| WalError::io("remove prepared segment", &path, e))?;
+    }
+    Ok(())
 }
 
 /// Reads a whole segment (up to its size, rounded up to the block size for direct I/O).

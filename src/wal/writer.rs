@@ -18,7 +18,7 @@ use crate::io::{align_up, AlignedBuf, Io, IoError, IoFile};
 use crate::panic;
 
 use super::completion::DurableCallback;
-use super::config::{RetryPolicy, WalConfig};
+use super::config::{RetryPolicy, WalConfig, WriterMode};
 use super::error::PoisonCause;
 use super::index::{Loc, LogIndex, LogPos};
 use super::metrics::Metrics;
@@ -91,6 +91,19 @@ pub(crate) struct Shared {
     pub completions: Mutex<Option<SyncSender<Completion>>>,
     /// Batches handed to the completer and not yet finished; inline callbacks need it to be zero.
     pub completions_pending: Arc<AtomicUsize>,
+    /// The next segment, prepared ahead by the preparer thread (writer threads only).
+    pub prepare: Mutex<PrepareSlot>,
+    pub prepare_cv: Condvar,
+}
+
+/// Hand-off between the flusher and the preparer thread.
+#[derive(Default)]
+pub(crate) struct PrepareSlot {
+    /// The flusher asked for the next segment and the preparer has not finished it.
+    pub requested: bool,
+    /// A prepared file under `segment::PREPARED_NAME`, ready for a roll.
+    pub ready: Option<Arc<dyn IoFile>>,
+    pub closing: bool,
 }
 
 /// Callbacks of a batch are run inline by the flusher when there are at most this many and nothing is
@@ -266,6 +279,39 @@ impl Shared {
         }
     }
 
+    /// Asks the preparer thread for the next segment, unless one is ready or on its way.
+    fn request_prepare(&self) {
+        let mut slot = self.prepare.lock();
+        if slot.ready.is_none() && !slot.requested && !slot.closing {
+            slot.requested = true;
+            self.prepare_cv.notify_one();
+        }
+    }
+
+    /// The preparer thread's body: prepares a segment file whenever asked, until the store closes. A
+    /// failure is logged and left to the roll, which then creates the segment itself (and poisons the store
+    /// if that fails too).
+    pub(crate) fn run_preparer(&self) {
+        loop {
+            {
+                let mut slot = self.prepare.lock();
+                while !slot.requested && !slot.closing {
+                    self.prepare_cv.wait(&mut slot);
+                }
+                if slot.closing {
+                    return;
+                }
+            }
+            let prepared = segment::prepare(self.io.as_ref(), &self.config, &self.metrics);
+            let mut slot = self.prepare.lock();
+            slot.requested = false;
+            match prepared {
+                Ok(file) => slot.ready = Some(file),
+                Err(error) => tracing::warn!(%error, "preparing the next log segment failed"),
+            }
+        }
+    }
+
     /// The writer thread's body: flush whenever there is work, until closed (queue drained) or poisoned.
     pub(crate) fn run_writer(&self) {
         loop {
@@ -337,6 +383,8 @@ pub(crate) struct FlushCore {
     pub store_id: u64,
     pub buf: AlignedBuf,
     pub last_batch_ops: usize,
+    /// The next segment was asked of the preparer since the last roll.
+    pub prepare_requested: bool,
 }
 
 fn io_cause(during: &'static str, path: &std::path::Path, error: IoError) -> PoisonCause {
@@ -426,6 +474,11 @@ impl FlushCore {
         Metrics::add(&shared.metrics.bytes, len);
         self.write_pos = align_up(self.write_pos + len, alignment);
         self.buf.clear();
+        let half_full = self.write_pos > shared.config.segment_size_bytes / 2;
+        if half_full && !self.prepare_requested && shared.config.writer == WriterMode::Threads {
+            self.prepare_requested = true;
+            shared.request_prepare();
+        }
         Ok(())
     }
 
@@ -433,16 +486,26 @@ impl FlushCore {
     /// the new one exists, so a torn tail can only ever be in the last segment.
     fn roll(&mut self, shared: &Shared) -> Result<(), PoisonCause> {
         let seq = self.active_seq + 1;
-        let handle = segment::create(shared.io.as_ref(), &shared.config, seq, self.store_id, &shared.metrics)
-            .map_err(|e| match e {
-                WalError::Io { during, path, error } => PoisonCause::Io { during, path, error },
-                other => PoisonCause::Io {
-                    during: "create segment",
-                    path: shared.config.dir.clone(),
-                    error: IoError::os("create segment", std::io::Error::other(other.to_string())),
-                },
-            })?;
+        let prepared = shared.prepare.lock().ready.take();
+        let from_preparer = prepared.is_some();
+        let (io, config, metrics) = (shared.io.as_ref(), &shared.config, &shared.metrics);
+        let handle = match prepared {
+            Some(file) => segment::install(io, config, file, seq, self.store_id, metrics),
+            None => segment::create(io, config, seq, self.store_id, metrics),
+        };
+        let handle = handle.map_err(|e| match e {
+            WalError::Io { during, path, error } => PoisonCause::Io { during, path, error },
+            other => PoisonCause::Io {
+                during: "create segment",
+                path: shared.config.dir.clone(),
+                error: IoError::os("create segment", std::io::Error::other(other.to_string())),
+            },
+        })?;
         Metrics::add(&shared.metrics.segments_created, 1);
+        if from_preparer {
+            Metrics::add(&shared.metrics.segments_prepared, 1);
+        }
+        self.prepare_requested = false;
         self.active = Arc::clone(&handle.file);
         self.active_path = handle.path.clone();
         self.active_seq = seq;

@@ -13,7 +13,7 @@ use bop_sql::{SqlConfig, SqlEngine};
 use bop_storage::io::{BufferedIo, Io};
 use bop_storage::manifest::{Manifest, ManifestConfig};
 use bop_storage::page_store::{Manager, ManagerConfig};
-use bop_storage::wal::{WalConfig, WalStore, WriterMode};
+use bop_storage::wal::{Preallocate, WalConfig, WalStore, WriterMode};
 use openraft::async_runtime::WatchReceiver;
 use openraft::impls::BasicNode;
 use openraft::{Config, Raft};
@@ -71,6 +71,8 @@ pub struct NodeEnv {
     pub blocking: Blocking,
     /// Who writes the WAL (inline also commits the manifest and deletes segments without threads).
     pub wal_writer: WriterMode,
+    /// How new WAL segments reserve their space.
+    pub wal_preallocate: Preallocate,
     /// Raft's timers.
     pub raft_timing: RaftTiming,
 }
@@ -82,6 +84,7 @@ impl Default for NodeEnv {
             io: Arc::new(BufferedIo::new()),
             blocking: Blocking::Threads,
             wal_writer: WriterMode::Threads,
+            wal_preallocate: Preallocate::ZeroFill,
             raft_timing: RaftTiming::default(),
         }
     }
@@ -397,6 +400,7 @@ impl Node {
         remove_stale_backups(&config.data_dir);
         let mut wal_config = WalConfig::new(config.data_dir.join("wal"));
         wal_config.writer = env.wal_writer;
+        wal_config.preallocate = env.wal_preallocate;
         let wal = Arc::new(WalStore::open(Arc::clone(&env.io), wal_config).map_err(|e| storage(&e))?);
         let manifest =
             Arc::new(Manifest::open(&config.data_dir, ManifestConfig::default()).map_err(|e| storage(&e))?);
