@@ -18,12 +18,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bop_storage::io::{Io, IoFile, OpenMode};
+use openraft::base::{BoxFuture, BoxStream};
 use openraft::error::{RPCError, ReplicationClosed, StreamingError, Unreachable};
 use openraft::impls::BasicNode;
 use openraft::network::v2::RaftNetworkV2;
 use openraft::network::RPCOption;
 use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse,
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, StreamAppendError, StreamAppendResult,
+    VoteRequest, VoteResponse,
 };
 use openraft::storage::RaftStateMachine;
 use openraft::type_config::alias::{SnapshotMetaOf, SnapshotOf, VoteOf};
@@ -141,6 +143,9 @@ enum Request<C: RaftTypeConfig> {
     SnapshotEnd,
     /// Would the peer vote for this candidate (openraft's Pre-Vote; changes nothing on the peer)?
     PreVote(VoteRequest<C>),
+    /// One request of a pipelined append session: answered in order by `Reply::StreamAppend`, without
+    /// waiting for the replies to earlier ones.
+    StreamAppend(AppendEntriesRequest<C>),
 }
 
 #[derive(Serialize, Deserialize)]
@@ -150,6 +155,8 @@ enum Reply<C: RaftTypeConfig> {
     Vote(Result<VoteResponse<C>, String>),
     Ack(Result<(), String>),
     Snapshot(Result<SnapshotResponse<C>, String>),
+    /// The outcome of one `Request::StreamAppend`; after an error outcome the server closes the connection.
+    StreamAppend(Result<StreamAppendResult<C>, String>),
 }
 
 fn encode<T: Serialize>(value: &T) -> io::Result<Vec<u8>> {
@@ -284,9 +291,11 @@ where
     fn failed(&mut self, reply: Reply<C>) -> Unreachable<C> {
         self.stream = None;
         match reply {
-            Reply::Append(Err(e)) | Reply::Vote(Err(e)) | Reply::Ack(Err(e)) | Reply::Snapshot(Err(e)) => {
-                Unreachable::from_string(format!("{}: {e}", self.addr))
-            }
+            Reply::Append(Err(e))
+            | Reply::Vote(Err(e))
+            | Reply::Ack(Err(e))
+            | Reply::Snapshot(Err(e))
+            | Reply::StreamAppend(Err(e)) => Unreachable::from_string(format!("{}: {e}", self.addr)),
             _ => Unreachable::from_string(format!("{}: mismatched reply", self.addr)),
         }
     }
@@ -303,27 +312,197 @@ where
 
     async fn call(&mut self, request: &Request<C>, timeout: Duration) -> Result<Reply<C>, Unreachable<C>> {
         let body = encode(request).map_err(|e| Unreachable::new(&e))?;
+        // The stream is out of `self` while the call runs and goes back only after a whole reply was read:
+        // a call cancelled half-way (openraft bounds heartbeats by its own timeout) drops the connection
+        // instead of leaving a reply in it that the next call would take for its own.
+        let taken = self.stream.take();
         let outcome = tokio::time::timeout(timeout, async {
-            if self.stream.is_none() {
-                self.stream = Some(self.connector.connect(&self.addr).await?);
-            }
-            let stream = self.stream.as_mut().ok_or_else(|| io::Error::other("not connected"))?;
-            write_frame(stream, &body).await?;
-            let reply = read_frame(stream).await?;
-            decode::<Reply<C>>(&reply)
+            let mut stream = match taken {
+                Some(stream) => stream,
+                None => self.connector.connect(&self.addr).await?,
+            };
+            write_frame(&mut stream, &body).await?;
+            let reply = read_frame(&mut stream).await?;
+            Ok::<_, io::Error>((stream, decode::<Reply<C>>(&reply)?))
         })
         .await;
         match outcome {
-            Ok(Ok(reply)) => Ok(reply),
-            Ok(Err(e)) => {
-                self.stream = None;
-                Err(Unreachable::new(&e))
+            Ok(Ok((stream, reply))) => {
+                self.stream = Some(stream);
+                Ok(reply)
             }
+            Ok(Err(e)) => Err(Unreachable::new(&e)),
             Err(_) => {
-                self.stream = None;
                 Err(Unreachable::from_string(format!("{} did not answer within {timeout:?}", self.addr)))
             }
         }
+    }
+}
+
+/// Append requests one pipelined session keeps in flight on its connection before it waits for a reply.
+pub const APPEND_PIPELINE_DEPTH: usize = 16;
+
+/// A pipelined append session on a peer's connection: requests are written as openraft produces them
+/// (at most [`APPEND_PIPELINE_DEPTH`] unanswered), replies are read in order. The connection goes back to
+/// the [`TcpConnection`] only when the session ends cleanly (input exhausted, every reply read, no error);
+/// a session that fails or is dropped half-way drops it, so no stale reply can be read by a later call.
+struct AppendSession<'s, C, SD, K: Connector, S> {
+    conn: &'s mut TcpConnection<C, SD, K>,
+    input: S,
+    input_done: bool,
+    /// The connection, split; made at the first request if the session started without one.
+    io: Option<SplitStream<K::Stream>>,
+    frames: FrameReader,
+    /// When each unanswered request was written, oldest first.
+    in_flight: std::collections::VecDeque<tokio::time::Instant>,
+    ended: bool,
+}
+
+type SplitStream<S> = (tokio::io::ReadHalf<S>, tokio::io::WriteHalf<S>);
+
+enum SessionEvent<C: RaftTypeConfig> {
+    Input(Option<AppendEntriesRequest<C>>),
+    Reply(Result<io::Result<Vec<u8>>, tokio::time::error::Elapsed>),
+}
+
+type SessionItem<C> = Result<StreamAppendResult<C>, RPCError<C>>;
+
+impl<'s, C, SD, K, S> AppendSession<'s, C, SD, K, S>
+where
+    C: RaftTypeConfig<Node = BasicNode>,
+    K: Connector,
+    S: futures_util::Stream<Item = AppendEntriesRequest<C>> + Unpin,
+{
+    fn fail(mut self, reason: String) -> Option<(SessionItem<C>, Self)> {
+        self.ended = true;
+        let error = Unreachable::from_string(format!("{}: {reason}", self.conn.addr));
+        Some((Err(RPCError::Unreachable(error)), self))
+    }
+
+    /// The next reply of the session, sending requests while waiting for it.
+    async fn next(mut self) -> Option<(SessionItem<C>, Self)> {
+        use futures_util::StreamExt;
+        if self.ended {
+            return None;
+        }
+        let timeout = self.conn.append_timeout;
+        loop {
+            if self.input_done && self.in_flight.is_empty() {
+                // A clean end: the connection is reusable.
+                if let Some((read, write)) = self.io.take() {
+                    self.conn.stream = Some(read.unsplit(write));
+                }
+                return None;
+            }
+            let can_send = !self.input_done && self.in_flight.len() < APPEND_PIPELINE_DEPTH;
+            let deadline = self.in_flight.front().map(|sent| *sent + timeout);
+            let event = match (deadline, self.io.as_mut()) {
+                (Some(deadline), Some((read, _))) if can_send => {
+                    // Both branches are cancel-safe: a frame read so far stays in `frames`.
+                    tokio::select! {
+                        biased;
+                        reply = tokio::time::timeout_at(deadline, self.frames.next(read)) => {
+                            SessionEvent::Reply(reply)
+                        }
+                        request = self.input.next() => SessionEvent::Input(request),
+                    }
+                }
+                (Some(deadline), Some((read, _))) => {
+                    SessionEvent::Reply(tokio::time::timeout_at(deadline, self.frames.next(read)).await)
+                }
+                _ => SessionEvent::Input(self.input.next().await),
+            };
+            match event {
+                SessionEvent::Input(None) => self.input_done = true,
+                SessionEvent::Input(Some(request)) => {
+                    let body = match encode(&Request::StreamAppend(request)) {
+                        Ok(body) => body,
+                        Err(e) => return self.fail(e.to_string()),
+                    };
+                    if self.io.is_none() {
+                        match tokio::time::timeout(timeout, self.conn.connector.connect(&self.conn.addr))
+                            .await
+                        {
+                            Ok(Ok(stream)) => self.io = Some(tokio::io::split(stream)),
+                            Ok(Err(e)) => return self.fail(e.to_string()),
+                            Err(_) => return self.fail(format!("no connection within {timeout:?}")),
+                        }
+                    }
+                    let Some((_, write)) = self.io.as_mut() else { return self.fail("not connected".into()) };
+                    match tokio::time::timeout(timeout, write_frame(write, &body)).await {
+                        Ok(Ok(())) => self.in_flight.push_back(tokio::time::Instant::now()),
+                        Ok(Err(e)) => return self.fail(e.to_string()),
+                        Err(_) => return self.fail(format!("could not send within {timeout:?}")),
+                    }
+                }
+                SessionEvent::Reply(Err(_)) => {
+                    return self.fail(format!("did not answer within {timeout:?}"))
+                }
+                SessionEvent::Reply(Ok(Err(e))) => return self.fail(e.to_string()),
+                SessionEvent::Reply(Ok(Ok(body))) => {
+                    self.in_flight.pop_front();
+                    return match decode::<Reply<C>>(&body) {
+                        Ok(Reply::StreamAppend(Ok(result))) => {
+                            // After a conflict or a higher vote the server closes the connection.
+                            self.ended = result.is_err();
+                            Some((Ok(result), self))
+                        }
+                        Ok(Reply::StreamAppend(Err(e))) => self.fail(e),
+                        Ok(_) => self.fail("mismatched reply".into()),
+                        Err(e) => self.fail(e.to_string()),
+                    };
+                }
+            }
+        }
+    }
+}
+
+/// Reads frames from a stream in a cancel-safe way: bytes read before a cancellation stay buffered.
+#[derive(Default)]
+struct FrameReader {
+    buf: Vec<u8>,
+}
+
+impl FrameReader {
+    async fn next(&mut self, stream: &mut (impl AsyncRead + Unpin)) -> io::Result<Vec<u8>> {
+        loop {
+            if let Some(frame) = self.take_frame()? {
+                return Ok(frame);
+            }
+            // `read_buf` is cancel-safe: it either read into the buffer or did nothing.
+            if stream.read_buf(&mut self.buf).await? == 0 {
+                return Err(io::Error::from(io::ErrorKind::UnexpectedEof));
+            }
+        }
+    }
+
+    fn take_frame(&mut self) -> io::Result<Option<Vec<u8>>> {
+        let Some(head) = self.buf.get(..8) else {
+            self.buf.reserve(8 << 10);
+            return Ok(None);
+        };
+        let len = u32::from_le_bytes([head[0], head[1], head[2], head[3]]) as usize;
+        let expected = u32::from_le_bytes([head[4], head[5], head[6], head[7]]);
+        if len > FRAME_BYTES_MAX {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("frame of {len} bytes exceeds {FRAME_BYTES_MAX}"),
+            ));
+        }
+        if self.buf.len() < 8 + len {
+            self.buf.reserve(8 + len - self.buf.len());
+            return Ok(None);
+        }
+        let body = self.buf[8..8 + len].to_vec();
+        self.buf.drain(..8 + len);
+        let got = crc32c::crc32c(&body);
+        if got != expected {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("frame checksum {got:#010x} != {expected:#010x}"),
+            ));
+        }
+        Ok(Some(body))
     }
 }
 
@@ -344,6 +523,33 @@ where
             Reply::Append(Ok(response)) => Ok(response),
             other => Err(RPCError::Unreachable(self.failed(other))),
         }
+    }
+
+    fn stream_append<'s, S>(
+        &'s mut self,
+        input: S,
+        _option: RPCOption,
+    ) -> BoxFuture<'s, Result<BoxStream<'s, SessionItem<C>>, RPCError<C>>>
+    where
+        S: futures_util::Stream<Item = AppendEntriesRequest<C>> + OptionalSend + Unpin + 'static,
+    {
+        Box::pin(async move {
+            // Connecting waits for the first request: openraft's backoff after a failure happens while the
+            // request stream produces it, so a peer that is down is not redialled in a tight loop.
+            let io = self.stream.take().map(tokio::io::split);
+            let session = AppendSession {
+                conn: self,
+                input,
+                input_done: false,
+                io,
+                frames: FrameReader::default(),
+                in_flight: std::collections::VecDeque::new(),
+                ended: false,
+            };
+            let replies: BoxStream<'s, SessionItem<C>> =
+                Box::pin(futures_util::stream::unfold(session, AppendSession::next));
+            Ok(replies)
+        })
     }
 
     async fn vote(
@@ -412,9 +618,26 @@ fn staging_err(e: impl std::fmt::Display) -> String {
     format!("snapshot staging: {e}")
 }
 
+/// Replies a connection owes, in request order.
+enum Slot<C: RaftTypeConfig> {
+    /// A reply made by the reader.
+    Ready(Reply<C>),
+    /// The connection's append pipeline (sent once, before its first `Appended`).
+    Pipeline(BoxStream<'static, Result<StreamAppendResult<C>, openraft::error::Fatal<C>>>),
+    /// The next outcome of the append pipeline.
+    Appended,
+}
+
+/// Replies one connection may owe before its reader stops reading requests.
+const REPLY_SLOTS_MAX: usize = 64;
+
 /// Serves Raft RPCs for `raft` on `listener` until the listener fails or this future is dropped (which
-/// ends every connection it serves). Each connection is served by its own task, one request at a time; at
-/// most [`CONNECTIONS_MAX`] at once. Received snapshots are staged in `inbox`, one at a time.
+/// ends every connection it serves). Each connection is served by its own task, at most
+/// [`CONNECTIONS_MAX`] at once: a reader that handles requests in order and a writer that sends the
+/// replies in the same order. Pipelined appends (`StreamAppend`) go to openraft's `Raft::stream_append`,
+/// so the reader hands on the next one while earlier ones are still being made durable; every other
+/// request is handled by the reader before it reads the next. Received snapshots are staged in `inbox`,
+/// one at a time.
 pub async fn serve<C, SM>(
     mut listener: Box<dyn crate::net::Listener>,
     raft: Raft<C, SM>,
@@ -433,71 +656,156 @@ where
         // Reap finished connection tasks so the set stays bounded.
         while connections.try_join_next().is_some() {}
         let permit = Arc::clone(&slots).acquire_owned().await.map_err(io::Error::other)?;
-        let (mut stream, peer) = listener.accept().await?;
+        let (stream, peer) = listener.accept().await?;
         let raft = raft.clone();
         let inbox = inbox.clone();
         let contact = contact.clone();
         let snapshot_lock = Arc::clone(&one_snapshot_at_a_time);
         connections.spawn(async move {
             let _permit = permit;
-            let mut incoming: Option<(Incoming<C>, tokio::sync::OwnedMutexGuard<()>)> = None;
-            loop {
-                let body = match read_frame(&mut stream).await {
-                    Ok(body) => body,
-                    Err(e) => {
-                        if e.kind() != io::ErrorKind::UnexpectedEof {
-                            tracing::debug!(%peer, error = %e, "closing Raft connection");
-                        }
-                        return;
-                    }
-                };
-                let reply = match decode::<Request<C>>(&body) {
-                    Ok(Request::Append(rpc)) => {
-                        let answer = raft.append_entries(rpc).await;
-                        if matches!(&answer, Ok(r) if !matches!(r, AppendEntriesResponse::HigherVote(_))) {
-                            contact.touch();
-                        }
-                        Reply::Append(answer.map_err(|e| e.to_string()))
-                    }
-                    Ok(Request::Vote(rpc)) => Reply::Vote(raft.vote(rpc).await.map_err(|e| e.to_string())),
-                    Ok(Request::PreVote(rpc)) => {
-                        Reply::Vote(raft.pre_vote(rpc).await.map_err(|e| e.to_string()))
-                    }
-                    Ok(Request::SnapshotBegin { vote, meta, files }) => {
-                        let guard = Arc::clone(&snapshot_lock).lock_owned().await;
-                        match begin_snapshot::<C>(&inbox, vote, meta, files) {
-                            Ok(state) => {
-                                incoming = Some((state, guard));
-                                Reply::Ack(Ok(()))
-                            }
-                            Err(e) => Reply::Ack(Err(e)),
-                        }
-                    }
-                    Ok(Request::SnapshotChunk { file, offset, bytes }) => {
-                        Reply::Ack(receive_chunk(incoming.as_mut().map(|(s, _)| s), file, offset, &bytes))
-                    }
-                    Ok(Request::SnapshotEnd) => match incoming.take() {
-                        Some((state, _guard)) => {
-                            let result = finish_snapshot::<C, SM>(&raft, &inbox, state).await;
-                            let _ = clear_inbox(&inbox);
-                            Reply::Snapshot(result)
-                        }
-                        None => Reply::Snapshot(Err("snapshot end without a beginning".into())),
-                    },
-                    Err(e) => {
-                        tracing::warn!(%peer, error = %e, "malformed Raft request; closing the connection");
-                        return;
-                    }
-                };
-                let sent = match encode(&reply) {
-                    Ok(bytes) => write_frame(&mut stream, &bytes).await,
-                    Err(e) => Err(e),
-                };
-                if sent.is_err() {
-                    return;
-                }
+            let (read, write) = tokio::io::split(stream);
+            let (slots_tx, slots_rx) = tokio::sync::mpsc::channel(REPLY_SLOTS_MAX);
+            let server = ConnectionServer { raft, inbox, contact: contact.clone(), snapshot_lock, peer };
+            // Whichever side ends first ends the connection.
+            tokio::select! {
+                () = server.read_requests(read, slots_tx) => {}
+                () = write_replies(write, slots_rx, contact) => {}
             }
         });
+    }
+}
+
+struct ConnectionServer<C: RaftTypeConfig, SM: RaftStateMachine<C>> {
+    raft: Raft<C, SM>,
+    inbox: SnapshotInbox,
+    contact: LeaderContact,
+    snapshot_lock: Arc<tokio::sync::Mutex<()>>,
+    peer: String,
+}
+
+impl<C, SM> ConnectionServer<C, SM>
+where
+    C: RaftTypeConfig,
+    SM: RaftStateMachine<C>,
+    SM::SnapshotData: WireSnapshot,
+{
+    async fn read_requests(
+        self,
+        mut read: tokio::io::ReadHalf<crate::net::BoxStream>,
+        slots: tokio::sync::mpsc::Sender<Slot<C>>,
+    ) {
+        let (raft, inbox, peer) = (&self.raft, &self.inbox, &self.peer);
+        let mut incoming: Option<(Incoming<C>, tokio::sync::OwnedMutexGuard<()>)> = None;
+        let mut pipeline: Option<tokio::sync::mpsc::Sender<AppendEntriesRequest<C>>> = None;
+        loop {
+            let body = match read_frame(&mut read).await {
+                Ok(body) => body,
+                Err(e) => {
+                    if e.kind() != io::ErrorKind::UnexpectedEof {
+                        tracing::debug!(%peer, error = %e, "closing Raft connection");
+                    }
+                    return;
+                }
+            };
+            let reply = match decode::<Request<C>>(&body) {
+                Ok(Request::StreamAppend(rpc)) => {
+                    if pipeline.is_none() {
+                        let (tx, rx) = tokio::sync::mpsc::channel(REPLY_SLOTS_MAX);
+                        let input = futures_util::stream::unfold(rx, |mut rx| async move {
+                            rx.recv().await.map(|request| (request, rx))
+                        });
+                        if slots.send(Slot::Pipeline(Box::pin(raft.stream_append(input)))).await.is_err() {
+                            return;
+                        }
+                        pipeline = Some(tx);
+                    }
+                    let Some(tx) = &pipeline else { return };
+                    if tx.send(rpc).await.is_err() || slots.send(Slot::Appended).await.is_err() {
+                        return;
+                    }
+                    continue;
+                }
+                Ok(Request::Append(rpc)) => {
+                    let answer = raft.append_entries(rpc).await;
+                    if matches!(&answer, Ok(r) if !matches!(r, AppendEntriesResponse::HigherVote(_))) {
+                        self.contact.touch();
+                    }
+                    Reply::Append(answer.map_err(|e| e.to_string()))
+                }
+                Ok(Request::Vote(rpc)) => Reply::Vote(raft.vote(rpc).await.map_err(|e| e.to_string())),
+                Ok(Request::PreVote(rpc)) => Reply::Vote(raft.pre_vote(rpc).await.map_err(|e| e.to_string())),
+                Ok(Request::SnapshotBegin { vote, meta, files }) => {
+                    let guard = Arc::clone(&self.snapshot_lock).lock_owned().await;
+                    match begin_snapshot::<C>(inbox, vote, meta, files) {
+                        Ok(state) => {
+                            incoming = Some((state, guard));
+                            Reply::Ack(Ok(()))
+                        }
+                        Err(e) => Reply::Ack(Err(e)),
+                    }
+                }
+                Ok(Request::SnapshotChunk { file, offset, bytes }) => {
+                    Reply::Ack(receive_chunk(incoming.as_mut().map(|(s, _)| s), file, offset, &bytes))
+                }
+                Ok(Request::SnapshotEnd) => match incoming.take() {
+                    Some((state, _guard)) => {
+                        let result = finish_snapshot::<C, SM>(raft, inbox, state).await;
+                        let _ = clear_inbox(inbox);
+                        Reply::Snapshot(result)
+                    }
+                    None => Reply::Snapshot(Err("snapshot end without a beginning".into())),
+                },
+                Err(e) => {
+                    tracing::warn!(%peer, error = %e, "malformed Raft request; closing the connection");
+                    return;
+                }
+            };
+            if slots.send(Slot::Ready(reply)).await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+/// Sends a connection's replies in request order; returns when the reader is done and every reply is
+/// sent, when sending fails, or after an append pipeline reported an error (the pipeline has ended; the
+/// connection closes and the client reconnects).
+async fn write_replies<C: RaftTypeConfig>(
+    mut write: tokio::io::WriteHalf<crate::net::BoxStream>,
+    mut slots: tokio::sync::mpsc::Receiver<Slot<C>>,
+    contact: LeaderContact,
+) {
+    use futures_util::StreamExt;
+    let mut pipeline = None;
+    while let Some(slot) = slots.recv().await {
+        let (reply, last) = match slot {
+            Slot::Ready(reply) => (reply, false),
+            Slot::Pipeline(stream) => {
+                pipeline = Some(stream);
+                continue;
+            }
+            Slot::Appended => {
+                let Some(stream) = pipeline.as_mut() else { return };
+                match stream.next().await {
+                    Some(Ok(result)) => {
+                        if !matches!(result, Err(StreamAppendError::HigherVote(_))) {
+                            contact.touch();
+                        }
+                        let last = result.is_err();
+                        (Reply::StreamAppend(Ok(result)), last)
+                    }
+                    Some(Err(fatal)) => (Reply::StreamAppend(Err(fatal.to_string())), true),
+                    None => return,
+                }
+            }
+        };
+        let sent = match encode(&reply) {
+            Ok(bytes) => write_frame(&mut write, &bytes).await,
+            Err(e) => Err(e),
+        };
+        if sent.is_err() || last {
+            return;
+        }
     }
 }
 
@@ -582,4 +890,199 @@ where
     let data = SM::SnapshotData::assemble(inbox.io.as_ref(), staged).map_err(staging_err)?;
     let snapshot = openraft::storage::Snapshot { meta: state.meta, snapshot: data };
     raft.install_full_snapshot(state.vote, snapshot).await.map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use futures_util::StreamExt;
+    use openraft::testing::{blank_ent, log_id};
+    use tokio::io::DuplexStream;
+
+    use super::*;
+    use crate::state_machine::{BopConfig, BopSnapshot};
+
+    type C = BopConfig;
+
+    /// Hands out the client ends of in-memory connections whose server ends the test holds.
+    struct Pipes {
+        servers: tokio::sync::mpsc::UnboundedSender<DuplexStream>,
+        connects: Arc<AtomicUsize>,
+    }
+
+    impl Connector for Pipes {
+        type Stream = DuplexStream;
+
+        async fn connect(&self, _addr: &str) -> io::Result<DuplexStream> {
+            self.connects.fetch_add(1, Ordering::SeqCst);
+            let (client, server) = tokio::io::duplex(1 << 20);
+            self.servers.send(server).map_err(io::Error::other)?;
+            Ok(client)
+        }
+    }
+
+    async fn connection(
+        timeout: Duration,
+    ) -> (
+        TcpConnection<C, BopSnapshot, Pipes>,
+        tokio::sync::mpsc::UnboundedReceiver<DuplexStream>,
+        Arc<AtomicUsize>,
+    ) {
+        let (servers, accepted) = tokio::sync::mpsc::unbounded_channel();
+        let connects = Arc::new(AtomicUsize::new(0));
+        let pipes = Pipes { servers, connects: Arc::clone(&connects) };
+        let mut network = TcpNetwork::<C, BopSnapshot, Pipes>::new(pipes, timeout);
+        let conn = network.new_client(2, &BasicNode::new("peer")).await;
+        (conn, accepted, connects)
+    }
+
+    fn request(index: u64) -> AppendEntriesRequest<C> {
+        AppendEntriesRequest {
+            vote: VoteOf::<C>::new_committed(1, 1),
+            prev_log_id: (index > 1).then(|| log_id::<C>(1, 1, index - 1)),
+            entries: vec![blank_ent::<C>(1, 1, index)],
+            leader_commit: None,
+        }
+    }
+
+    async fn read_request(server: &mut DuplexStream) -> Request<C> {
+        decode(&read_frame(server).await.expect("request frame")).expect("request")
+    }
+
+    async fn reply(server: &mut DuplexStream, reply: Reply<C>) {
+        write_frame(server, &encode(&reply).expect("encode")).await.expect("reply frame");
+    }
+
+    fn appended(index: u64) -> Reply<C> {
+        Reply::StreamAppend(Ok(Ok(Some(log_id::<C>(1, 1, index)))))
+    }
+
+    #[tokio::test]
+    async fn appends_are_pipelined_and_a_clean_session_keeps_the_connection() {
+        let (mut conn, mut accepted, connects) = connection(Duration::from_secs(10)).await;
+        let input = futures_util::stream::iter((1..=8).map(request));
+        let mut replies =
+            conn.stream_append(input, RPCOption::new(Duration::from_secs(1))).await.expect("session");
+        // The server reads all eight requests before it answers any: a client that waited for each reply
+        // before sending the next would never get here.
+        let server = tokio::spawn(async move {
+            let mut server = accepted.recv().await.expect("connection");
+            let mut indexes = Vec::new();
+            for _ in 0..8 {
+                match read_request(&mut server).await {
+                    Request::StreamAppend(rpc) => indexes.push(rpc.entries[0].log_id.index),
+                    _ => panic!("not a pipelined append"),
+                }
+            }
+            for index in &indexes {
+                reply(&mut server, appended(*index)).await;
+            }
+            (indexes, server, accepted)
+        });
+        let mut got = Vec::new();
+        while let Some(item) =
+            tokio::time::timeout(Duration::from_secs(10), replies.next()).await.expect("bounded")
+        {
+            got.push(item.expect("no transport error").expect("appended").expect("a log id").index);
+        }
+        drop(replies);
+        let (indexes, mut server, _accepted) = server.await.expect("server");
+        assert_eq!(indexes, (1..=8).collect::<Vec<_>>(), "requests in order");
+        assert_eq!(got, (1..=8).collect::<Vec<_>>(), "replies in order");
+        // The session ended cleanly, so the next call reuses the connection.
+        let next = tokio::spawn(async move {
+            let Request::Vote(_) = read_request(&mut server).await else { panic!("not a vote") };
+            let vote = VoteOf::<C>::new_committed(1, 1);
+            reply(&mut server, Reply::Vote(Ok(VoteResponse::new(vote, None, true)))).await;
+        });
+        let vote = VoteRequest::new(VoteOf::<C>::new(1, 1), None);
+        conn.vote(vote, RPCOption::new(Duration::from_secs(1))).await.expect("vote over the same connection");
+        next.await.expect("server");
+        assert_eq!(connects.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn a_session_dropped_with_replies_outstanding_drops_its_connection() {
+        let (mut conn, mut accepted, connects) = connection(Duration::from_secs(10)).await;
+        let input = futures_util::stream::iter((1..=4).map(request));
+        let mut replies =
+            conn.stream_append(input, RPCOption::new(Duration::from_secs(1))).await.expect("session");
+        // The server reads the four requests but answers only the first.
+        let first = tokio::spawn(async move {
+            let mut server = accepted.recv().await.expect("connection");
+            for _ in 0..4 {
+                read_request(&mut server).await;
+            }
+            reply(&mut server, appended(1)).await;
+            (server, accepted)
+        });
+        let one = tokio::time::timeout(Duration::from_secs(10), replies.next()).await.expect("bounded");
+        assert_eq!(one.expect("item").expect("transport").expect("appended").expect("id").index, 1);
+        let (mut old_server, mut accepted) = first.await.expect("server");
+        drop(replies);
+        // The old connection is closed: its three unread replies can never reach a later call.
+        let mut buf = [0u8; 1];
+        assert_eq!(old_server.read(&mut buf).await.expect("eof"), 0);
+        let next = tokio::spawn(async move {
+            let mut server = accepted.recv().await.expect("a new connection");
+            let Request::Append(rpc) = read_request(&mut server).await else { panic!("not an append") };
+            assert_eq!(rpc.entries[0].log_id.index, 9);
+            reply(&mut server, Reply::Append(Ok(AppendEntriesResponse::Success))).await;
+        });
+        let answer = conn.append_entries(request(9), RPCOption::new(Duration::from_secs(1))).await;
+        assert!(matches!(answer, Ok(AppendEntriesResponse::Success)), "{answer:?}");
+        next.await.expect("server");
+        assert_eq!(connects.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn a_call_cancelled_before_its_reply_drops_its_connection() {
+        let (mut conn, mut accepted, connects) = connection(Duration::from_secs(10)).await;
+        // The caller gives up (as openraft's heartbeat timeout does) after the request went out.
+        let cancelled = tokio::time::timeout(
+            Duration::from_millis(50),
+            conn.append_entries(request(1), RPCOption::new(Duration::from_secs(1))),
+        )
+        .await;
+        assert!(cancelled.is_err(), "the server never answered");
+        let mut old_server = accepted.recv().await.expect("connection");
+        read_request(&mut old_server).await;
+        // The late reply to the first request cannot be taken as the answer to the second: the client closed
+        // that connection.
+        let late = encode(&Reply::<C>::Append(Ok(AppendEntriesResponse::Conflict))).expect("encode");
+        assert!(write_frame(&mut old_server, &late).await.is_err(), "the old connection is closed");
+        let next = tokio::spawn(async move {
+            let mut server = accepted.recv().await.expect("a new connection");
+            read_request(&mut server).await;
+            reply(&mut server, Reply::Append(Ok(AppendEntriesResponse::Success))).await;
+        });
+        let answer = conn.append_entries(request(2), RPCOption::new(Duration::from_secs(1))).await;
+        assert!(matches!(answer, Ok(AppendEntriesResponse::Success)), "{answer:?}");
+        next.await.expect("server");
+        assert_eq!(connects.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn frame_reader_survives_cancellation_mid_frame() {
+        let (mut client, mut server) = tokio::io::duplex(64);
+        let mut frames = FrameReader::default();
+        let body = encode(&appended(7)).expect("encode");
+        let mut framed = Vec::new();
+        write_frame(&mut framed, &body).await.expect("frame");
+        // Half a frame, then a read that is cancelled; then the rest.
+        server.write_all(&framed[..5]).await.expect("write");
+        let cancelled = tokio::time::timeout(Duration::from_millis(20), frames.next(&mut client)).await;
+        assert!(cancelled.is_err());
+        server.write_all(&framed[5..]).await.expect("write");
+        let got = tokio::time::timeout(Duration::from_secs(5), frames.next(&mut client)).await;
+        assert_eq!(got.expect("bounded").expect("frame"), body);
+        // A corrupt frame is refused.
+        let mut bad = framed.clone();
+        let last = bad.len() - 1;
+        bad[last] ^= 1;
+        server.write_all(&bad).await.expect("write");
+        let err = frames.next(&mut client).await.expect_err("checksum");
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+    }
 }

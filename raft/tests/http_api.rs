@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use bop_raft::node::{Node, NodeConfig, BODY_BYTES_MAX};
+use openraft::async_runtime::WatchReceiver;
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -222,6 +223,93 @@ async fn the_http_api_speaks_rqlite() {
     assert_eq!(rows.rows, vec![vec![bop_sql::Value::Integer(7)], vec![bop_sql::Value::Integer(42)]]);
     let (status, _) = http(&l, "GET", "/db/backup?db=missing", b"").await;
     assert_eq!(status, 404);
+    let (status, _) = http(&l, "GET", "/db/backup?db=other&fmt=xml", b"").await;
+    assert_eq!(status, 400, "an unknown backup format is refused");
+
+    // A backup larger than a streaming chunk (1 MiB) arrives whole through a follower: the leader streams
+    // it from an unlinked file and the follower passes it on chunk by chunk.
+    let (status, out) = http(
+        &l,
+        "POST",
+        "/db/execute?db=big",
+        br#"["CREATE TABLE b (i INTEGER PRIMARY KEY, v BLOB)", "WITH RECURSIVE c(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM c WHERE i < 12) INSERT INTO b SELECT i, randomblob(500000) FROM c"]"#,
+    )
+    .await;
+    assert_eq!(status, 200, "{out}");
+    let (status, bytes) = http_raw(&f, "GET", "/db/backup?db=big", b"").await;
+    assert_eq!(status, 200);
+    assert!(bytes.len() > 6_000_000, "{} bytes", bytes.len());
+    let big_path = dir.path().join("big-copy.db");
+    std::fs::write(&big_path, &bytes).expect("write backup");
+    let mut big = bop_sql::Connection::open_stock(&big_path).expect("open backup");
+    let rows = big
+        .query(
+            "SELECT count(*), sum(length(v)), (SELECT * FROM pragma_integrity_check) FROM b",
+            &bop_sql::Params::None,
+        )
+        .expect("query backup");
+    assert_eq!(
+        rows.rows,
+        vec![vec![
+            bop_sql::Value::Integer(12),
+            bop_sql::Value::Integer(6_000_000),
+            bop_sql::Value::Text("ok".into())
+        ]]
+    );
+    drop(big);
+    let leftovers: Vec<_> = std::fs::read_dir(dir.path().join(format!("node-{leader_id}")))
+        .expect("data dir")
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("backup-"))
+        .collect();
+    assert!(leftovers.is_empty(), "the backup's temporary file is gone: {leftovers:?}");
+
+    // fmt=sql: the SQL text that rebuilds the database (rqlite's and SQLite's .dump shape).
+    let (status, out) = http(
+        &l,
+        "POST",
+        "/db/execute?db=dump",
+        json!([
+            r#"CREATE TABLE "odd ""name" (id INTEGER PRIMARY KEY AUTOINCREMENT, t TEXT, r REAL, b BLOB, n)"#,
+            r#"CREATE INDEX odd_t ON "odd ""name" (t)"#,
+            "CREATE TABLE kv (k TEXT PRIMARY KEY, v) WITHOUT ROWID",
+            "CREATE VIEW kv_view AS SELECT k FROM kv",
+            r#"INSERT INTO "odd ""name" (t, r, b, n) VALUES ('it''s', 1.5, x'00ff', NULL)"#,
+            "INSERT INTO \"odd \"\"name\" (t, r, b, n) VALUES ('line\nbreak', -2.5e-8, x'', 7)",
+            "INSERT INTO kv VALUES ('a', 1), ('b', 'two')",
+        ])
+        .to_string()
+        .as_bytes(),
+    )
+    .await;
+    assert_eq!(status, 200, "{out}");
+    let (status, dump) = http_raw(&f, "GET", "/db/backup?db=dump&fmt=sql", b"").await;
+    assert_eq!(status, 200);
+    let dump = String::from_utf8(dump).expect("the dump is text");
+    assert!(dump.starts_with("PRAGMA foreign_keys=OFF;\nBEGIN TRANSACTION;\n"), "{dump}");
+    assert!(dump.ends_with("COMMIT;\n"), "{dump}");
+    let restored_path = dir.path().join("restored.db");
+    let mut restored = bop_sql::Connection::open_stock(&restored_path).expect("open");
+    restored.execute(&dump, &bop_sql::Params::None).expect("the dump runs");
+    let q =
+        |conn: &mut bop_sql::Connection, sql: &str| conn.query(sql, &bop_sql::Params::None).expect(sql).rows;
+    use bop_sql::Value::{Blob, Integer, Null, Real, Text};
+    assert_eq!(
+        q(&mut restored, "SELECT id, t, r, b, n FROM \"odd \"\"name\" ORDER BY id"),
+        vec![
+            vec![Integer(1), Text("it's".into()), Real(1.5), Blob(vec![0, 0xff]), Null],
+            vec![Integer(2), Text("line\nbreak".into()), Real(-2.5e-8), Blob(vec![]), Integer(7)],
+        ]
+    );
+    assert_eq!(
+        q(&mut restored, "SELECT k, v FROM kv_view JOIN kv USING (k) ORDER BY k"),
+        vec![vec![Text("a".into()), Integer(1)], vec![Text("b".into()), Text("two".into())],]
+    );
+    assert_eq!(q(&mut restored, "SELECT seq FROM sqlite_sequence"), vec![vec![Integer(2)]]);
+    assert_eq!(
+        q(&mut restored, "SELECT name FROM sqlite_master WHERE type = 'index' AND name = 'odd_t'").len(),
+        1
+    );
     let (status, _) = http(&f, "GET", "/db/backup?db=other&redirect", b"").await;
     assert_eq!(status, 503, "with redirect, a follower names the leader instead of taking a backup itself");
 
@@ -263,6 +351,14 @@ async fn the_http_api_speaks_rqlite() {
     let (_, out) = http(&l, "GET", "/nodes", b"").await;
     assert_eq!(out["4"]["voter"], true, "{out}");
     let h4 = fourth.http_addr().to_owned();
+    // Joined means replicated to; the new node applies what it received a moment later.
+    let applied = leader.raft().metrics().borrow_watched().last_applied.map(|l| l.index);
+    fourth
+        .raft()
+        .wait(Some(Duration::from_secs(30)))
+        .applied_index_at_least(applied, "node 4 applied what the leader had")
+        .await
+        .expect("node 4 catches up");
     let (_, out) = http(&h4, "GET", &format!("{path}&level=none"), b"").await;
     assert_eq!(out["results"][0]["values"], json!([["fiona", 20], ["billy", 30]]), "the new node's copy");
     let (status, out) = http(&l, "DELETE", "/remove", br#"{"id": 4}"#).await;
@@ -273,11 +369,15 @@ async fn the_http_api_speaks_rqlite() {
     // cluster answers; node 4, removed and no longer sent heartbeats, turns its reads down as stale.
     let (_, out) = http(&f, "GET", &format!("{path}&level=none&freshness=10s"), b"").await;
     assert_eq!(out["results"][0]["values"], json!([["fiona", 20], ["billy", 30]]), "{out}");
+    // With freshness_strict the follower has also applied everything the leader had reported committed.
+    let (_, out) = http(&f, "GET", &format!("{path}&level=none&freshness=10s&freshness_strict"), b"").await;
+    assert_eq!(out["results"][0]["values"], json!([["fiona", 20], ["billy", 30]]), "{out}");
     let (status, _) = http(&f, "GET", &format!("{path}&level=none&freshness=soon"), b"").await;
     assert_eq!(status, 400, "a freshness that is not a duration");
     let until = std::time::Instant::now() + Duration::from_secs(20);
     loop {
-        let (_, out) = http(&h4, "GET", &format!("{path}&level=none&freshness=300ms"), b"").await;
+        let (_, out) =
+            http(&h4, "GET", &format!("{path}&level=none&freshness=300ms&freshness_strict"), b"").await;
         if out["results"][0]["error"].as_str().is_some_and(|e| e.starts_with("stale read")) {
             break;
         }

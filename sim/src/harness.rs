@@ -78,14 +78,31 @@ pub struct Options {
     pub bug: Option<Bug>,
     /// Print every traced event.
     pub verbose: bool,
+    /// Inject only these kinds of fault ([`FAULT_KINDS`] names); empty for all of them.
+    pub faults: Vec<String>,
 }
 
 impl Options {
     /// The defaults for `seed`: 8 s of faults, then 8 s to heal.
     pub fn new(seed: u64) -> Options {
-        Options { seed, safety_ms: 8_000, liveness_ms: 8_000, bug: None, verbose: false }
+        Options { seed, safety_ms: 8_000, liveness_ms: 8_000, bug: None, verbose: false, faults: Vec::new() }
     }
 }
+
+/// The kinds of fault the safety phase injects, with their relative weights.
+pub const FAULT_KINDS: [(&str, u64); 11] = [
+    ("partition", 4),
+    ("one-way-partition", 2),
+    ("leader-isolated", 2),
+    ("message-delay", 2),
+    ("message-loss", 2),
+    ("crash", 2),
+    ("leader-kill", 2),
+    ("fsync-failure", 2),
+    ("power-loss", 2),
+    ("membership-change", 2),
+    ("leader-kill-after-ack", 2),
+];
 
 /// What a run found.
 #[derive(Debug, Clone, Default)]
@@ -479,6 +496,10 @@ struct Harness<'a> {
     progress: Vec<Option<Progress>>,
     /// Whether the spare node was last asked to join (true) or leave.
     spare_member: bool,
+    /// Until when an armed "leader kill after an ack" waits for its moment.
+    kill_when_ahead_until: Option<u64>,
+    /// The kinds of fault to inject (empty: all).
+    faults: Vec<String>,
 }
 
 impl Harness<'_> {
@@ -528,11 +549,28 @@ impl Harness<'_> {
         (0..NODES).filter(|&j| j != i).collect()
     }
 
+    /// Draws a kind of fault (weighted, among those the options allow).
+    fn pick_fault(&mut self) -> &'static str {
+        let allowed: Vec<(&'static str, u64)> = FAULT_KINDS
+            .iter()
+            .copied()
+            .filter(|(name, _)| self.faults.is_empty() || self.faults.iter().any(|f| f == name))
+            .collect();
+        let mut draw = self.rng.below(allowed.iter().map(|(_, w)| w).sum());
+        for (name, weight) in &allowed {
+            if draw < *weight {
+                return name;
+            }
+            draw -= weight;
+        }
+        unreachable!("the draw is below the total weight")
+    }
+
     fn inject(&mut self) {
         let now = self.now_ms();
         let heal_at = now + self.rng.between(300, 2000);
-        match self.rng.below(22) {
-            0..=3 => {
+        match self.pick_fault() {
+            "partition" => {
                 let i = self.rng.below(NODES as u64) as usize;
                 for j in Self::others(i) {
                     self.sim.partition(host(i), host(j));
@@ -540,14 +578,14 @@ impl Harness<'_> {
                 }
                 self.fault("partition", format!("n{} cut off from the other nodes", i + 1));
             }
-            4..=5 => {
+            "one-way-partition" => {
                 let i = self.rng.below(NODES as u64) as usize;
                 let j = Self::others(i)[self.rng.below(NODES as u64 - 1) as usize];
                 self.sim.partition_oneway(host(i), host(j));
                 self.heals.push((heal_at, Heal::RepairOneway(i, j)));
                 self.fault("one-way partition", format!("n{} -> n{} dropped", i + 1, j + 1));
             }
-            6..=7 => {
+            "leader-isolated" => {
                 if let Some(i) = self.leader() {
                     for j in Self::others(i) {
                         self.sim.partition(host(i), host(j));
@@ -556,20 +594,20 @@ impl Harness<'_> {
                     self.fault("leader isolated", format!("n{}", i + 1));
                 }
             }
-            8..=9 => {
+            "message-delay" => {
                 let latency = Duration::from_millis(self.rng.between(20, 150));
                 self.sim.set_max_message_latency(latency);
                 self.heals.push((heal_at, Heal::Latency));
                 self.fault("message delay", format!("up to {} ms", latency.as_millis()));
             }
-            10..=11 => {
+            "message-loss" => {
                 let i = self.rng.below(NODES as u64) as usize;
                 let j = Self::others(i)[self.rng.below(NODES as u64 - 1) as usize];
                 self.sim.partition(host(i), host(j));
                 self.heals.push((now + self.rng.between(50, 300), Heal::Repair(i, j)));
                 self.fault("message loss", format!("link n{}-n{} drops everything briefly", i + 1, j + 1));
             }
-            12..=13 => {
+            "crash" => {
                 let i = self.rng.below(NODES as u64) as usize;
                 if self.slots[i].up.get() {
                     let mode =
@@ -579,14 +617,18 @@ impl Harness<'_> {
                     self.fault("crash", format!("n{} ({mode:?})", i + 1));
                 }
             }
-            14..=15 => {
+            "leader-kill" => {
                 if let Some(i) = self.leader() {
                     self.crash(i, CrashMode::TornSectors);
                     self.heals.push((heal_at, Heal::Restart(i)));
                     self.fault("leader kill", format!("n{}", i + 1));
                 }
             }
-            20..=21 => {
+            "leader-kill-after-ack" => {
+                // Fired by `kill_when_ahead` at the first step where it can do harm, once every node is up.
+                self.kill_when_ahead_until = Some(now + 2000);
+            }
+            "membership-change" => {
                 let spare = NODES;
                 let member = self.spare_member;
                 self.spare_member = !member;
@@ -594,7 +636,7 @@ impl Harness<'_> {
                 self.world.admin.borrow_mut().push_back(op);
                 self.fault("membership change", format!("{op:?}"));
             }
-            16..=17 => {
+            "fsync-failure" => {
                 let i = self.rng.below(NODES as u64) as usize;
                 if self.slots[i].up.get() {
                     let after = self.rng.below(4);
@@ -605,12 +647,77 @@ impl Harness<'_> {
                 }
             }
             _ => {
+                // power-loss
                 for i in 0..HOSTS {
                     self.crash(i, CrashMode::TornSectors);
                     self.heals.push((now + self.rng.between(200, 800), Heal::Restart(i)));
                 }
                 self.fault("power loss", "every node at once".into());
             }
+        }
+    }
+
+    /// The armed "leader kill after an ack": kills the leader at the first step where it has applied (and so
+    /// may have acknowledged) an entry that a follower stores but has not applied yet, so that the next
+    /// leader starts with committed entries still to apply: the window in which a new leader must not run
+    /// transactions on its stale view.
+    fn kill_when_ahead(&mut self) {
+        let Some(until) = self.kill_when_ahead_until else { return };
+        if self.now_ms() > until {
+            self.kill_when_ahead_until = None;
+            return;
+        }
+        if !self.slots.iter().all(|slot| slot.up.get()) {
+            return;
+        }
+        let Some(leader) = self.leader() else { return };
+        let term = |i: usize| {
+            let guard = self.slots[i].node.borrow();
+            guard.as_ref().map_or(0, |n| n.raft().metrics().borrow_watched().current_term)
+        };
+        if Self::others(leader).into_iter().any(|j| term(j) > term(leader)) {
+            // A deposed leader that has not heard of it yet.
+            return;
+        }
+        let progress = |i: usize| {
+            let guard = self.slots[i].node.borrow();
+            let node = guard.as_ref()?;
+            let m = node.raft().metrics().borrow_watched().clone();
+            Some((m.last_applied.map_or(0, |l| l.index), node.wal().state().last.map_or(0, |p| p.index)))
+        };
+        let Some((leader_applied, _)) = progress(leader) else { return };
+        let behind = Self::others(leader).into_iter().find(|&j| {
+            progress(j).is_some_and(|(applied, stored)| applied < leader_applied && stored >= leader_applied)
+        });
+        if let Some(j) = behind {
+            self.kill_when_ahead_until = None;
+            // Its messages still on the wire die with it (a power cut before the NIC sent them): the
+            // followers do not learn what it last committed.
+            for k in Self::others(leader) {
+                self.sim.partition_oneway(host(leader), host(k));
+            }
+            self.crash(leader, CrashMode::TornSectors);
+            let now = self.now_ms();
+            // Back late enough for the others to have elected a leader.
+            let heal_at = now + self.rng.between(1500, 3000);
+            self.heals.push((heal_at, Heal::Restart(leader)));
+            for k in Self::others(leader) {
+                self.heals.push((heal_at, Heal::RepairOneway(leader, k)));
+            }
+            // A slow network keeps the next leader's own first entry uncommitted (and the old entries
+            // unapplied) for a while.
+            let latency = Duration::from_millis(self.rng.between(20, 150));
+            self.sim.set_max_message_latency(latency);
+            self.heals.push((heal_at, Heal::Latency));
+            self.fault(
+                "leader kill after an ack",
+                format!(
+                    "n{} applied {leader_applied}, n{} has it unapplied; messages take up to {} ms",
+                    leader + 1,
+                    j + 1,
+                    latency.as_millis()
+                ),
+            );
         }
     }
 
@@ -923,6 +1030,8 @@ fn run_inner(options: &Options) -> Report {
         last_leader: None,
         progress: vec![None; HOSTS],
         spare_member: false,
+        kill_when_ahead_until: None,
+        faults: options.faults.clone(),
     };
     let mut step = 0u64;
     let mut ok = true;
@@ -942,6 +1051,7 @@ fn run_inner(options: &Options) -> Report {
         step += 1;
         ok = harness.step(step);
         harness.heal_due(false);
+        harness.kill_when_ahead();
         if step >= next_fault {
             harness.inject();
             next_fault = step + harness.rng.between(300, 900);

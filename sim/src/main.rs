@@ -18,7 +18,7 @@ use serde_json::{json, Value as Json};
 
 fn usage() -> ExitCode {
     eprintln!(
-        "usage: bop-sim [--seeds N] [--start S] [--jobs N] [--seed S] [--safety-ms MS] [--liveness-ms MS] [--bug skip-wal-fsync|accept-stale-commits] [--verbose]"
+        "usage: bop-sim [--seeds N] [--start S] [--jobs N] [--seed S] [--safety-ms MS] [--liveness-ms MS] [--bug skip-wal-fsync|accept-stale-commits] [--faults KIND,...] [--verbose] [--report]"
     );
     ExitCode::from(2)
 }
@@ -57,6 +57,18 @@ fn parse() -> Result<Args, ExitCode> {
                     return Err(usage());
                 }
             },
+            "--faults" => {
+                let list = args.next().unwrap_or_default();
+                let kinds: Vec<String> =
+                    list.split(',').filter(|k| !k.is_empty()).map(str::to_owned).collect();
+                let known = |k: &String| bop_sim::harness::FAULT_KINDS.iter().any(|(name, _)| name == k);
+                if kinds.is_empty() || !kinds.iter().all(known) {
+                    let names: Vec<&str> = bop_sim::harness::FAULT_KINDS.iter().map(|(n, _)| *n).collect();
+                    eprintln!("unknown fault kind in {list:?} (known: {})", names.join(", "));
+                    return Err(usage());
+                }
+                parsed.base.faults = kinds;
+            }
             "--report" => parsed.report = true,
             "--verbose" => parsed.base.verbose = true,
             "--help" | "-h" => {
@@ -100,6 +112,9 @@ fn run_child(args: &Args, seed: u64) -> Result<Json, String> {
     if let Some(bug) = args.base.bug {
         command.args(["--bug", bug.name()]);
     }
+    if !args.base.faults.is_empty() {
+        command.args(["--faults", &args.base.faults.join(",")]);
+    }
     let output = command.stderr(Stdio::null()).output().map_err(|e| format!("seed {seed}: {e}"))?;
     let stdout = String::from_utf8_lossy(&output.stdout);
     let line = stdout
@@ -110,7 +125,10 @@ fn run_child(args: &Args, seed: u64) -> Result<Json, String> {
 }
 
 fn replay_command(args: &Args, seed: u64) -> String {
-    let bug = args.base.bug.map_or(String::new(), |b| format!(" --bug {}", b.name()));
+    let mut bug = args.base.bug.map_or(String::new(), |b| format!(" --bug {}", b.name()));
+    if !args.base.faults.is_empty() {
+        bug.push_str(&format!(" --faults {}", args.base.faults.join(",")));
+    }
     format!(
         "cargo run --release -p bop-sim -- --seed {seed} --safety-ms {} --liveness-ms {}{bug} --verbose",
         args.base.safety_ms, args.base.liveness_ms

@@ -12,7 +12,9 @@ use std::time::Instant;
 use crate::net::Listener;
 use bop_sql::{OpenMode, Rows, SqlError};
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full, Limited, StreamBody};
+use hyper::body::Frame;
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
@@ -26,19 +28,35 @@ use super::NodeShared;
 
 /// Largest request body accepted.
 pub const BODY_BYTES_MAX: usize = 4 << 20;
-/// Largest database `/db/backup` returns (the copy is held in memory while it is sent).
-pub const BACKUP_BYTES_MAX: u64 = 256 << 20;
-/// Largest answer accepted from the leader when forwarding (a backup plus its head).
-const FORWARD_ANSWER_BYTES_MAX: u64 = BACKUP_BYTES_MAX + (64 << 10);
+/// Bytes of a streamed body (a backup, or an answer passed on from the leader) read and sent at a time.
+pub const STREAM_CHUNK_BYTES: usize = 1 << 20;
+/// Largest head of an answer from the leader when forwarding.
+const FORWARD_HEAD_BYTES_MAX: usize = 64 << 10;
+/// Longest wait for the leader's head, and for each chunk of its body, when forwarding.
+const FORWARD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 /// The database used when a request names none.
 pub const DEFAULT_DATABASE: &str = "main";
 
-type HttpResponse = Response<Full<Bytes>>;
+type HttpBody = BoxBody<Bytes, std::io::Error>;
+type HttpResponse = Response<HttpBody>;
+
+/// A body held whole in memory.
+fn full(bytes: impl Into<Bytes>) -> HttpBody {
+    Full::new(bytes.into()).map_err(|never| match never {}).boxed()
+}
+
+/// A body streamed from `stream` in chunks (memory bounded by one chunk).
+fn streamed(
+    stream: impl futures_util::Stream<Item = std::io::Result<Bytes>> + Send + Sync + 'static,
+) -> HttpBody {
+    use futures_util::StreamExt;
+    BodyExt::boxed(StreamBody::new(stream.map(|chunk| chunk.map(Frame::data))))
+}
 
 fn respond(status: StatusCode, body: &Json, pretty: bool) -> HttpResponse {
     let text =
         if pretty { serde_json::to_vec_pretty(body) } else { serde_json::to_vec(body) }.unwrap_or_default();
-    let mut response = Response::new(Full::new(Bytes::from(text)));
+    let mut response = Response::new(full(text));
     *response.status_mut() = status;
     response
         .headers_mut()
@@ -76,8 +94,19 @@ fn percent_decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-const KNOWN_PARAMS: &[&str] =
-    &["q", "level", "associative", "pretty", "timings", "db", "transaction", "freshness", "redirect"];
+const KNOWN_PARAMS: &[&str] = &[
+    "q",
+    "level",
+    "associative",
+    "pretty",
+    "timings",
+    "db",
+    "transaction",
+    "freshness",
+    "freshness_strict",
+    "redirect",
+    "fmt",
+];
 
 fn query_params(query: Option<&str>) -> Result<HashMap<String, String>, String> {
     let mut params = HashMap::new();
@@ -116,8 +145,10 @@ async fn body(req: Request<Incoming>) -> Result<Bytes, HttpResponse> {
     }
 }
 
-/// Sends the request to the leader's HTTP API and returns its answer verbatim (rqlite forwards writes and
-/// weak reads sent to a follower). `None` when the leader or its HTTP address is unknown.
+/// Sends the request to the leader's HTTP API and passes its answer on (rqlite forwards writes and weak
+/// reads sent to a follower): status and content type from the head, the body streamed through chunk by
+/// chunk (a backup can be gigabytes). `None` when the leader or its HTTP address is unknown, or the leader
+/// did not answer with a head in time.
 async fn forward(
     node: &NodeShared,
     method: &Method,
@@ -135,34 +166,77 @@ async fn forward(
         );
         stream.write_all(head.as_bytes()).await?;
         stream.write_all(body).await?;
+        // Read until the end of the head (bounded); what follows it is the start of the body.
         let mut raw = Vec::new();
-        (&mut stream).take(FORWARD_ANSWER_BYTES_MAX + 1).read_to_end(&mut raw).await?;
-        Ok::<_, std::io::Error>(raw)
+        let mut chunk = vec![0u8; 16 << 10];
+        loop {
+            if let Some(split) = raw.windows(4).position(|w| w == b"\r\n\r\n") {
+                return Ok((stream, raw, split));
+            }
+            if raw.len() > FORWARD_HEAD_BYTES_MAX {
+                return Err(std::io::Error::other("the leader's answer has an oversized head"));
+            }
+            let n = stream.read(&mut chunk).await?;
+            if n == 0 {
+                return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof));
+            }
+            raw.extend_from_slice(&chunk[..n]);
+        }
     };
-    let raw = tokio::time::timeout(std::time::Duration::from_secs(30), exchange).await.ok()?.ok()?;
-    if raw.len() as u64 > FORWARD_ANSWER_BYTES_MAX {
-        return Some(error(StatusCode::BAD_GATEWAY, "the leader's answer exceeds the forwarding limit"));
-    }
-    // The head is text; the body is passed on byte for byte (a backup is binary).
-    let split = raw.windows(4).position(|w| w == b"\r\n\r\n")?;
-    let head = String::from_utf8_lossy(&raw[..split]);
+    let (stream, raw, split) = tokio::time::timeout(FORWARD_TIMEOUT, exchange).await.ok()?.ok()?;
+    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
     let status = head
         .split(' ')
         .nth(1)
         .and_then(|s| s.parse::<u16>().ok())
         .and_then(|s| StatusCode::from_u16(s).ok())?;
-    let content_type = head
-        .lines()
-        .find_map(|line| {
+    let header = |wanted: &str| {
+        head.lines().find_map(|line| {
             let (name, value) = line.split_once(':')?;
-            name.eq_ignore_ascii_case("content-type").then(|| value.trim().to_owned())
+            name.eq_ignore_ascii_case(wanted).then(|| value.trim().to_owned())
         })
+    };
+    let content_type = header("content-type")
         .and_then(|v| hyper::header::HeaderValue::from_str(&v).ok())
         .unwrap_or(hyper::header::HeaderValue::from_static("application/json"));
-    // The body is a view into the answer's buffer, not a copy (a backup can be hundreds of MiB).
-    let mut response = Response::new(Full::new(Bytes::from(raw).slice(split + 4..)));
+    // bop's answers carry a length (hyper sets it for whole bodies; backups set it themselves).
+    let length: Option<u64> = header("content-length").and_then(|v| v.parse().ok());
+    if header("transfer-encoding").is_some() {
+        return Some(error(
+            StatusCode::BAD_GATEWAY,
+            "the leader's answer is chunked; bop forwards sized bodies",
+        ));
+    }
+    let first = Bytes::from(raw).slice(split + 4..);
+    let remaining = length.map(|len| len.saturating_sub(first.len() as u64));
+    // The start of the body, then the rest of the connection, until the length (or the end of the stream).
+    let rest = futures_util::stream::unfold((stream, remaining), |(mut stream, remaining)| async move {
+        if remaining == Some(0) {
+            return None;
+        }
+        let want = remaining.map_or(STREAM_CHUNK_BYTES, |r| r.min(STREAM_CHUNK_BYTES as u64) as usize);
+        let mut buf = vec![0u8; want];
+        match tokio::time::timeout(FORWARD_TIMEOUT, stream.read(&mut buf)).await {
+            Ok(Ok(0)) if remaining.is_none() => None,
+            Ok(Ok(0)) => {
+                Some((Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof)), (stream, Some(0))))
+            }
+            Ok(Ok(n)) => {
+                buf.truncate(n);
+                Some((Ok(Bytes::from(buf)), (stream, remaining.map(|r| r - n as u64))))
+            }
+            Ok(Err(e)) => Some((Err(e), (stream, Some(0)))),
+            Err(_) => Some((Err(std::io::Error::from(std::io::ErrorKind::TimedOut)), (stream, Some(0)))),
+        }
+    });
+    use futures_util::StreamExt;
+    let body = futures_util::stream::iter((!first.is_empty()).then_some(Ok(first))).chain(rest);
+    let mut response = Response::new(streamed(body));
     *response.status_mut() = status;
     response.headers_mut().insert(hyper::header::CONTENT_TYPE, content_type);
+    if let Some(len) = length {
+        response.headers_mut().insert(hyper::header::CONTENT_LENGTH, hyper::header::HeaderValue::from(len));
+    }
     Some(response)
 }
 
@@ -222,11 +296,11 @@ async fn handle(node: Arc<NodeShared>, req: Request<Incoming>) -> Result<HttpRes
             Ok(bytes) => remove(&node, &bytes, pretty).await,
             Err(response) => response,
         },
-        (Method::GET, "/db/backup") => backup(&node, &db).await,
+        (Method::GET, "/db/backup") => backup(&node, &db, &params).await,
         (Method::GET, "/status") => respond(StatusCode::OK, &node.status(), pretty),
         (Method::GET, "/nodes") => respond(StatusCode::OK, &node.nodes(), pretty),
         (Method::GET, "/metrics") => {
-            let mut response = Response::new(Full::new(Bytes::from(node.metrics_text())));
+            let mut response = Response::new(full(node.metrics_text()));
             response.headers_mut().insert(
                 hyper::header::CONTENT_TYPE,
                 hyper::header::HeaderValue::from_static("text/plain; version=0.0.4"),
@@ -367,6 +441,28 @@ async fn write_batch(
     }
 }
 
+/// `freshness_strict`: beyond having heard from a leader within the freshness bound, this node must have
+/// applied everything that leader had reported committed by then; it waits for that at most `budget` (what
+/// is left of the bound), so that a read served is at least as fresh as a moment within the bound.
+async fn caught_up(node: &NodeShared, budget: std::time::Duration) -> Result<(), String> {
+    let (committed, applied) = {
+        let metrics = node.raft.metrics();
+        let m = metrics.borrow_watched();
+        (m.cluster_committed.as_ref().map_or(0, |c| c.index), m.last_applied.as_ref().map_or(0, |a| a.index))
+    };
+    if applied >= committed {
+        return Ok(());
+    }
+    node.raft
+        .wait(Some(budget))
+        .applied_index_at_least(Some(committed), "freshness_strict")
+        .await
+        .map(|_| ())
+        .map_err(|_| {
+            format!("stale read: applied {applied} of the {committed} entries the leader reported committed")
+        })
+}
+
 async fn query(
     node: &Arc<NodeShared>,
     db: &str,
@@ -389,7 +485,13 @@ async fn query(
                 };
                 if !node.is_leader() {
                     match node.contact.since() {
-                        Some(since) if since <= limit => {}
+                        Some(since) if since <= limit => {
+                            if params.contains_key("freshness_strict") {
+                                if let Err(reason) = caught_up(node, limit - since).await {
+                                    return respond(StatusCode::OK, &error_result(&reason), pretty);
+                                }
+                            }
+                        }
                         since => {
                             let heard =
                                 since.map_or("never".to_owned(), |d| format!("{} ms ago", d.as_millis()));
@@ -506,9 +608,19 @@ async fn request(
     write_batch(node, db, statements, params, true, pretty).await
 }
 
-/// `GET /db/backup`: a consistent copy of the database as an ordinary SQLite file, taken on the leader.
-async fn backup(node: &Arc<NodeShared>, db: &str) -> HttpResponse {
+/// `GET /db/backup`: a consistent copy of the database, taken on the leader: an ordinary SQLite file, or
+/// with `fmt=sql` the SQL text that rebuilds it. The copy is written to a file in the data directory,
+/// unlinked at once (only the open descriptor keeps it; a crash in between leaves a file removed at the
+/// next start) and streamed from there, so memory stays bounded by one chunk whatever the database's size.
+async fn backup(node: &Arc<NodeShared>, db: &str, params: &HashMap<String, String>) -> HttpResponse {
     static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let sql = match params.get("fmt").map(String::as_str) {
+        None | Some("binary") => false,
+        Some("sql") => true,
+        Some(other) => {
+            return error(StatusCode::BAD_REQUEST, format!("fmt {other:?}: bop backs up as binary or sql"))
+        }
+    };
     let engine = Arc::clone(&node.engine);
     let name = db.to_owned();
     let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -522,32 +634,46 @@ async fn backup(node: &Arc<NodeShared>, db: &str) -> HttpResponse {
                     .map_err(|e| (StatusCode::NOT_FOUND, format!("database {name:?}: {e}")))?;
                 let internal =
                     |e: &dyn std::fmt::Display| (StatusCode::INTERNAL_SERVER_ERROR, format!("backup: {e}"));
-                conn.backup_to(&target).map_err(|e| internal(&e))?;
-                let len = std::fs::metadata(&target).map_err(|e| internal(&e))?.len();
-                if len > BACKUP_BYTES_MAX {
-                    return Err((
-                        StatusCode::PAYLOAD_TOO_LARGE,
-                        format!("the database is {len} bytes; /db/backup returns at most {BACKUP_BYTES_MAX}"),
-                    ));
+                if sql {
+                    let file = std::fs::File::create(&target).map_err(|e| internal(&e))?;
+                    let mut out = std::io::BufWriter::new(file);
+                    super::dump::dump_sql(&mut conn, &mut out).map_err(|e| internal(&e))?;
+                    std::io::Write::flush(&mut out).map_err(|e| internal(&e))?;
+                } else {
+                    conn.backup_to(&target).map_err(|e| internal(&e))?;
                 }
-                std::fs::read(&target).map_err(|e| internal(&e))
+                let file = std::fs::File::open(&target).map_err(|e| internal(&e))?;
+                let len = file.metadata().map_err(|e| internal(&e))?.len();
+                Ok((file, len))
             })();
             let _ = std::fs::remove_file(&target);
             taken
         })
         .await;
-    match outcome {
-        Ok(Ok(bytes)) => {
-            let mut response = Response::new(Full::new(Bytes::from(bytes)));
-            response.headers_mut().insert(
-                hyper::header::CONTENT_TYPE,
-                hyper::header::HeaderValue::from_static("application/octet-stream"),
-            );
-            response
-        }
-        Ok(Err((status, message))) => error(status, message),
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, format!("backup task: {e}")),
-    }
+    let (file, len) = match outcome {
+        Ok(Ok(taken)) => taken,
+        Ok(Err((status, message))) => return error(status, message),
+        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, format!("backup task: {e}")),
+    };
+    let chunks =
+        futures_util::stream::unfold((tokio::fs::File::from_std(file), len), |(mut file, left)| async move {
+            use tokio::io::AsyncReadExt;
+            if left == 0 {
+                return None;
+            }
+            let n = left.min(STREAM_CHUNK_BYTES as u64);
+            let mut buf = vec![0u8; n as usize];
+            match file.read_exact(&mut buf).await {
+                Ok(_) => Some((Ok(Bytes::from(buf)), (file, left - n))),
+                Err(e) => Some((Err(e), (file, 0))),
+            }
+        });
+    let mut response = Response::new(streamed(chunks));
+    let content_type = if sql { "application/sql" } else { "application/octet-stream" };
+    let headers = response.headers_mut();
+    headers.insert(hyper::header::CONTENT_TYPE, hyper::header::HeaderValue::from_static(content_type));
+    headers.insert(hyper::header::CONTENT_LENGTH, hyper::header::HeaderValue::from(len));
+    response
 }
 
 #[derive(serde::Deserialize)]

@@ -1,5 +1,6 @@
 //! A bop node: storage, Raft over TCP, the SQL engine committing through Raft, and the HTTP API.
 
+mod dump;
 mod http;
 mod rqlite;
 
