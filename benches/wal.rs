@@ -29,15 +29,33 @@ struct Raw {
     p50: Duration,
 }
 
+/// How the raw baseline's file is prepared.
+#[derive(Clone, Copy, PartialEq)]
+enum RawFile {
+    /// Empty: every write grows it.
+    Growing,
+    /// fallocated: unwritten extents, converted by the first write to each block.
+    Allocated,
+    /// Zeros written and fsynced over the whole file first (how the WAL prepares segments by default).
+    ZeroFilled,
+}
+
 /// Sequential write + fdatasync of `size` bytes, the physical limit of a durable append.
-fn raw(dir: &std::path::Path, size: usize, preallocate: bool, direct: bool) -> Raw {
+fn raw(dir: &std::path::Path, size: usize, kind: RawFile, direct: bool) -> Raw {
     let io: Box<dyn Io> = if direct { Box::new(DirectIo::new()) } else { Box::new(BufferedIo::new()) };
-    let path = dir.join(format!("raw-{size}-{preallocate}-{direct}"));
+    let path = dir.join(format!("raw-{size}-{}-{direct}", kind as u8));
     let file = io.open(&path, OpenMode::CreateNew).expect("create");
-    if preallocate {
-        file.allocate(0, 256 << 20).expect("fallocate");
-        file.sync_all().expect("sync");
+    match kind {
+        RawFile::Growing => {}
+        RawFile::Allocated => file.allocate(0, 256 << 20).expect("fallocate"),
+        RawFile::ZeroFilled => {
+            let zeros = AlignedBuf::zeroed(1 << 20);
+            for i in 0..256u64 {
+                file.write_at(&zeros, i << 20).expect("zero-fill");
+            }
+        }
     }
+    file.sync_all().expect("sync");
     // Direct I/O writes whole blocks: the same bytes, padded as the WAL pads them.
     let len = if file.alignment() > 1 { size.next_multiple_of(file.alignment()) } else { size };
     let mut buf = AlignedBuf::zeroed(len);
@@ -189,23 +207,27 @@ fn main() {
     println!("| io | size | file | ops/s (1/p50) | p50 µs |");
     println!("|---|---|---|---|---|");
     // Warm the device and file system up before measuring anything.
-    let _ = raw(dir, 4096, true, false);
+    let _ = raw(dir, 4096, RawFile::Allocated, false);
     let mut raw_by_case = Vec::new();
     for direct in [false, true] {
         for size in [256usize, 4096] {
-            for preallocate in [false, true] {
-                let r = raw(dir, size, preallocate, direct);
-                let kind = if preallocate { "preallocated" } else { "growing" };
+            for kind in [RawFile::Growing, RawFile::Allocated, RawFile::ZeroFilled] {
+                let r = raw(dir, size, kind, direct);
+                let name = match kind {
+                    RawFile::Growing => "growing",
+                    RawFile::Allocated => "fallocated",
+                    RawFile::ZeroFilled => "zero-filled",
+                };
                 let io = if direct { "direct" } else { "buffered" };
-                println!("| {io} | {size} B | {kind} | {:.0} | {:.0} |", r.rate, r.p50.as_secs_f64() * 1e6);
-                if preallocate {
+                println!("| {io} | {size} B | {name} | {:.0} | {:.0} |", r.rate, r.p50.as_secs_f64() * 1e6);
+                if kind == RawFile::ZeroFilled {
                     raw_by_case.push((direct, size, r));
                 }
             }
         }
     }
     println!();
-    println!("durable appends (ratio = appends/s ÷ (preallocated raw ops/s × records per fsync); p50/raw = p50 ÷ raw p50)");
+    println!("durable appends (ratio = appends/s ÷ (zero-filled raw ops/s × records per fsync); p50/raw = p50 ÷ raw p50)");
     println!("| io | size | appenders | appends/s | p50 µs | p99 µs | records/fsync | ratio | p50/raw | ×1-appender |");
     println!("|---|---|---|---|---|---|---|---|---|---|");
     let ios: [(&str, Arc<dyn Io>); 2] =
