@@ -277,6 +277,8 @@ async fn the_http_api_speaks_rqlite() {
             r#"INSERT INTO "odd ""name" (t, r, b, n) VALUES ('it''s', 1.5, x'00ff', NULL)"#,
             "INSERT INTO \"odd \"\"name\" (t, r, b, n) VALUES ('line\nbreak', -2.5e-8, x'', 7)",
             "INSERT INTO kv VALUES ('a', 1), ('b', 'two')",
+            "CREATE TABLE g (a INTEGER, b INTEGER GENERATED ALWAYS AS (a * 2) VIRTUAL)",
+            "INSERT INTO g (rowid, a) VALUES (-9223372036854775808, 5), (3, 6)",
         ])
         .to_string()
         .as_bytes(),
@@ -306,6 +308,11 @@ async fn the_http_api_speaks_rqlite() {
         vec![vec![Text("a".into()), Integer(1)], vec![Text("b".into()), Text("two".into())],]
     );
     assert_eq!(q(&mut restored, "SELECT seq FROM sqlite_sequence"), vec![vec![Integer(2)]]);
+    // Generated columns are computed again, not inserted; the smallest possible rowid is not skipped.
+    assert_eq!(
+        q(&mut restored, "SELECT a, b FROM g ORDER BY rowid"),
+        vec![vec![Integer(5), Integer(10)], vec![Integer(6), Integer(12)]]
+    );
     assert_eq!(
         q(&mut restored, "SELECT name FROM sqlite_master WHERE type = 'index' AND name = 'odd_t'").len(),
         1
@@ -372,6 +379,8 @@ async fn the_http_api_speaks_rqlite() {
     // With freshness_strict the follower has also applied everything the leader had reported committed.
     let (_, out) = http(&f, "GET", &format!("{path}&level=none&freshness=10s&freshness_strict"), b"").await;
     assert_eq!(out["results"][0]["values"], json!([["fiona", 20], ["billy", 30]]), "{out}");
+    let (status, _) = http(&f, "GET", &format!("{path}&level=none&freshness_strict"), b"").await;
+    assert_eq!(status, 400, "freshness_strict without freshness");
     let (status, _) = http(&f, "GET", &format!("{path}&level=none&freshness=soon"), b"").await;
     assert_eq!(status, 400, "a freshness that is not a duration");
     let until = std::time::Instant::now() + Duration::from_secs(20);

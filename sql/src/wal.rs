@@ -75,7 +75,8 @@ pub(crate) struct ConnShared {
 /// Frames held by the current write transaction, in first-insert order; a later frame of the same page
 /// replaces the earlier one in place (as stock SQLite does within a transaction). The first
 /// `memory_frames_max` slots live in memory; later slots are spilled to the connection's spill file at
-/// `(slot - memory_frames_max) * PAGE_SIZE`, so a savepoint rollback (a truncation) frees file space too.
+/// `(slot - memory_frames_max) * PAGE_SIZE`, so after a savepoint rollback (a truncation) later frames reuse
+/// the file's space instead of growing it.
 struct HeldFrames {
     page_nos: Vec<u32>,
     memory: Vec<Box<[u8]>>,

@@ -119,39 +119,54 @@ fn dump_in_transaction(conn: &mut Connection, out: &mut impl Write) -> Result<()
 /// Writes the rows of table `name` (created by `sql`) as INSERT statements, a page at a time.
 fn dump_rows(conn: &mut Connection, name: &str, sql: &str, out: &mut impl Write) -> Result<(), DumpError> {
     let table = quote_identifier(name);
-    let columns = conn.query(&format!("PRAGMA table_info({table})"), &Params::None)?;
-    let column_names: Vec<String> =
-        columns.rows.iter().map(|row| text(&row[1]).to_ascii_lowercase()).collect();
+    // `table_xinfo` lists generated columns too (hidden 2 and 3): they are computed, not inserted, so the
+    // statements then name the stored columns.
+    let columns = conn.query(&format!("PRAGMA table_xinfo({table})"), &Params::None)?;
+    let stored: Vec<String> = columns
+        .rows
+        .iter()
+        .filter(|row| matches!(row.get(6), Some(Value::Integer(0)) | None))
+        .map(|row| text(&row[1]).to_owned())
+        .collect();
+    let all_stored = stored.len() == columns.rows.len();
+    let select_list: Vec<String> = stored.iter().map(|c| quote_identifier(c)).collect();
+    let select_list = select_list.join(", ");
+    let target = if all_stored { table.clone() } else { format!("{table}({select_list})") };
     let without_rowid = sql.to_ascii_uppercase().replace(char::is_whitespace, "").contains("WITHOUTROWID");
     // The rowid under a name no column hides.
-    let rowid =
-        ["rowid", "_rowid_", "oid"].into_iter().find(|alias| !column_names.iter().any(|c| c == alias));
+    let rowid = ["rowid", "_rowid_", "oid"]
+        .into_iter()
+        .find(|alias| !columns.rows.iter().any(|row| text(&row[1]).eq_ignore_ascii_case(alias)));
     match (without_rowid, rowid) {
         (false, Some(rowid)) => {
-            let page = format!(
-                "SELECT {rowid}, * FROM {table} WHERE {rowid} > ?1 ORDER BY {rowid} LIMIT {PAGE_ROWS}"
+            // The first page includes the smallest possible rowid; later ones start after the last seen.
+            let first = format!(
+                "SELECT {rowid}, {select_list} FROM {table} WHERE {rowid} >= ?1 ORDER BY {rowid} LIMIT {PAGE_ROWS}"
             );
+            let next = first.replace(">= ?1", "> ?1");
             let mut after = i64::MIN;
+            let mut page = &first;
             loop {
-                let rows = conn.query(&page, &Params::Positional(vec![Value::Integer(after)]))?;
+                let rows = conn.query(page, &Params::Positional(vec![Value::Integer(after)]))?;
                 for row in &rows.rows {
                     if let Some(Value::Integer(id)) = row.first() {
                         after = *id;
                     }
-                    write_insert(out, &table, &row[1..])?;
+                    write_insert(out, &target, &row[1..])?;
                 }
                 if (rows.rows.len() as i64) < PAGE_ROWS {
                     return Ok(());
                 }
+                page = &next;
             }
         }
         _ => {
-            let page = format!("SELECT * FROM {table} LIMIT {PAGE_ROWS} OFFSET ?1");
+            let page = format!("SELECT {select_list} FROM {table} LIMIT {PAGE_ROWS} OFFSET ?1");
             let mut offset = 0i64;
             loop {
                 let rows = conn.query(&page, &Params::Positional(vec![Value::Integer(offset)]))?;
                 for row in &rows.rows {
-                    write_insert(out, &table, row)?;
+                    write_insert(out, &target, row)?;
                 }
                 if (rows.rows.len() as i64) < PAGE_ROWS {
                     return Ok(());
@@ -162,9 +177,10 @@ fn dump_rows(conn: &mut Connection, name: &str, sql: &str, out: &mut impl Write)
     }
 }
 
-fn write_insert(out: &mut impl Write, table: &str, values: &[Value]) -> std::io::Result<()> {
+/// `INSERT INTO target VALUES(...);` where `target` is the quoted table, with a column list if needed.
+fn write_insert(out: &mut impl Write, target: &str, values: &[Value]) -> std::io::Result<()> {
     let values: Vec<String> = values.iter().map(literal).collect();
-    writeln!(out, "INSERT INTO {table} VALUES({});", values.join(","))
+    writeln!(out, "INSERT INTO {target} VALUES({});", values.join(","))
 }
 
 #[cfg(test)]

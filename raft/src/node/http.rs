@@ -34,6 +34,8 @@ pub const STREAM_CHUNK_BYTES: usize = 1 << 20;
 const FORWARD_HEAD_BYTES_MAX: usize = 64 << 10;
 /// Longest wait for the leader's head, and for each chunk of its body, when forwarding.
 const FORWARD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+/// Longest wait for the head of a forwarded backup (the leader copies the whole database first).
+const BACKUP_HEAD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3600);
 /// The database used when a request names none.
 pub const DEFAULT_DATABASE: &str = "main";
 
@@ -183,7 +185,11 @@ async fn forward(
             raw.extend_from_slice(&chunk[..n]);
         }
     };
-    let (stream, raw, split) = tokio::time::timeout(FORWARD_TIMEOUT, exchange).await.ok()?.ok()?;
+    // The leader builds a backup before it answers (its head carries the length), which takes a while for
+    // a large database.
+    let head_timeout =
+        if path_and_query.starts_with("/db/backup") { BACKUP_HEAD_TIMEOUT } else { FORWARD_TIMEOUT };
+    let (stream, raw, split) = tokio::time::timeout(head_timeout, exchange).await.ok()?.ok()?;
     let head = String::from_utf8_lossy(&raw[..split]).into_owned();
     let status = head
         .split(' ')
@@ -471,6 +477,9 @@ async fn query(
     pretty: bool,
 ) -> HttpResponse {
     let level = params.get("level").map(String::as_str).unwrap_or("weak");
+    if params.contains_key("freshness_strict") && !params.contains_key("freshness") {
+        return error(StatusCode::BAD_REQUEST, "freshness_strict needs freshness=DURATION");
+    }
     match level {
         "none" => {
             if let Some(limit) = params.get("freshness") {
@@ -610,8 +619,9 @@ async fn request(
 
 /// `GET /db/backup`: a consistent copy of the database, taken on the leader: an ordinary SQLite file, or
 /// with `fmt=sql` the SQL text that rebuilds it. The copy is written to a file in the data directory,
-/// unlinked at once (only the open descriptor keeps it; a crash in between leaves a file removed at the
-/// next start) and streamed from there, so memory stays bounded by one chunk whatever the database's size.
+/// unlinked as soon as it is complete and open (only the descriptor keeps it; a crash before leaves a file
+/// removed at the next start) and streamed from there, so memory stays bounded by one chunk whatever the
+/// database's size. The leader's disk needs room for the copy while it is made and sent.
 async fn backup(node: &Arc<NodeShared>, db: &str, params: &HashMap<String, String>) -> HttpResponse {
     static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let sql = match params.get("fmt").map(String::as_str) {
@@ -637,7 +647,10 @@ async fn backup(node: &Arc<NodeShared>, db: &str, params: &HashMap<String, Strin
                 if sql {
                     let file = std::fs::File::create(&target).map_err(|e| internal(&e))?;
                     let mut out = std::io::BufWriter::new(file);
-                    super::dump::dump_sql(&mut conn, &mut out).map_err(|e| internal(&e))?;
+                    super::dump::dump_sql(&mut conn, &mut out).map_err(|e| match e {
+                        super::dump::DumpError::Unsupported(reason) => (StatusCode::BAD_REQUEST, reason),
+                        other => internal(&other),
+                    })?;
                     std::io::Write::flush(&mut out).map_err(|e| internal(&e))?;
                 } else {
                     conn.backup_to(&target).map_err(|e| internal(&e))?;
