@@ -27,6 +27,11 @@ pub const NODES: usize = 3;
 const HOSTS: usize = NODES + 1;
 /// Registers the clients read and write.
 const KEYS: u64 = 4;
+/// The register the prober writes (clients use `0..KEYS`): its writes never overwrite, and so never hide,
+/// the clients' registers.
+const PROBE_KEY: u64 = KEYS;
+/// Violations a run keeps the text of.
+const VIOLATIONS_KEPT: usize = 100;
 /// Client hosts.
 const CLIENTS: usize = 3;
 /// One simulation step (turmoil tick).
@@ -189,6 +194,13 @@ struct World {
     writes_acked: Cell<usize>,
     /// Membership changes for the admin client to make.
     admin: RefCell<std::collections::VecDeque<Admin>>,
+    /// Until when (simulated ms) the prober writes through the nodes other than this one (a killed leader):
+    /// writes aimed at whichever node leads next, as soon as it does.
+    probe: Cell<Option<(usize, u64)>>,
+    /// A node that reports itself leader, as of the last step.
+    leader_now: Cell<Option<usize>>,
+    /// Violations beyond `VIOLATIONS_KEPT`.
+    violations_dropped: Cell<usize>,
 }
 
 /// A membership change the admin client makes over HTTP (through any node; followers forward).
@@ -216,9 +228,26 @@ impl World {
         }
     }
 
+    /// The violations kept, and a line counting the others.
+    fn violations_reported(&self) -> Vec<String> {
+        let mut violations = self.violations.borrow().clone();
+        let dropped = self.violations_dropped.get();
+        if dropped > 0 {
+            violations.push(format!("... and {dropped} more violations"));
+        }
+        violations
+    }
+
+    /// Records a violation; past `VIOLATIONS_KEPT`, only their number grows (a broken invariant can fire
+    /// at every step).
     fn violation(&self, text: String) {
         self.event(format!("VIOLATION {text}"));
-        self.violations.borrow_mut().push(text);
+        let mut violations = self.violations.borrow_mut();
+        if violations.len() < VIOLATIONS_KEPT {
+            violations.push(text);
+        } else {
+            self.violations_dropped.set(self.violations_dropped.get() + 1);
+        }
     }
 }
 
@@ -305,6 +334,60 @@ async fn read(node: usize, key: u64, level: &str) -> Result<(Option<u64>, Option
     Ok((row[0].as_u64(), row[1].as_u64()))
 }
 
+/// Writes a fresh value to register `key` through `node` and records the operation in the history.
+async fn recorded_write(world: &World, who: &str, node: usize, key: u64) -> Result<(), String> {
+    let value = world.next_value.get() + 1;
+    world.next_value.set(value);
+    world.writes.borrow_mut().insert(value, key);
+    let call = world.tick();
+    let outcome = write(node, key, value).await;
+    let ret = world.tick();
+    world.event(format!("{who} write k{key}={value} via n{} -> {outcome:?}", node + 1));
+    let acked = outcome.is_ok();
+    if acked {
+        world.writes_acked.set(world.writes_acked.get() + 1);
+    }
+    world.history.borrow_mut().push(Operation { key, op: Op::Write(value), call, ret: acked.then_some(ret) });
+    outcome
+}
+
+/// Probe writes in flight at once.
+const PROBES_MAX: usize = 32;
+
+/// After a leader kill (see `Harness::kill_when_ahead`), writes to the next leader as soon as it leads —
+/// before it has applied its predecessor's entries, the window in which a new leader must not run
+/// transactions — a write every few milliseconds, without waiting for earlier ones. It writes to the new
+/// leader directly: forwarded through a follower that still names the dead leader, each would be a
+/// connection attempt to a dead host, which turmoil never releases the port of.
+async fn prober(world: Rc<World>, seed: u64) -> turmoil::Result {
+    let mut rng = Rng::new(seed);
+    let in_flight = Rc::new(Cell::new(0usize));
+    loop {
+        match world.phase.get() {
+            Phase::Final | Phase::Done => return Ok(()),
+            Phase::Liveness => world.probe.set(None),
+            Phase::Safety => {}
+        }
+        match (world.probe.get(), world.leader_now.get()) {
+            (Some((dead, until)), Some(leader))
+                if leader != dead && world.now_ms.get() < until && world.ready.get() =>
+            {
+                if in_flight.get() < PROBES_MAX {
+                    let (world, in_flight) = (Rc::clone(&world), Rc::clone(&in_flight));
+                    in_flight.set(in_flight.get() + 1);
+                    tokio::task::spawn_local(async move {
+                        let _ = recorded_write(&world, "probe", leader, PROBE_KEY).await;
+                        in_flight.set(in_flight.get() - 1);
+                    });
+                }
+                tokio::time::sleep(Duration::from_millis(rng.between(2, 8))).await;
+            }
+            (Some(_), _) => tokio::time::sleep(Duration::from_millis(1)).await,
+            _ => tokio::time::sleep(Duration::from_millis(10)).await,
+        }
+    }
+}
+
 async fn client(world: Rc<World>, id: usize, seed: u64) -> turmoil::Result {
     let mut rng = Rng::new(seed);
     if id == 0 {
@@ -334,28 +417,16 @@ async fn client(world: Rc<World>, id: usize, seed: u64) -> turmoil::Result {
         }
         let key = rng.below(KEYS);
         let node = rng.below(NODES as u64) as usize;
-        let roll = rng.below(100);
+        let mut roll = rng.below(100);
+        if world.probe.get().is_some_and(|(_, until)| world.now_ms.get() < until) && roll < 80 {
+            // While the prober runs, clients only read (linearizably), so that an acknowledged write a new
+            // leader lost is seen missing before another write to its register hides it.
+            roll = 50 + roll % 30;
+        }
         let must_succeed =
             phase == Phase::Liveness && world.now_ms.get() > world.healed_at_ms.get() + HEAL_GRACE_MS;
         let failed = if roll < 50 {
-            let value = world.next_value.get() + 1;
-            world.next_value.set(value);
-            world.writes.borrow_mut().insert(value, key);
-            let call = world.tick();
-            let outcome = write(node, key, value).await;
-            let ret = world.tick();
-            world.event(format!("c{id} write k{key}={value} via n{} -> {outcome:?}", node + 1));
-            let acked = outcome.is_ok();
-            if acked {
-                world.writes_acked.set(world.writes_acked.get() + 1);
-            }
-            world.history.borrow_mut().push(Operation {
-                key,
-                op: Op::Write(value),
-                call,
-                ret: acked.then_some(ret),
-            });
-            outcome.err()
+            recorded_write(&world, &format!("c{id}"), node, key).await.err()
         } else {
             let level = if roll < 80 { "linearizable" } else { "weak" };
             let call = world.tick();
@@ -498,6 +569,10 @@ struct Harness<'a> {
     spare_member: bool,
     /// Until when an armed "leader kill after an ack" waits for its moment.
     kill_when_ahead_until: Option<u64>,
+    /// Acknowledged writes as of the previous step.
+    acked_seen: usize,
+    /// A host panicked; the simulation must not be stepped or torn down again.
+    panicked: bool,
     /// The kinds of fault to inject (empty: all).
     faults: Vec<String>,
 }
@@ -657,11 +732,16 @@ impl Harness<'_> {
         }
     }
 
-    /// The armed "leader kill after an ack": kills the leader at the first step where it has applied (and so
-    /// may have acknowledged) an entry that a follower stores but has not applied yet, so that the next
-    /// leader starts with committed entries still to apply: the window in which a new leader must not run
-    /// transactions on its stale view.
+    /// The armed "leader kill after an ack": kills the leader at the first step where a client has just
+    /// heard "written" and the leader has applied an entry that a follower stores but has not applied yet,
+    /// so that the next leader starts with acknowledged entries still to apply: the window in which a new
+    /// leader must not run transactions on its stale view.
     fn kill_when_ahead(&mut self) {
+        self.world.leader_now.set(self.leader());
+        // Whether a client heard "written" since the previous step.
+        let acked = self.world.writes_acked.get();
+        let fresh_ack = acked > self.acked_seen;
+        self.acked_seen = acked;
         let Some(until) = self.kill_when_ahead_until else { return };
         if self.now_ms() > until {
             self.kill_when_ahead_until = None;
@@ -686,39 +766,48 @@ impl Harness<'_> {
             Some((m.last_applied.map_or(0, |l| l.index), node.wal().state().last.map_or(0, |p| p.index)))
         };
         let Some((leader_applied, _)) = progress(leader) else { return };
-        let behind = Self::others(leader).into_iter().find(|&j| {
+        // Every other node stores the entry and none has applied it: whichever leads next starts behind.
+        let others = Self::others(leader);
+        let all_behind = others.iter().all(|&j| {
             progress(j).is_some_and(|(applied, stored)| applied < leader_applied && stored >= leader_applied)
         });
-        if let Some(j) = behind {
+        let behind = all_behind.then_some(others[0]);
+        if let (Some(j), true) = (behind, fresh_ack) {
+            // The leader's messages still on the wire die with it (a power cut before the NIC sent them):
+            // the followers do not learn what it last committed, though a client has just heard back.
             self.kill_when_ahead_until = None;
-            // Its messages still on the wire die with it (a power cut before the NIC sent them): the
-            // followers do not learn what it last committed.
             for k in Self::others(leader) {
                 self.sim.partition_oneway(host(leader), host(k));
             }
-            self.crash(leader, CrashMode::TornSectors);
-            let now = self.now_ms();
-            // Back late enough for the others to have elected a leader.
-            let heal_at = now + self.rng.between(1500, 3000);
-            self.heals.push((heal_at, Heal::Restart(leader)));
-            for k in Self::others(leader) {
-                self.heals.push((heal_at, Heal::RepairOneway(leader, k)));
-            }
-            // A slow network keeps the next leader's own first entry uncommitted (and the old entries
-            // unapplied) for a while.
-            let latency = Duration::from_millis(self.rng.between(20, 150));
-            self.sim.set_max_message_latency(latency);
-            self.heals.push((heal_at, Heal::Latency));
-            self.fault(
-                "leader kill after an ack",
-                format!(
-                    "n{} applied {leader_applied}, n{} has it unapplied; messages take up to {} ms",
-                    leader + 1,
-                    j + 1,
-                    latency.as_millis()
-                ),
-            );
+            self.kill_cut_leader(leader, j, leader_applied);
         }
+    }
+
+    /// Kills `leader`, whose links to the other nodes `kill_when_ahead` cut.
+    fn kill_cut_leader(&mut self, leader: usize, follower: usize, applied: u64) {
+        self.crash(leader, CrashMode::TornSectors);
+        let now = self.now_ms();
+        // Back late enough for the others to have elected a leader.
+        let heal_at = now + self.rng.between(1500, 3000);
+        self.heals.push((heal_at, Heal::Restart(leader)));
+        for k in Self::others(leader) {
+            self.heals.push((heal_at, Heal::RepairOneway(leader, k)));
+        }
+        // A slow network keeps the next leader's own first entry uncommitted (and the old entries
+        // unapplied) for a while.
+        let latency = Duration::from_millis(self.rng.between(20, 150));
+        self.sim.set_max_message_latency(latency);
+        self.heals.push((heal_at, Heal::Latency));
+        self.world.probe.set(Some((leader, heal_at)));
+        self.fault(
+            "leader kill after an ack",
+            format!(
+                "n{} applied {applied}, n{} has it unapplied; messages take up to {} ms",
+                leader + 1,
+                follower + 1,
+                latency.as_millis()
+            ),
+        );
     }
 
     fn heal(&mut self, heal: Heal) {
@@ -901,16 +990,41 @@ impl Harness<'_> {
 
     fn step(&mut self, step: u64) -> bool {
         self.world.now_ms.set(step * TICK_MS);
-        match self.sim.step() {
-            Ok(_) => {
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.sim.step())) {
+            Ok(Ok(_)) => {
                 self.observe(step);
                 true
             }
-            Err(e) => {
+            Ok(Err(e)) => {
                 self.world.violation(format!("a host failed: {e}"));
                 false
             }
+            Err(panic) => {
+                // A panic inside a host (e.g. one of openraft's debug assertions seeing a follower's log go
+                // backwards): the run ends here and reports it; the simulation is not touched again.
+                let message = panic
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                    .unwrap_or_else(|| "a panic".into());
+                self.world.violation(format!("a host panicked: {message}"));
+                self.panicked = true;
+                false
+            }
         }
+    }
+
+    /// The report of a run that a host panic ended: what was seen up to then. The simulation is leaked,
+    /// not dropped: after a panic inside it, tearing it down can panic again.
+    fn abandon(mut self, step: u64) -> Report {
+        let mut report = std::mem::take(&mut self.report);
+        report.ops_checked = self.world.history.borrow().len() + self.world.weak_reads.borrow().len();
+        report.writes_acked = self.world.writes_acked.get();
+        report.sim_ms = step * TICK_MS;
+        report.violations = self.world.violations_reported();
+        report.trace_hash = self.world.trace.borrow().finish();
+        std::mem::forget(self);
+        report
     }
 }
 
@@ -943,6 +1057,9 @@ fn run_inner(options: &Options) -> Report {
         finals_done: Cell::new(false),
         writes_acked: Cell::new(0),
         admin: RefCell::new(std::collections::VecDeque::new()),
+        probe: Cell::new(None),
+        leader_now: Cell::new(None),
+        violations_dropped: Cell::new(0),
     });
     let mut report = Report { seed: options.seed, ..Report::default() };
     let dir = match tempfile::tempdir() {
@@ -1018,6 +1135,7 @@ fn run_inner(options: &Options) -> Report {
         sim.client(format!("client{c}"), client(world, c, seed));
     }
     sim.client("admin", admin(Rc::clone(&world), rng.next_u64()));
+    sim.client("prober", prober(Rc::clone(&world), rng.next_u64()));
     let mut harness = Harness {
         sim,
         world: Rc::clone(&world),
@@ -1031,6 +1149,8 @@ fn run_inner(options: &Options) -> Report {
         progress: vec![None; HOSTS],
         spare_member: false,
         kill_when_ahead_until: None,
+        acked_seen: 0,
+        panicked: false,
         faults: options.faults.clone(),
     };
     let mut step = 0u64;
@@ -1050,12 +1170,18 @@ fn run_inner(options: &Options) -> Report {
     while ok && step < safety_end {
         step += 1;
         ok = harness.step(step);
+        if !ok {
+            break;
+        }
         harness.heal_due(false);
         harness.kill_when_ahead();
         if step >= next_fault {
             harness.inject();
             next_fault = step + harness.rng.between(300, 900);
         }
+    }
+    if harness.panicked {
+        return harness.abandon(step);
     }
     // Liveness phase: everything healed and restarted; after a grace period every request must succeed.
     harness.heal_due(true);
@@ -1096,6 +1222,9 @@ fn run_inner(options: &Options) -> Report {
         ok = harness.step(step);
     }
     world.phase.set(Phase::Done);
+    if harness.panicked {
+        return harness.abandon(step);
+    }
     if ok {
         harness.compare_pages();
         harness.compare_logs();
@@ -1120,7 +1249,7 @@ fn run_inner(options: &Options) -> Report {
     report.ops_checked = history.len() + world.weak_reads.borrow().len();
     report.writes_acked = world.writes_acked.get();
     report.sim_ms = step * TICK_MS;
-    report.violations = world.violations.borrow().clone();
+    report.violations = world.violations_reported();
     report.trace_hash = world.trace.borrow().finish();
     // Nodes down before the directory goes.
     for slot in &harness.slots {

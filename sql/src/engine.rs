@@ -160,22 +160,39 @@ impl SqlEngine {
     }
 
     /// Commits page 1 of an empty database if the database has no pages yet (see `page_one`).
+    ///
+    /// It claims the database's write lock as a write transaction does (`WriterState::active`) but does
+    /// not hold the mutex while the sink commits: through Raft that waits for the cluster, and a thread
+    /// blocked on the mutex meanwhile could be the one the commit needs (the simulation runs SQL in lockstep
+    /// with the runtime, and deadlocked so).
     fn initialise(&self, shared: &DbShared) -> Result<(), SqlError> {
-        let mut writer = shared.writer.lock();
-        let snapshot = shared.db.snapshot()?;
-        if snapshot.page_count() > 0 {
-            return Ok(());
+        let read_index = {
+            let mut writer = shared.writer.lock();
+            let snapshot = shared.db.snapshot()?;
+            if snapshot.page_count() > 0 {
+                return Ok(());
+            }
+            if writer.active {
+                return Err(SqlError::invalid("database has no pages but a writer is active"));
+            }
+            writer.active = true;
+            snapshot.index()
+        };
+        /// Gives the write lock back however the commit ends.
+        struct Release<'a>(&'a DbShared);
+        impl Drop for Release<'_> {
+            fn drop(&mut self) {
+                self.0.writer.lock().active = false;
+            }
         }
-        let read_index = snapshot.index();
-        drop(snapshot);
-        if writer.active {
-            return Err(SqlError::invalid("database has no pages but a writer is active"));
-        }
+        let release = Release(shared);
         let page = empty_database_page_one();
         let index = shared
             .sink
             .commit(&shared.db, &[(1, &page)], 1, read_index)
             .map_err(|e| SqlError::invalid(format!("initialising database {}: {e}", shared.db.name())))?;
+        drop(release);
+        let mut writer = shared.writer.lock();
         writer.last_commit_index = writer.last_commit_index.max(index);
         Ok(())
     }

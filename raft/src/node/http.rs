@@ -34,6 +34,9 @@ pub const STREAM_CHUNK_BYTES: usize = 1 << 20;
 const FORWARD_HEAD_BYTES_MAX: usize = 64 << 10;
 /// Longest wait for the leader's head, and for each chunk of its body, when forwarding.
 const FORWARD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+/// Longest wait for a connection to the leader when forwarding (a leader whose machine is down never
+/// answers the connection attempt at all).
+const FORWARD_CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(500);
 /// Longest wait for the head of a forwarded backup (the leader copies the whole database first).
 const BACKUP_HEAD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3600);
 /// The database used when a request names none.
@@ -149,19 +152,23 @@ async fn body(req: Request<Incoming>) -> Result<Bytes, HttpResponse> {
 
 /// Sends the request to the leader's HTTP API and passes its answer on (rqlite forwards writes and weak
 /// reads sent to a follower): status and content type from the head, the body streamed through chunk by
-/// chunk (a backup can be gigabytes). `None` when the leader or its HTTP address is unknown, or the leader
-/// did not answer with a head in time.
+/// chunk (a backup can be gigabytes). Fails when the leader or its HTTP address is unknown, cannot be
+/// connected to within [`FORWARD_CONNECT_TIMEOUT`], or does not answer with a head in time.
 async fn forward(
     node: &NodeShared,
     method: &Method,
     path_and_query: &str,
     body: &[u8],
-) -> Option<HttpResponse> {
+) -> Result<HttpResponse, ForwardFailure> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let (_, addr) = node.leader()?;
-    let target = crate::tcp::http_addr_of(&addr)?.to_owned();
+    let (leader, addr) = node.leader().ok_or(ForwardFailure::Other)?;
+    let target = crate::tcp::http_addr_of(&addr).ok_or(ForwardFailure::Other)?.to_owned();
+    // Nothing was sent if this fails, so the request may go to another leader.
+    let mut stream = match tokio::time::timeout(FORWARD_CONNECT_TIMEOUT, node.net.connect(&target)).await {
+        Ok(Ok(stream)) => stream,
+        _ => return Err(ForwardFailure::Unreachable(leader)),
+    };
     let exchange = async {
-        let mut stream = node.net.connect(&target).await?;
         let head = format!(
             "{method} {path_and_query} HTTP/1.1\r\nHost: {target}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
             body.len()
@@ -189,13 +196,17 @@ async fn forward(
     // a large database.
     let head_timeout =
         if path_and_query.starts_with("/db/backup") { BACKUP_HEAD_TIMEOUT } else { FORWARD_TIMEOUT };
-    let (stream, raw, split) = tokio::time::timeout(head_timeout, exchange).await.ok()?.ok()?;
+    let (stream, raw, split) = match tokio::time::timeout(head_timeout, exchange).await {
+        Ok(Ok(answer)) => answer,
+        _ => return Err(ForwardFailure::Other),
+    };
     let head = String::from_utf8_lossy(&raw[..split]).into_owned();
     let status = head
         .split(' ')
         .nth(1)
         .and_then(|s| s.parse::<u16>().ok())
-        .and_then(|s| StatusCode::from_u16(s).ok())?;
+        .and_then(|s| StatusCode::from_u16(s).ok())
+        .ok_or(ForwardFailure::Other)?;
     let header = |wanted: &str| {
         head.lines().find_map(|line| {
             let (name, value) = line.split_once(':')?;
@@ -208,7 +219,7 @@ async fn forward(
     // bop's answers carry a length (hyper sets it for whole bodies; backups set it themselves).
     let length: Option<u64> = header("content-length").and_then(|v| v.parse().ok());
     if header("transfer-encoding").is_some() {
-        return Some(error(
+        return Ok(error(
             StatusCode::BAD_GATEWAY,
             "the leader's answer is chunked; bop forwards sized bodies",
         ));
@@ -243,7 +254,15 @@ async fn forward(
     if let Some(len) = length {
         response.headers_mut().insert(hyper::header::CONTENT_LENGTH, hyper::header::HeaderValue::from(len));
     }
-    Some(response)
+    Ok(response)
+}
+
+/// Why a request could not be passed to the leader.
+enum ForwardFailure {
+    /// The leader (this node id) could not be reached; nothing was sent.
+    Unreachable(u64),
+    /// No leader or address is known, or the leader did not answer in time.
+    Other,
 }
 
 async fn handle(node: Arc<NodeShared>, req: Request<Incoming>) -> Result<HttpResponse, Infallible> {
@@ -364,8 +383,19 @@ async fn to_leader(
         return not_leader(node, pretty);
     }
     match forward(node, method, path_and_query, bytes).await {
-        Some(response) => response,
-        None => not_leader(node, pretty),
+        Ok(response) => response,
+        Err(ForwardFailure::Unreachable(tried)) => {
+            // If the cluster already has another leader (the connection attempt may have taken a while),
+            // try it once: nothing was sent to the first, so this cannot apply the request twice. Otherwise
+            // the client hears at once that there is no reachable leader, and retries when it chooses.
+            match node.leader() {
+                Some((id, _)) if id != tried => forward(node, method, path_and_query, bytes)
+                    .await
+                    .unwrap_or_else(|_| not_leader(node, pretty)),
+                _ => not_leader(node, pretty),
+            }
+        }
+        Err(ForwardFailure::Other) => not_leader(node, pretty),
     }
 }
 
