@@ -302,6 +302,11 @@ impl Shared {
                     return;
                 }
             }
+            if self.state.lock().poison.is_some() {
+                // No roll will follow; a reopen recovers the store.
+                self.prepare.lock().requested = false;
+                continue;
+            }
             let prepared = segment::prepare(self.io.as_ref(), &self.config, &self.metrics);
             let mut slot = self.prepare.lock();
             slot.requested = false;
