@@ -189,6 +189,15 @@ pub async fn write_frame(stream: &mut (impl AsyncWrite + Unpin), body: &[u8]) ->
 pub async fn read_frame(stream: &mut (impl AsyncRead + Unpin)) -> io::Result<Vec<u8>> {
     let mut head = [0u8; 8];
     stream.read_exact(&mut head).await?;
+    let (len, expected) = frame_head(&head)?;
+    let mut body = vec![0u8; len];
+    stream.read_exact(&mut body).await?;
+    check_body(&body, expected)?;
+    Ok(body)
+}
+
+/// A frame head's body length and checksum; an oversized length is `InvalidData`.
+fn frame_head(head: &[u8; 8]) -> io::Result<(usize, u32)> {
     let len = u32::from_le_bytes([head[0], head[1], head[2], head[3]]) as usize;
     let expected = u32::from_le_bytes([head[4], head[5], head[6], head[7]]);
     if len > FRAME_BYTES_MAX {
@@ -197,16 +206,19 @@ pub async fn read_frame(stream: &mut (impl AsyncRead + Unpin)) -> io::Result<Vec
             format!("frame of {len} bytes exceeds {FRAME_BYTES_MAX}"),
         ));
     }
-    let mut body = vec![0u8; len];
-    stream.read_exact(&mut body).await?;
-    let got = crc32c::crc32c(&body);
+    Ok((len, expected))
+}
+
+/// A body whose checksum is not the head's is `InvalidData`.
+fn check_body(body: &[u8], expected: u32) -> io::Result<()> {
+    let got = crc32c::crc32c(body);
     if got != expected {
         return Err(io::Error::new(
             io::ErrorKind::InvalidData,
             format!("frame checksum {got:#010x} != {expected:#010x}"),
         ));
     }
-    Ok(body)
+    Ok(())
 }
 
 /// The Raft address in a node's `BasicNode::addr`, which is `RAFT_ADDR` or `RAFT_ADDR http=HTTP_ADDR`.
@@ -477,31 +489,18 @@ impl FrameReader {
     }
 
     fn take_frame(&mut self) -> io::Result<Option<Vec<u8>>> {
-        let Some(head) = self.buf.get(..8) else {
+        let Some(head) = self.buf.first_chunk::<8>() else {
             self.buf.reserve(8 << 10);
             return Ok(None);
         };
-        let len = u32::from_le_bytes([head[0], head[1], head[2], head[3]]) as usize;
-        let expected = u32::from_le_bytes([head[4], head[5], head[6], head[7]]);
-        if len > FRAME_BYTES_MAX {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!("frame of {len} bytes exceeds {FRAME_BYTES_MAX}"),
-            ));
-        }
+        let (len, expected) = frame_head(head)?;
         if self.buf.len() < 8 + len {
             self.buf.reserve(8 + len - self.buf.len());
             return Ok(None);
         }
         let body = self.buf[8..8 + len].to_vec();
         self.buf.drain(..8 + len);
-        let got = crc32c::crc32c(&body);
-        if got != expected {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!("frame checksum {got:#010x} != {expected:#010x}"),
-            ));
-        }
+        check_body(&body, expected)?;
         Ok(Some(body))
     }
 }

@@ -197,7 +197,7 @@ struct World {
     /// Until when (simulated ms) the prober writes through the nodes other than this one (a killed leader):
     /// writes aimed at whichever node leads next, as soon as it does.
     probe: Cell<Option<(usize, u64)>>,
-    /// A node that reports itself leader, as of the last step.
+    /// A node that reports itself leader, as of the last step (set by `Harness::observe`).
     leader_now: Cell<Option<usize>>,
     /// Violations beyond `VIOLATIONS_KEPT`.
     violations_dropped: Cell<usize>,
@@ -737,7 +737,6 @@ impl Harness<'_> {
     /// so that the next leader starts with acknowledged entries still to apply: the window in which a new
     /// leader must not run transactions on its stale view.
     fn kill_when_ahead(&mut self) {
-        self.world.leader_now.set(self.leader());
         // Whether a client heard "written" since the previous step.
         let acked = self.world.writes_acked.get();
         let fresh_ack = acked > self.acked_seen;
@@ -841,6 +840,7 @@ impl Harness<'_> {
     /// The invariants checked after every step.
     fn observe(&mut self, step: u64) {
         let now = self.now_ms();
+        let mut leader_now = None;
         for i in 0..HOSTS {
             let slot = Rc::clone(&self.slots[i]);
             let guard = slot.node.borrow();
@@ -858,6 +858,7 @@ impl Harness<'_> {
                 ));
             }
             if running && m.state.is_leader() {
+                leader_now = leader_now.or(Some(i));
                 let term = m.current_term;
                 match self.leaders.get(&term) {
                     Some(&other) if other != id => {
@@ -896,6 +897,7 @@ impl Harness<'_> {
                 }
             }
         }
+        self.world.leader_now.set(leader_now);
         if step % HASH_EVERY_STEPS == 0 {
             self.compare_pages();
         }
