@@ -17,6 +17,7 @@ use std::io;
 use std::ops::{Bound, RangeBounds};
 use std::sync::Arc;
 
+use bop_storage::format::{encoded_len, RECORD_ALIGN, RECORD_HEADER_LEN};
 use bop_storage::manifest::{Batch, Manifest, RaftBlob};
 use bop_storage::wal::{LogPos, NewEntry, WalError, WalStore, WriterMode};
 use openraft::entry::RaftEntry;
@@ -132,6 +133,16 @@ where
         &self.inner.wal
     }
 
+    /// The largest serialized entry this log accepts: a WAL record's payload, and within the WAL's
+    /// in-flight bound. A proposer must refuse anything larger before it reaches Raft (an append error is
+    /// fatal to openraft); entries up to it are always accepted, however many arrive in one append.
+    pub fn entry_bytes_max(&self) -> usize {
+        let config = self.inner.wal.config();
+        config
+            .record_payload_max_bytes()
+            .min(config.queue_bytes_max.saturating_sub(RECORD_HEADER_LEN + RECORD_ALIGN))
+    }
+
     /// Flushes and closes the WAL (outstanding callbacks resolve first).
     pub fn close(&self) -> Result<(), WalError> {
         self.inner.wal.close()
@@ -153,7 +164,20 @@ where
         if start >= end {
             return Ok(Vec::new());
         }
-        let entries = self.inner.wal.read_range(start, end, bytes_max).map_err(wal_err)?;
+        // The budget is checked before an entry is added: the first entry always goes (alone if it is
+        // larger than the budget), a later one only if it still fits, so a batch never exceeds
+        // max(budget, one entry) and always fits a transport frame.
+        let mut stop = start;
+        let mut bytes = 0usize;
+        while stop < end {
+            let Some(len) = self.inner.wal.payload_len(stop) else { break };
+            if stop > start && bytes.saturating_add(len) > bytes_max {
+                break;
+            }
+            bytes = bytes.saturating_add(len);
+            stop += 1;
+        }
+        let entries = self.inner.wal.read_range(start, stop, usize::MAX).map_err(wal_err)?;
         entries.iter().map(|e| Self::decode_entry(&e.payload)).collect()
     }
 
@@ -271,13 +295,31 @@ where
         I: IntoIterator<Item = C::Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        let mut batch = Vec::new();
+        // openraft may hand over more entries at once than the WAL takes in flight (each fits, their sum
+        // may not): submit them in parts that fit, waiting for space between parts. The WAL makes parts
+        // durable in order, so the last part's callback covers them all; a failure poisons the store and
+        // fails every later part too.
+        let config = self.inner.wal.config();
+        let (bytes_max, records_max) = (config.queue_bytes_max, config.queue_records_max);
+        let mut parts: Vec<Vec<NewEntry>> = Vec::new();
+        let mut part: Vec<NewEntry> = Vec::new();
+        let mut part_bytes = 0usize;
         for entry in entries {
-            batch.push(NewEntry { index: entry.index(), term: 0, payload: encode(&entry)? });
+            let payload = encode(&entry)?;
+            let cost = encoded_len(payload.len());
+            if !part.is_empty() && (part_bytes + cost > bytes_max || part.len() >= records_max) {
+                parts.push(std::mem::take(&mut part));
+                part_bytes = 0;
+            }
+            part_bytes += cost;
+            part.push(NewEntry { index: entry.index(), term: 0, payload });
+        }
+        for earlier in parts {
+            self.inner.wal.append_with_async(earlier, Box::new(|_| {})).await.map_err(wal_err)?;
         }
         let done =
             Box::new(move |result: Result<(), WalError>| callback.io_completed(result.map_err(wal_err)));
-        self.inner.wal.append_with_async(batch, done).await.map_err(wal_err)
+        self.inner.wal.append_with_async(part, done).await.map_err(wal_err)
     }
 
     async fn truncate_after(&mut self, last_log_id: Option<LogIdOf<C>>) -> Result<(), io::Error> {

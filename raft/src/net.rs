@@ -28,6 +28,32 @@ pub trait Listener: Send + 'static {
     fn local_addr(&self) -> io::Result<String>;
 }
 
+/// Accepts the next connection on `listener`, never failing: an error (out of descriptors, a connection
+/// aborted before it was accepted) is logged and followed by a pause that doubles from 10 ms up to 1 s,
+/// then `accept` is tried again. `backoff` carries the pause between calls (start it at `None`).
+pub async fn accept_retrying(
+    listener: &mut dyn Listener,
+    backoff: &mut Option<std::time::Duration>,
+    server: &'static str,
+) -> (BoxStream, String) {
+    const FIRST: std::time::Duration = std::time::Duration::from_millis(10);
+    const MOST: std::time::Duration = std::time::Duration::from_secs(1);
+    loop {
+        match listener.accept().await {
+            Ok(accepted) => {
+                *backoff = None;
+                return accepted;
+            }
+            Err(e) => {
+                let pause = backoff.map_or(FIRST, |b| (b * 2).min(MOST));
+                *backoff = Some(pause);
+                tracing::warn!(server, error = %e, pause_ms = pause.as_millis() as u64, "accept failed");
+                tokio::time::sleep(pause).await;
+            }
+        }
+    }
+}
+
 /// A network: listen on an address, connect to one.
 pub trait Net: Send + Sync + 'static {
     /// Listens on `addr`.

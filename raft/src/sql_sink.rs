@@ -26,6 +26,34 @@ pub struct RaftSink {
     raft: Raft<BopConfig, BopStateMachine>,
     runtime: tokio::runtime::Handle,
     blocking: Blocking,
+    /// Largest serialized Raft entry the log accepts ([`crate::LogStore::entry_bytes_max`]).
+    entry_bytes_max: usize,
+}
+
+/// Bytes a serialized commit entry needs beyond its commit record: the entry's log id, payload tags, the
+/// `read_index` and the record's length prefix, each at its largest.
+pub fn commit_entry_overhead_bytes() -> usize {
+    static OVERHEAD: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *OVERHEAD.get_or_init(measure_commit_entry_overhead)
+}
+
+fn measure_commit_entry_overhead() -> usize {
+    use openraft::entry::RaftEntry;
+    let log_id = openraft::testing::log_id::<BopConfig>(u64::MAX, u64::MAX, u64::MAX);
+    let entry = openraft::type_config::alias::EntryOf::<BopConfig>::new_normal(
+        log_id,
+        Command::Commit { read_index: u64::MAX, record: Vec::new() },
+    );
+    let empty = bincode::serde::encode_to_vec(&entry, bincode::config::standard()).map_or(64, |v| v.len());
+    // The record's length prefix grows from 1 byte (empty) to at most 9 (a varint u64).
+    empty + 8
+}
+
+/// The most pages one transaction may change so that its commit entry fits the log: the commit record is
+/// a header and one frame (page number, checksum, image) per page.
+pub fn commit_pages_max(entry_bytes_max: usize) -> usize {
+    use bop_storage::page_store::{COMMIT_HEADER_LEN, FRAME_LEN};
+    entry_bytes_max.saturating_sub(commit_entry_overhead_bytes() + COMMIT_HEADER_LEN) / FRAME_LEN
 }
 
 impl RaftSink {
@@ -35,8 +63,9 @@ impl RaftSink {
         raft: Raft<BopConfig, BopStateMachine>,
         runtime: tokio::runtime::Handle,
         blocking: Blocking,
+        entry_bytes_max: usize,
     ) -> Arc<Self> {
-        Arc::new(RaftSink { raft, runtime, blocking })
+        Arc::new(RaftSink { raft, runtime, blocking, entry_bytes_max })
     }
 
     fn propose(&self, command: Command) -> Result<(u64, Response), SinkError> {
@@ -84,6 +113,19 @@ impl FrameSink for RaftSink {
         read_index: u64,
     ) -> Result<u64, SinkError> {
         let record = encode_commit(db.id(), db_page_count, frames);
+        // Checked before proposing: an entry the log cannot hold must never reach Raft, where an append
+        // error stops the node.
+        let entry_bytes = commit_entry_overhead_bytes() + record.len();
+        if entry_bytes > self.entry_bytes_max {
+            return Err(SinkError::Rejected {
+                reason: format!(
+                    "transaction too large: {entry_bytes} bytes, limit {} bytes ({} pages changed, at most {})",
+                    self.entry_bytes_max,
+                    frames.len(),
+                    commit_pages_max(self.entry_bytes_max)
+                ),
+            });
+        }
         match self.propose(Command::Commit { read_index, record })? {
             (index, Response::Committed { db: Some(_), .. }) => Ok(index),
             (_, Response::Committed { db: None, .. }) => {

@@ -220,6 +220,13 @@ impl Inner {
                         format!("commit record of entry {index} is not at the end of its payload"),
                     ));
                 }
+                // The record's content came from a client: one that does not decode is refused, the same
+                // way on every node, like an invalid commit (an error here would stop every node that
+                // applies the entry, after every restart).
+                if let Err(e) = bop_storage::page_store::decode_commit(record) {
+                    self.manager.set_applied(index);
+                    return Ok(Response::Refused { reason: format!("invalid commit: {e}") });
+                }
                 let base = u32::try_from(base).map_err(io_err)?;
                 match self.manager.apply_commit(index, base, record, Some(*read_index)) {
                     Ok(db) => {

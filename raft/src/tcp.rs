@@ -35,10 +35,47 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-/// Largest frame body accepted (a bound on what one message can make a peer allocate).
-pub const FRAME_BYTES_MAX: usize = 64 << 20;
+/// Largest frame body accepted. It fits the largest entry a [`crate::LogStore`] with the default WAL
+/// configuration accepts (64 MiB less a record header) in an append request alone, with room for the
+/// request's own fields; a replication batch is at most max(4 MiB, one entry) (`limited_get_log_entries`),
+/// so every legal batch travels. A frame's buffer grows as its bytes arrive, never from the head alone.
+pub const FRAME_BYTES_MAX: usize = 65 << 20;
+/// How much a frame's buffer grows at a time while its bytes arrive.
+const FRAME_GROW_BYTES: usize = 64 << 10;
 /// Connections a server serves at once; more wait in the accept queue.
 pub const CONNECTIONS_MAX: usize = 256;
+
+/// How long a server waits for frames before it closes a connection ([`serve_with`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ServerTimeouts {
+    /// For the first frame of a new connection: one that sends nothing is closed soon, so idle sockets
+    /// cannot hold the [`CONNECTIONS_MAX`] slots that real peers need.
+    pub first_frame: Duration,
+    /// Between later frames. Peers' pooled connections carry heartbeats many times a second; a client
+    /// drops a pooled connection idle for half of this before using it again ([`POOLED_IDLE_MAX`]).
+    pub idle: Duration,
+    /// Between the frames of a snapshot being received, which holds the node's one snapshot inbox: a
+    /// sender that stalls or vanishes loses it, and the next sender may begin.
+    pub snapshot_frame: Duration,
+    /// Longest a `SnapshotBegin` waits for another connection's snapshot to end or stall.
+    pub snapshot_wait: Duration,
+}
+
+impl Default for ServerTimeouts {
+    fn default() -> Self {
+        ServerTimeouts {
+            first_frame: Duration::from_secs(10),
+            idle: Duration::from_secs(60),
+            snapshot_frame: Duration::from_secs(30),
+            snapshot_wait: Duration::from_secs(60),
+        }
+    }
+}
+
+/// A client reconnects instead of reusing a pooled connection idle this long (half the server's default
+/// idle deadline, so the server never closes a connection just as a request is sent on it).
+pub const POOLED_IDLE_MAX: Duration = Duration::from_secs(30);
+
 /// Largest snapshot chunk sent in one frame.
 pub const SNAPSHOT_CHUNK_BYTES: usize = 1 << 20;
 /// Most files one snapshot may consist of.
@@ -190,8 +227,12 @@ pub async fn read_frame(stream: &mut (impl AsyncRead + Unpin)) -> io::Result<Vec
     let mut head = [0u8; 8];
     stream.read_exact(&mut head).await?;
     let (len, expected) = frame_head(&head)?;
-    let mut body = vec![0u8; len];
-    stream.read_exact(&mut body).await?;
+    // Grown as the bytes arrive: a head alone makes nobody allocate its claimed length.
+    let mut body = Vec::with_capacity(len.min(FRAME_GROW_BYTES));
+    (&mut *stream).take(len as u64).read_to_end(&mut body).await?;
+    if body.len() < len {
+        return Err(io::Error::from(io::ErrorKind::UnexpectedEof));
+    }
     check_body(&body, expected)?;
     Ok(body)
 }
@@ -262,8 +303,21 @@ pub struct TcpConnection<C, SD, K: Connector> {
     addr: String,
     timeout: Duration,
     append_timeout: Duration,
-    stream: Option<K::Stream>,
+    /// The pooled connection and when it was last used.
+    stream: Option<(K::Stream, std::time::Instant)>,
     _types: PhantomData<fn() -> (C, SD)>,
+}
+
+impl<C, SD, K: Connector> TcpConnection<C, SD, K> {
+    /// The pooled connection, unless it sat idle so long that the server may be closing it.
+    fn pooled(&mut self) -> Option<K::Stream> {
+        self.stream.take().filter(|(_, used)| used.elapsed() < POOLED_IDLE_MAX).map(|(stream, _)| stream)
+    }
+
+    /// Keeps `stream` for the next call.
+    fn pool(&mut self, stream: K::Stream) {
+        self.stream = Some((stream, std::time::Instant::now()));
+    }
 }
 
 impl<C, SD, K> RaftNetworkFactory<C> for TcpNetwork<C, SD, K>
@@ -327,7 +381,7 @@ where
         // The stream is out of `self` while the call runs and goes back only after a whole reply was read:
         // a call cancelled half-way (openraft bounds heartbeats by its own timeout) drops the connection
         // instead of leaving a reply in it that the next call would take for its own.
-        let taken = self.stream.take();
+        let taken = self.pooled();
         let outcome = tokio::time::timeout(timeout, async {
             let mut stream = match taken {
                 Some(stream) => stream,
@@ -340,7 +394,7 @@ where
         .await;
         match outcome {
             Ok(Ok((stream, reply))) => {
-                self.stream = Some(stream);
+                self.pool(stream);
                 Ok(reply)
             }
             Ok(Err(e)) => Err(Unreachable::new(&e)),
@@ -402,7 +456,7 @@ where
             if self.input_done && self.in_flight.is_empty() {
                 // A clean end: the connection is reusable.
                 if let Some((read, write)) = self.io.take() {
-                    self.conn.stream = Some(read.unsplit(write));
+                    self.conn.pool(read.unsplit(write));
                 }
                 return None;
             }
@@ -495,7 +549,7 @@ impl FrameReader {
         };
         let (len, expected) = frame_head(head)?;
         if self.buf.len() < 8 + len {
-            self.buf.reserve(8 + len - self.buf.len());
+            self.buf.reserve((8 + len - self.buf.len()).min(FRAME_GROW_BYTES));
             return Ok(None);
         }
         let body = self.buf[8..8 + len].to_vec();
@@ -535,7 +589,7 @@ where
         Box::pin(async move {
             // Connecting waits for the first request: openraft's backoff after a failure happens while the
             // request stream produces it, so a peer that is down is not redialled in a tight loop.
-            let io = self.stream.take().map(tokio::io::split);
+            let io = self.pooled().map(tokio::io::split);
             let session = AppendSession {
                 conn: self,
                 input,
@@ -638,7 +692,7 @@ const REPLY_SLOTS_MAX: usize = 64;
 /// request is handled by the reader before it reads the next. Received snapshots are staged in `inbox`,
 /// one at a time.
 pub async fn serve<C, SM>(
-    mut listener: Box<dyn crate::net::Listener>,
+    listener: Box<dyn crate::net::Listener>,
     raft: Raft<C, SM>,
     inbox: SnapshotInbox,
     contact: LeaderContact,
@@ -648,14 +702,32 @@ where
     SM: RaftStateMachine<C>,
     SM::SnapshotData: WireSnapshot,
 {
+    serve_with(listener, raft, inbox, contact, ServerTimeouts::default()).await
+}
+
+/// [`serve`] with the given deadlines. A failed `accept` (out of descriptors, a connection aborted before
+/// it was accepted) never ends the server: it pauses briefly (backing off) and accepts again.
+pub async fn serve_with<C, SM>(
+    mut listener: Box<dyn crate::net::Listener>,
+    raft: Raft<C, SM>,
+    inbox: SnapshotInbox,
+    contact: LeaderContact,
+    timeouts: ServerTimeouts,
+) -> io::Result<()>
+where
+    C: RaftTypeConfig,
+    SM: RaftStateMachine<C>,
+    SM::SnapshotData: WireSnapshot,
+{
     let slots = Arc::new(tokio::sync::Semaphore::new(CONNECTIONS_MAX));
     let mut connections = tokio::task::JoinSet::new();
     let one_snapshot_at_a_time = Arc::new(tokio::sync::Mutex::new(()));
+    let mut backoff = None;
     loop {
         // Reap finished connection tasks so the set stays bounded.
         while connections.try_join_next().is_some() {}
         let permit = Arc::clone(&slots).acquire_owned().await.map_err(io::Error::other)?;
-        let (stream, peer) = listener.accept().await?;
+        let (stream, peer) = crate::net::accept_retrying(listener.as_mut(), &mut backoff, "raft").await;
         let raft = raft.clone();
         let inbox = inbox.clone();
         let contact = contact.clone();
@@ -664,7 +736,8 @@ where
             let _permit = permit;
             let (read, write) = tokio::io::split(stream);
             let (slots_tx, slots_rx) = tokio::sync::mpsc::channel(REPLY_SLOTS_MAX);
-            let server = ConnectionServer { raft, inbox, contact: contact.clone(), snapshot_lock, peer };
+            let server =
+                ConnectionServer { raft, inbox, contact: contact.clone(), snapshot_lock, peer, timeouts };
             // Whichever side ends first ends the connection.
             tokio::select! {
                 () = server.read_requests(read, slots_tx) => {}
@@ -680,6 +753,7 @@ struct ConnectionServer<C: RaftTypeConfig, SM: RaftStateMachine<C>> {
     contact: LeaderContact,
     snapshot_lock: Arc<tokio::sync::Mutex<()>>,
     peer: String,
+    timeouts: ServerTimeouts,
 }
 
 impl<C, SM> ConnectionServer<C, SM>
@@ -696,13 +770,27 @@ where
         let (raft, inbox, peer) = (&self.raft, &self.inbox, &self.peer);
         let mut incoming: Option<(Incoming<C>, tokio::sync::OwnedMutexGuard<()>)> = None;
         let mut pipeline: Option<tokio::sync::mpsc::Sender<AppendEntriesRequest<C>>> = None;
+        let mut first = true;
         loop {
-            let body = match read_frame(&mut read).await {
-                Ok(body) => body,
-                Err(e) => {
+            let deadline = if first {
+                self.timeouts.first_frame
+            } else if incoming.is_some() {
+                self.timeouts.snapshot_frame
+            } else {
+                self.timeouts.idle
+            };
+            first = false;
+            let body = match tokio::time::timeout(deadline, read_frame(&mut read)).await {
+                Ok(Ok(body)) => body,
+                Ok(Err(e)) => {
                     if e.kind() != io::ErrorKind::UnexpectedEof {
                         tracing::debug!(%peer, error = %e, "closing Raft connection");
                     }
+                    return;
+                }
+                Err(_) => {
+                    // Dropping `incoming` here releases the snapshot inbox a stalled sender held.
+                    tracing::debug!(%peer, ?deadline, snapshot = incoming.is_some(), "Raft connection idle; closing");
                     return;
                 }
             };
@@ -734,10 +822,27 @@ where
                 Ok(Request::Vote(rpc)) => Reply::Vote(raft.vote(rpc).await.map_err(|e| e.to_string())),
                 Ok(Request::PreVote(rpc)) => Reply::Vote(raft.pre_vote(rpc).await.map_err(|e| e.to_string())),
                 Ok(Request::SnapshotBegin { vote, meta, files }) => {
-                    let guard = Arc::clone(&self.snapshot_lock).lock_owned().await;
-                    match begin_snapshot::<C>(inbox, vote, meta, files) {
+                    // A new beginning on this connection abandons its unfinished snapshot (and the inbox
+                    // lock it holds) instead of waiting for that lock itself.
+                    let guard = match incoming.take() {
+                        Some((_, guard)) => Ok(guard),
+                        None => tokio::time::timeout(
+                            self.timeouts.snapshot_wait,
+                            Arc::clone(&self.snapshot_lock).lock_owned(),
+                        )
+                        .await
+                        .map_err(|_| {
+                            format!(
+                                "another snapshot is being received; none ended within {:?}",
+                                self.timeouts.snapshot_wait
+                            )
+                        }),
+                    };
+                    match guard.and_then(|guard| {
+                        begin_snapshot::<C>(inbox, vote, meta, files).map(|state| (state, guard))
+                    }) {
                         Ok(state) => {
-                            incoming = Some((state, guard));
+                            incoming = Some(state);
                             Reply::Ack(Ok(()))
                         }
                         Err(e) => Reply::Ack(Err(e)),
@@ -1083,5 +1188,112 @@ mod tests {
         server.write_all(&bad).await.expect("write");
         let err = frames.next(&mut client).await.expect_err("checksum");
         assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+    }
+
+    /// A Raft node of bop's state machine (not initialised) serving on loopback with `timeouts`.
+    async fn served(
+        dir: &std::path::Path,
+        timeouts: ServerTimeouts,
+    ) -> (String, Raft<C, crate::BopStateMachine>, tokio::task::JoinHandle<io::Result<()>>) {
+        use bop_storage::manifest::{Manifest, ManifestConfig};
+        use bop_storage::page_store::{Manager, ManagerConfig};
+        use bop_storage::wal::{WalConfig, WalStore};
+        let io: Arc<dyn Io> = Arc::new(bop_storage::io::BufferedIo::new());
+        let mut wal_config = WalConfig::new(dir.join("wal"));
+        wal_config.segment_size_bytes = 1 << 20;
+        let wal = Arc::new(WalStore::open(Arc::clone(&io), wal_config).expect("wal"));
+        let manifest = Arc::new(
+            Manifest::open(dir, ManifestConfig { map_size_initial_bytes: 1 << 20, ..Default::default() })
+                .expect("manifest"),
+        );
+        let store = crate::LogStore::new(Arc::clone(&wal), Arc::clone(&manifest)).expect("log store");
+        let manager =
+            Manager::open_replicated(ManagerConfig::new(dir), Arc::clone(&wal), manifest).expect("pages");
+        let sm = crate::BopStateMachine::open(manager, wal).expect("state machine");
+        let config = Arc::new(openraft::Config::default().validate().expect("config"));
+        let network = TcpNetwork::<C, BopSnapshot, _>::new(TcpConnector, Duration::from_secs(1));
+        let raft = Raft::new(1, config, network, store, sm).await.expect("raft");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr").to_string();
+        let inbox = SnapshotInbox { io, dir: dir.join("snapshot-inbox") };
+        let server = tokio::spawn(serve_with(
+            crate::net::tcp_listener(listener),
+            raft.clone(),
+            inbox,
+            LeaderContact::default(),
+            timeouts,
+        ));
+        (addr, raft, server)
+    }
+
+    fn begin() -> Vec<u8> {
+        let request = Request::<C>::SnapshotBegin {
+            vote: VoteOf::<C>::new_committed(1, 2),
+            meta: SnapshotMetaOf::<C>::default(),
+            files: Vec::new(),
+        };
+        encode(&request).expect("encode")
+    }
+
+    async fn ack(stream: &mut tokio::net::TcpStream, within: Duration) -> Reply<C> {
+        let frame = tokio::time::timeout(within, read_frame(stream)).await.expect("an answer in time");
+        decode::<Reply<C>>(&frame.expect("a reply")).expect("decodes")
+    }
+
+    fn short() -> ServerTimeouts {
+        ServerTimeouts {
+            first_frame: Duration::from_millis(300),
+            idle: Duration::from_millis(600),
+            snapshot_frame: Duration::from_millis(300),
+            snapshot_wait: Duration::from_secs(5),
+        }
+    }
+
+    /// Hardening finding 9: a second `SnapshotBegin` on one connection used to wait for the inbox lock the
+    /// connection itself held, for ever; and a sender that went silent mid-snapshot held it for ever.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_second_snapshot_begin_and_a_stalled_sender_do_not_hold_the_inbox() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (addr, raft, server) = served(dir.path(), short()).await;
+        let mut a = tokio::net::TcpStream::connect(&addr).await.expect("connect");
+        write_frame(&mut a, &begin()).await.expect("send");
+        assert!(matches!(ack(&mut a, Duration::from_secs(5)).await, Reply::Ack(Ok(()))));
+        write_frame(&mut a, &begin()).await.expect("send");
+        assert!(
+            matches!(ack(&mut a, Duration::from_secs(5)).await, Reply::Ack(Ok(()))),
+            "a new beginning on the same connection abandons the old one"
+        );
+        // `a` now goes silent holding the inbox; `b` begins and is answered once `a` lost it.
+        let mut b = tokio::net::TcpStream::connect(&addr).await.expect("connect");
+        let started = std::time::Instant::now();
+        write_frame(&mut b, &begin()).await.expect("send");
+        assert!(matches!(ack(&mut b, Duration::from_secs(5)).await, Reply::Ack(Ok(()))));
+        assert!(started.elapsed() >= Duration::from_millis(200), "b waited for a's deadline");
+        server.abort();
+        raft.shutdown().await.expect("shutdown");
+    }
+
+    /// Hardening finding 8: connections that send nothing are closed after the first-frame deadline, so
+    /// idle sockets filling every slot lock real peers out only that long; and the accept loop goes on.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn idle_connections_are_closed_and_do_not_lock_out_a_peer() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (addr, raft, server) = served(dir.path(), short()).await;
+        let mut idle = Vec::new();
+        for _ in 0..CONNECTIONS_MAX + 8 {
+            idle.push(tokio::net::TcpStream::connect(&addr).await.expect("connect"));
+        }
+        // A real request on a fresh connection is served once the idle ones were closed.
+        let mut peer = tokio::net::TcpStream::connect(&addr).await.expect("connect");
+        let vote = VoteRequest::<C>::new(VoteOf::<C>::new(1, 2), None);
+        write_frame(&mut peer, &encode(&Request::<C>::Vote(vote)).expect("encode")).await.expect("send");
+        assert!(matches!(ack(&mut peer, Duration::from_secs(5)).await, Reply::Vote(Ok(_))));
+        // The first idle connection was closed by the server: reading it ends.
+        let mut buf = [0u8; 1];
+        let read = tokio::time::timeout(Duration::from_secs(5), idle[0].read(&mut buf)).await;
+        assert!(matches!(read, Ok(Ok(0)) | Ok(Err(_))), "closed: {read:?}");
+        assert!(!server.is_finished(), "the server still runs");
+        server.abort();
+        raft.shutdown().await.expect("shutdown");
     }
 }

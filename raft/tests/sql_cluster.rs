@@ -53,7 +53,8 @@ async fn sql_on_the_leader_is_replicated_to_every_node() {
         .expect("ready");
 
     // The leader's SQL engine commits through Raft. SQL blocks, so it runs on a blocking thread.
-    let sink = RaftSink::new(leader.clone(), tokio::runtime::Handle::current(), Default::default());
+    let sink =
+        RaftSink::new(leader.clone(), tokio::runtime::Handle::current(), Default::default(), usize::MAX);
     let engine =
         SqlEngine::new(leader_sm.manager(), sink, SqlConfig::new(leader_dir.join("sql"))).expect("engine");
     let written = tokio::task::spawn_blocking(move || {

@@ -1118,6 +1118,7 @@ fn run_inner(options: &Options) -> Report {
                 // every sector dirty.
                 wal_preallocate: Preallocate::Allocate,
                 raft_timing: slot.timing,
+                ..NodeEnv::default()
             };
             async move {
                 let node = Node::start_in(config, env).await?;

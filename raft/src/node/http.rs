@@ -39,6 +39,8 @@ const FORWARD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 const FORWARD_CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(500);
 /// Longest wait for the head of a forwarded backup (the leader copies the whole database first).
 const BACKUP_HEAD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3600);
+/// Marks a request one node forwarded to another (its value is the forwarding node's id).
+const FORWARDED_HEADER: &str = "x-bop-forwarded-by";
 /// The database used when a request names none.
 pub const DEFAULT_DATABASE: &str = "main";
 
@@ -127,17 +129,56 @@ fn query_params(query: Option<&str>) -> Result<HashMap<String, String>, String> 
 }
 
 /// Serves the HTTP API on `listener` until it fails (or the future is dropped).
+///
+/// At most `http_connections_max` connections are served at once; one more is answered 503 (with
+/// `Retry-After`) and closed. A connection that does not send a whole request head within
+/// `http_header_timeout`, including a kept-alive one idle that long, is closed. A failed `accept` pauses
+/// and retries; it never ends the server.
 pub async fn serve_http(mut listener: Box<dyn Listener>, node: Arc<NodeShared>) -> std::io::Result<()> {
+    let limits = node.limits;
+    let slots = Arc::new(tokio::sync::Semaphore::new(limits.http_connections_max));
+    // Refusals are short (one small write, bounded in time), and bounded in number too.
+    let refusals = Arc::new(tokio::sync::Semaphore::new(64));
     let mut connections = tokio::task::JoinSet::new();
+    let mut backoff = None;
     loop {
         while connections.try_join_next().is_some() {}
-        let (stream, _) = listener.accept().await?;
+        let (stream, _) = crate::net::accept_retrying(listener.as_mut(), &mut backoff, "http").await;
+        let Ok(permit) = Arc::clone(&slots).try_acquire_owned() else {
+            if let Ok(refusal) = Arc::clone(&refusals).try_acquire_owned() {
+                connections.spawn(async move {
+                    let _refusal = refusal;
+                    refuse_connection(stream, limits.http_connections_max).await;
+                });
+            }
+            continue;
+        };
         let node = Arc::clone(&node);
         connections.spawn(async move {
+            let _permit = permit;
             let service = service_fn(move |req| handle(Arc::clone(&node), req));
-            let _ = http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
+            let _ = http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(limits.http_header_timeout)
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
         });
     }
+}
+
+/// Answers a connection past the limit with 503 and closes it (at most one second spent on it).
+async fn refuse_connection(mut stream: crate::net::BoxStream, max: usize) {
+    use tokio::io::AsyncWriteExt;
+    let body = json!({ "error": format!("too many connections (at most {max}); retry") }).to_string();
+    let answer = format!(
+        "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nContent-Length: {}\r\nRetry-After: 1\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), async {
+        stream.write_all(answer.as_bytes()).await?;
+        stream.shutdown().await
+    })
+    .await;
 }
 
 async fn body(req: Request<Incoming>) -> Result<Bytes, HttpResponse> {
@@ -170,8 +211,9 @@ async fn forward(
     };
     let exchange = async {
         let head = format!(
-            "{method} {path_and_query} HTTP/1.1\r\nHost: {target}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-            body.len()
+            "{method} {path_and_query} HTTP/1.1\r\nHost: {target}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n{FORWARDED_HEADER}: {}\r\nConnection: close\r\n\r\n",
+            body.len(),
+            node.id
         );
         stream.write_all(head.as_bytes()).await?;
         stream.write_all(body).await?;
@@ -280,13 +322,14 @@ async fn handle(node: Arc<NodeShared>, req: Request<Incoming>) -> Result<HttpRes
         || path == "/remove"
         || (path == "/db/query" && level != "none");
     if needs_leader && !node.is_leader() {
+        let forwarded = req.headers().contains_key(FORWARDED_HEADER);
         let method = req.method().clone();
         let path_and_query = req.uri().path_and_query().map(|p| p.as_str().to_owned()).unwrap_or(path);
         let bytes = match body(req).await {
             Ok(bytes) => bytes,
             Err(response) => return Ok(response),
         };
-        return Ok(to_leader(&node, &params, &method, &path_and_query, &bytes).await);
+        return Ok(to_leader(&node, &params, forwarded, &method, &path_and_query, &bytes).await);
     }
     let pretty = params.contains_key("pretty");
     let db = params.get("db").cloned().unwrap_or_else(|| DEFAULT_DATABASE.to_owned());
@@ -334,6 +377,7 @@ async fn handle(node: Arc<NodeShared>, req: Request<Incoming>) -> Result<HttpRes
         }
         (Method::GET, "/readyz") => match node.leader() {
             Some(_) => respond(StatusCode::OK, &json!({ "ready": true }), pretty),
+            None if !node.raft_running() => error(StatusCode::SERVICE_UNAVAILABLE, "raft has stopped"),
             None => error(StatusCode::SERVICE_UNAVAILABLE, "no leader"),
         },
         (_, path) => error(StatusCode::NOT_FOUND, format!("no route for {path}")),
@@ -374,12 +418,15 @@ fn parse_duration(text: &str) -> Option<std::time::Duration> {
 async fn to_leader(
     node: &NodeShared,
     params: &HashMap<String, String>,
+    forwarded: bool,
     method: &Method,
     path_and_query: &str,
     bytes: &[u8],
 ) -> HttpResponse {
     let pretty = params.contains_key("pretty");
-    if params.contains_key("redirect") {
+    // A request another node forwarded here is never forwarded again: two nodes that each believe the
+    // other leads would otherwise pass it back and forth.
+    if params.contains_key("redirect") || forwarded {
         return not_leader(node, pretty);
     }
     match forward(node, method, path_and_query, bytes).await {
@@ -575,6 +622,19 @@ async fn query(
         .blocking
         .run(move || {
             let mut conn = engine.open(&db, OpenMode::Existing)?;
+            // A query only reads (as in rqlite): a batch with a write runs none of it. Statements that do
+            // not prepare are answered with their own error below. `query_only` stops anything that
+            // slipped past the check (e.g. a write inside an explicit transaction).
+            for statement in &statements {
+                if let Ok(false) = conn.is_read_only(&statement.sql) {
+                    return Ok(error_result(&format!(
+                        "attempt to change the database through a query: /db/query runs read-only \
+                         statements; send {:?} to /db/execute or /db/request",
+                        statement.sql
+                    )));
+                }
+            }
+            conn.execute("PRAGMA query_only = 1", &bop_sql::Params::None)?;
             let mut results = Vec::new();
             for statement in &statements {
                 let rows: Result<Rows, SqlError> = conn.query(&statement.sql, &statement.params);
@@ -604,6 +664,7 @@ async fn request(
     pretty: bool,
 ) -> HttpResponse {
     let path_and_query = req.uri().path_and_query().map(|p| p.as_str().to_owned()).unwrap_or_default();
+    let forwarded = req.headers().contains_key(FORWARDED_HEADER);
     let bytes = match body(req).await {
         Ok(bytes) => bytes,
         Err(response) => return response,
@@ -615,7 +676,7 @@ async fn request(
     let level = params.get("level").map(String::as_str).unwrap_or("weak");
     let leader = node.is_leader();
     if !leader && level != "none" {
-        return to_leader(node, params, &Method::POST, &path_and_query, &bytes).await;
+        return to_leader(node, params, forwarded, &Method::POST, &path_and_query, &bytes).await;
     }
     // Classified on a local connection; a database this node does not have yet counts as a write.
     let engine = Arc::clone(&node.engine);
@@ -639,7 +700,7 @@ async fn request(
         Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, format!("classify task: {e}")),
     };
     if !read_only && !leader {
-        return to_leader(node, params, &Method::POST, &path_and_query, &bytes).await;
+        return to_leader(node, params, forwarded, &Method::POST, &path_and_query, &bytes).await;
     }
     if read_only {
         return query(node, db, statements, params, pretty).await;

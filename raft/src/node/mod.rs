@@ -57,6 +57,23 @@ impl Default for RaftTiming {
     }
 }
 
+/// Bounds on what clients can make a node hold or do at once (docs/design.md, "The node and its HTTP
+/// API"). Past each one a request gets a clear error instead of the node growing without bound.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NodeLimits {
+    /// HTTP connections served at once; one more is answered 503 with `Retry-After` and closed.
+    pub http_connections_max: usize,
+    /// Longest a client may take to send a request's head, and longest a kept-alive connection may sit
+    /// idle before its next request; then the connection is closed.
+    pub http_header_timeout: Duration,
+}
+
+impl Default for NodeLimits {
+    fn default() -> Self {
+        NodeLimits { http_connections_max: 1024, http_header_timeout: Duration::from_secs(10) }
+    }
+}
+
 /// What a node runs on: the network, the disk its log and pages live on, where blocking work runs, and its
 /// timers. [`NodeEnv::default`] is a real node (TCP, buffered files, tokio's blocking pool, writer
 /// threads); the simulation substitutes turmoil's network, a simulated disk, lockstep blocking work and the
@@ -76,6 +93,8 @@ pub struct NodeEnv {
     pub wal_preallocate: Preallocate,
     /// Raft's timers.
     pub raft_timing: RaftTiming,
+    /// Bounds on client work.
+    pub limits: NodeLimits,
 }
 
 impl Default for NodeEnv {
@@ -87,6 +106,7 @@ impl Default for NodeEnv {
             wal_writer: WriterMode::Threads,
             wal_preallocate: Preallocate::ZeroFill,
             raft_timing: RaftTiming::default(),
+            limits: NodeLimits::default(),
         }
     }
 }
@@ -213,14 +233,21 @@ pub struct NodeShared {
     net: Arc<dyn Net>,
     /// Where SQL runs.
     blocking: Blocking,
+    limits: NodeLimits,
     requests: AtomicU64,
     latency_us_total: AtomicU64,
 }
 
 impl NodeShared {
     /// The leader's id and its address as recorded in the membership (`RAFT_ADDR http=HTTP_ADDR`).
+    ///
+    /// Only a running Raft names a leader: after a fatal error openraft keeps its last metrics, which may
+    /// name this very node, and forwarding there would loop.
     fn leader(&self) -> Option<(u64, String)> {
         let metrics = self.raft.metrics().borrow_watched().clone();
+        if metrics.running_state.is_err() {
+            return None;
+        }
         let id = metrics.current_leader?;
         let addr =
             metrics.membership_config.membership().get_node(&id).map(|n| n.addr.clone()).unwrap_or_default();
@@ -234,6 +261,10 @@ impl NodeShared {
 
     /// Whether this node leads (and its Raft still runs: a node stopped by a storage failure keeps its last
     /// metrics, which may still name it leader).
+    fn raft_running(&self) -> bool {
+        self.raft.metrics().borrow_watched().running_state.is_ok()
+    }
+
     fn is_leader(&self) -> bool {
         let metrics = self.raft.metrics();
         let metrics = metrics.borrow_watched();
@@ -408,6 +439,7 @@ impl Node {
         let store = LogStore::new(Arc::clone(&wal), Arc::clone(&manifest)).map_err(|e| storage(&e))?;
         let mut manager_config = ManagerConfig::new(&config.data_dir);
         manager_config.io = Arc::clone(&env.io);
+        let commit_frames_max = manager_config.commit_frames_max;
         let manager =
             Manager::open_replicated(manager_config, Arc::clone(&wal), manifest).map_err(|e| storage(&e))?;
         let sm = BopStateMachine::open(manager.clone(), Arc::clone(&wal)).map_err(|e| storage(&e))?;
@@ -431,11 +463,15 @@ impl Node {
         let raft = Raft::new(config.id, raft_config, network, store.clone(), sm)
             .await
             .map_err(|e| NodeError::Raft(e.to_string()))?;
-        let sink = RaftSink::new(raft.clone(), tokio::runtime::Handle::current(), env.blocking);
-        let engine = Arc::new(
-            SqlEngine::new(manager.clone(), sink, SqlConfig::new(config.data_dir.join("sql")))
-                .map_err(|e| storage(&e))?,
-        );
+        // A transaction's size is bounded by what one log entry can hold, so that no client can make the
+        // leader propose an entry its log refuses (fatal to Raft).
+        let entry_bytes_max = store.entry_bytes_max();
+        let sink =
+            RaftSink::new(raft.clone(), tokio::runtime::Handle::current(), env.blocking, entry_bytes_max);
+        let mut sql_config = SqlConfig::new(config.data_dir.join("sql"));
+        let pages_max = crate::sql_sink::commit_pages_max(entry_bytes_max).min(commit_frames_max);
+        sql_config.pending_bytes_max = pages_max * bop_storage::page_store::PAGE_SIZE;
+        let engine = Arc::new(SqlEngine::new(manager.clone(), sink, sql_config).map_err(|e| storage(&e))?);
         let http_addr = http_listener.local_addr().unwrap_or_else(|_| config.http_addr.clone());
         let raft_addr = raft_listener.local_addr().unwrap_or_else(|_| config.raft_addr.clone());
         let shared = Arc::new(NodeShared {
@@ -451,6 +487,7 @@ impl Node {
             contact: crate::tcp::LeaderContact::default(),
             net: Arc::clone(&env.net),
             blocking: env.blocking,
+            limits: env.limits,
             requests: AtomicU64::new(0),
             latency_us_total: AtomicU64::new(0),
         });
@@ -508,7 +545,17 @@ impl Node {
         }
         let members: BTreeMap<u64, BasicNode> =
             members.into_iter().map(|(id, addr)| (id, BasicNode::new(addr))).collect();
-        self.shared.raft.initialize(members).await.map_err(|e| NodeError::Raft(e.to_string()))
+        match self.shared.raft.initialize(members).await {
+            Ok(()) => Ok(()),
+            // Between the check above and the call, a peer started at the same moment may already have
+            // asked this node for its vote (or sent it entries): the cluster is being formed by that
+            // peer, from the same member list, which is what initialising wanted.
+            Err(e) if matches!(e.api_error(), Some(openraft::errors::InitializeError::NotAllowed(_))) => {
+                tracing::info!(node = self.shared.id, "cluster already being formed by a peer: {e}");
+                Ok(())
+            }
+            Err(e) => Err(NodeError::Raft(e.to_string())),
+        }
     }
 
     /// Stops serving, shuts Raft down and closes the storage.

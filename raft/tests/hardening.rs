@@ -1,0 +1,278 @@
+//! Regression tests for requests and starts that used to stop a node (docs/design.md, "Hardening"): each
+//! failed on the code before its fix.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use bop_raft::node::{Node, NodeConfig};
+use bop_raft::Command;
+use openraft::async_runtime::WatchReceiver;
+use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// One request per connection: (status, body as JSON or string).
+async fn http(addr: &str, method: &str, path: &str, body: &[u8]) -> (u16, Value) {
+    let mut stream = TcpStream::connect(addr).await.expect("connect");
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).await.expect("send head");
+    stream.write_all(body).await.expect("send body");
+    let mut raw = Vec::new();
+    tokio::time::timeout(Duration::from_secs(120), stream.read_to_end(&mut raw))
+        .await
+        .expect("an answer within 120 s")
+        .expect("read");
+    let split = raw.windows(4).position(|w| w == b"\r\n\r\n").expect("end of head");
+    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
+    let status: u16 = head.split(' ').nth(1).and_then(|s| s.parse().ok()).expect("status line");
+    let body = String::from_utf8_lossy(&raw[split + 4..]).into_owned();
+    (status, serde_json::from_str(&body).unwrap_or(Value::String(body)))
+}
+
+fn encode(q: &str) -> String {
+    q.bytes()
+        .map(|b| if b.is_ascii_alphanumeric() { (b as char).to_string() } else { format!("%{b:02X}") })
+        .collect()
+}
+
+/// Three nodes on loopback, initialised, with a leader that applied an entry of its term.
+struct Cluster {
+    _dir: tempfile::TempDir,
+    nodes: Vec<Node>,
+}
+
+impl Cluster {
+    async fn start() -> Cluster {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut nodes = Vec::new();
+        let mut members = BTreeMap::new();
+        for id in 1..=3u64 {
+            let config = NodeConfig {
+                id,
+                data_dir: dir.path().join(format!("node-{id}")),
+                raft_addr: "127.0.0.1:0".into(),
+                http_addr: "127.0.0.1:0".into(),
+            };
+            let node = Node::start(config).await.expect("start");
+            members.insert(id, node.member_addr());
+            nodes.push(node);
+        }
+        nodes[0].initialize_if_new(members).await.expect("initialize");
+        let cluster = Cluster { _dir: dir, nodes };
+        cluster.leader().await;
+        cluster
+    }
+
+    /// The leader, once it leads and applied everything it logged.
+    async fn leader(&self) -> &Node {
+        let m = self.nodes[0]
+            .raft()
+            .wait(Some(Duration::from_secs(30)))
+            .metrics(|m| m.current_leader.is_some(), "leader")
+            .await
+            .expect("leader");
+        let id = m.current_leader.expect("leader id");
+        let leader = self.nodes.iter().find(|n| n.id() == id).expect("leader node");
+        leader
+            .raft()
+            .wait(Some(Duration::from_secs(30)))
+            .metrics(|m| m.state.is_leader() && m.last_applied.map(|l| l.index) == m.last_log_index, "ready")
+            .await
+            .expect("ready");
+        leader
+    }
+
+    async fn follower(&self) -> &Node {
+        let leader = self.leader().await.id();
+        self.nodes.iter().find(|n| n.id() != leader).expect("a follower")
+    }
+}
+
+fn raft_running(node: &Node) -> bool {
+    node.raft().metrics().borrow_watched().running_state.is_ok()
+}
+
+async fn count(addr: &str, table: &str) -> Value {
+    let (status, out) = http(
+        addr,
+        "GET",
+        &format!("/db/query?level=linearizable&q={}", encode(&format!("SELECT count(*) FROM {table}"))),
+        b"",
+    )
+    .await;
+    assert_eq!(status, 200, "{out}");
+    out["results"][0]["values"][0][0].clone()
+}
+
+/// Finding 1: a transaction whose commit entry is larger than the log's largest record used to reach the
+/// WAL's append, whose error stopped the leader's Raft. Now it is refused before anything is proposed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transaction_too_large_for_the_log_is_refused_and_the_leader_keeps_leading() {
+    let cluster = Cluster::start().await;
+    let leader = cluster.leader().await;
+    let addr = leader.http_addr().to_owned();
+    let (status, out) = http(
+        &addr,
+        "POST",
+        "/db/execute",
+        json!(["CREATE TABLE big (id INTEGER PRIMARY KEY, b BLOB)"]).to_string().as_bytes(),
+    )
+    .await;
+    assert_eq!(status, 200, "{out}");
+    let last_log_before = leader.raft().metrics().borrow_watched().last_log_index;
+    let big = "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x+1 FROM c WHERE x < 16330) \
+               INSERT INTO big SELECT x, randomblob(4000) FROM c";
+    let (status, out) = http(&addr, "POST", "/db/execute", json!([big]).to_string().as_bytes()).await;
+    assert_eq!(status, 200, "{out}");
+    let message = out["results"][0]["error"].as_str().unwrap_or_default().to_owned();
+    assert!(message.contains("transaction too large"), "a clear error: {out}");
+    assert!(raft_running(leader), "the leader's Raft still runs");
+    assert_eq!(
+        leader.raft().metrics().borrow_watched().last_log_index,
+        last_log_before,
+        "nothing was proposed"
+    );
+    assert_eq!(count(&addr, "big").await, json!(0), "nothing of the transaction is visible");
+    // The cluster goes on taking writes through the same leader.
+    let (status, out) = http(
+        &addr,
+        "POST",
+        "/db/execute",
+        json!([["INSERT INTO big VALUES(1, ?)", "x"]]).to_string().as_bytes(),
+    )
+    .await;
+    assert_eq!((status, out["results"][0]["rows_affected"].clone()), (200, json!(1)), "{out}");
+    assert_eq!(cluster.leader().await.id(), leader.id(), "the same node still leads");
+}
+
+/// Finding 3: `/db/query` ran whatever it was given, so `GET /db/query?q=DELETE ...` deleted rows (outside
+/// the writer queue and the new-leader wait). Now it runs read-only statements only, on every level.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_query_endpoint_refuses_writes_and_changes_nothing() {
+    let cluster = Cluster::start().await;
+    let leader = cluster.leader().await;
+    let addr = leader.http_addr().to_owned();
+    let body = json!([
+        "CREATE TABLE t (id INTEGER PRIMARY KEY)",
+        "INSERT INTO t VALUES(1)",
+        "INSERT INTO t VALUES(2)"
+    ]);
+    let (status, out) = http(&addr, "POST", "/db/execute", body.to_string().as_bytes()).await;
+    assert_eq!(status, 200, "{out}");
+    let follower = cluster.follower().await.http_addr().to_owned();
+    for (node, level) in [(&addr, "weak"), (&addr, "linearizable"), (&addr, "none"), (&follower, "none")] {
+        for write in ["DELETE FROM t", "INSERT INTO t VALUES(3)", "DROP TABLE t", "CREATE TABLE u (x)"] {
+            let path = format!("/db/query?level={level}&q={}", encode(write));
+            let (status, out) = http(node, "GET", &path, b"").await;
+            let message = out["results"][0]["error"].as_str().unwrap_or_default().to_owned();
+            assert!(
+                status == 400 || message.contains("read-only"),
+                "{write:?} at level {level}: {status} {out}"
+            );
+            let (_, out) = http(
+                node,
+                "POST",
+                &format!("/db/query?level={level}"),
+                json!([write]).to_string().as_bytes(),
+            )
+            .await;
+            let message = out["results"][0]["error"].as_str().unwrap_or_default().to_owned();
+            assert!(message.contains("read-only"), "POST {write:?} at level {level}: {out}");
+        }
+    }
+    assert_eq!(count(&addr, "t").await, json!(2), "no row was deleted or added");
+    // Reads still work, and a query mixing a read with a write runs none of it.
+    let path = format!("/db/query?q={}", encode("SELECT id FROM t ORDER BY id"));
+    let (_, out) = http(&addr, "GET", &path, b"").await;
+    assert_eq!(out["results"][0]["values"], json!([[1], [2]]), "{out}");
+    let mixed = json!(["SELECT count(*) FROM t", "DELETE FROM t"]);
+    let (_, out) = http(&addr, "POST", "/db/query", mixed.to_string().as_bytes()).await;
+    assert!(out.to_string().contains("read-only"), "{out}");
+    assert_eq!(count(&addr, "t").await, json!(2));
+}
+
+/// Finding 11: a `Commit` entry whose record does not decode was an I/O error in apply, fatal on every
+/// node that applied it (after every restart too). It is refused like any invalid commit, on every node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_entry_that_does_not_decode_is_refused_on_every_node() {
+    let cluster = Cluster::start().await;
+    let leader = cluster.leader().await;
+    for record in [
+        vec![],
+        vec![0xff; 7],
+        vec![1, 1, 0, 0, 200, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0],
+    ] {
+        let answer = leader
+            .raft()
+            .client_write(Command::Commit { read_index: 0, record })
+            .await
+            .expect("the entry commits");
+        assert!(
+            matches!(answer.data, bop_raft::Response::Refused { .. }),
+            "refused, not fatal: {:?}",
+            answer.data
+        );
+        let index = answer.log_id.index;
+        for node in &cluster.nodes {
+            node.raft()
+                .wait(Some(Duration::from_secs(10)))
+                .applied_index_at_least(Some(index), "applied the bad entry")
+                .await
+                .expect("every node applies it");
+            assert!(raft_running(node), "node {} still runs", node.id());
+        }
+    }
+    let (status, out) = http(
+        leader.http_addr(),
+        "POST",
+        "/db/execute",
+        json!(["CREATE TABLE after (x)"]).to_string().as_bytes(),
+    )
+    .await;
+    assert_eq!(status, 200, "{out}");
+    assert!(out["results"][0].get("error").is_none(), "{out}");
+}
+
+/// Finding 7: after its Raft stopped, a node kept openraft's last metrics, which named itself leader: a
+/// write to it was forwarded to its own address over and over (until a 30 s timeout), and `/readyz`
+/// answered 200. Leaders now come only from a running Raft, a forwarded request is never forwarded again,
+/// and `/readyz` fails once Raft has stopped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_whose_raft_stopped_does_not_forward_to_itself_and_is_not_ready() {
+    let cluster = Cluster::start().await;
+    let leader = cluster.leader().await;
+    let addr = leader.http_addr().to_owned();
+    let (status, _) = http(&addr, "GET", "/readyz", b"").await;
+    assert_eq!(status, 200);
+    leader.raft().shutdown().await.expect("raft shutdown");
+    assert!(!raft_running(leader));
+    assert_eq!(leader.raft().metrics().borrow_watched().current_leader, Some(leader.id()), "stale metrics");
+    let started = std::time::Instant::now();
+    let (status, out) =
+        http(&addr, "POST", "/db/execute", json!(["CREATE TABLE t (x)"]).to_string().as_bytes()).await;
+    assert_eq!(status, 503, "{out}");
+    assert!(started.elapsed() < Duration::from_secs(5), "answered at once, took {:?}", started.elapsed());
+    let (status, out) = http(&addr, "GET", "/readyz", b"").await;
+    assert_eq!(status, 503, "{out}");
+    assert!(out.to_string().contains("raft has stopped"), "{out}");
+    // A request marked as forwarded is not forwarded again by a follower that is not the leader either.
+    let follower = cluster.nodes.iter().find(|n| n.id() != leader.id()).expect("follower");
+    let mut stream = TcpStream::connect(follower.http_addr()).await.expect("connect");
+    let body = json!(["CREATE TABLE t (x)"]).to_string();
+    let head = format!(
+        "POST /db/execute HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\nx-bop-forwarded-by: 9\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).await.expect("send");
+    let mut raw = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut raw))
+        .await
+        .expect("answer")
+        .expect("read");
+    let text = String::from_utf8_lossy(&raw);
+    let is_leader_now = follower.raft().metrics().borrow_watched().current_leader == Some(follower.id());
+    assert!(text.starts_with("HTTP/1.1 503") || is_leader_now, "{text}");
+}
