@@ -7,6 +7,9 @@ use std::sync::Arc;
 use libsql_sys::ffi;
 
 use crate::error::SqlError;
+use crate::limits::{
+    self, AnswerUnit, EngineSignals, Guard, GuardPtr, InterruptHandle, Limits, VALUE_OVERHEAD_BYTES,
+};
 use crate::wal::{ConnShared, DbShared};
 
 /// A SQLite value.
@@ -22,6 +25,20 @@ pub enum Value {
     Text(String),
     /// Bytes.
     Blob(Vec<u8>),
+}
+
+impl Value {
+    /// What this value counts towards an answer's byte bound ([`Limits::bytes_max`]): its text or blob
+    /// length, 8 for a number, 0 for NULL, plus [`VALUE_OVERHEAD_BYTES`].
+    pub fn answer_bytes(&self) -> u64 {
+        VALUE_OVERHEAD_BYTES
+            + match self {
+                Value::Null => 0,
+                Value::Integer(_) | Value::Real(_) => 8,
+                Value::Text(text) => text.len() as u64,
+                Value::Blob(blob) => blob.len() as u64,
+            }
+    }
 }
 
 /// Parameters of one statement.
@@ -75,6 +92,15 @@ pub struct Rows {
     pub rows: Vec<Vec<Value>>,
 }
 
+impl Rows {
+    /// What these rows count towards an answer's bounds: their number and the sum of
+    /// [`Value::answer_bytes`] over their values (for a caller spreading one budget over several calls).
+    pub fn answer_size(&self) -> (u64, u64) {
+        let bytes = self.rows.iter().flatten().map(Value::answer_bytes).sum();
+        (self.rows.len() as u64, bytes)
+    }
+}
+
 /// What one executed statement did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ExecOutcome {
@@ -94,17 +120,28 @@ pub struct Connection {
     conn: Option<Arc<ConnShared>>,
     // Keeps the database's shared state (and its page-store handle) alive as long as the connection.
     _shared: Option<Arc<DbShared>>,
+    /// What the progress and busy handlers read, at the address SQLite holds.
+    guard: GuardPtr,
+    limits: Limits,
+    /// Rows and bytes of the current call's answer so far.
+    answer_rows: u64,
+    answer_bytes: u64,
 }
 
 // SAFETY: libSQL is built threadsafe (serialized) by default, checked in `open_raw`; a `Connection` is used
-// by one thread at a time (`&mut self`), and its WAL's state is only touched from inside SQLite calls.
+// by one thread at a time (`&mut self`), and its WAL's state and its limits guard (`Cell`s) are only
+// touched by that thread, from inside SQLite calls or between them; the guard's cross-thread parts are
+// atomics.
 unsafe impl Send for Connection {}
 
 impl Drop for Connection {
     fn drop(&mut self) {
         // SAFETY: `raw` came from a successful open and is closed exactly once; close_v2 defers the close
-        // until unfinalised statements are gone (we finalise all of ours before returning).
+        // until unfinalised statements are gone (we finalise all of ours before returning). The handlers
+        // are removed first, so that nothing in SQLite points at the guard once it is dropped.
         unsafe {
+            ffi::sqlite3_progress_handler(self.raw, 0, None, std::ptr::null_mut());
+            ffi::sqlite3_busy_handler(self.raw, None, std::ptr::null_mut());
             ffi::sqlite3_close_v2(self.raw);
         }
     }
@@ -159,13 +196,16 @@ fn sqlite_error(raw: *mut ffi::sqlite3, rc: c_int, conn: Option<&ConnShared>) ->
 
 impl Connection {
     /// Opens `path`: through bop's virtual WAL when `wal_manager` is given, else as an ordinary SQLite file
-    /// (stock WAL and VFS).
+    /// (stock WAL and VFS). Its calls are bounded by `limits` and stopped by `engine`'s signals.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn open_raw(
         path: &Path,
         wal_manager: Option<ffi::libsql_wal_manager>,
         conn: Option<Arc<ConnShared>>,
         shared: Option<Arc<DbShared>>,
         busy_timeout_ms: u32,
+        engine: Option<Arc<EngineSignals>>,
+        limits: Limits,
     ) -> Result<Connection, SqlError> {
         // SAFETY: plain query of a compile-time setting.
         if unsafe { ffi::sqlite3_threadsafe() } == 0 {
@@ -193,19 +233,81 @@ impl Connection {
         if raw.is_null() {
             return Err(SqlError::Sqlite { code: rc, message: "out of memory opening a connection".into() });
         }
-        let connection = Connection { raw, conn, _shared: shared };
+        let connection = Connection {
+            raw,
+            conn,
+            _shared: shared,
+            guard: GuardPtr::new(Guard::new(engine, busy_timeout_ms)),
+            limits,
+            answer_rows: 0,
+            answer_bytes: 0,
+        };
         result(raw, rc, None)?;
-        // SAFETY: `raw` is open.
+        let guard = connection.guard.as_arg();
+        // SAFETY: `raw` is open. The guard stays put, lives as long as the connection, and the handlers are
+        // removed in `drop` before the close; they only take shared references to it.
         unsafe {
             ffi::sqlite3_extended_result_codes(raw, 1);
-            ffi::sqlite3_busy_timeout(raw, busy_timeout_ms as c_int);
+            ffi::sqlite3_busy_handler(raw, Some(limits::busy_handler), guard);
+            ffi::sqlite3_progress_handler(raw, limits::PROGRESS_OPS, Some(limits::progress_handler), guard);
         }
         Ok(connection)
     }
 
     /// Opens an ordinary file-backed SQLite database (stock WAL and VFS): the baseline bop is compared to.
     pub fn open_stock(path: impl AsRef<Path>) -> Result<Connection, SqlError> {
-        Connection::open_raw(path.as_ref(), None, None, None, 5_000)
+        Connection::open_raw(path.as_ref(), None, None, None, 5_000, None, Limits::NONE)
+    }
+
+    /// Sets the bounds of this connection's later calls (a connection from [`crate::SqlEngine::open`]
+    /// starts with [`crate::SqlEngine::default_limits`], one from [`Connection::open_stock`] with
+    /// [`Limits::NONE`]).
+    pub fn set_limits(&mut self, limits: Limits) {
+        self.limits = limits;
+    }
+
+    /// The bounds of this connection's calls.
+    pub fn limits(&self) -> Limits {
+        self.limits
+    }
+
+    /// A handle that interrupts this connection's work from any thread (see [`InterruptHandle`]).
+    pub fn interrupt_handle(&self) -> InterruptHandle {
+        self.guard.handle()
+    }
+
+    /// Lets calls run again after [`InterruptHandle::interrupt`].
+    pub fn clear_interrupt(&mut self) {
+        self.guard.clear_interrupt();
+    }
+
+    /// Runs `f` as one call: under this connection's limits, with a fresh answer budget. A call made
+    /// inside another (e.g. `execute_batch` through `request_batch`) is part of the outer one.
+    fn call<T>(&mut self, f: impl FnOnce(&mut Self) -> Result<T, SqlError>) -> Result<T, SqlError> {
+        if self.guard.is_armed() {
+            return f(self);
+        }
+        self.guard.arm(&self.limits)?;
+        self.answer_rows = 0;
+        self.answer_bytes = 0;
+        let result = f(self);
+        self.guard.disarm();
+        result
+    }
+
+    /// Counts a row of `stmt` (just stepped to) into the call's answer, failing once a bound is passed.
+    fn count_row(&mut self, stmt: &Stmt, column_count: c_int) -> Result<(), SqlError> {
+        let rows = self.answer_rows + 1;
+        if let Some(max) = self.limits.rows_max.filter(|max| rows > *max) {
+            return Err(SqlError::AnswerTooLarge { limit: max, unit: AnswerUnit::Rows });
+        }
+        let bytes = self.answer_bytes + (0..column_count).map(|i| column_answer_bytes(stmt, i)).sum::<u64>();
+        if let Some(max) = self.limits.bytes_max.filter(|max| bytes > *max) {
+            return Err(SqlError::AnswerTooLarge { limit: max, unit: AnswerUnit::Bytes });
+        }
+        self.answer_rows = rows;
+        self.answer_bytes = bytes;
+        Ok(())
     }
 
     pub(crate) fn raw(&self) -> *mut ffi::sqlite3 {
@@ -213,7 +315,14 @@ impl Connection {
     }
 
     fn error(&self, rc: c_int) -> SqlError {
-        sqlite_error(self.raw, rc, self.conn.as_deref())
+        let error = sqlite_error(self.raw, rc, self.conn.as_deref());
+        // A handler that stopped the call makes SQLite fail with SQLITE_INTERRUPT (or SQLITE_BUSY, when
+        // it stopped waiting for a lock): report why.
+        match self.guard.stopped() {
+            Some(stop) if self.guard.is_armed() => stop.error(),
+            _ if rc & 0xff == ffi::SQLITE_INTERRUPT => SqlError::Interrupted,
+            _ => error,
+        }
     }
 
     /// Runs every statement of `sql` (binding `params` to each statement that has parameters), returning
@@ -236,6 +345,7 @@ impl Connection {
                 // SAFETY: as above.
                 let rc = unsafe { ffi::sqlite3_step(stmt.0) };
                 if rc == ffi::SQLITE_ROW {
+                    self.count_row(&stmt, column_count)?;
                     rows.rows.push((0..column_count).map(|i| column_value(&stmt, i)).collect());
                 } else if rc == ffi::SQLITE_DONE {
                     break;
@@ -367,15 +477,19 @@ impl Connection {
         &mut self,
         statements: &[Statement],
     ) -> Result<Vec<(Option<Rows>, ExecOutcome)>, SqlError> {
-        self.batch(statements, false)?.into_iter().collect()
+        self.call(|conn| conn.batch(statements, false)?.into_iter().collect())
     }
 
     /// Runs `statements` in one transaction where each statement stands alone: a statement that fails is
     /// undone (by a savepoint around it) and reported in its place, and the others still commit — rqlite's
     /// semantics for a batch sent without `transaction`, committed as one unit. The outer error is for a
     /// failure of the batch itself (the commit, or a savepoint that could not be rolled back).
+    ///
+    /// A statement's rows count towards the call's answer bounds only if it succeeds. A statement that runs
+    /// out of time or is interrupted ([`SqlError::stops_call`]) ends the whole batch, rolled back, with
+    /// that error.
     pub fn request_each(&mut self, statements: &[Statement]) -> Result<Vec<StatementResult>, SqlError> {
-        self.batch(statements, true)
+        self.call(|conn| conn.batch(statements, true))
     }
 
     fn batch(&mut self, statements: &[Statement], each: bool) -> Result<Vec<StatementResult>, SqlError> {
@@ -388,6 +502,7 @@ impl Connection {
                     return Err(e);
                 }
             }
+            let answer_before = (self.answer_rows, self.answer_bytes);
             match self.run(&statement.sql, &statement.params) {
                 Ok((rows, outcome)) => {
                     outcomes.push(Ok(((!rows.columns.is_empty()).then_some(rows), outcome)));
@@ -398,7 +513,8 @@ impl Connection {
                         }
                     }
                 }
-                Err(e) if each && !self.is_autocommit() => {
+                Err(e) if each && !e.stops_call() && !self.is_autocommit() => {
+                    (self.answer_rows, self.answer_bytes) = answer_before;
                     outcomes.push(Err(e));
                     let undone = self
                         .run("ROLLBACK TO bop_statement", &Params::None)
@@ -423,19 +539,24 @@ impl Connection {
 
     /// Runs `sql` (in autocommit mode unless a transaction is open) and returns what it did.
     pub fn execute(&mut self, sql: &str, params: &Params) -> Result<ExecOutcome, SqlError> {
-        Ok(self.run(sql, params)?.1)
+        self.call(|conn| Ok(conn.run(sql, params)?.1))
     }
 
     /// Runs `sql` and returns the columns and rows of its last statement that returned columns.
     pub fn query(&mut self, sql: &str, params: &Params) -> Result<Rows, SqlError> {
-        Ok(self.run(sql, params)?.0)
+        self.call(|conn| Ok(conn.run(sql, params)?.0))
     }
 
     /// Writes a consistent copy of this database (the snapshot one read transaction sees) to `path` as an
     /// ordinary SQLite file in rollback-journal mode, with SQLite's online backup API. `path` must not
     /// exist yet.
+    ///
+    /// The backup is refused once the engine is shutting down, but not bounded in time once it runs.
     pub fn backup_to(&mut self, path: impl AsRef<Path>) -> Result<(), SqlError> {
         let path = path.as_ref();
+        if self.guard.shutting_down() {
+            return Err(SqlError::ShuttingDown);
+        }
         if path.exists() {
             return Err(SqlError::invalid(format!("backup target {} already exists", path.display())));
         }
@@ -467,9 +588,14 @@ impl Connection {
         unsafe { ffi::sqlite3_get_autocommit(self.raw) != 0 }
     }
 
+    /// Rolls back an open transaction, with the limits not checked (it undoes a call that failed, maybe
+    /// because it ran out of time).
     fn rollback_if_open(&mut self) {
         if !self.is_autocommit() {
-            if let Err(e) = self.run("ROLLBACK", &Params::None) {
+            let armed = self.guard.suspend();
+            let rolled_back = self.run("ROLLBACK", &Params::None);
+            self.guard.resume(armed);
+            if let Err(e) = rolled_back {
                 tracing::warn!(error = %e, "rollback after a failed batch failed");
             }
         }
@@ -530,4 +656,18 @@ fn column_value(stmt: &Stmt, i: c_int) -> Value {
             _ => Value::Null,
         }
     }
+}
+
+/// What column `i` of the row `stmt` just stepped to counts towards the answer's byte bound, taken
+/// before the value is copied (as [`Value::answer_bytes`] will count it).
+fn column_answer_bytes(stmt: &Stmt, i: c_int) -> u64 {
+    // SAFETY: called right after SQLITE_ROW with a valid column index; no pointer into the row is held.
+    let payload = unsafe {
+        match ffi::sqlite3_column_type(stmt.0, i) {
+            ffi::SQLITE_INTEGER | ffi::SQLITE_FLOAT => 8,
+            ffi::SQLITE_TEXT | ffi::SQLITE_BLOB => ffi::sqlite3_column_bytes(stmt.0, i).max(0) as u64,
+            _ => 0,
+        }
+    };
+    VALUE_OVERHEAD_BYTES + payload
 }

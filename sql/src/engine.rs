@@ -4,6 +4,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use bop_storage::page_store::{Db, Manager, PageStoreError, PAGE_SIZE};
 use libsql_sys::wal::make_wal_manager;
@@ -11,6 +12,7 @@ use parking_lot::Mutex;
 
 use crate::connection::{Connection, Params, Value};
 use crate::error::SqlError;
+use crate::limits::{EngineSignals, Limits};
 use crate::page_one::empty_database_page_one;
 use crate::sink::{FrameSink, LocalSink};
 use crate::wal::{BopWalManager, ConnShared, DbShared, WriterState, PAGE_NO_MAX, SPILL_PREFIX};
@@ -29,6 +31,17 @@ pub struct SqlConfig {
     pub held_memory_bytes_max: usize,
     /// How long a connection waits for another connection's write lock before `SQLITE_BUSY`.
     pub busy_timeout_ms: u32,
+    /// Longest one call on a connection (a query, or a whole batch) may run before it is stopped with
+    /// [`SqlError::Timeout`], unless the caller sets other [`Limits`]; `None`: no limit. Default 60 s: far
+    /// more than any legitimate statement on a node whose transactions are bounded by `pending_bytes_max`,
+    /// and short enough that a runaway query gives its core back.
+    pub statement_time_max: Option<Duration>,
+    /// Most rows of one call's answer, unless the caller sets other [`Limits`]; `None`: no bound. Default
+    /// 1,000,000.
+    pub answer_rows_max: Option<u64>,
+    /// Most bytes of one call's answer ([`crate::Value::answer_bytes`] summed), unless the caller sets
+    /// other [`Limits`]; `None`: no bound. Default 64 MiB.
+    pub answer_bytes_max: Option<u64>,
 }
 
 impl SqlConfig {
@@ -39,6 +52,19 @@ impl SqlConfig {
             pending_bytes_max: 64 << 20,
             held_memory_bytes_max: 8 << 20,
             busy_timeout_ms: 5_000,
+            statement_time_max: Some(Duration::from_secs(60)),
+            answer_rows_max: Some(1_000_000),
+            answer_bytes_max: Some(64 << 20),
+        }
+    }
+
+    /// The [`Limits`] these settings give a connection (no deadline of its own).
+    pub fn default_limits(&self) -> Limits {
+        Limits {
+            time_max: self.statement_time_max,
+            deadline: None,
+            rows_max: self.answer_rows_max,
+            bytes_max: self.answer_bytes_max,
         }
     }
 }
@@ -59,6 +85,7 @@ pub struct SqlEngine {
     sink: Arc<dyn FrameSink>,
     config: SqlConfig,
     dbs: Mutex<HashMap<u64, Arc<DbShared>>>,
+    signals: Arc<EngineSignals>,
 }
 
 impl SqlEngine {
@@ -70,7 +97,13 @@ impl SqlEngine {
             source,
         })?;
         remove_stale_spill_files(&config.placeholder_dir);
-        Ok(SqlEngine { manager, sink, config, dbs: Mutex::new(HashMap::new()) })
+        Ok(SqlEngine {
+            manager,
+            sink,
+            config,
+            dbs: Mutex::new(HashMap::new()),
+            signals: Arc::new(EngineSignals::default()),
+        })
     }
 
     /// A single-node engine: every transaction is one local page-store commit ([`LocalSink`]).
@@ -83,8 +116,37 @@ impl SqlEngine {
         &self.manager
     }
 
-    /// Opens a connection to the database `name`, creating it when `mode` allows.
+    /// The limits connections start with ([`SqlConfig::default_limits`]).
+    pub fn default_limits(&self) -> Limits {
+        self.config.default_limits()
+    }
+
+    /// Interrupts every call running now on any connection of this engine ([`SqlError::Interrupted`]);
+    /// calls that start afterwards run normally.
+    pub fn interrupt_all(&self) {
+        self.signals.epoch.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// Begins the engine's shutdown: every call running on any of its connections stops, and every later
+    /// call or [`SqlEngine::open`] is refused, with [`SqlError::ShuttingDown`]. Does not wait: a statement
+    /// stops at its next progress check (within microseconds of SQLite work), a commit already handed to
+    /// the sink completes first. Cannot be undone.
+    pub fn shutdown(&self) {
+        self.signals.shutdown.store(true, Ordering::SeqCst);
+        self.signals.epoch.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// Whether [`SqlEngine::shutdown`] was called.
+    pub fn is_shutting_down(&self) -> bool {
+        self.signals.shutdown.load(Ordering::SeqCst)
+    }
+
+    /// Opens a connection to the database `name`, creating it when `mode` allows. Its calls are bounded by
+    /// [`SqlEngine::default_limits`] until [`Connection::set_limits`].
     pub fn open(&self, name: &str, mode: OpenMode) -> Result<Connection, SqlError> {
+        if self.is_shutting_down() {
+            return Err(SqlError::ShuttingDown);
+        }
         let db = match self.manager.open_database(name) {
             Ok(db) => db,
             Err(PageStoreError::NoSuchDatabase { .. }) if mode == OpenMode::CreateIfMissing => self
@@ -104,6 +166,8 @@ impl SqlEngine {
             Some(conn),
             Some(shared),
             self.config.busy_timeout_ms,
+            Some(self.signals.clone()),
+            self.config.default_limits(),
         )?;
         // SAFETY: the connection is open; 0 disables SQLite's automatic checkpoints (bop drives them).
         unsafe {

@@ -1,6 +1,10 @@
 //! Errors of the SQL layer.
 
+use std::time::Duration;
+
 use bop_storage::page_store::PageStoreError;
+
+use crate::limits::AnswerUnit;
 
 /// What went wrong with a SQL call.
 #[derive(Debug, thiserror::Error)]
@@ -33,9 +37,40 @@ pub enum SqlError {
         /// The error.
         source: std::io::Error,
     },
+    /// The call ran past its time limit ([`crate::Limits::time_max`] or [`crate::Limits::deadline`]) and
+    /// was stopped; what it wrote is rolled back (a write inside an explicit transaction rolls back the
+    /// whole transaction, as SQLite does for an interrupted write).
+    #[error("statement time limit of {limit:?} exceeded")]
+    Timeout {
+        /// The limit that was passed (for a deadline: the time from the call's start to it).
+        limit: Duration,
+    },
+    /// The call was stopped by its connection's [`crate::InterruptHandle`] or by
+    /// [`crate::SqlEngine::interrupt_all`]; what it wrote is rolled back as for [`SqlError::Timeout`].
+    #[error("statement interrupted (client gone or node shutting down)")]
+    Interrupted,
+    /// The engine is shutting down ([`crate::SqlEngine::shutdown`]): the call was stopped, or refused.
+    #[error("node shutting down: SQL statements are no longer run")]
+    ShuttingDown,
+    /// The call's answer passed [`crate::Limits::rows_max`] or [`crate::Limits::bytes_max`]; it stopped
+    /// reading rows there.
+    #[error("answer too large: more than {limit} {unit}")]
+    AnswerTooLarge {
+        /// The bound that was passed.
+        limit: u64,
+        /// What it counts.
+        unit: AnswerUnit,
+    },
 }
 
 impl SqlError {
+    /// Whether this error ends a whole call rather than one statement of it: the call ran out of time, was
+    /// interrupted, or the engine is shutting down ([`crate::Connection::request_each`] does not go on to
+    /// the next statement after one of these).
+    pub fn stops_call(&self) -> bool {
+        matches!(self, SqlError::Timeout { .. } | SqlError::Interrupted | SqlError::ShuttingDown)
+    }
+
     pub(crate) fn invalid(reason: impl Into<String>) -> Self {
         SqlError::Invalid { reason: reason.into() }
     }

@@ -9,6 +9,7 @@
 mod connection;
 mod engine;
 mod error;
+mod limits;
 mod page_one;
 mod sink;
 mod wal;
@@ -16,4 +17,5 @@ mod wal;
 pub use connection::{Column, Connection, ExecOutcome, Params, Rows, Statement, StatementResult, Value};
 pub use engine::{OpenMode, SqlConfig, SqlEngine};
 pub use error::SqlError;
+pub use limits::{AnswerUnit, InterruptHandle, Limits, VALUE_OVERHEAD_BYTES};
 pub use sink::{FrameSink, LocalSink, SinkError};

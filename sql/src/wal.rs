@@ -516,7 +516,9 @@ impl Wal for BopWal {
                 return Err(self.fail(
                     ffi::SQLITE_FULL,
                     format!(
-                        "transaction changes more than {} bytes of pages (pending_bytes_max)",
+                        "transaction too large: {} bytes of pages, more than the limit of {} \
+                         (pending_bytes_max)",
+                        (self.frames.len() + 1) * PAGE_SIZE,
                         self.shared.pending_bytes_max
                     ),
                 ));
