@@ -276,3 +276,139 @@ async fn a_node_whose_raft_stopped_does_not_forward_to_itself_and_is_not_ready()
     let is_leader_now = follower.raft().metrics().borrow_watched().current_leader == Some(follower.id());
     assert!(text.starts_with("HTTP/1.1 503") || is_leader_now, "{text}");
 }
+
+/// Finding 8 (HTTP): connections were unbounded and had no header-read or idle timeout, so idle or slow
+/// clients held sockets and tasks for ever. A connection that sends no whole request head within the
+/// header timeout (10 s by default) is closed, also when kept alive after a request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_and_slow_http_connections_are_closed() {
+    let cluster = Cluster::start().await;
+    let addr = cluster.leader().await.http_addr().to_owned();
+    let closed_within = |mut stream: TcpStream| async move {
+        let started = std::time::Instant::now();
+        let mut buf = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(20), stream.read_to_end(&mut buf)).await;
+        assert!(read.is_ok(), "closed by the server within 20 s");
+        started.elapsed()
+    };
+    let silent = TcpStream::connect(&addr).await.expect("connect");
+    let mut slow = TcpStream::connect(&addr).await.expect("connect");
+    slow.write_all(b"GET /status HTTP/1.1\r\nHost: x\r\n").await.expect("half a head");
+    let mut kept = TcpStream::connect(&addr).await.expect("connect");
+    kept.write_all(b"GET /status HTTP/1.1\r\nHost: x\r\n\r\n").await.expect("a request");
+    let (a, b, c) = tokio::join!(closed_within(silent), closed_within(slow), closed_within(kept));
+    for took in [a, b, c] {
+        assert!(took >= Duration::from_secs(5), "not before the timeout: {took:?}");
+    }
+}
+
+/// Finding 8 (HTTP): past the connection limit a client hears 503 with `Retry-After` at once, and the
+/// node serves again once connections close.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_past_the_limit_are_refused_with_retry_after() {
+    use bop_raft::node::{NodeEnv, NodeLimits};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = NodeConfig {
+        id: 1,
+        data_dir: dir.path().join("node-1"),
+        raft_addr: "127.0.0.1:0".into(),
+        http_addr: "127.0.0.1:0".into(),
+    };
+    let limits = NodeLimits {
+        http_connections_max: 4,
+        http_header_timeout: Duration::from_millis(500),
+        ..NodeLimits::default()
+    };
+    let node = Node::start_in(config, NodeEnv { limits, ..NodeEnv::default() }).await.expect("start");
+    node.initialize_if_new(BTreeMap::from([(1, node.member_addr())])).await.expect("init");
+    let addr = node.http_addr().to_owned();
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        held.push(TcpStream::connect(&addr).await.expect("connect"));
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await; // let the server accept them
+    let mut extra = TcpStream::connect(&addr).await.expect("connect");
+    let mut raw = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), extra.read_to_end(&mut raw))
+        .await
+        .expect("answer")
+        .expect("read");
+    let text = String::from_utf8_lossy(&raw);
+    assert!(text.starts_with("HTTP/1.1 503") && text.contains("Retry-After: 1"), "{text}");
+    assert!(text.contains("too many connections"), "{text}");
+    drop(held);
+    // The held connections' slots free as the server notices they closed.
+    let mut status = 0;
+    for _ in 0..100 {
+        status = http(&addr, "GET", "/status", b"").await.0;
+        if status == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(status, 200);
+    node.shutdown().await;
+}
+
+const FOREVER: &str = "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x+1 FROM c) SELECT count(*) FROM c";
+
+async fn stopped_calls(addr: &str) -> f64 {
+    let (_, out) = http(addr, "GET", "/metrics", b"").await;
+    let text = out.as_str().unwrap_or_default().to_owned();
+    text.lines()
+        .find_map(|l| l.strip_prefix("bop_sql_calls_stopped_total "))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// Finding 4: queries were unbounded in time and size. A statement past its time limit (the node's
+/// default, or rqlite's `db_timeout`) is stopped with a clear error; an answer past the row bound is an
+/// error instead of the node's memory; a statement whose client went away is stopped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queries_are_bounded_in_time_and_size_and_stop_when_the_client_leaves() {
+    let cluster = Cluster::start().await;
+    let addr = cluster.leader().await.http_addr().to_owned();
+    let (status, out) =
+        http(&addr, "POST", "/db/execute", json!(["CREATE TABLE t (x)"]).to_string().as_bytes()).await;
+    assert_eq!(status, 200, "{out}");
+    for level in ["weak", "none", "linearizable"] {
+        let started = std::time::Instant::now();
+        let path = format!("/db/query?level={level}&db_timeout=300ms&q={}", encode(FOREVER));
+        let (status, out) = http(&addr, "GET", &path, b"").await;
+        assert_eq!(status, 200, "{out}");
+        assert!(out.to_string().contains("time limit of 300ms exceeded"), "{level}: {out}");
+        assert!(started.elapsed() < Duration::from_secs(10), "{level}: took {:?}", started.elapsed());
+    }
+    let (status, out) =
+        http(&addr, "GET", &format!("/db/query?db_timeout=soon&q={}", encode("SELECT 1")), b"").await;
+    assert_eq!(status, 400, "{out}");
+    // A write is bounded the same way and leaves nothing behind.
+    let forever_insert =
+        "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x+1 FROM c) INSERT INTO t SELECT x FROM c";
+    let (_, out) =
+        http(&addr, "POST", "/db/execute?db_timeout=300ms", json!([forever_insert]).to_string().as_bytes())
+            .await;
+    assert!(out.to_string().contains("time limit"), "{out}");
+    assert_eq!(count(&addr, "t").await, json!(0));
+    // More rows than an answer may carry (1,000,000 by default).
+    let many = "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x+1 FROM c LIMIT 1000001) SELECT x FROM c";
+    let (status, out) = http(&addr, "GET", &format!("/db/query?q={}", encode(many)), b"").await;
+    assert_eq!(status, 200);
+    assert!(out.to_string().contains("answer too large: more than 1000000 rows"), "{out}");
+    // A client that gives up: its statement is stopped (counted in /metrics) well before the 60 s limit.
+    let before = stopped_calls(&addr).await;
+    let mut stream = TcpStream::connect(&addr).await.expect("connect");
+    let head = format!("GET /db/query?q={} HTTP/1.1\r\nHost: x\r\n\r\n", encode(FOREVER));
+    stream.write_all(head.as_bytes()).await.expect("send");
+    tokio::time::sleep(Duration::from_millis(300)).await; // the statement is running
+    drop(stream);
+    let mut stopped = before;
+    for _ in 0..100 {
+        stopped = stopped_calls(&addr).await;
+        if stopped > before {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(stopped > before, "the gone client's statement was stopped within 10 s");
+}

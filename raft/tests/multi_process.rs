@@ -291,3 +291,40 @@ fn three_nodes_bootstrapped_at_the_same_moment_all_stay_up_and_agree_on_a_leader
         }
     }
 }
+
+/// Finding 4 of the hardening work: a runaway statement kept a blocking thread busy, and a node asked to
+/// stop (SIGINT, as Ctrl-C) hung until SIGKILL. Shutdown now interrupts running statements.
+#[test]
+fn a_node_stops_promptly_on_sigint_while_a_runaway_query_runs() {
+    let mut cluster = Cluster {
+        dir: tempfile::tempdir().expect("tempdir"),
+        raft: vec![format!("127.0.0.1:{}", free_port())],
+        http: vec![format!("127.0.0.1:{}", free_port())],
+        children: vec![None],
+    };
+    cluster.spawn(0, true);
+    cluster.leader(Duration::from_secs(30));
+    let (status, out) =
+        http(&cluster.http[0], "POST", "/db/execute", r#"["CREATE TABLE t (x)"]"#).expect("create");
+    assert_eq!(status, 200, "{out}");
+    // A client that keeps waiting for a statement that would run for hours.
+    let addr = cluster.http[0].clone();
+    let _client = std::thread::spawn(move || {
+        let q = "WITH%20RECURSIVE%20c(x)%20AS%20(SELECT%201%20UNION%20ALL%20SELECT%20x%2B1%20FROM%20c)%20SELECT%20count(*)%20FROM%20c";
+        http(&addr, "GET", &format!("/db/query?q={q}"), "")
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let child = cluster.children[0].as_mut().expect("running");
+    let pid = child.id().to_string();
+    let killed = Command::new("kill").args(["-INT", &pid]).status().expect("kill -INT");
+    assert!(killed.success());
+    let until = Instant::now() + Duration::from_secs(15);
+    loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            assert!(status.success(), "a clean exit: {status:?}");
+            break;
+        }
+        assert!(Instant::now() < until, "the node did not stop within 15 s of SIGINT");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

@@ -23,6 +23,7 @@ use hyper_util::rt::TokioIo;
 use openraft::async_runtime::WatchReceiver;
 use serde_json::{json, Value as Json};
 
+use super::bounds::{request_limits, Cancel};
 use super::rqlite::{error_result, exec_result, parse_statements, query_result};
 use super::NodeShared;
 
@@ -113,6 +114,7 @@ const KNOWN_PARAMS: &[&str] = &[
     "freshness_strict",
     "redirect",
     "fmt",
+    "db_timeout",
 ];
 
 fn query_params(query: Option<&str>) -> Result<HashMap<String, String>, String> {
@@ -397,7 +399,7 @@ async fn handle(node: Arc<NodeShared>, req: Request<Incoming>) -> Result<HttpRes
 
 /// A Go-style duration as rqlite takes it: a number and a unit (`ns`, `us`, `ms`, `s`, `m`, `h`), e.g.
 /// `500ms`, `1.5s`; `None` when it is not one.
-fn parse_duration(text: &str) -> Option<std::time::Duration> {
+pub(super) fn parse_duration(text: &str) -> Option<std::time::Duration> {
     let split = text.find(|c: char| !(c.is_ascii_digit() || c == '.'))?;
     let (number, unit) = text.split_at(split);
     let value: f64 = number.parse().ok()?;
@@ -492,19 +494,29 @@ async fn write_batch(
 ) -> HttpResponse {
     let transaction = params.contains_key("transaction");
     let associative = params.contains_key("associative");
+    let limits = match request_limits(&node.engine, params) {
+        Ok(limits) => limits,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e),
+    };
+    let cancel = Cancel::default();
+    let _cancel_on_drop = cancel.on_drop();
     let _turn = node.writer_turn(db).lock().await;
     node.leadership_applied().await;
-    let engine = Arc::clone(&node.engine);
+    let shared = Arc::clone(node);
     let name = db.to_owned();
     let outcome = node
         .blocking
         .run(move || {
-            let mut conn = engine.open(&name, OpenMode::CreateIfMissing)?;
-            if transaction {
-                Ok(conn.request_batch(&statements)?.into_iter().map(Ok).collect())
+            let mut conn = shared.engine.open(&name, OpenMode::CreateIfMissing)?;
+            cancel.attach(&conn);
+            conn.set_limits(limits);
+            let outcome = if transaction {
+                conn.request_batch(&statements).map(|done| done.into_iter().map(Ok).collect())
             } else {
                 conn.request_each(&statements)
-            }
+            };
+            shared.count_stopped(outcome.as_ref().err());
+            outcome
         })
         .await;
     match outcome {
@@ -616,12 +628,19 @@ async fn query(
         }
     }
     let associative = params.contains_key("associative");
-    let engine = Arc::clone(&node.engine);
+    let mut limits = match request_limits(&node.engine, params) {
+        Ok(limits) => limits,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e),
+    };
+    let cancel = Cancel::default();
+    let _cancel_on_drop = cancel.on_drop();
+    let shared = Arc::clone(node);
     let db = db.to_owned();
     let outcome = node
         .blocking
         .run(move || {
-            let mut conn = engine.open(&db, OpenMode::Existing)?;
+            let mut conn = shared.engine.open(&db, OpenMode::Existing)?;
+            cancel.attach(&conn);
             // A query only reads (as in rqlite): a batch with a write runs none of it. Statements that do
             // not prepare are answered with their own error below. `query_only` stops anything that
             // slipped past the check (e.g. a write inside an explicit transaction).
@@ -635,9 +654,24 @@ async fn query(
                 }
             }
             conn.execute("PRAGMA query_only = 1", &bop_sql::Params::None)?;
+            // One answer budget and one deadline for the whole request, over all its statements.
+            conn.set_limits(limits);
             let mut results = Vec::new();
             for statement in &statements {
                 let rows: Result<Rows, SqlError> = conn.query(&statement.sql, &statement.params);
+                match &rows {
+                    Err(e) if e.stops_call() => {
+                        shared.count_stopped(Some(e));
+                        return Err(rows.err().unwrap_or(SqlError::Interrupted));
+                    }
+                    Ok(found) => {
+                        let (rows_used, bytes_used) = found.answer_size();
+                        limits.rows_max = limits.rows_max.map(|m| m.saturating_sub(rows_used));
+                        limits.bytes_max = limits.bytes_max.map(|m| m.saturating_sub(bytes_used));
+                        conn.set_limits(limits);
+                    }
+                    Err(_) => {}
+                }
                 results.push(match rows {
                     Ok(rows) => query_result(&rows, associative),
                     Err(e) => json!({ "error": e.to_string() }),

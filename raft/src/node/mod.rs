@@ -1,5 +1,6 @@
 //! A bop node: storage, Raft over TCP, the SQL engine committing through Raft, and the HTTP API.
 
+mod bounds;
 mod dump;
 mod http;
 mod rqlite;
@@ -234,6 +235,8 @@ pub struct NodeShared {
     /// Where SQL runs.
     blocking: Blocking,
     limits: NodeLimits,
+    /// SQL calls stopped by their time limit or an interrupt (client gone, shutdown).
+    statements_stopped: AtomicU64,
     requests: AtomicU64,
     latency_us_total: AtomicU64,
 }
@@ -291,6 +294,13 @@ impl NodeShared {
             .await;
     }
 
+    /// Counts a SQL call stopped by its time limit, an interrupt or shutdown.
+    fn count_stopped(&self, error: Option<&bop_sql::SqlError>) {
+        if error.is_some_and(|e| e.stops_call()) {
+            self.statements_stopped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
     fn record_latency(&self, took: Duration) {
         self.requests.fetch_add(1, Ordering::Relaxed);
         self.latency_us_total.fetch_add(took.as_micros() as u64, Ordering::Relaxed);
@@ -335,7 +345,7 @@ impl NodeShared {
         let applied = m.last_applied.map_or(0, |l| l.index);
         let latency_s =
             self.latency_us_total.load(Ordering::Relaxed).checked_div(requests).unwrap_or(0) as f64 / 1e6;
-        let gauges: [(&str, &str, f64); 19] = [
+        let gauges: [(&str, &str, f64); 20] = [
             (
                 "bop_raft_is_leader",
                 "1 if this node leads",
@@ -370,6 +380,11 @@ impl NodeShared {
             ("bop_cache_evictions_total", "page cache evictions", cache.evictions as f64),
             ("bop_cache_bytes", "page cache bytes", cache.bytes as f64),
             ("bop_http_requests_total", "HTTP requests served", requests as f64),
+            (
+                "bop_sql_calls_stopped_total",
+                "SQL calls stopped by their time limit, a gone client or shutdown",
+                self.statements_stopped.load(Ordering::Relaxed) as f64,
+            ),
             ("bop_http_latency_seconds_avg", "mean HTTP request latency", latency_s),
         ];
         let mut out = String::new();
@@ -488,6 +503,7 @@ impl Node {
             net: Arc::clone(&env.net),
             blocking: env.blocking,
             limits: env.limits,
+            statements_stopped: AtomicU64::new(0),
             requests: AtomicU64::new(0),
             latency_us_total: AtomicU64::new(0),
         });
@@ -560,6 +576,9 @@ impl Node {
 
     /// Stops serving, shuts Raft down and closes the storage.
     pub async fn shutdown(self) {
+        // Running statements stop at once (a runaway query would otherwise hold the blocking pool, and
+        // the process, until it ended); later ones are refused.
+        self.shared.engine.shutdown();
         self.http_server.abort();
         self.raft_server.abort();
         let _ = self.shared.raft.shutdown().await;
