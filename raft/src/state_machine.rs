@@ -14,7 +14,7 @@ use std::io;
 use std::sync::Arc;
 
 use bop_storage::page_store::{Manager, PageStoreError, SnapshotDatabase, COMMIT_HEADER_LEN};
-use bop_storage::wal::WalStore;
+use bop_storage::wal::{WalStore, WriterMode};
 use futures_util::StreamExt;
 use openraft::entry::RaftEntry;
 use openraft::storage::{EntryResponder, RaftSnapshotBuilder, RaftStateMachine, Snapshot};
@@ -121,6 +121,9 @@ struct Inner {
 #[derive(Clone)]
 pub struct BopStateMachine {
     inner: Arc<Mutex<Inner>>,
+    /// Blocking storage work (fsyncs, manifest commits, checkpoints) runs right here instead of on a
+    /// blocking thread: the WAL's inline writer (the deterministic simulation) allows no other thread.
+    inline: bool,
 }
 
 fn io_err(e: impl std::error::Error + Send + Sync + 'static) -> io::Error {
@@ -163,7 +166,21 @@ impl BopStateMachine {
             memberships: BTreeMap::new(),
             current,
         };
-        Ok(BopStateMachine { inner: Arc::new(Mutex::new(inner)) })
+        let inline = inner.wal.config().writer == WriterMode::Inline;
+        Ok(BopStateMachine { inner: Arc::new(Mutex::new(inner)), inline })
+    }
+
+    /// Runs `work` on the state under its lock, off the async workers (a checkpoint or an fsync there
+    /// would delay heartbeats on a two-thread runtime), unless the WAL runs inline.
+    async fn off_runtime<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&mut Inner) -> io::Result<T> + Send + 'static,
+    ) -> io::Result<T> {
+        if self.inline {
+            return work(&mut self.inner.lock());
+        }
+        let inner = Arc::clone(&self.inner);
+        tokio::task::spawn_blocking(move || work(&mut inner.lock())).await.map_err(io_err)?
     }
 
     /// The page store.
@@ -265,7 +282,14 @@ impl RaftSnapshotBuilder<BopConfig> for BopStateMachine {
     type SnapshotData = BopSnapshot;
 
     async fn build_snapshot(&mut self) -> Result<SnapshotOf<BopConfig, BopSnapshot>, io::Error> {
-        let mut inner = self.inner.lock();
+        self.off_runtime(Inner::build_snapshot).await
+    }
+}
+
+impl Inner {
+    /// Checkpoints every database at one index and records the snapshot (writes and fsyncs files).
+    fn build_snapshot(&mut self) -> io::Result<SnapshotOf<BopConfig, BopSnapshot>> {
+        let inner = self;
         let (target, databases) = inner.manager.checkpoint_all().map_err(io_err)?;
         let last_log_id =
             if target == 0 && inner.last_applied.is_none() { None } else { inner.log_id_at(target) };
@@ -304,21 +328,35 @@ impl RaftStateMachine<BopConfig> for BopStateMachine {
             let (entry, responder) = item?;
             let log_id = entry.log_id();
             let index = log_id.index();
+            // Creating and dropping a database commit the manifest (an fsync): off the async workers.
+            // Commits only point the page index into the log and stay here.
+            let slow = match &entry.payload {
+                EntryPayload::Normal(
+                    command @ (Command::CreateDatabase { .. } | Command::DropDatabase { .. }),
+                ) => {
+                    let command = command.clone();
+                    Some(self.off_runtime(move |inner| inner.apply_command(index, &command)).await?)
+                }
+                _ => None,
+            };
             let response = {
                 let mut inner = self.inner.lock();
-                let response = match &entry.payload {
-                    EntryPayload::Blank => {
-                        inner.manager.set_applied(index);
-                        Response::Applied
-                    }
-                    EntryPayload::Membership(m) => {
-                        let stored = StoredMembershipOf::<BopConfig>::new(Some(log_id), m.clone());
-                        inner.membership = stored.clone();
-                        inner.memberships.insert(index, stored);
-                        inner.manager.set_applied(index);
-                        Response::Applied
-                    }
-                    EntryPayload::Normal(command) => inner.apply_command(index, command)?,
+                let response = match (&entry.payload, slow) {
+                    (_, Some(response)) => response,
+                    (payload, None) => match payload {
+                        EntryPayload::Blank => {
+                            inner.manager.set_applied(index);
+                            Response::Applied
+                        }
+                        EntryPayload::Membership(m) => {
+                            let stored = StoredMembershipOf::<BopConfig>::new(Some(log_id), m.clone());
+                            inner.membership = stored.clone();
+                            inner.memberships.insert(index, stored);
+                            inner.manager.set_applied(index);
+                            Response::Applied
+                        }
+                        EntryPayload::Normal(command) => inner.apply_command(index, command)?,
+                    },
                 };
                 inner.last_applied = Some(log_id);
                 inner.applied_ids.insert(index, log_id);
@@ -340,16 +378,22 @@ impl RaftStateMachine<BopConfig> for BopStateMachine {
         meta: &SnapshotMetaOf<BopConfig>,
         snapshot: BopSnapshot,
     ) -> Result<(), io::Error> {
-        let mut inner = self.inner.lock();
-        let index = meta.last_log_id.map_or(0, |id| id.index());
-        inner.manager.install_snapshot(index, index, &snapshot.databases, encode(meta)?).map_err(io_err)?;
-        let databases = inner.manager.snapshot_databases().map_err(io_err)?;
-        inner.last_applied = meta.last_log_id;
-        inner.membership = meta.last_membership.clone();
-        inner.applied_ids.clear();
-        inner.memberships.clear();
-        inner.current = Some((meta.clone(), databases));
-        Ok(())
+        let meta = meta.clone();
+        self.off_runtime(move |inner| {
+            let index = meta.last_log_id.map_or(0, |id| id.index());
+            inner
+                .manager
+                .install_snapshot(index, index, &snapshot.databases, encode(&meta)?)
+                .map_err(io_err)?;
+            let databases = inner.manager.snapshot_databases().map_err(io_err)?;
+            inner.last_applied = meta.last_log_id;
+            inner.membership = meta.last_membership.clone();
+            inner.applied_ids.clear();
+            inner.memberships.clear();
+            inner.current = Some((meta, databases));
+            Ok(())
+        })
+        .await
     }
 
     async fn get_current_snapshot(

@@ -138,6 +138,8 @@ pub struct SnapshotInbox {
     pub io: Arc<dyn Io>,
     /// A directory of their own (emptied before and after each snapshot).
     pub dir: PathBuf,
+    /// Where the staging's fsyncs and the check of the received files run (off the async workers).
+    pub blocking: crate::blocking::Blocking,
 }
 
 /// How connections to peers are made (TCP in a real node; the simulation substitutes its own).
@@ -838,9 +840,20 @@ where
                             )
                         }),
                     };
-                    match guard.and_then(|guard| {
-                        begin_snapshot::<C>(inbox, vote, meta, files).map(|state| (state, guard))
-                    }) {
+                    let begun = match guard {
+                        Ok(guard) => {
+                            let staging = inbox.clone();
+                            // Clearing the inbox and creating the files fsync the directory.
+                            let staged = inbox
+                                .blocking
+                                .run(move || begin_snapshot::<C>(&staging, vote, meta, files))
+                                .await
+                                .map_err(staging_err);
+                            staged.and_then(|state| state).map(|state| (state, guard))
+                        }
+                        Err(e) => Err(e),
+                    };
+                    match begun {
                         Ok(state) => {
                             incoming = Some(state);
                             Reply::Ack(Ok(()))
@@ -986,12 +999,21 @@ where
     SM::SnapshotData: WireSnapshot,
 {
     state.progress.finish();
-    let mut staged = Vec::with_capacity(state.files.len());
-    for (spec, path, handle) in state.files {
-        handle.sync_all().map_err(staging_err)?;
-        staged.push((spec, path));
-    }
-    let data = SM::SnapshotData::assemble(inbox.io.as_ref(), staged).map_err(staging_err)?;
+    let io = Arc::clone(&inbox.io);
+    let files = state.files;
+    // fsyncs of every file and the check of their headers and directories: off the async workers.
+    let data = inbox
+        .blocking
+        .run(move || {
+            let mut staged = Vec::with_capacity(files.len());
+            for (spec, path, handle) in files {
+                handle.sync_all().map_err(staging_err)?;
+                staged.push((spec, path));
+            }
+            SM::SnapshotData::assemble(io.as_ref(), staged).map_err(staging_err)
+        })
+        .await
+        .map_err(staging_err)??;
     let snapshot = openraft::storage::Snapshot { meta: state.meta, snapshot: data };
     raft.install_full_snapshot(state.vote, snapshot).await.map_err(|e| e.to_string())
 }
@@ -1215,7 +1237,7 @@ mod tests {
         let raft = Raft::new(1, config, network, store, sm).await.expect("raft");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr").to_string();
-        let inbox = SnapshotInbox { io, dir: dir.join("snapshot-inbox") };
+        let inbox = SnapshotInbox { io, dir: dir.join("snapshot-inbox"), blocking: Default::default() };
         let server = tokio::spawn(serve_with(
             crate::net::tcp_listener(listener),
             raft.clone(),

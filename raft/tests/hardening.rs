@@ -412,3 +412,133 @@ async fn queries_are_bounded_in_time_and_size_and_stop_when_the_client_leaves() 
     }
     assert!(stopped > before, "the gone client's statement was stopped within 10 s");
 }
+
+static SLOW_SYNCS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// A disk whose fsyncs of whole files (generation files, snapshot files) take 400 ms once armed.
+#[derive(Debug)]
+struct SlowSyncIo {
+    inner: bop_storage::io::BufferedIo,
+    armed: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+#[derive(Debug)]
+struct SlowSyncFile {
+    inner: std::sync::Arc<dyn bop_storage::io::IoFile>,
+    armed: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl bop_storage::io::Io for SlowSyncIo {
+    fn open(
+        &self,
+        path: &std::path::Path,
+        mode: bop_storage::io::OpenMode,
+    ) -> bop_storage::io::IoResult<std::sync::Arc<dyn bop_storage::io::IoFile>> {
+        let inner = self.inner.open(path, mode)?;
+        Ok(std::sync::Arc::new(SlowSyncFile { inner, armed: std::sync::Arc::clone(&self.armed) }))
+    }
+    fn remove_file(&self, path: &std::path::Path) -> bop_storage::io::IoResult<()> {
+        self.inner.remove_file(path)
+    }
+    fn rename(&self, from: &std::path::Path, to: &std::path::Path) -> bop_storage::io::IoResult<()> {
+        self.inner.rename(from, to)
+    }
+    fn create_dir_all(&self, path: &std::path::Path) -> bop_storage::io::IoResult<()> {
+        self.inner.create_dir_all(path)
+    }
+    fn list_dir(&self, path: &std::path::Path) -> bop_storage::io::IoResult<Vec<String>> {
+        self.inner.list_dir(path)
+    }
+    fn sync_dir(&self, path: &std::path::Path) -> bop_storage::io::IoResult<()> {
+        self.inner.sync_dir(path)
+    }
+    fn name(&self) -> &'static str {
+        "slow-sync"
+    }
+}
+
+impl bop_storage::io::IoFile for SlowSyncFile {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> bop_storage::io::IoResult<usize> {
+        self.inner.read_at(buf, offset)
+    }
+    fn write_at(&self, buf: &[u8], offset: u64) -> bop_storage::io::IoResult<usize> {
+        self.inner.write_at(buf, offset)
+    }
+    fn sync_data(&self) -> bop_storage::io::IoResult<()> {
+        self.inner.sync_data()
+    }
+    fn sync_all(&self) -> bop_storage::io::IoResult<()> {
+        if self.armed.load(std::sync::atomic::Ordering::Relaxed) {
+            SLOW_SYNCS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            std::thread::sleep(Duration::from_millis(400));
+        }
+        self.inner.sync_all()
+    }
+    fn allocate(&self, offset: u64, len_bytes: u64) -> bop_storage::io::IoResult<()> {
+        self.inner.allocate(offset, len_bytes)
+    }
+    fn set_len(&self, len_bytes: u64) -> bop_storage::io::IoResult<()> {
+        self.inner.set_len(len_bytes)
+    }
+    fn len(&self) -> bop_storage::io::IoResult<u64> {
+        self.inner.len()
+    }
+    fn alignment(&self) -> usize {
+        self.inner.alignment()
+    }
+}
+
+/// Finding 12: checkpoints (a snapshot) ran their fsyncs inside async tasks, so on a node's runtime a slow
+/// disk stalled every other task, heartbeats included. On a one-worker runtime, a 10 ms ticker is never
+/// held up for the 400 ms a generation file's fsync takes while a snapshot is built.
+#[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+async fn building_a_snapshot_does_not_stall_the_async_workers() {
+    use bop_raft::node::NodeEnv;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let armed = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let io = SlowSyncIo { inner: bop_storage::io::BufferedIo::new(), armed: std::sync::Arc::clone(&armed) };
+    let config = NodeConfig {
+        id: 1,
+        data_dir: dir.path().join("node-1"),
+        raft_addr: "127.0.0.1:0".into(),
+        http_addr: "127.0.0.1:0".into(),
+    };
+    let env = NodeEnv { io: std::sync::Arc::new(io), ..NodeEnv::default() };
+    let node = Node::start_in(config, env).await.expect("start");
+    node.initialize_if_new(BTreeMap::from([(1, node.member_addr())])).await.expect("init");
+    node.raft()
+        .wait(Some(Duration::from_secs(30)))
+        .metrics(|m| m.state.is_leader(), "leader")
+        .await
+        .expect("leader");
+    let body = json!(["CREATE TABLE t (x)", "INSERT INTO t VALUES (randomblob(10000))"]);
+    let (status, out) = http(node.http_addr(), "POST", "/db/execute", body.to_string().as_bytes()).await;
+    assert_eq!(status, 200, "{out}");
+    armed.store(true, std::sync::atomic::Ordering::Relaxed);
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let ticker = tokio::spawn({
+        let done = std::sync::Arc::clone(&done);
+        async move {
+            let mut worst = Duration::ZERO;
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                let started = std::time::Instant::now();
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                worst = worst.max(started.elapsed());
+            }
+            worst
+        }
+    });
+    let applied = node.raft().metrics().borrow_watched().last_applied.map(|l| l.index);
+    node.raft().trigger().snapshot().await.expect("trigger");
+    node.raft()
+        .wait(Some(Duration::from_secs(30)))
+        .metrics(|m| m.snapshot.map(|s| s.index) >= applied, "snapshot built")
+        .await
+        .expect("snapshot");
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    let worst = ticker.await.expect("ticker");
+    assert!(SLOW_SYNCS.load(std::sync::atomic::Ordering::Relaxed) > 0, "the snapshot fsynced a file");
+    assert!(worst < Duration::from_millis(300), "a 10 ms timer waited {worst:?}");
+    armed.store(false, std::sync::atomic::Ordering::Relaxed);
+    node.shutdown().await;
+}

@@ -44,7 +44,11 @@ async fn start(dir: &std::path::Path, id: u64, listener: TcpListener) -> Node {
     let (store, sm) = open_node(&node_dir);
     let network = TcpNetwork::<_, BopSnapshot, _>::new(TcpConnector, Duration::from_secs(2));
     let raft = Raft::new(id, config, network, store.clone(), sm.clone()).await.expect("raft");
-    let inbox = SnapshotInbox { io: Arc::new(BufferedIo::new()), dir: node_dir.join("snapshot-inbox") };
+    let inbox = SnapshotInbox {
+        io: Arc::new(BufferedIo::new()),
+        dir: node_dir.join("snapshot-inbox"),
+        blocking: Default::default(),
+    };
     let server =
         tokio::spawn(serve(bop_raft::net::tcp_listener(listener), raft.clone(), inbox, Default::default()));
     Node { raft, store, sm, server }

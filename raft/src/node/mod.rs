@@ -507,7 +507,11 @@ impl Node {
             requests: AtomicU64::new(0),
             latency_us_total: AtomicU64::new(0),
         });
-        let inbox = SnapshotInbox { io: Arc::clone(&env.io), dir: config.data_dir.join("snapshot-inbox") };
+        let inbox = SnapshotInbox {
+            io: Arc::clone(&env.io),
+            dir: config.data_dir.join("snapshot-inbox"),
+            blocking: env.blocking,
+        };
         let raft_server = tokio::spawn(serve(raft_listener, raft, inbox, shared.contact.clone()));
         let http_server = tokio::spawn(http::serve_http(http_listener, Arc::clone(&shared)));
         Ok(Node { shared, store, raft_server, http_server, _lock: lock })
