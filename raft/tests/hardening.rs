@@ -542,3 +542,138 @@ async fn building_a_snapshot_does_not_stall_the_async_workers() {
     armed.store(false, std::sync::atomic::Ordering::Relaxed);
     node.shutdown().await;
 }
+
+/// One node, its own cluster, with `limits`.
+async fn single_node(dir: &std::path::Path, limits: bop_raft::node::NodeLimits) -> Node {
+    use bop_raft::node::NodeEnv;
+    let config = NodeConfig {
+        id: 1,
+        data_dir: dir.join("node-1"),
+        raft_addr: "127.0.0.1:0".into(),
+        http_addr: "127.0.0.1:0".into(),
+    };
+    let node = Node::start_in(config, NodeEnv { limits, ..NodeEnv::default() }).await.expect("start");
+    node.initialize_if_new(BTreeMap::from([(1, node.member_addr())])).await.expect("init");
+    node.raft()
+        .wait(Some(Duration::from_secs(30)))
+        .metrics(|m| m.state.is_leader() && m.last_applied.map(|l| l.index) == m.last_log_index, "leader")
+        .await
+        .expect("leader");
+    node
+}
+
+/// Finding 13: any `db=` name created a database, without bound. Names are checked and the number of
+/// databases is bounded; existing ones stay writable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn databases_are_bounded_in_number_and_named_sanely() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let limits = bop_raft::node::NodeLimits { databases_max: 2, ..Default::default() };
+    let node = single_node(dir.path(), limits).await;
+    let addr = node.http_addr().to_owned();
+    let write = |db: &'static str| {
+        let addr = addr.clone();
+        async move {
+            http(&addr, "POST", &format!("/db/execute?db={db}"), br#"["CREATE TABLE IF NOT EXISTS t (x)"]"#).await
+        }
+    };
+    assert_eq!(write("a").await.0, 200);
+    assert_eq!(write("b").await.0, 200);
+    let (status, out) = write("c").await;
+    assert_eq!(status, 400, "{out}");
+    assert!(out.to_string().contains("database limit reached"), "{out}");
+    assert_eq!(write("a").await.0, 200, "an existing database stays writable");
+    let (status, out) = write("x%2Fy").await;
+    assert_eq!(status, 400, "{out}");
+    assert_eq!(node.manager().list_databases().expect("list").len(), 2);
+    node.shutdown().await;
+}
+
+/// Finding 13: concurrent backups could fill the disk (and then poison the log). At most `backups_max`
+/// are made or sent at once (one more is 503 with `Retry-After`), and none that would leave less than
+/// the reserve free (507).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backups_are_bounded_in_number_and_by_free_space() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let limits = bop_raft::node::NodeLimits { backups_max: 1, ..Default::default() };
+    let node = single_node(dir.path(), limits).await;
+    let addr = node.http_addr().to_owned();
+    let fill = "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x+1 FROM c WHERE x < 4000) \
+                INSERT INTO t SELECT randomblob(4000) FROM c";
+    let body = json!(["CREATE TABLE t (b)", fill]);
+    let (status, out) = http(&addr, "POST", "/db/execute", body.to_string().as_bytes()).await;
+    assert_eq!(status, 200, "{out}");
+    // A backup whose client reads only the head holds its copy (and its permit) while the body waits.
+    let mut first = TcpStream::connect(&addr).await.expect("connect");
+    first.write_all(b"GET /db/backup HTTP/1.1\r\nHost: x\r\n\r\n").await.expect("send");
+    let mut head = [0u8; 12];
+    first.read_exact(&mut head).await.expect("head");
+    assert_eq!(&head, b"HTTP/1.1 200");
+    let mut second = TcpStream::connect(&addr).await.expect("connect");
+    second.write_all(b"GET /db/backup HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await.expect("send");
+    let mut raw = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), second.read_to_end(&mut raw)).await.expect("answer").expect("read");
+    let text = String::from_utf8_lossy(&raw);
+    assert!(text.starts_with("HTTP/1.1 503") && text.to_ascii_lowercase().contains("retry-after: 1"), "{text}");
+    drop(first);
+    let mut status = 0;
+    for _ in 0..100 {
+        let (s, _) = http(&addr, "GET", "/db/backup", b"").await;
+        status = s;
+        if s == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(status, 200, "a backup is made again once the first one is gone");
+    node.shutdown().await;
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let limits = bop_raft::node::NodeLimits { backup_space_reserve_bytes: u64::MAX / 4, ..Default::default() };
+    let node = single_node(dir.path(), limits).await;
+    let (status, _) =
+        http(node.http_addr(), "POST", "/db/execute", json!(["CREATE TABLE t (x)"]).to_string().as_bytes()).await;
+    assert_eq!(status, 200);
+    let (status, out) = http(node.http_addr(), "GET", "/db/backup", b"").await;
+    assert_eq!(status, 507, "{out}");
+    assert!(out.to_string().contains("not enough free space"), "{out}");
+    node.shutdown().await;
+}
+
+/// Finding 13: the writer queues were unbounded. Past `writers_queued_max` waiting writers a request is
+/// answered 503 with `Retry-After` at once; every admitted write commits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_writer_queue_is_bounded() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let limits = bop_raft::node::NodeLimits { writers_queued_max: 2, ..Default::default() };
+    let node = single_node(dir.path(), limits).await;
+    let addr = node.http_addr().to_owned();
+    let (status, _) = http(&addr, "POST", "/db/execute", json!(["CREATE TABLE t (x)"]).to_string().as_bytes()).await;
+    assert_eq!(status, 200);
+    let slow = "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x+1 FROM c WHERE x < 100000) \
+                INSERT INTO t SELECT x FROM c";
+    let writes: Vec<_> = (0..8)
+        .map(|_| {
+            let addr = addr.clone();
+            tokio::spawn(async move { http(&addr, "POST", "/db/execute", json!([slow]).to_string().as_bytes()).await })
+        })
+        .collect();
+    let mut admitted = 0;
+    let mut refused = 0;
+    for write in writes {
+        let (status, out) = write.await.expect("task");
+        match status {
+            200 => {
+                assert_eq!(out["results"][0]["rows_affected"], 100000, "{out}");
+                admitted += 1;
+            }
+            503 => {
+                assert!(out.to_string().contains("write queue full"), "{out}");
+                refused += 1;
+            }
+            other => panic!("unexpected {other}: {out}"),
+        }
+    }
+    assert!(refused > 0 && admitted > 0, "admitted {admitted}, refused {refused}");
+    assert_eq!(count(&addr, "t").await, json!(admitted * 100000));
+    node.shutdown().await;
+}

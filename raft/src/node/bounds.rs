@@ -55,3 +55,92 @@ impl Drop for CancelOnDrop {
         }
     }
 }
+
+/// Requests waiting for (or holding) a database's writer, over the whole node: each holds a [`Queued`].
+#[derive(Debug, Default)]
+pub(super) struct WriterQueue {
+    requests: std::sync::atomic::AtomicUsize,
+    bytes: std::sync::atomic::AtomicUsize,
+}
+
+/// A place in the [`WriterQueue`], given back when dropped.
+pub(super) struct Queued<'a> {
+    queue: &'a WriterQueue,
+    bytes: usize,
+}
+
+impl Drop for Queued<'_> {
+    fn drop(&mut self) {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.queue.requests.fetch_sub(1, Relaxed);
+        self.queue.bytes.fetch_sub(self.bytes, Relaxed);
+    }
+}
+
+impl WriterQueue {
+    /// A place for a request of `bytes`, or why there is none (the queue holds `requests_max` requests
+    /// or `bytes_max` bytes already).
+    pub(super) fn enter(
+        &self,
+        bytes: usize,
+        requests_max: usize,
+        bytes_max: usize,
+    ) -> Result<Queued<'_>, String> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let requests = self.requests.fetch_add(1, Relaxed) + 1;
+        let queued = self.bytes.fetch_add(bytes, Relaxed) + bytes;
+        let place = Queued { queue: self, bytes };
+        if requests > requests_max || queued > bytes_max {
+            drop(place);
+            return Err(format!(
+                "write queue full: {} requests / {} bytes waiting (limits {requests_max} / {bytes_max}); retry",
+                requests - 1,
+                queued - bytes
+            ));
+        }
+        Ok(place)
+    }
+
+    /// Requests in the queue now (for metrics).
+    pub(super) fn depth(&self) -> usize {
+        self.requests.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+/// Whether a new database may be created: a name of 1 to 128 bytes without control characters or
+/// slashes, and fewer than `databases_max` databases so far.
+pub(super) fn may_create_database(
+    manager: &bop_storage::page_store::Manager,
+    name: &str,
+    databases_max: usize,
+) -> Result<(), String> {
+    if name.is_empty() || name.len() > 128 || name.chars().any(|c| c.is_control() || c == '/' || c == '\\') {
+        return Err(format!("database name {name:?}: 1 to 128 bytes, no control characters or slashes"));
+    }
+    match manager.open_database(name) {
+        Ok(_) => Ok(()),
+        Err(_) => {
+            let count = manager.list_databases().map(|l| l.len()).unwrap_or(0);
+            if count >= databases_max {
+                Err(format!("database limit reached: {count} databases exist (at most {databases_max})"))
+            } else {
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Whether the data directory's file system has room for a backup copy of `db_bytes` bytes plus
+/// `reserve_bytes` left free for the log (a full disk would poison the WAL). The error says how much.
+pub(super) fn backup_space(dir: &std::path::Path, db_bytes: u64, reserve_bytes: u64) -> Result<(), String> {
+    let stat = rustix::fs::statvfs(dir).map_err(|e| format!("free space of {}: {e}", dir.display()))?;
+    let free = stat.f_bavail.saturating_mul(stat.f_frsize);
+    let needed = db_bytes.saturating_add(reserve_bytes);
+    if free < needed {
+        return Err(format!(
+            "not enough free space for a backup: {free} bytes free, {needed} needed ({db_bytes} for the copy, \
+             {reserve_bytes} kept free for the log)"
+        ));
+    }
+    Ok(())
+}

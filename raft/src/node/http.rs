@@ -23,7 +23,7 @@ use hyper_util::rt::TokioIo;
 use openraft::async_runtime::WatchReceiver;
 use serde_json::{json, Value as Json};
 
-use super::bounds::{request_limits, Cancel};
+use super::bounds::{backup_space, may_create_database, request_limits, Cancel};
 use super::rqlite::{error_result, exec_result, parse_statements, query_result};
 use super::NodeShared;
 
@@ -74,6 +74,13 @@ fn respond(status: StatusCode, body: &Json, pretty: bool) -> HttpResponse {
 
 fn error(status: StatusCode, message: impl Into<String>) -> HttpResponse {
     respond(status, &json!({ "error": message.into() }), false)
+}
+
+/// 503 with `Retry-After: 1`: a bound is full for now.
+fn busy(message: impl Into<String>) -> HttpResponse {
+    let mut response = error(StatusCode::SERVICE_UNAVAILABLE, message);
+    response.headers_mut().insert(hyper::header::RETRY_AFTER, hyper::header::HeaderValue::from_static("1"));
+    response
 }
 
 fn percent_decode(s: &str) -> String {
@@ -477,7 +484,7 @@ async fn execute(
         Ok(statements) => statements,
         Err(e) => return error(StatusCode::BAD_REQUEST, e),
     };
-    write_batch(node, db, statements, params, false, pretty).await
+    write_batch(node, db, statements, bytes.len(), params, false, pretty).await
 }
 
 /// Runs a batch with writes on this node (the leader), in one Raft commit. With `transaction` it is all or
@@ -488,10 +495,23 @@ async fn write_batch(
     node: &Arc<NodeShared>,
     db: &str,
     statements: Vec<bop_sql::Statement>,
+    request_bytes: usize,
     params: &HashMap<String, String>,
     rows: bool,
     pretty: bool,
 ) -> HttpResponse {
+    let limits = node.limits;
+    let _queued = match node.writer_queue.enter(
+        request_bytes,
+        limits.writers_queued_max,
+        limits.writer_queue_bytes_max,
+    ) {
+        Ok(place) => place,
+        Err(e) => return busy(e),
+    };
+    if let Err(e) = may_create_database(&node.manager, db, limits.databases_max) {
+        return error(StatusCode::BAD_REQUEST, e);
+    }
     let transaction = params.contains_key("transaction");
     let associative = params.contains_key("associative");
     let limits = match request_limits(&node.engine, params) {
@@ -739,7 +759,7 @@ async fn request(
     if read_only {
         return query(node, db, statements, params, pretty).await;
     }
-    write_batch(node, db, statements, params, true, pretty).await
+    write_batch(node, db, statements, bytes.len(), params, true, pretty).await
 }
 
 /// `GET /db/backup`: a consistent copy of the database, taken on the leader: an ordinary SQLite file, or
@@ -756,6 +776,20 @@ async fn backup(node: &Arc<NodeShared>, db: &str, params: &HashMap<String, Strin
             return error(StatusCode::BAD_REQUEST, format!("fmt {other:?}: bop backs up as binary or sql"))
         }
     };
+    // At most `backups_max` copies exist at once (each takes disk until it is sent), and none that would
+    // leave the log without room.
+    let Ok(permit) = Arc::clone(&node.backups).try_acquire_owned() else {
+        return busy(format!("{} backups are being made; retry", node.limits.backups_max));
+    };
+    let db_bytes = match node.manager.open_database(db).and_then(|d| d.snapshot()) {
+        Ok(snapshot) => u64::from(snapshot.page_count()) * bop_storage::page_store::PAGE_SIZE as u64,
+        Err(e) => return error(StatusCode::NOT_FOUND, format!("database {db:?}: {e}")),
+    };
+    // An SQL dump can be larger than the pages it describes; count it twice.
+    let copy_bytes = if sql { db_bytes.saturating_mul(2) } else { db_bytes };
+    if let Err(e) = backup_space(&node.data_dir, copy_bytes, node.limits.backup_space_reserve_bytes) {
+        return error(StatusCode::INSUFFICIENT_STORAGE, e);
+    }
     let engine = Arc::clone(&node.engine);
     let name = db.to_owned();
     let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -793,8 +827,10 @@ async fn backup(node: &Arc<NodeShared>, db: &str, params: &HashMap<String, Strin
         Ok(Err((status, message))) => return error(status, message),
         Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, format!("backup task: {e}")),
     };
-    let chunks =
-        futures_util::stream::unfold((tokio::fs::File::from_std(file), len), |(mut file, left)| async move {
+    // The permit travels with the body: the copy's disk is in use until the last chunk is sent.
+    let chunks = futures_util::stream::unfold(
+        (tokio::fs::File::from_std(file), len, permit),
+        |(mut file, left, permit)| async move {
             use tokio::io::AsyncReadExt;
             if left == 0 {
                 return None;
@@ -802,10 +838,11 @@ async fn backup(node: &Arc<NodeShared>, db: &str, params: &HashMap<String, Strin
             let n = left.min(STREAM_CHUNK_BYTES as u64);
             let mut buf = vec![0u8; n as usize];
             match file.read_exact(&mut buf).await {
-                Ok(_) => Some((Ok(Bytes::from(buf)), (file, left - n))),
-                Err(e) => Some((Err(e), (file, 0))),
+                Ok(_) => Some((Ok(Bytes::from(buf)), (file, left - n, permit))),
+                Err(e) => Some((Err(e), (file, 0, permit))),
             }
-        });
+        },
+    );
     let mut response = Response::new(streamed(chunks));
     let content_type = if sql { "application/sql" } else { "application/octet-stream" };
     let headers = response.headers_mut();

@@ -67,11 +67,31 @@ pub struct NodeLimits {
     /// Longest a client may take to send a request's head, and longest a kept-alive connection may sit
     /// idle before its next request; then the connection is closed.
     pub http_header_timeout: Duration,
+    /// Write requests waiting for (or holding) a database's writer, over all databases; one more is
+    /// answered 503 with `Retry-After`.
+    pub writers_queued_max: usize,
+    /// Bytes of those requests' bodies, likewise.
+    pub writer_queue_bytes_max: usize,
+    /// Databases a node holds; creating one more is refused.
+    pub databases_max: usize,
+    /// Backups made (or being sent) at once; one more is answered 503 with `Retry-After`.
+    pub backups_max: usize,
+    /// Free space a backup must leave on the data directory's file system beyond its own copy (room for
+    /// the log); a backup that would not is refused with 507.
+    pub backup_space_reserve_bytes: u64,
 }
 
 impl Default for NodeLimits {
     fn default() -> Self {
-        NodeLimits { http_connections_max: 1024, http_header_timeout: Duration::from_secs(10) }
+        NodeLimits {
+            http_connections_max: 1024,
+            http_header_timeout: Duration::from_secs(10),
+            writers_queued_max: 1024,
+            writer_queue_bytes_max: 256 << 20,
+            databases_max: 1024,
+            backups_max: 2,
+            backup_space_reserve_bytes: 256 << 20,
+        }
     }
 }
 
@@ -235,6 +255,10 @@ pub struct NodeShared {
     /// Where SQL runs.
     blocking: Blocking,
     limits: NodeLimits,
+    /// Write requests waiting for their database's writer.
+    writer_queue: bounds::WriterQueue,
+    /// Backups being made or sent.
+    backups: Arc<tokio::sync::Semaphore>,
     /// SQL calls stopped by their time limit or an interrupt (client gone, shutdown).
     statements_stopped: AtomicU64,
     requests: AtomicU64,
@@ -345,7 +369,7 @@ impl NodeShared {
         let applied = m.last_applied.map_or(0, |l| l.index);
         let latency_s =
             self.latency_us_total.load(Ordering::Relaxed).checked_div(requests).unwrap_or(0) as f64 / 1e6;
-        let gauges: [(&str, &str, f64); 20] = [
+        let gauges: [(&str, &str, f64); 21] = [
             (
                 "bop_raft_is_leader",
                 "1 if this node leads",
@@ -380,6 +404,11 @@ impl NodeShared {
             ("bop_cache_evictions_total", "page cache evictions", cache.evictions as f64),
             ("bop_cache_bytes", "page cache bytes", cache.bytes as f64),
             ("bop_http_requests_total", "HTTP requests served", requests as f64),
+            (
+                "bop_http_write_queue_depth",
+                "write requests waiting for (or holding) a database's writer",
+                self.writer_queue.depth() as f64,
+            ),
             (
                 "bop_sql_calls_stopped_total",
                 "SQL calls stopped by their time limit, a gone client or shutdown",
@@ -503,6 +532,8 @@ impl Node {
             net: Arc::clone(&env.net),
             blocking: env.blocking,
             limits: env.limits,
+            writer_queue: bounds::WriterQueue::default(),
+            backups: Arc::new(tokio::sync::Semaphore::new(env.limits.backups_max)),
             statements_stopped: AtomicU64::new(0),
             requests: AtomicU64::new(0),
             latency_us_total: AtomicU64::new(0),
