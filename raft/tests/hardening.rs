@@ -11,6 +11,10 @@ use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+/// The tests of this file run one at a time: several three-node clusters doing heavy SQL at once on a
+/// two-core machine miss election timeouts, and a test that expects one leader throughout would flake.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// One request per connection: (status, body as JSON or string).
 async fn http(addr: &str, method: &str, path: &str, body: &[u8]) -> (u16, Value) {
     let mut stream = TcpStream::connect(addr).await.expect("connect");
@@ -111,6 +115,7 @@ async fn count(addr: &str, table: &str) -> Value {
 /// WAL's append, whose error stopped the leader's Raft. Now it is refused before anything is proposed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_transaction_too_large_for_the_log_is_refused_and_the_leader_keeps_leading() {
+    let _serial = SERIAL.lock().await;
     let cluster = Cluster::start().await;
     let leader = cluster.leader().await;
     let addr = leader.http_addr().to_owned();
@@ -152,6 +157,7 @@ async fn a_transaction_too_large_for_the_log_is_refused_and_the_leader_keeps_lea
 /// the writer queue and the new-leader wait). Now it runs read-only statements only, on every level.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_query_endpoint_refuses_writes_and_changes_nothing() {
+    let _serial = SERIAL.lock().await;
     let cluster = Cluster::start().await;
     let leader = cluster.leader().await;
     let addr = leader.http_addr().to_owned();
@@ -198,6 +204,7 @@ async fn the_query_endpoint_refuses_writes_and_changes_nothing() {
 /// node that applied it (after every restart too). It is refused like any invalid commit, on every node.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_commit_entry_that_does_not_decode_is_refused_on_every_node() {
+    let _serial = SERIAL.lock().await;
     let cluster = Cluster::start().await;
     let leader = cluster.leader().await;
     for record in [
@@ -242,6 +249,7 @@ async fn a_commit_entry_that_does_not_decode_is_refused_on_every_node() {
 /// and `/readyz` fails once Raft has stopped.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_whose_raft_stopped_does_not_forward_to_itself_and_is_not_ready() {
+    let _serial = SERIAL.lock().await;
     let cluster = Cluster::start().await;
     let leader = cluster.leader().await;
     let addr = leader.http_addr().to_owned();
@@ -282,6 +290,7 @@ async fn a_node_whose_raft_stopped_does_not_forward_to_itself_and_is_not_ready()
 /// header timeout (10 s by default) is closed, also when kept alive after a request.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_and_slow_http_connections_are_closed() {
+    let _serial = SERIAL.lock().await;
     let cluster = Cluster::start().await;
     let addr = cluster.leader().await.http_addr().to_owned();
     let closed_within = |mut stream: TcpStream| async move {
@@ -306,6 +315,7 @@ async fn idle_and_slow_http_connections_are_closed() {
 /// node serves again once connections close.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_past_the_limit_are_refused_with_retry_after() {
+    let _serial = SERIAL.lock().await;
     use bop_raft::node::{NodeEnv, NodeLimits};
     let dir = tempfile::tempdir().expect("tempdir");
     let config = NodeConfig {
@@ -366,6 +376,7 @@ async fn stopped_calls(addr: &str) -> f64 {
 /// error instead of the node's memory; a statement whose client went away is stopped.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn queries_are_bounded_in_time_and_size_and_stop_when_the_client_leaves() {
+    let _serial = SERIAL.lock().await;
     let cluster = Cluster::start().await;
     let addr = cluster.leader().await.http_addr().to_owned();
     let (status, out) =
@@ -493,6 +504,7 @@ impl bop_storage::io::IoFile for SlowSyncFile {
 /// held up for the 400 ms a generation file's fsync takes while a snapshot is built.
 #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
 async fn building_a_snapshot_does_not_stall_the_async_workers() {
+    let _serial = SERIAL.lock().await;
     use bop_raft::node::NodeEnv;
     let dir = tempfile::tempdir().expect("tempdir");
     let armed = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -566,6 +578,7 @@ async fn single_node(dir: &std::path::Path, limits: bop_raft::node::NodeLimits) 
 /// databases is bounded; existing ones stay writable.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn databases_are_bounded_in_number_and_named_sanely() {
+    let _serial = SERIAL.lock().await;
     let dir = tempfile::tempdir().expect("tempdir");
     let limits = bop_raft::node::NodeLimits { databases_max: 2, ..Default::default() };
     let node = single_node(dir.path(), limits).await;
@@ -573,7 +586,8 @@ async fn databases_are_bounded_in_number_and_named_sanely() {
     let write = |db: &'static str| {
         let addr = addr.clone();
         async move {
-            http(&addr, "POST", &format!("/db/execute?db={db}"), br#"["CREATE TABLE IF NOT EXISTS t (x)"]"#).await
+            http(&addr, "POST", &format!("/db/execute?db={db}"), br#"["CREATE TABLE IF NOT EXISTS t (x)"]"#)
+                .await
         }
     };
     assert_eq!(write("a").await.0, 200);
@@ -593,6 +607,7 @@ async fn databases_are_bounded_in_number_and_named_sanely() {
 /// the reserve free (507).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn backups_are_bounded_in_number_and_by_free_space() {
+    let _serial = SERIAL.lock().await;
     let dir = tempfile::tempdir().expect("tempdir");
     let limits = bop_raft::node::NodeLimits { backups_max: 1, ..Default::default() };
     let node = single_node(dir.path(), limits).await;
@@ -611,9 +626,15 @@ async fn backups_are_bounded_in_number_and_by_free_space() {
     let mut second = TcpStream::connect(&addr).await.expect("connect");
     second.write_all(b"GET /db/backup HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await.expect("send");
     let mut raw = Vec::new();
-    tokio::time::timeout(Duration::from_secs(10), second.read_to_end(&mut raw)).await.expect("answer").expect("read");
+    tokio::time::timeout(Duration::from_secs(10), second.read_to_end(&mut raw))
+        .await
+        .expect("answer")
+        .expect("read");
     let text = String::from_utf8_lossy(&raw);
-    assert!(text.starts_with("HTTP/1.1 503") && text.to_ascii_lowercase().contains("retry-after: 1"), "{text}");
+    assert!(
+        text.starts_with("HTTP/1.1 503") && text.to_ascii_lowercase().contains("retry-after: 1"),
+        "{text}"
+    );
     drop(first);
     let mut status = 0;
     for _ in 0..100 {
@@ -628,10 +649,12 @@ async fn backups_are_bounded_in_number_and_by_free_space() {
     node.shutdown().await;
 
     let dir = tempfile::tempdir().expect("tempdir");
-    let limits = bop_raft::node::NodeLimits { backup_space_reserve_bytes: u64::MAX / 4, ..Default::default() };
+    let limits =
+        bop_raft::node::NodeLimits { backup_space_reserve_bytes: u64::MAX / 4, ..Default::default() };
     let node = single_node(dir.path(), limits).await;
     let (status, _) =
-        http(node.http_addr(), "POST", "/db/execute", json!(["CREATE TABLE t (x)"]).to_string().as_bytes()).await;
+        http(node.http_addr(), "POST", "/db/execute", json!(["CREATE TABLE t (x)"]).to_string().as_bytes())
+            .await;
     assert_eq!(status, 200);
     let (status, out) = http(node.http_addr(), "GET", "/db/backup", b"").await;
     assert_eq!(status, 507, "{out}");
@@ -643,18 +666,22 @@ async fn backups_are_bounded_in_number_and_by_free_space() {
 /// answered 503 with `Retry-After` at once; every admitted write commits.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_writer_queue_is_bounded() {
+    let _serial = SERIAL.lock().await;
     let dir = tempfile::tempdir().expect("tempdir");
     let limits = bop_raft::node::NodeLimits { writers_queued_max: 2, ..Default::default() };
     let node = single_node(dir.path(), limits).await;
     let addr = node.http_addr().to_owned();
-    let (status, _) = http(&addr, "POST", "/db/execute", json!(["CREATE TABLE t (x)"]).to_string().as_bytes()).await;
+    let (status, _) =
+        http(&addr, "POST", "/db/execute", json!(["CREATE TABLE t (x)"]).to_string().as_bytes()).await;
     assert_eq!(status, 200);
     let slow = "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x+1 FROM c WHERE x < 100000) \
                 INSERT INTO t SELECT x FROM c";
     let writes: Vec<_> = (0..8)
         .map(|_| {
             let addr = addr.clone();
-            tokio::spawn(async move { http(&addr, "POST", "/db/execute", json!([slow]).to_string().as_bytes()).await })
+            tokio::spawn(async move {
+                http(&addr, "POST", "/db/execute", json!([slow]).to_string().as_bytes()).await
+            })
         })
         .collect();
     let mut admitted = 0;

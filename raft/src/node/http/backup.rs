@@ -1,0 +1,108 @@
+//! `GET /db/backup`.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use hyper::{Response, StatusCode};
+
+use super::*;
+use crate::node::NodeShared;
+use bop_sql::OpenMode;
+
+use crate::node::bounds::backup_space;
+
+/// `GET /db/backup`: a consistent copy of the database, taken on the leader: an ordinary SQLite file, or
+/// with `fmt=sql` the SQL text that rebuilds it. The copy is written to a file in the data directory,
+/// unlinked as soon as it is complete and open (only the descriptor keeps it; a crash before leaves a file
+/// removed at the next start) and streamed from there, so memory stays bounded by one chunk whatever the
+/// database's size. The leader's disk needs room for the copy while it is made and sent.
+/// `GET /db/backup`.
+pub(super) async fn backup(
+    axum::extract::State(node): axum::extract::State<Arc<NodeShared>>,
+    axum::Extension(call): axum::Extension<Arc<Call>>,
+) -> HttpResponse {
+    let (node, db, params) = (&node, call.db.as_str(), &call.params);
+    static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let sql = match params.get("fmt").map(String::as_str) {
+        None | Some("binary") => false,
+        Some("sql") => true,
+        Some(other) => {
+            return error(StatusCode::BAD_REQUEST, format!("fmt {other:?}: bop backs up as binary or sql"))
+        }
+    };
+    // At most `backups_max` copies exist at once (each takes disk until it is sent), and none that would
+    // leave the log without room.
+    let Ok(permit) = Arc::clone(&node.backups).try_acquire_owned() else {
+        return busy(format!("{} backups are being made; retry", node.limits.backups_max));
+    };
+    let db_bytes = match node.manager.open_database(db).and_then(|d| d.snapshot()) {
+        Ok(snapshot) => u64::from(snapshot.page_count()) * bop_storage::page_store::PAGE_SIZE as u64,
+        Err(e) => return error(StatusCode::NOT_FOUND, format!("database {db:?}: {e}")),
+    };
+    // An SQL dump can be larger than the pages it describes; count it twice.
+    let copy_bytes = if sql { db_bytes.saturating_mul(2) } else { db_bytes };
+    if let Err(e) = backup_space(&node.data_dir, copy_bytes, node.limits.backup_space_reserve_bytes) {
+        return error(StatusCode::INSUFFICIENT_STORAGE, e);
+    }
+    let engine = Arc::clone(&node.engine);
+    let name = db.to_owned();
+    let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let target = node.data_dir.join(format!("backup-{}-{seq}.sqlite.tmp", std::process::id()));
+    let outcome = node
+        .blocking
+        .run(move || {
+            let taken = (|| {
+                let mut conn = engine
+                    .open(&name, OpenMode::Existing)
+                    .map_err(|e| (StatusCode::NOT_FOUND, format!("database {name:?}: {e}")))?;
+                let internal =
+                    |e: &dyn std::fmt::Display| (StatusCode::INTERNAL_SERVER_ERROR, format!("backup: {e}"));
+                if sql {
+                    let file = std::fs::File::create(&target).map_err(|e| internal(&e))?;
+                    let mut out = std::io::BufWriter::new(file);
+                    crate::node::dump::dump_sql(&mut conn, &mut out).map_err(|e| match e {
+                        crate::node::dump::DumpError::Unsupported(reason) => {
+                            (StatusCode::BAD_REQUEST, reason)
+                        }
+                        other => internal(&other),
+                    })?;
+                    std::io::Write::flush(&mut out).map_err(|e| internal(&e))?;
+                } else {
+                    conn.backup_to(&target).map_err(|e| internal(&e))?;
+                }
+                let file = std::fs::File::open(&target).map_err(|e| internal(&e))?;
+                let len = file.metadata().map_err(|e| internal(&e))?.len();
+                Ok((file, len))
+            })();
+            let _ = std::fs::remove_file(&target);
+            taken
+        })
+        .await;
+    let (file, len) = match outcome {
+        Ok(Ok(taken)) => taken,
+        Ok(Err((status, message))) => return error(status, message),
+        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, format!("backup task: {e}")),
+    };
+    // The permit travels with the body: the copy's disk is in use until the last chunk is sent.
+    let chunks = futures_util::stream::unfold(
+        (tokio::fs::File::from_std(file), len, permit),
+        |(mut file, left, permit)| async move {
+            use tokio::io::AsyncReadExt;
+            if left == 0 {
+                return None;
+            }
+            let n = left.min(STREAM_CHUNK_BYTES as u64);
+            let mut buf = vec![0u8; n as usize];
+            match file.read_exact(&mut buf).await {
+                Ok(_) => Some((Ok(Bytes::from(buf)), (file, left - n, permit))),
+                Err(e) => Some((Err(e), (file, 0, permit))),
+            }
+        },
+    );
+    let mut response = Response::new(streamed(chunks));
+    let content_type = if sql { "application/sql" } else { "application/octet-stream" };
+    let headers = response.headers_mut();
+    headers.insert(hyper::header::CONTENT_TYPE, hyper::header::HeaderValue::from_static(content_type));
+    headers.insert(hyper::header::CONTENT_LENGTH, hyper::header::HeaderValue::from(len));
+    response
+}

@@ -1,0 +1,370 @@
+//! The SQL calls: `/db/execute`, `/db/query`, `/db/request`.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::Extension;
+use hyper::{Method, StatusCode};
+use openraft::async_runtime::WatchReceiver;
+use serde_json::{json, Value as Json};
+
+use super::forward::{not_leader, to_leader};
+use super::*;
+use crate::node::NodeShared;
+use bop_sql::{OpenMode, Rows, SqlError};
+
+use crate::node::bounds::{may_create_database, request_limits, Cancel};
+use crate::node::rqlite::{error_result, exec_result, parse_statements, query_result};
+
+fn sql_failure(node: &NodeShared, e: &SqlError, pretty: bool) -> HttpResponse {
+    let message = e.to_string();
+    if message.contains("not the leader") {
+        return not_leader(node, pretty);
+    }
+    respond(StatusCode::OK, &error_result(&message), pretty)
+}
+
+async fn execute_statements(
+    node: &Arc<NodeShared>,
+    db: &str,
+    bytes: &[u8],
+    params: &HashMap<String, String>,
+    pretty: bool,
+) -> HttpResponse {
+    let statements = match parse_statements(bytes) {
+        Ok(statements) => statements,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e),
+    };
+    write_batch(node, db, statements, bytes.len(), params, false, pretty).await
+}
+
+/// Runs a batch with writes on this node (the leader), in one Raft commit. With `transaction` it is all or
+/// nothing (the first error is the answer); without, as rqlite does, each statement stands alone and a failed
+/// one is reported in its place while the others commit. `rows` answers rows for statements that return
+/// them (`/db/request`) instead of only `last_insert_id`/`rows_affected` (`/db/execute`).
+async fn write_batch(
+    node: &Arc<NodeShared>,
+    db: &str,
+    statements: Vec<bop_sql::Statement>,
+    request_bytes: usize,
+    params: &HashMap<String, String>,
+    rows: bool,
+    pretty: bool,
+) -> HttpResponse {
+    let limits = node.limits;
+    let _queued = match node.writer_queue.enter(
+        request_bytes,
+        limits.writers_queued_max,
+        limits.writer_queue_bytes_max,
+    ) {
+        Ok(place) => place,
+        Err(e) => return busy(e),
+    };
+    if let Err(e) = may_create_database(&node.manager, db, limits.databases_max) {
+        return error(StatusCode::BAD_REQUEST, e);
+    }
+    let transaction = params.contains_key("transaction");
+    let associative = params.contains_key("associative");
+    let limits = match request_limits(&node.engine, params) {
+        Ok(limits) => limits,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e),
+    };
+    let cancel = Cancel::default();
+    let _cancel_on_drop = cancel.on_drop();
+    let _turn = node.writer_turn(db).lock().await;
+    node.leadership_applied().await;
+    let shared = Arc::clone(node);
+    let name = db.to_owned();
+    let outcome = node
+        .blocking
+        .run(move || {
+            let mut conn = shared.engine.open(&name, OpenMode::CreateIfMissing)?;
+            cancel.attach(&conn);
+            conn.set_limits(limits);
+            let outcome = if transaction {
+                conn.request_batch(&statements).map(|done| done.into_iter().map(Ok).collect())
+            } else {
+                conn.request_each(&statements)
+            };
+            shared.count_stopped(outcome.as_ref().err());
+            outcome
+        })
+        .await;
+    match outcome {
+        Ok(Ok(outcomes)) => {
+            let results: Vec<Json> = outcomes
+                .iter()
+                .map(|outcome| match outcome {
+                    Ok((Some(found), _)) if rows => query_result(found, associative),
+                    Ok((_, done)) => exec_result(done),
+                    Err(e) => json!({ "error": e.to_string() }),
+                })
+                .collect();
+            respond(StatusCode::OK, &json!({ "results": results }), pretty)
+        }
+        Ok(Err(e)) => sql_failure(node, &e, pretty),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, format!("write task: {e}")),
+    }
+}
+
+/// `freshness_strict`: beyond having heard from a leader within the freshness bound, this node must have
+/// applied everything that leader had reported committed by then; it waits for that at most `budget` (what
+/// is left of the bound), so that a read served is at least as fresh as a moment within the bound.
+async fn caught_up(node: &NodeShared, budget: std::time::Duration) -> Result<(), String> {
+    let (committed, applied) = {
+        let metrics = node.raft.metrics();
+        let m = metrics.borrow_watched();
+        (m.cluster_committed.as_ref().map_or(0, |c| c.index), m.last_applied.as_ref().map_or(0, |a| a.index))
+    };
+    if applied >= committed {
+        return Ok(());
+    }
+    node.raft
+        .wait(Some(budget))
+        .applied_index_at_least(Some(committed), "freshness_strict")
+        .await
+        .map(|_| ())
+        .map_err(|_| {
+            format!("stale read: applied {applied} of the {committed} entries the leader reported committed")
+        })
+}
+
+async fn query(
+    node: &Arc<NodeShared>,
+    db: &str,
+    statements: Vec<bop_sql::Statement>,
+    params: &HashMap<String, String>,
+    pretty: bool,
+) -> HttpResponse {
+    let level = params.get("level").map(String::as_str).unwrap_or("weak");
+    if params.contains_key("freshness_strict") && !params.contains_key("freshness") {
+        return error(StatusCode::BAD_REQUEST, "freshness_strict needs freshness=DURATION");
+    }
+    match level {
+        "none" => {
+            if let Some(limit) = params.get("freshness") {
+                let limit = match parse_duration(limit) {
+                    Some(limit) => limit,
+                    None => {
+                        return error(
+                            StatusCode::BAD_REQUEST,
+                            format!("freshness {limit:?} is not a duration (e.g. 500ms, 1s, 2m)"),
+                        )
+                    }
+                };
+                if !node.is_leader() {
+                    match node.contact.since() {
+                        Some(since) if since <= limit => {
+                            if params.contains_key("freshness_strict") {
+                                if let Err(reason) = caught_up(node, limit - since).await {
+                                    return respond(StatusCode::OK, &error_result(&reason), pretty);
+                                }
+                            }
+                        }
+                        since => {
+                            let heard =
+                                since.map_or("never".to_owned(), |d| format!("{} ms ago", d.as_millis()));
+                            return respond(
+                                StatusCode::OK,
+                                &error_result(&format!(
+                                    "stale read: last heard from a leader {heard}, freshness is {} ms",
+                                    limit.as_millis()
+                                )),
+                                pretty,
+                            );
+                        }
+                    }
+                }
+            }
+        }
+        "weak" => {
+            if !node.is_leader() {
+                return not_leader(node, pretty);
+            }
+        }
+        "linearizable" | "strong" => {
+            if let Err(e) = node.raft.ensure_linearizable(openraft::raft::ReadPolicy::ReadIndex).await {
+                let message = e.to_string();
+                return match e.forward_to_leader() {
+                    Some(_) => not_leader(node, pretty),
+                    None => error(StatusCode::SERVICE_UNAVAILABLE, message),
+                };
+            }
+        }
+        other => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("unknown level {other:?} (none, weak, linearizable, strong)"),
+            )
+        }
+    }
+    let associative = params.contains_key("associative");
+    let mut limits = match request_limits(&node.engine, params) {
+        Ok(limits) => limits,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e),
+    };
+    let cancel = Cancel::default();
+    let _cancel_on_drop = cancel.on_drop();
+    let shared = Arc::clone(node);
+    let db = db.to_owned();
+    let outcome = node
+        .blocking
+        .run(move || {
+            let mut conn = shared.engine.open(&db, OpenMode::Existing)?;
+            cancel.attach(&conn);
+            // A query only reads (as in rqlite): a batch with a write runs none of it. Statements that do
+            // not prepare are answered with their own error below. `query_only` stops anything that
+            // slipped past the check (e.g. a write inside an explicit transaction).
+            for statement in &statements {
+                if let Ok(false) = conn.is_read_only(&statement.sql) {
+                    return Ok(error_result(&format!(
+                        "attempt to change the database through a query: /db/query runs read-only \
+                         statements; send {:?} to /db/execute or /db/request",
+                        statement.sql
+                    )));
+                }
+            }
+            conn.execute("PRAGMA query_only = 1", &bop_sql::Params::None)?;
+            // One answer budget and one deadline for the whole request, over all its statements.
+            conn.set_limits(limits);
+            let mut results = Vec::new();
+            for statement in &statements {
+                let rows: Result<Rows, SqlError> = conn.query(&statement.sql, &statement.params);
+                match &rows {
+                    Err(e) if e.stops_call() => {
+                        shared.count_stopped(Some(e));
+                        return Err(rows.err().unwrap_or(SqlError::Interrupted));
+                    }
+                    Ok(found) => {
+                        let (rows_used, bytes_used) = found.answer_size();
+                        limits.rows_max = limits.rows_max.map(|m| m.saturating_sub(rows_used));
+                        limits.bytes_max = limits.bytes_max.map(|m| m.saturating_sub(bytes_used));
+                        conn.set_limits(limits);
+                    }
+                    Err(_) => {}
+                }
+                results.push(match rows {
+                    Ok(rows) => query_result(&rows, associative),
+                    Err(e) => json!({ "error": e.to_string() }),
+                });
+            }
+            Ok::<_, SqlError>(json!({ "results": results }))
+        })
+        .await;
+    match outcome {
+        Ok(Ok(body)) => respond(StatusCode::OK, &body, pretty),
+        Ok(Err(e)) => respond(StatusCode::OK, &error_result(&e.to_string()), pretty),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, format!("query task: {e}")),
+    }
+}
+
+/// rqlite's unified endpoint: a batch of only reads is a query (at the requested level, forwarded like one);
+/// a batch with any write runs on the leader in one transaction, answering rows for the statements that
+/// return them and `last_insert_id`/`rows_affected` for the others.
+async fn run_request(
+    node: &Arc<NodeShared>,
+    path_and_query: String,
+    forwarded: bool,
+    body: axum::body::Body,
+    params: &HashMap<String, String>,
+    db: &str,
+    pretty: bool,
+) -> HttpResponse {
+    let bytes = match read_body(body).await {
+        Ok(bytes) => bytes,
+        Err(response) => return response,
+    };
+    let statements = match parse_statements(&bytes) {
+        Ok(statements) => statements,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e),
+    };
+    let level = params.get("level").map(String::as_str).unwrap_or("weak");
+    let leader = node.is_leader();
+    if !leader && level != "none" {
+        return to_leader(node, params, forwarded, &Method::POST, &path_and_query, &bytes).await;
+    }
+    // Classified on a local connection; a database this node does not have yet counts as a write.
+    let engine = Arc::clone(&node.engine);
+    let name = db.to_owned();
+    let classified = node
+        .blocking
+        .run(move || {
+            let read_only = (|| {
+                let mut conn = engine.open(&name, OpenMode::Existing).ok()?;
+                let mut all = true;
+                for statement in &statements {
+                    all &= conn.is_read_only(&statement.sql).ok()?;
+                }
+                Some(all)
+            })();
+            (read_only.unwrap_or(false), statements)
+        })
+        .await;
+    let (read_only, statements) = match classified {
+        Ok(classified) => classified,
+        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, format!("classify task: {e}")),
+    };
+    if !read_only && !leader {
+        return to_leader(node, params, forwarded, &Method::POST, &path_and_query, &bytes).await;
+    }
+    if read_only {
+        return query(node, db, statements, params, pretty).await;
+    }
+    write_batch(node, db, statements, bytes.len(), params, true, pretty).await
+}
+
+type Node = State<Arc<NodeShared>>;
+type CallOf = Extension<Arc<Call>>;
+
+/// `POST /db/execute`.
+pub(super) async fn execute(
+    State(node): Node,
+    Extension(call): CallOf,
+    body: axum::body::Body,
+) -> HttpResponse {
+    match read_body(body).await {
+        Ok(bytes) => execute_statements(&node, &call.db, &bytes, &call.params, call.pretty).await,
+        Err(response) => response,
+    }
+}
+
+/// `GET /db/query?q=SQL`.
+pub(super) async fn query_get(State(node): Node, Extension(call): CallOf) -> HttpResponse {
+    match call.params.get("q") {
+        Some(q) => {
+            let statements = vec![bop_sql::Statement::new(q.as_str())];
+            query(&node, &call.db, statements, &call.params, call.pretty).await
+        }
+        None => error(StatusCode::BAD_REQUEST, "GET /db/query needs q=SQL"),
+    }
+}
+
+/// `POST /db/query` with a JSON list of statements.
+pub(super) async fn query_post(
+    State(node): Node,
+    Extension(call): CallOf,
+    body: axum::body::Body,
+) -> HttpResponse {
+    let bytes = match read_body(body).await {
+        Ok(bytes) => bytes,
+        Err(response) => return response,
+    };
+    match parse_statements(&bytes) {
+        Ok(statements) => query(&node, &call.db, statements, &call.params, call.pretty).await,
+        Err(e) => error(StatusCode::BAD_REQUEST, e),
+    }
+}
+
+/// `POST /db/request`: reads and writes mixed.
+pub(super) async fn request(
+    State(node): Node,
+    Extension(call): CallOf,
+    uri: hyper::Uri,
+    headers: hyper::HeaderMap,
+    body: axum::body::Body,
+) -> HttpResponse {
+    let path_and_query = uri.path_and_query().map(|p| p.as_str().to_owned()).unwrap_or_default();
+    let forwarded = headers.contains_key(FORWARDED_HEADER);
+    run_request(&node, path_and_query, forwarded, body, &call.params, &call.db, call.pretty).await
+}

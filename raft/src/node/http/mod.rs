@@ -1,0 +1,327 @@
+//! The node's HTTP API, compatible with rqlite's for the calls below (documented in docs/design.md).
+//!
+//! `POST /db/execute`, `GET|POST /db/query`, `POST /db/request` (reads and writes mixed), `GET /db/backup` (`level=none|weak|linearizable|strong`, `associative`,
+//! `pretty`, `timings`, `db=NAME` for a named database, `q=SQL` for GET), `GET /status`, `GET /nodes`,
+//! `GET /readyz`. Bodies are bounded; malformed input is a 4xx with a JSON error and writes nothing.
+
+mod backup;
+mod cluster;
+mod db;
+mod forward;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::extract::{Request, State};
+use axum::middleware::Next;
+use axum::routing::{get, post};
+use axum::Router;
+use bytes::Bytes;
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full, Limited, StreamBody};
+use hyper::body::Frame;
+use hyper::server::conn::http1;
+use hyper::{Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use serde_json::{json, Value as Json};
+
+use super::NodeShared;
+use crate::net::Listener;
+use forward::to_leader;
+
+/// Largest request body accepted.
+pub const BODY_BYTES_MAX: usize = 4 << 20;
+/// Bytes of a streamed body (a backup, or an answer passed on from the leader) read and sent at a time.
+pub const STREAM_CHUNK_BYTES: usize = 1 << 20;
+/// Largest head of an answer from the leader when forwarding.
+pub(super) const FORWARD_HEAD_BYTES_MAX: usize = 64 << 10;
+/// Longest wait for the leader's head, and for each chunk of its body, when forwarding.
+pub(super) const FORWARD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+/// Longest wait for a connection to the leader when forwarding (a leader whose machine is down never
+/// answers the connection attempt at all).
+pub(super) const FORWARD_CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(500);
+/// Longest wait for the head of a forwarded backup (the leader copies the whole database first).
+pub(super) const BACKUP_HEAD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3600);
+/// Marks a request one node forwarded to another (its value is the forwarding node's id).
+pub(super) const FORWARDED_HEADER: &str = "x-bop-forwarded-by";
+/// The database used when a request names none.
+pub const DEFAULT_DATABASE: &str = "main";
+
+pub(super) type HttpBody = BoxBody<Bytes, std::io::Error>;
+pub(super) type HttpResponse = Response<HttpBody>;
+
+/// A body held whole in memory.
+pub(super) fn full(bytes: impl Into<Bytes>) -> HttpBody {
+    Full::new(bytes.into()).map_err(|never| match never {}).boxed()
+}
+
+/// A body streamed from `stream` in chunks (memory bounded by one chunk).
+pub(super) fn streamed(
+    stream: impl futures_util::Stream<Item = std::io::Result<Bytes>> + Send + Sync + 'static,
+) -> HttpBody {
+    use futures_util::StreamExt;
+    BodyExt::boxed(StreamBody::new(stream.map(|chunk| chunk.map(Frame::data))))
+}
+
+pub(super) fn respond(status: StatusCode, body: &Json, pretty: bool) -> HttpResponse {
+    let text =
+        if pretty { serde_json::to_vec_pretty(body) } else { serde_json::to_vec(body) }.unwrap_or_default();
+    let mut response = Response::new(full(text));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(hyper::header::CONTENT_TYPE, hyper::header::HeaderValue::from_static("application/json"));
+    response
+}
+
+pub(super) fn error(status: StatusCode, message: impl Into<String>) -> HttpResponse {
+    respond(status, &json!({ "error": message.into() }), false)
+}
+
+/// 503 with `Retry-After: 1`: a bound is full for now.
+pub(super) fn busy(message: impl Into<String>) -> HttpResponse {
+    let mut response = error(StatusCode::SERVICE_UNAVAILABLE, message);
+    response.headers_mut().insert(hyper::header::RETRY_AFTER, hyper::header::HeaderValue::from_static("1"));
+    response
+}
+
+pub(super) fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < bytes.len() => {
+                let hex = std::str::from_utf8(&bytes[i + 1..i + 3])
+                    .ok()
+                    .and_then(|h| u8::from_str_radix(h, 16).ok());
+                match hex {
+                    Some(b) => {
+                        out.push(b);
+                        i += 2;
+                    }
+                    None => out.push(b'%'),
+                }
+            }
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+pub(super) const KNOWN_PARAMS: &[&str] = &[
+    "q",
+    "level",
+    "associative",
+    "pretty",
+    "timings",
+    "db",
+    "transaction",
+    "freshness",
+    "freshness_strict",
+    "redirect",
+    "fmt",
+    "db_timeout",
+];
+
+pub(super) fn query_params(query: Option<&str>) -> Result<HashMap<String, String>, String> {
+    let mut params = HashMap::new();
+    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        let key = percent_decode(key);
+        if !KNOWN_PARAMS.contains(&key.as_str()) {
+            return Err(format!("unknown parameter {key:?} (known: {})", KNOWN_PARAMS.join(", ")));
+        }
+        params.insert(key, percent_decode(value));
+    }
+    Ok(params)
+}
+
+/// Serves the HTTP API on `listener` until it fails (or the future is dropped).
+///
+/// At most `http_connections_max` connections are served at once; one more is answered 503 (with
+/// `Retry-After`) and closed. A connection that does not send a whole request head within
+/// `http_header_timeout`, including a kept-alive one idle that long, is closed. A failed `accept` pauses
+/// and retries; it never ends the server.
+pub async fn serve_http(mut listener: Box<dyn Listener>, node: Arc<NodeShared>) -> std::io::Result<()> {
+    let limits = node.limits;
+    let slots = Arc::new(tokio::sync::Semaphore::new(limits.http_connections_max));
+    // Refusals are short (one small write, bounded in time), and bounded in number too.
+    let refusals = Arc::new(tokio::sync::Semaphore::new(64));
+    let mut connections = tokio::task::JoinSet::new();
+    let mut backoff = None;
+    let routes = router(Arc::clone(&node));
+    loop {
+        while connections.try_join_next().is_some() {}
+        let (stream, _) = crate::net::accept_retrying(listener.as_mut(), &mut backoff, "http").await;
+        let Ok(permit) = Arc::clone(&slots).try_acquire_owned() else {
+            if let Ok(refusal) = Arc::clone(&refusals).try_acquire_owned() {
+                connections.spawn(async move {
+                    let _refusal = refusal;
+                    refuse_connection(stream, limits.http_connections_max).await;
+                });
+            }
+            continue;
+        };
+        let service = hyper_util::service::TowerToHyperService::new(routes.clone());
+        connections.spawn(async move {
+            let _permit = permit;
+            let _ = http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(limits.http_header_timeout)
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+/// Answers a connection past the limit with 503 and closes it (at most one second spent on it).
+pub(super) async fn refuse_connection(mut stream: crate::net::BoxStream, max: usize) {
+    use tokio::io::AsyncWriteExt;
+    let body = json!({ "error": format!("too many connections (at most {max}); retry") }).to_string();
+    let answer = format!(
+        "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nContent-Length: {}\r\nRetry-After: 1\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), async {
+        stream.write_all(answer.as_bytes()).await?;
+        stream.shutdown().await
+    })
+    .await;
+}
+
+/// A request's body, at most [`BODY_BYTES_MAX`] bytes (413 past it).
+pub(super) async fn read_body(body: axum::body::Body) -> Result<Bytes, HttpResponse> {
+    match Limited::new(body, BODY_BYTES_MAX).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) => Err(error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("request body: {e} (limit {BODY_BYTES_MAX} bytes)"),
+        )),
+    }
+}
+
+/// What the front layer parsed for a call's handler: its query parameters and the two everyone uses.
+#[derive(Debug, Clone)]
+pub(super) struct Call {
+    pub(super) params: HashMap<String, String>,
+    pub(super) pretty: bool,
+    pub(super) db: String,
+}
+
+/// The API's routes. Every call first passes [`front`]: parameters checked, calls that need the leader
+/// passed to it from a follower, timings and latency recorded.
+fn router(node: Arc<NodeShared>) -> Router {
+    Router::new()
+        .route("/db/execute", post(db::execute))
+        .route("/db/query", get(db::query_get).post(db::query_post))
+        .route("/db/request", post(db::request))
+        .route("/db/backup", get(backup::backup))
+        .route("/join", post(cluster::join))
+        .route("/remove", post(cluster::remove).delete(cluster::remove))
+        .route("/status", get(cluster::status))
+        .route("/nodes", get(cluster::nodes))
+        .route("/metrics", get(cluster::metrics))
+        .route("/readyz", get(cluster::readyz))
+        .fallback(no_route)
+        .method_not_allowed_fallback(wrong_method)
+        .layer(axum::middleware::from_fn_with_state(Arc::clone(&node), front))
+        .with_state(node)
+}
+
+async fn no_route(request: Request) -> HttpResponse {
+    error(StatusCode::NOT_FOUND, format!("no route for {}", request.uri().path()))
+}
+
+async fn wrong_method(request: Request) -> HttpResponse {
+    error(
+        StatusCode::METHOD_NOT_ALLOWED,
+        format!("{} does not take {}", request.uri().path(), request.method()),
+    )
+}
+
+/// Runs before every route: rejects unknown parameters, sends writes, leader reads, backups and
+/// membership calls that reach a follower to the leader (unless the client asked for a redirect), and
+/// records the call's latency (and `timings`).
+async fn front(
+    State(node): State<Arc<NodeShared>>,
+    request: Request,
+    next: Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let started = Instant::now();
+    let params = match query_params(request.uri().query()) {
+        Ok(params) => params,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e).into_response(),
+    };
+    let timings = params.contains_key("timings");
+    let path = request.uri().path();
+    let level = params.get("level").map(String::as_str).unwrap_or("weak");
+    let needs_leader = matches!(path, "/db/execute" | "/db/backup" | "/join" | "/remove")
+        || (path == "/db/query" && level != "none");
+    let mut response = if needs_leader && !node.is_leader() {
+        let forwarded = request.headers().contains_key(FORWARDED_HEADER);
+        let method = request.method().clone();
+        let path_and_query =
+            request.uri().path_and_query().map(|p| p.as_str().to_owned()).unwrap_or_else(|| path.to_owned());
+        match read_body(request.into_body()).await {
+            Ok(bytes) => to_leader(&node, &params, forwarded, &method, &path_and_query, &bytes).await,
+            Err(response) => response,
+        }
+        .into_response()
+    } else {
+        let pretty = params.contains_key("pretty");
+        let db = params.get("db").cloned().unwrap_or_else(|| DEFAULT_DATABASE.to_owned());
+        let mut request = request;
+        request.extensions_mut().insert(Arc::new(Call { params, pretty, db }));
+        next.run(request).await
+    };
+    if timings {
+        let took = started.elapsed().as_secs_f64();
+        response.headers_mut().insert(
+            "x-bop-time-s",
+            hyper::header::HeaderValue::from_str(&format!("{took:.6}"))
+                .unwrap_or(hyper::header::HeaderValue::from_static("0")),
+        );
+    }
+    node.record_latency(started.elapsed());
+    response
+}
+
+/// A Go-style duration as rqlite takes it: a number and a unit (`ns`, `us`, `ms`, `s`, `m`, `h`), e.g.
+/// `500ms`, `1.5s`; `None` when it is not one.
+pub(super) fn parse_duration(text: &str) -> Option<std::time::Duration> {
+    let split = text.find(|c: char| !(c.is_ascii_digit() || c == '.'))?;
+    let (number, unit) = text.split_at(split);
+    let value: f64 = number.parse().ok()?;
+    let secs = match unit {
+        "ns" => value / 1e9,
+        "us" | "µs" => value / 1e6,
+        "ms" => value / 1e3,
+        "s" => value,
+        "m" => value * 60.0,
+        "h" => value * 3600.0,
+        _ => return None,
+    };
+    std::time::Duration::try_from_secs_f64(secs).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_duration;
+    use std::time::Duration;
+
+    #[test]
+    fn durations_parse_like_rqlite_takes_them() {
+        assert_eq!(parse_duration("500ms"), Some(Duration::from_millis(500)));
+        assert_eq!(parse_duration("1.5s"), Some(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("2m"), Some(Duration::from_secs(120)));
+        assert_eq!(parse_duration("10us"), Some(Duration::from_micros(10)));
+        for bad in ["", "s", "10", "10 s", "1x", "-1s", "1e999h"] {
+            assert_eq!(parse_duration(bad), None, "{bad:?}");
+        }
+    }
+}
