@@ -325,35 +325,57 @@ fn reads_verify_checksums() {
     assert!(matches!(err, WalError::Corruption { segment: 1, offset: 4096, .. }), "{err}");
 }
 
-#[test]
-fn torn_tail_is_cut_when_tolerated_and_refused_under_absolute_consistency() {
-    // Set-up: a multi-sector batch written but never synced, torn at sector granularity.
-    let disk = SimDisk::new(14);
+/// A store with entry 1 durable and entries 2..=20 (one batch over several sectors) written but not yet
+/// synced, crashed between the write and its fsync: the disk as it comes back, torn as `seed` decides.
+fn crash_between_write_and_fsync(seed: u64) -> SimDisk {
+    let disk = SimDisk::new(seed);
     let store = sim_store(&disk);
     store.append(vec![entry(1, 1, 100)]).expect("append").wait().expect("durable");
-    disk.pause_writes();
-    disk.fail_sync_after(0);
+    let writes = disk.write_count();
+    disk.pause_syncs();
     let big: Vec<_> = (2..=20).map(|i| entry(i, 1, 400)).collect();
     let ticket = store.append(big).expect("accepted");
-    disk.resume_writes();
-    assert!(ticket.wait().is_err());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while disk.write_count() == writes {
+        assert!(std::time::Instant::now() < deadline, "the batch was never written");
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    let crashed = disk.crash(CrashMode::TornSectors);
+    disk.resume_syncs();
+    assert!(ticket.wait().is_err(), "the batch's fsync never succeeded");
     drop(store);
-    // Find a seed whose tear leaves a damaged record (not just a clean prefix).
+    crashed
+}
+
+#[test]
+fn torn_tail_is_cut_when_tolerated_and_refused_under_absolute_consistency() {
+    // Set-up: for each of several seeds, a fresh disk crashed with a multi-sector batch unsynced; find
+    // one whose tear leaves a damaged record (not just a clean prefix).
+    let mut images = std::collections::BTreeSet::new();
     let mut crashed = None;
-    for _ in 0..64 {
-        let candidate = disk.crash(CrashMode::TornSectors);
+    let mut clean_prefixes = 0;
+    // Odd seeds: the simulated disk's generator starts from `seed | 1`.
+    let seeds: Vec<u64> = (0..16).map(|i| 2 * i + 1).collect();
+    for &seed in &seeds {
+        let candidate = crash_between_write_and_fsync(seed);
+        images.insert(candidate.file_bytes(&segment_path(1)).expect("segment 1"));
         let mut strict = small_config("/wal");
         strict.recovery_mode = RecoveryMode::AbsoluteConsistency;
         let io: Arc<dyn Io> = Arc::new(candidate.clone());
         match WalStore::open(io, strict) {
             Err(WalError::Corruption { reason: bop_storage::wal::CorruptionReason::TornTail(_), .. }) => {
-                crashed = Some(candidate);
-                break;
+                crashed.get_or_insert(candidate);
             }
-            Ok(store) => drop(store),
-            Err(other) => panic!("unexpected error {other}"),
+            Ok(store) => {
+                clean_prefixes += 1;
+                drop(store);
+            }
+            Err(other) => panic!("seed {seed}: unexpected error {other}"),
         }
     }
+    // Each iteration was a different crash.
+    assert_eq!(images.len(), seeds.len(), "every seed tore the batch differently");
+    assert!(clean_prefixes < seeds.len(), "some tear damages a record");
     let disk = crashed.expect("some tear damages a record");
     // Property: the tolerant mode cuts it, keeps the durable entry and only whole records.
     let store = sim_store(&disk);

@@ -116,3 +116,19 @@ fn repeated_crashes_of_the_same_log_keep_every_acknowledged_entry() {
     let store = sim_store(&disk);
     check_recovered(&store, &all_acked);
 }
+
+#[test]
+fn a_new_logs_directories_survive_a_crash() {
+    // The log's directory and its parent are both new: each is an entry of its own parent, durable only
+    // once that parent is fsynced.
+    let disk = SimDisk::new(5);
+    let io: Arc<dyn bop_storage::io::Io> = Arc::new(disk.clone());
+    let store = WalStore::open(Arc::clone(&io), common::small_config("/node/wal")).expect("open");
+    store.append_durable(vec![entry(1, 1, 100)]).expect("append");
+    drop(store);
+    let crashed = disk.crash(CrashMode::LoseUnsynced);
+    let io: Arc<dyn bop_storage::io::Io> = Arc::new(crashed);
+    let store = WalStore::open(io, common::small_config("/node/wal")).expect("reopen");
+    let got = store.read(1).expect("read").expect("the acknowledged entry survives");
+    assert_eq!(check_payload(&got.payload), Some((1, 1)));
+}

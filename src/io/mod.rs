@@ -144,6 +144,38 @@ pub trait IoFile: Send + Sync + fmt::Debug {
     fn alignment(&self) -> usize;
 }
 
+/// Creates the directory `path` (and any missing parents) and makes it durable: fsyncs the parent of
+/// every directory this call created, outermost first, and the parent of `path` even if `path` already
+/// existed (an earlier process may have created it and died before the fsync). A new directory is an
+/// entry in its parent like a new file is, and is lost with everything in it if a crash comes before the
+/// parent's fsync. Call it wherever bop creates a directory it will keep files in.
+pub fn create_dir_durable(io: &dyn Io, path: &Path) -> IoResult<()> {
+    let mut missing = Vec::new();
+    let mut dir = Some(path);
+    while let Some(d) = dir.filter(|d| !d.as_os_str().is_empty()) {
+        match io.list_dir(d) {
+            Ok(_) => break,
+            Err(e) if e.kind() == Some(std::io::ErrorKind::NotFound) => {
+                missing.push(d);
+                dir = d.parent();
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    io.create_dir_all(path)?;
+    if missing.is_empty() {
+        missing.push(path);
+    }
+    // Outermost first: a directory's entry is only reachable once its own parent's entry is durable.
+    let mut parents: Vec<&Path> = missing.iter().rev().filter_map(|d| d.parent()).collect();
+    parents.dedup();
+    for parent in parents {
+        let parent = if parent.as_os_str().is_empty() { Path::new(".") } else { parent };
+        io.sync_dir(parent)?;
+    }
+    Ok(())
+}
+
 /// Reads exactly `buf.len()` bytes at `offset`, looping over short reads.
 pub fn read_exact_at(file: &dyn IoFile, buf: &mut [u8], offset: u64) -> IoResult<()> {
     let mut done = 0usize;

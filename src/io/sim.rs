@@ -2,11 +2,21 @@
 //!
 //! Each file keeps the bytes a reader sees now and the bytes that are durable. A write dirties the
 //! 512-byte sectors it touches; `sync_data`/`sync_all` make the file's dirty sectors and size durable;
-//! `sync_dir` makes a directory's entries (creations, removals, renames) durable. [`SimDisk::crash`]
-//! throws away everything not durable — in [`CrashMode::TornSectors`] each dirty sector independently
-//! survives or not, which models a write torn at 512-byte granularity — and returns a handle for the
-//! "rebooted" disk; every handle from before the crash, and every file opened through one, fails with EIO
-//! from then on, as the dead process would.
+//! `sync_dir` makes a directory's entries (file creations, removals, renames, and the directories created
+//! in it) durable. A directory is itself an entry of its parent: until the parent is synced, a crash may
+//! take it away with everything in it (only the root, `/`, always exists).
+//!
+//! [`SimDisk::crash`] throws away everything not durable and returns a handle for the "rebooted" disk;
+//! every handle from before the crash, and every file opened through one, fails with EIO from then on, as
+//! the dead process would. In [`CrashMode::TornSectors`] two more things can happen, as on a real file
+//! system: each dirty sector independently survives or not (a write torn at 512-byte granularity), and a
+//! prefix, in call order, of the directory operations not yet made durable by `sync_dir` survives — as
+//! when another file's fsync commits ext4's journal. Such an entry survives with the file's durable bytes
+//! only, so a file can come back by name with none of its unsynced contents (zero length, say).
+//!
+//! A failed sync behaves as Linux does after a failed writeback: the file's dirty sectors are marked
+//! clean without becoming durable. Readers keep seeing the bytes, later syncs succeed without writing
+//! them, and a crash loses them ("fsyncgate").
 //!
 //! Faults: an fsync or a write can be made to fail (EIO, ENOSPC), writes can be interrupted (EINTR), a
 //! write can panic (to test worker panic handling), and a capacity makes the disk fill up.
@@ -27,7 +37,8 @@ pub const SECTOR_SIZE: u64 = 512;
 pub enum CrashMode {
     /// Only durable bytes survive.
     LoseUnsynced,
-    /// Durable bytes survive, and each dirty sector independently does or does not (a torn write).
+    /// Durable bytes survive, each dirty sector independently does or does not (a torn write), and a
+    /// prefix of the directory operations not yet synced survives (an early journal commit).
     TornSectors,
 }
 
@@ -47,6 +58,60 @@ struct Faults {
     capacity_bytes: Option<u64>,
 }
 
+/// A directory operation not yet made durable by a `sync_dir` of the directory it changes.
+#[derive(Debug, Clone)]
+enum NameOp {
+    Link { path: PathBuf, id: u64 },
+    Unlink { path: PathBuf },
+    Rename { from: PathBuf, to: PathBuf, id: u64 },
+    Mkdir { path: PathBuf },
+}
+
+fn in_dir(path: &Path, dir: &Path) -> bool {
+    path.parent() == Some(dir)
+}
+
+/// The root, or the parent of a relative path's first component: always there.
+fn is_root(dir: &Path) -> bool {
+    dir.parent().is_none() || dir.as_os_str().is_empty()
+}
+
+impl NameOp {
+    /// What remains pending of this operation once `dir` is synced (a rename between two directories is
+    /// durable in each only once each is synced).
+    fn without_dir(self, dir: &Path) -> Option<NameOp> {
+        match self {
+            NameOp::Link { ref path, .. } | NameOp::Unlink { ref path } | NameOp::Mkdir { ref path } => {
+                (!in_dir(path, dir)).then_some(self)
+            }
+            NameOp::Rename { from, to, id } => match (in_dir(&from, dir), in_dir(&to, dir)) {
+                (true, true) => None,
+                (true, false) => Some(NameOp::Link { path: to, id }),
+                (false, true) => Some(NameOp::Unlink { path: from }),
+                (false, false) => Some(NameOp::Rename { from, to, id }),
+            },
+        }
+    }
+
+    fn apply(&self, names: &mut HashMap<PathBuf, u64>, dirs: &mut BTreeSet<PathBuf>) {
+        match self {
+            NameOp::Link { path, id } => {
+                names.insert(path.clone(), *id);
+            }
+            NameOp::Unlink { path } => {
+                names.remove(path);
+            }
+            NameOp::Rename { from, to, id } => {
+                names.remove(from);
+                names.insert(to.clone(), *id);
+            }
+            NameOp::Mkdir { path } => {
+                dirs.insert(path.clone());
+            }
+        }
+    }
+}
+
 #[derive(Debug)]
 struct SimState {
     epoch: u64,
@@ -54,9 +119,15 @@ struct SimState {
     names: HashMap<PathBuf, u64>,
     durable_names: HashMap<PathBuf, u64>,
     dirs: BTreeSet<PathBuf>,
+    durable_dirs: BTreeSet<PathBuf>,
+    /// Directory operations not yet durable, in call order.
+    pending: Vec<NameOp>,
     files: HashMap<u64, FileState>,
     faults: Faults,
     rng: u64,
+    /// A second stream for the choice of surviving directory operations, so that which sectors tear
+    /// stays what it was for a seed.
+    names_rng: u64,
     alignment: usize,
     syncs: u64,
     writes: u64,
@@ -64,13 +135,7 @@ struct SimState {
 
 impl SimState {
     fn next_random(&mut self) -> u64 {
-        // xorshift64*: deterministic from the seed.
-        let mut x = self.rng;
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.rng = x;
-        x.wrapping_mul(0x2545_f491_4f6c_dd1d)
+        xorshift(&mut self.rng)
     }
 
     fn used_bytes(&self) -> u64 {
@@ -83,7 +148,31 @@ impl SimState {
 pub struct SimDisk {
     state: Arc<Mutex<SimState>>,
     gate: Arc<(Mutex<bool>, parking_lot::Condvar)>,
+    sync_gate: Arc<(Mutex<bool>, parking_lot::Condvar)>,
     epoch: u64,
+}
+
+fn wait_at(gate: &(Mutex<bool>, parking_lot::Condvar)) {
+    let (paused, cv) = gate;
+    let mut paused = paused.lock();
+    while *paused {
+        cv.wait(&mut paused);
+    }
+}
+
+fn set_gate(gate: &(Mutex<bool>, parking_lot::Condvar), paused: bool) {
+    *gate.0.lock() = paused;
+    gate.1.notify_all();
+}
+
+/// xorshift64*: deterministic from the seed.
+fn xorshift(state: &mut u64) -> u64 {
+    let mut x = *state;
+    x ^= x >> 12;
+    x ^= x << 25;
+    x ^= x >> 27;
+    *state = x;
+    x.wrapping_mul(0x2545_f491_4f6c_dd1d)
 }
 
 fn errno(kind: std::io::ErrorKind, op: &'static str) -> IoError {
@@ -128,9 +217,12 @@ impl SimDisk {
             names: HashMap::new(),
             durable_names: HashMap::new(),
             dirs: BTreeSet::new(),
+            durable_dirs: BTreeSet::new(),
+            pending: Vec::new(),
             files: HashMap::new(),
             faults: Faults::default(),
             rng: seed | 1,
+            names_rng: (seed ^ 0x9e37_79b9_7f4a_7c15).wrapping_mul(0xbf58_476d_1ce4_e5b9) | 1,
             alignment: 1,
             syncs: 0,
             writes: 0,
@@ -138,6 +230,7 @@ impl SimDisk {
         SimDisk {
             state: Arc::new(Mutex::new(state)),
             gate: Arc::new((Mutex::new(false), parking_lot::Condvar::new())),
+            sync_gate: Arc::new((Mutex::new(false), parking_lot::Condvar::new())),
             epoch: 0,
         }
     }
@@ -156,7 +249,24 @@ impl SimDisk {
         let mut st = self.state.lock();
         st.epoch += 1;
         st.faults = Faults { capacity_bytes: st.faults.capacity_bytes, ..Faults::default() };
-        st.names = st.durable_names.clone();
+        let mut names = st.durable_names.clone();
+        let mut dirs = st.durable_dirs.clone();
+        let pending = std::mem::take(&mut st.pending);
+        if mode == CrashMode::TornSectors && !pending.is_empty() {
+            // The journal committed the operations up to some point, in the order they were made.
+            let survive = (xorshift(&mut st.names_rng) % (pending.len() as u64 + 1)) as usize;
+            for op in &pending[..survive] {
+                op.apply(&mut names, &mut dirs);
+            }
+        }
+        // A directory is there only if its parent is, and a name only if its directory is.
+        let all = dirs.clone();
+        dirs.retain(|d| d.ancestors().skip(1).all(|a| is_root(a) || all.contains(a)));
+        names.retain(|p, _| p.parent().is_some_and(|d| is_root(d) || dirs.contains(d)));
+        st.durable_names = names.clone();
+        st.names = names;
+        st.durable_dirs = dirs.clone();
+        st.dirs = dirs;
         let live: BTreeSet<u64> = st.names.values().copied().collect();
         st.files.retain(|id, _| live.contains(id));
         // In id order, so that which sectors tear is a function of the seed alone.
@@ -187,18 +297,33 @@ impl SimDisk {
                 file.dirty.clear();
             }
         }
-        SimDisk { state: Arc::clone(&self.state), gate: Arc::clone(&self.gate), epoch: st.epoch }
+        SimDisk {
+            state: Arc::clone(&self.state),
+            gate: Arc::clone(&self.gate),
+            sync_gate: Arc::clone(&self.sync_gate),
+            epoch: st.epoch,
+        }
     }
 
     /// Holds every write call at its start until [`SimDisk::resume_writes`] (to fill queues in tests).
     pub fn pause_writes(&self) {
-        *self.gate.0.lock() = true;
+        set_gate(&self.gate, true);
     }
 
     /// Lets held and future writes proceed.
     pub fn resume_writes(&self) {
-        *self.gate.0.lock() = false;
-        self.gate.1.notify_all();
+        set_gate(&self.gate, false);
+    }
+
+    /// Holds every file sync call at its start until [`SimDisk::resume_syncs`], so that a test can crash
+    /// the disk between a write and its fsync.
+    pub fn pause_syncs(&self) {
+        set_gate(&self.sync_gate, true);
+    }
+
+    /// Lets held and future syncs proceed.
+    pub fn resume_syncs(&self) {
+        set_gate(&self.sync_gate, false);
     }
 
     /// Disarms every injected fault not yet triggered (a capacity limit stays).
@@ -280,6 +405,7 @@ impl Io for SimDisk {
                 st.next_file_id += 1;
                 st.files.insert(id, FileState::default());
                 st.names.insert(path.to_path_buf(), id);
+                st.pending.push(NameOp::Link { path: path.to_path_buf(), id });
                 id
             }
             (OpenMode::Existing, Some(id)) => id,
@@ -291,7 +417,10 @@ impl Io for SimDisk {
     fn remove_file(&self, path: &Path) -> IoResult<()> {
         let mut st = self.live("unlink")?;
         match st.names.remove(path) {
-            Some(_) => Ok(()),
+            Some(_) => {
+                st.pending.push(NameOp::Unlink { path: path.to_path_buf() });
+                Ok(())
+            }
             None => Err(errno(std::io::ErrorKind::NotFound, "unlink")),
         }
     }
@@ -302,19 +431,35 @@ impl Io for SimDisk {
             return Err(errno(std::io::ErrorKind::NotFound, "rename"));
         };
         st.names.insert(to.to_path_buf(), id);
+        st.pending.push(NameOp::Rename { from: from.to_path_buf(), to: to.to_path_buf(), id });
         Ok(())
     }
 
     fn create_dir_all(&self, path: &Path) -> IoResult<()> {
-        // Directories are modelled as durable as soon as they exist.
+        // A new directory is durable once its parent is synced; the root always is.
         let mut st = self.live("mkdir")?;
+        let mut created = Vec::new();
         let mut dir = Some(path);
         while let Some(d) = dir {
             if d.as_os_str().is_empty() {
                 break;
             }
-            st.dirs.insert(d.to_path_buf());
+            if st.names.contains_key(d) {
+                return Err(errno(std::io::ErrorKind::AlreadyExists, "mkdir"));
+            }
+            if !st.dirs.contains(d) {
+                created.push(d.to_path_buf());
+            }
             dir = d.parent();
+        }
+        // Parents first, as mkdir -p makes them.
+        for d in created.into_iter().rev() {
+            st.dirs.insert(d.clone());
+            if is_root(&d) {
+                st.durable_dirs.insert(d);
+            } else {
+                st.pending.push(NameOp::Mkdir { path: d });
+            }
         }
         Ok(())
     }
@@ -337,13 +482,18 @@ impl Io for SimDisk {
 
     fn sync_dir(&self, path: &Path) -> IoResult<()> {
         let mut st = self.live("fsync dir")?;
-        let SimState { names, durable_names, .. } = &mut *st;
-        durable_names.retain(|p, _| p.parent() != Some(path));
+        // "." names the directory a relative path's first component is in.
+        let path = if path == Path::new(".") { Path::new("") } else { path };
+        let SimState { names, durable_names, dirs, durable_dirs, pending, .. } = &mut *st;
+        durable_names.retain(|p, _| !in_dir(p, path));
         for (p, id) in names.iter() {
-            if p.parent() == Some(path) {
+            if in_dir(p, path) {
                 durable_names.insert(p.clone(), *id);
             }
         }
+        durable_dirs.retain(|d| !in_dir(d, path));
+        durable_dirs.extend(dirs.iter().filter(|d| in_dir(d, path)).cloned());
+        *pending = std::mem::take(pending).into_iter().filter_map(|op| op.without_dir(path)).collect();
         Ok(())
     }
 
@@ -372,8 +522,14 @@ impl SimFile {
     }
 
     fn sync(&self, op: &'static str) -> IoResult<()> {
+        wait_at(&self.disk.sync_gate);
         self.with_file(op, |st, id| {
             if countdown(&mut st.faults.sync_fail_in) {
+                // As Linux after a failed writeback: the pages are clean, their bytes never reached the
+                // disk, and no later sync writes them.
+                if let Some(file) = st.files.get_mut(&id) {
+                    file.dirty.clear();
+                }
                 return Err(errno(std::io::ErrorKind::Other, op));
             }
             st.syncs += 1;
@@ -421,13 +577,7 @@ impl IoFile for SimFile {
     }
 
     fn write_at(&self, buf: &[u8], offset: u64) -> IoResult<usize> {
-        {
-            let (paused, cv) = &*self.disk.gate;
-            let mut paused = paused.lock();
-            while *paused {
-                cv.wait(&mut paused);
-            }
-        }
+        wait_at(&self.disk.gate);
         self.with_file("pwrite", |st, id| {
             super::check_alignment("pwrite", st.alignment, buf.as_ptr() as usize, buf.len(), offset)?;
             if st.faults.write_interrupts > 0 {
@@ -503,8 +653,102 @@ mod tests {
     fn setup() -> (SimDisk, PathBuf) {
         let disk = SimDisk::new(7);
         let dir = PathBuf::from("/d");
-        disk.create_dir_all(&dir).expect("mkdir");
+        crate::io::create_dir_durable(&disk, &dir).expect("mkdir");
         (disk, dir)
+    }
+
+    #[test]
+    fn a_directory_is_durable_only_once_its_parent_is_synced() {
+        let disk = SimDisk::new(1);
+        disk.create_dir_all(Path::new("/a/b")).expect("mkdir");
+        let file = disk.open(Path::new("/a/b/f"), OpenMode::CreateNew).expect("create");
+        file.write_at(b"x", 0).expect("write");
+        file.sync_all().expect("sync");
+        disk.sync_dir(Path::new("/a/b")).expect("sync b");
+        disk.sync_dir(Path::new("/a")).expect("sync a");
+        // "/a" itself is still only an entry of "/" that was never synced.
+        let after = disk.crash(CrashMode::LoseUnsynced);
+        assert!(after.list_dir(Path::new("/a")).is_err(), "/a was never made durable");
+        assert!(after.open(Path::new("/a/b/f"), OpenMode::Existing).is_err());
+
+        // The helper syncs every parent it needs to.
+        crate::io::create_dir_durable(&after, Path::new("/a/b")).expect("mkdir durable");
+        let file = after.open(Path::new("/a/b/f"), OpenMode::CreateNew).expect("create");
+        file.write_at(b"x", 0).expect("write");
+        file.sync_all().expect("sync");
+        after.sync_dir(Path::new("/a/b")).expect("sync b");
+        let again = after.crash(CrashMode::LoseUnsynced);
+        assert_eq!(again.file_bytes(Path::new("/a/b/f")), Some(b"x".to_vec()));
+    }
+
+    #[test]
+    fn a_torn_crash_can_keep_a_new_name_without_its_contents() {
+        // Creation and rename of files whose directory was never synced: some seeds keep a prefix of
+        // those operations, with only the files' durable bytes.
+        let mut outcomes = BTreeSet::new();
+        for seed in 0..32u64 {
+            let (disk, dir) = {
+                let disk = SimDisk::new(seed);
+                let dir = PathBuf::from("/d");
+                crate::io::create_dir_durable(&disk, &dir).expect("mkdir");
+                (disk, dir)
+            };
+            let first = disk.open(&dir.join("first"), OpenMode::CreateNew).expect("create");
+            first.write_at(b"unsynced", 0).expect("write");
+            let second = disk.open(&dir.join("second"), OpenMode::CreateNew).expect("create");
+            second.write_at(b"synced", 0).expect("write");
+            second.sync_data().expect("sync");
+            disk.rename(&dir.join("second"), &dir.join("renamed")).expect("rename");
+            let after = disk.crash(CrashMode::TornSectors);
+            let names = after.list_dir(&dir).expect("list");
+            // Journal order: a later operation survives only with every earlier one.
+            let outcome = match names.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
+                [] => 0,
+                ["first"] => 1,
+                ["first", "second"] => 2,
+                ["first", "renamed"] => 3,
+                other => panic!("seed {seed}: {other:?} is not a prefix of the operations"),
+            };
+            if outcome >= 1 {
+                assert_eq!(
+                    after.file_bytes(&dir.join("first")),
+                    Some(Vec::new()),
+                    "no unsynced byte survives"
+                );
+            }
+            if outcome >= 2 {
+                let name = if outcome == 2 { "second" } else { "renamed" };
+                assert_eq!(after.file_bytes(&dir.join(name)), Some(b"synced".to_vec()));
+            }
+            outcomes.insert(outcome);
+        }
+        assert_eq!(outcomes.len(), 4, "every prefix occurs over 32 seeds: {outcomes:?}");
+        // Losing unsynced state is never random.
+        let (disk, dir) = setup();
+        let _ = disk.open(&dir.join("f"), OpenMode::CreateNew).expect("create");
+        let after = disk.crash(CrashMode::LoseUnsynced);
+        assert_eq!(after.list_dir(&dir).expect("list"), Vec::<String>::new());
+    }
+
+    #[test]
+    fn a_failed_sync_leaves_the_bytes_visible_but_never_durable() {
+        let (disk, dir) = setup();
+        let file = disk.open(&dir.join("f"), OpenMode::CreateNew).expect("create");
+        file.write_at(&[1u8; 1024], 0).expect("write");
+        file.sync_data().expect("sync");
+        disk.sync_dir(&dir).expect("sync dir");
+        file.write_at(&[2u8; 512], 512).expect("write");
+        disk.fail_sync_after(0);
+        file.sync_data().expect_err("the sync fails");
+        // Readers still see the new bytes, and a later sync succeeds...
+        let mut buf = [0u8; 512];
+        read_exact_at(file.as_ref(), &mut buf, 512).expect("read");
+        assert_eq!(buf, [2u8; 512]);
+        file.sync_data().expect("a later sync succeeds");
+        // ...but the bytes written before the failed sync never reached the disk.
+        let after = disk.crash(CrashMode::TornSectors);
+        let bytes = after.file_bytes(&dir.join("f")).expect("file");
+        assert_eq!(bytes, vec![1u8; 1024], "the failed write is lost");
     }
 
     #[test]

@@ -384,8 +384,10 @@ fn validate_page_numbers(page_nos: impl Iterator<Item = u32>, db_page_count: u32
     Ok(())
 }
 
+/// Creates `dir` if needed and fsyncs its parent (and those of any parents it created), so that the
+/// directory and the files later made durable in it survive a crash.
 fn ensure_dir(io: &dyn Io, dir: &Path) -> Result<()> {
-    io.create_dir_all(dir).map_err(|e| PageStoreError::io("create directory", dir, e))
+    crate::io::create_dir_durable(io, dir).map_err(|e| PageStoreError::io("create directory", dir, e))
 }
 
 impl Manager {

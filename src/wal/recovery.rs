@@ -144,7 +144,8 @@ fn random_store_id() -> u64 {
 
 pub(crate) fn recover(io: &dyn Io, config: &WalConfig) -> Result<Recovered, WalError> {
     let dir = config.dir.as_path();
-    io.create_dir_all(dir).map_err(|e| WalError::io("create log directory", dir, e))?;
+    // The directory is an entry of its parent: fsynced there, or a crash could take the log away.
+    crate::io::create_dir_durable(io, dir).map_err(|e| WalError::io("create log directory", dir, e))?;
     let names = io.list_dir(dir).map_err(|e| WalError::io("list log directory", dir, e))?;
     let mut seqs: Vec<u64> = names.iter().filter_map(|n| segment::parse_file_name(n)).collect();
     seqs.sort_unstable();
@@ -165,6 +166,7 @@ pub(crate) fn recover(io: &dyn Io, config: &WalConfig) -> Result<Recovered, WalE
     let mut next_lsn = 0u64;
     let mut purge_seq = None;
     let mut jumps = Vec::new();
+    // Where the records of the last segment kept end, and whether any byte after them is not zero.
     let mut tail_end = FIRST_RECORD_OFFSET;
     let mut tail_dirty = false;
     let last_seq = seqs.last().copied();
@@ -274,10 +276,10 @@ pub(crate) fn recover(io: &dyn Io, config: &WalConfig) -> Result<Recovered, WalE
                 }
             }
         }
-        if is_last {
-            tail_end = end;
-            tail_dirty = buf.get(end as usize..).is_some_and(|rest| !is_zero(rest));
-        }
+        // Taken from every segment kept, not only the last file listed: when that one is removed (its
+        // creation never finished), writing resumes after this segment's records, not over them.
+        tail_end = end;
+        tail_dirty = buf.get(end as usize..).is_some_and(|rest| !is_zero(rest));
         segments.insert(seq, SegmentHandle { file, path, max_index });
     }
 
