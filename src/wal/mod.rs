@@ -5,7 +5,10 @@
 //! operation's [`Durable`] ticket or callback in submission order once the fdatasync returned success.
 //! Entries are readable as soon as `append` returns (from memory until durable, from the segment after).
 //! A failed fdatasync, a permanent write error or a writer panic poisons the store: every waiter and
-//! every later call gets [`WalError::Poisoned`], nothing is retried, and reopening runs recovery.
+//! every later call gets [`WalError::Poisoned`], nothing is retried, and reopening runs recovery. Before
+//! the failure is reported, whatever the failed batch wrote is overwritten with zeros (not synced): after
+//! a failed fdatasync the kernel keeps those bytes cached but never writes them, and a reopen in the same
+//! boot must not read them back and count them durable.
 //! The on-disk layout, the fsync sequences and the recovery rules are in docs/design.md.
 
 mod completion;

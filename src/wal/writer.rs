@@ -179,10 +179,12 @@ impl Shared {
                 Ok(true)
             }
             Ok(Err(cause)) => {
+                core.blank_failed_batch(self);
                 self.poison(Arc::new(cause), batch.into_iter().filter_map(|op| op.done).collect());
                 Err(())
             }
             Err(ctx) => {
+                core.blank_failed_batch(self);
                 self.poison(
                     Arc::new(PoisonCause::Panic(ctx)),
                     batch.into_iter().filter_map(|op| op.done).collect(),
@@ -485,6 +487,38 @@ impl FlushCore {
             shared.request_prepare();
         }
         Ok(())
+    }
+
+    /// After a batch failed (its write, its fdatasync, a roll or a panic), before anyone learns of the
+    /// failure: overwrites with zeros, unsynced, whatever of the batch may have reached the active segment
+    /// (nothing at or after `write_pos` was acknowledged). After a failed fdatasync Linux keeps the batch's
+    /// pages cached and clean: without this, a reopen in the same boot would read the records back, and its
+    /// own fsync would succeed without writing them, so that they would count as durable without being on
+    /// the disk. With it, a reopen reads zeros there — the end of the log, as on the disk — and its fsync
+    /// writes the zeros out (or fails the open). Best effort: if the zeros cannot be written, it is logged.
+    fn blank_failed_batch(&self, shared: &Shared) {
+        let alignment = self.active.alignment().max(1) as u64;
+        let end =
+            align_up(self.write_pos + self.buf.len() as u64, alignment).min(shared.config.segment_size_bytes);
+        if end <= self.write_pos {
+            return;
+        }
+        let blanked = panic::catch(|| {
+            let zeros = AlignedBuf::zeroed((end - self.write_pos) as usize);
+            // Its retries are not the write path's: counted apart, in a throwaway.
+            let metrics = Metrics::default();
+            write_all_retrying(self.active.as_ref(), &zeros, self.write_pos, &shared.config.retry, &metrics)
+        });
+        match blanked {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => tracing::error!(
+                segment = self.active_seq,
+                offset = self.write_pos,
+                %error,
+                "could not blank a failed batch; a reopen before a reboot may count it durable"
+            ),
+            Err(ctx) => tracing::error!(%ctx, "blanking a failed batch panicked"),
+        }
     }
 
     /// Starts the next segment. The previous one is complete and durable (flushed by the caller) before
