@@ -9,6 +9,7 @@
 #![deny(missing_docs)]
 
 pub mod blocking;
+pub mod http_client;
 mod local_network;
 mod log_store;
 pub mod net;

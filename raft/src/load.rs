@@ -9,8 +9,7 @@
 
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::TcpStream;
+use bop_raft::http_client as bop_raft_http;
 
 /// Largest answer body the generator reads.
 const ANSWER_BYTES_MAX: usize = 1 << 20;
@@ -31,55 +30,29 @@ pub struct LoadConfig {
     pub keys: u64,
 }
 
+/// A client's kept-alive connection.
 struct Conn {
-    reader: BufReader<TcpStream>,
+    http: bop_raft_http::HttpConn,
     addr: String,
 }
 
 impl Conn {
     async fn open(addr: &str) -> Result<Conn, String> {
-        let stream = TcpStream::connect(addr).await.map_err(|e| format!("connecting to {addr}: {e}"))?;
-        let _ = stream.set_nodelay(true);
-        Ok(Conn { reader: BufReader::new(stream), addr: addr.to_owned() })
+        let http = bop_raft_http::HttpConn::connect(addr, Duration::from_secs(5))
+            .await
+            .map_err(|e| format!("connecting to {addr}: {e}"))?;
+        Ok(Conn { http, addr: addr.to_owned() })
     }
 
     /// One request on the kept-alive connection; the status and the body.
     async fn call(&mut self, method: &str, path: &str, body: &[u8]) -> Result<(u16, Vec<u8>), String> {
-        let head = format!(
-            "{method} {path} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
-            self.addr,
-            body.len()
-        );
-        let io = |e: std::io::Error| format!("{}: {e}", self.addr);
-        let stream = self.reader.get_mut();
-        stream.write_all(head.as_bytes()).await.map_err(io)?;
-        stream.write_all(body).await.map_err(io)?;
-        let mut status = None;
-        let mut length = 0usize;
-        loop {
-            let mut line = String::new();
-            if self.reader.read_line(&mut line).await.map_err(io)? == 0 {
-                return Err(format!("{}: connection closed", self.addr));
-            }
-            let line = line.trim_end();
-            if line.is_empty() {
-                break;
-            }
-            if status.is_none() {
-                status = line.split(' ').nth(1).and_then(|s| s.parse::<u16>().ok());
-            } else if let Some((name, value)) = line.split_once(':') {
-                if name.eq_ignore_ascii_case("content-length") {
-                    length =
-                        value.trim().parse().map_err(|_| format!("{}: bad content-length", self.addr))?;
-                }
-            }
-        }
-        if length > ANSWER_BYTES_MAX {
-            return Err(format!("{}: answer of {length} bytes", self.addr));
-        }
-        let mut answer = vec![0; length];
-        self.reader.read_exact(&mut answer).await.map_err(io)?;
-        Ok((status.ok_or_else(|| format!("{}: malformed status line", self.addr))?, answer))
+        let method = hyper::Method::from_bytes(method.as_bytes()).map_err(|e| e.to_string())?;
+        let (status, answer) = self
+            .http
+            .call(method, path, bytes::Bytes::copy_from_slice(body), ANSWER_BYTES_MAX)
+            .await
+            .map_err(|e| format!("{}: {e}", self.addr))?;
+        Ok((status, answer.to_vec()))
     }
 }
 

@@ -296,15 +296,20 @@ async fn join_cluster(node: &bop_raft::node::Node, target: &str) -> Result<(), S
     let body = serde_json::json!({ "id": node.id(), "addr": node.member_addr(), "voter": true }).to_string();
     let mut last = String::new();
     for _ in 0..JOIN_ATTEMPTS_MAX {
-        let (to, body) = (target.to_owned(), body.clone());
-        match tokio::task::spawn_blocking(move || http_call(&to, "POST", "/join", &body)).await {
-            Ok(Ok((200, _))) => {
+        let attempt = async {
+            let mut conn = bop_raft::http_client::HttpConn::connect(target, Duration::from_secs(5)).await?;
+            let answer = conn.call(hyper::Method::POST, "/join", body.clone().into(), 1 << 20);
+            tokio::time::timeout(Duration::from_secs(60), answer)
+                .await
+                .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))?
+        };
+        match attempt.await {
+            Ok((200, _)) => {
                 println!("joined the cluster through {target}");
                 return Ok(());
             }
-            Ok(Ok((status, answer))) => last = format!("HTTP {status}: {answer}"),
-            Ok(Err(e)) => last = e,
-            Err(e) => last = e.to_string(),
+            Ok((status, answer)) => last = format!("HTTP {status}: {}", String::from_utf8_lossy(&answer)),
+            Err(e) => last = format!("{target}: {e}"),
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
@@ -316,19 +321,7 @@ const JOIN_ATTEMPTS_MAX: u32 = 30;
 
 /// A one-request HTTP/1.1 client for the client subcommands: returns the status and the body.
 fn http_call(addr: &str, method: &str, path: &str, body: &str) -> Result<(u16, String), String> {
-    use std::io::Read;
-    let mut stream = std::net::TcpStream::connect(addr).map_err(|e| format!("connecting to {addr}: {e}"))?;
-    let _ = stream.set_read_timeout(Some(Duration::from_secs(60)));
-    let request = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    stream.write_all(request.as_bytes()).map_err(|e| format!("sending to {addr}: {e}"))?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).map_err(|e| format!("reading from {addr}: {e}"))?;
-    let status = response.split(' ').nth(1).and_then(|s| s.parse().ok()).ok_or("malformed HTTP response")?;
-    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
-    Ok((status, body))
+    bop_raft::http_client::call_blocking(addr, method, path, body, Duration::from_secs(60))
 }
 
 fn url_encode(s: &str) -> String {

@@ -19,100 +19,45 @@ pub(super) async fn forward(
     path_and_query: &str,
     body: &[u8],
 ) -> Result<HttpResponse, ForwardFailure> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use futures_util::StreamExt;
     let (leader, addr) = node.leader().ok_or(ForwardFailure::Other)?;
     let target = crate::tcp::http_addr_of(&addr).ok_or(ForwardFailure::Other)?.to_owned();
     // Nothing was sent if this fails, so the request may go to another leader.
-    let mut stream = match tokio::time::timeout(FORWARD_CONNECT_TIMEOUT, node.net.connect(&target)).await {
+    let stream = match tokio::time::timeout(FORWARD_CONNECT_TIMEOUT, node.net.connect(&target)).await {
         Ok(Ok(stream)) => stream,
         _ => return Err(ForwardFailure::Unreachable(leader)),
-    };
-    let exchange = async {
-        let head = format!(
-            "{method} {path_and_query} HTTP/1.1\r\nHost: {target}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n{FORWARDED_HEADER}: {}\r\nConnection: close\r\n\r\n",
-            body.len(),
-            node.id
-        );
-        stream.write_all(head.as_bytes()).await?;
-        stream.write_all(body).await?;
-        // Read until the end of the head (bounded); what follows it is the start of the body.
-        let mut raw = Vec::new();
-        let mut chunk = vec![0u8; 16 << 10];
-        loop {
-            if let Some(split) = raw.windows(4).position(|w| w == b"\r\n\r\n") {
-                return Ok((stream, raw, split));
-            }
-            if raw.len() > FORWARD_HEAD_BYTES_MAX {
-                return Err(std::io::Error::other("the leader's answer has an oversized head"));
-            }
-            let n = stream.read(&mut chunk).await?;
-            if n == 0 {
-                return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof));
-            }
-            raw.extend_from_slice(&chunk[..n]);
-        }
     };
     // The leader builds a backup before it answers (its head carries the length), which takes a while for
     // a large database.
     let head_timeout =
         if path_and_query.starts_with("/db/backup") { BACKUP_HEAD_TIMEOUT } else { FORWARD_TIMEOUT };
-    let (stream, raw, split) = match tokio::time::timeout(head_timeout, exchange).await {
+    let marker = [(FORWARDED_HEADER, node.id.to_string())];
+    let exchange = async {
+        let mut conn = crate::http_client::HttpConn::over(stream, &target).await?;
+        conn.send(method.clone(), path_and_query, &marker, Bytes::copy_from_slice(body)).await
+    };
+    let answer = match tokio::time::timeout(head_timeout, exchange).await {
         Ok(Ok(answer)) => answer,
         _ => return Err(ForwardFailure::Other),
     };
-    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
-    let status = head
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse::<u16>().ok())
-        .and_then(|s| StatusCode::from_u16(s).ok())
-        .ok_or(ForwardFailure::Other)?;
-    let header = |wanted: &str| {
-        head.lines().find_map(|line| {
-            let (name, value) = line.split_once(':')?;
-            name.eq_ignore_ascii_case(wanted).then(|| value.trim().to_owned())
-        })
-    };
-    let content_type = header("content-type")
-        .and_then(|v| hyper::header::HeaderValue::from_str(&v).ok())
-        .unwrap_or(hyper::header::HeaderValue::from_static("application/json"));
-    // bop's answers carry a length (hyper sets it for whole bodies; backups set it themselves).
-    let length: Option<u64> = header("content-length").and_then(|v| v.parse().ok());
-    if header("transfer-encoding").is_some() {
-        return Ok(error(
-            StatusCode::BAD_GATEWAY,
-            "the leader's answer is chunked; bop forwards sized bodies",
-        ));
-    }
-    let first = Bytes::from(raw).slice(split + 4..);
-    let remaining = length.map(|len| len.saturating_sub(first.len() as u64));
-    // The start of the body, then the rest of the connection, until the length (or the end of the stream).
-    let rest = futures_util::stream::unfold((stream, remaining), |(mut stream, remaining)| async move {
-        if remaining == Some(0) {
-            return None;
+    let (head, incoming) = answer.into_parts();
+    // The body is passed on frame by frame as it arrives, each within FORWARD_TIMEOUT.
+    let frames = http_body_util::BodyStream::new(incoming);
+    let chunks = futures_util::stream::unfold(frames, |mut frames| async move {
+        match tokio::time::timeout(FORWARD_TIMEOUT, frames.next()).await {
+            Ok(None) => None,
+            Ok(Some(Ok(frame))) => Some((Ok(frame.into_data().unwrap_or_default()), frames)),
+            Ok(Some(Err(e))) => Some((Err(std::io::Error::other(e)), frames)),
+            Err(_) => Some((Err(std::io::Error::from(std::io::ErrorKind::TimedOut)), frames)),
         }
-        let want = remaining.map_or(STREAM_CHUNK_BYTES, |r| r.min(STREAM_CHUNK_BYTES as u64) as usize);
-        let mut buf = vec![0u8; want];
-        match tokio::time::timeout(FORWARD_TIMEOUT, stream.read(&mut buf)).await {
-            Ok(Ok(0)) if remaining.is_none() => None,
-            Ok(Ok(0)) => {
-                Some((Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof)), (stream, Some(0))))
-            }
-            Ok(Ok(n)) => {
-                buf.truncate(n);
-                Some((Ok(Bytes::from(buf)), (stream, remaining.map(|r| r - n as u64))))
-            }
-            Ok(Err(e)) => Some((Err(e), (stream, Some(0)))),
-            Err(_) => Some((Err(std::io::Error::from(std::io::ErrorKind::TimedOut)), (stream, Some(0)))),
+    })
+    .filter(|chunk| std::future::ready(!matches!(chunk, Ok(bytes) if bytes.is_empty())));
+    let mut response = Response::new(streamed(chunks));
+    *response.status_mut() = head.status;
+    for name in [hyper::header::CONTENT_TYPE, hyper::header::CONTENT_LENGTH, hyper::header::RETRY_AFTER] {
+        if let Some(value) = head.headers.get(&name) {
+            response.headers_mut().insert(name, value.clone());
         }
-    });
-    use futures_util::StreamExt;
-    let body = futures_util::stream::iter((!first.is_empty()).then_some(Ok(first))).chain(rest);
-    let mut response = Response::new(streamed(body));
-    *response.status_mut() = status;
-    response.headers_mut().insert(hyper::header::CONTENT_TYPE, content_type);
-    if let Some(len) = length {
-        response.headers_mut().insert(hyper::header::CONTENT_LENGTH, hyper::header::HeaderValue::from(len));
     }
     Ok(response)
 }

@@ -34,8 +34,6 @@ use forward::to_leader;
 pub const BODY_BYTES_MAX: usize = 4 << 20;
 /// Bytes of a streamed body (a backup, or an answer passed on from the leader) read and sent at a time.
 pub const STREAM_CHUNK_BYTES: usize = 1 << 20;
-/// Largest head of an answer from the leader when forwarding.
-pub(super) const FORWARD_HEAD_BYTES_MAX: usize = 64 << 10;
 /// Longest wait for the leader's head, and for each chunk of its body, when forwarding.
 pub(super) const FORWARD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 /// Longest wait for a connection to the leader when forwarding (a leader whose machine is down never
