@@ -396,39 +396,59 @@ fn torn_tail_is_cut_when_tolerated_and_refused_under_absolute_consistency() {
 
 #[test]
 fn async_append_waits_for_space_without_blocking() {
+    use std::time::Duration;
+    // Set-up: writes are held, so the two records admitted fill the in-flight bound and stay in flight.
     let disk = SimDisk::new(15);
     let io: Arc<dyn Io> = Arc::new(disk.clone());
     let mut config = small_config("/wal");
     config.queue_records_max = 2;
-    let store = WalStore::open(io, config).expect("open");
-    let tickets: Vec<_> = (1..=2).map(|i| store.append(vec![entry(i, 1, 10)]).expect("fits")).collect();
-    let ticket = block_on(store.append_async(vec![entry(3, 1, 10)])).expect("admitted once space frees");
-    block_on(ticket).expect("durable");
+    let store = Arc::new(WalStore::open(io, config).expect("open"));
+    disk.pause_writes();
+    // Writes resume in the end whatever happens, so that a regression fails instead of hanging.
+    {
+        let disk = disk.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_secs(30));
+            disk.resume_writes();
+        });
+    }
+    let tickets: Vec<_> = (1..=2).map(|i| store.try_append(vec![entry(i, 1, 10)]).expect("fits")).collect();
+    let full = store.try_append(vec![entry(3, 1, 10)]);
+    assert!(matches!(full, Err(WalError::Backpressure { .. })), "the bound is full: {full:?}");
+    let rejections = store.metrics().backpressure_rejections;
+
+    // Action: an async append on a runtime with a single thread, which meanwhile runs another task.
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_time().build().expect("runtime");
+    runtime.block_on(async {
+        let waiting = tokio::spawn({
+            let store = Arc::clone(&store);
+            async move { store.append_async(vec![entry(3, 1, 10)]).await }
+        });
+        let started = std::time::Instant::now();
+        for _ in 0..20 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        // Property: the waiting append holds neither the thread nor the runtime...
+        assert!(started.elapsed() < Duration::from_secs(10), "the runtime's thread was held");
+        assert!(!waiting.is_finished(), "no space has freed, so the append is still waiting");
+        assert!(store.metrics().backpressure_rejections > rejections, "it was refused for space and waits");
+        assert_eq!(store.metrics().queue_depth, 2, "it was not admitted past the bound");
+        // ...and completes once space frees.
+        disk.resume_writes();
+        let ticket = tokio::time::timeout(Duration::from_secs(10), waiting)
+            .await
+            .expect("admitted once space frees")
+            .expect("task")
+            .expect("append");
+        tokio::time::timeout(Duration::from_secs(10), ticket)
+            .await
+            .expect("durable in time")
+            .expect("durable");
+    });
     for t in tickets {
         t.wait().expect("durable");
     }
-}
-
-/// A minimal executor for the async test: parks the thread until woken.
-fn block_on<F: std::future::Future>(future: F) -> F::Output {
-    use std::task::{Context, Poll, Wake, Waker};
-    struct ThreadWaker(std::thread::Thread);
-    impl Wake for ThreadWaker {
-        fn wake(self: Arc<Self>) {
-            self.0.unpark();
-        }
-    }
-    let waker = Waker::from(Arc::new(ThreadWaker(std::thread::current())));
-    let mut cx = Context::from_waker(&waker);
-    let mut future = std::pin::pin!(future);
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    loop {
-        if let Poll::Ready(out) = future.as_mut().poll(&mut cx) {
-            return out;
-        }
-        assert!(std::time::Instant::now() < deadline, "future did not complete within 30 s");
-        std::thread::park_timeout(std::time::Duration::from_millis(100));
-    }
+    assert_eq!(store.read(3).expect("read").map(|e| check_payload(&e.payload)), Some(Some((3, 1))));
 }
 
 #[test]
@@ -489,7 +509,10 @@ fn the_next_segment_is_prepared_ahead_and_a_leftover_prepared_file_is_removed_at
     let prepared = dir.path().join("next-segment.prepare");
     let store = WalStore::open(Arc::clone(&io), small_config(dir.path())).expect("open");
     // 64 KiB segments hold about 85 records of 700 bytes; the preparer is asked once the active segment is
-    // half full (about 45), so after 60 the prepared file must appear (bounded wait), and the roll takes it.
+    // half full (about 45), so after 60 a prepared segment must become ready (bounded wait), and the roll
+    // takes it. The wait is for the preparer to have finished, not for its file to exist: the file exists
+    // from the moment the preparer starts zero-filling it, and a roll before it is finished creates the
+    // segment itself.
     let mut next = 1u64;
     for roll in 1..=2usize {
         for _ in 0..60 {
@@ -498,10 +521,11 @@ fn the_next_segment_is_prepared_ahead_and_a_leftover_prepared_file_is_removed_at
         }
         assert_eq!(store.segment_count(), roll, "no roll before the segment is full");
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        while !prepared.exists() {
+        while store.metrics().segments_prepared_ahead < roll as u64 {
             assert!(std::time::Instant::now() < deadline, "no segment was prepared within 10 s");
             std::thread::sleep(std::time::Duration::from_millis(1));
         }
+        assert!(prepared.exists(), "the prepared segment waits under its own name");
         while store.segment_count() == roll {
             store.append_durable(vec![entry(next, 1, 700)]).expect("append");
             next += 1;

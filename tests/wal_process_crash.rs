@@ -2,6 +2,13 @@
 //! prints every index whose durability was reported; the parent kills it with SIGKILL at a random moment,
 //! reopens the log and checks that every acknowledged entry is there and whole. 50 cycles on one log,
 //! alternating buffered and direct I/O.
+//!
+//! What this does not prove: SIGKILL kills the process, not the machine. The kernel's page cache
+//! survives it, so an entry acknowledged without a working fdatasync would still be read back here; this
+//! test catches lost, torn or misordered records at the process level (the writer's ordering, the
+//! completer, recovery of a batch in flight), not a missing or failed fsync. Durability across power loss
+//! is tested on the simulated disk, which drops everything not synced: `wal_crash_sim.rs`,
+//! `wal_fsyncgate.rs`, `wal_unfinished_segment.rs`, `wal_model.rs`.
 
 mod common;
 
@@ -65,6 +72,7 @@ fn child(dir: &str, direct: bool) {
     }
 }
 
+/// See the module comment: a process crash, which cannot detect a missing fsync.
 #[test]
 fn sigkill_during_appends_keeps_every_acknowledged_entry() {
     if let Ok(dir) = std::env::var(CHILD_DIR) {

@@ -17,6 +17,7 @@ pub(crate) struct Metrics {
     pub permanent_failures: AtomicU64,
     pub segments_created: AtomicU64,
     pub segments_prepared: AtomicU64,
+    pub segments_prepared_ahead: AtomicU64,
     pub segments_deleted: AtomicU64,
     pub last_panic: Mutex<Option<String>>,
 }
@@ -56,6 +57,9 @@ pub struct WalMetrics {
     pub segments_created: u64,
     /// Segments that a roll took ready-made from the background preparer.
     pub segments_prepared: u64,
+    /// Segment files the background preparer finished (space reserved and fsynced, ready for a roll),
+    /// whether a roll took them yet or not.
+    pub segments_prepared_ahead: u64,
     /// Segment files deleted by purges.
     pub segments_deleted: u64,
     /// The writer's panic, if one poisoned the store.
@@ -81,6 +85,7 @@ impl Metrics {
             permanent_failures: get(&self.permanent_failures),
             segments_created: get(&self.segments_created),
             segments_prepared: get(&self.segments_prepared),
+            segments_prepared_ahead: get(&self.segments_prepared_ahead),
             segments_deleted: get(&self.segments_deleted),
             last_panic: self.last_panic.lock().clone(),
         }

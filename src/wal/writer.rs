@@ -313,7 +313,10 @@ impl Shared {
             let mut slot = self.prepare.lock();
             slot.requested = false;
             match prepared {
-                Ok(file) => slot.ready = Some(file),
+                Ok(file) => {
+                    slot.ready = Some(file);
+                    Metrics::add(&self.metrics.segments_prepared_ahead, 1);
+                }
                 Err(error) => tracing::warn!(%error, "preparing the next log segment failed"),
             }
         }
