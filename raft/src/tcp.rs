@@ -943,7 +943,9 @@ fn begin_snapshot<C: RaftTypeConfig>(
     if files.len() > SNAPSHOT_FILES_MAX {
         return Err(format!("{} files exceed {SNAPSHOT_FILES_MAX}", files.len()));
     }
-    inbox.io.create_dir_all(&inbox.dir).map_err(staging_err)?;
+    // Durable, parent included: under the simulated disk a new directory is not, until its parent is
+    // synced.
+    bop_storage::io::create_dir_durable(inbox.io.as_ref(), &inbox.dir).map_err(staging_err)?;
     clear_inbox(inbox).map_err(staging_err)?;
     let mut staged = Vec::with_capacity(files.len());
     for (i, file) in files.into_iter().enumerate() {
