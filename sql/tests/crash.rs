@@ -1,5 +1,8 @@
 //! A child process inserting one row per transaction is SIGKILLed; after reopening, every row it reported
 //! committed is there, none it did not report (beyond the one in flight), and the database is intact.
+//!
+//! What it cannot show: that commits were fsynced. The kernel's page cache survives SIGKILL, so a missing
+//! fdatasync would go unnoticed here; power-loss claims rest on the simulated disk's crash tests.
 
 mod common;
 
