@@ -228,29 +228,7 @@ fn interrupted_writes_are_retried_a_bounded_number_of_times() {
     assert_eq!(store.metrics().retries, 3 + 8);
 }
 
-#[test]
-fn full_disk_is_a_clear_error_and_loses_nothing_acknowledged() {
-    let disk = SimDisk::new(9);
-    let store = sim_store(&disk);
-    disk.set_capacity_bytes(Some(200 * 1024));
-    let mut acked = 0u64;
-    let err = loop {
-        let index = acked + 1;
-        match store.append(vec![entry(index, 1, 1000)]).and_then(|t| t.wait()) {
-            Ok(()) => acked = index,
-            Err(e) => break e,
-        }
-        assert!(acked < 10_000, "the disk must fill");
-    };
-    let WalError::Poisoned(cause) = &err else { panic!("{err}") };
-    assert!(cause.is_no_space(), "{cause}");
-    drop(store);
-    disk.set_capacity_bytes(None);
-    let store = sim_store(&disk.crash(CrashMode::LoseUnsynced));
-    for index in 1..=acked {
-        assert_eq!(store.read(index).expect("read").map(|e| e.payload), Some(payload(index, 1, 1000)));
-    }
-}
+// A full disk no longer poisons the store: tests/wal_no_space.rs.
 
 #[test]
 fn bad_appends_get_typed_errors() {

@@ -90,9 +90,10 @@ impl IoError {
         matches!(self.kind(), Some(std::io::ErrorKind::Interrupted) | Some(std::io::ErrorKind::WouldBlock))
     }
 
-    /// True when the device is out of space (ENOSPC).
+    /// True when the device is out of space (ENOSPC) or the quota is exhausted (EDQUOT).
     pub fn is_no_space(&self) -> bool {
         matches!(self.kind(), Some(std::io::ErrorKind::StorageFull))
+            || self.raw_os_error() == Some(rustix::io::Errno::DQUOT.raw_os_error())
     }
 }
 
@@ -204,4 +205,20 @@ pub(crate) fn check_alignment(
         return Err(IoError::Misaligned { op, offset, len_bytes, addr_mod, alignment });
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::IoError;
+
+    #[test]
+    fn enospc_and_edquot_are_no_space() {
+        for errno in [rustix::io::Errno::NOSPC, rustix::io::Errno::DQUOT] {
+            let error = IoError::os("pwrite", std::io::Error::from_raw_os_error(errno.raw_os_error()));
+            assert!(error.is_no_space(), "{error}");
+        }
+        let eio =
+            IoError::os("pwrite", std::io::Error::from_raw_os_error(rustix::io::Errno::IO.raw_os_error()));
+        assert!(!eio.is_no_space());
+    }
 }

@@ -18,7 +18,8 @@
 //! clean without becoming durable. Readers keep seeing the bytes, later syncs succeed without writing
 //! them, and a crash loses them ("fsyncgate").
 //!
-//! Faults: an fsync or a write can be made to fail (EIO, ENOSPC), writes can be interrupted (EINTR), a
+//! Faults: an fsync or a write can be made to fail (EIO, ENOSPC), a write can be cut short before the next
+//! one fails, syncs can be held (a hung disk) and released, writes can be interrupted (EINTR), a
 //! write can panic (to test worker panic handling), and a capacity makes the disk fill up.
 
 use std::collections::{BTreeSet, HashMap};
@@ -51,7 +52,9 @@ struct FileState {
 
 #[derive(Debug, Default)]
 struct Faults {
-    sync_fail_in: Option<u64>,
+    sync_fail_in: Option<(u64, std::io::ErrorKind)>,
+    /// The write after this many writes only half happens (returns a short count); the next one fails.
+    write_short_in: Option<(u64, std::io::ErrorKind)>,
     write_fail_in: Option<(u64, std::io::ErrorKind)>,
     write_panic_in: Option<u64>,
     write_interrupts: u32,
@@ -123,6 +126,9 @@ struct SimState {
     /// Directory operations not yet durable, in call order.
     pending: Vec<NameOp>,
     files: HashMap<u64, FileState>,
+    /// Open handles per file (of the current epoch): an unlinked file takes space until its last handle
+    /// is dropped, as on POSIX.
+    handles: HashMap<u64, usize>,
     faults: Faults,
     rng: u64,
     /// A second stream for the choice of surviving directory operations, so that which sectors tear
@@ -138,8 +144,14 @@ impl SimState {
         xorshift(&mut self.rng)
     }
 
+    /// Bytes taken by files that are linked or still open (an unlinked, closed file's space is free).
     fn used_bytes(&self) -> u64 {
-        self.files.values().map(|f| f.current.len().max(f.durable.len()) as u64).sum()
+        let linked: BTreeSet<u64> = self.names.values().copied().collect();
+        self.files
+            .iter()
+            .filter(|(id, _)| linked.contains(id) || self.handles.get(id).is_some_and(|&n| n > 0))
+            .map(|(_, f)| f.current.len().max(f.durable.len()) as u64)
+            .sum()
     }
 }
 
@@ -149,14 +161,25 @@ pub struct SimDisk {
     state: Arc<Mutex<SimState>>,
     gate: Arc<(Mutex<bool>, parking_lot::Condvar)>,
     sync_gate: Arc<(Mutex<bool>, parking_lot::Condvar)>,
+    /// Sync calls now held at the paused sync gate.
+    syncs_held: Arc<std::sync::atomic::AtomicUsize>,
     epoch: u64,
 }
 
-fn wait_at(gate: &(Mutex<bool>, parking_lot::Condvar)) {
+fn wait_at(gate: &(Mutex<bool>, parking_lot::Condvar), held: Option<&std::sync::atomic::AtomicUsize>) {
     let (paused, cv) = gate;
     let mut paused = paused.lock();
+    if !*paused {
+        return;
+    }
+    if let Some(held) = held {
+        held.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
     while *paused {
         cv.wait(&mut paused);
+    }
+    if let Some(held) = held {
+        held.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
     }
 }
 
@@ -220,6 +243,7 @@ impl SimDisk {
             durable_dirs: BTreeSet::new(),
             pending: Vec::new(),
             files: HashMap::new(),
+            handles: HashMap::new(),
             faults: Faults::default(),
             rng: seed | 1,
             names_rng: (seed ^ 0x9e37_79b9_7f4a_7c15).wrapping_mul(0xbf58_476d_1ce4_e5b9) | 1,
@@ -231,6 +255,7 @@ impl SimDisk {
             state: Arc::new(Mutex::new(state)),
             gate: Arc::new((Mutex::new(false), parking_lot::Condvar::new())),
             sync_gate: Arc::new((Mutex::new(false), parking_lot::Condvar::new())),
+            syncs_held: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
             epoch: 0,
         }
     }
@@ -269,6 +294,8 @@ impl SimDisk {
         st.dirs = dirs;
         let live: BTreeSet<u64> = st.names.values().copied().collect();
         st.files.retain(|id, _| live.contains(id));
+        // The dead process's handles are gone.
+        st.handles.clear();
         // In id order, so that which sectors tear is a function of the seed alone.
         let mut ids: Vec<u64> = st.files.keys().copied().collect();
         ids.sort_unstable();
@@ -301,6 +328,7 @@ impl SimDisk {
             state: Arc::clone(&self.state),
             gate: Arc::clone(&self.gate),
             sync_gate: Arc::clone(&self.sync_gate),
+            syncs_held: Arc::clone(&self.syncs_held),
             epoch: st.epoch,
         }
     }
@@ -315,8 +343,10 @@ impl SimDisk {
         set_gate(&self.gate, false);
     }
 
-    /// Holds every file sync call at its start until [`SimDisk::resume_syncs`], so that a test can crash
-    /// the disk between a write and its fsync.
+    /// Holds every file sync call (`sync_data`, `sync_all`; not `sync_dir`) at its start until
+    /// [`SimDisk::resume_syncs`]: the caller blocks, as on a hung disk, and then the sync runs normally
+    /// (it succeeds, or fails if a fault says so). Lets a test crash the disk between a write and its
+    /// fsync, or watch a long fdatasync ([`SimDisk::syncs_held`] says when one is held).
     pub fn pause_syncs(&self) {
         set_gate(&self.sync_gate, true);
     }
@@ -324,6 +354,17 @@ impl SimDisk {
     /// Lets held and future syncs proceed.
     pub fn resume_syncs(&self) {
         set_gate(&self.sync_gate, false);
+    }
+
+    /// Number of sync calls now blocked by [`SimDisk::pause_syncs`].
+    pub fn syncs_held(&self) -> usize {
+        self.syncs_held.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Bytes the files on the disk take now (what [`SimDisk::set_capacity_bytes`] limits): linked files,
+    /// and unlinked ones still open.
+    pub fn used_bytes(&self) -> u64 {
+        self.state.lock().used_bytes()
     }
 
     /// Disarms every injected fault not yet triggered (a capacity limit stays).
@@ -334,7 +375,20 @@ impl SimDisk {
 
     /// The next `n` syncs succeed; the one after fails with EIO (once).
     pub fn fail_sync_after(&self, n: u64) {
-        self.state.lock().faults.sync_fail_in = Some(n);
+        self.fail_sync_after_with(n, std::io::ErrorKind::Other);
+    }
+
+    /// The next `n` syncs succeed; the one after fails with `kind` (EIO for kinds other than
+    /// `StorageFull`, `Interrupted`), once, with Linux's failed-writeback semantics.
+    pub fn fail_sync_after_with(&self, n: u64, kind: std::io::ErrorKind) {
+        self.state.lock().faults.sync_fail_in = Some((n, kind));
+    }
+
+    /// The next `n` writes succeed; the one after writes only the first half of its buffer (rounded
+    /// down to the alignment) and returns that short count; the write after that fails with `kind`
+    /// (once). Models a write that ran out of space part-way.
+    pub fn fail_write_partially_after(&self, n: u64, kind: std::io::ErrorKind) {
+        self.state.lock().faults.write_short_in = Some((n, kind));
     }
 
     /// The next `n` writes succeed; the one after fails with `kind` (once).
@@ -411,6 +465,7 @@ impl Io for SimDisk {
             (OpenMode::Existing, Some(id)) => id,
             (OpenMode::Existing, None) => return Err(errno(std::io::ErrorKind::NotFound, "open")),
         };
+        *st.handles.entry(id).or_insert(0) += 1;
         Ok(Arc::new(SimFile { disk: self.clone(), id }))
     }
 
@@ -522,15 +577,26 @@ impl SimFile {
     }
 
     fn sync(&self, op: &'static str) -> IoResult<()> {
-        wait_at(&self.disk.sync_gate);
+        wait_at(&self.disk.sync_gate, Some(&self.disk.syncs_held));
         self.with_file(op, |st, id| {
-            if countdown(&mut st.faults.sync_fail_in) {
+            let fail = match st.faults.sync_fail_in {
+                Some((0, kind)) => {
+                    st.faults.sync_fail_in = None;
+                    Some(kind)
+                }
+                Some((n, kind)) => {
+                    st.faults.sync_fail_in = Some((n - 1, kind));
+                    None
+                }
+                None => None,
+            };
+            if let Some(kind) = fail {
                 // As Linux after a failed writeback: the pages are clean, their bytes never reached the
                 // disk, and no later sync writes them.
                 if let Some(file) = st.files.get_mut(&id) {
                     file.dirty.clear();
                 }
-                return Err(errno(std::io::ErrorKind::Other, op));
+                return Err(errno(kind, op));
             }
             st.syncs += 1;
             let Some(file) = st.files.get_mut(&id) else { return Err(errno(std::io::ErrorKind::Other, op)) };
@@ -564,6 +630,21 @@ impl SimFile {
     }
 }
 
+impl Drop for SimFile {
+    fn drop(&mut self) {
+        let mut st = self.disk.state.lock();
+        if st.epoch != self.disk.epoch {
+            return;
+        }
+        if let Some(n) = st.handles.get_mut(&self.id) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                st.handles.remove(&self.id);
+            }
+        }
+    }
+}
+
 impl IoFile for SimFile {
     fn read_at(&self, buf: &mut [u8], offset: u64) -> IoResult<usize> {
         self.with_file("pread", |st, id| {
@@ -577,7 +658,7 @@ impl IoFile for SimFile {
     }
 
     fn write_at(&self, buf: &[u8], offset: u64) -> IoResult<usize> {
-        wait_at(&self.disk.gate);
+        wait_at(&self.disk.gate, None);
         self.with_file("pwrite", |st, id| {
             super::check_alignment("pwrite", st.alignment, buf.as_ptr() as usize, buf.len(), offset)?;
             if st.faults.write_interrupts > 0 {
@@ -596,6 +677,19 @@ impl IoFile for SimFile {
             }
             if buf.is_empty() {
                 return Ok(0);
+            }
+            let mut buf = buf;
+            if let Some((n, kind)) = st.faults.write_short_in {
+                if n == 0 {
+                    st.faults.write_short_in = None;
+                    let half = buf.len() / 2 / st.alignment.max(1) * st.alignment.max(1);
+                    if half > 0 {
+                        buf = &buf[..half];
+                    }
+                    st.faults.write_fail_in = Some((0, kind));
+                } else {
+                    st.faults.write_short_in = Some((n - 1, kind));
+                }
             }
             let end = offset as usize + buf.len();
             Self::grow(st, id, end, "pwrite")?;
@@ -807,5 +901,46 @@ mod tests {
 
         disk.set_capacity_bytes(Some(100));
         assert!(file.write_at(&[1u8; 200], 0).expect_err("full").is_no_space());
+    }
+
+    #[test]
+    fn an_unlinked_file_frees_its_space_once_closed() {
+        let (disk, dir) = setup();
+        let file = disk.open(&dir.join("f"), OpenMode::CreateNew).expect("create");
+        file.write_at(&[1u8; 1000], 0).expect("write");
+        assert_eq!(disk.used_bytes(), 1000);
+        disk.remove_file(&dir.join("f")).expect("unlink");
+        assert_eq!(disk.used_bytes(), 1000, "still open");
+        drop(file);
+        assert_eq!(disk.used_bytes(), 0, "unlinked and closed");
+    }
+
+    #[test]
+    fn a_short_write_then_a_failure_and_a_held_sync() {
+        let (disk, dir) = setup();
+        let file = disk.open(&dir.join("f"), OpenMode::CreateNew).expect("create");
+        disk.fail_write_partially_after(0, std::io::ErrorKind::StorageFull);
+        assert_eq!(file.write_at(&[7u8; 1000], 0).expect("short"), 500);
+        assert!(file.write_at(&[7u8; 500], 500).expect_err("then full").is_no_space());
+        file.write_at(&[7u8; 500], 500).expect("once");
+
+        disk.fail_sync_after_with(0, std::io::ErrorKind::StorageFull);
+        assert!(file.sync_data().expect_err("ENOSPC").is_no_space());
+
+        // A paused sync blocks its caller until resumed, then succeeds.
+        disk.pause_syncs();
+        let syncer = {
+            let file = disk.open(&dir.join("f"), OpenMode::Existing).expect("open");
+            std::thread::spawn(move || file.sync_data())
+        };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while disk.syncs_held() == 0 {
+            assert!(std::time::Instant::now() < deadline, "the sync is held");
+            std::thread::yield_now();
+        }
+        assert!(!syncer.is_finished());
+        disk.resume_syncs();
+        syncer.join().expect("thread").expect("the held sync succeeds");
+        assert_eq!(disk.syncs_held(), 0);
     }
 }

@@ -71,9 +71,19 @@ impl Durable {
     ///
     /// If no batch is being written when it is called, the calling thread writes the pending batch itself
     /// (leader/follower group commit), which saves the hand-offs to and from the writer thread.
+    ///
+    /// Under [`super::WriterMode::Inline`] nothing else would ever write the batch, so if it is held for
+    /// lack of space, this returns [`WalError::NoSpace`] at once instead of blocking forever. The
+    /// operation stays queued: a later submission or [`super::WalStore::retry_now`] may still make it
+    /// durable (its callback, if it has one, then fires `Ok`). With the writer threads, it waits.
     pub fn wait(self) -> Result<(), WalError> {
         if let Some(shared) = self.store.upgrade() {
             shared.lead_until(|| self.is_done());
+            if shared.config.writer == super::WriterMode::Inline && !self.is_done() && shared.writes_held() {
+                if let Some(cause) = shared.metrics.last_no_space.lock().clone() {
+                    return Err(WalError::NoSpace(cause));
+                }
+            }
         }
         let mut state = self.slot.state.lock();
         loop {

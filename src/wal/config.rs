@@ -81,6 +81,11 @@ pub struct WalConfig {
     pub retry: RetryPolicy,
     /// Who writes batches: background threads, or the submitting thread itself.
     pub writer: WriterMode,
+    /// First wait before the writer (or the preparer) retries an operation refused for lack of space
+    /// (ENOSPC, EDQUOT); it doubles up to `no_space_backoff_max_us`. Default 10 ms.
+    pub no_space_backoff_initial_us: u64,
+    /// Longest wait between two retries after lack of space. Default 1 s; at most 60 s.
+    pub no_space_backoff_max_us: u64,
 }
 
 /// Who writes and fsyncs batches.
@@ -93,6 +98,13 @@ pub enum WriterMode {
     /// No threads: every submission writes, fsyncs and runs its callbacks before it returns. Used by the
     /// deterministic simulation, where a background thread would make the order of events depend on the
     /// operating system's scheduler; appends then never group across submissions.
+    ///
+    /// A batch that cannot get disk space stays held (its callbacks do not fire; the submission returns
+    /// `Ok`), later submissions queue behind it, and it is retried — deterministically, never on a timer —
+    /// at the next submission (append, truncate, purge, flush) or [`super::WalStore::retry_now`]. A
+    /// blocking [`super::Durable::wait`] on held work returns [`super::WalError::NoSpace`] instead of
+    /// blocking forever; the work stays queued. There is no preparer thread, so the space alarm rises only
+    /// when a roll or a write is refused.
     Inline,
 }
 
@@ -110,7 +122,19 @@ impl WalConfig {
             recovery_mode: RecoveryMode::TolerateTornTail,
             retry: RetryPolicy::default(),
             writer: WriterMode::Threads,
+            no_space_backoff_initial_us: 10_000,
+            no_space_backoff_max_us: 1_000_000,
         }
+    }
+
+    /// The wait before retry number `attempt` (1-based) of an operation refused for lack of space.
+    pub(crate) fn no_space_backoff(&self, attempt: u32) -> Duration {
+        let policy = RetryPolicy {
+            attempts_max: u32::MAX,
+            backoff_initial_us: self.no_space_backoff_initial_us,
+            backoff_max_us: self.no_space_backoff_max_us,
+        };
+        policy.backoff(attempt)
     }
 
     /// Largest payload one record may carry in a segment of this size.
@@ -134,6 +158,13 @@ impl WalConfig {
             return bad(format!(
                 "group_commit_wait_us_max must be at most 1000000, got {}",
                 self.group_commit_wait_us_max
+            ));
+        }
+        let (initial, max) = (self.no_space_backoff_initial_us, self.no_space_backoff_max_us);
+        if initial == 0 || initial > max || max > 60_000_000 {
+            return bad(format!(
+                "no_space_backoff_initial_us must be positive and at most no_space_backoff_max_us, which is \
+                 at most 60000000; got {initial} and {max}"
             ));
         }
         if self.retry.attempts_max > 1000 {

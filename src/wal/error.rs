@@ -10,7 +10,7 @@ use crate::panic::PanicContext;
 /// Why the store was poisoned: the first permanent failure of its write path.
 #[derive(Debug)]
 pub enum PoisonCause {
-    /// An I/O call failed permanently (a failed fsync is always permanent).
+    /// An I/O call failed (permanently, when it poisons; a failed fsync is always permanent).
     Io {
         /// What the store was doing.
         during: &'static str,
@@ -35,7 +35,9 @@ impl std::fmt::Display for PoisonCause {
 }
 
 impl PoisonCause {
-    /// True when the cause is a full device (ENOSPC): freeing space and reopening recovers.
+    /// True when the cause is a full device (ENOSPC, EDQUOT). Such a failure of a segment creation or
+    /// preparation or of a batch write does not poison the store (see [`WalError::NoSpace`]); a failed
+    /// fsync or fdatasync does, whatever its errno.
     pub fn is_no_space(&self) -> bool {
         matches!(self, PoisonCause::Io { error, .. } if error.is_no_space())
     }
@@ -60,6 +62,13 @@ pub enum WalError {
     /// which runs recovery.
     #[error("store poisoned: {0}")]
     Poisoned(Arc<PoisonCause>),
+    /// The WAL could not get disk space (ENOSPC or EDQUOT) for the operation — creating, reserving or
+    /// preparing a segment, or writing a batch — and it was not made durable. The store is not poisoned.
+    /// Returned to operations still waiting for space when the store closes, and by
+    /// [`super::Durable::wait`] under [`super::WriterMode::Inline`] while their batch is held for space
+    /// (the operation then stays queued and completes at a later retry). Retryable once space is freed.
+    #[error("no space for the log (not poisoned, not durable): {0}")]
+    NoSpace(Arc<PoisonCause>),
     /// The store is closed.
     #[error("store is closed")]
     Closed,
@@ -169,9 +178,20 @@ pub enum CorruptionReason {
 }
 
 impl WalError {
-    /// True when the same call may succeed later without intervention (only backpressure).
+    /// True when the same call may succeed later: backpressure without intervention, no space once space
+    /// is freed.
     pub fn is_retryable(&self) -> bool {
-        matches!(self, WalError::Backpressure { .. })
+        matches!(self, WalError::Backpressure { .. } | WalError::NoSpace(_))
+    }
+
+    /// True for [`WalError::NoSpace`], and for a poisoning whose cause was a full device.
+    pub fn is_no_space(&self) -> bool {
+        match self {
+            WalError::NoSpace(_) => true,
+            WalError::Poisoned(cause) => cause.is_no_space(),
+            WalError::Io { error, .. } => error.is_no_space(),
+            _ => false,
+        }
     }
 
     pub(crate) fn io(during: &'static str, path: impl Into<PathBuf>, error: IoError) -> Self {

@@ -1,8 +1,12 @@
 //! Counters of the WAL chunk store.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
+
+use super::error::PoisonCause;
 
 #[derive(Debug, Default)]
 pub(crate) struct Metrics {
@@ -20,11 +24,67 @@ pub(crate) struct Metrics {
     pub segments_prepared_ahead: AtomicU64,
     pub segments_deleted: AtomicU64,
     pub last_panic: Mutex<Option<String>>,
+    /// Failed attempts for lack of space (ENOSPC, EDQUOT) of the writer and the preparer.
+    pub no_space_events: AtomicU64,
+    /// The flusher holds a batch it could not write for lack of space.
+    pub writer_held: AtomicBool,
+    /// The preparer's last attempt failed for lack of space.
+    pub preparer_no_space: AtomicBool,
+    /// The most recent failure for lack of space.
+    pub last_no_space: Mutex<Option<Arc<PoisonCause>>>,
+    /// When the flusher's current write, fdatasync or roll began ([`now_ns`]); 0 when none runs.
+    pub io_started_ns: AtomicU64,
+}
+
+/// Nanoseconds since a process-wide origin, plus one (so that 0 can mean "none").
+fn now_ns() -> u64 {
+    static ORIGIN: OnceLock<Instant> = OnceLock::new();
+    let origin = *ORIGIN.get_or_init(Instant::now);
+    u64::try_from(origin.elapsed().as_nanos()).unwrap_or(u64::MAX - 1).saturating_add(1)
+}
+
+/// Marks the flusher's I/O call as running while it lives (see [`Metrics::io_call`]).
+pub(crate) struct IoCall<'a> {
+    started: Option<&'a AtomicU64>,
+}
+
+impl Drop for IoCall<'_> {
+    fn drop(&mut self) {
+        if let Some(started) = self.started {
+            started.store(0, Ordering::Release);
+        }
+    }
 }
 
 impl Metrics {
     pub(crate) fn add(counter: &AtomicU64, value: u64) {
         counter.fetch_add(value, Ordering::Relaxed);
+    }
+
+    /// Starts timing an I/O call of the flusher, unless an enclosing one (a roll) is already timed; the
+    /// returned guard clears the mark when dropped.
+    pub(crate) fn io_call(&self) -> IoCall<'_> {
+        let set = self.io_started_ns.compare_exchange(0, now_ns(), Ordering::AcqRel, Ordering::Acquire);
+        IoCall { started: set.is_ok().then_some(&self.io_started_ns) }
+    }
+
+    /// How long the flusher's current I/O call has been running, if one is.
+    pub(crate) fn io_stalled_for(&self) -> Option<Duration> {
+        match self.io_started_ns.load(Ordering::Acquire) {
+            0 => None,
+            started => Some(Duration::from_nanos(now_ns().saturating_sub(started))),
+        }
+    }
+
+    /// True while the WAL lacks space: a batch is held, or the next segment could not be prepared.
+    pub(crate) fn space_alarm(&self) -> bool {
+        self.writer_held.load(Ordering::Acquire) || self.preparer_no_space.load(Ordering::Acquire)
+    }
+
+    /// Records a failure for lack of space.
+    pub(crate) fn no_space(&self, cause: &Arc<PoisonCause>) {
+        Metrics::add(&self.no_space_events, 1);
+        *self.last_no_space.lock() = Some(Arc::clone(cause));
     }
 }
 
@@ -64,6 +124,18 @@ pub struct WalMetrics {
     pub segments_deleted: u64,
     /// The writer's panic, if one poisoned the store.
     pub last_panic: Option<String>,
+    /// True while the WAL lacks disk space: a batch is held because a segment could not be created or
+    /// its data written (ENOSPC, EDQUOT), or the next segment could not be prepared ahead. See
+    /// [`super::WalStore::space_alarm`].
+    pub space_alarm: bool,
+    /// True while a batch is held for lack of space (the log is blocked; appends stay in flight).
+    pub writes_held_for_space: bool,
+    /// Attempts (of the writer and of the preparer) that failed for lack of space.
+    pub no_space_events: u64,
+    /// The most recent failure for lack of space, if any.
+    pub last_no_space: Option<String>,
+    /// How long the writer's current write, fdatasync or roll has been running; `None` when idle.
+    pub io_stalled_for: Option<Duration>,
 }
 
 impl Metrics {
@@ -88,6 +160,11 @@ impl Metrics {
             segments_prepared_ahead: get(&self.segments_prepared_ahead),
             segments_deleted: get(&self.segments_deleted),
             last_panic: self.last_panic.lock().clone(),
+            space_alarm: self.space_alarm(),
+            writes_held_for_space: self.writer_held.load(Ordering::Acquire),
+            no_space_events: get(&self.no_space_events),
+            last_no_space: self.last_no_space.lock().as_ref().map(|c| c.to_string()),
+            io_stalled_for: self.io_stalled_for(),
         }
     }
 }

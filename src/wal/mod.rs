@@ -9,6 +9,12 @@
 //! the failure is reported, whatever the failed batch wrote is overwritten with zeros (not synced): after
 //! a failed fdatasync the kernel keeps those bytes cached but never writes them, and a reopen in the same
 //! boot must not read them back and count them durable.
+//!
+//! Lack of space (ENOSPC, EDQUOT) creating, reserving or preparing a segment, or writing a batch, is not
+//! a durability failure and does not poison: [`WalStore::space_alarm`] goes up, the batch is held and
+//! retried (the writer thread backs off from 10 ms to 1 s; the inline writer retries at the next
+//! submission or [`WalStore::retry_now`]), appends stay in flight, and everything completes once space
+//! returns. [`WalStore::io_stalled_for`] tells how long the writer's current I/O call has been running.
 //! The on-disk layout, the fsync sequences and the recovery rules are in docs/design.md.
 
 mod completion;
@@ -41,7 +47,7 @@ pub use recovery::RecoveryReport;
 
 use index::{Loc, Slot};
 use metrics::Metrics;
-use writer::{FlushCore, Op, PrepareSlot, QueuedOp, Shared, State, COMPLETION_QUEUE_MAX};
+use writer::{FlushCore, Flushed, Op, PrepareSlot, QueuedOp, Shared, State, COMPLETION_QUEUE_MAX};
 
 /// An entry to append.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -153,6 +159,8 @@ impl WalStore {
             space_wakers: Vec::new(),
             writer_wake_at: 1,
             purge_seq: recovered.purge_seq,
+            retry_now: false,
+            abandoned: None,
         };
         let (tx, rx) = std::sync::mpsc::sync_channel(COMPLETION_QUEUE_MAX);
         let core = FlushCore {
@@ -164,6 +172,7 @@ impl WalStore {
             buf: AlignedBuf::new(),
             last_batch_ops: 0,
             prepare_requested: false,
+            held: None,
         };
         let pending = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let shared = Arc::new(Shared {
@@ -249,15 +258,16 @@ impl WalStore {
         }
     }
 
-    /// In [`WriterMode::Inline`], writes everything queued on this thread (call without the state lock).
-    /// A callback that submits more re-enters here, finds the flush lock held by its own caller and leaves
-    /// the new work to that caller's loop.
+    /// In [`WriterMode::Inline`], writes everything queued on this thread (call without the state lock),
+    /// starting with a batch held for space, if any; it stops (leaving the work queued) when a batch cannot
+    /// get space. A callback that submits more re-enters here, finds the flush lock held by its own
+    /// caller and leaves the new work to that caller's loop.
     fn flush_inline(&self) {
         if self.shared.config.writer != WriterMode::Inline {
             return;
         }
         let Some(mut core) = self.shared.core.try_lock() else { return };
-        while let Ok(true) = self.shared.flush_batch(&mut core, false) {}
+        while let Ok(Flushed::Wrote) = self.shared.flush_batch(&mut core, false) {}
     }
 
     /// Validates, waits for (or refuses on lack of) space, and enqueues `entries`.
@@ -662,9 +672,44 @@ impl WalStore {
         self.shared.state.lock().poison.clone()
     }
 
+    /// True while the WAL lacks disk space: from the moment creating, reserving or preparing a segment, or
+    /// writing a batch's data failed with ENOSPC or EDQUOT, until an operation of that kind next succeeds.
+    /// That includes the background preparer failing to prepare the next segment ahead (with the writer
+    /// threads, once the active segment is half full): the alarm is then up while the active segment
+    /// still has room. Such failures do not poison the store; writes held for space resume by themselves
+    /// once space is freed (see docs/design.md, Poisoning). Cheap (two atomic loads).
+    pub fn space_alarm(&self) -> bool {
+        self.shared.metrics.space_alarm()
+    }
+
+    /// How long the writer's current write, fdatasync or segment roll has been running; `None` while no
+    /// such call is running (between batches, and while a batch held for space waits out its backoff).
+    /// Cheap (one atomic load): meant to be polled by a health check to detect a hung disk.
+    pub fn io_stalled_for(&self) -> Option<std::time::Duration> {
+        self.shared.metrics.io_stalled_for()
+    }
+
+    /// Retries a batch held for lack of space now, instead of after the backoff. With the writer threads
+    /// it wakes the writer and returns; with [`WriterMode::Inline`] it retries on this thread (and runs
+    /// the callbacks of what becomes durable) before returning — the inline writer retries only when
+    /// asked: here, or at the next submission. Does nothing if no batch is held.
+    pub fn retry_now(&self) {
+        self.shared.retry_now();
+    }
+
     /// Writes everything accepted so far, stops the threads and closes the store. Outstanding tickets
-    /// resolve (durable, or failed if the store is poisoned).
+    /// resolve (durable, or failed if the store is poisoned). If a batch is held for lack of space, one
+    /// more attempt is made; if it fails too, the operations still waiting fail with
+    /// [`WalError::NoSpace`] (they are not durable; the store is not poisoned, and the log on disk is what
+    /// was acknowledged), and `close` returns that error.
     pub fn close(&self) -> Result<(), WalError> {
+        if self.shared.config.writer == WriterMode::Inline {
+            self.shared.state.lock().closing = true;
+            if let Some(mut core) = self.shared.core.try_lock() {
+                while let Ok(Flushed::Wrote) = self.shared.flush_batch(&mut core, false) {}
+                self.shared.abandon_held(&mut core);
+            }
+        }
         {
             let mut st = self.shared.state.lock();
             st.closing = true;
@@ -688,9 +733,10 @@ impl WalStore {
             let _ = segment::remove_prepared(self.shared.io.as_ref(), &self.shared.config.dir);
         }
         let st = self.shared.state.lock();
-        match &st.poison {
-            Some(cause) => Err(WalError::Poisoned(Arc::clone(cause))),
-            None => Ok(()),
+        match (&st.poison, &st.abandoned) {
+            (Some(cause), _) => Err(WalError::Poisoned(Arc::clone(cause))),
+            (None, Some(cause)) => Err(WalError::NoSpace(Arc::clone(cause))),
+            (None, None) => Ok(()),
         }
     }
 }

@@ -40,28 +40,68 @@ pub(crate) struct SegmentHandle {
 /// ignores it and opening the store removes a leftover one.
 pub(crate) const PREPARED_NAME: &str = "next-segment.prepare";
 
+/// A failed creation, preparation or installation of a segment.
+#[derive(Debug)]
+pub(crate) struct SegmentError {
+    pub during: &'static str,
+    pub path: PathBuf,
+    pub error: IoError,
+    /// The call that failed was a sync (fsync, fdatasync, directory fsync).
+    pub sync: bool,
+}
+
+impl SegmentError {
+    /// Lack of space (ENOSPC, EDQUOT) in a call that is not a sync: nothing was lost, and the same
+    /// operation may succeed once space is freed. A failed sync is never that, whatever its errno.
+    pub(crate) fn is_no_space(&self) -> bool {
+        !self.sync && self.error.is_no_space()
+    }
+}
+
+impl From<SegmentError> for WalError {
+    fn from(e: SegmentError) -> Self {
+        WalError::Io { during: e.during, path: e.path, error: e.error }
+    }
+}
+
+/// Tags a step's error with whether the step was a sync.
+fn step(result: Result<(), IoError>, sync: bool) -> Result<(), (IoError, bool)> {
+    result.map_err(|e| (e, sync))
+}
+
 /// Creates segment `seq`: header block, reserved space, then fsync of the file and of the directory, so
-/// that a segment that exists after a crash has a valid header and its full size.
+/// that a segment that exists after a crash has a valid header and its full size. On failure the file is
+/// removed again (and, best effort, the removal made durable).
 pub(crate) fn create(
     io: &dyn Io,
     config: &WalConfig,
     seq: u64,
     store_id: u64,
     metrics: &Metrics,
-) -> Result<SegmentHandle, WalError> {
+) -> Result<SegmentHandle, SegmentError> {
     let dir = config.dir.as_path();
     let path = dir.join(file_name(seq));
-    let file = io.open(&path, OpenMode::CreateNew).map_err(|e| WalError::io("create segment", &path, e))?;
+    let during = "create segment";
+    let file = io.open(&path, OpenMode::CreateNew).map_err(|error| SegmentError {
+        during,
+        path: path.clone(),
+        error,
+        sync: false,
+    })?;
     let result = (|| {
-        reserve(file.as_ref(), config, metrics)?;
-        write_header(file.as_ref(), config, seq, store_id, metrics)?;
-        file.sync_all()?;
-        io.sync_dir(dir)
+        step(reserve(file.as_ref(), config, metrics), false)?;
+        step(write_header(file.as_ref(), config, seq, store_id, metrics), false)?;
+        step(file.sync_all(), true)?;
+        step(io.sync_dir(dir), true)
     })();
-    if let Err(error) = result {
-        // Do not leave a half-made segment behind: it would be read as a torn tail at the next open.
-        let _ = io.remove_file(&path);
-        return Err(WalError::io("create segment", &path, error));
+    if let Err((error, sync)) = result {
+        // Do not leave a half-made segment behind: it would be read as a torn tail at the next open, and
+        // its space would stay taken.
+        drop(file);
+        if io.remove_file(&path).is_ok() {
+            let _ = io.sync_dir(dir);
+        }
+        return Err(SegmentError { during, path, error, sync });
     }
     Ok(SegmentHandle { file, path, max_index: None })
 }
@@ -110,15 +150,28 @@ pub(crate) fn prepare(
     io: &dyn Io,
     config: &WalConfig,
     metrics: &Metrics,
-) -> Result<Arc<dyn IoFile>, WalError> {
+) -> Result<Arc<dyn IoFile>, SegmentError> {
     let dir = config.dir.as_path();
     let path = dir.join(PREPARED_NAME);
-    remove_prepared(io, dir)?;
-    let file = io.open(&path, OpenMode::CreateNew).map_err(|e| WalError::io("prepare segment", &path, e))?;
-    let result = reserve(file.as_ref(), config, metrics).and_then(|()| file.sync_all());
-    if let Err(error) = result {
+    let during = "prepare segment";
+    remove_prepared_file(io, dir).map_err(|error| SegmentError {
+        during,
+        path: path.clone(),
+        error,
+        sync: false,
+    })?;
+    let file = io.open(&path, OpenMode::CreateNew).map_err(|error| SegmentError {
+        during,
+        path: path.clone(),
+        error,
+        sync: false,
+    })?;
+    let result =
+        step(reserve(file.as_ref(), config, metrics), false).and_then(|()| step(file.sync_all(), true));
+    if let Err((error, sync)) = result {
+        drop(file);
         let _ = io.remove_file(&path);
-        return Err(WalError::io("prepare segment", &path, error));
+        return Err(SegmentError { during, path, error, sync });
     }
     Ok(file)
 }
@@ -126,32 +179,43 @@ pub(crate) fn prepare(
 /// Turns a prepared file into segment `seq`: header written and fsynced, then renamed into place and the
 /// directory fsynced. A crash before the rename leaves only the prepared file, which is not a segment; a
 /// crash after it leaves a segment with a valid header and its full size, as [`create`] does.
+/// If it fails before the rename (lack of space writing the header, say), the prepared file is still in
+/// place and may be installed again.
 pub(crate) fn install(
     io: &dyn Io,
     config: &WalConfig,
-    file: Arc<dyn IoFile>,
+    file: &Arc<dyn IoFile>,
     seq: u64,
     store_id: u64,
     metrics: &Metrics,
-) -> Result<SegmentHandle, WalError> {
+) -> Result<SegmentHandle, SegmentError> {
     let dir = config.dir.as_path();
     let path = dir.join(file_name(seq));
     let result = (|| {
-        write_header(file.as_ref(), config, seq, store_id, metrics)?;
-        file.sync_data()?;
-        io.rename(&dir.join(PREPARED_NAME), &path)?;
-        io.sync_dir(dir)
+        step(write_header(file.as_ref(), config, seq, store_id, metrics), false)?;
+        step(file.sync_data(), true)?;
+        step(io.rename(&dir.join(PREPARED_NAME), &path), false)?;
+        step(io.sync_dir(dir), true)
     })();
-    result.map_err(|error| WalError::io("install prepared segment", &path, error))?;
-    Ok(SegmentHandle { file, path, max_index: None })
+    result.map_err(|(error, sync)| SegmentError {
+        during: "install prepared segment",
+        path: path.clone(),
+        error,
+        sync,
+    })?;
+    Ok(SegmentHandle { file: Arc::clone(file), path, max_index: None })
 }
 
 /// Removes a prepared file left by an earlier run (or a failed preparation), if there is one.
 pub(crate) fn remove_prepared(io: &dyn Io, dir: &Path) -> Result<(), WalError> {
-    let names = io.list_dir(dir).map_err(|e| WalError::io("list log directory", dir, e))?;
+    remove_prepared_file(io, dir)
+        .map_err(|e| WalError::io("remove prepared segment", dir.join(PREPARED_NAME), e))
+}
+
+fn remove_prepared_file(io: &dyn Io, dir: &Path) -> Result<(), IoError> {
+    let names = io.list_dir(dir)?;
     if names.iter().any(|name| name == PREPARED_NAME) {
-        let path = dir.join(PREPARED_NAME);
-        io.remove_file(&path).map_err(|e| WalError::io("remove prepared segment", &path, e))?;
+        io.remove_file(&dir.join(PREPARED_NAME))?;
     }
     Ok(())
 }

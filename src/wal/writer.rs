@@ -3,6 +3,11 @@
 //! one write and one fdatasync. Callbacks of small batches run inline when nothing is pending ahead of
 //! them; larger ones go to the completer thread, so that waking many waiters overlaps with the next batch's
 //! I/O. Either way they run in submission order.
+//!
+//! Lack of space (ENOSPC, EDQUOT) creating, reserving or preparing a segment, or writing a batch, does not
+//! poison the store: the flusher keeps the batch (`FlushCore::held`, with how far it got) and retries it
+//! later — the writer thread with a backoff, the inline writer at the next submission — rewriting a
+//! partial write at the same offset. A failed sync poisons, whatever its errno.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -22,7 +27,7 @@ use super::config::{RetryPolicy, WalConfig, WriterMode};
 use super::error::PoisonCause;
 use super::index::{Loc, LogIndex, LogPos};
 use super::metrics::Metrics;
-use super::segment::{self, SegmentHandle, FIRST_RECORD_OFFSET};
+use super::segment::{self, SegmentError, SegmentHandle, FIRST_RECORD_OFFSET};
 use super::WalError;
 
 /// Completed batches waiting for the completer thread (each holds at most `batch_bytes_max` of records).
@@ -75,6 +80,10 @@ pub(crate) struct State {
     pub writer_wake_at: usize,
     /// Segment holding the newest purge record (never deleted, so the purge point survives reopen).
     pub purge_seq: Option<u64>,
+    /// Asks the writer thread to retry a batch held for space without waiting out its backoff.
+    pub retry_now: bool,
+    /// Set when the store closed with a batch held for space (its operations failed with `NoSpace`).
+    pub abandoned: Option<Arc<PoisonCause>>,
 }
 
 pub(crate) struct Shared {
@@ -132,12 +141,12 @@ impl Shared {
         for waker in wakers {
             waker.wake();
         }
-        self.dispatch(failed, Err(cause));
+        self.dispatch(failed, Err(Failure::Poisoned(cause)));
     }
 
     /// Runs or hands off a batch's callbacks, keeping submission order. Called with the flush lock held
     /// (or after poisoning, when no flush can follow).
-    fn dispatch(&self, callbacks: Vec<DurableCallback>, result: Result<(), Arc<PoisonCause>>) {
+    fn dispatch(&self, callbacks: Vec<DurableCallback>, result: Result<(), Failure>) {
         if callbacks.is_empty() {
             return;
         }
@@ -166,24 +175,50 @@ impl Shared {
         completion.run();
     }
 
-    /// With the flush lock held: takes a batch, writes it, makes it durable and dispatches its callbacks.
-    /// Returns `Ok(false)` if there was nothing to write, `Err(())` once the store is poisoned.
-    pub(crate) fn flush_batch(&self, core: &mut FlushCore, straggler_wait: bool) -> Result<bool, ()> {
-        let Some(batch) = self.take_batch(core.last_batch_ops, straggler_wait) else {
-            return if self.state.lock().poison.is_some() { Err(()) } else { Ok(false) };
+    /// With the flush lock held: takes a batch (first the one held for space, if any), writes it, makes
+    /// it durable and dispatches its callbacks. Returns `Err(())` once the store is poisoned.
+    pub(crate) fn flush_batch(&self, core: &mut FlushCore, straggler_wait: bool) -> Result<Flushed, ()> {
+        let (batch, mut progress) = match core.held.take() {
+            Some(held) => held,
+            None => match self.take_batch(core.last_batch_ops, straggler_wait) {
+                Some(batch) => (batch, Progress::default()),
+                None => {
+                    return if self.state.lock().poison.is_some() { Err(()) } else { Ok(Flushed::Idle) };
+                }
+            },
         };
-        match panic::catch(|| core.write_batch(self, &batch)) {
-            Ok(Ok(placed)) => {
+        match panic::catch(|| core.write_batch(self, &batch, &mut progress)) {
+            Ok(Ok(())) => {
+                if self.metrics.writer_held.swap(false, Ordering::AcqRel) {
+                    tracing::info!("WAL writes resumed: space for the log again");
+                }
                 core.last_batch_ops = batch.len();
-                self.complete(batch, placed);
-                Ok(true)
+                self.complete(batch, progress.placed);
+                Ok(Flushed::Wrote)
             }
-            Ok(Err(cause)) => {
+            Ok(Err(WriteFail::NoSpace(cause))) => {
+                let cause = Arc::new(cause);
+                self.metrics.no_space(&cause);
+                if !self.metrics.writer_held.swap(true, Ordering::AcqRel) {
+                    tracing::warn!(%cause, "no space for the log; writes held until space is freed");
+                }
+                core.held = Some((batch, progress));
+                if self.config.writer == WriterMode::Threads {
+                    // Whoever held it (a leading appender, say), the writer thread retries it. Taking the
+                    // state lock orders the flag before the writer's check, so the wake-up is not lost.
+                    drop(self.state.lock());
+                    self.work_cv.notify_all();
+                }
+                Ok(Flushed::Held)
+            }
+            Ok(Err(WriteFail::Permanent(cause))) => {
+                self.metrics.writer_held.store(false, Ordering::Release);
                 core.blank_failed_batch(self);
                 self.poison(Arc::new(cause), batch.into_iter().filter_map(|op| op.done).collect());
                 Err(())
             }
             Err(ctx) => {
+                self.metrics.writer_held.store(false, Ordering::Release);
                 core.blank_failed_batch(self);
                 self.poison(
                     Arc::new(PoisonCause::Panic(ctx)),
@@ -257,10 +292,63 @@ impl Shared {
         self.dispatch(batch.into_iter().filter_map(|op| op.done).collect(), Ok(()));
     }
 
+    /// At close, with a batch still held for space (with the flush lock held, `closing` set): the
+    /// operations of the batch already durable (written into the previous segment before a roll failed)
+    /// complete; the rest of the batch and everything queued fail with [`WalError::NoSpace`], without
+    /// poisoning, and whatever the held batch may have written into the active segment is blanked (it was
+    /// never synced, and it was not acknowledged). Returns the cause, if a batch was held.
+    pub(crate) fn abandon_held(&self, core: &mut FlushCore) -> Option<Arc<PoisonCause>> {
+        let (mut batch, progress) = core.held.take()?;
+        self.metrics.writer_held.store(false, Ordering::Release);
+        let cause = self.metrics.last_no_space.lock().clone().unwrap_or_else(|| {
+            Arc::new(io_cause(
+                "write batch",
+                &core.active_path,
+                IoError::os("write", std::io::Error::from(std::io::ErrorKind::StorageFull)),
+            ))
+        });
+        let rest = batch.split_off(progress.durable_ops.min(batch.len()));
+        let placed = progress.placed.into_iter().filter(|p| p.op < batch.len()).collect();
+        if !batch.is_empty() {
+            self.complete(batch, placed);
+        }
+        core.blank_failed_batch(self);
+        core.buf.clear();
+        let mut failed: Vec<DurableCallback> = rest.into_iter().filter_map(|op| op.done).collect();
+        let wakers = {
+            let mut st = self.state.lock();
+            failed.extend(st.queue.drain(..).filter_map(|op| op.done));
+            st.inflight_records = 0;
+            st.inflight_bytes = 0;
+            st.abandoned = Some(Arc::clone(&cause));
+            std::mem::take(&mut st.space_wakers)
+        };
+        self.space_cv.notify_all();
+        for waker in wakers {
+            waker.wake();
+        }
+        tracing::error!(
+            %cause,
+            failed = failed.len(),
+            "WAL closed while waiting for space; the waiting operations failed (not poisoned, not durable)"
+        );
+        self.dispatch(failed, Err(Failure::NoSpace(Arc::clone(&cause))));
+        Some(cause)
+    }
+
+    /// True while the flusher holds a batch for lack of space.
+    pub(crate) fn writes_held(&self) -> bool {
+        self.metrics.writer_held.load(Ordering::Acquire)
+    }
+
     /// Writes batches on the calling thread while the flush lock is free and `done` is false; returns as
     /// soon as someone else is flushing (after making sure a flusher will follow) or there is nothing left.
+    /// With the writer threads, a batch held for space is left to the writer thread's backoff.
     pub(crate) fn lead_until(&self, done: impl Fn() -> bool) {
         while !done() {
+            if self.config.writer == WriterMode::Threads && self.writes_held() {
+                return;
+            }
             let Some(mut core) = self.core.try_lock() else {
                 // Someone else is writing a batch; make sure a flusher picks up what is queued after it.
                 self.work_cv.notify_one();
@@ -274,9 +362,10 @@ impl Shared {
                 return;
             }
             match self.flush_batch(&mut core, false) {
-                Ok(true) => {}
-                // Nothing queued (another flusher took it; its callbacks may still be on the way) or poisoned.
-                Ok(false) | Err(()) => return,
+                Ok(Flushed::Wrote) => {}
+                // Nothing queued (another flusher took it; its callbacks may still be on the way), held
+                // for space, or poisoned.
+                Ok(Flushed::Idle | Flushed::Held) | Err(()) => return,
             }
         }
     }
@@ -291,9 +380,13 @@ impl Shared {
     }
 
     /// The preparer thread's body: prepares a segment file whenever asked, until the store closes. A
-    /// failure is logged and left to the roll, which then creates the segment itself (and poisons the store
-    /// if that fails too).
+    /// failure for lack of space raises the space alarm (the active segment may still have room: the alarm
+    /// comes before the log is blocked) and is retried with the no-space backoff until a preparation
+    /// succeeds, which clears it; meanwhile, and while the flusher itself is held for space, the roll
+    /// creates the segment itself. Any other failure is logged and left to the roll (which poisons the
+    /// store if it fails too).
     pub(crate) fn run_preparer(&self) {
+        let mut attempt = 0u32;
         loop {
             {
                 let mut slot = self.prepare.lock();
@@ -303,56 +396,164 @@ impl Shared {
                 if slot.closing {
                     return;
                 }
+                if attempt > 0 {
+                    // A retry after lack of space: wait first (close interrupts the wait).
+                    let _ = self.prepare_cv.wait_for(&mut slot, self.config.no_space_backoff(attempt));
+                    if slot.closing {
+                        return;
+                    }
+                    if slot.ready.is_some() || !slot.requested {
+                        attempt = 0;
+                        continue;
+                    }
+                }
             }
             if self.state.lock().poison.is_some() {
                 // No roll will follow; a reopen recovers the store.
                 self.prepare.lock().requested = false;
+                attempt = 0;
+                continue;
+            }
+            if attempt > 0 && self.writes_held() {
+                // The flusher is retrying a roll itself; two retries would compete for the same space.
+                attempt = attempt.saturating_add(1);
                 continue;
             }
             let prepared = segment::prepare(self.io.as_ref(), &self.config, &self.metrics);
             let mut slot = self.prepare.lock();
-            slot.requested = false;
             match prepared {
                 Ok(file) => {
+                    slot.requested = false;
                     slot.ready = Some(file);
+                    attempt = 0;
                     Metrics::add(&self.metrics.segments_prepared_ahead, 1);
+                    if self.metrics.preparer_no_space.swap(false, Ordering::AcqRel) {
+                        tracing::info!("the next log segment is prepared: space for the log again");
+                    }
                 }
-                Err(error) => tracing::warn!(%error, "preparing the next log segment failed"),
+                Err(error) if error.is_no_space() => {
+                    // Still requested: retried after the backoff.
+                    let cause = Arc::new(segment_cause(error));
+                    self.metrics.no_space(&cause);
+                    if !self.metrics.preparer_no_space.swap(true, Ordering::AcqRel) {
+                        tracing::warn!(%cause, "no space to prepare the next log segment; space alarm raised");
+                    }
+                    attempt = attempt.saturating_add(1);
+                }
+                Err(error) => {
+                    slot.requested = false;
+                    attempt = 0;
+                    let error = WalError::from(error);
+                    tracing::warn!(%error, "preparing the next log segment failed");
+                }
             }
         }
     }
 
     /// The writer thread's body: flush whenever there is work, until closed (queue drained) or poisoned.
+    /// A batch held for space is retried after a backoff (doubling from `no_space_backoff_initial_us` to
+    /// `no_space_backoff_max_us`; [`Shared::retry_now`] and close cut the wait short). At close, one last
+    /// attempt is made; if the batch is still held, it and everything queued fail with `NoSpace`.
     pub(crate) fn run_writer(&self) {
+        let mut attempt = 0u32;
         loop {
+            let held = self.writes_held();
             {
                 let mut st = self.state.lock();
-                loop {
+                if held {
                     if st.poison.is_some() {
                         return;
                     }
-                    if !st.queue.is_empty() {
-                        break;
+                    if !st.closing && !st.retry_now {
+                        attempt = attempt.saturating_add(1);
+                        // Appends do not wake it (they cannot help); close and `retry_now` do.
+                        st.writer_wake_at = usize::MAX;
+                        let _ = self.work_cv.wait_for(&mut st, self.config.no_space_backoff(attempt));
                     }
-                    if st.closing {
-                        return;
+                    st.retry_now = false;
+                } else {
+                    loop {
+                        if st.poison.is_some() {
+                            return;
+                        }
+                        // A batch held for space by a leading appender is the writer's to retry.
+                        if !st.queue.is_empty() || self.writes_held() {
+                            break;
+                        }
+                        if st.closing {
+                            return;
+                        }
+                        st.writer_wake_at = 1;
+                        self.work_cv.wait(&mut st);
                     }
-                    st.writer_wake_at = 1;
-                    self.work_cv.wait(&mut st);
+                    st.writer_wake_at = usize::MAX;
                 }
-                st.writer_wake_at = usize::MAX;
             }
             let mut core = self.core.lock();
-            if self.flush_batch(&mut core, true).is_err() {
-                return;
+            match self.flush_batch(&mut core, !held) {
+                Err(()) => return,
+                Ok(Flushed::Held) => {
+                    if self.state.lock().closing {
+                        self.abandon_held(&mut core);
+                        return;
+                    }
+                }
+                Ok(Flushed::Wrote | Flushed::Idle) => attempt = 0,
+            }
+        }
+    }
+
+    /// Retries a batch held for space now instead of after the backoff (threads), or on this thread
+    /// (inline; call without the flush lock).
+    pub(crate) fn retry_now(&self) {
+        if !self.writes_held() {
+            return;
+        }
+        match self.config.writer {
+            WriterMode::Threads => {
+                self.state.lock().retry_now = true;
+                self.work_cv.notify_all();
+            }
+            WriterMode::Inline => {
+                if let Some(mut core) = self.core.try_lock() {
+                    while let Ok(Flushed::Wrote) = self.flush_batch(&mut core, false) {}
+                }
             }
         }
     }
 }
 
+/// Why callbacks fail.
+#[derive(Clone)]
+pub(crate) enum Failure {
+    Poisoned(Arc<PoisonCause>),
+    /// The store closed while their batch was held for space.
+    NoSpace(Arc<PoisonCause>),
+}
+
+impl Failure {
+    fn error(&self) -> WalError {
+        match self {
+            Failure::Poisoned(cause) => WalError::Poisoned(Arc::clone(cause)),
+            Failure::NoSpace(cause) => WalError::NoSpace(Arc::clone(cause)),
+        }
+    }
+}
+
+/// What [`Shared::flush_batch`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Flushed {
+    /// Nothing was queued.
+    Idle,
+    /// A batch was made durable and its callbacks dispatched.
+    Wrote,
+    /// The batch could not get space; it is held in `FlushCore::held` for a retry.
+    Held,
+}
+
 pub(crate) struct Completion {
     callbacks: Vec<DurableCallback>,
-    result: Result<(), Arc<PoisonCause>>,
+    result: Result<(), Failure>,
 }
 
 impl Completion {
@@ -360,7 +561,7 @@ impl Completion {
         for callback in self.callbacks {
             let result = match &self.result {
                 Ok(()) => Ok(()),
-                Err(cause) => Err(WalError::Poisoned(Arc::clone(cause))),
+                Err(failure) => Err(failure.error()),
             };
             if let Err(ctx) = panic::catch(move || callback(result)) {
                 tracing::error!(%ctx, "a durability callback panicked");
@@ -384,6 +585,28 @@ struct Placed {
     offset: u64,
 }
 
+/// How far the writing of a batch got, so that a batch held for space resumes where it stopped: ops
+/// before `next_op` are encoded (in `FlushCore::buf`, or durable already), ops before `durable_ops` are
+/// durable (written into a previous segment before a roll).
+#[derive(Default)]
+pub(crate) struct Progress {
+    next_op: usize,
+    durable_ops: usize,
+    placed: Vec<Placed>,
+}
+
+/// Why writing a batch stopped.
+enum WriteFail {
+    /// Lack of space outside a sync: the batch is held and retried.
+    NoSpace(PoisonCause),
+    /// Anything else: poisons the store.
+    Permanent(PoisonCause),
+}
+
+fn segment_cause(e: SegmentError) -> PoisonCause {
+    PoisonCause::Io { during: e.during, path: e.path, error: e.error }
+}
+
 /// What the flusher owns: the active segment, where the next batch goes, and the write buffer.
 pub(crate) struct FlushCore {
     pub active_seq: u64,
@@ -395,6 +618,8 @@ pub(crate) struct FlushCore {
     pub last_batch_ops: usize,
     /// The next segment was asked of the preparer since the last roll.
     pub prepare_requested: bool,
+    /// A batch that could not get space, and how far its writing got; retried before anything else.
+    pub held: Option<(Vec<QueuedOp>, Progress)>,
 }
 
 fn io_cause(during: &'static str, path: &std::path::Path, error: IoError) -> PoisonCause {
@@ -428,11 +653,20 @@ pub(crate) fn write_all_retrying(
 }
 
 impl FlushCore {
-    fn write_batch(&mut self, shared: &Shared, batch: &[QueuedOp]) -> Result<Vec<Placed>, PoisonCause> {
+    /// Writes `batch` from where `progress` says it stopped (from the start for a new batch) and makes
+    /// it durable. On lack of space the encoded records stay in `buf` and `progress` says how far it got,
+    /// so that calling it again resumes: a partial write is written again whole at the same offset.
+    fn write_batch(
+        &mut self,
+        shared: &Shared,
+        batch: &[QueuedOp],
+        progress: &mut Progress,
+    ) -> Result<(), WriteFail> {
         let capacity = shared.config.segment_size_bytes;
-        let mut placed = Vec::with_capacity(batch.len());
-        self.buf.clear();
-        for (i, queued) in batch.iter().enumerate() {
+        if progress.next_op == 0 && progress.placed.is_empty() {
+            self.buf.clear();
+        }
+        for (i, queued) in batch.iter().enumerate().skip(progress.next_op) {
             let (kind, index, term, payload): (_, _, _, &[u8]) = match &queued.op {
                 Op::Entry { index, term, payload } => (RecordKind::Entry, *index, *term, payload),
                 Op::Truncate { from } => (RecordKind::Truncate, *from, 0, &[]),
@@ -444,6 +678,7 @@ impl FlushCore {
             let len = encoded_len(payload.len());
             if self.write_pos + (self.buf.len() + len) as u64 > capacity {
                 self.flush(shared)?;
+                progress.durable_ops = i;
                 self.roll(shared)?;
             }
             let flags = if self.buf.is_empty() { FLAG_BATCH_START } else { 0 };
@@ -452,33 +687,53 @@ impl FlushCore {
             self.buf.resize(start + len);
             let header = RecordHeader { kind, index, term, chunk_seq_low: self.active_seq as u32, flags };
             encode_record(&mut self.buf[start..], &header, payload);
-            placed.push(Placed { op: i, seq: self.active_seq, offset });
+            progress.placed.push(Placed { op: i, seq: self.active_seq, offset });
+            progress.next_op = i + 1;
         }
+        progress.next_op = batch.len();
         self.flush(shared)?;
-        Ok(placed)
+        progress.durable_ops = batch.len();
+        Ok(())
     }
 
     /// Writes the buffered records at the write position and makes them durable. Under direct I/O the
     /// write is padded with zeros to the block size and the next batch starts at the next block, so a
     /// block holding durable bytes is never written again.
-    fn flush(&mut self, shared: &Shared) -> Result<(), PoisonCause> {
+    ///
+    /// A write refused for lack of space leaves `buf` as it is, to be written again at the same offset.
+    fn flush(&mut self, shared: &Shared) -> Result<(), WriteFail> {
         if self.buf.is_empty() {
             return Ok(());
         }
         let alignment = self.active.alignment().max(1) as u64;
         let len = self.buf.len() as u64;
         self.buf.resize(align_up(len, alignment) as usize);
-        write_all_retrying(
-            self.active.as_ref(),
-            &self.buf,
-            self.write_pos,
-            &shared.config.retry,
-            &shared.metrics,
-        )
-        .map_err(|e| io_cause("write batch", &self.active_path, e))?;
-        // Never retried: after a failed fdatasync the kernel may have dropped the dirty pages.
+        {
+            let _timed = shared.metrics.io_call();
+            write_all_retrying(
+                self.active.as_ref(),
+                &self.buf,
+                self.write_pos,
+                &shared.config.retry,
+                &shared.metrics,
+            )
+            .map_err(|e| {
+                let no_space = e.is_no_space();
+                let cause = io_cause("write batch", &self.active_path, e);
+                if no_space {
+                    WriteFail::NoSpace(cause)
+                } else {
+                    WriteFail::Permanent(cause)
+                }
+            })?;
+        }
+        // Never retried, whatever its errno: after a failed fdatasync the kernel may have dropped the
+        // dirty pages.
         if !crate::bugs::skip_wal_fsync() {
-            self.active.sync_data().map_err(|e| io_cause("fdatasync batch", &self.active_path, e))?;
+            let _timed = shared.metrics.io_call();
+            self.active
+                .sync_data()
+                .map_err(|e| WriteFail::Permanent(io_cause("fdatasync batch", &self.active_path, e)))?;
         }
         Metrics::add(&shared.metrics.fsyncs, 1);
         Metrics::add(&shared.metrics.bytes, len);
@@ -526,22 +781,28 @@ impl FlushCore {
 
     /// Starts the next segment. The previous one is complete and durable (flushed by the caller) before
     /// the new one exists, so a torn tail can only ever be in the last segment.
-    fn roll(&mut self, shared: &Shared) -> Result<(), PoisonCause> {
+    /// Lack of space creating the segment (or installing a prepared one before its rename) fails with
+    /// `WriteFail::NoSpace` and leaves everything as it was, so that the roll can be made again.
+    fn roll(&mut self, shared: &Shared) -> Result<(), WriteFail> {
         let seq = self.active_seq + 1;
         let prepared = shared.prepare.lock().ready.take();
         let from_preparer = prepared.is_some();
         let (io, config, metrics) = (shared.io.as_ref(), &shared.config, &shared.metrics);
-        let handle = match prepared {
+        let _timed = metrics.io_call();
+        let handle = match &prepared {
             Some(file) => segment::install(io, config, file, seq, self.store_id, metrics),
             None => segment::create(io, config, seq, self.store_id, metrics),
         };
-        let handle = handle.map_err(|e| match e {
-            WalError::Io { during, path, error } => PoisonCause::Io { during, path, error },
-            other => PoisonCause::Io {
-                during: "create segment",
-                path: shared.config.dir.clone(),
-                error: IoError::os("create segment", std::io::Error::other(other.to_string())),
-            },
+        let handle = handle.map_err(|e| {
+            if e.is_no_space() {
+                if let Some(file) = prepared {
+                    // Still under its prepared name (the rename did not happen): usable again.
+                    shared.prepare.lock().ready = Some(file);
+                }
+                WriteFail::NoSpace(segment_cause(e))
+            } else {
+                WriteFail::Permanent(segment_cause(e))
+            }
         })?;
         Metrics::add(&shared.metrics.segments_created, 1);
         if from_preparer {
