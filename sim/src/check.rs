@@ -40,6 +40,54 @@ pub struct Violation {
     pub blocked: usize,
 }
 
+impl Violation {
+    /// An acknowledged write that a later read did not see, as `(write, read)` indices into `operations`:
+    /// the read was invoked after the write returned, yet saw the register as it was before the write —
+    /// never written, or holding a value all of whose writes had returned before this write was invoked.
+    /// No linearization can explain that, whatever else happened (the register never goes back to "never
+    /// written", and the value read was not written again after the write), so it names what went wrong:
+    /// the write was lost (or the read came from a node that had not seen it). `None` when the history fails
+    /// in another way (a value seen, then unseen; a value never written; ...). The earliest such read wins.
+    pub fn lost_write(&self) -> Option<(usize, usize)> {
+        let ops = &self.operations;
+        // For each value, when its last write returned (`None`: one of its writes has no known return).
+        let mut written: BTreeMap<u64, Option<u64>> = BTreeMap::new();
+        for op in ops {
+            if let Op::Write(v) = op.op {
+                let last = written.entry(v).or_insert(Some(0));
+                *last = match (*last, op.ret) {
+                    (Some(a), Some(b)) => Some(a.max(b)),
+                    _ => None,
+                };
+            }
+        }
+        let mut reads: Vec<usize> = (0..ops.len()).filter(|&i| matches!(ops[i].op, Op::Read(_))).collect();
+        reads.sort_by_key(|&i| ops[i].call);
+        for r in reads {
+            let read = &ops[r];
+            // The write must have been invoked after this instant for the read's value to be older than it.
+            let older_than = match read.op {
+                Op::Read(None) => None,
+                Op::Read(Some(u)) => match written.get(&u) {
+                    Some(Some(last)) => Some(*last),
+                    // Never written (another shape of violation), or possibly still taking effect.
+                    _ => continue,
+                },
+                Op::Write(_) => continue,
+            };
+            let lost = ops.iter().position(|w| {
+                matches!(w.op, Op::Write(_))
+                    && w.ret.is_some_and(|ret| ret < read.call)
+                    && older_than.is_none_or(|t| w.call > t)
+            });
+            if let Some(w) = lost {
+                return Some((w, r));
+            }
+        }
+        None
+    }
+}
+
 impl std::fmt::Display for Violation {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
@@ -281,7 +329,54 @@ mod tests {
     #[test]
     fn a_lost_acknowledged_write_is_caught() {
         let h = vec![op(3, Op::Write(9), 0, Some(1)), op(3, Op::Read(None), 5, Some(6))];
-        assert_eq!(check(&h).len(), 1);
+        let v = check(&h);
+        assert_eq!(v.len(), 1);
+        assert_eq!(v[0].lost_write(), Some((0, 1)), "the write, and the read that missed it");
+        // Overwritten by an acknowledged write, then read back: the second write was lost.
+        let h = vec![
+            op(3, Op::Write(1), 0, Some(1)),
+            op(3, Op::Write(2), 2, Some(3)),
+            op(3, Op::Read(Some(2)), 4, Some(5)),
+            op(3, Op::Read(Some(1)), 6, Some(7)),
+        ];
+        let v = check(&h);
+        assert_eq!(v.len(), 1);
+        assert_eq!(v[0].lost_write(), Some((1, 3)));
+    }
+
+    #[test]
+    fn other_violations_are_not_lost_writes() {
+        // A value never written.
+        let v = check(&[op(2, Op::Read(Some(42)), 0, Some(1))]);
+        assert_eq!(v[0].lost_write(), None);
+        // A value seen, then unseen, by reads concurrent with its write: the write returned after both.
+        let v = check(&[
+            op(1, Op::Write(1), 0, Some(1)),
+            op(1, Op::Write(2), 2, Some(10)),
+            op(1, Op::Read(Some(2)), 3, Some(4)),
+            op(1, Op::Read(Some(1)), 5, Some(6)),
+        ]);
+        assert_eq!(v.len(), 1);
+        assert_eq!(v[0].lost_write(), None);
+        // The same with a write of unknown outcome.
+        let v = check(&[
+            op(1, Op::Write(1), 0, Some(1)),
+            op(1, Op::Write(2), 2, None),
+            op(1, Op::Read(Some(2)), 10, Some(11)),
+            op(1, Op::Read(Some(1)), 20, Some(21)),
+        ]);
+        assert_eq!(v.len(), 1);
+        assert_eq!(v[0].lost_write(), None);
+        // A value read back whose write overlaps the later write: not certainly older.
+        let v = check(&[
+            op(1, Op::Write(1), 0, Some(5)),
+            op(1, Op::Write(2), 2, Some(3)),
+            op(1, Op::Read(Some(2)), 6, Some(7)),
+            op(1, Op::Read(Some(1)), 8, Some(9)),
+            op(1, Op::Read(Some(2)), 10, Some(11)),
+        ]);
+        assert_eq!(v.len(), 1);
+        assert_eq!(v[0].lost_write(), None);
     }
 
     #[test]

@@ -85,12 +85,24 @@ pub struct Options {
     pub verbose: bool,
     /// Inject only these kinds of fault ([`FAULT_KINDS`] names); empty for all of them.
     pub faults: Vec<String>,
+    /// Inject the kinds one after another, in the order `faults` lists them ([`FAULT_KINDS`] order when it
+    /// is empty), instead of drawing each by weight: a short run then meets every kind it allows (a run makes
+    /// a fault every 300 to 900 ms of its safety phase, after a first one within 800 ms).
+    pub faults_in_turn: bool,
 }
 
 impl Options {
     /// The defaults for `seed`: 8 s of faults, then 8 s to heal.
     pub fn new(seed: u64) -> Options {
-        Options { seed, safety_ms: 8_000, liveness_ms: 8_000, bug: None, verbose: false, faults: Vec::new() }
+        Options {
+            seed,
+            safety_ms: 8_000,
+            liveness_ms: 8_000,
+            bug: None,
+            verbose: false,
+            faults: Vec::new(),
+            faults_in_turn: false,
+        }
     }
 }
 
@@ -109,6 +121,51 @@ pub const FAULT_KINDS: [(&str, u64); 11] = [
     ("leader-kill-after-ack", 2),
 ];
 
+/// What a violation is about. A run counts its violations by kind ([`Report::violation_kinds`]), those whose
+/// text it did not keep too, so a test can ask what a run caught and not only whether it caught something.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum ViolationKind {
+    /// An acknowledged write vanished: a linearizable read invoked after the write was acknowledged saw its
+    /// register as it was before the write ([`check::Violation::lost_write`]).
+    LostWrite,
+    /// Any other history without a linearization.
+    NotLinearizable,
+    /// A node could not start (its storage refused to open, say), or was not back up at the end.
+    NodeStart,
+    /// A running host failed or panicked (one of openraft's debug assertions, say).
+    HostFailed,
+    /// Raft's safety: two leaders in a term, an entry applied under two leaders, logs that do not match.
+    Raft,
+    /// Nodes that applied the same index hold different pages (or their pages could not be read).
+    Pages,
+    /// A partial transaction visible, or a weak read of a value no client wrote to its register.
+    Reads,
+    /// A node went on leading after its fsync failed.
+    Poisoned,
+    /// The cluster did not serve every request once the faults healed.
+    Liveness,
+    /// The harness itself could not run.
+    Harness,
+}
+
+impl ViolationKind {
+    /// Its name in reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            ViolationKind::LostWrite => "lost-write",
+            ViolationKind::NotLinearizable => "not-linearizable",
+            ViolationKind::NodeStart => "node-start",
+            ViolationKind::HostFailed => "host-failed",
+            ViolationKind::Raft => "raft",
+            ViolationKind::Pages => "pages",
+            ViolationKind::Reads => "reads",
+            ViolationKind::Poisoned => "poisoned",
+            ViolationKind::Liveness => "liveness",
+            ViolationKind::Harness => "harness",
+        }
+    }
+}
+
 /// What a run found.
 #[derive(Debug, Clone, Default)]
 pub struct Report {
@@ -116,7 +173,7 @@ pub struct Report {
     pub seed: u64,
     /// Hash of the full event trace (faults, client operations and their outcomes, leader changes).
     pub trace_hash: u64,
-    /// Faults injected, by kind.
+    /// Faults injected, by kind ([`FAULT_KINDS`] names).
     pub faults: BTreeMap<&'static str, u64>,
     /// Client operations in the checked history.
     pub ops_checked: usize,
@@ -124,6 +181,8 @@ pub struct Report {
     pub writes_acked: usize,
     /// Everything that went wrong; empty for a passing run.
     pub violations: Vec<String>,
+    /// How many violations of each kind the run found (all of them, kept in `violations` or not).
+    pub violation_kinds: BTreeMap<ViolationKind, usize>,
     /// Simulated time, in milliseconds.
     pub sim_ms: u64,
 }
@@ -201,6 +260,8 @@ struct World {
     leader_now: Cell<Option<usize>>,
     /// Violations beyond `VIOLATIONS_KEPT`.
     violations_dropped: Cell<usize>,
+    /// Every violation, by kind.
+    violation_kinds: RefCell<BTreeMap<ViolationKind, usize>>,
 }
 
 /// A membership change the admin client makes over HTTP (through any node; followers forward).
@@ -240,8 +301,9 @@ impl World {
 
     /// Records a violation; past `VIOLATIONS_KEPT`, only their number grows (a broken invariant can fire
     /// at every step).
-    fn violation(&self, text: String) {
+    fn violation(&self, kind: ViolationKind, text: String) {
         self.event(format!("VIOLATION {text}"));
+        *self.violation_kinds.borrow_mut().entry(kind).or_default() += 1;
         let mut violations = self.violations.borrow_mut();
         if violations.len() < VIOLATIONS_KEPT {
             violations.push(text);
@@ -256,6 +318,8 @@ struct NodeSlot {
     node: RefCell<Option<Node>>,
     up: Cell<bool>,
     poisoned_at_ms: Cell<Option<u64>>,
+    /// Why the node's last start failed (`Node::start_in`'s error), until the harness reports it.
+    start_failure: RefCell<Option<String>>,
     data_dir: PathBuf,
     timing: RaftTiming,
 }
@@ -436,9 +500,12 @@ async fn client(world: Rc<World>, id: usize, seed: u64) -> turmoil::Result {
             match outcome {
                 Ok((a, b)) => {
                     if a != b {
-                        world.violation(format!(
-                            "partial transaction visible: key {key} reads {a:?} in kv but {b:?} in kv2"
-                        ));
+                        world.violation(
+                            ViolationKind::Reads,
+                            format!(
+                                "partial transaction visible: key {key} reads {a:?} in kv but {b:?} in kv2"
+                            ),
+                        );
                     }
                     if level == "linearizable" {
                         world.history.borrow_mut().push(Operation {
@@ -456,11 +523,14 @@ async fn client(world: Rc<World>, id: usize, seed: u64) -> turmoil::Result {
             }
         };
         if let (Some(e), true) = (failed, must_succeed) {
-            world.violation(format!(
-                "liveness: client {id}'s request to n{} failed {} ms after the faults healed: {e}",
-                node + 1,
-                world.now_ms.get() - world.healed_at_ms.get()
-            ));
+            world.violation(
+                ViolationKind::Liveness,
+                format!(
+                    "liveness: client {id}'s request to n{} failed {} ms after the faults healed: {e}",
+                    node + 1,
+                    world.now_ms.get() - world.healed_at_ms.get()
+                ),
+            );
         }
         tokio::time::sleep(Duration::from_millis(rng.between(1, 30))).await;
     }
@@ -508,7 +578,10 @@ async fn final_reads(world: &World) {
             world.event(format!("final read k{key} via n{} -> {outcome:?}", node + 1));
             if let Ok((a, b)) = outcome {
                 if a != b {
-                    world.violation(format!("partial transaction visible: key {key}: {a:?} vs {b:?}"));
+                    world.violation(
+                        ViolationKind::Reads,
+                        format!("partial transaction visible: key {key}: {a:?} vs {b:?}"),
+                    );
                 }
                 world.history.borrow_mut().push(Operation { key, op: Op::Read(a), call, ret: Some(ret) });
                 done = true;
@@ -517,7 +590,10 @@ async fn final_reads(world: &World) {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         if !done {
-            world.violation(format!("liveness: the final read of key {key} never succeeded"));
+            world.violation(
+                ViolationKind::Liveness,
+                format!("liveness: the final read of key {key} never succeeded"),
+            );
         }
     }
     world.finals_done.set(true);
@@ -575,6 +651,9 @@ struct Harness<'a> {
     panicked: bool,
     /// The kinds of fault to inject (empty: all).
     faults: Vec<String>,
+    /// Whether they are injected in turn, and how many were drawn so far (see `Options::faults_in_turn`).
+    faults_in_turn: bool,
+    drawn: usize,
 }
 
 impl Harness<'_> {
@@ -583,6 +662,7 @@ impl Harness<'_> {
     }
 
     fn fault(&mut self, kind: &'static str, detail: String) {
+        debug_assert!(FAULT_KINDS.iter().any(|(name, _)| *name == kind), "{kind} is not in FAULT_KINDS");
         *self.report.faults.entry(kind).or_default() += 1;
         self.world.event(format!("FAULT {kind}: {detail}"));
     }
@@ -626,6 +706,21 @@ impl Harness<'_> {
 
     /// Draws a kind of fault (weighted, among those the options allow).
     fn pick_fault(&mut self) -> &'static str {
+        if self.faults_in_turn {
+            let listed: Vec<&'static str> = if self.faults.is_empty() {
+                FAULT_KINDS.iter().map(|(name, _)| *name).collect()
+            } else {
+                self.faults
+                    .iter()
+                    .filter_map(|f| FAULT_KINDS.iter().find(|(name, _)| name == f).map(|(name, _)| *name))
+                    .collect()
+            };
+            if !listed.is_empty() {
+                let kind = listed[self.drawn % listed.len()];
+                self.drawn += 1;
+                return kind;
+            }
+        }
         let allowed: Vec<(&'static str, u64)> = FAULT_KINDS
             .iter()
             .copied()
@@ -658,7 +753,7 @@ impl Harness<'_> {
                 let j = Self::others(i)[self.rng.below(NODES as u64 - 1) as usize];
                 self.sim.partition_oneway(host(i), host(j));
                 self.heals.push((heal_at, Heal::RepairOneway(i, j)));
-                self.fault("one-way partition", format!("n{} -> n{} dropped", i + 1, j + 1));
+                self.fault("one-way-partition", format!("n{} -> n{} dropped", i + 1, j + 1));
             }
             "leader-isolated" => {
                 if let Some(i) = self.leader() {
@@ -666,21 +761,21 @@ impl Harness<'_> {
                         self.sim.partition(host(i), host(j));
                         self.heals.push((heal_at, Heal::Repair(i, j)));
                     }
-                    self.fault("leader isolated", format!("n{}", i + 1));
+                    self.fault("leader-isolated", format!("n{}", i + 1));
                 }
             }
             "message-delay" => {
                 let latency = Duration::from_millis(self.rng.between(20, 150));
                 self.sim.set_max_message_latency(latency);
                 self.heals.push((heal_at, Heal::Latency));
-                self.fault("message delay", format!("up to {} ms", latency.as_millis()));
+                self.fault("message-delay", format!("up to {} ms", latency.as_millis()));
             }
             "message-loss" => {
                 let i = self.rng.below(NODES as u64) as usize;
                 let j = Self::others(i)[self.rng.below(NODES as u64 - 1) as usize];
                 self.sim.partition(host(i), host(j));
                 self.heals.push((now + self.rng.between(50, 300), Heal::Repair(i, j)));
-                self.fault("message loss", format!("link n{}-n{} drops everything briefly", i + 1, j + 1));
+                self.fault("message-loss", format!("link n{}-n{} drops everything briefly", i + 1, j + 1));
             }
             "crash" => {
                 let i = self.rng.below(NODES as u64) as usize;
@@ -696,7 +791,7 @@ impl Harness<'_> {
                 if let Some(i) = self.leader() {
                     self.crash(i, CrashMode::TornSectors);
                     self.heals.push((heal_at, Heal::Restart(i)));
-                    self.fault("leader kill", format!("n{}", i + 1));
+                    self.fault("leader-kill", format!("n{}", i + 1));
                 }
             }
             "leader-kill-after-ack" => {
@@ -709,7 +804,7 @@ impl Harness<'_> {
                 self.spare_member = !member;
                 let op = if member { Admin::Remove(spare) } else { Admin::Join(spare) };
                 self.world.admin.borrow_mut().push_back(op);
-                self.fault("membership change", format!("{op:?}"));
+                self.fault("membership-change", format!("{op:?}"));
             }
             "fsync-failure" => {
                 let i = self.rng.below(NODES as u64) as usize;
@@ -718,7 +813,7 @@ impl Harness<'_> {
                     self.slots[i].disk.borrow().fail_sync_after(after);
                     // Restarted later (a failed fsync is only recovered by reopening).
                     self.heals.push((now + 3000, Heal::Restart(i)));
-                    self.fault("fsync failure", format!("n{} after {after} more syncs", i + 1));
+                    self.fault("fsync-failure", format!("n{} after {after} more syncs", i + 1));
                 }
             }
             _ => {
@@ -727,7 +822,7 @@ impl Harness<'_> {
                     self.crash(i, CrashMode::TornSectors);
                     self.heals.push((now + self.rng.between(200, 800), Heal::Restart(i)));
                 }
-                self.fault("power loss", "every node at once".into());
+                self.fault("power-loss", "every node at once".into());
             }
         }
     }
@@ -799,7 +894,7 @@ impl Harness<'_> {
         self.heals.push((heal_at, Heal::Latency));
         self.world.probe.set(Some((leader, heal_at)));
         self.fault(
-            "leader kill after an ack",
+            "leader-kill-after-ack",
             format!(
                 "n{} applied {applied}, n{} has it unapplied; messages take up to {} ms",
                 leader + 1,
@@ -861,9 +956,10 @@ impl Harness<'_> {
                 leader_now = leader_now.or(Some(i));
                 let term = m.current_term;
                 match self.leaders.get(&term) {
-                    Some(&other) if other != id => {
-                        self.world.violation(format!("two leaders in term {term}: n{other} and n{id}"))
-                    }
+                    Some(&other) if other != id => self.world.violation(
+                        ViolationKind::Raft,
+                        format!("two leaders in term {term}: n{other} and n{id}"),
+                    ),
                     Some(_) => {}
                     None => {
                         self.leaders.insert(term, id);
@@ -877,10 +973,13 @@ impl Harness<'_> {
             if let Some(applied) = m.last_applied {
                 let leader = format!("{:?}", applied.leader_id);
                 match self.applied.get(&applied.index) {
-                    Some(seen) if *seen != leader => self.world.violation(format!(
-                        "entry {} applied with two different leaders: {seen} and {leader} (on n{id})",
-                        applied.index
-                    )),
+                    Some(seen) if *seen != leader => self.world.violation(
+                        ViolationKind::Raft,
+                        format!(
+                            "entry {} applied with two different leaders: {seen} and {leader} (on n{id})",
+                            applied.index
+                        ),
+                    ),
                     Some(_) => {}
                     None => {
                         self.applied.insert(applied.index, leader);
@@ -893,7 +992,10 @@ impl Harness<'_> {
             }
             if let Some(at) = slot.poisoned_at_ms.get() {
                 if running && m.state.is_leader() && now > at + POISON_GRACE_MS {
-                    self.world.violation(format!("n{id} still leads {} ms after its fsync failed", now - at));
+                    self.world.violation(
+                        ViolationKind::Poisoned,
+                        format!("n{id} still leads {} ms after its fsync failed", now - at),
+                    );
                 }
             }
         }
@@ -914,13 +1016,17 @@ impl Harness<'_> {
             }
             match page_hash(node) {
                 Ok(hash) => by_index.entry(node.manager().applied_index()).or_default().push((i, hash)),
-                Err(e) => self.world.violation(format!("n{}: reading pages failed: {e}", i + 1)),
+                Err(e) => self
+                    .world
+                    .violation(ViolationKind::Pages, format!("n{}: reading pages failed: {e}", i + 1)),
             }
         }
         for (index, hashes) in by_index {
             if hashes.windows(2).any(|w| w[0].1 != w[1].1) {
-                self.world
-                    .violation(format!("nodes applied index {index} but hold different pages: {hashes:?}"));
+                self.world.violation(
+                    ViolationKind::Pages,
+                    format!("nodes applied index {index} but hold different pages: {hashes:?}"),
+                );
             }
         }
     }
@@ -956,7 +1062,7 @@ impl Harness<'_> {
                     if other == term {
                         agreed = true;
                     } else if agreed {
-                        self.world.violation(format!(
+                        self.world.violation(ViolationKind::Raft, format!(
                             "logs of n{} and n{} agree above index {index} but differ at it ({term} vs {other})",
                             ia + 1,
                             ib + 1
@@ -998,7 +1104,17 @@ impl Harness<'_> {
                 true
             }
             Ok(Err(e)) => {
-                self.world.violation(format!("a host failed: {e}"));
+                // A node whose start failed (see `run_inner`) cannot start; any other host failed running.
+                let text = e.to_string();
+                let start_failed = self.slots.iter().position(|slot| {
+                    slot.start_failure.borrow_mut().take_if(|f| text.contains(f.as_str())).is_some()
+                });
+                match start_failed {
+                    Some(i) => self
+                        .world
+                        .violation(ViolationKind::NodeStart, format!("n{} could not start: {text}", i + 1)),
+                    None => self.world.violation(ViolationKind::HostFailed, format!("a host failed: {text}")),
+                }
                 false
             }
             Err(panic) => {
@@ -1009,7 +1125,7 @@ impl Harness<'_> {
                     .cloned()
                     .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
                     .unwrap_or_else(|| "a panic".into());
-                self.world.violation(format!("a host panicked: {message}"));
+                self.world.violation(ViolationKind::HostFailed, format!("a host panicked: {message}"));
                 self.panicked = true;
                 false
             }
@@ -1024,6 +1140,7 @@ impl Harness<'_> {
         report.writes_acked = self.world.writes_acked.get();
         report.sim_ms = step * TICK_MS;
         report.violations = self.world.violations_reported();
+        report.violation_kinds = self.world.violation_kinds.borrow().clone();
         report.trace_hash = self.world.trace.borrow().finish();
         std::mem::forget(self);
         report
@@ -1062,12 +1179,14 @@ fn run_inner(options: &Options) -> Report {
         probe: Cell::new(None),
         leader_now: Cell::new(None),
         violations_dropped: Cell::new(0),
+        violation_kinds: RefCell::new(BTreeMap::new()),
     });
     let mut report = Report { seed: options.seed, ..Report::default() };
     let dir = match tempfile::tempdir() {
         Ok(dir) => dir,
         Err(e) => {
             report.violations.push(format!("no temporary directory: {e}"));
+            report.violation_kinds.insert(ViolationKind::Harness, 1);
             return report;
         }
     };
@@ -1095,6 +1214,7 @@ fn run_inner(options: &Options) -> Report {
             node: RefCell::new(None),
             up: Cell::new(true),
             poisoned_at_ms: Cell::new(None),
+            start_failure: RefCell::new(None),
             data_dir: dir.path().join(host(i)),
             timing,
         });
@@ -1121,7 +1241,13 @@ fn run_inner(options: &Options) -> Report {
                 ..NodeEnv::default()
             };
             async move {
-                let node = Node::start_in(config, env).await?;
+                let node = match Node::start_in(config, env).await {
+                    Ok(node) => node,
+                    Err(e) => {
+                        *slot.start_failure.borrow_mut() = Some(e.to_string());
+                        return Err(e.into());
+                    }
+                };
                 if i == 0 {
                     node.initialize_if_new(members).await?;
                 }
@@ -1155,6 +1281,8 @@ fn run_inner(options: &Options) -> Report {
         acked_seen: 0,
         panicked: false,
         faults: options.faults.clone(),
+        faults_in_turn: options.faults_in_turn,
+        drawn: 0,
     };
     let mut step = 0u64;
     let mut ok = true;
@@ -1164,7 +1292,10 @@ fn run_inner(options: &Options) -> Report {
         ok = harness.step(step);
     }
     if !world.ready.get() {
-        world.violation("liveness: the schema could not be created without faults".into());
+        world.violation(
+            ViolationKind::Liveness,
+            "liveness: the schema could not be created without faults".into(),
+        );
         ok = false;
     }
     // Safety phase: faults.
@@ -1213,7 +1344,7 @@ fn run_inner(options: &Options) -> Report {
         ok = harness.step(step);
     }
     if ok && !world.finals_done.get() {
-        world.violation("liveness: the final reads did not finish".into());
+        world.violation(ViolationKind::Liveness, "liveness: the final reads did not finish".into());
     }
     // Let every member catch up, then compare logs and pages.
     let settle_end = step + 10_000;
@@ -1233,18 +1364,32 @@ fn run_inner(options: &Options) -> Report {
         harness.compare_logs();
         let up = harness.slots[..NODES].iter().filter(|s| s.node.borrow().is_some()).count();
         if up != NODES {
-            world.violation(format!("liveness: only {up} of {NODES} nodes came back up"));
+            world.violation(
+                ViolationKind::NodeStart,
+                format!("liveness: only {up} of {NODES} nodes came back up"),
+            );
         }
     }
     let history = world.history.borrow().clone();
     for violation in check::check(&history) {
-        world.violation(format!("not linearizable: {violation}"));
+        match violation.lost_write() {
+            Some((w, r)) => world.violation(
+                ViolationKind::LostWrite,
+                format!(
+                    "not linearizable, an acknowledged write lost (#{w} returned before #{r} was invoked, which saw an older value): {violation}"
+                ),
+            ),
+            None => world.violation(ViolationKind::NotLinearizable, format!("not linearizable: {violation}")),
+        }
     }
     let writes = world.writes.borrow().clone();
     for (key, value, _) in world.weak_reads.borrow().iter() {
         if let Some(value) = value {
             if writes.get(value) != Some(key) {
-                world.violation(format!("weak read of key {key} saw {value}, which no client wrote there"));
+                world.violation(
+                    ViolationKind::Reads,
+                    format!("weak read of key {key} saw {value}, which no client wrote there"),
+                );
             }
         }
     }
@@ -1253,6 +1398,7 @@ fn run_inner(options: &Options) -> Report {
     report.writes_acked = world.writes_acked.get();
     report.sim_ms = step * TICK_MS;
     report.violations = world.violations_reported();
+    report.violation_kinds = world.violation_kinds.borrow().clone();
     report.trace_hash = world.trace.borrow().finish();
     // Nodes down before the directory goes.
     for slot in &harness.slots {

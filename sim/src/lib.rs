@@ -13,4 +13,4 @@ pub mod check;
 pub mod harness;
 pub mod net;
 
-pub use harness::{run, Bug, Options, Report, Rng};
+pub use harness::{run, Bug, Options, Report, Rng, ViolationKind};

@@ -2,7 +2,9 @@
 //!
 //! `cargo run --release -p bop-sim -- --seeds 10000` runs seeds 0..10000; `--seed S` replays one (with
 //! `--verbose` for its event trace); `--start S` shifts the range; `--jobs N` runs N seeds at a time;
-//! `--bug skip-wal-fsync` (or `accept-stale-commits`) reintroduces a bug to show the checks catch it. Exits non-zero if any seed found a
+//! `--bug skip-wal-fsync` (or `accept-stale-commits`) reintroduces a bug to show the checks catch it;
+//! `--faults KIND,...` injects only those kinds of fault, and `--faults-in-turn` injects the kinds one after
+//! another (in the order listed) instead of drawing them by weight. Exits non-zero if any seed found a
 //! violation.
 //!
 //! Every seed of a sweep runs in a process of its own (this binary, re-executed with `--seed S --report`),
@@ -18,7 +20,7 @@ use serde_json::{json, Value as Json};
 
 fn usage() -> ExitCode {
     eprintln!(
-        "usage: bop-sim [--seeds N] [--start S] [--jobs N] [--seed S] [--safety-ms MS] [--liveness-ms MS] [--bug skip-wal-fsync|accept-stale-commits] [--faults KIND,...] [--verbose] [--report]"
+        "usage: bop-sim [--seeds N] [--start S] [--jobs N] [--seed S] [--safety-ms MS] [--liveness-ms MS] [--bug skip-wal-fsync|accept-stale-commits] [--faults KIND,...] [--faults-in-turn] [--verbose] [--report]"
     );
     ExitCode::from(2)
 }
@@ -69,6 +71,7 @@ fn parse() -> Result<Args, ExitCode> {
                 }
                 parsed.base.faults = kinds;
             }
+            "--faults-in-turn" => parsed.base.faults_in_turn = true,
             "--report" => parsed.report = true,
             "--verbose" => parsed.base.verbose = true,
             "--help" | "-h" => {
@@ -85,6 +88,7 @@ fn parse() -> Result<Args, ExitCode> {
 }
 
 fn report_json(report: &Report) -> Json {
+    let kinds: BTreeMap<&str, usize> = report.violation_kinds.iter().map(|(k, n)| (k.name(), *n)).collect();
     json!({
         "seed": report.seed,
         "trace_hash": format!("{:016x}", report.trace_hash),
@@ -92,6 +96,7 @@ fn report_json(report: &Report) -> Json {
         "ops_checked": report.ops_checked,
         "writes_acked": report.writes_acked,
         "violations": report.violations,
+        "violation_kinds": kinds,
         "sim_ms": report.sim_ms,
     })
 }
@@ -115,6 +120,9 @@ fn run_child(args: &Args, seed: u64) -> Result<Json, String> {
     if !args.base.faults.is_empty() {
         command.args(["--faults", &args.base.faults.join(",")]);
     }
+    if args.base.faults_in_turn {
+        command.arg("--faults-in-turn");
+    }
     let output = command.stderr(Stdio::null()).output().map_err(|e| format!("seed {seed}: {e}"))?;
     let stdout = String::from_utf8_lossy(&output.stdout);
     let line = stdout
@@ -128,6 +136,9 @@ fn replay_command(args: &Args, seed: u64) -> String {
     let mut bug = args.base.bug.map_or(String::new(), |b| format!(" --bug {}", b.name()));
     if !args.base.faults.is_empty() {
         bug.push_str(&format!(" --faults {}", args.base.faults.join(",")));
+    }
+    if args.base.faults_in_turn {
+        bug.push_str(" --faults-in-turn");
     }
     format!(
         "cargo run --release -p bop-sim -- --seed {seed} --safety-ms {} --liveness-ms {}{bug} --verbose",
@@ -158,6 +169,11 @@ fn main() -> ExitCode {
         );
         for v in &report.violations {
             println!("  {v}");
+        }
+        if !ok {
+            let kinds: Vec<String> =
+                report.violation_kinds.iter().map(|(k, n)| format!("{} {n}", k.name())).collect();
+            println!("violations by kind: {}", kinds.join(", "));
         }
         let kinds: Vec<String> = report.faults.iter().map(|(k, n)| format!("{k} {n}")).collect();
         println!("faults injected: {}", kinds.join(", "));
@@ -204,7 +220,11 @@ fn main() -> ExitCode {
         if !found.is_empty() {
             failed += 1;
             violations += found.len() as u64;
-            println!("seed {seed}: FAILED ({} violations)", found.len());
+            let kinds: Vec<String> = report["violation_kinds"]
+                .as_object()
+                .map(|kinds| kinds.iter().map(|(k, n)| format!("{k} {n}")).collect())
+                .unwrap_or_default();
+            println!("seed {seed}: FAILED ({} violations: {})", found.len(), kinds.join(", "));
             for v in found.iter().take(5) {
                 println!("  {}", v.as_str().unwrap_or_default());
             }

@@ -3,7 +3,8 @@
 
 use std::collections::BTreeSet;
 
-use bop_sim::{run, Bug, Options};
+use bop_sim::harness::FAULT_KINDS;
+use bop_sim::{run, Bug, Options, ViolationKind};
 
 /// Short runs keep CI within a few minutes on 2 cores (debug build).
 fn options(seed: u64) -> Options {
@@ -38,13 +39,25 @@ fn a_seed_replays_to_the_same_trace() {
 
 #[test]
 fn ci_seeds_pass_every_check_under_every_kind_of_fault() {
+    // Drawn by weight, 6 short runs (7 or 8 faults each) often miss some kind, and which one changes with
+    // any change to bop's timing. So the kinds come in turn, every run going through all of them from a
+    // different starting kind (run k from the 2k-th): even runs of 5 faults (the fewest 5 s allow) draw
+    // every kind in 2 runs or more (in 3 or more at the usual 7). A drawn kind can still come to nothing
+    // (no leader to isolate or kill, the node chosen to crash is down, no moment to kill a leader just
+    // after an acknowledgement), so the test requires every kind to have been injected, not just drawn.
+    let names: Vec<String> = FAULT_KINDS.iter().map(|(name, _)| (*name).to_owned()).collect();
     let mut kinds = BTreeSet::new();
     let mut ops = 0;
-    for seed in 100..106 {
-        let report = run(&options(seed));
+    for (k, seed) in (100..106).enumerate() {
+        let mut options = options(seed);
+        options.faults = names.clone();
+        options.faults.rotate_left(2 * k % names.len());
+        options.faults_in_turn = true;
+        let report = run(&options);
         assert!(
             report.violations.is_empty(),
-            "seed {seed} failed; replay with `cargo run --release -p bop-sim -- --seed {seed} --safety-ms 5000 --liveness-ms 6000 --verbose`:\n{:#?}",
+            "seed {seed} failed; replay with `cargo run --release -p bop-sim -- --seed {seed} --safety-ms 5000 --liveness-ms 6000 --faults {} --faults-in-turn --verbose`:\n{:#?}",
+            options.faults.join(","),
             report.violations
         );
         assert!(report.writes_acked > 0, "seed {seed} acknowledged no write");
@@ -52,23 +65,42 @@ fn ci_seeds_pass_every_check_under_every_kind_of_fault() {
         kinds.extend(report.faults.keys().copied());
     }
     assert!(ops > 1000, "{ops} operations checked");
-    assert!(kinds.len() >= 7, "too few kinds of fault injected: {kinds:?}");
+    let missing: Vec<&str> =
+        FAULT_KINDS.iter().map(|(name, _)| *name).filter(|name| !kinds.contains(name)).collect();
+    assert!(missing.is_empty(), "kinds of fault never injected: {missing:?} (injected: {kinds:?})");
 }
 
 #[test]
 fn acknowledging_before_fsync_is_caught() {
-    let mut caught = None;
+    // Only power loss: every node loses what it did not sync at once, so entries a majority acknowledged
+    // can vanish from every log (with crashes of one node at a time, a debug build meets openraft's
+    // assertion that a follower's log never goes backwards first, which is not the harm this is about).
+    // The bug must be caught as that harm: an acknowledged write a later read did not see, or a node
+    // whose storage refuses to start on what the lost syncs left. With the bug, 5 of seeds 0..10 are
+    // caught that way at these lengths (seed 0 the first; the others fail on diverged pages, lost tables
+    // and Raft's checks), and without it none of them fails.
+    let wanted = [ViolationKind::LostWrite, ViolationKind::NodeStart];
+    let mut seen = Vec::new();
     for seed in 0..10 {
         let mut options = options(seed);
         options.bug = Some(Bug::SkipWalFsync);
+        options.faults = vec!["power-loss".to_owned()];
         let report = run(&options);
-        if !report.violations.is_empty() {
-            caught = Some((seed, report.violations));
-            break;
+        if let Some(kind) = wanted.into_iter().find(|k| report.violation_kinds.contains_key(k)) {
+            let text = report.violations.iter().find(|v| match kind {
+                ViolationKind::LostWrite => v.contains("acknowledged write lost"),
+                _ => v.contains("could not start") || v.contains("came back up"),
+            });
+            eprintln!(
+                "caught at seed {seed} ({}): {}",
+                kind.name(),
+                text.map_or("(text not kept)", |t| t.as_str())
+            );
+            return;
         }
+        seen.push((seed, report.violation_kinds));
     }
-    let (seed, violations) = caught.expect("a WAL that skips fdatasync went unnoticed for 10 seeds");
-    eprintln!("caught at seed {seed}: {}", violations[0]);
+    panic!("a WAL that skips fdatasync lost no acknowledged write and kept every node starting for 10 seeds; violations by seed: {seen:?}");
 }
 
 #[test]
