@@ -704,3 +704,170 @@ async fn the_writer_queue_is_bounded() {
     assert_eq!(count(&addr, "t").await, json!(admitted * 100000));
     node.shutdown().await;
 }
+
+/// Finding 15: a full disk poisoned the leader's log, stopped its Raft and even its local reads. Now the log
+/// holds the work and raises an alarm: the node refuses writes ("disk full", 507), reports it in `/readyz`,
+/// hands leadership to a peer, keeps serving reads, and once space is freed it catches up by itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_moves_leadership_away_and_the_node_recovers_when_space_returns() {
+    use bop_raft::node::NodeEnv;
+    use bop_storage::io::SimDisk;
+    use bop_storage::wal::Preallocate;
+    let _serial = SERIAL.lock().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut nodes = Vec::new();
+    let mut disks = Vec::new();
+    let mut members = BTreeMap::new();
+    for id in 1..=3u64 {
+        let disk = SimDisk::new(id);
+        let config = NodeConfig {
+            id,
+            data_dir: dir.path().join(format!("node-{id}")),
+            raft_addr: "127.0.0.1:0".into(),
+            http_addr: "127.0.0.1:0".into(),
+        };
+        let env = NodeEnv {
+            io: std::sync::Arc::new(disk.clone()),
+            wal_segment_bytes: 1 << 20,
+            wal_preallocate: Preallocate::Allocate,
+            ..NodeEnv::default()
+        };
+        let node = Node::start_in(config, env).await.expect("start");
+        members.insert(id, node.member_addr());
+        nodes.push(node);
+        disks.push(disk);
+    }
+    nodes[0].initialize_if_new(members).await.expect("initialize");
+    let cluster = Cluster { _dir: dir, nodes };
+    let full = cluster.leader().await.id();
+    let full_addr = cluster.nodes[full as usize - 1].http_addr().to_owned();
+    let (status, out) =
+        http(&full_addr, "POST", "/db/execute", json!(["CREATE TABLE t (b)"]).to_string().as_bytes()).await;
+    assert_eq!(status, 200, "{out}");
+    // The leader's disk fills: a little room, then none for the next segment.
+    let disk = &disks[full as usize - 1];
+    disk.set_capacity_bytes(Some(disk.used_bytes() + (256 << 10)));
+    let row = json!([["INSERT INTO t VALUES (randomblob(20000))"]]).to_string();
+    let until = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let (status, out) = http(&full_addr, "POST", "/db/execute", row.as_bytes()).await;
+        let ready = http(&full_addr, "GET", "/readyz", b"").await;
+        if ready.0 == 503 && ready.1.to_string().contains("disk full") {
+            break;
+        }
+        assert!(status == 200 || status == 507 || status == 503, "{status} {out}");
+        assert!(std::time::Instant::now() < until, "no disk-full alarm within 30 s: {ready:?}");
+    }
+    // Leadership moves to a peer, and writes go on through every node (the full one forwards them).
+    let until = std::time::Instant::now() + Duration::from_secs(30);
+    while cluster.leader().await.id() == full {
+        assert!(std::time::Instant::now() < until, "the full node still leads after 30 s");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(raft_running(&cluster.nodes[full as usize - 1]), "its Raft still runs");
+    let leader_addr = cluster.leader().await.http_addr().to_owned();
+    for _ in 0..5 {
+        let (status, out) = http(&leader_addr, "POST", "/db/execute", row.as_bytes()).await;
+        assert_eq!(status, 200, "{out}");
+        assert!(out["results"][0].get("error").is_none(), "{out}");
+    }
+    // Local reads on the full node still work.
+    let (status, out) =
+        http(&full_addr, "GET", &format!("/db/query?level=none&q={}", encode("SELECT count(*) FROM t")), b"")
+            .await;
+    assert_eq!(status, 200, "{out}");
+    assert!(out["results"][0]["values"][0][0].is_number(), "{out}");
+    // Space returns: the alarm clears and the node catches up with the leader.
+    disk.set_capacity_bytes(None);
+    let expected = count(&leader_addr, "t").await;
+    let until = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let ready = http(&full_addr, "GET", "/readyz", b"").await.0;
+        let (_, out) = http(
+            &full_addr,
+            "GET",
+            &format!("/db/query?level=none&q={}", encode("SELECT count(*) FROM t")),
+            b"",
+        )
+        .await;
+        if ready == 200 && out["results"][0]["values"][0][0] == expected {
+            break;
+        }
+        assert!(std::time::Instant::now() < until, "not recovered within 30 s: ready {ready}, {out}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Finding 14: nothing bounded how long a log write or fdatasync may take. One slower than
+/// `disk_stall_max` now makes the node report unhealthy (and, leading a cluster, hand leadership to a peer
+/// through the same watch as a full disk, tested above); when the disk answers again it recovers and the
+/// write that waited on the disk is acknowledged once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_disk_is_reported_and_the_node_recovers_losing_nothing() {
+    use bop_raft::node::{NodeEnv, NodeLimits};
+    use bop_storage::io::SimDisk;
+    use bop_storage::wal::Preallocate;
+    let _serial = SERIAL.lock().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let disk = SimDisk::new(11);
+    let config = NodeConfig {
+        id: 1,
+        data_dir: dir.path().join("node-1"),
+        raft_addr: "127.0.0.1:0".into(),
+        http_addr: "127.0.0.1:0".into(),
+    };
+    let env = NodeEnv {
+        io: std::sync::Arc::new(disk.clone()),
+        wal_segment_bytes: 1 << 20,
+        wal_preallocate: Preallocate::Allocate,
+        limits: NodeLimits { disk_stall_max: Duration::from_millis(500), ..NodeLimits::default() },
+        ..NodeEnv::default()
+    };
+    let node = Node::start_in(config, env).await.expect("start");
+    node.initialize_if_new(BTreeMap::from([(1, node.member_addr())])).await.expect("init");
+    node.raft()
+        .wait(Some(Duration::from_secs(30)))
+        .metrics(|m| m.state.is_leader(), "leader")
+        .await
+        .expect("leader");
+    let addr = node.http_addr().to_owned();
+    let (status, out) =
+        http(&addr, "POST", "/db/execute", json!(["CREATE TABLE t (x)"]).to_string().as_bytes()).await;
+    assert_eq!(status, 200, "{out}");
+    disk.pause_syncs();
+    let pending = {
+        let addr = addr.clone();
+        tokio::spawn(async move {
+            http(&addr, "POST", "/db/execute", json!([["INSERT INTO t VALUES (1)"]]).to_string().as_bytes())
+                .await
+        })
+    };
+    let until = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let ready = http(&addr, "GET", "/readyz", b"").await;
+        if ready.0 == 503 && ready.1.to_string().contains("disk stalled") {
+            break;
+        }
+        assert!(std::time::Instant::now() < until, "no stall reported within 30 s: {ready:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (_, text) = http(&addr, "GET", "/metrics", b"").await;
+    let stalled = text
+        .as_str()
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("bop_wal_io_stalled_seconds "))
+        .and_then(|v| v.parse::<f64>().ok())
+        .unwrap_or(0.0);
+    assert!(stalled >= 0.5, "the stall shows in /metrics: {stalled}");
+    disk.resume_syncs();
+    let (status, out) = pending.await.expect("task");
+    assert_eq!((status, out["results"][0]["rows_affected"].clone()), (200, json!(1)), "{out}");
+    let until = std::time::Instant::now() + Duration::from_secs(30);
+    while http(&addr, "GET", "/readyz", b"").await.0 != 200 {
+        assert!(std::time::Instant::now() < until, "not ready again within 30 s");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(count(&addr, "t").await, json!(1), "the write is there once");
+    node.shutdown().await;
+}

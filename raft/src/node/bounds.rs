@@ -131,7 +131,7 @@ pub(super) fn may_create_database(
 }
 
 /// Whether the data directory's file system has room for a backup copy of `db_bytes` bytes plus
-/// `reserve_bytes` left free for the log (a full disk would poison the WAL). The error says how much.
+/// `reserve_bytes` left free for the log (a full disk stops the log taking writes). The error says how much.
 pub(super) fn backup_space(dir: &std::path::Path, db_bytes: u64, reserve_bytes: u64) -> Result<(), String> {
     let stat = rustix::fs::statvfs(dir).map_err(|e| format!("free space of {}: {e}", dir.display()))?;
     let free = stat.f_bavail.saturating_mul(stat.f_frsize);

@@ -1,6 +1,7 @@
 //! A bop node: storage, Raft over TCP, the SQL engine committing through Raft, and the HTTP API.
 
 mod bounds;
+mod disk_watch;
 mod dump;
 mod http;
 mod rqlite;
@@ -79,6 +80,9 @@ pub struct NodeLimits {
     /// Free space a backup must leave on the data directory's file system beyond its own copy (room for
     /// the log); a backup that would not is refused with 507.
     pub backup_space_reserve_bytes: u64,
+    /// A log write or fdatasync running longer than this makes the node refuse writes, report unhealthy
+    /// and hand leadership to a peer, until the disk answers again.
+    pub disk_stall_max: Duration,
 }
 
 impl Default for NodeLimits {
@@ -91,6 +95,7 @@ impl Default for NodeLimits {
             databases_max: 1024,
             backups_max: 2,
             backup_space_reserve_bytes: 256 << 20,
+            disk_stall_max: Duration::from_secs(5),
         }
     }
 }
@@ -114,6 +119,9 @@ pub struct NodeEnv {
     pub wal_preallocate: Preallocate,
     /// Raft's timers.
     pub raft_timing: RaftTiming,
+    /// Size of each WAL segment (64 MiB; tests use smaller ones). It also bounds the largest entry, so
+    /// every node of a cluster must use the same.
+    pub wal_segment_bytes: u64,
     /// Bounds on client work.
     pub limits: NodeLimits,
 }
@@ -127,6 +135,7 @@ impl Default for NodeEnv {
             wal_writer: WriterMode::Threads,
             wal_preallocate: Preallocate::ZeroFill,
             raft_timing: RaftTiming::default(),
+            wal_segment_bytes: 64 << 20,
             limits: NodeLimits::default(),
         }
     }
@@ -369,7 +378,7 @@ impl NodeShared {
         let applied = m.last_applied.map_or(0, |l| l.index);
         let latency_s =
             self.latency_us_total.load(Ordering::Relaxed).checked_div(requests).unwrap_or(0) as f64 / 1e6;
-        let gauges: [(&str, &str, f64); 21] = [
+        let gauges: [(&str, &str, f64); 23] = [
             (
                 "bop_raft_is_leader",
                 "1 if this node leads",
@@ -393,6 +402,16 @@ impl NodeShared {
                 "bop_wal_backpressure_total",
                 "appends refused for backpressure",
                 wal.backpressure_rejections as f64,
+            ),
+            (
+                "bop_wal_space_alarm",
+                "1 while the log cannot get disk space",
+                f64::from(u8::from(wal.space_alarm)),
+            ),
+            (
+                "bop_wal_io_stalled_seconds",
+                "how long the log's current write or fdatasync has run (0 when idle)",
+                wal.io_stalled_for.map_or(0.0, |d| d.as_secs_f64()),
             ),
             (
                 "bop_wal_permanent_failures_total",
@@ -477,6 +496,7 @@ impl Node {
         let mut wal_config = WalConfig::new(config.data_dir.join("wal"));
         wal_config.writer = env.wal_writer;
         wal_config.preallocate = env.wal_preallocate;
+        wal_config.segment_size_bytes = env.wal_segment_bytes;
         let wal = Arc::new(WalStore::open(Arc::clone(&env.io), wal_config).map_err(|e| storage(&e))?);
         let manifest =
             Arc::new(Manifest::open(&config.data_dir, ManifestConfig::default()).map_err(|e| storage(&e))?);
@@ -545,6 +565,7 @@ impl Node {
         };
         let raft_server = tokio::spawn(serve(raft_listener, raft, inbox, shared.contact.clone()));
         let http_server = tokio::spawn(http::serve_http(http_listener, Arc::clone(&shared)));
+        tokio::spawn(disk_watch::watch_disk(Arc::clone(&shared)));
         Ok(Node { shared, store, raft_server, http_server, _lock: lock })
     }
 

@@ -52,6 +52,14 @@ async fn write_batch(
     rows: bool,
     pretty: bool,
 ) -> HttpResponse {
+    // A full or stalled disk under the log: refuse before anything is proposed (reads go on).
+    if let Some(trouble) = node.disk_trouble() {
+        return if node.wal.space_alarm() {
+            error(StatusCode::INSUFFICIENT_STORAGE, trouble)
+        } else {
+            busy(trouble)
+        };
+    }
     let limits = node.limits;
     let _queued = match node.writer_queue.enter(
         request_bytes,

@@ -1,0 +1,67 @@
+//! Watching the disk under the log: a full disk or a WAL write or fdatasync slower than the configured
+//! deadline makes this node refuse writes, report unhealthy, and hand leadership to a peer; it recovers by
+//! itself when the disk does.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::async_runtime::WatchReceiver;
+
+use super::NodeShared;
+
+/// How often the watch looks at the disk.
+const WATCH_EVERY: Duration = Duration::from_millis(200);
+/// Least time between two leadership transfers asked for by the watch.
+const TRANSFER_EVERY: Duration = Duration::from_secs(2);
+
+impl NodeShared {
+    /// Why this node's disk cannot take writes now, if it cannot: the log found no space (it holds the
+    /// waiting appends and goes on once space is freed), or a write or fdatasync has run longer than
+    /// `disk_stall_max`.
+    pub(super) fn disk_trouble(&self) -> Option<String> {
+        if self.wal.space_alarm() {
+            return Some("disk full: the log cannot get space for its next segment; free space on the data directory's file system".into());
+        }
+        match self.wal.io_stalled_for() {
+            Some(took) if took > self.limits.disk_stall_max => Some(format!(
+                "disk stalled: a log write or fdatasync has taken {} ms (limit {} ms)",
+                took.as_millis(),
+                self.limits.disk_stall_max.as_millis()
+            )),
+            _ => None,
+        }
+    }
+
+    /// A voter to hand leadership to: the one that matched the most of this leader's log.
+    fn transfer_target(&self) -> Option<u64> {
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow_watched();
+        let voters: Vec<u64> =
+            m.membership_config.membership().voter_ids().filter(|v| *v != self.id).collect();
+        let matched = |id: &u64| {
+            m.replication.as_ref().and_then(|r| r.get(id).cloned().flatten()).map_or(0, |l| l.index)
+        };
+        voters.into_iter().max_by_key(matched)
+    }
+}
+
+/// Runs until the node stops: while this node leads and its disk is in trouble, it asks Raft to transfer
+/// leadership (at most every [`TRANSFER_EVERY`]).
+pub(super) async fn watch_disk(node: Arc<NodeShared>) {
+    let mut last_transfer: Option<std::time::Instant> = None;
+    loop {
+        tokio::time::sleep(WATCH_EVERY).await;
+        if !node.raft_running() {
+            return;
+        }
+        let Some(trouble) = node.disk_trouble() else { continue };
+        if !node.is_leader() || last_transfer.is_some_and(|t| t.elapsed() < TRANSFER_EVERY) {
+            continue;
+        }
+        if let Some(to) = node.transfer_target() {
+            tracing::warn!(node = node.id, to, %trouble, "stepping down: handing leadership to a peer");
+            let _ = node.raft.trigger().transfer_leader(to).await;
+            last_transfer = Some(std::time::Instant::now());
+        }
+    }
+}
