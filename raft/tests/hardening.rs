@@ -705,14 +705,35 @@ async fn the_writer_queue_is_bounded() {
     node.shutdown().await;
 }
 
+/// Node `id`'s configuration in `dir`, on `disk` with 1 MiB log segments and `limits`.
+fn on_sim_disk(
+    dir: &std::path::Path,
+    id: u64,
+    disk: &bop_storage::io::SimDisk,
+    limits: bop_raft::node::NodeLimits,
+) -> (NodeConfig, bop_raft::node::NodeEnv) {
+    let config = NodeConfig {
+        id,
+        data_dir: dir.join(format!("node-{id}")),
+        raft_addr: "127.0.0.1:0".into(),
+        http_addr: "127.0.0.1:0".into(),
+    };
+    let env = bop_raft::node::NodeEnv {
+        io: std::sync::Arc::new(disk.clone()),
+        wal_segment_bytes: 1 << 20,
+        wal_preallocate: bop_storage::wal::Preallocate::Allocate,
+        limits,
+        ..bop_raft::node::NodeEnv::default()
+    };
+    (config, env)
+}
+
 /// Finding 15: a full disk poisoned the leader's log, stopped its Raft and even its local reads. Now the log
 /// holds the work and raises an alarm: the node refuses writes ("disk full", 507), reports it in `/readyz`,
 /// hands leadership to a peer, keeps serving reads, and once space is freed it catches up by itself.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_disk_moves_leadership_away_and_the_node_recovers_when_space_returns() {
-    use bop_raft::node::NodeEnv;
     use bop_storage::io::SimDisk;
-    use bop_storage::wal::Preallocate;
     let _serial = SERIAL.lock().await;
     let dir = tempfile::tempdir().expect("tempdir");
     let mut nodes = Vec::new();
@@ -720,18 +741,7 @@ async fn a_full_disk_moves_leadership_away_and_the_node_recovers_when_space_retu
     let mut members = BTreeMap::new();
     for id in 1..=3u64 {
         let disk = SimDisk::new(id);
-        let config = NodeConfig {
-            id,
-            data_dir: dir.path().join(format!("node-{id}")),
-            raft_addr: "127.0.0.1:0".into(),
-            http_addr: "127.0.0.1:0".into(),
-        };
-        let env = NodeEnv {
-            io: std::sync::Arc::new(disk.clone()),
-            wal_segment_bytes: 1 << 20,
-            wal_preallocate: Preallocate::Allocate,
-            ..NodeEnv::default()
-        };
+        let (config, env) = on_sim_disk(dir.path(), id, &disk, Default::default());
         let node = Node::start_in(config, env).await.expect("start");
         members.insert(id, node.member_addr());
         nodes.push(node);
@@ -804,25 +814,13 @@ async fn a_full_disk_moves_leadership_away_and_the_node_recovers_when_space_retu
 /// write that waited on the disk is acknowledged once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_disk_is_reported_and_the_node_recovers_losing_nothing() {
-    use bop_raft::node::{NodeEnv, NodeLimits};
+    use bop_raft::node::NodeLimits;
     use bop_storage::io::SimDisk;
-    use bop_storage::wal::Preallocate;
     let _serial = SERIAL.lock().await;
     let dir = tempfile::tempdir().expect("tempdir");
     let disk = SimDisk::new(11);
-    let config = NodeConfig {
-        id: 1,
-        data_dir: dir.path().join("node-1"),
-        raft_addr: "127.0.0.1:0".into(),
-        http_addr: "127.0.0.1:0".into(),
-    };
-    let env = NodeEnv {
-        io: std::sync::Arc::new(disk.clone()),
-        wal_segment_bytes: 1 << 20,
-        wal_preallocate: Preallocate::Allocate,
-        limits: NodeLimits { disk_stall_max: Duration::from_millis(500), ..NodeLimits::default() },
-        ..NodeEnv::default()
-    };
+    let limits = NodeLimits { disk_stall_max: Duration::from_millis(500), ..NodeLimits::default() };
+    let (config, env) = on_sim_disk(dir.path(), 1, &disk, limits);
     let node = Node::start_in(config, env).await.expect("start");
     node.initialize_if_new(BTreeMap::from([(1, node.member_addr())])).await.expect("init");
     node.raft()

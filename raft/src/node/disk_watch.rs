@@ -14,22 +14,33 @@ const WATCH_EVERY: Duration = Duration::from_millis(200);
 /// Least time between two leadership transfers asked for by the watch.
 const TRANSFER_EVERY: Duration = Duration::from_secs(2);
 
+/// Why this node's disk cannot take writes now.
+pub(super) struct DiskTrouble {
+    /// The log found no space (rather than a stalled write or fdatasync).
+    pub(super) full: bool,
+    /// What to tell clients and operators.
+    pub(super) message: String,
+}
+
 impl NodeShared {
     /// Why this node's disk cannot take writes now, if it cannot: the log found no space (it holds the
     /// waiting appends and goes on once space is freed), or a write or fdatasync has run longer than
     /// `disk_stall_max`.
-    pub(super) fn disk_trouble(&self) -> Option<String> {
+    pub(super) fn disk_trouble(&self) -> Option<DiskTrouble> {
         if self.wal.space_alarm() {
-            return Some("disk full: the log cannot get space for its next segment; free space on the data directory's file system".into());
+            let message = "disk full: the log cannot get space for its next segment; free space on the data \
+                           directory's file system";
+            return Some(DiskTrouble { full: true, message: message.into() });
         }
-        match self.wal.io_stalled_for() {
-            Some(took) if took > self.limits.disk_stall_max => Some(format!(
+        let message = match self.wal.io_stalled_for() {
+            Some(took) if took > self.limits.disk_stall_max => format!(
                 "disk stalled: a log write or fdatasync has taken {} ms (limit {} ms)",
                 took.as_millis(),
                 self.limits.disk_stall_max.as_millis()
-            )),
-            _ => None,
-        }
+            ),
+            _ => return None,
+        };
+        Some(DiskTrouble { full: false, message })
     }
 
     /// A voter to hand leadership to: the one that matched the most of this leader's log.
@@ -59,7 +70,7 @@ pub(super) async fn watch_disk(node: Arc<NodeShared>) {
             continue;
         }
         if let Some(to) = node.transfer_target() {
-            tracing::warn!(node = node.id, to, %trouble, "stepping down: handing leadership to a peer");
+            tracing::warn!(node = node.id, to, trouble = %trouble.message, "stepping down: handing leadership to a peer");
             let _ = node.raft.trigger().transfer_leader(to).await;
             last_transfer = Some(std::time::Instant::now());
         }

@@ -133,7 +133,7 @@ pub(super) async fn metrics(State(node): Node) -> HttpResponse {
 /// `GET /readyz`: 200 once a running Raft knows a leader.
 pub(super) async fn readyz(State(node): Node, Extension(call): CallOf) -> HttpResponse {
     if let Some(trouble) = node.disk_trouble() {
-        return error(StatusCode::SERVICE_UNAVAILABLE, trouble);
+        return error(StatusCode::SERVICE_UNAVAILABLE, trouble.message);
     }
     match node.leader() {
         Some(_) => respond(StatusCode::OK, &json!({ "ready": true }), call.pretty),

@@ -54,10 +54,10 @@ async fn write_batch(
 ) -> HttpResponse {
     // A full or stalled disk under the log: refuse before anything is proposed (reads go on).
     if let Some(trouble) = node.disk_trouble() {
-        return if node.wal.space_alarm() {
-            error(StatusCode::INSUFFICIENT_STORAGE, trouble)
+        return if trouble.full {
+            error(StatusCode::INSUFFICIENT_STORAGE, trouble.message)
         } else {
-            busy(trouble)
+            busy(trouble.message)
         };
     }
     let limits = node.limits;
