@@ -1,144 +1,284 @@
-//! The `bop` binary.
+//! The `bop` binary: its command line (clap), its logging, and the subcommands.
 //!
 //! - `bop up`: a local three-node cluster on loopback, data under `./bop-data/`, HTTP API on ports
 //!   4101–4103 (Raft on 4001–4003); Ctrl-C stops it; run again, it reuses the data.
-//! - `bop node [--config FILE] --id N --data-dir DIR --raft-addr A --http-addr H [--bootstrap ID=RAFT/HTTP,...
-//!   | --join HTTP_ADDR]`: one node; the TOML file holds the same keys (`id`, `data_dir`, `raft_addr`,
-//!   `http_addr`, `bootstrap`, `join`), flags override it.
-//! - `bop demo`: append to a WAL from several threads in a child process, SIGKILL it mid-stream, reopen the
-//!   log and show that every acknowledged entry was recovered.
+//! - `bop node`: one node of a cluster, configured by flags, `BOP_*` environment variables and a TOML file
+//!   (in that order of precedence).
+//! - `bop execute|query|status|join|remove`: clients of a node's HTTP API.
 //! - `bop bench`: a load generator against a running cluster (see `load.rs`).
+//! - `bop demo`: the WAL's crash recovery on its own (see `demo.rs`).
+//!
+//! Exit codes: 0 success, 1 a runtime failure, 2 a usage or configuration error (see [`EXIT_CODES`]).
 
-use std::io::{BufRead, BufReader, Write};
+use std::collections::BTreeMap;
+use std::io::IsTerminal;
 use std::path::PathBuf;
-use std::process::{Command, ExitCode, Stdio};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::process::ExitCode;
+use std::time::Duration;
 
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+mod demo;
 mod load;
 
-use bop_storage::io::BufferedIo;
-use bop_storage::wal::{NewEntry, WalConfig, WalStore};
+use bop_raft::node::{Node, NodeConfig, NodeError};
 
-const USAGE: &str = "usage:
-  bop up [--data-dir DIR]                    a local three-node cluster (default ./bop-data), Ctrl-C to stop
-  bop node [--config FILE.toml] --id N --data-dir DIR --raft-addr HOST:PORT --http-addr HOST:PORT
-           [--bootstrap ID=RAFT/HTTP,... | --join HTTP_ADDR]   (the file holds the same keys; flags win)
-  bop demo [--dir DIR] [--millis N]          append to a WAL in a child process, SIGKILL it, reopen, verify
-  bop execute HTTP_ADDR SQL [--db NAME]      run a write through a node (its leader)
-  bop query HTTP_ADDR SQL [--db NAME] [--level none|weak|linearizable]
-  bop status HTTP_ADDR                       node, Raft and membership status
-  bop join LEADER_HTTP_ADDR ID RAFT_ADDR[/HTTP_ADDR] [--learner]
-  bop remove LEADER_HTTP_ADDR ID
-  bop bench HTTP_ADDR[,HTTP_ADDR...] [--clients N] [--secs S] [--keys K]
-                                             load: 256-byte upserts, then linearizable point reads";
+/// What `--help` says about exit codes (and what [`Failure`] maps to).
+const EXIT_CODES: &str =
+    "Exit codes: 0 success; 1 a runtime failure (a node that cannot start or stops with \
+an error, a client call that fails or is refused); 2 a usage or configuration error (an unknown flag, a bad \
+value, an unreadable or misspelt config file, a missing setting).";
 
-fn payload(index: u64) -> Vec<u8> {
-    format!("entry {index:>10} | bop demo payload").into_bytes()
+/// The log filter used when neither `--log-filter` nor `RUST_LOG` is given.
+const DEFAULT_LOG_FILTER: &str = "warn,bop=info,bop_raft=info,openraft=error";
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "bop",
+    version,
+    about = "bop: a Raft-replicated SQLite-compatible storage node with an rqlite-compatible HTTP API",
+    after_help = EXIT_CODES,
+    arg_required_else_help = true,
+    propagate_version = true
+)]
+struct Cli {
+    /// How log lines (on stderr) are written: `text` (coloured only when stderr is a terminal and NO_COLOR
+    /// is unset) or `json` (one object a line).
+    #[arg(long, global = true, value_enum, env = "BOP_LOG_FORMAT", default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    /// Which log lines to write, in RUST_LOG's syntax (e.g. `info`, `warn,bop_raft=debug`).
+    #[arg(long, global = true, value_name = "FILTER", env = "RUST_LOG", default_value = DEFAULT_LOG_FILTER)]
+    log_filter: String,
+    #[command(subcommand)]
+    command: Command,
 }
 
-fn open(dir: &PathBuf) -> Result<WalStore, String> {
-    WalStore::open(Arc::new(BufferedIo::new()), WalConfig::new(dir))
-        .map_err(|e| format!("open {}: {e}", dir.display()))
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
-fn child(dir: &PathBuf) -> Result<(), String> {
-    let store = Arc::new(open(dir)?);
-    let next = Arc::new(Mutex::new(store.state().next_index.unwrap_or(1)));
-    let threads: Vec<_> = (0..8)
-        .map(|_| {
-            let (store, next) = (Arc::clone(&store), Arc::clone(&next));
-            std::thread::spawn(move || -> Result<(), String> {
-                for _ in 0..100_000 {
-                    let (ticket, index) = {
-                        let mut next = next.lock().map_err(|_| "lock poisoned".to_string())?;
-                        let index = *next;
-                        let entry = NewEntry { index, term: 1, payload: payload(index) };
-                        let ticket = store.append(vec![entry]).map_err(|e| e.to_string())?;
-                        *next += 1;
-                        (ticket, index)
-                    };
-                    ticket.wait().map_err(|e| e.to_string())?;
-                    let mut out = std::io::stdout().lock();
-                    writeln!(out, "ACK {index}").map_err(|e| e.to_string())?;
-                }
-                Ok(())
-            })
-        })
-        .collect();
-    for t in threads {
-        t.join().map_err(|_| "appender panicked".to_string())??;
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// A local three-node cluster in this process (Raft on 127.0.0.1:4001-4003, HTTP on 4101-4103);
+    /// Ctrl-C stops it, and running it again reuses the data.
+    Up {
+        /// Where the three nodes keep their data (`node-1`, `node-2`, `node-3` inside it).
+        #[arg(long, value_name = "DIR", env = "BOP_DATA_DIR", default_value = "bop-data")]
+        data_dir: PathBuf,
+    },
+    /// One node of a cluster. Settings come from flags, then `BOP_*` environment variables, then the TOML
+    /// file named by --config (keys id, data_dir, raft_addr, http_addr, bootstrap, join).
+    #[command(after_help = EXIT_CODES)]
+    Node(NodeArgs),
+    /// Runs one write (or a batch, as a JSON array of statements) through a node; followers forward it.
+    Execute {
+        /// The node's HTTP address (HOST:PORT).
+        http_addr: String,
+        /// The SQL statement.
+        sql: String,
+        /// A named database (default `main`).
+        #[arg(long)]
+        db: Option<String>,
+    },
+    /// Runs one query on a node.
+    Query {
+        /// The node's HTTP address (HOST:PORT).
+        http_addr: String,
+        /// The SQL query.
+        sql: String,
+        /// A named database (default `main`).
+        #[arg(long)]
+        db: Option<String>,
+        /// Read consistency.
+        #[arg(long, value_parser = ["none", "weak", "linearizable", "strong"])]
+        level: Option<String>,
+    },
+    /// Shows a node's status and the cluster's membership.
+    Status {
+        /// The node's HTTP address (HOST:PORT).
+        http_addr: String,
+    },
+    /// Adds a node to the cluster (as a voter, or a learner with --learner).
+    Join {
+        /// The HTTP address of a member (followers forward to the leader).
+        http_addr: String,
+        /// The new node's id.
+        id: u64,
+        /// The new node's Raft address, or RAFT_ADDR/HTTP_ADDR so that followers can forward to it.
+        addr: String,
+        /// Join as a learner (non-voting).
+        #[arg(long)]
+        learner: bool,
+    },
+    /// Removes a node from the cluster.
+    Remove {
+        /// The HTTP address of a member (followers forward to the leader).
+        http_addr: String,
+        /// The node's id.
+        id: u64,
+    },
+    /// A load generator: 256-byte upserts, then linearizable point reads; ops/s, p50, p99.
+    Bench {
+        /// One or more HTTP addresses, comma-separated; client i uses address i mod n.
+        #[arg(value_delimiter = ',', required = true)]
+        addrs: Vec<String>,
+        /// Concurrent clients, each on its own connection.
+        #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..=load::CLIENTS_MAX as u64))]
+        clients: u64,
+        /// Seconds per phase.
+        #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
+        secs: u64,
+        /// Distinct keys written and read.
+        #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
+        keys: u64,
+    },
+    /// Appends to a WAL in a child process, SIGKILLs it, reopens the log and checks every acknowledged
+    /// entry survived.
+    Demo {
+        /// The WAL's directory.
+        #[arg(long, default_value = "bop-data/demo-wal")]
+        dir: PathBuf,
+        /// How long the child appends before it is killed.
+        #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(u64).range(0..=60_000))]
+        millis: u64,
+        /// Internal: run as the appending child.
+        #[arg(long, hide = true)]
+        child: bool,
+    },
+}
+
+/// `bop node`'s flags. Each also reads a `BOP_*` environment variable; both override the config file.
+#[derive(Args, Debug, Default)]
+struct NodeArgs {
+    /// A TOML file with the same settings (keys id, data_dir, raft_addr, http_addr, bootstrap, join).
+    #[arg(long, value_name = "FILE", env = "BOP_CONFIG")]
+    config: Option<PathBuf>,
+    /// The node's id (unique in the cluster, not 0).
+    #[arg(long, env = "BOP_ID")]
+    id: Option<u64>,
+    /// The node's data directory.
+    #[arg(long, value_name = "DIR", env = "BOP_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Where the Raft transport listens (HOST:PORT).
+    #[arg(long, value_name = "HOST:PORT", env = "BOP_RAFT_ADDR")]
+    raft_addr: Option<String>,
+    /// Where the HTTP API listens (HOST:PORT).
+    #[arg(long, value_name = "HOST:PORT", env = "BOP_HTTP_ADDR")]
+    http_addr: Option<String>,
+    /// On first start, form a new cluster of these members: ID=RAFT_ADDR/HTTP_ADDR,...
+    #[arg(long, visible_alias = "init", value_name = "MEMBERS", env = "BOP_BOOTSTRAP")]
+    bootstrap: Option<String>,
+    /// On first start, ask the cluster at this HTTP address (any member) to add this node as a voter.
+    #[arg(long, value_name = "HTTP_ADDR", env = "BOP_JOIN")]
+    join: Option<String>,
+}
+
+/// Why a command failed, and so its exit code.
+enum Failure {
+    /// Exit code 2: how bop was called, or what it was configured with, is wrong.
+    Usage(String),
+    /// Exit code 1: it was configured right, and failed while running.
+    Runtime(String),
+}
+
+impl From<String> for Failure {
+    fn from(message: String) -> Self {
+        Failure::Runtime(message)
     }
-    Ok(())
 }
 
-fn demo(dir: PathBuf, millis: u64) -> Result<(), String> {
-    std::fs::create_dir_all(&dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
-    let before = open(&dir)?;
-    let state = before.state();
-    println!("bop demo: WAL at {}", dir.display());
-    println!("  opened: {} segment(s), last entry {:?}", before.segment_count(), state.last.map(|p| p.index));
-    before.close().map_err(|e| e.to_string())?;
-    drop(before);
+impl From<&str> for Failure {
+    fn from(message: &str) -> Self {
+        Failure::Runtime(message.to_owned())
+    }
+}
 
-    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-    let mut child = Command::new(exe)
-        .args(["demo", "--child", "--dir"])
-        .arg(&dir)
-        .stdout(Stdio::piped())
-        .spawn()
-        .map_err(|e| format!("spawn child: {e}"))?;
-    let stdout = child.stdout.take().ok_or("child has no stdout")?;
-    let acked = Arc::new(Mutex::new(0u64));
-    let reader = {
-        let acked = Arc::clone(&acked);
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Some(index) = line.strip_prefix("ACK ").and_then(|s| s.parse::<u64>().ok()) {
-                    if let Ok(mut max) = acked.lock() {
-                        *max = (*max).max(index);
-                    }
-                }
-            }
-        })
-    };
-    let start = Instant::now();
-    std::thread::sleep(Duration::from_millis(millis));
-    child.kill().map_err(|e| format!("kill child: {e}"))?;
-    let _ = child.wait();
-    let _ = reader.join();
-    let acked_max = *acked.lock().map_err(|_| "lock poisoned")?;
-    println!(
-        "  child appended from 8 threads for {:?}, then got SIGKILL; highest acknowledged entry: {acked_max}",
-        start.elapsed()
-    );
-
-    let after = open(&dir)?;
-    let report = after.recovery_report().clone();
-    let state = after.state();
-    let last = state.last.map_or(0, |p| p.index);
-    let first = state.first_index.unwrap_or(1);
-    let mut whole = 0u64;
-    for index in first..=last {
-        match after.read(index) {
-            Ok(Some(e)) if e.payload == payload(index) => whole += 1,
-            other => return Err(format!("entry {index} is not whole after recovery: {other:?}")),
+impl From<NodeError> for Failure {
+    fn from(error: NodeError) -> Self {
+        match error {
+            NodeError::Config(_) => Failure::Usage(error.to_string()),
+            other => Failure::Runtime(other.to_string()),
         }
     }
-    println!(
-        "  recovered: {} segment(s), {} records scanned, entries {first}..={last} all whole ({whole} checked)",
-        report.segments, report.records
-    );
-    match &report.torn_tail {
-        Some((seg, offset, why)) => println!("  torn tail cut in segment {seg} at offset {offset}: {why}"),
-        None => println!("  no torn tail"),
+}
+
+fn main() -> ExitCode {
+    // clap answers --help and --version with 0, and a usage error with 2 and a message naming it.
+    let cli = Cli::parse();
+    if let Err(e) = init_logging(cli.log_format, &cli.log_filter) {
+        eprintln!("bop: {e}");
+        return ExitCode::from(2);
     }
-    if last < acked_max {
-        return Err(format!("LOST acknowledged entries: acked up to {acked_max}, log ends at {last}"));
+    match run(cli.command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure::Usage(message)) => {
+            eprintln!("bop: {message}\n\nRun `bop --help` (or `bop COMMAND --help`) for usage.");
+            ExitCode::from(2)
+        }
+        Err(Failure::Runtime(message)) => {
+            eprintln!("bop: {message}");
+            ExitCode::FAILURE
+        }
     }
-    println!(
-        "  every acknowledged entry survived (acked ≤ {acked_max} ≤ last {last}); run again to append more"
-    );
+}
+
+fn run(command: Command) -> Result<(), Failure> {
+    match command {
+        Command::Up { data_dir } => up(data_dir),
+        Command::Node(args) => node(args),
+        Command::Execute { http_addr, sql, db } => {
+            let body = serde_json::to_string(&[&sql]).map_err(|e| e.to_string())?;
+            let path =
+                format!("/db/execute{}", db.map(|d| format!("?db={}", url_encode(&d))).unwrap_or_default());
+            client_call(&http_addr, "POST", &path, &body)
+        }
+        Command::Query { http_addr, sql, db, level } => {
+            let mut path = format!("/db/query?q={}", url_encode(&sql));
+            if let Some(db) = db {
+                path.push_str(&format!("&db={}", url_encode(&db)));
+            }
+            if let Some(level) = level {
+                path.push_str(&format!("&level={}", url_encode(&level)));
+            }
+            client_call(&http_addr, "GET", &path, "")
+        }
+        Command::Status { http_addr } => {
+            let (status, body) = http_call(&http_addr, "GET", "/status", "")?;
+            let (_, nodes) = http_call(&http_addr, "GET", "/nodes", "")?;
+            println!("{body}\n{nodes}");
+            answered(status)
+        }
+        Command::Join { http_addr, id, addr, learner } => {
+            let body =
+                serde_json::json!({ "id": id, "addr": member_addr(&addr), "voter": !learner }).to_string();
+            client_call(&http_addr, "POST", "/join", &body)
+        }
+        Command::Remove { http_addr, id } => {
+            client_call(&http_addr, "DELETE", "/remove", &serde_json::json!({ "id": id }).to_string())
+        }
+        Command::Bench { addrs, clients, secs, keys } => {
+            let config = load::LoadConfig { addrs, clients: clients as usize, secs, keys };
+            Ok(runtime()?.block_on(load::run(config))?)
+        }
+        Command::Demo { dir, child: true, .. } => Ok(demo::child(&dir)?),
+        Command::Demo { dir, millis, child: false } => Ok(demo::demo(dir, millis)?),
+    }
+}
+
+/// Logs go to stderr: as text (ANSI colours only when stderr is a terminal and `NO_COLOR` is unset) or
+/// JSON lines, filtered by `filter` (RUST_LOG's syntax).
+fn init_logging(format: LogFormat, filter: &str) -> Result<(), String> {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)
+        .map_err(|e| format!("--log-filter (or RUST_LOG) {filter:?}: {e}"))?;
+    let ansi = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    // A second subscriber can only exist in tests that call this twice; the first one stays.
+    let _ = match format {
+        LogFormat::Text => builder.with_ansi(ansi).try_init(),
+        LogFormat::Json => builder.json().with_ansi(false).try_init(),
+    };
     Ok(())
 }
 
@@ -149,13 +289,7 @@ fn runtime() -> Result<tokio::runtime::Runtime, String> {
         .map_err(|e| format!("tokio runtime: {e}"))
 }
 
-fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,bop=info,openraft=error"));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).try_init();
-}
-
-async fn wait_for_leader(node: &bop_raft::node::Node) -> Result<u64, String> {
+async fn wait_for_leader(node: &Node) -> Result<u64, String> {
     let m = node
         .raft()
         .wait(Some(Duration::from_secs(30)))
@@ -165,13 +299,36 @@ async fn wait_for_leader(node: &bop_raft::node::Node) -> Result<u64, String> {
     m.current_leader.ok_or_else(|| "no leader".to_string())
 }
 
+/// Logs every change of the leader this node knows of (a readable line, and fields for JSON logs).
+fn log_leader_changes(node: &Node) {
+    use openraft::async_runtime::WatchReceiver;
+    let mut metrics = node.raft().metrics();
+    let id = node.id();
+    tokio::spawn(async move {
+        let mut last = None;
+        loop {
+            let leader = metrics.borrow_watched().current_leader;
+            if leader != last {
+                match leader {
+                    Some(leader) => {
+                        tracing::info!(node = id, leader, "node {id}: the leader is node {leader}")
+                    }
+                    None => tracing::info!(node = id, "node {id}: no leader"),
+                }
+                last = leader;
+            }
+            if metrics.changed().await.is_err() {
+                return;
+            }
+        }
+    });
+}
+
 /// `bop up`: three nodes in this process on loopback.
-fn up(data_dir: PathBuf) -> Result<(), String> {
-    use bop_raft::node::{Node, NodeConfig};
-    init_logging();
+fn up(data_dir: PathBuf) -> Result<(), Failure> {
     runtime()?.block_on(async move {
         let mut nodes = Vec::new();
-        let mut members = std::collections::BTreeMap::new();
+        let mut members = BTreeMap::new();
         for id in 1..=3u64 {
             let config = NodeConfig {
                 id,
@@ -180,7 +337,9 @@ fn up(data_dir: PathBuf) -> Result<(), String> {
                 http_addr: format!("127.0.0.1:{}", 4100 + id),
             };
             members.insert(id, format!("{} http={}", config.raft_addr, config.http_addr));
-            nodes.push(Node::start(config).await.map_err(|e| format!("node {id}: {e}"))?);
+            let node = Node::start(config).await.map_err(|e| Failure::Runtime(format!("node {id}: {e}")))?;
+            log_leader_changes(&node);
+            nodes.push(node);
         }
         nodes[0].initialize_if_new(members).await.map_err(|e| e.to_string())?;
         let leader = wait_for_leader(&nodes[0]).await?;
@@ -188,8 +347,17 @@ fn up(data_dir: PathBuf) -> Result<(), String> {
         for node in &nodes {
             let role = if node.id() == leader { " (leader)" } else { "" };
             println!("  node {}: http://{}  raft {}{role}", node.id(), node.http_addr(), node.raft_addr());
+            tracing::info!(
+                node = node.id(),
+                http_addr = node.http_addr(),
+                raft_addr = node.raft_addr(),
+                leader = node.id() == leader,
+                "node {} up",
+                node.id()
+            );
         }
-        let leader_http = nodes.iter().find(|n| n.id() == leader).map(|n| n.http_addr().to_owned()).unwrap_or_default();
+        let leader_http =
+            nodes.iter().find(|n| n.id() == leader).map(|n| n.http_addr().to_owned()).unwrap_or_default();
         println!();
         println!("try:");
         println!(
@@ -207,8 +375,7 @@ fn up(data_dir: PathBuf) -> Result<(), String> {
     })
 }
 
-/// `bop node`: one node of a cluster.
-/// `bop node`'s settings, from `--config FILE` (TOML) and flags; flags win.
+/// `bop node`'s settings in its `--config` file (TOML); flags and environment variables win over it.
 #[derive(Default, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 struct NodeFile {
@@ -222,63 +389,92 @@ struct NodeFile {
     join: Option<String>,
 }
 
-/// Parses `ID=RAFT_ADDR[/HTTP_ADDR],...` into membership addresses (`RAFT_ADDR http=HTTP_ADDR`).
-fn parse_members(list: &str) -> Result<std::collections::BTreeMap<u64, String>, String> {
-    let mut members = std::collections::BTreeMap::new();
+/// `RAFT_ADDR/HTTP_ADDR` (or a bare `RAFT_ADDR`) as a membership address, `RAFT_ADDR http=HTTP_ADDR`.
+fn member_addr(addr: &str) -> String {
+    match addr.split_once('/') {
+        Some((raft, http)) => format!("{raft} http={http}"),
+        None => addr.to_owned(),
+    }
+}
+
+/// Parses `ID=RAFT_ADDR[/HTTP_ADDR],...` into membership addresses.
+fn parse_members(list: &str) -> Result<BTreeMap<u64, String>, String> {
+    let mut members = BTreeMap::new();
     for pair in list.split(',') {
         let (member, addr) =
             pair.split_once('=').ok_or_else(|| format!("--bootstrap wants ID=ADDR, got {pair:?}"))?;
-        // ADDR is RAFT_ADDR, or RAFT_ADDR/HTTP_ADDR so that followers can forward to the leader.
-        let addr = match addr.split_once('/') {
-            Some((raft, http)) => format!("{raft} http={http}"),
-            None => addr.to_owned(),
-        };
-        members.insert(member.parse::<u64>().map_err(|e| format!("--bootstrap id {member:?}: {e}"))?, addr);
+        let id = member.parse::<u64>().map_err(|e| format!("--bootstrap id {member:?}: {e}"))?;
+        members.insert(id, member_addr(addr));
     }
     Ok(members)
 }
 
-fn node(args: &[String]) -> Result<(), String> {
-    use bop_raft::node::{Node, NodeConfig};
-    init_logging();
-    let mut flags = NodeFile::default();
-    let mut file = NodeFile::default();
-    let mut it = args.iter();
-    while let Some(arg) = it.next() {
-        let mut value = || it.next().cloned().ok_or_else(|| format!("{arg} needs a value"));
-        match arg.as_str() {
-            "--config" => {
-                let path = value()?;
-                let text = std::fs::read_to_string(&path).map_err(|e| format!("reading {path}: {e}"))?;
-                file = toml::from_str(&text).map_err(|e| format!("{path}: {e}"))?;
-            }
-            "--id" => flags.id = Some(value()?.parse::<u64>().map_err(|e| format!("--id: {e}"))?),
-            "--data-dir" => flags.data_dir = Some(PathBuf::from(value()?)),
-            "--raft-addr" => flags.raft_addr = Some(value()?),
-            "--http-addr" => flags.http_addr = Some(value()?),
-            "--bootstrap" | "--init" => flags.bootstrap = Some(value()?),
-            "--join" => flags.join = Some(value()?),
-            other => return Err(format!("unknown argument {other:?}")),
+/// A node's configuration and what it does on first start, from flags, environment and file.
+#[derive(Debug)]
+struct NodePlan {
+    config: NodeConfig,
+    bootstrap: Option<BTreeMap<u64, String>>,
+    join: Option<String>,
+}
+
+fn node_plan(args: NodeArgs) -> Result<NodePlan, String> {
+    let file = match &args.config {
+        Some(path) => {
+            let text =
+                std::fs::read_to_string(path).map_err(|e| format!("reading {}: {e}", path.display()))?;
+            toml::from_str::<NodeFile>(&text).map_err(|e| format!("{}: {e}", path.display()))?
         }
-    }
-    let bootstrap = flags.bootstrap.or(file.bootstrap).map(|list| parse_members(&list)).transpose()?;
-    let join = flags.join.or(file.join);
+        None => NodeFile::default(),
+    };
+    let bootstrap = args.bootstrap.or(file.bootstrap).map(|list| parse_members(&list)).transpose()?;
+    let join = args.join.or(file.join);
     if bootstrap.is_some() && join.is_some() {
         return Err("--bootstrap and --join exclude each other".into());
     }
     let config = NodeConfig {
-        id: flags.id.or(file.id).ok_or("--id (or id in the config file) is required")?,
-        data_dir: flags.data_dir.or(file.data_dir).ok_or("--data-dir (or data_dir) is required")?,
-        raft_addr: flags.raft_addr.or(file.raft_addr).ok_or("--raft-addr (or raft_addr) is required")?,
-        http_addr: flags.http_addr.or(file.http_addr).ok_or("--http-addr (or http_addr) is required")?,
+        id: args.id.or(file.id).ok_or("--id (BOP_ID, or id in the config file) is required")?,
+        data_dir: args
+            .data_dir
+            .or(file.data_dir)
+            .ok_or("--data-dir (BOP_DATA_DIR, or data_dir in the config file) is required")?,
+        raft_addr: args
+            .raft_addr
+            .or(file.raft_addr)
+            .ok_or("--raft-addr (BOP_RAFT_ADDR, or raft_addr in the config file) is required")?,
+        http_addr: args
+            .http_addr
+            .or(file.http_addr)
+            .ok_or("--http-addr (BOP_HTTP_ADDR, or http_addr in the config file) is required")?,
     };
+    Ok(NodePlan { config, bootstrap, join })
+}
+
+/// `bop node`: one node of a cluster.
+fn node(args: NodeArgs) -> Result<(), Failure> {
+    let plan = node_plan(args).map_err(Failure::Usage)?;
+    let data_dir = plan.config.data_dir.clone();
     runtime()?.block_on(async move {
-        let node = Node::start(config).await.map_err(|e| e.to_string())?;
-        if let Some(members) = bootstrap {
-            node.initialize_if_new(members).await.map_err(|e| e.to_string())?;
+        let node = Node::start(plan.config).await?;
+        log_leader_changes(&node);
+        if let Some(members) = plan.bootstrap {
+            node.initialize_if_new(members).await?;
         }
-        println!("bop node {}: http://{}  raft {}", node.id(), node.http_addr(), node.raft_addr());
-        if let Some(target) = join {
+        println!(
+            "bop node {}: http://{}  raft {}  data {}",
+            node.id(),
+            node.http_addr(),
+            node.raft_addr(),
+            data_dir.display()
+        );
+        tracing::info!(
+            node = node.id(),
+            http_addr = node.http_addr(),
+            raft_addr = node.raft_addr(),
+            data_dir = %data_dir.display(),
+            "node {} up",
+            node.id()
+        );
+        if let Some(target) = plan.join {
             join_cluster(&node, &target).await?;
         }
         tokio::signal::ctrl_c().await.map_err(|e| format!("waiting for Ctrl-C: {e}"))?;
@@ -289,7 +485,7 @@ fn node(args: &[String]) -> Result<(), String> {
 
 /// On a node's first start, asks the cluster at `target` (any member's HTTP address; followers forward)
 /// to add it as a voter; retried a bounded number of times while the cluster is unreachable or electing.
-async fn join_cluster(node: &bop_raft::node::Node, target: &str) -> Result<(), String> {
+async fn join_cluster(node: &Node, target: &str) -> Result<(), String> {
     if node.raft().is_initialized().await.map_err(|e| e.to_string())? {
         return Ok(());
     }
@@ -306,6 +502,7 @@ async fn join_cluster(node: &bop_raft::node::Node, target: &str) -> Result<(), S
         match attempt.await {
             Ok((200, _)) => {
                 println!("joined the cluster through {target}");
+                tracing::info!(node = node.id(), through = target, "joined the cluster");
                 return Ok(());
             }
             Ok((status, answer)) => last = format!("HTTP {status}: {}", String::from_utf8_lossy(&answer)),
@@ -319,9 +516,24 @@ async fn join_cluster(node: &bop_raft::node::Node, target: &str) -> Result<(), S
 /// Attempts `--join` makes before giving up.
 const JOIN_ATTEMPTS_MAX: u32 = 30;
 
-/// A one-request HTTP/1.1 client for the client subcommands: returns the status and the body.
+/// One request to a node's HTTP API: the status and the body.
 fn http_call(addr: &str, method: &str, path: &str, body: &str) -> Result<(u16, String), String> {
     bop_raft::http_client::call_blocking(addr, method, path, body, Duration::from_secs(60))
+}
+
+/// A client subcommand's request: prints the answer; any status but 200 is a failure.
+fn client_call(addr: &str, method: &str, path: &str, body: &str) -> Result<(), Failure> {
+    let (status, answer) = http_call(addr, method, path, body)?;
+    println!("{answer}");
+    answered(status)
+}
+
+fn answered(status: u16) -> Result<(), Failure> {
+    if status == 200 {
+        Ok(())
+    } else {
+        Err(Failure::Runtime(format!("HTTP {status}")))
+    }
 }
 
 fn url_encode(s: &str) -> String {
@@ -336,167 +548,34 @@ fn url_encode(s: &str) -> String {
         .collect()
 }
 
-/// The client subcommands: `execute`, `query`, `status`, `join`, `remove`.
-fn client(command: &str, args: &[String]) -> Result<(), String> {
-    let mut positional = Vec::new();
-    let mut db = None;
-    let mut level = None;
-    let mut learner = false;
-    let mut it = args.iter();
-    while let Some(arg) = it.next() {
-        match arg.as_str() {
-            "--db" => db = Some(it.next().ok_or("--db needs a name")?.clone()),
-            "--level" => level = Some(it.next().ok_or("--level needs a value")?.clone()),
-            "--learner" => learner = true,
-            other => positional.push(other.to_owned()),
-        }
-    }
-    let want = |n: usize| -> Result<(), String> {
-        if positional.len() == n {
-            Ok(())
-        } else {
-            Err(format!("{command} takes {n} arguments, got {}", positional.len()))
-        }
-    };
-    let db_param = db.map(|d| format!("db={}", url_encode(&d)));
-    let (status, body) = match command {
-        "execute" => {
-            want(2)?;
-            let body = serde_json::to_string(&[&positional[1]]).map_err(|e| e.to_string())?;
-            let path = format!("/db/execute{}", db_param.map(|p| format!("?{p}")).unwrap_or_default());
-            http_call(&positional[0], "POST", &path, &body)?
-        }
-        "query" => {
-            want(2)?;
-            let mut path = format!("/db/query?q={}", url_encode(&positional[1]));
-            if let Some(p) = db_param {
-                path.push_str(&format!("&{p}"));
-            }
-            if let Some(level) = level {
-                path.push_str(&format!("&level={}", url_encode(&level)));
-            }
-            http_call(&positional[0], "GET", &path, "")?
-        }
-        "status" => {
-            want(1)?;
-            let (status, body) = http_call(&positional[0], "GET", "/status", "")?;
-            let (_, nodes) = http_call(&positional[0], "GET", "/nodes", "")?;
-            (status, format!("{body}\n{nodes}"))
-        }
-        "join" => {
-            want(3)?;
-            let id: u64 = positional[1].parse().map_err(|e| format!("node id {:?}: {e}", positional[1]))?;
-            let addr = match positional[2].split_once('/') {
-                Some((raft, http)) => format!("{raft} http={http}"),
-                None => positional[2].clone(),
-            };
-            let body = serde_json::json!({ "id": id, "addr": addr, "voter": !learner }).to_string();
-            http_call(&positional[0], "POST", "/join", &body)?
-        }
-        "remove" => {
-            want(2)?;
-            let id: u64 = positional[1].parse().map_err(|e| format!("node id {:?}: {e}", positional[1]))?;
-            http_call(&positional[0], "DELETE", "/remove", &serde_json::json!({ "id": id }).to_string())?
-        }
-        other => return Err(format!("unknown command {other:?}")),
-    };
-    println!("{body}");
-    if status == 200 {
-        Ok(())
-    } else {
-        Err(format!("HTTP {status}"))
-    }
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-fn bench(args: &[String]) -> Result<(), String> {
-    let mut config = load::LoadConfig { addrs: Vec::new(), clients: 16, secs: 10, keys: 10_000 };
-    let mut it = args.iter();
-    let number = |flag: &str, value: Option<&String>| -> Result<u64, String> {
-        value.and_then(|v| v.parse().ok()).ok_or_else(|| format!("{flag} needs a number"))
-    };
-    while let Some(arg) = it.next() {
-        match arg.as_str() {
-            "--clients" => config.clients = number(arg, it.next())? as usize,
-            "--secs" => config.secs = number(arg, it.next())?.min(3600),
-            "--keys" => config.keys = number(arg, it.next())?,
-            addrs if config.addrs.is_empty() && !addrs.starts_with("--") => {
-                config.addrs = addrs.split(',').map(str::to_owned).collect();
-            }
-            other => return Err(format!("unknown argument {other:?}")),
-        }
+    #[test]
+    fn the_command_line_definition_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
     }
-    runtime()?.block_on(load::run(config))
-}
 
-fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    if let Some(command @ ("execute" | "query" | "status" | "join" | "remove")) =
-        args.first().map(String::as_str)
-    {
-        return match client(command, &args[1..]) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => fail(&e),
-        };
+    #[test]
+    fn flags_override_the_config_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("node.toml");
+        std::fs::write(&file, "id = 1\ndata_dir = \"d\"\nraft_addr = \"r:1\"\nhttp_addr = \"h:1\"\n")
+            .expect("write");
+        let args = NodeArgs { config: Some(file), http_addr: Some("h:2".into()), ..NodeArgs::default() };
+        let plan = node_plan(args).map_err(|e| e.to_string()).expect("plan");
+        assert_eq!((plan.config.id, plan.config.raft_addr.as_str()), (1, "r:1"), "from the file");
+        assert_eq!(plan.config.http_addr, "h:2", "the flag wins");
     }
-    match args.first().map(String::as_str) {
-        Some("up") => {
-            let mut data_dir = PathBuf::from("bop-data");
-            let mut it = args.iter().skip(1);
-            while let Some(arg) = it.next() {
-                match (arg.as_str(), it.next()) {
-                    ("--data-dir", Some(dir)) => data_dir = PathBuf::from(dir),
-                    _ => return fail(&format!("unknown argument {arg:?}")),
-                }
-            }
-            return match up(data_dir) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => fail(&e),
-            };
-        }
-        Some("bench") => {
-            return match bench(&args[1..]) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => fail(&e),
-            };
-        }
-        Some("node") => {
-            return match node(&args[1..]) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => fail(&e),
-            };
-        }
-        _ => {}
-    }
-    let mut dir = PathBuf::from("bop-data/demo-wal");
-    let mut millis = 300u64;
-    let mut is_child = false;
-    let mut it = args.iter().skip(1);
-    while let Some(arg) = it.next() {
-        match arg.as_str() {
-            "--dir" => match it.next() {
-                Some(d) => dir = PathBuf::from(d),
-                None => return fail("--dir needs a value"),
-            },
-            "--millis" => match it.next().and_then(|m| m.parse().ok()) {
-                Some(m) if m <= 60_000 => millis = m,
-                _ => return fail("--millis needs a number of milliseconds up to 60000"),
-            },
-            "--child" => is_child = true,
-            other => return fail(&format!("unknown argument {other:?}")),
-        }
-    }
-    let result = match args.first().map(String::as_str) {
-        Some("demo") if is_child => child(&dir),
-        Some("demo") => demo(dir, millis),
-        _ => return fail("expected a command"),
-    };
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => fail(&e),
-    }
-}
 
-fn fail(message: &str) -> ExitCode {
-    eprintln!("bop: {message}\n\n{USAGE}");
-    ExitCode::FAILURE
+    #[test]
+    fn members_parse_with_and_without_http_addresses() {
+        let members = parse_members("1=a:1/b:1,2=a:2").expect("parse");
+        assert_eq!(members[&1], "a:1 http=b:1");
+        assert_eq!(members[&2], "a:2");
+        assert!(parse_members("x=a:1").is_err());
+        assert!(parse_members("1").is_err());
+    }
 }
