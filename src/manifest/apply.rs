@@ -13,7 +13,7 @@ use super::config::ManifestConfig;
 use super::error::{ManifestError, Result, Table};
 use super::keys::{self, generation_key, u64_key};
 use super::records::{
-    Change, CommittedRecord, DatabaseId, DatabaseRecord, GenerationRef, NameRecord, RaftBlob, RaftBlobRecord,
+    Change, CommittedRecord, DatabaseId, DatabaseRecord, GenerationRef, NameRecord, RaftBlobRecord,
     Segment, Snapshot,
 };
 use super::tables::Tables;
@@ -116,10 +116,7 @@ fn apply_op(
             Ok(Change::MembershipSet)
         }
         Op::SetRaftBlob(which, bytes) => {
-            let key = match which {
-                RaftBlob::LogStoreVote => keys::RAFT_LOG_STORE_VOTE,
-                RaftBlob::LogStoreCommitted => keys::RAFT_LOG_STORE_COMMITTED,
-            };
+            let key = keys::raft_blob(*which);
             tables.put(txn, Table::Raft, &key, &RaftBlobRecord { bytes: bytes.clone() })?;
             Ok(Change::RaftBlobSet { which: *which })
         }

@@ -26,6 +26,17 @@ pub(crate) const RAFT_MEMBERSHIP: [u8; 2] = 0x0004u16.to_be_bytes();
 pub(crate) const RAFT_LOG_STORE_VOTE: [u8; 2] = 0x0005u16.to_be_bytes();
 /// Key of the Raft log store's committed log id, in the embedder's own encoding, in `raft`.
 pub(crate) const RAFT_LOG_STORE_COMMITTED: [u8; 2] = 0x0006u16.to_be_bytes();
+/// Key of the cluster id, in the embedder's own encoding, in `raft`.
+pub(crate) const RAFT_CLUSTER_ID: [u8; 2] = 0x0007u16.to_be_bytes();
+
+/// Key of an opaque Raft fact in `raft`.
+pub(crate) fn raft_blob(which: crate::manifest::RaftBlob) -> [u8; 2] {
+    match which {
+        crate::manifest::RaftBlob::LogStoreVote => RAFT_LOG_STORE_VOTE,
+        crate::manifest::RaftBlob::LogStoreCommitted => RAFT_LOG_STORE_COMMITTED,
+        crate::manifest::RaftBlob::ClusterId => RAFT_CLUSTER_ID,
+    }
+}
 
 /// An 8-byte big-endian key (database id, segment sequence, snapshot id, feed sequence).
 pub(crate) fn u64_key(value: u64) -> [u8; 8] {

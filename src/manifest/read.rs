@@ -86,10 +86,7 @@ impl ManifestReader<'_> {
 
     /// An opaque Raft fact saved with [`crate::manifest::Batch::set_raft_blob`].
     pub fn raft_blob(&self, which: RaftBlob) -> Result<Option<Vec<u8>>> {
-        let key = match which {
-            RaftBlob::LogStoreVote => keys::RAFT_LOG_STORE_VOTE,
-            RaftBlob::LogStoreCommitted => keys::RAFT_LOG_STORE_COMMITTED,
-        };
+        let key = keys::raft_blob(which);
         Ok(self.tables.get::<RaftBlobRecord>(self.txn, Table::Raft, &key)?.map(|r| r.bytes))
     }
 

@@ -94,6 +94,8 @@ pub enum RaftBlob {
     LogStoreVote,
     /// The committed log id (`save_committed`).
     LogStoreCommitted,
+    /// The id of the cluster this node belongs to (its transport's handshake names it).
+    ClusterId,
 }
 
 /// Stored value of an opaque Raft fact.

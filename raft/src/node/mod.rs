@@ -4,6 +4,7 @@ mod bounds;
 mod disk_watch;
 mod dump;
 mod http;
+mod identity;
 mod rqlite;
 
 use std::collections::BTreeMap;
@@ -461,6 +462,7 @@ impl NodeShared {
 pub struct Node {
     shared: Arc<NodeShared>,
     store: LogStore<BopConfig>,
+    cluster_identity: Arc<crate::tcp::ClusterIdentity>,
     raft_server: tokio::task::JoinHandle<std::io::Result<()>>,
     http_server: tokio::task::JoinHandle<std::io::Result<()>>,
     /// The data directory's exclusive lock, released when the node is dropped.
@@ -500,6 +502,7 @@ impl Node {
         let wal = Arc::new(WalStore::open(Arc::clone(&env.io), wal_config).map_err(|e| storage(&e))?);
         let manifest =
             Arc::new(Manifest::open(&config.data_dir, ManifestConfig::default()).map_err(|e| storage(&e))?);
+        let cluster_identity = identity::open(config.id, &manifest)?;
         let store = LogStore::new(Arc::clone(&wal), Arc::clone(&manifest)).map_err(|e| storage(&e))?;
         let mut manager_config = ManagerConfig::new(&config.data_dir);
         manager_config.io = Arc::clone(&env.io);
@@ -521,9 +524,12 @@ impl Node {
             .validate()
             .map_err(|e| NodeError::Raft(e.to_string()))?,
         );
-        let network =
-            TcpNetwork::<_, BopSnapshot, _>::new(NetConnector(Arc::clone(&env.net)), Duration::from_secs(5))
-                .with_append_timeout(Duration::from_millis(env.raft_timing.election_min_ms));
+        let network = TcpNetwork::<_, BopSnapshot, _>::new(
+            NetConnector(Arc::clone(&env.net)),
+            Duration::from_secs(5),
+            Arc::clone(&cluster_identity),
+        )
+        .with_append_timeout(Duration::from_millis(env.raft_timing.election_min_ms));
         let raft = Raft::new(config.id, raft_config, network, store.clone(), sm)
             .await
             .map_err(|e| NodeError::Raft(e.to_string()))?;
@@ -563,10 +569,16 @@ impl Node {
             dir: config.data_dir.join("snapshot-inbox"),
             blocking: env.blocking,
         };
-        let raft_server = tokio::spawn(serve(raft_listener, raft, inbox, shared.contact.clone()));
+        let raft_server = tokio::spawn(serve(
+            raft_listener,
+            raft,
+            inbox,
+            shared.contact.clone(),
+            Arc::clone(&cluster_identity),
+        ));
         let http_server = tokio::spawn(http::serve_http(http_listener, Arc::clone(&shared)));
         tokio::spawn(disk_watch::watch_disk(Arc::clone(&shared)));
-        Ok(Node { shared, store, raft_server, http_server, _lock: lock })
+        Ok(Node { shared, store, cluster_identity, raft_server, http_server, _lock: lock })
     }
 
     /// The node's id.
@@ -609,12 +621,26 @@ impl Node {
         self.shared.member_addr()
     }
 
+    /// The id of the cluster this node belongs to, once it is known (fixed at bootstrap, or adopted from
+    /// the first peer that contacted it).
+    pub fn cluster_id(&self) -> Option<crate::tcp::ClusterId> {
+        self.cluster_identity.cluster()
+    }
+
     /// Forms a new cluster of `members` (id → member address, `RAFT_ADDR` or `RAFT_ADDR http=HTTP_ADDR`) if
-    /// this node has never been initialised.
+    /// this node has never been initialised. The cluster id is derived from `members`; a node that a peer
+    /// of another cluster already contacted refuses (a configuration error naming both ids).
     pub async fn initialize_if_new(&self, members: BTreeMap<u64, String>) -> Result<(), NodeError> {
+        let cluster = identity::of_members(&members);
         if self.shared.raft.is_initialized().await.map_err(|e| NodeError::Raft(e.to_string()))? {
+            // An initialised node keeps the id it has, whatever list it is started with now (members come
+            // and go); one from before cluster ids takes the list's.
+            if self.cluster_identity.cluster().is_none() {
+                identity::fix(&self.cluster_identity, self.shared.blocking, cluster).await?;
+            }
             return Ok(());
         }
+        identity::fix(&self.cluster_identity, self.shared.blocking, cluster).await?;
         let members: BTreeMap<u64, BasicNode> =
             members.into_iter().map(|(id, addr)| (id, BasicNode::new(addr))).collect();
         match self.shared.raft.initialize(members).await {

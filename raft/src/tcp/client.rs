@@ -19,6 +19,7 @@ use openraft::type_config::alias::{SnapshotOf, VoteOf};
 use openraft::{OptionalSend, RaftNetworkFactory, RaftTypeConfig};
 
 use super::frame::{read_frame, write_frame, FrameReader};
+use super::handshake::{greet, ClusterIdentity};
 use super::{
     decode, encode, raft_addr_of, Connector, Reply, Request, WireSnapshot, POOLED_IDLE_MAX,
     SNAPSHOT_CHUNK_BYTES,
@@ -27,15 +28,23 @@ use super::{
 /// The network factory of one node: connections to peers at the Raft address of their `BasicNode::addr`.
 pub struct TcpNetwork<C, SD, K: Connector> {
     connector: Arc<K>,
+    identity: Arc<ClusterIdentity>,
     timeout: Duration,
     append_timeout: Duration,
     _types: PhantomData<fn() -> (C, SD)>,
 }
 
 impl<C, SD, K: Connector> TcpNetwork<C, SD, K> {
-    /// Connections made by `connector`, each call bounded by `timeout`.
-    pub fn new(connector: K, timeout: Duration) -> Self {
-        TcpNetwork { connector: Arc::new(connector), timeout, append_timeout: timeout, _types: PhantomData }
+    /// Connections made by `connector`, each call bounded by `timeout`; every new connection begins with
+    /// a hello from `identity` ([`super::handshake`]).
+    pub fn new(connector: K, timeout: Duration, identity: Arc<ClusterIdentity>) -> Self {
+        TcpNetwork {
+            connector: Arc::new(connector),
+            identity,
+            timeout,
+            append_timeout: timeout,
+            _types: PhantomData,
+        }
     }
 
     /// Bounds append and vote calls by `append_timeout` instead (at most `timeout`). A node sets it to its
@@ -52,6 +61,9 @@ impl<C, SD, K: Connector> TcpNetwork<C, SD, K> {
 /// A connection to one peer, re-established after any error.
 pub struct TcpConnection<C, SD, K: Connector> {
     connector: Arc<K>,
+    identity: Arc<ClusterIdentity>,
+    /// The peer's node id, as the hello names it.
+    target: u64,
     addr: String,
     timeout: Duration,
     append_timeout: Duration,
@@ -66,6 +78,13 @@ impl<C, SD, K: Connector> TcpConnection<C, SD, K> {
         self.stream.take().filter(|(_, used)| used.elapsed() < POOLED_IDLE_MAX).map(|(stream, _)| stream)
     }
 
+    /// A new connection to the peer, greeted: the peer accepted this node's hello.
+    async fn dial(&self) -> io::Result<K::Stream> {
+        let mut stream = self.connector.connect(&self.addr).await?;
+        greet(&mut stream, &self.identity, self.target).await?;
+        Ok(stream)
+    }
+
     /// Keeps `stream` for the next call.
     fn pool(&mut self, stream: K::Stream) {
         self.stream = Some((stream, std::time::Instant::now()));
@@ -74,15 +93,17 @@ impl<C, SD, K: Connector> TcpConnection<C, SD, K> {
 
 impl<C, SD, K> RaftNetworkFactory<C> for TcpNetwork<C, SD, K>
 where
-    C: RaftTypeConfig<Node = BasicNode>,
+    C: RaftTypeConfig<Node = BasicNode, NodeId = u64>,
     SD: WireSnapshot,
     K: Connector,
 {
     type Network = TcpConnection<C, SD, K>;
 
-    async fn new_client(&mut self, _target: C::NodeId, node: &BasicNode) -> Self::Network {
+    async fn new_client(&mut self, target: C::NodeId, node: &BasicNode) -> Self::Network {
         TcpConnection {
             connector: Arc::clone(&self.connector),
+            identity: Arc::clone(&self.identity),
+            target,
             addr: raft_addr_of(&node.addr).to_owned(),
             timeout: self.timeout,
             append_timeout: self.append_timeout,
@@ -137,7 +158,7 @@ where
         let outcome = tokio::time::timeout(timeout, async {
             let mut stream = match taken {
                 Some(stream) => stream,
-                None => self.connector.connect(&self.addr).await?,
+                None => self.dial().await?,
             };
             write_frame(&mut stream, &body).await?;
             let reply = read_frame(&mut stream).await?;
@@ -238,9 +259,7 @@ where
                         Err(e) => return self.fail(e.to_string()),
                     };
                     if self.io.is_none() {
-                        match tokio::time::timeout(timeout, self.conn.connector.connect(&self.conn.addr))
-                            .await
-                        {
+                        match tokio::time::timeout(timeout, self.conn.dial()).await {
                             Ok(Ok(stream)) => self.io = Some(tokio::io::split(stream)),
                             Ok(Err(e)) => return self.fail(e.to_string()),
                             Err(_) => return self.fail(format!("no connection within {timeout:?}")),

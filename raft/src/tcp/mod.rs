@@ -30,12 +30,14 @@ use tokio::net::TcpStream;
 
 mod client;
 mod frame;
+pub mod handshake;
 mod server;
 #[cfg(test)]
 mod tests;
 
 pub use client::{TcpConnection, TcpNetwork, APPEND_PIPELINE_DEPTH};
 pub use frame::{read_frame, write_frame};
+pub use handshake::{ClusterId, ClusterIdentity};
 pub use server::{serve, serve_with};
 
 /// Largest frame body accepted. It fits the largest entry a [`crate::LogStore`] with the default WAL

@@ -15,6 +15,7 @@ use openraft::type_config::alias::{SnapshotMetaOf, VoteOf};
 use openraft::{Raft, RaftTypeConfig};
 
 use super::frame::{read_frame, write_frame};
+use super::handshake::{welcome, ClusterIdentity};
 use super::{
     decode, encode, LeaderContact, Reply, Request, ServerTimeouts, SnapshotInbox, WireFile, WireSnapshot,
     CONNECTIONS_MAX, SNAPSHOT_FILES_MAX,
@@ -57,13 +58,14 @@ pub async fn serve<C, SM>(
     raft: Raft<C, SM>,
     inbox: SnapshotInbox,
     contact: LeaderContact,
+    identity: Arc<ClusterIdentity>,
 ) -> io::Result<()>
 where
     C: RaftTypeConfig,
     SM: RaftStateMachine<C>,
     SM::SnapshotData: WireSnapshot,
 {
-    serve_with(listener, raft, inbox, contact, ServerTimeouts::default()).await
+    serve_with(listener, raft, inbox, contact, identity, ServerTimeouts::default()).await
 }
 
 /// [`serve`] with the given deadlines. A failed `accept` (out of descriptors, a connection aborted before
@@ -73,6 +75,7 @@ pub async fn serve_with<C, SM>(
     raft: Raft<C, SM>,
     inbox: SnapshotInbox,
     contact: LeaderContact,
+    identity: Arc<ClusterIdentity>,
     timeouts: ServerTimeouts,
 ) -> io::Result<()>
 where
@@ -93,8 +96,31 @@ where
         let inbox = inbox.clone();
         let contact = contact.clone();
         let snapshot_lock = Arc::clone(&one_snapshot_at_a_time);
+        let identity = Arc::clone(&identity);
         connections.spawn(async move {
             let _permit = permit;
+            let mut stream = stream;
+            // The hello comes first, within the first frame's deadline; nothing else is read before it
+            // was accepted.
+            let greeted =
+                tokio::time::timeout(timeouts.first_frame, welcome(&mut stream, &identity, inbox.blocking))
+                    .await;
+            let from = match greeted {
+                Ok(Ok(Ok(from))) => from,
+                Ok(Ok(Err(reason))) => {
+                    tracing::warn!(%peer, %reason, "refused a Raft connection");
+                    return;
+                }
+                Ok(Err(e)) => {
+                    tracing::debug!(%peer, error = %e, "Raft connection ended before its hello");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(%peer, "no hello within {:?}; closing", timeouts.first_frame);
+                    return;
+                }
+            };
+            let peer = format!("{peer} (node {from})");
             let (read, write) = tokio::io::split(stream);
             let (slots_tx, slots_rx) = tokio::sync::mpsc::channel(REPLY_SLOTS_MAX);
             let server =
@@ -131,16 +157,8 @@ where
         let (raft, inbox, peer) = (&self.raft, &self.inbox, &self.peer);
         let mut incoming: Option<(Incoming<C>, tokio::sync::OwnedMutexGuard<()>)> = None;
         let mut pipeline: Option<tokio::sync::mpsc::Sender<AppendEntriesRequest<C>>> = None;
-        let mut first = true;
         loop {
-            let deadline = if first {
-                self.timeouts.first_frame
-            } else if incoming.is_some() {
-                self.timeouts.snapshot_frame
-            } else {
-                self.timeouts.idle
-            };
-            first = false;
+            let deadline = if incoming.is_some() { self.timeouts.snapshot_frame } else { self.timeouts.idle };
             let body = match tokio::time::timeout(deadline, read_frame(&mut read)).await {
                 Ok(Ok(body)) => body,
                 Ok(Err(e)) => {

@@ -11,6 +11,7 @@ use openraft::{Raft, RaftNetworkFactory};
 
 use super::client::*;
 use super::frame::FrameReader;
+use super::handshake::{self, ClusterId, ClusterIdentity};
 use super::*;
 use crate::state_machine::{BopConfig, BopSnapshot};
 
@@ -43,9 +44,31 @@ async fn connection(
     let (servers, accepted) = tokio::sync::mpsc::unbounded_channel();
     let connects = Arc::new(AtomicUsize::new(0));
     let pipes = Pipes { servers, connects: Arc::clone(&connects) };
-    let mut network = TcpNetwork::<C, BopSnapshot, Pipes>::new(pipes, timeout);
+    let mut network = TcpNetwork::<C, BopSnapshot, Pipes>::new(pipes, timeout, peer_identity(1));
     let conn = network.new_client(2, &BasicNode::new("peer")).await;
     (conn, accepted, connects)
+}
+
+/// The cluster the tests' nodes belong to.
+const CLUSTER: ClusterId = ClusterId([7; 16]);
+
+/// Node `id` of [`CLUSTER`].
+fn peer_identity(id: u64) -> Arc<ClusterIdentity> {
+    Arc::new(ClusterIdentity::new(id, Some(CLUSTER)))
+}
+
+/// The next connection the client made, its hello answered as a server of node 2 would.
+async fn accept(accepted: &mut tokio::sync::mpsc::UnboundedReceiver<DuplexStream>) -> DuplexStream {
+    let mut server = accepted.recv().await.expect("a connection");
+    let hello: handshake::Hello =
+        decode(&read_frame(&mut server).await.expect("hello frame")).expect("hello");
+    assert_eq!(
+        (hello.cluster, hello.from, hello.to),
+        (Some(CLUSTER), 1, 2),
+        "the hello names who calls whom"
+    );
+    write_frame(&mut server, &encode(&handshake::Welcome::Accepted).expect("encode")).await.expect("welcome");
+    server
 }
 
 fn request(index: u64) -> AppendEntriesRequest<C> {
@@ -78,7 +101,7 @@ async fn appends_are_pipelined_and_a_clean_session_keeps_the_connection() {
     // The server reads all eight requests before it answers any: a client that waited for each reply
     // before sending the next would never get here.
     let server = tokio::spawn(async move {
-        let mut server = accepted.recv().await.expect("connection");
+        let mut server = accept(&mut accepted).await;
         let mut indexes = Vec::new();
         for _ in 0..8 {
             match read_request(&mut server).await {
@@ -121,7 +144,7 @@ async fn a_session_dropped_with_replies_outstanding_drops_its_connection() {
         conn.stream_append(input, RPCOption::new(Duration::from_secs(1))).await.expect("session");
     // The server reads the four requests but answers only the first.
     let first = tokio::spawn(async move {
-        let mut server = accepted.recv().await.expect("connection");
+        let mut server = accept(&mut accepted).await;
         for _ in 0..4 {
             read_request(&mut server).await;
         }
@@ -136,7 +159,7 @@ async fn a_session_dropped_with_replies_outstanding_drops_its_connection() {
     let mut buf = [0u8; 1];
     assert_eq!(old_server.read(&mut buf).await.expect("eof"), 0);
     let next = tokio::spawn(async move {
-        let mut server = accepted.recv().await.expect("a new connection");
+        let mut server = accept(&mut accepted).await;
         let Request::Append(rpc) = read_request(&mut server).await else { panic!("not an append") };
         assert_eq!(rpc.entries[0].log_id.index, 9);
         reply(&mut server, Reply::Append(Ok(AppendEntriesResponse::Success))).await;
@@ -150,21 +173,26 @@ async fn a_session_dropped_with_replies_outstanding_drops_its_connection() {
 #[tokio::test]
 async fn a_call_cancelled_before_its_reply_drops_its_connection() {
     let (mut conn, mut accepted, connects) = connection(Duration::from_secs(10)).await;
+    // The server takes the connection and the request but never answers it.
+    let server = tokio::spawn(async move {
+        let mut server = accept(&mut accepted).await;
+        read_request(&mut server).await;
+        (server, accepted)
+    });
     // The caller gives up (as openraft's heartbeat timeout does) after the request went out.
     let cancelled = tokio::time::timeout(
-        Duration::from_millis(50),
+        Duration::from_millis(200),
         conn.append_entries(request(1), RPCOption::new(Duration::from_secs(1))),
     )
     .await;
     assert!(cancelled.is_err(), "the server never answered");
-    let mut old_server = accepted.recv().await.expect("connection");
-    read_request(&mut old_server).await;
+    let (mut old_server, mut accepted) = server.await.expect("server");
     // The late reply to the first request cannot be taken as the answer to the second: the client closed
     // that connection.
     let late = encode(&Reply::<C>::Append(Ok(AppendEntriesResponse::Conflict))).expect("encode");
     assert!(write_frame(&mut old_server, &late).await.is_err(), "the old connection is closed");
     let next = tokio::spawn(async move {
-        let mut server = accepted.recv().await.expect("a new connection");
+        let mut server = accept(&mut accepted).await;
         read_request(&mut server).await;
         reply(&mut server, Reply::Append(Ok(AppendEntriesResponse::Success))).await;
     });
@@ -201,6 +229,7 @@ async fn frame_reader_survives_cancellation_mid_frame() {
 async fn served(
     dir: &std::path::Path,
     timeouts: ServerTimeouts,
+    identity: Arc<ClusterIdentity>,
 ) -> (String, Raft<C, crate::BopStateMachine>, tokio::task::JoinHandle<io::Result<()>>) {
     use bop_storage::manifest::{Manifest, ManifestConfig};
     use bop_storage::page_store::{Manager, ManagerConfig};
@@ -218,7 +247,8 @@ async fn served(
         Manager::open_replicated(ManagerConfig::new(dir), Arc::clone(&wal), manifest).expect("pages");
     let sm = crate::BopStateMachine::open(manager, wal).expect("state machine");
     let config = Arc::new(openraft::Config::default().validate().expect("config"));
-    let network = TcpNetwork::<C, BopSnapshot, _>::new(TcpConnector, Duration::from_secs(1));
+    let network =
+        TcpNetwork::<C, BopSnapshot, _>::new(TcpConnector, Duration::from_secs(1), Arc::clone(&identity));
     let raft = Raft::new(1, config, network, store, sm).await.expect("raft");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr").to_string();
@@ -228,9 +258,17 @@ async fn served(
         raft.clone(),
         inbox,
         LeaderContact::default(),
+        identity,
         timeouts,
     ));
     (addr, raft, server)
+}
+
+/// A connection to the served node 1, greeted as node 2 of [`CLUSTER`].
+async fn greeted(addr: &str) -> tokio::net::TcpStream {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    handshake::greet(&mut stream, &peer_identity(2), 1).await.expect("welcomed");
+    stream
 }
 
 fn begin() -> Vec<u8> {
@@ -261,8 +299,8 @@ fn short() -> ServerTimeouts {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_snapshot_begin_and_a_stalled_sender_do_not_hold_the_inbox() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (addr, raft, server) = served(dir.path(), short()).await;
-    let mut a = tokio::net::TcpStream::connect(&addr).await.expect("connect");
+    let (addr, raft, server) = served(dir.path(), short(), peer_identity(1)).await;
+    let mut a = greeted(&addr).await;
     write_frame(&mut a, &begin()).await.expect("send");
     assert!(matches!(ack(&mut a, Duration::from_secs(5)).await, Reply::Ack(Ok(()))));
     write_frame(&mut a, &begin()).await.expect("send");
@@ -271,7 +309,7 @@ async fn a_second_snapshot_begin_and_a_stalled_sender_do_not_hold_the_inbox() {
         "a new beginning on the same connection abandons the old one"
     );
     // `a` now goes silent holding the inbox; `b` begins and is answered once `a` lost it.
-    let mut b = tokio::net::TcpStream::connect(&addr).await.expect("connect");
+    let mut b = greeted(&addr).await;
     let started = std::time::Instant::now();
     write_frame(&mut b, &begin()).await.expect("send");
     assert!(matches!(ack(&mut b, Duration::from_secs(5)).await, Reply::Ack(Ok(()))));
@@ -285,13 +323,13 @@ async fn a_second_snapshot_begin_and_a_stalled_sender_do_not_hold_the_inbox() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_connections_are_closed_and_do_not_lock_out_a_peer() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (addr, raft, server) = served(dir.path(), short()).await;
+    let (addr, raft, server) = served(dir.path(), short(), peer_identity(1)).await;
     let mut idle = Vec::new();
     for _ in 0..CONNECTIONS_MAX + 8 {
         idle.push(tokio::net::TcpStream::connect(&addr).await.expect("connect"));
     }
     // A real request on a fresh connection is served once the idle ones were closed.
-    let mut peer = tokio::net::TcpStream::connect(&addr).await.expect("connect");
+    let mut peer = greeted(&addr).await;
     let vote = VoteRequest::<C>::new(VoteOf::<C>::new(1, 2), None);
     write_frame(&mut peer, &encode(&Request::<C>::Vote(vote)).expect("encode")).await.expect("send");
     assert!(matches!(ack(&mut peer, Duration::from_secs(5)).await, Reply::Vote(Ok(_))));
@@ -300,6 +338,94 @@ async fn idle_connections_are_closed_and_do_not_lock_out_a_peer() {
     let read = tokio::time::timeout(Duration::from_secs(5), idle[0].read(&mut buf)).await;
     assert!(matches!(read, Ok(Ok(0)) | Ok(Err(_))), "closed: {read:?}");
     assert!(!server.is_finished(), "the server still runs");
+    server.abort();
+    raft.shutdown().await.expect("shutdown");
+}
+
+/// The vote the served node holds, through its metrics.
+fn term_of(raft: &Raft<C, crate::BopStateMachine>) -> u64 {
+    use openraft::async_runtime::WatchReceiver;
+    raft.metrics().borrow_watched().current_term
+}
+
+fn vote_frame(term: u64) -> Vec<u8> {
+    encode(&Request::<C>::Vote(VoteRequest::<C>::new(VoteOf::<C>::new(term, 2), None))).expect("encode")
+}
+
+/// Hardening finding 8 (the handshake): a Raft message on a connection that did not begin with an
+/// accepted hello is never served — here a vote request with a high term, which a served vote would
+/// have made the node adopt.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_raft_message_before_the_hello_is_not_served() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (addr, raft, server) = served(dir.path(), short(), peer_identity(1)).await;
+    let mut raw = tokio::net::TcpStream::connect(&addr).await.expect("connect");
+    write_frame(&mut raw, &vote_frame(1000)).await.expect("send");
+    let answer = tokio::time::timeout(Duration::from_secs(5), read_frame(&mut raw)).await.expect("bounded");
+    let refused = answer.ok().map(|frame| decode::<handshake::Welcome>(&frame));
+    assert!(
+        matches!(refused, None | Some(Ok(handshake::Welcome::Refused(_)))),
+        "a refusal or a closed connection, not a vote reply: {refused:?}"
+    );
+    let mut buf = [0u8; 1];
+    let closed =
+        tokio::time::timeout(Duration::from_secs(5), raw.read(&mut buf)).await.expect("closed in time");
+    assert!(matches!(closed, Ok(0) | Err(_)), "the server closed the connection: {closed:?}");
+    assert_eq!(term_of(&raft), 0, "the vote request was not served");
+    server.abort();
+    raft.shutdown().await.expect("shutdown");
+}
+
+/// A hello from another cluster, from a peer with no cluster, or meant for another node id is refused
+/// with its reason, and nothing sent after it is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hellos_of_another_cluster_or_for_another_node_are_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (addr, raft, server) = served(dir.path(), short(), peer_identity(1)).await;
+    let cases = [
+        (ClusterIdentity::new(2, Some(ClusterId([8; 16]))), 1, "is of cluster"),
+        (ClusterIdentity::new(2, None), 1, "names no cluster"),
+        (ClusterIdentity::new(2, Some(CLUSTER)), 9, "this is node 1, not node 9"),
+    ];
+    for (identity, to, reason) in cases {
+        let mut stream = tokio::net::TcpStream::connect(&addr).await.expect("connect");
+        let refused = handshake::greet(&mut stream, &identity, to).await.expect_err("refused");
+        assert_eq!(refused.kind(), io::ErrorKind::PermissionDenied);
+        assert!(refused.to_string().contains(reason), "{refused} names {reason:?}");
+        let _ = write_frame(&mut stream, &vote_frame(1000)).await;
+        let mut buf = [0u8; 1];
+        let closed =
+            tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf)).await.expect("closed");
+        assert!(matches!(closed, Ok(0) | Err(_)), "closed after the refusal: {closed:?}");
+    }
+    // The right hello is accepted and its requests are served.
+    let mut peer = greeted(&addr).await;
+    write_frame(&mut peer, &vote_frame(3)).await.expect("send");
+    assert!(matches!(ack(&mut peer, Duration::from_secs(5)).await, Reply::Vote(Ok(_))));
+    assert_eq!(term_of(&raft), 3, "only the accepted peer's vote request was served");
+    server.abort();
+    raft.shutdown().await.expect("shutdown");
+}
+
+/// A node with no cluster id adopts the first one a peer names (kept before it answers) and then refuses
+/// every other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_without_a_cluster_adopts_the_first_one_named() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let kept = Arc::new(parking_lot::Mutex::new(Vec::new()));
+    let sink = Arc::clone(&kept);
+    let identity = Arc::new(ClusterIdentity::new(1, None).persisted_by(Box::new(move |id| {
+        sink.lock().push(id);
+        Ok(())
+    })));
+    let (addr, raft, server) = served(dir.path(), short(), Arc::clone(&identity)).await;
+    let _first = greeted(&addr).await;
+    assert_eq!(identity.cluster(), Some(CLUSTER));
+    assert_eq!(*kept.lock(), vec![CLUSTER], "kept before the peer was welcomed");
+    let mut other = tokio::net::TcpStream::connect(&addr).await.expect("connect");
+    let refused = handshake::greet(&mut other, &ClusterIdentity::new(3, Some(ClusterId([9; 16]))), 1).await;
+    assert!(refused.is_err(), "a second cluster is refused");
+    assert_eq!(*kept.lock(), vec![CLUSTER]);
     server.abort();
     raft.shutdown().await.expect("shutdown");
 }

@@ -1,0 +1,74 @@
+//! The transport's cluster identity at the node level (docs/design.md, "The Raft transport"): the id
+//! fixed at bootstrap reaches every member, a fresh node adopts the first cluster that contacts it and
+//! keeps it across restarts, and a node of one cluster cannot be bootstrapped into another.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use bop_raft::node::{Node, NodeConfig, NodeError};
+use bop_raft::tcp::handshake::greet;
+use bop_raft::tcp::{raft_addr_of, ClusterId, ClusterIdentity};
+
+fn config(dir: &std::path::Path, id: u64) -> NodeConfig {
+    NodeConfig {
+        id,
+        data_dir: dir.join(format!("node-{id}")),
+        raft_addr: "127.0.0.1:0".into(),
+        http_addr: "127.0.0.1:0".into(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_bootstrap_cluster_id_reaches_every_member() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut nodes = Vec::new();
+    let mut members = BTreeMap::new();
+    for id in 1..=3u64 {
+        let node = Node::start(config(dir.path(), id)).await.expect("start");
+        assert_eq!(node.cluster_id(), None, "a fresh node knows no cluster");
+        members.insert(id, node.member_addr());
+        nodes.push(node);
+    }
+    let expected = ClusterId::of_members(members.iter().map(|(id, addr)| (*id, raft_addr_of(addr))));
+    // Only the first node is told the members; the others learn the cluster from its first contact.
+    nodes[0].initialize_if_new(members).await.expect("initialize");
+    for node in &nodes {
+        node.raft()
+            .wait(Some(Duration::from_secs(30)))
+            .metrics(|m| m.current_leader.is_some() && m.last_applied.is_some(), "a leader's entry applied")
+            .await
+            .expect("joined the cluster");
+        assert_eq!(node.cluster_id(), Some(expected), "node {} is of the bootstrap cluster", node.id());
+    }
+    for node in nodes {
+        node.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fresh_node_keeps_the_first_cluster_that_contacted_it_across_a_restart() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (first, other) = (ClusterId([1; 16]), ClusterId([2; 16]));
+    let node = Node::start(config(dir.path(), 1)).await.expect("start");
+    let mut stream = tokio::net::TcpStream::connect(node.raft_addr()).await.expect("connect");
+    greet(&mut stream, &ClusterIdentity::new(2, Some(first)), 1).await.expect("a fresh node welcomes a cluster");
+    assert_eq!(node.cluster_id(), Some(first));
+    drop(stream);
+    node.shutdown().await;
+
+    let node = Node::start(config(dir.path(), 1)).await.expect("restart");
+    assert_eq!(node.cluster_id(), Some(first), "the adopted id was kept");
+    let mut stream = tokio::net::TcpStream::connect(node.raft_addr()).await.expect("connect");
+    let refused = greet(&mut stream, &ClusterIdentity::new(3, Some(other)), 1).await;
+    assert!(refused.is_err(), "another cluster is refused after the restart");
+    // Bootstrapping it into a cluster of other members is a configuration error naming both ids.
+    let members = BTreeMap::from([(1, node.member_addr())]);
+    match node.initialize_if_new(members).await {
+        Err(NodeError::Config(message)) => {
+            assert!(message.contains(&first.to_string()), "{message} names the node's cluster");
+        }
+        other => panic!("bootstrap into another cluster: {other:?}"),
+    }
+    assert!(!node.raft().is_initialized().await.expect("raft"), "nothing was initialised");
+    node.shutdown().await;
+}
