@@ -365,7 +365,14 @@ impl Wal for BopWal {
     }
 
     fn end_read_txn(&mut self) {
-        debug_assert!(!self.writing, "read transaction ended inside a write transaction");
+        // Ending the read transaction ends a write transaction still open, as in stock SQLite's WAL: the
+        // pager does that when an error put it in its error state (a spill refused as too large), and the
+        // database's write lock must not stay held.
+        if self.writing {
+            self.writing = false;
+            self.shared.writer.lock().active = false;
+            self.clear_frames();
+        }
         self.read = None;
     }
 

@@ -236,6 +236,34 @@ fn transaction_over_frame_bound_fails_full_and_rolls_back() {
     assert_integrity(&mut conn);
 }
 
+/// A transaction that runs out of room while a statement spills pages to the WAL (a small page cache) puts
+/// SQLite's pager in its error state, which ends the read transaction without ending the write transaction
+/// first (stock SQLite's WAL ends both). bop's WAL kept the database's write lock (and, in a debug build,
+/// aborted on an assertion): every later writer got `SQLITE_BUSY`. It must end the write transaction too.
+#[test]
+fn a_transaction_out_of_room_in_the_middle_of_a_statement_releases_the_write_lock() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = SqlConfig::new(dir.path().join("sql"));
+    config.pending_bytes_max = 24 * 4096;
+    config.busy_timeout_ms = 200;
+    let engine = SqlEngine::local(manager(dir.path()), config).unwrap();
+    let mut conn = open(&engine, "spill");
+    exec(&mut conn, "CREATE TABLE t(v BLOB)");
+    exec(&mut conn, "PRAGMA cache_size=8");
+    exec(&mut conn, "BEGIN");
+    let full = (0..50).find_map(|_| conn.execute("INSERT INTO t VALUES (zeroblob(12000))", &Params::None).err());
+    let err = full.expect("24 pages run out within 50 rows of 3 pages");
+    assert!(matches!(err, SqlError::Sqlite { code, .. } if code & 0xff == 13), "{err}");
+    assert!(conn.is_autocommit(), "the transaction is rolled back");
+
+    // Another connection, then this one, write again.
+    let mut other = open(&engine, "spill");
+    exec(&mut other, "INSERT INTO t VALUES (zeroblob(10))");
+    exec(&mut conn, "INSERT INTO t VALUES (zeroblob(10))");
+    assert_eq!(int(&mut conn, "SELECT count(*) FROM t"), 2);
+    assert_integrity(&mut conn);
+}
+
 #[test]
 fn statements_that_would_leave_bops_wal_or_attach_files_are_refused() {
     let dir = tempfile::tempdir().expect("tempdir");
