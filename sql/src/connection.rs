@@ -1,7 +1,10 @@
 //! A SQLite connection: batches in one transaction, queries returning typed rows.
 
+mod group;
+
 use std::ffi::{c_char, c_int, CStr, CString};
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use libsql_sys::ffi;
@@ -10,7 +13,9 @@ use crate::error::SqlError;
 use crate::limits::{
     self, AnswerUnit, EngineSignals, Guard, GuardPtr, InterruptHandle, Limits, VALUE_OVERHEAD_BYTES,
 };
-use crate::wal::{ConnShared, DbShared};
+use crate::wal::ConnShared;
+
+pub use group::{GroupRequest, RequestOutcome};
 
 /// A SQLite value.
 #[derive(Debug, Clone, PartialEq)]
@@ -113,19 +118,52 @@ pub struct ExecOutcome {
 /// What one statement of a batch did: its rows (when it returned columns) and outcome, or its error.
 pub type StatementResult = Result<(Option<Rows>, ExecOutcome), SqlError>;
 
+/// What a connection was opened on, so that it can be opened again with a fresh session
+/// ([`Connection::request_group`] gives a request that changes the session's state one of its own).
+#[derive(Clone)]
+pub(crate) enum Origin {
+    /// An ordinary SQLite file.
+    Stock(PathBuf),
+    /// A bop database (this also keeps the database's shared state, and its page-store handle, alive as
+    /// long as the connection).
+    Bop(Arc<crate::engine::BopOrigin>),
+}
+
 /// A connection: to a bop database (opened through [`crate::SqlEngine`]), or to an ordinary SQLite file
 /// (a baseline for tests and benchmarks).
 pub struct Connection {
     raw: *mut ffi::sqlite3,
     conn: Option<Arc<ConnShared>>,
-    // Keeps the database's shared state (and its page-store handle) alive as long as the connection.
-    _shared: Option<Arc<DbShared>>,
-    /// What the progress and busy handlers read, at the address SQLite holds.
+    origin: Origin,
+    /// What the progress, busy and authorizer callbacks read, at the address SQLite holds.
     guard: GuardPtr,
     limits: Limits,
     /// Rows and bytes of the current call's answer so far.
     answer_rows: u64,
     answer_bytes: u64,
+    /// A request of a group ran on this session: `changes()` and `last_insert_rowid()` must be reset
+    /// before the next one, and a request that needs a session of its own must open a new one.
+    session_used: bool,
+    /// A request that changes the session's state (pragmas, the temp schema, …) ran on this session: no
+    /// other request may run on it.
+    session_tainted: bool,
+    /// bop's own temp table (see `group`) exists on this session.
+    reset_table: bool,
+}
+
+/// Why a statement of a group's request did not run.
+pub(crate) enum Failure {
+    /// It failed.
+    Sql(SqlError),
+    /// It would change the session's state, so its request must run in a session of its own (it was
+    /// prepared, not run).
+    NeedsOwnSession,
+}
+
+impl From<SqlError> for Failure {
+    fn from(e: SqlError) -> Self {
+        Failure::Sql(e)
+    }
 }
 
 // SAFETY: libSQL is built threadsafe (serialized) by default, checked in `open_raw`; a `Connection` is used
@@ -142,6 +180,7 @@ impl Drop for Connection {
         unsafe {
             ffi::sqlite3_progress_handler(self.raw, 0, None, std::ptr::null_mut());
             ffi::sqlite3_busy_handler(self.raw, None, std::ptr::null_mut());
+            ffi::sqlite3_set_authorizer(self.raw, None, std::ptr::null_mut());
             ffi::sqlite3_close_v2(self.raw);
         }
     }
@@ -196,16 +235,18 @@ fn sqlite_error(raw: *mut ffi::sqlite3, rc: c_int, conn: Option<&ConnShared>) ->
 
 impl Connection {
     /// Opens `path`: through bop's virtual WAL when `wal_manager` is given, else as an ordinary SQLite file
-    /// (stock WAL and VFS). Its calls are bounded by `limits` and stopped by `engine`'s signals.
+    /// (stock WAL and VFS). Its calls are bounded by `limits` and stopped by `engine`'s signals and by
+    /// `interrupted` (the connection-wide flag; a new one when `None`).
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn open_raw(
         path: &Path,
         wal_manager: Option<ffi::libsql_wal_manager>,
         conn: Option<Arc<ConnShared>>,
-        shared: Option<Arc<DbShared>>,
+        origin: Origin,
         busy_timeout_ms: u32,
         engine: Option<Arc<EngineSignals>>,
         limits: Limits,
+        interrupted: Option<Arc<AtomicBool>>,
     ) -> Result<Connection, SqlError> {
         // SAFETY: plain query of a compile-time setting.
         if unsafe { ffi::sqlite3_threadsafe() } == 0 {
@@ -236,27 +277,54 @@ impl Connection {
         let connection = Connection {
             raw,
             conn,
-            _shared: shared,
-            guard: GuardPtr::new(Guard::new(engine, busy_timeout_ms)),
+            origin,
+            guard: GuardPtr::new(Guard::new(engine, busy_timeout_ms, interrupted)),
             limits,
             answer_rows: 0,
             answer_bytes: 0,
+            session_used: false,
+            session_tainted: false,
+            reset_table: false,
         };
         result(raw, rc, None)?;
         let guard = connection.guard.as_arg();
-        // SAFETY: `raw` is open. The guard stays put, lives as long as the connection, and the handlers are
-        // removed in `drop` before the close; they only take shared references to it.
+        // SAFETY: `raw` is open. The guard stays put, lives as long as the connection, and the callbacks
+        // are removed in `drop` before the close; they only take shared references to it.
         unsafe {
             ffi::sqlite3_extended_result_codes(raw, 1);
             ffi::sqlite3_busy_handler(raw, Some(limits::busy_handler), guard);
             ffi::sqlite3_progress_handler(raw, limits::PROGRESS_OPS, Some(limits::progress_handler), guard);
+            ffi::sqlite3_set_authorizer(raw, Some(limits::authorize), guard);
         }
         Ok(connection)
     }
 
     /// Opens an ordinary file-backed SQLite database (stock WAL and VFS): the baseline bop is compared to.
     pub fn open_stock(path: impl AsRef<Path>) -> Result<Connection, SqlError> {
-        Connection::open_raw(path.as_ref(), None, None, None, 5_000, None, Limits::NONE)
+        let path = path.as_ref();
+        let origin = Origin::Stock(path.to_owned());
+        Connection::open_raw(path, None, None, origin, 5_000, None, Limits::NONE, None)
+    }
+
+    /// From now on the authorizer refuses what a bop connection may not do (see `limits::authorize`).
+    pub(crate) fn guard_sql(&self) {
+        self.guard.set_guarded(true);
+    }
+
+    /// Replaces this connection by a new one to the same database (a fresh session: no temp schema,
+    /// pragmas at their defaults), with the same limits and interrupt flag. Only between transactions.
+    fn reopen(&mut self) -> Result<(), SqlError> {
+        let flag = Some(self.guard.interrupt_flag());
+        let fresh = match &self.origin {
+            Origin::Stock(path) => {
+                let origin = Origin::Stock(path.clone());
+                Connection::open_raw(path, None, None, origin, 5_000, None, self.limits, flag)?
+            }
+            Origin::Bop(origin) => crate::engine::connect(origin, self.limits, flag)?,
+        };
+        fresh.guard.continue_call_of(&self.guard);
+        *self = fresh;
+        Ok(())
     }
 
     /// Sets the bounds of this connection's later calls (a connection from [`crate::SqlEngine::open`]
@@ -328,13 +396,28 @@ impl Connection {
     /// Runs every statement of `sql` (binding `params` to each statement that has parameters), returning
     /// the rows of the last statement that returned columns and the outcome of the last statement.
     fn run(&mut self, sql: &str, params: &Params) -> Result<(Rows, ExecOutcome), SqlError> {
+        self.run_in(sql, params, false).map_err(|failure| match failure {
+            Failure::Sql(e) => e,
+            Failure::NeedsOwnSession => SqlError::invalid("statement needs a session of its own"),
+        })
+    }
+
+    /// [`Connection::run`]; with `grouped`, a statement that would change the session's state is not run
+    /// ([`Failure::NeedsOwnSession`]).
+    fn run_in(&mut self, sql: &str, params: &Params, grouped: bool) -> Result<(Rows, ExecOutcome), Failure> {
         if let Some(conn) = &self.conn {
             conn.last_error.lock().take();
+            conn.commit_failure.lock().take();
         }
         let mut rows = Rows::default();
         let mut rest = sql.as_bytes();
         let mut outcome = ExecOutcome { rows_affected: 0, last_insert_rowid: 0 };
-        while let Some(stmt) = self.prepare_next(&mut rest)? {
+        loop {
+            self.guard.take_session_touched();
+            let Some(stmt) = self.prepare_next(&mut rest)? else { break };
+            if grouped && self.guard.take_session_touched() {
+                return Err(Failure::NeedsOwnSession);
+            }
             self.bind(&stmt, params)?;
             // SAFETY: `stmt` is a prepared statement of this connection.
             let column_count = unsafe { ffi::sqlite3_column_count(stmt.0) };
@@ -350,7 +433,7 @@ impl Connection {
                 } else if rc == ffi::SQLITE_DONE {
                     break;
                 } else {
-                    return Err(self.error(rc));
+                    return Err(self.error(rc).into());
                 }
             }
             // SAFETY: `raw` is open.

@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,7 +10,7 @@ use bop_storage::page_store::{Db, Manager, PageStoreError, PAGE_SIZE};
 use libsql_sys::wal::make_wal_manager;
 use parking_lot::Mutex;
 
-use crate::connection::{Connection, Params, Value};
+use crate::connection::{Connection, Origin, Params, Value};
 use crate::error::SqlError;
 use crate::limits::{EngineSignals, Limits};
 use crate::page_one::empty_database_page_one;
@@ -158,44 +158,13 @@ impl SqlEngine {
         let shared = self.shared(db);
         self.initialise(&shared)?;
         let path = self.placeholder(&shared.db)?;
-        let conn = Arc::new(ConnShared::default());
-        let manager = BopWalManager { shared: shared.clone(), conn: conn.clone() };
-        let mut connection = Connection::open_raw(
-            &path,
-            Some(make_wal_manager(manager)),
-            Some(conn),
-            Some(shared),
-            self.config.busy_timeout_ms,
-            Some(self.signals.clone()),
-            self.config.default_limits(),
-        )?;
-        // SAFETY: the connection is open; 0 disables SQLite's automatic checkpoints (bop drives them).
-        unsafe {
-            libsql_sys::ffi::sqlite3_wal_autocheckpoint(connection.raw(), 0);
-        }
-        let setup = format!(
-            "PRAGMA mmap_size=0; PRAGMA max_page_count={PAGE_NO_MAX}; PRAGMA cache_size=-8192; \
-             PRAGMA temp_store=MEMORY;"
-        );
-        connection.execute(&setup, &Params::None)?;
-        let mode = connection.query("PRAGMA journal_mode", &Params::None)?;
-        if mode.rows != vec![vec![Value::Text("wal".into())]] {
-            return Err(SqlError::invalid(format!("virtual WAL not in use (journal_mode {:?})", mode.rows)));
-        }
-        let page_size = connection.query("PRAGMA page_size", &Params::None)?;
-        if page_size.rows != vec![vec![Value::Integer(PAGE_SIZE as i64)]] {
-            return Err(SqlError::invalid(format!(
-                "bop databases use {PAGE_SIZE}-byte pages, this one has {:?}",
-                page_size.rows
-            )));
-        }
-        // From here on, client SQL may not switch the journal away from bop's WAL (SQLite would then write
-        // the placeholder file) nor attach database files.
-        // SAFETY: the connection is open; the callback is a plain function that reads only its arguments.
-        unsafe {
-            libsql_sys::ffi::sqlite3_set_authorizer(connection.raw(), Some(authorize), std::ptr::null_mut());
-        }
-        Ok(connection)
+        let origin = Arc::new(BopOrigin {
+            path,
+            shared,
+            busy_timeout_ms: self.config.busy_timeout_ms,
+            signals: self.signals.clone(),
+        });
+        connect(&origin, self.config.default_limits(), None)
     }
 
     /// Held frames written to spill files so far, over every database of this engine.
@@ -290,37 +259,56 @@ fn remove_stale_spill_files(dir: &std::path::Path) {
     }
 }
 
-/// SQLite authorizer of bop connections: denies `ATTACH` of a file (VACUUM's temporary attach is allowed)
-/// and any `PRAGMA journal_mode` or `locking_mode` that sets a value (reading them is fine). Everything else
-/// is allowed.
-unsafe extern "C" fn authorize(
-    _user: *mut std::ffi::c_void,
-    action: std::ffi::c_int,
-    arg1: *const std::ffi::c_char,
-    arg2: *const std::ffi::c_char,
-    _database: *const std::ffi::c_char,
-    _trigger: *const std::ffi::c_char,
-) -> std::ffi::c_int {
-    use libsql_sys::ffi;
-    match action {
-        // VACUUM attaches a temporary database (empty file name) internally; a named file is refused.
-        ffi::SQLITE_ATTACH => {
-            // SAFETY: as below; a null file name is treated as empty.
-            let empty = arg1.is_null() || unsafe { std::ffi::CStr::from_ptr(arg1) }.is_empty();
-            if empty {
-                ffi::SQLITE_OK
-            } else {
-                ffi::SQLITE_DENY
-            }
-        }
-        ffi::SQLITE_PRAGMA if !arg1.is_null() && !arg2.is_null() => {
-            // SAFETY: SQLite passes NUL-terminated strings (or null, checked above) valid for this call.
-            let name = unsafe { std::ffi::CStr::from_ptr(arg1) }.to_string_lossy().to_ascii_lowercase();
-            match name.as_str() {
-                "journal_mode" | "locking_mode" => ffi::SQLITE_DENY,
-                _ => ffi::SQLITE_OK,
-            }
-        }
-        _ => ffi::SQLITE_OK,
+/// What a connection to a bop database is made of (kept by the connection, to open it again).
+pub(crate) struct BopOrigin {
+    /// The placeholder main-database file.
+    path: PathBuf,
+    shared: Arc<DbShared>,
+    busy_timeout_ms: u32,
+    signals: Arc<EngineSignals>,
+}
+
+/// Opens a connection to the bop database `origin` names, bounded by `limits`, with `interrupted` as its
+/// interrupt flag (a new one when `None`).
+pub(crate) fn connect(
+    origin: &Arc<BopOrigin>,
+    limits: Limits,
+    interrupted: Option<Arc<AtomicBool>>,
+) -> Result<Connection, SqlError> {
+    let conn = Arc::new(ConnShared::default());
+    let manager = BopWalManager { shared: origin.shared.clone(), conn: conn.clone() };
+    let mut connection = Connection::open_raw(
+        &origin.path,
+        Some(make_wal_manager(manager)),
+        Some(conn),
+        Origin::Bop(origin.clone()),
+        origin.busy_timeout_ms,
+        Some(origin.signals.clone()),
+        limits,
+        interrupted,
+    )?;
+    // SAFETY: the connection is open; 0 disables SQLite's automatic checkpoints (bop drives them).
+    unsafe {
+        libsql_sys::ffi::sqlite3_wal_autocheckpoint(connection.raw(), 0);
     }
+    let setup = format!(
+        "PRAGMA mmap_size=0; PRAGMA max_page_count={PAGE_NO_MAX}; PRAGMA cache_size=-8192; \
+         PRAGMA temp_store=MEMORY;"
+    );
+    connection.execute(&setup, &Params::None)?;
+    let mode = connection.query("PRAGMA journal_mode", &Params::None)?;
+    if mode.rows != vec![vec![Value::Text("wal".into())]] {
+        return Err(SqlError::invalid(format!("virtual WAL not in use (journal_mode {:?})", mode.rows)));
+    }
+    let page_size = connection.query("PRAGMA page_size", &Params::None)?;
+    if page_size.rows != vec![vec![Value::Integer(PAGE_SIZE as i64)]] {
+        return Err(SqlError::invalid(format!(
+            "bop databases use {PAGE_SIZE}-byte pages, this one has {:?}",
+            page_size.rows
+        )));
+    }
+    // From here on, client SQL may not switch the journal away from bop's WAL (SQLite would then write
+    // the placeholder file) nor attach database files.
+    connection.guard_sql();
+    Ok(connection)
 }

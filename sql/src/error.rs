@@ -71,6 +71,27 @@ impl SqlError {
         matches!(self, SqlError::Timeout { .. } | SqlError::Interrupted | SqlError::ShuttingDown)
     }
 
+    /// The same error again, for another request that failed with it (an error that cannot be copied —
+    /// a page-store or file error — becomes [`SqlError::Invalid`] with its message).
+    pub(crate) fn duplicate(&self) -> SqlError {
+        match self {
+            SqlError::Sqlite { code, message } => SqlError::Sqlite { code: *code, message: message.clone() },
+            SqlError::Invalid { reason } => SqlError::Invalid { reason: reason.clone() },
+            SqlError::Timeout { limit } => SqlError::Timeout { limit: *limit },
+            SqlError::Interrupted => SqlError::Interrupted,
+            SqlError::ShuttingDown => SqlError::ShuttingDown,
+            SqlError::AnswerTooLarge { limit, unit } => {
+                SqlError::AnswerTooLarge { limit: *limit, unit: *unit }
+            }
+            SqlError::PageStore(_) | SqlError::Io { .. } => SqlError::Invalid { reason: self.to_string() },
+        }
+    }
+
+    /// Whether SQLite refused the statement for lack of room (`SQLITE_FULL`: bop's transaction bound).
+    pub(crate) fn is_full(&self) -> bool {
+        matches!(self, SqlError::Sqlite { code, .. } if code & 0xff == libsql_sys::ffi::SQLITE_FULL)
+    }
+
     pub(crate) fn invalid(reason: impl Into<String>) -> Self {
         SqlError::Invalid { reason: reason.into() }
     }

@@ -14,7 +14,10 @@ mod page_one;
 mod sink;
 mod wal;
 
-pub use connection::{Column, Connection, ExecOutcome, Params, Rows, Statement, StatementResult, Value};
+pub use connection::{
+    Column, Connection, ExecOutcome, GroupRequest, Params, RequestOutcome, Rows, Statement, StatementResult,
+    Value,
+};
 pub use engine::{OpenMode, SqlConfig, SqlEngine};
 pub use error::SqlError;
 pub use limits::{AnswerUnit, InterruptHandle, Limits, VALUE_OVERHEAD_BYTES};

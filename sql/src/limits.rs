@@ -2,14 +2,16 @@
 //! cancellation from another thread (a client gone, the node shutting down).
 //!
 //! A call is one `query`, `execute`, `request_batch`, `request_each` or `execute_batch` (a batch is one
-//! call, its answer bounded over all its statements; `backup_to` is only refused at shutdown). The
+//! call, its answer bounded over all its statements; `backup_to` is only refused at shutdown). In a
+//! `request_group` each request is bounded on its own: its own limits and its own [`InterruptHandle`],
+//! checked only while its statements run. The
 //! time limit and cancellation are enforced by SQLite's progress handler, which SQLite calls every
 //! [`PROGRESS_OPS`] virtual-machine instructions of a running statement and which stops the statement
 //! (`SQLITE_INTERRUPT`, with SQLite's usual rollback) once the call's deadline has passed, its connection's
 //! [`InterruptHandle`] was used, or its engine interrupts everything. The connection's busy handler checks
 //! the same conditions while it waits for another connection's write lock.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::ffi::{c_int, c_void};
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -72,12 +74,18 @@ impl std::fmt::Display for AnswerUnit {
 ///
 /// The handle holds only a shared flag, never the SQLite handle: using it after the connection is closed
 /// or dropped is safe and does nothing.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct InterruptHandle {
     flag: Arc<AtomicBool>,
 }
 
 impl InterruptHandle {
+    /// A handle of its own, not tied to a connection: given with a request to
+    /// [`crate::Connection::request_group`], it stops that request only.
+    pub fn new() -> InterruptHandle {
+        InterruptHandle::default()
+    }
+
     /// Interrupts the connection's running statement and its later calls.
     pub fn interrupt(&self) {
         self.flag.store(true, Ordering::SeqCst);
@@ -101,8 +109,13 @@ pub(crate) struct EngineSignals {
 /// Why a call was stopped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Stop {
+    /// The deadline passed (in a group: the running request's).
     Timeout(Duration),
+    /// The connection's handle or the engine's `interrupt_all`: the whole call stops.
     Interrupted,
+    /// The running request's own handle (in a group): that request stops.
+    RequestInterrupted,
+    /// The engine shuts down: the whole call stops.
     ShuttingDown,
 }
 
@@ -110,9 +123,14 @@ impl Stop {
     pub(crate) fn error(self) -> SqlError {
         match self {
             Stop::Timeout(limit) => SqlError::Timeout { limit },
-            Stop::Interrupted => SqlError::Interrupted,
+            Stop::Interrupted | Stop::RequestInterrupted => SqlError::Interrupted,
             Stop::ShuttingDown => SqlError::ShuttingDown,
         }
+    }
+
+    /// Whether the stop ends the whole call rather than the request running in it.
+    pub(crate) fn is_call_wide(self) -> bool {
+        matches!(self, Stop::Interrupted | Stop::ShuttingDown)
     }
 }
 
@@ -133,12 +151,24 @@ pub(crate) struct Guard {
     /// Why a handler stopped the current call.
     stopped: Cell<Option<Stop>>,
     busy_since: Cell<Option<Instant>>,
+    /// The handle of the request running in a group call (checked with the others).
+    request: RefCell<Option<InterruptHandle>>,
+    /// Set by the authorizer when a statement it is asked about touches the connection's own state
+    /// (transaction control, savepoints, pragmas, the temp schema, attached databases).
+    session_touched: Cell<bool>,
+    /// The authorizer refuses what bop connections may not do (see `authorize`).
+    guarded: Cell<bool>,
 }
 
 impl Guard {
-    pub(crate) fn new(engine: Option<Arc<EngineSignals>>, busy_timeout_ms: u32) -> Guard {
+    /// A guard whose connection-wide interrupt flag is `interrupted` (a fresh one when `None`).
+    pub(crate) fn new(
+        engine: Option<Arc<EngineSignals>>,
+        busy_timeout_ms: u32,
+        interrupted: Option<Arc<AtomicBool>>,
+    ) -> Guard {
         Guard {
-            interrupted: Arc::new(AtomicBool::new(false)),
+            interrupted: interrupted.unwrap_or_default(),
             engine,
             busy_timeout: Duration::from_millis(busy_timeout_ms.into()),
             armed: Cell::new(false),
@@ -147,7 +177,47 @@ impl Guard {
             epoch: Cell::new(0),
             stopped: Cell::new(None),
             busy_since: Cell::new(None),
+            request: RefCell::new(None),
+            session_touched: Cell::new(false),
+            guarded: Cell::new(false),
         }
+    }
+
+    /// The connection-wide interrupt flag (kept when the connection is opened again).
+    pub(crate) fn interrupt_flag(&self) -> Arc<AtomicBool> {
+        self.interrupted.clone()
+    }
+
+    /// Within an armed call: from now on, the deadline is `deadline` (standing for the time limit
+    /// `limit`) and `handle` stops the call too, until [`Guard::clear_request`]. Forgets an earlier stop.
+    pub(crate) fn set_request(
+        &self,
+        deadline: Option<Instant>,
+        limit: Duration,
+        handle: Option<InterruptHandle>,
+    ) {
+        self.deadline.set(deadline);
+        self.limit.set(limit);
+        *self.request.borrow_mut() = handle;
+        self.stopped.set(None);
+    }
+
+    pub(crate) fn clear_request(&self) {
+        self.set_request(None, Duration::ZERO, None);
+    }
+
+    /// Checks the limits now (as the handlers do), recording and returning why the call must stop.
+    pub(crate) fn check_now(&self) -> Option<Stop> {
+        self.check()
+    }
+
+    /// Clears the authorizer's mark and returns whether it was set.
+    pub(crate) fn take_session_touched(&self) -> bool {
+        self.session_touched.replace(false)
+    }
+
+    pub(crate) fn set_guarded(&self, guarded: bool) {
+        self.guarded.set(guarded);
     }
 
     pub(crate) fn handle(&self) -> InterruptHandle {
@@ -170,17 +240,7 @@ impl Guard {
     /// Starts a call under `limits`; an error (and nothing armed) if it may not even start.
     pub(crate) fn arm(&self, limits: &Limits) -> Result<(), SqlError> {
         let now = Instant::now();
-        let (mut deadline, mut limit) = (None, Duration::ZERO);
-        if let Some(at) = limits.time_max.and_then(|max| now.checked_add(max)) {
-            deadline = Some(at);
-            limit = at - now;
-        }
-        if let Some(at) = limits.deadline {
-            if deadline.is_none_or(|earlier| at < earlier) {
-                deadline = Some(at);
-                limit = at.saturating_duration_since(now);
-            }
-        }
+        let (deadline, limit) = deadline_of(limits, now);
         self.deadline.set(deadline);
         self.limit.set(limit);
         self.epoch.set(self.engine.as_ref().map_or(0, |engine| engine.epoch.load(Ordering::SeqCst)));
@@ -194,6 +254,16 @@ impl Guard {
 
     pub(crate) fn disarm(&self) {
         self.armed.set(false);
+    }
+
+    /// Makes this (new) guard go on with the call `other` runs: armed alike, at the same engine epoch,
+    /// with the same deadline and request.
+    pub(crate) fn continue_call_of(&self, other: &Guard) {
+        self.armed.set(other.armed.get());
+        self.epoch.set(other.epoch.get());
+        self.deadline.set(other.deadline.get());
+        self.limit.set(other.limit.get());
+        *self.request.borrow_mut() = other.request.borrow().clone();
     }
 
     /// Stops checking the limits until [`Guard::resume`] (a rollback after a failed call must not itself
@@ -223,6 +293,9 @@ impl Guard {
         if self.interrupted.load(Ordering::SeqCst) {
             return Some(Stop::Interrupted);
         }
+        if self.request.borrow().as_ref().is_some_and(InterruptHandle::is_interrupted) {
+            return Some(Stop::RequestInterrupted);
+        }
         match self.deadline.get() {
             Some(deadline) if now >= deadline => Some(Stop::Timeout(self.limit.get())),
             _ => None,
@@ -240,6 +313,23 @@ impl Guard {
         }
         stop
     }
+}
+
+/// The deadline `limits` give a call starting at `now` (the earlier of `time_max` from now and `deadline`),
+/// and the time limit it stands for (what a timeout reports).
+pub(crate) fn deadline_of(limits: &Limits, now: Instant) -> (Option<Instant>, Duration) {
+    let (mut deadline, mut limit) = (None, Duration::ZERO);
+    if let Some(at) = limits.time_max.and_then(|max| now.checked_add(max)) {
+        deadline = Some(at);
+        limit = at - now;
+    }
+    if let Some(at) = limits.deadline {
+        if deadline.is_none_or(|earlier| at < earlier) {
+            deadline = Some(at);
+            limit = at.saturating_duration_since(now);
+        }
+    }
+    (deadline, limit)
 }
 
 /// Owns a [`Guard`] at a fixed address that SQLite's handlers point at. Unlike a `Box`, it never asserts
@@ -314,4 +404,72 @@ pub(crate) unsafe extern "C" fn busy_handler(arg: *mut c_void, count: c_int) -> 
     }
     std::thread::sleep(nap);
     1
+}
+
+/// SQLite's authorizer, on every connection: marks statements that touch the connection's own state
+/// (see [`crate::Connection::request_group`], which runs requests holding such statements on a session of
+/// their own), and on bop connections (`guarded`) denies `ATTACH` of a file (VACUUM's temporary attach is
+/// allowed) and any `PRAGMA journal_mode` or `locking_mode` that sets a value (reading them is fine).
+/// Everything else is allowed.
+///
+/// # Safety
+/// As [`progress_handler`]; the strings are SQLite's, valid for the call (or null).
+pub(crate) unsafe extern "C" fn authorize(
+    arg: *mut c_void,
+    action: c_int,
+    arg1: *const std::ffi::c_char,
+    arg2: *const std::ffi::c_char,
+    database: *const std::ffi::c_char,
+    _trigger: *const std::ffi::c_char,
+) -> c_int {
+    use libsql_sys::ffi;
+    // SAFETY: as in `progress_handler`.
+    let guard = unsafe { &*(arg as *const Guard) };
+    // SAFETY: SQLite passes NUL-terminated strings (or null) valid for this call.
+    let text =
+        |ptr: *const std::ffi::c_char| (!ptr.is_null()).then(|| unsafe { std::ffi::CStr::from_ptr(ptr) });
+    let touches_session = match action {
+        ffi::SQLITE_TRANSACTION
+        | ffi::SQLITE_SAVEPOINT
+        | ffi::SQLITE_PRAGMA
+        | ffi::SQLITE_ATTACH
+        | ffi::SQLITE_DETACH
+        | ffi::SQLITE_CREATE_TEMP_INDEX
+        | ffi::SQLITE_CREATE_TEMP_TABLE
+        | ffi::SQLITE_CREATE_TEMP_TRIGGER
+        | ffi::SQLITE_CREATE_TEMP_VIEW
+        | ffi::SQLITE_DROP_TEMP_INDEX
+        | ffi::SQLITE_DROP_TEMP_TABLE
+        | ffi::SQLITE_DROP_TEMP_TRIGGER
+        | ffi::SQLITE_DROP_TEMP_VIEW => true,
+        // Writing the temp schema's tables (bop keeps one of its own there).
+        ffi::SQLITE_INSERT | ffi::SQLITE_UPDATE | ffi::SQLITE_DELETE => {
+            text(database).is_some_and(|db| db.to_bytes() == b"temp")
+        }
+        _ => false,
+    };
+    if touches_session {
+        guard.session_touched.set(true);
+    }
+    if !guard.guarded.get() {
+        return ffi::SQLITE_OK;
+    }
+    match action {
+        // VACUUM attaches a temporary database (empty file name) internally; a named file is refused.
+        ffi::SQLITE_ATTACH => {
+            if text(arg1).is_none_or(|name| name.is_empty()) {
+                ffi::SQLITE_OK
+            } else {
+                ffi::SQLITE_DENY
+            }
+        }
+        ffi::SQLITE_PRAGMA if text(arg2).is_some() => {
+            let name = text(arg1).map(|n| n.to_string_lossy().to_ascii_lowercase()).unwrap_or_default();
+            match name.as_str() {
+                "journal_mode" | "locking_mode" => ffi::SQLITE_DENY,
+                _ => ffi::SQLITE_OK,
+            }
+        }
+        _ => ffi::SQLITE_OK,
+    }
 }

@@ -13,12 +13,37 @@ pub enum SinkError {
     /// The page store refused or failed the commit.
     #[error("page store: {0}")]
     PageStore(#[from] PageStoreError),
-    /// The sink refused the commit for its own reason (e.g. not the leader, a test fault).
+    /// The sink refused this commit for its own reason (e.g. a state machine's refusal, a commit too large
+    /// for the log, a test fault): it never becomes visible, and another commit may well succeed.
     #[error("{reason}")]
     Rejected {
         /// Why.
         reason: String,
     },
+    /// The sink takes no commits at the moment (e.g. this node is not the leader): this commit never
+    /// becomes visible, and any other made now would fail alike.
+    #[error("{reason}")]
+    Unavailable {
+        /// Why.
+        reason: String,
+    },
+    /// The sink could not learn what became of the commit (e.g. Raft failed after proposing it): it may
+    /// still become visible. SQLite is told it failed; nothing may be retried on the assumption that it
+    /// was lost.
+    #[error("{reason}")]
+    OutcomeUnknown {
+        /// Why.
+        reason: String,
+    },
+}
+
+impl SinkError {
+    /// Whether the commit is known never to become visible and the failure is this commit's own, so that
+    /// committing its parts separately may succeed ([`crate::Connection::request_group`] then runs each
+    /// request of a failed group on its own).
+    pub fn is_commit_specific(&self) -> bool {
+        matches!(self, SinkError::PageStore(_) | SinkError::Rejected { .. })
+    }
 }
 
 /// Takes a committed transaction's page frames and makes them the database's next version.
@@ -27,8 +52,9 @@ pub enum SinkError {
 /// - `frames` are `(page_no, 4096-byte image)` with distinct page numbers in `1..=db_page_count`.
 /// - `Ok(index)` means the commit is durable **and applied in the local page store**: a `Db::snapshot()` taken
 ///   after the call returns sees it, and `index` is its log index.
-/// - `Err` means no part of the commit is, or will ever become, visible. (A sink that cannot know — e.g. a
-///   Raft proposal whose outcome is unknown — must not return until it knows.)
+/// - `Err` means no part of the commit is, or will ever become, visible — except
+///   [`SinkError::OutcomeUnknown`], which says the sink could not find out (a Raft proposal whose outcome
+///   is unknown).
 /// - Calls for one database never overlap: the virtual WAL holds the database's write lock around them.
 pub trait FrameSink: Send + Sync {
     /// Commits `frames` to `db` with the database size `db_page_count` after the commit. `read_index` is

@@ -70,6 +70,19 @@ pub(crate) struct WriterState {
 #[derive(Debug, Default)]
 pub(crate) struct ConnShared {
     pub last_error: Mutex<Option<String>>,
+    /// How the sink refused the last commit, when it did (cleared with `last_error`).
+    pub commit_failure: Mutex<Option<CommitFailure>>,
+}
+
+/// How a commit the sink refused failed (see [`crate::SinkError`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum CommitFailure {
+    /// This commit's own failure: never visible; its parts committed separately may succeed.
+    Specific,
+    /// The sink takes no commits now: never visible; any other commit would fail alike.
+    Unavailable,
+    /// The commit may still become visible.
+    Unknown,
 }
 
 /// Frames held by the current write transaction, in first-insert order; a later frame of the same page
@@ -349,7 +362,15 @@ impl BopWal {
                 self.clear_frames();
                 Ok(frame_count)
             }
-            Err(e) => Err(self.fail(ffi::SQLITE_IOERR_WRITE, format!("commit failed: {e}"))),
+            Err(e) => {
+                let failure = match &e {
+                    _ if e.is_commit_specific() => CommitFailure::Specific,
+                    crate::SinkError::OutcomeUnknown { .. } => CommitFailure::Unknown,
+                    _ => CommitFailure::Unavailable,
+                };
+                *self.conn.commit_failure.lock() = Some(failure);
+                Err(self.fail(ffi::SQLITE_IOERR_WRITE, format!("commit failed: {e}")))
+            }
         }
     }
 }
