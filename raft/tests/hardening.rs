@@ -869,3 +869,103 @@ async fn a_stalled_disk_is_reported_and_the_node_recovers_losing_nothing() {
     assert_eq!(count(&addr, "t").await, json!(1), "the write is there once");
     node.shutdown().await;
 }
+
+/// Finding 14 in a cluster: a leader whose disk stalls past `disk_stall_max` hands leadership to a peer,
+/// writes go on through the new leader, and once its disk answers again it catches up; the write that waited
+/// on the stalled disk is either acknowledged and present once, or not acknowledged and present at most once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_disk_under_the_leader_moves_leadership_away_and_loses_nothing() {
+    use bop_raft::node::NodeLimits;
+    use bop_storage::io::SimDisk;
+    let _serial = SERIAL.lock().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let limits = NodeLimits { disk_stall_max: Duration::from_millis(500), ..NodeLimits::default() };
+    let mut nodes = Vec::new();
+    let mut disks = Vec::new();
+    let mut members = BTreeMap::new();
+    for id in 1..=3u64 {
+        let disk = SimDisk::new(20 + id);
+        let (config, env) = on_sim_disk(dir.path(), id, &disk, limits);
+        let node = Node::start_in(config, env).await.expect("start");
+        members.insert(id, node.member_addr());
+        nodes.push(node);
+        disks.push(disk);
+    }
+    nodes[0].initialize_if_new(members).await.expect("initialize");
+    let cluster = Cluster { _dir: dir, nodes };
+    let stalled = cluster.leader().await.id();
+    let stalled_addr = cluster.nodes[stalled as usize - 1].http_addr().to_owned();
+    let (status, out) =
+        http(&stalled_addr, "POST", "/db/execute", json!(["CREATE TABLE t (x)"]).to_string().as_bytes())
+            .await;
+    assert_eq!(status, 200, "{out}");
+    let disk = &disks[stalled as usize - 1];
+    disk.pause_syncs();
+    let pending = {
+        let addr = stalled_addr.clone();
+        tokio::spawn(async move {
+            http(&addr, "POST", "/db/execute", json!([["INSERT INTO t VALUES (1)"]]).to_string().as_bytes())
+                .await
+        })
+    };
+    // A peer leads (as its own metrics say: the stalled node cannot apply, so it is never "ready").
+    let until = std::time::Instant::now() + Duration::from_secs(30);
+    let new_leader = loop {
+        let led_by_peer = cluster
+            .nodes
+            .iter()
+            .find(|n| n.id() != stalled && n.raft().metrics().borrow_watched().state.is_leader());
+        if let Some(node) = led_by_peer {
+            break node;
+        }
+        assert!(std::time::Instant::now() < until, "no peer leads 30 s after the stall");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let ready = http(&stalled_addr, "GET", "/readyz", b"").await;
+    assert_eq!(ready.0, 503, "the stalled node is not ready: {ready:?}");
+    let leader_addr = new_leader.http_addr().to_owned();
+    for _ in 0..5 {
+        let (status, out) = http(
+            &leader_addr,
+            "POST",
+            "/db/execute",
+            json!([["INSERT INTO t VALUES (2)"]]).to_string().as_bytes(),
+        )
+        .await;
+        assert_eq!(status, 200, "{out}");
+        assert!(out["results"][0].get("error").is_none(), "{out}");
+    }
+    disk.resume_syncs();
+    let (status, out) = tokio::time::timeout(Duration::from_secs(60), pending)
+        .await
+        .expect("the waiting write is answered once the disk answers")
+        .expect("task");
+    let acknowledged = status == 200 && out["results"][0]["rows_affected"] == json!(1);
+    let q = |sql: &str| format!("/db/query?level=strong&q={}", encode(sql));
+    let (_, out) = http(&leader_addr, "GET", &q("SELECT count(*) FROM t WHERE x = 1"), b"").await;
+    let ones = out["results"][0]["values"][0][0].as_u64().expect("a count");
+    assert!(ones <= 1, "the waiting write is applied at most once: {ones}");
+    if acknowledged {
+        assert_eq!(ones, 1, "an acknowledged write is present");
+    }
+    let (_, out) = http(&leader_addr, "GET", &q("SELECT count(*) FROM t WHERE x = 2"), b"").await;
+    assert_eq!(out["results"][0]["values"][0][0], json!(5), "every write through the new leader is there");
+    // The stalled node catches up and is ready again.
+    let expected = count(&leader_addr, "t").await;
+    let until = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let ready = http(&stalled_addr, "GET", "/readyz", b"").await.0;
+        let (_, out) = http(
+            &stalled_addr,
+            "GET",
+            &format!("/db/query?level=none&q={}", encode("SELECT count(*) FROM t")),
+            b"",
+        )
+        .await;
+        if ready == 200 && out["results"][0]["values"][0][0] == expected {
+            break;
+        }
+        assert!(std::time::Instant::now() < until, "not recovered within 30 s: ready {ready}, {out}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

@@ -109,7 +109,7 @@ async fn the_http_api_speaks_rqlite() {
         "a weak read on a follower is forwarded to the leader"
     );
     let (status, out) = http(&f, "GET", &format!("{path}&level=weak&redirect"), b"").await;
-    assert_eq!(status, 503, "with redirect, a follower names the leader instead: {out}");
+    assert_eq!(status, 301, "with redirect, a follower sends the client to the leader instead: {out}");
     assert_eq!(out["leader"]["id"], leader_id);
     // A follower serves level=none from its own page store once it applied the writes.
     let mut seen = Value::Null;
@@ -123,17 +123,17 @@ async fn the_http_api_speaks_rqlite() {
     }
     assert_eq!(seen, json!([["fiona", 20], ["billy", 30]]), "the follower's own copy");
 
-    // Errors: SQL errors inside results, writes on a follower, malformed input, unknown parameters, size.
+    // Errors: SQL errors inside results, writes on a follower, malformed input, a misspelt level, size.
     let (status, out) = http(&l, "POST", "/db/execute", br#"["INSERT INTO nope VALUES(1)"]"#).await;
     assert_eq!(status, 200);
     assert!(out["results"][0]["error"].as_str().is_some_and(|e| e.contains("no such table")), "{out}");
     let (status, _) =
         http(&f, "POST", "/db/execute?redirect", br#"["INSERT INTO foo(name) VALUES('x')"]"#).await;
-    assert_eq!(status, 503, "with redirect, writes sent to a follower are refused, naming the leader");
+    assert_eq!(status, 301, "with redirect, writes sent to a follower are redirected to the leader");
     let (status, _) = http(&l, "POST", "/db/execute", b"{not json").await;
     assert_eq!(status, 400);
-    let (status, _) = http(&l, "GET", "/db/query?q=SELECT%201&bogus=1", b"").await;
-    assert_eq!(status, 400);
+    let (status, _) = http(&l, "GET", "/db/query?q=SELECT%201&level=strng", b"").await;
+    assert_eq!(status, 400, "a misspelt level");
     let (status, _) = http(&l, "POST", "/db/execute", &vec![b' '; BODY_BYTES_MAX + 1]).await;
     assert_eq!(status, 413);
     let (status, out) = http(&l, "GET", "/db/query?q=SELECT%20count(*)%20FROM%20foo", b"").await;
@@ -159,7 +159,7 @@ async fn the_http_api_speaks_rqlite() {
     assert_eq!(out["results"][0]["rows_affected"], 1, "{out}");
     assert_eq!(out["results"][1]["values"], json!([[7], [42]]), "{out}");
     let (status, _) = http(&f, "POST", "/db/request?db=other&redirect", mixed).await;
-    assert_eq!(status, 503, "with redirect, a batch with a write is refused on a follower");
+    assert_eq!(status, 301, "with redirect, a batch with a write is redirected to the leader");
     let (status, out) = http(
         &l,
         "POST",
@@ -174,7 +174,7 @@ async fn the_http_api_speaks_rqlite() {
         let (status, out) =
             http(&f, "POST", "/db/request?db=other&level=none&redirect", br#"["SELECT count(*) FROM t"]"#)
                 .await;
-        // 503 only until the follower has applied the database's creation (unknown databases count as
+        // 301 only until the follower has applied the database's creation (unknown databases count as
         // writes); afterwards a read-only batch at level=none is served here, not redirected.
         seen = json!([status, out["results"][0]["values"].clone()]);
         if seen == json!([200, [[2]]]) {
@@ -318,7 +318,7 @@ async fn the_http_api_speaks_rqlite() {
         1
     );
     let (status, _) = http(&f, "GET", "/db/backup?db=other&redirect", b"").await;
-    assert_eq!(status, 503, "with redirect, a follower names the leader instead of taking a backup itself");
+    assert_eq!(status, 301, "with redirect, a follower redirects a backup to the leader");
 
     // Status and readiness.
     let (status, out) = http(&f, "GET", "/status", b"").await;
@@ -354,7 +354,7 @@ async fn the_http_api_speaks_rqlite() {
     let (status, out) = http(&l, "POST", "/join", join.to_string().as_bytes()).await;
     assert_eq!(status, 200, "{out}");
     let (status, _) = http(&f, "POST", "/join?redirect", join.to_string().as_bytes()).await;
-    assert_eq!(status, 503, "membership changes go to the leader");
+    assert_eq!(status, 301, "membership changes go to the leader");
     let (_, out) = http(&l, "GET", "/nodes", b"").await;
     assert_eq!(out["4"]["voter"], true, "{out}");
     let h4 = fourth.http_addr().to_owned();

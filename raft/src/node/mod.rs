@@ -443,19 +443,6 @@ impl NodeShared {
         }
         out
     }
-
-    fn nodes(&self) -> Json {
-        let m = self.raft.metrics().borrow_watched().clone();
-        let membership = m.membership_config.membership();
-        let voters: Vec<u64> = membership.voter_ids().collect();
-        let nodes: BTreeMap<String, Json> = membership
-            .nodes()
-            .map(|(id, node)| {
-                (id.to_string(), json!({ "raft_addr": node.addr, "voter": voters.contains(id), "leader": m.current_leader == Some(*id) }))
-            })
-            .collect();
-        json!(nodes)
-    }
 }
 
 /// A running node.

@@ -1,6 +1,9 @@
-//! Membership calls: `POST /join`, `DELETE /remove`.
+//! Membership calls (`POST /join`, `DELETE /remove`) and the cluster's state: `GET /status`, `/nodes`,
+//! `/readyz` (in rqlite's shapes beside bop's own fields) and `/metrics`.
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use axum::extract::State;
 use axum::Extension;
@@ -110,14 +113,112 @@ pub(super) async fn remove(
     }
 }
 
-/// `GET /status`.
-pub(super) async fn status(State(node): Node, Extension(call): CallOf) -> HttpResponse {
-    respond(StatusCode::OK, &node.status(), call.pretty)
+/// How long `/nodes` and `/readyz` wait for a node to answer unless `timeout` says otherwise (rqlite's
+/// default).
+const PROBE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The `timeout` parameter (checked by the front layer), or [`PROBE_TIMEOUT`].
+fn timeout_of(call: &Call) -> Duration {
+    call.params.get("timeout").and_then(|t| parse_duration(t)).unwrap_or(PROBE_TIMEOUT)
 }
 
-/// `GET /nodes`.
+/// The Raft address in a membership address (`RAFT_ADDR http=HTTP_ADDR`).
+fn raft_addr_of(member_addr: &str) -> &str {
+    member_addr.split_whitespace().next().unwrap_or_default()
+}
+
+/// Contacts the HTTP API at `http_addr` (`GET /readyz?noleader`) within `timeout`: whether it answered,
+/// and how long that took in seconds. Any HTTP answer counts: the node is reachable.
+async fn probe(node: &NodeShared, http_addr: &str, timeout: Duration) -> (Result<(), String>, f64) {
+    let started = Instant::now();
+    let attempt = async {
+        let stream = node.net.connect(http_addr).await.map_err(|e| format!("connecting: {e}"))?;
+        let mut conn =
+            crate::http_client::HttpConn::over(stream, http_addr).await.map_err(|e| e.to_string())?;
+        conn.call(hyper::Method::GET, "/readyz?noleader", bytes::Bytes::new(), 4096)
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    };
+    let result = match tokio::time::timeout(timeout, attempt).await {
+        Ok(result) => result,
+        Err(_) => Err(format!("no answer within {timeout:?}")),
+    };
+    (result, started.elapsed().as_secs_f64())
+}
+
+/// `GET /status`: bop's fields, and rqlite's `store.leader` (`node_id` as a string, the leader's Raft
+/// `addr`; both empty while no leader is known) and `build.version`, which client libraries read to find
+/// the leader.
+pub(super) async fn status(State(node): Node, Extension(call): CallOf) -> HttpResponse {
+    let mut status = node.status();
+    let (node_id, addr) = match node.leader() {
+        Some((id, addr)) => (id.to_string(), raft_addr_of(&addr).to_owned()),
+        None => (String::new(), String::new()),
+    };
+    status["store"] = json!({ "leader": { "node_id": node_id, "addr": addr } });
+    status["build"] = json!({ "version": VERSION });
+    status["http"]["addr"] = json!(node.http_addr);
+    respond(StatusCode::OK, &status, call.pretty)
+}
+
+/// `GET /nodes`: the cluster's voters (and learners too with `nonvoters`), each contacted over its HTTP API
+/// at once, within `timeout` (30 s by default). Keyed by id, or with `ver=2` as `{"nodes": [...]}` in id
+/// order. Each has rqlite's fields — `id` (a string), `api_addr` (`http://HOST:PORT`), `addr` (Raft),
+/// `voter`, `reachable`, `leader`, `time` (seconds the contact took) and `error` when unreachable — and
+/// bop's `raft_addr` (the membership address).
 pub(super) async fn nodes(State(node): Node, Extension(call): CallOf) -> HttpResponse {
-    respond(StatusCode::OK, &node.nodes(), call.pretty)
+    let (members, voters) = {
+        let metrics = node.raft.metrics();
+        let m = metrics.borrow_watched();
+        let membership = m.membership_config.membership();
+        let voters: BTreeSet<u64> = membership.voter_ids().collect();
+        let members: Vec<(u64, String)> = membership.nodes().map(|(id, n)| (*id, n.addr.clone())).collect();
+        (members, voters)
+    };
+    let nonvoters = call.params.contains_key("nonvoters");
+    let members: Vec<(u64, String)> =
+        members.into_iter().filter(|(id, _)| nonvoters || voters.contains(id)).collect();
+    let leader = node.leader().map(|(id, _)| id);
+    let timeout = timeout_of(&call);
+    let probes = futures_util::future::join_all(members.iter().map(|(_, addr)| {
+        let node = &node;
+        async move {
+            match crate::tcp::http_addr_of(addr) {
+                Some(http_addr) => probe(node, http_addr, timeout).await,
+                None => (Err("the membership has no HTTP address for this node".to_owned()), 0.0),
+            }
+        }
+    }))
+    .await;
+    let mut entries: Vec<(u64, Json)> = members
+        .iter()
+        .zip(probes)
+        .map(|((id, addr), (reached, time))| {
+            let api_addr = crate::tcp::http_addr_of(addr).map(|h| format!("http://{h}")).unwrap_or_default();
+            let mut entry = json!({
+                "id": id.to_string(),
+                "api_addr": api_addr,
+                "addr": raft_addr_of(addr),
+                "raft_addr": addr,
+                "voter": voters.contains(id),
+                "reachable": reached.is_ok(),
+                "leader": leader == Some(*id),
+                "time": time,
+            });
+            if let Err(e) = reached {
+                entry["error"] = json!(e);
+            }
+            (*id, entry)
+        })
+        .collect();
+    entries.sort_by_key(|(id, _)| *id);
+    let body = if call.params.get("ver").is_some_and(|v| v == "2") {
+        json!({ "nodes": entries.into_iter().map(|(_, e)| e).collect::<Vec<_>>() })
+    } else {
+        Json::Object(entries.into_iter().map(|(id, e)| (id.to_string(), e)).collect())
+    };
+    respond(StatusCode::OK, &body, call.pretty)
 }
 
 /// `GET /metrics`: Prometheus text.
@@ -130,14 +231,51 @@ pub(super) async fn metrics(State(node): Node) -> HttpResponse {
     response
 }
 
-/// `GET /readyz`: 200 once a running Raft knows a leader.
+/// `GET /readyz`: 200 when the node can serve: its disk is healthy, its Raft runs and knows a leader, and
+/// that leader answers over HTTP within `timeout` (30 s by default); otherwise 503 with the reason. With
+/// `noleader` only the node itself is checked (up, disk healthy). With `sync` the node must also have
+/// applied everything the leader had reported committed when the request arrived, waiting for that until
+/// the timeout. As rqlite's `/readyz`.
 pub(super) async fn readyz(State(node): Node, Extension(call): CallOf) -> HttpResponse {
+    let started = Instant::now();
+    let timeout = timeout_of(&call);
     if let Some(trouble) = node.disk_trouble() {
         return error(StatusCode::SERVICE_UNAVAILABLE, trouble.message);
     }
-    match node.leader() {
-        Some(_) => respond(StatusCode::OK, &json!({ "ready": true }), call.pretty),
-        None if !node.raft_running() => error(StatusCode::SERVICE_UNAVAILABLE, "raft has stopped"),
-        None => error(StatusCode::SERVICE_UNAVAILABLE, "no leader"),
+    if call.params.contains_key("noleader") {
+        return respond(StatusCode::OK, &json!({ "ready": true, "noleader": true }), call.pretty);
     }
+    let (leader, addr) = match node.leader() {
+        Some(leader) => leader,
+        None if !node.raft_running() => return error(StatusCode::SERVICE_UNAVAILABLE, "raft has stopped"),
+        None => return error(StatusCode::SERVICE_UNAVAILABLE, "no leader"),
+    };
+    if leader != node.id {
+        let Some(http_addr) = crate::tcp::http_addr_of(&addr) else {
+            return error(StatusCode::SERVICE_UNAVAILABLE, format!("leader {leader} has no HTTP address"));
+        };
+        if let (Err(e), _) = probe(&node, http_addr, timeout).await {
+            return error(StatusCode::SERVICE_UNAVAILABLE, format!("leader {leader} not contactable: {e}"));
+        }
+    }
+    if call.params.contains_key("sync") {
+        let (committed, applied) = {
+            let metrics = node.raft.metrics();
+            let m = metrics.borrow_watched();
+            (m.cluster_committed.as_ref().map(|c| c.index), m.last_applied.as_ref().map(|a| a.index))
+        };
+        if applied < committed {
+            let left = timeout.saturating_sub(started.elapsed());
+            let synced = node.raft.wait(Some(left)).applied_index_at_least(committed, "readyz sync").await;
+            if synced.is_err() {
+                let message = format!(
+                    "not synced within {timeout:?}: applied {} of the {} entries the leader reported committed",
+                    applied.unwrap_or(0),
+                    committed.unwrap_or(0)
+                );
+                return error(StatusCode::SERVICE_UNAVAILABLE, message);
+            }
+        }
+    }
+    respond(StatusCode::OK, &json!({ "ready": true, "leader": leader }), call.pretty)
 }

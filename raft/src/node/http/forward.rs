@@ -70,8 +70,9 @@ pub(super) enum ForwardFailure {
     Other,
 }
 
-/// A call this follower cannot answer: with `redirect`, 503 naming the leader; otherwise the leader's own
-/// answer, forwarded (503 naming it if it cannot be reached).
+/// A call this follower cannot answer: with `redirect`, 301 to the leader's URL for the same path and query
+/// (rqlite's contract); otherwise the leader's own answer, forwarded (503 naming it if it cannot be
+/// reached).
 pub(super) async fn to_leader(
     node: &NodeShared,
     params: &HashMap<String, String>,
@@ -83,8 +84,11 @@ pub(super) async fn to_leader(
     let pretty = params.contains_key("pretty");
     // A request another node forwarded here is never forwarded again: two nodes that each believe the
     // other leads would otherwise pass it back and forth.
-    if params.contains_key("redirect") || forwarded {
+    if forwarded {
         return not_leader(node, pretty);
+    }
+    if params.contains_key("redirect") {
+        return redirect(node, path_and_query, pretty);
     }
     match forward(node, method, path_and_query, bytes).await {
         Ok(response) => response,
@@ -101,6 +105,24 @@ pub(super) async fn to_leader(
         }
         Err(ForwardFailure::Other) => not_leader(node, pretty),
     }
+}
+
+/// `301 Moved Permanently` with `Location: http://LEADER_HTTP_ADDR/PATH?QUERY`, the URL this request has on
+/// the leader (the query kept whole, `redirect` included, as rqlite does), and the leader named in the body
+/// too; 503 naming what is known when the leader or its HTTP address is not.
+pub(super) fn redirect(node: &NodeShared, path_and_query: &str, pretty: bool) -> HttpResponse {
+    let Some((id, addr)) = node.leader() else { return not_leader(node, pretty) };
+    let Some(http_addr) = crate::tcp::http_addr_of(&addr) else { return not_leader(node, pretty) };
+    let location = format!("http://{http_addr}{path_and_query}");
+    let Ok(value) = hyper::header::HeaderValue::from_str(&location) else { return not_leader(node, pretty) };
+    let body = json!({
+        "error": "not the leader",
+        "leader": { "id": id, "raft_addr": addr },
+        "location": location,
+    });
+    let mut response = respond(StatusCode::MOVED_PERMANENTLY, &body, pretty);
+    response.headers_mut().insert(hyper::header::LOCATION, value);
+    response
 }
 
 /// 503 naming the leader (its Raft address), for a write or a weak read sent to a follower.

@@ -110,30 +110,55 @@ pub(super) fn percent_decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-pub(super) const KNOWN_PARAMS: &[&str] = &[
-    "q",
-    "level",
-    "associative",
-    "pretty",
-    "timings",
-    "db",
-    "transaction",
-    "freshness",
-    "freshness_strict",
-    "redirect",
-    "fmt",
-    "db_timeout",
-];
+/// The read consistency levels (`level=`), compared without regard to case as rqlite does.
+pub(super) const LEVELS: &[&str] = &["none", "weak", "linearizable", "strong"];
 
+/// Parameters whose values are Go-style durations (rqlite's `time.ParseDuration`).
+const DURATION_PARAMS: &[&str] = &["timeout", "freshness", "db_timeout", "linearizable_timeout"];
+
+/// The version every answer names in [`VERSION_HEADER`].
+pub(super) const VERSION: &str = concat!("bop-", env!("CARGO_PKG_VERSION"));
+/// rqlite's version header, which clients use to recognise a node.
+pub(super) const VERSION_HEADER: &str = "x-rqlite-version";
+
+/// A request's query parameters. Like rqlite, unknown parameters are ignored (clients send `retries`,
+/// `queue`, keys of their own); the values of known ones are checked, and a bad one is an error naming it:
+/// `level` must be a known level (its case does not matter; it is kept in lower case), the durations must
+/// parse, `retries` is an integer and `q`, when present, is not empty. A zero `freshness` or `db_timeout`
+/// (Go's zero duration, which some clients send by default) sets no bound, so it is dropped.
 pub(super) fn query_params(query: Option<&str>) -> Result<HashMap<String, String>, String> {
     let mut params = HashMap::new();
     for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
         let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-        let key = percent_decode(key);
-        if !KNOWN_PARAMS.contains(&key.as_str()) {
-            return Err(format!("unknown parameter {key:?} (known: {})", KNOWN_PARAMS.join(", ")));
+        // The first value of a repeated key counts, as in rqlite.
+        params.entry(percent_decode(key)).or_insert_with(|| percent_decode(value));
+    }
+    if let Some(level) = params.get_mut("level") {
+        *level = level.to_ascii_lowercase();
+        if !LEVELS.contains(&level.as_str()) {
+            return Err(format!("unknown level {level:?} ({})", LEVELS.join(", ")));
         }
-        params.insert(key, percent_decode(value));
+    }
+    for key in DURATION_PARAMS {
+        if let Some(value) = params.get(*key) {
+            match parse_duration(value) {
+                Some(d) if d.is_zero() && matches!(*key, "freshness" | "db_timeout") => {
+                    params.remove(*key);
+                }
+                Some(_) => {}
+                None => {
+                    return Err(format!("{key} {value:?} is not a valid duration (e.g. 500ms, 2s, 1m30s)"))
+                }
+            }
+        }
+    }
+    if let Some(retries) = params.get("retries") {
+        if retries.parse::<u32>().is_err() {
+            return Err(format!("retries {retries:?} is not a valid integer"));
+        }
+    }
+    if params.get("q").is_some_and(String::is_empty) {
+        return Err("q is empty: GET /db/query needs q=SQL".into());
     }
     Ok(params)
 }
@@ -241,9 +266,9 @@ async fn wrong_method(request: Request) -> HttpResponse {
     )
 }
 
-/// Runs before every route: rejects unknown parameters, sends writes, leader reads, backups and
+/// Runs before every route: refuses bad values of known parameters, sends writes, leader reads, backups and
 /// membership calls that reach a follower to the leader (unless the client asked for a redirect), and
-/// records the call's latency (and `timings`).
+/// records the call's latency (and `timings`). Every answer carries the version header.
 async fn front(
     State(node): State<Arc<NodeShared>>,
     request: Request,
@@ -253,7 +278,11 @@ async fn front(
     let started = Instant::now();
     let params = match query_params(request.uri().query()) {
         Ok(params) => params,
-        Err(e) => return error(StatusCode::BAD_REQUEST, e).into_response(),
+        Err(e) => {
+            let mut response = error(StatusCode::BAD_REQUEST, e).into_response();
+            response.headers_mut().insert(VERSION_HEADER, hyper::header::HeaderValue::from_static(VERSION));
+            return response;
+        }
     };
     let timings = params.contains_key("timings");
     let path = request.uri().path();
@@ -277,6 +306,7 @@ async fn front(
         request.extensions_mut().insert(Arc::new(Call { params, pretty, db }));
         next.run(request).await
     };
+    response.headers_mut().insert(VERSION_HEADER, hyper::header::HeaderValue::from_static(VERSION));
     if timings {
         let took = started.elapsed().as_secs_f64();
         response.headers_mut().insert(
@@ -289,21 +319,35 @@ async fn front(
     response
 }
 
-/// A Go-style duration as rqlite takes it: a number and a unit (`ns`, `us`, `ms`, `s`, `m`, `h`), e.g.
-/// `500ms`, `1.5s`; `None` when it is not one.
+/// A Go-style duration as rqlite takes it (`time.ParseDuration`): `0`, or one or more numbers each with a
+/// unit (`ns`, `us`, `µs`, `ms`, `s`, `m`, `h`), e.g. `500ms`, `1.5s`, `1m30s`; `None` when it is not one
+/// (negative durations are refused).
 pub(super) fn parse_duration(text: &str) -> Option<std::time::Duration> {
-    let split = text.find(|c: char| !(c.is_ascii_digit() || c == '.'))?;
-    let (number, unit) = text.split_at(split);
-    let value: f64 = number.parse().ok()?;
-    let secs = match unit {
-        "ns" => value / 1e9,
-        "us" | "µs" => value / 1e6,
-        "ms" => value / 1e3,
-        "s" => value,
-        "m" => value * 60.0,
-        "h" => value * 3600.0,
-        _ => return None,
-    };
+    if text == "0" {
+        return Some(std::time::Duration::ZERO);
+    }
+    let mut rest = text;
+    let mut secs = 0.0f64;
+    if rest.is_empty() {
+        return None;
+    }
+    while !rest.is_empty() {
+        let split = rest.find(|c: char| !(c.is_ascii_digit() || c == '.'))?;
+        let (number, tail) = rest.split_at(split);
+        let unit_len = tail.find(|c: char| c.is_ascii_digit() || c == '.').unwrap_or(tail.len());
+        let (unit, next) = tail.split_at(unit_len);
+        let value: f64 = number.parse().ok()?;
+        secs += match unit {
+            "ns" => value / 1e9,
+            "us" | "µs" => value / 1e6,
+            "ms" => value / 1e3,
+            "s" => value,
+            "m" => value * 60.0,
+            "h" => value * 3600.0,
+            _ => return None,
+        };
+        rest = next;
+    }
     std::time::Duration::try_from_secs_f64(secs).ok()
 }
 
@@ -318,7 +362,10 @@ mod tests {
         assert_eq!(parse_duration("1.5s"), Some(Duration::from_millis(1500)));
         assert_eq!(parse_duration("2m"), Some(Duration::from_secs(120)));
         assert_eq!(parse_duration("10us"), Some(Duration::from_micros(10)));
-        for bad in ["", "s", "10", "10 s", "1x", "-1s", "1e999h"] {
+        assert_eq!(parse_duration("0"), Some(Duration::ZERO));
+        assert_eq!(parse_duration("1m30s"), Some(Duration::from_secs(90)));
+        assert_eq!(parse_duration("1h0.5m"), Some(Duration::from_secs(3630)));
+        for bad in ["", "s", "10", "10 s", "1x", "-1s", "1e999h", "1s5", "00", "1.2.3s"] {
             assert_eq!(parse_duration(bad), None, "{bad:?}");
         }
     }

@@ -1,0 +1,302 @@
+//! rqlite's documented API contract, on a three-node cluster over loopback: `redirect` answers 301 with the
+//! leader's URL, unknown query parameters are ignored while misspelt values of known ones are refused,
+//! every answer carries a version header, `/status` names the leader as rqlite's `store.leader`, `/nodes`
+//! has rqlite's fields (reachability measured, the `ver=2` array form), and `/readyz` takes `noleader`,
+//! `sync` and `timeout`.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use bop_raft::node::{Node, NodeConfig};
+use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// An answer: status, headers (names in lower case) and body (JSON, or a string when it is not JSON).
+struct Answer {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: Value,
+}
+
+impl Answer {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
+    }
+}
+
+/// One request on its own connection (no redirect followed), answered within 30 s.
+async fn http(addr: &str, method: &str, path: &str, body: &str) -> Answer {
+    let mut stream = TcpStream::connect(addr).await.expect("connect");
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).await.expect("send head");
+    stream.write_all(body.as_bytes()).await.expect("send body");
+    let mut raw = Vec::new();
+    tokio::time::timeout(Duration::from_secs(30), stream.read_to_end(&mut raw))
+        .await
+        .expect("an answer within 30 s")
+        .expect("read");
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").expect("end of head");
+    let mut lines = head.lines();
+    let status = lines.next().and_then(|l| l.split(' ').nth(1)).and_then(|s| s.parse().ok()).expect("status");
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    let body = serde_json::from_str(body).unwrap_or_else(|_| Value::String(body.to_owned()));
+    Answer { status, headers, body }
+}
+
+struct Cluster {
+    _dir: tempfile::TempDir,
+    nodes: Vec<Node>,
+}
+
+async fn cluster() -> Cluster {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut nodes = Vec::new();
+    let mut members = BTreeMap::new();
+    for id in 1..=3u64 {
+        let config = NodeConfig {
+            id,
+            data_dir: dir.path().join(format!("node-{id}")),
+            raft_addr: "127.0.0.1:0".into(),
+            http_addr: "127.0.0.1:0".into(),
+        };
+        let node = Node::start(config).await.expect("start");
+        members.insert(id, node.member_addr());
+        nodes.push(node);
+    }
+    nodes[0].initialize_if_new(members).await.expect("initialize");
+    let cluster = Cluster { _dir: dir, nodes };
+    // Every node knows the leader, and the leader has applied its own term's first entry.
+    for node in &cluster.nodes {
+        node.raft()
+            .wait(Some(Duration::from_secs(30)))
+            .metrics(|m| m.current_leader.is_some(), "a leader")
+            .await
+            .expect("leader");
+    }
+    let leader = cluster.leader();
+    leader
+        .raft()
+        .wait(Some(Duration::from_secs(30)))
+        .metrics(|m| m.state.is_leader() && m.last_applied.map(|l| l.index) == m.last_log_index, "ready")
+        .await
+        .expect("ready");
+    cluster
+}
+
+impl Cluster {
+    fn leader(&self) -> &Node {
+        use openraft::async_runtime::WatchReceiver;
+        let id = self.nodes[0].raft().metrics().borrow_watched().current_leader.expect("leader");
+        self.nodes.iter().find(|n| n.id() == id).expect("leader node")
+    }
+
+    fn follower(&self) -> &Node {
+        let leader = self.leader().id();
+        self.nodes.iter().find(|n| n.id() != leader).expect("a follower")
+    }
+
+    async fn shutdown(self) {
+        for node in self.nodes {
+            node.shutdown().await;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redirect_answers_301_with_the_leaders_url_for_the_same_path_and_query() {
+    let cluster = cluster().await;
+    let (l, f) = (cluster.leader().http_addr().to_owned(), cluster.follower().http_addr().to_owned());
+    let created = http(&l, "POST", "/db/execute", r#"["CREATE TABLE t (x)"]"#).await;
+    assert_eq!(created.status, 200, "{}", created.body);
+    for (method, path, body) in [
+        ("POST", "/db/execute?redirect&timings", r#"["INSERT INTO t VALUES (1)"]"#),
+        ("GET", "/db/query?q=SELECT%20x%20FROM%20t&level=weak&redirect", ""),
+        ("POST", "/db/query?redirect&level=linearizable", r#"["SELECT x FROM t"]"#),
+        ("POST", "/db/request?redirect", r#"["INSERT INTO t VALUES (2)"]"#),
+        ("GET", "/db/backup?redirect", ""),
+        ("POST", "/join?redirect", r#"{"id": 9, "addr": "127.0.0.1:1"}"#),
+    ] {
+        let answer = http(&f, method, path, body).await;
+        assert_eq!(answer.status, 301, "{method} {path}: {}", answer.body);
+        assert_eq!(answer.header("location"), Some(format!("http://{l}{path}").as_str()), "{method} {path}");
+    }
+    // Nothing was written by the redirected writes: the follower did not forward them.
+    let count = http(&l, "GET", "/db/query?q=SELECT%20count(*)%20FROM%20t", "").await;
+    assert_eq!(count.body["results"][0]["values"], json!([[0]]), "{}", count.body);
+    // Following the Location header reaches the leader, which answers the request itself.
+    let answer = http(&f, "POST", "/db/execute?redirect", r#"["INSERT INTO t VALUES (3)"]"#).await;
+    let location = answer.header("location").expect("location").to_owned();
+    let target = location.strip_prefix("http://").and_then(|r| r.split_once('/')).expect("http URL");
+    let followed = http(target.0, "POST", &format!("/{}", target.1), r#"["INSERT INTO t VALUES (3)"]"#).await;
+    assert_eq!((followed.status, followed.body["results"][0]["rows_affected"].clone()), (200, json!(1)));
+    // Without `redirect` a follower still forwards, and the leader serves `redirect` requests itself.
+    let forwarded = http(&f, "GET", "/db/query?q=SELECT%20count(*)%20FROM%20t", "").await;
+    assert_eq!(forwarded.body["results"][0]["values"], json!([[1]]), "{}", forwarded.body);
+    let on_leader = http(&l, "GET", "/db/query?q=SELECT%20count(*)%20FROM%20t&redirect", "").await;
+    assert_eq!(on_leader.status, 200, "{}", on_leader.body);
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_parameters_are_ignored_and_misspelt_values_of_known_ones_refused() {
+    let cluster = cluster().await;
+    let (l, f) = (cluster.leader().http_addr().to_owned(), cluster.follower().http_addr().to_owned());
+    // What client libraries send that bop does not act on: rqlite's retries, timeout, queue-free flags,
+    // and junk keys.
+    let answer =
+        http(&l, "POST", "/db/execute?timeout=10s&retries=2&bogus=1&x-client=7", r#"["CREATE TABLE t (x)"]"#)
+            .await;
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    for addr in [&l, &f] {
+        let answer = http(addr, "GET", "/db/query?q=SELECT%201&bogus=1&nonsense&level=weak", "").await;
+        assert_eq!(
+            (answer.status, answer.body["results"][0]["values"].clone()),
+            (200, json!([[1]])),
+            "{addr}"
+        );
+        // Level names are case-insensitive, as in rqlite.
+        let answer = http(addr, "GET", "/db/query?q=SELECT%201&level=WEAK", "").await;
+        assert_eq!(answer.status, 200, "{addr}: {}", answer.body);
+        // A misspelt level is refused on every node, before anything is forwarded.
+        let answer = http(addr, "GET", "/db/query?q=SELECT%201&level=strng", "").await;
+        assert_eq!(answer.status, 400, "{addr}: {}", answer.body);
+        let error = answer.body["error"].as_str().unwrap_or_default();
+        assert!(error.contains("strng") && error.contains("linearizable"), "{error}");
+        for bad in
+            ["q=SELECT%201&timeout=soon", "q=SELECT%201&db_timeout=x", "q=SELECT%201&freshness=1y&level=none"]
+        {
+            let answer = http(addr, "GET", &format!("/db/query?{bad}"), "").await;
+            assert_eq!(answer.status, 400, "{addr} {bad}: {}", answer.body);
+        }
+        for bad in ["q=SELECT%201&retries=many", "q="] {
+            let answer = http(addr, "GET", &format!("/db/query?{bad}"), "").await;
+            assert_eq!(answer.status, 400, "{addr} {bad}: {}", answer.body);
+        }
+    }
+    // freshness=0 (Go's zero duration, which rqdb sends by default) means no freshness bound.
+    let answer = http(&f, "GET", "/db/query?q=SELECT%201&level=none&freshness=0", "").await;
+    assert_eq!(
+        (answer.status, answer.body["results"][0]["values"].clone()),
+        (200, json!([[1]])),
+        "{}",
+        answer.body
+    );
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_answer_carries_the_version_header_and_status_and_nodes_speak_rqlite() {
+    let cluster = cluster().await;
+    let leader = cluster.leader();
+    let leader_id = leader.id();
+    let (l, f) = (leader.http_addr().to_owned(), cluster.follower().http_addr().to_owned());
+    let version = format!("bop-{}", env!("CARGO_PKG_VERSION"));
+    for (addr, method, path) in [
+        (&l, "GET", "/status"),
+        (&f, "GET", "/nodes"),
+        (&f, "GET", "/db/query?q=SELECT%201"),
+        (&f, "GET", "/db/query?q=SELECT%201&redirect"),
+        (&l, "GET", "/nope"),
+        (&l, "GET", "/db/query?q=SELECT%201&level=strng"),
+        (&f, "GET", "/readyz"),
+    ] {
+        let answer = http(addr, method, path, "").await;
+        assert_eq!(answer.header("x-rqlite-version"), Some(version.as_str()), "{method} {path}");
+    }
+
+    // /status: bop's own fields and rqlite's store.leader (node id as a string, Raft address).
+    for node in &cluster.nodes {
+        let status = http(node.http_addr(), "GET", "/status", "").await.body;
+        assert_eq!(status["raft"]["leader"], leader.id(), "{status}");
+        assert_eq!(status["store"]["leader"]["node_id"], leader.id().to_string(), "{status}");
+        assert_eq!(status["store"]["leader"]["addr"], leader.raft_addr(), "{status}");
+        assert_eq!(status["build"]["version"], version, "{status}");
+    }
+
+    // /nodes: bop's fields and rqlite's, keyed by id; every node reachable; ver=2 as an array.
+    let nodes = http(&f, "GET", "/nodes", "").await.body;
+    for node in &cluster.nodes {
+        let entry = &nodes[node.id().to_string()];
+        assert_eq!(entry["id"], node.id().to_string(), "{nodes}");
+        assert_eq!(entry["api_addr"], format!("http://{}", node.http_addr()), "{nodes}");
+        assert_eq!(entry["addr"], node.raft_addr(), "{nodes}");
+        assert_eq!(entry["raft_addr"], node.member_addr(), "{nodes}");
+        assert_eq!(entry["voter"], true, "{nodes}");
+        assert_eq!(entry["reachable"], true, "{nodes}");
+        assert_eq!(entry["leader"], node.id() == leader.id(), "{nodes}");
+        assert!(entry["time"].as_f64().is_some_and(|t| (0.0..5.0).contains(&t)), "{nodes}");
+    }
+    let v2 = http(&f, "GET", "/nodes?ver=2", "").await.body;
+    let list = v2["nodes"].as_array().expect("ver=2 is {\"nodes\": [...]}");
+    let ids: Vec<&str> = list.iter().filter_map(|n| n["id"].as_str()).collect();
+    assert_eq!(ids, ["1", "2", "3"], "{v2}");
+    assert_eq!(list.iter().filter(|n| n["leader"] == true).count(), 1, "{v2}");
+
+    // A node that stops answering is reported unreachable, within the timeout asked for.
+    let mut nodes_left = cluster.nodes;
+    let gone_index =
+        nodes_left.iter().position(|n| n.id() != leader_id && n.http_addr() != f).expect("third");
+    let gone = nodes_left.remove(gone_index);
+    let gone_id = gone.id().to_string();
+    gone.shutdown().await;
+    let started = Instant::now();
+    let nodes = http(&f, "GET", "/nodes?timeout=2s", "").await.body;
+    assert!(started.elapsed() < Duration::from_secs(10), "bounded by the timeout: {:?}", started.elapsed());
+    assert_eq!(nodes[&gone_id]["reachable"], false, "{nodes}");
+    assert!(nodes[&gone_id]["error"].as_str().is_some_and(|e| !e.is_empty()), "{nodes}");
+    assert_eq!(nodes[&f_id(&nodes_left, &f)]["reachable"], true, "{nodes}");
+    for node in nodes_left {
+        node.shutdown().await;
+    }
+}
+
+fn f_id(nodes: &[Node], http_addr: &str) -> String {
+    nodes.iter().find(|n| n.http_addr() == http_addr).map(|n| n.id().to_string()).expect("node")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_takes_noleader_sync_and_timeout() {
+    let cluster = cluster().await;
+    let (l, f) = (cluster.leader().http_addr().to_owned(), cluster.follower().http_addr().to_owned());
+    for addr in [&l, &f] {
+        for path in ["/readyz", "/readyz?noleader", "/readyz?sync", "/readyz?sync&timeout=5s"] {
+            let answer = http(addr, "GET", path, "").await;
+            assert_eq!(answer.status, 200, "{addr} {path}: {}", answer.body);
+        }
+    }
+    let answer = http(&f, "GET", "/readyz?timeout=soon", "").await;
+    assert_eq!(answer.status, 400, "{}", answer.body);
+    // A follower whose leader and peer are gone cannot reach a leader: not ready, but `noleader` says it
+    // is up.
+    let mut nodes = cluster.nodes;
+    let lone = nodes.remove(nodes.iter().position(|n| n.http_addr() == f).expect("the follower"));
+    for node in nodes {
+        node.shutdown().await;
+    }
+    let addr = lone.http_addr().to_owned();
+    let until = Instant::now() + Duration::from_secs(30);
+    loop {
+        let answer = http(&addr, "GET", "/readyz", "").await;
+        if answer.status == 503 {
+            break;
+        }
+        assert!(Instant::now() < until, "the lone node still claims a leader: {}", answer.body);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let answer = http(&addr, "GET", "/readyz?noleader", "").await;
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    // Nor is it ready with `sync`, and it answers within the `timeout` asked for.
+    let started = Instant::now();
+    let answer = http(&addr, "GET", "/readyz?sync&timeout=500ms", "").await;
+    assert_eq!(answer.status, 503, "{}", answer.body);
+    assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
+    lone.shutdown().await;
+}
