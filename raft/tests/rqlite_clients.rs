@@ -7,12 +7,12 @@
 //! once, reused while the pins are unchanged). Only when PyPI cannot be reached does the test skip, and it
 //! says so on stderr; any other failure to install fails the test.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use bop_raft::node::{Node, NodeConfig};
+#[path = "common/loopback.rs"]
+mod loopback;
 
 /// The libraries, pinned. SQLAlchemy too: the dialect builds on its SQLite dialect, and 2.1 asks the
 /// dialect for a server version that sqlalchemy-rqlite 2.0 does not give (introspection then fails).
@@ -123,27 +123,7 @@ async fn rqlite_client_libraries_work_against_a_bop_cluster() {
         return;
     };
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut nodes = Vec::new();
-    let mut members = BTreeMap::new();
-    for id in 1..=3u64 {
-        let config = NodeConfig {
-            id,
-            data_dir: dir.path().join(format!("node-{id}")),
-            raft_addr: "127.0.0.1:0".into(),
-            http_addr: "127.0.0.1:0".into(),
-        };
-        let node = Node::start(config).await.expect("start");
-        members.insert(id, node.member_addr());
-        nodes.push(node);
-    }
-    nodes[0].initialize_if_new(members).await.expect("initialize");
-    for node in &nodes {
-        node.raft()
-            .wait(Some(Duration::from_secs(30)))
-            .metrics(|m| m.current_leader.is_some() && m.last_applied.is_some(), "a leader, applied")
-            .await
-            .expect("every node knows the leader");
-    }
+    let nodes = loopback::three_nodes(dir.path()).await;
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/rqlite_clients/clients.py");
     let addrs: Vec<String> = nodes.iter().map(|n| n.http_addr().to_owned()).collect();
     let out = tokio::task::spawn_blocking(move || run_bounded(&python, &script, &addrs))

@@ -4,13 +4,15 @@
 //! has rqlite's fields (reachability measured, the `ver=2` array form), and `/readyz` takes `noleader`,
 //! `sync` and `timeout`.
 
-use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use bop_raft::node::{Node, NodeConfig};
+use bop_raft::node::Node;
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+
+#[path = "common/loopback.rs"]
+mod loopback;
 
 /// An answer: status, headers (names in lower case) and body (JSON, or a string when it is not JSON).
 struct Answer {
@@ -58,44 +60,13 @@ struct Cluster {
 
 async fn cluster() -> Cluster {
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut nodes = Vec::new();
-    let mut members = BTreeMap::new();
-    for id in 1..=3u64 {
-        let config = NodeConfig {
-            id,
-            data_dir: dir.path().join(format!("node-{id}")),
-            raft_addr: "127.0.0.1:0".into(),
-            http_addr: "127.0.0.1:0".into(),
-        };
-        let node = Node::start(config).await.expect("start");
-        members.insert(id, node.member_addr());
-        nodes.push(node);
-    }
-    nodes[0].initialize_if_new(members).await.expect("initialize");
-    let cluster = Cluster { _dir: dir, nodes };
-    // Every node knows the leader, and the leader has applied its own term's first entry.
-    for node in &cluster.nodes {
-        node.raft()
-            .wait(Some(Duration::from_secs(30)))
-            .metrics(|m| m.current_leader.is_some(), "a leader")
-            .await
-            .expect("leader");
-    }
-    let leader = cluster.leader();
-    leader
-        .raft()
-        .wait(Some(Duration::from_secs(30)))
-        .metrics(|m| m.state.is_leader() && m.last_applied.map(|l| l.index) == m.last_log_index, "ready")
-        .await
-        .expect("ready");
-    cluster
+    let nodes = loopback::three_nodes(dir.path()).await;
+    Cluster { _dir: dir, nodes }
 }
 
 impl Cluster {
     fn leader(&self) -> &Node {
-        use openraft::async_runtime::WatchReceiver;
-        let id = self.nodes[0].raft().metrics().borrow_watched().current_leader.expect("leader");
-        self.nodes.iter().find(|n| n.id() == id).expect("leader node")
+        loopback::leader_of(&self.nodes)
     }
 
     fn follower(&self) -> &Node {
