@@ -1021,3 +1021,32 @@ async fn a_node_whose_disk_is_full_stops_promptly() {
         tokio::time::timeout(Duration::from_secs(20), write).await.expect("ended").expect("task").ok();
     }
 }
+
+/// A node whose Raft stopped on a fatal storage error (here: a failed fdatasync poisons its log) still
+/// stops promptly when asked: `bop up` hung in "stopping" after a storage error had stopped one node's Raft.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_whose_raft_stopped_on_a_storage_error_stops_promptly() {
+    use bop_storage::io::SimDisk;
+    let _serial = SERIAL.lock().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let disk = SimDisk::new(41);
+    let (config, env) = on_sim_disk(dir.path(), 1, &disk, Default::default());
+    let node = Node::start_in(config, env).await.expect("start");
+    node.initialize_if_new(BTreeMap::from([(1, node.member_addr())])).await.expect("init");
+    node.raft()
+        .wait(Some(Duration::from_secs(30)))
+        .metrics(|m| m.state.is_leader(), "leader")
+        .await
+        .expect("leader");
+    let addr = node.http_addr().to_owned();
+    disk.fail_sync_after(0);
+    let _ =
+        try_http(&addr, "POST", "/db/execute", json!(["CREATE TABLE t (b)"]).to_string().as_bytes()).await;
+    let until = std::time::Instant::now() + Duration::from_secs(30);
+    while raft_running(&node) {
+        assert!(std::time::Instant::now() < until, "Raft still runs 30 s after its log was poisoned");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let stopped = tokio::time::timeout(Duration::from_secs(20), node.shutdown()).await;
+    assert!(stopped.is_ok(), "the node did not stop within 20 s after its Raft had stopped");
+}
