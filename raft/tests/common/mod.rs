@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod bop;
+pub mod hardening;
 
 #[path = "../../examples/kv/state_machine.rs"]
 pub mod state_machine;
