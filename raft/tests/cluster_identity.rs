@@ -51,7 +51,9 @@ async fn a_fresh_node_keeps_the_first_cluster_that_contacted_it_across_a_restart
     let (first, other) = (ClusterId([1; 16]), ClusterId([2; 16]));
     let node = Node::start(config(dir.path(), 1)).await.expect("start");
     let mut stream = tokio::net::TcpStream::connect(node.raft_addr()).await.expect("connect");
-    greet(&mut stream, &ClusterIdentity::new(2, Some(first)), 1).await.expect("a fresh node welcomes a cluster");
+    greet(&mut stream, &ClusterIdentity::new(2, Some(first)), 1)
+        .await
+        .expect("a fresh node welcomes a cluster");
     assert_eq!(node.cluster_id(), Some(first));
     drop(stream);
     node.shutdown().await;
