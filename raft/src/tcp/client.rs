@@ -20,6 +20,7 @@ use openraft::{OptionalSend, RaftNetworkFactory, RaftTypeConfig};
 
 use super::frame::{read_frame, write_frame, FrameReader};
 use super::handshake::{greet, ClusterIdentity};
+use super::tls::PeerStream;
 use super::{
     decode, encode, raft_addr_of, Connector, Reply, Request, WireSnapshot, POOLED_IDLE_MAX,
     SNAPSHOT_CHUNK_BYTES,
@@ -68,25 +69,30 @@ pub struct TcpConnection<C, SD, K: Connector> {
     timeout: Duration,
     append_timeout: Duration,
     /// The pooled connection and when it was last used.
-    stream: Option<(K::Stream, std::time::Instant)>,
+    stream: Option<(PeerStream<K::Stream>, std::time::Instant)>,
     _types: PhantomData<fn() -> (C, SD)>,
 }
 
 impl<C, SD, K: Connector> TcpConnection<C, SD, K> {
     /// The pooled connection, unless it sat idle so long that the server may be closing it.
-    fn pooled(&mut self) -> Option<K::Stream> {
+    fn pooled(&mut self) -> Option<PeerStream<K::Stream>> {
         self.stream.take().filter(|(_, used)| used.elapsed() < POOLED_IDLE_MAX).map(|(stream, _)| stream)
     }
 
     /// A new connection to the peer, greeted: the peer accepted this node's hello.
-    async fn dial(&self) -> io::Result<K::Stream> {
-        let mut stream = self.connector.connect(&self.addr).await?;
+    /// With TLS on, the peer's certificate must name its node id.
+    async fn dial(&self) -> io::Result<PeerStream<K::Stream>> {
+        let raw = self.connector.connect(&self.addr).await?;
+        let mut stream = match self.identity.tls() {
+            Some(tls) => PeerStream::Tls(Box::new(tls.connect(raw, self.target).await?)),
+            None => PeerStream::Plain(raw),
+        };
         greet(&mut stream, &self.identity, self.target).await?;
         Ok(stream)
     }
 
     /// Keeps `stream` for the next call.
-    fn pool(&mut self, stream: K::Stream) {
+    fn pool(&mut self, stream: PeerStream<K::Stream>) {
         self.stream = Some((stream, std::time::Instant::now()));
     }
 }
@@ -190,7 +196,7 @@ struct AppendSession<'s, C, SD, K: Connector, S> {
     input: S,
     input_done: bool,
     /// The connection, split; made at the first request if the session started without one.
-    io: Option<SplitStream<K::Stream>>,
+    io: Option<SplitStream<PeerStream<K::Stream>>>,
     frames: FrameReader,
     /// When each unanswered request was written, oldest first.
     in_flight: std::collections::VecDeque<tokio::time::Instant>,

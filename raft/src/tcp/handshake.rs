@@ -73,6 +73,8 @@ pub struct ClusterIdentity {
     node_id: u64,
     cluster: OnceLock<ClusterId>,
     persist: Option<PersistClusterId>,
+    /// TLS on the transport, if it is on.
+    tls: Option<super::tls::TransportTls>,
     /// Serialises adoption, so two peers naming different clusters cannot both be adopted.
     adopting: parking_lot::Mutex<()>,
 }
@@ -109,6 +111,7 @@ impl ClusterIdentity {
             node_id,
             cluster: OnceLock::new(),
             persist: None,
+            tls: None,
             adopting: parking_lot::Mutex::new(()),
         };
         if let Some(id) = cluster {
@@ -122,6 +125,17 @@ impl ClusterIdentity {
     pub fn persisted_by(mut self, persist: PersistClusterId) -> ClusterIdentity {
         self.persist = Some(persist);
         self
+    }
+
+    /// Speaks mutual TLS with `tls` to every peer ([`super::tls`]).
+    pub fn with_tls(mut self, tls: super::tls::TransportTls) -> ClusterIdentity {
+        self.tls = Some(tls);
+        self
+    }
+
+    /// The transport's TLS, if it is on.
+    pub fn tls(&self) -> Option<&super::tls::TransportTls> {
+        self.tls.as_ref()
     }
 
     /// This node's id.
@@ -153,7 +167,12 @@ impl ClusterIdentity {
 
     /// Checks a peer's hello against this node. `adopt` runs [`ClusterIdentity::fix`] for a node without
     /// a cluster id (the caller decides where blocking work runs).
-    async fn judge<F, Fut>(&self, hello: &Hello, adopt: F) -> Result<(), String>
+    async fn judge<F, Fut>(
+        &self,
+        hello: &Hello,
+        cert: Option<&rustls::pki_types::CertificateDer<'_>>,
+        adopt: F,
+    ) -> Result<(), String>
     where
         F: FnOnce(ClusterId) -> Fut,
         Fut: std::future::Future<Output = Result<(), String>>,
@@ -166,6 +185,15 @@ impl ClusterIdentity {
         }
         if hello.to != self.node_id {
             return Err(format!("this is node {}, not node {}", self.node_id, hello.to));
+        }
+        if let Some(cert) = cert {
+            if !super::tls::names_node(cert, hello.from) {
+                return Err(format!(
+                    "the peer's certificate is not node {}'s (it must name {})",
+                    hello.from,
+                    super::tls::node_name(hello.from)
+                ));
+            }
         }
         match (self.cluster(), hello.cluster) {
             (Some(have), Some(theirs)) if have == theirs => Ok(()),
@@ -243,6 +271,7 @@ pub(super) async fn welcome(
     stream: &mut (impl AsyncRead + AsyncWrite + Unpin),
     identity: &Arc<ClusterIdentity>,
     blocking: crate::blocking::Blocking,
+    cert: Option<&rustls::pki_types::CertificateDer<'_>>,
 ) -> io::Result<Result<u64, String>> {
     let body = read_frame(stream).await?;
     let verdict = match decode::<Hello>(&body) {
@@ -259,7 +288,7 @@ pub(super) async fn welcome(
                     Ok(())
                 }
             };
-            identity.judge(&hello, adopt).await.map(|()| hello.from)
+            identity.judge(&hello, cert, adopt).await.map(|()| hello.from)
         }
         Err(_) => {
             Err("the first frame is not a hello (a peer of another bop version, or not bop)".to_owned())

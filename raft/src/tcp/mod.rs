@@ -34,6 +34,7 @@ pub mod handshake;
 mod server;
 #[cfg(test)]
 mod tests;
+pub mod tls;
 
 pub use client::{TcpConnection, TcpNetwork, APPEND_PIPELINE_DEPTH};
 pub use frame::{read_frame, write_frame};

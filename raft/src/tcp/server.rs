@@ -99,15 +99,23 @@ where
         let identity = Arc::clone(&identity);
         connections.spawn(async move {
             let _permit = permit;
-            let mut stream = stream;
-            // The hello comes first, within the first frame's deadline; nothing else is read before it
-            // was accepted.
-            let greeted =
-                tokio::time::timeout(timeouts.first_frame, welcome(&mut stream, &identity, inbox.blocking))
-                    .await;
-            let from = match greeted {
-                Ok(Ok(Ok(from))) => from,
-                Ok(Ok(Err(reason))) => {
+            // TLS (when on) and the hello come first, within the first frame's deadline; nothing else is
+            // read before the hello was accepted.
+            let opened = tokio::time::timeout(timeouts.first_frame, async {
+                let (mut stream, cert) = match identity.tls() {
+                    Some(tls) => {
+                        let (stream, cert) = tls.accept(stream).await?;
+                        (Box::new(stream) as crate::net::BoxStream, Some(cert))
+                    }
+                    None => (stream, None),
+                };
+                let verdict = welcome(&mut stream, &identity, inbox.blocking, cert.as_ref()).await?;
+                Ok::<_, io::Error>((stream, verdict))
+            })
+            .await;
+            let (stream, from) = match opened {
+                Ok(Ok((stream, Ok(from)))) => (stream, from),
+                Ok(Ok((_, Err(reason)))) => {
                     tracing::warn!(%peer, %reason, "refused a Raft connection");
                     return;
                 }

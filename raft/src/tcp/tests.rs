@@ -348,6 +348,15 @@ fn term_of(raft: &Raft<C, crate::BopStateMachine>) -> u64 {
     raft.metrics().borrow_watched().current_term
 }
 
+/// Waits (bounded) until the served node's metrics show `term`: a served vote request reaches the metrics
+/// a moment after its reply.
+async fn wait_term(raft: &Raft<C, crate::BopStateMachine>, term: u64) {
+    raft.wait(Some(Duration::from_secs(10)))
+        .metrics(|m| m.current_term == term, "the vote request's term")
+        .await
+        .expect("the accepted peer's vote request was served");
+}
+
 fn vote_frame(term: u64) -> Vec<u8> {
     encode(&Request::<C>::Vote(VoteRequest::<C>::new(VoteOf::<C>::new(term, 2), None))).expect("encode")
 }
@@ -372,6 +381,12 @@ async fn a_raft_message_before_the_hello_is_not_served() {
         tokio::time::timeout(Duration::from_secs(5), raw.read(&mut buf)).await.expect("closed in time");
     assert!(matches!(closed, Ok(0) | Err(_)), "the server closed the connection: {closed:?}");
     assert_eq!(term_of(&raft), 0, "the vote request was not served");
+    // A greeted vote request of term 3 is served and its term shows: had the first one been served, the
+    // node's term would be 1000 and stay so.
+    let mut peer = greeted(&addr).await;
+    write_frame(&mut peer, &vote_frame(3)).await.expect("send");
+    assert!(matches!(ack(&mut peer, Duration::from_secs(5)).await, Reply::Vote(Ok(_))));
+    wait_term(&raft, 3).await;
     server.abort();
     raft.shutdown().await.expect("shutdown");
 }
@@ -402,7 +417,7 @@ async fn hellos_of_another_cluster_or_for_another_node_are_refused() {
     let mut peer = greeted(&addr).await;
     write_frame(&mut peer, &vote_frame(3)).await.expect("send");
     assert!(matches!(ack(&mut peer, Duration::from_secs(5)).await, Reply::Vote(Ok(_))));
-    assert_eq!(term_of(&raft), 3, "only the accepted peer's vote request was served");
+    wait_term(&raft, 3).await;
     server.abort();
     raft.shutdown().await.expect("shutdown");
 }
@@ -426,6 +441,73 @@ async fn a_node_without_a_cluster_adopts_the_first_one_named() {
     let refused = handshake::greet(&mut other, &ClusterIdentity::new(3, Some(ClusterId([9; 16]))), 1).await;
     assert!(refused.is_err(), "a second cluster is refused");
     assert_eq!(*kept.lock(), vec![CLUSTER]);
+    server.abort();
+    raft.shutdown().await.expect("shutdown");
+}
+
+/// The throwaway PKI of nodes 1–3, and a second CA's node 2.
+fn pki() -> (Vec<super::tls::TransportTls>, super::tls::TransportTls) {
+    let (ca, nodes) = super::tls::throwaway_pki(&[1, 2, 3]).expect("pki");
+    let tls = nodes
+        .iter()
+        .map(|(_, cert, key)| {
+            super::tls::TransportTls::from_pem(ca.as_bytes(), cert.as_bytes(), key.as_bytes()).expect("tls")
+        })
+        .collect();
+    let (other_ca, other) = super::tls::throwaway_pki(&[2]).expect("pki");
+    let stranger =
+        super::tls::TransportTls::from_pem(other_ca.as_bytes(), other[0].1.as_bytes(), other[0].2.as_bytes())
+            .expect("tls");
+    (tls, stranger)
+}
+
+/// Issue 16 (mutual TLS on the transport): with TLS on, a peer is served only over TLS, with a certificate
+/// of the cluster's CA that names the node id its hello claims; a client accepts only a server whose
+/// certificate names the node it dialled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_tls_only_a_peer_certified_for_its_node_id_is_served() {
+    let (tls, stranger) = pki();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server_identity = Arc::new(ClusterIdentity::new(1, Some(CLUSTER)).with_tls(tls[0].clone()));
+    let (addr, raft, server) = served(dir.path(), short(), server_identity).await;
+    let closed = |mut stream: tokio::net::TcpStream| async move {
+        let mut buf = [0u8; 64];
+        loop {
+            match tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => return true,
+                Ok(Ok(_)) => continue,
+                Err(_) => return false,
+            }
+        }
+    };
+    // Plain TCP to a TLS server: a raw vote is not served, the connection closes.
+    let mut raw = tokio::net::TcpStream::connect(&addr).await.expect("connect");
+    write_frame(&mut raw, &vote_frame(1000)).await.expect("send");
+    assert!(closed(raw).await, "a plain connection is closed");
+    // A certificate of another CA: the TLS handshake fails.
+    // (Under TLS 1.3 the client may finish its side before the server's refusal arrives: then the hello
+    // fails.)
+    let raw = tokio::net::TcpStream::connect(&addr).await.expect("connect");
+    if let Ok(mut stream) = stranger.connect(raw, 1).await {
+        assert!(handshake::greet(&mut stream, &peer_identity(2), 1).await.is_err(), "another CA is refused");
+    }
+    // Node 3's certificate claiming to be node 2: refused after the hello.
+    let raw = tokio::net::TcpStream::connect(&addr).await.expect("connect");
+    let mut stream = tls[2].connect(raw, 1).await.expect("TLS with a certificate of the CA");
+    let refused = handshake::greet(&mut stream, &peer_identity(2), 1).await.expect_err("refused");
+    assert!(refused.to_string().contains("not node 2's"), "{refused}");
+    // Dialling node 1's address as if it were node 3: the client refuses the server's certificate.
+    let raw = tokio::net::TcpStream::connect(&addr).await.expect("connect");
+    assert!(tls[1].connect(raw, 3).await.is_err(), "node 1's certificate does not name node 3");
+    assert_eq!(term_of(&raft), 0, "nothing was served so far");
+    // Node 2 with its own certificate is served.
+    let raw = tokio::net::TcpStream::connect(&addr).await.expect("connect");
+    let mut stream = tls[1].connect(raw, 1).await.expect("TLS");
+    handshake::greet(&mut stream, &peer_identity(2), 1).await.expect("welcomed");
+    write_frame(&mut stream, &vote_frame(3)).await.expect("send");
+    let reply = tokio::time::timeout(Duration::from_secs(5), read_frame(&mut stream)).await.expect("in time");
+    assert!(matches!(decode::<Reply<C>>(&reply.expect("reply")).expect("decodes"), Reply::Vote(Ok(_))));
+    wait_term(&raft, 3).await;
     server.abort();
     raft.shutdown().await.expect("shutdown");
 }
