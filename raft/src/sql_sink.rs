@@ -19,9 +19,10 @@ use crate::state_machine::{BopConfig, BopStateMachine, Command, Response};
 ///
 /// Runs on the SQL connection's thread and blocks on `runtime`: call SQL from blocking threads
 /// (`spawn_blocking`), never from an async task. Outcomes: applied (`Ok`, the entry's index); refused by the
-/// state machine or not the leader (`Err`, never visible); Raft failed after proposing (`Err` saying the
-/// outcome is unknown: the entry may still commit, as with any replicated database, and a later write on the
-/// stale snapshot is refused as busy rather than lost).
+/// state machine or too large for the log (`SinkError::Rejected`, never visible); not the leader
+/// (`SinkError::Unavailable`, never visible); Raft failed after proposing (`SinkError::OutcomeUnknown`: the
+/// entry may still commit, as with any replicated database, and a later write on the stale snapshot is
+/// refused as busy rather than lost).
 pub struct RaftSink {
     raft: Raft<BopConfig, BopStateMachine>,
     runtime: tokio::runtime::Handle,
@@ -90,16 +91,16 @@ impl RaftSink {
                 }
             }
         });
-        let outcome = outcome.map_err(|e| SinkError::Rejected { reason: format!("outcome unknown: {e}") })?;
+        let outcome =
+            outcome.map_err(|e| SinkError::OutcomeUnknown { reason: format!("outcome unknown: {e}") })?;
         match outcome {
             Ok(response) => Ok((response.log_id.index, response.data)),
-            Err(e) => {
-                let reason = match e.forward_to_leader() {
-                    Some(forward) => format!("not the leader (leader: {:?})", forward.leader_id),
-                    None => format!("outcome unknown: {e}"),
-                };
-                Err(SinkError::Rejected { reason })
-            }
+            Err(e) => Err(match e.forward_to_leader() {
+                Some(forward) => SinkError::Unavailable {
+                    reason: format!("not the leader (leader: {:?})", forward.leader_id),
+                },
+                None => SinkError::OutcomeUnknown { reason: format!("outcome unknown: {e}") },
+            }),
         }
     }
 }

@@ -73,7 +73,7 @@ impl SqlError {
 
     /// The same error again, for another request that failed with it (an error that cannot be copied —
     /// a page-store or file error — becomes [`SqlError::Invalid`] with its message).
-    pub(crate) fn duplicate(&self) -> SqlError {
+    pub fn duplicate(&self) -> SqlError {
         match self {
             SqlError::Sqlite { code, message } => SqlError::Sqlite { code: *code, message: message.clone() },
             SqlError::Invalid { reason } => SqlError::Invalid { reason: reason.clone() },

@@ -46,6 +46,17 @@ impl Cancel {
 /// See [`Cancel::on_drop`].
 pub(super) struct CancelOnDrop(Cancel);
 
+/// Interrupts a request's own handle when dropped (hyper drops a request's future when its client
+/// disconnects): a write waiting for or running in its database's writer then fails alone. Dropped after
+/// the request was answered it does nothing harmful.
+pub(super) struct InterruptOnDrop(pub(super) InterruptHandle);
+
+impl Drop for InterruptOnDrop {
+    fn drop(&mut self) {
+        self.0.interrupt();
+    }
+}
+
 impl Drop for CancelOnDrop {
     fn drop(&mut self) {
         let mut state = (self.0).0.lock();
@@ -56,7 +67,8 @@ impl Drop for CancelOnDrop {
     }
 }
 
-/// Requests waiting for (or holding) a database's writer, over the whole node: each holds a [`Queued`].
+/// Write requests waiting for their database's writer or in the group it runs, over the whole node: each
+/// holds a [`Queued`] until it is answered.
 #[derive(Debug, Default)]
 pub(super) struct WriterQueue {
     requests: std::sync::atomic::AtomicUsize,
@@ -64,12 +76,19 @@ pub(super) struct WriterQueue {
 }
 
 /// A place in the [`WriterQueue`], given back when dropped.
-pub(super) struct Queued<'a> {
-    queue: &'a WriterQueue,
+pub(super) struct Queued {
+    queue: Arc<WriterQueue>,
     bytes: usize,
 }
 
-impl Drop for Queued<'_> {
+impl Queued {
+    /// The request's body size, as counted.
+    pub(super) fn bytes(&self) -> usize {
+        self.bytes
+    }
+}
+
+impl Drop for Queued {
     fn drop(&mut self) {
         use std::sync::atomic::Ordering::Relaxed;
         self.queue.requests.fetch_sub(1, Relaxed);
@@ -81,15 +100,15 @@ impl WriterQueue {
     /// A place for a request of `bytes`, or why there is none (the queue holds `requests_max` requests
     /// or `bytes_max` bytes already).
     pub(super) fn enter(
-        &self,
+        self: &Arc<Self>,
         bytes: usize,
         requests_max: usize,
         bytes_max: usize,
-    ) -> Result<Queued<'_>, String> {
+    ) -> Result<Queued, String> {
         use std::sync::atomic::Ordering::Relaxed;
         let requests = self.requests.fetch_add(1, Relaxed) + 1;
         let queued = self.bytes.fetch_add(bytes, Relaxed) + bytes;
-        let place = Queued { queue: self, bytes };
+        let place = Queued { queue: Arc::clone(self), bytes };
         if requests > requests_max || queued > bytes_max {
             drop(place);
             return Err(format!(

@@ -6,6 +6,7 @@ mod dump;
 mod http;
 mod identity;
 mod rqlite;
+mod writer;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -69,11 +70,13 @@ pub struct NodeLimits {
     /// Longest a client may take to send a request's head, and longest a kept-alive connection may sit
     /// idle before its next request; then the connection is closed.
     pub http_header_timeout: Duration,
-    /// Write requests waiting for (or holding) a database's writer, over all databases; one more is
-    /// answered 503 with `Retry-After`.
+    /// Write requests waiting for their database's writer or in the group it runs, over all databases;
+    /// one more is answered 503 with `Retry-After`.
     pub writers_queued_max: usize,
     /// Bytes of those requests' bodies, likewise.
     pub writer_queue_bytes_max: usize,
+    /// A database's writer that has had no work for this long ends (the next write starts another).
+    pub writer_idle: Duration,
     /// Databases a node holds; creating one more is refused.
     pub databases_max: usize,
     /// Backups made (or being sent) at once; one more is answered 503 with `Retry-After`.
@@ -93,6 +96,7 @@ impl Default for NodeLimits {
             http_header_timeout: Duration::from_secs(10),
             writers_queued_max: 1024,
             writer_queue_bytes_max: 256 << 20,
+            writer_idle: Duration::from_secs(10),
             databases_max: 1024,
             backups_max: 2,
             backup_space_reserve_bytes: 256 << 20,
@@ -168,8 +172,6 @@ pub enum NodeError {
 /// Name of the file that ties a data directory to one node id.
 const IDENTITY_FILE: &str = "bop-node.json";
 const LOCK_FILE: &str = "LOCK";
-/// Stripes of the per-database writer queue (databases whose names hash alike share one).
-const WRITER_TURN_STRIPES: usize = 64;
 
 /// Removes the temporary files of `/db/backup` calls a crash interrupted (they are never read again).
 fn remove_stale_backups(dir: &std::path::Path) {
@@ -255,9 +257,8 @@ pub struct NodeShared {
     raft_addr: String,
     http_addr: String,
     data_dir: std::path::PathBuf,
-    /// Writers queue here, per database (striped), before taking SQLite's write lock: waiting in FIFO order
-    /// instead of in SQLite's sleeping busy handler keeps the tail latency near clients × commit time.
-    writer_turns: Vec<tokio::sync::Mutex<()>>,
+    /// One writer per database, which runs the writes queued for it in groups (`writer.rs`).
+    writers: writer::Writers,
     /// When the Raft server last heard from a leader (for `freshness`).
     contact: crate::tcp::LeaderContact,
     /// For forwarding to the leader.
@@ -265,8 +266,8 @@ pub struct NodeShared {
     /// Where SQL runs.
     blocking: Blocking,
     limits: NodeLimits,
-    /// Write requests waiting for their database's writer.
-    writer_queue: bounds::WriterQueue,
+    /// Write requests waiting for their database's writer or in the group it runs.
+    writer_queue: Arc<bounds::WriterQueue>,
     /// Backups being made or sent.
     backups: Arc<tokio::sync::Semaphore>,
     /// SQL calls stopped by their time limit or an interrupt (client gone, shutdown).
@@ -362,14 +363,6 @@ impl NodeShared {
     }
 
     /// Prometheus text exposition of the node's figures.
-    /// The queue a writer to `db` waits in before it runs its transaction.
-    fn writer_turn(&self, db: &str) -> &tokio::sync::Mutex<()> {
-        use std::hash::{Hash, Hasher};
-        let mut hasher = std::collections::hash_map::DefaultHasher::new();
-        db.hash(&mut hasher);
-        &self.writer_turns[hasher.finish() as usize % self.writer_turns.len()]
-    }
-
     fn metrics_text(&self) -> String {
         let m = self.raft.metrics().borrow_watched().clone();
         let wal = self.wal.metrics();
@@ -379,7 +372,8 @@ impl NodeShared {
         let applied = m.last_applied.map_or(0, |l| l.index);
         let latency_s =
             self.latency_us_total.load(Ordering::Relaxed).checked_div(requests).unwrap_or(0) as f64 / 1e6;
-        let gauges: [(&str, &str, f64); 23] = [
+        let (groups, grouped) = self.writers.grouped();
+        let gauges: [(&str, &str, f64); 26] = [
             (
                 "bop_raft_is_leader",
                 "1 if this node leads",
@@ -426,9 +420,12 @@ impl NodeShared {
             ("bop_http_requests_total", "HTTP requests served", requests as f64),
             (
                 "bop_http_write_queue_depth",
-                "write requests waiting for (or holding) a database's writer",
+                "write requests waiting for their database's writer or in the group it runs",
                 self.writer_queue.depth() as f64,
             ),
+            ("bop_sql_writers", "database writers running", self.writers.running() as f64),
+            ("bop_sql_write_groups_total", "groups of writes run (each one transaction)", groups as f64),
+            ("bop_sql_write_group_requests_total", "write requests run in those groups", grouped as f64),
             (
                 "bop_sql_calls_stopped_total",
                 "SQL calls stopped by their time limit, a gone client or shutdown",
@@ -540,12 +537,12 @@ impl Node {
             raft_addr,
             http_addr,
             data_dir: config.data_dir.clone(),
-            writer_turns: (0..WRITER_TURN_STRIPES).map(|_| tokio::sync::Mutex::new(())).collect(),
+            writers: writer::Writers::default(),
             contact: crate::tcp::LeaderContact::default(),
             net: Arc::clone(&env.net),
             blocking: env.blocking,
             limits: env.limits,
-            writer_queue: bounds::WriterQueue::default(),
+            writer_queue: Arc::new(bounds::WriterQueue::default()),
             backups: Arc::new(tokio::sync::Semaphore::new(env.limits.backups_max)),
             statements_stopped: AtomicU64::new(0),
             requests: AtomicU64::new(0),
@@ -648,6 +645,7 @@ impl Node {
         // Running statements stop at once (a runaway query would otherwise hold the blocking pool, and
         // the process, until it ended); later ones are refused.
         self.shared.engine.shutdown();
+        self.shared.writers.stop();
         self.http_server.abort();
         self.raft_server.abort();
         let _ = self.shared.raft.shutdown().await;

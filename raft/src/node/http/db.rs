@@ -12,10 +12,11 @@ use serde_json::{json, Value as Json};
 use super::forward::{not_leader, to_leader};
 use super::*;
 use crate::node::NodeShared;
-use bop_sql::{OpenMode, Rows, SqlError};
+use bop_sql::{InterruptHandle, OpenMode, Rows, SqlError};
 
-use crate::node::bounds::{may_create_database, request_limits, Cancel};
+use crate::node::bounds::{may_create_database, request_limits, Cancel, InterruptOnDrop};
 use crate::node::rqlite::{error_result, exec_result, parse_statements, query_result};
+use crate::node::writer::WriteJob;
 
 fn sql_failure(node: &NodeShared, e: &SqlError, pretty: bool) -> HttpResponse {
     let message = e.to_string();
@@ -39,10 +40,13 @@ async fn execute_statements(
     write_batch(node, db, statements, bytes.len(), params, false, pretty).await
 }
 
-/// Runs a batch with writes on this node (the leader), in one Raft commit. With `transaction` it is all or
-/// nothing (the first error is the answer); without, as rqlite does, each statement stands alone and a failed
-/// one is reported in its place while the others commit. `rows` answers rows for statements that return
-/// them (`/db/request`) instead of only `last_insert_id`/`rows_affected` (`/db/execute`).
+/// Runs a batch with writes on this node (the leader), through its database's writer: queued there, it runs
+/// with the other requests queued at the time as one transaction, committed as one Raft entry, and is
+/// answered once that entry is applied here. With `transaction` it is all or nothing (the first error is the
+/// answer); without, as rqlite does, each statement stands alone and a failed one is reported in its place
+/// while the others commit. Either way its answer is what it would get on its own. `rows` answers rows for
+/// statements that return them (`/db/request`) instead of only `last_insert_id`/`rows_affected`
+/// (`/db/execute`).
 async fn write_batch(
     node: &Arc<NodeShared>,
     db: &str,
@@ -60,16 +64,16 @@ async fn write_batch(
             busy(trouble.message)
         };
     }
-    let limits = node.limits;
-    let _queued = match node.writer_queue.enter(
+    let node_limits = node.limits;
+    let place = match node.writer_queue.enter(
         request_bytes,
-        limits.writers_queued_max,
-        limits.writer_queue_bytes_max,
+        node_limits.writers_queued_max,
+        node_limits.writer_queue_bytes_max,
     ) {
         Ok(place) => place,
         Err(e) => return busy(e),
     };
-    if let Err(e) = may_create_database(&node.manager, db, limits.databases_max) {
+    if let Err(e) = may_create_database(&node.manager, db, node_limits.databases_max) {
         return error(StatusCode::BAD_REQUEST, e);
     }
     let transaction = params.contains_key("transaction");
@@ -78,28 +82,14 @@ async fn write_batch(
         Ok(limits) => limits,
         Err(e) => return error(StatusCode::BAD_REQUEST, e),
     };
-    let cancel = Cancel::default();
-    let _cancel_on_drop = cancel.on_drop();
-    let _turn = node.writer_turn(db).lock().await;
-    node.leadership_applied().await;
-    let shared = Arc::clone(node);
-    let name = db.to_owned();
-    let outcome = node
-        .blocking
-        .run(move || {
-            let mut conn = shared.engine.open(&name, OpenMode::CreateIfMissing)?;
-            cancel.attach(&conn);
-            conn.set_limits(limits);
-            let outcome = if transaction {
-                conn.request_batch(&statements).map(|done| done.into_iter().map(Ok).collect())
-            } else {
-                conn.request_each(&statements)
-            };
-            shared.count_stopped(outcome.as_ref().err());
-            outcome
-        })
-        .await;
-    match outcome {
+    let interrupt = InterruptHandle::new();
+    let _interrupt_on_drop = InterruptOnDrop(interrupt.clone());
+    let (answer, answered) = tokio::sync::oneshot::channel();
+    let job = WriteJob { statements, transaction, limits, interrupt, place, answer };
+    if let Err(e) = node.writers.submit(node, db, job, node_limits.writers_queued_max) {
+        return busy(e);
+    }
+    match answered.await {
         Ok(Ok(outcomes)) => {
             let results: Vec<Json> = outcomes
                 .iter()
@@ -112,7 +102,11 @@ async fn write_batch(
             respond(StatusCode::OK, &json!({ "results": results }), pretty)
         }
         Ok(Err(e)) => sql_failure(node, &e, pretty),
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, format!("write task: {e}")),
+        Err(_) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "the database's writer stopped before answering (node shutting down, or a failure): the \
+             write's outcome is unknown",
+        ),
     }
 }
 

@@ -1,0 +1,181 @@
+//! One writer per database. Write requests queue for their database's writer; whenever it is free it takes
+//! whatever is queued (up to [`GROUP_REQUESTS_MAX`] requests and [`GROUP_BYTES_MAX`] bytes, no timer) and
+//! runs it as one SQL transaction (`Connection::request_group`), so that one Raft entry commits them all.
+//! Every request is answered once that entry is applied on this node. A writer that has had nothing to do
+//! for `NodeLimits::writer_idle` ends, and the next write to its database starts a new one.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+
+use bop_sql::{GroupRequest, InterruptHandle, Limits, OpenMode, RequestOutcome, Statement};
+use tokio::sync::{mpsc, oneshot};
+
+use super::bounds::Queued;
+use super::NodeShared;
+
+/// Most requests one group (one transaction, one Raft entry) takes.
+pub(super) const GROUP_REQUESTS_MAX: usize = 256;
+/// Most request-body bytes one group takes (it may pass them by its last request).
+pub(super) const GROUP_BYTES_MAX: usize = 16 << 20;
+
+/// One write request, queued for its database's writer.
+pub(super) struct WriteJob {
+    pub(super) statements: Vec<Statement>,
+    /// rqlite's `transaction`: all or nothing.
+    pub(super) transaction: bool,
+    pub(super) limits: Limits,
+    /// Used when the client goes away: the request fails alone (at once, if it has not started).
+    pub(super) interrupt: InterruptHandle,
+    /// Its place in the node's bound on queued writes, given back when the job is answered (or dropped).
+    pub(super) place: Queued,
+    pub(super) answer: oneshot::Sender<RequestOutcome>,
+}
+
+/// The node's writers, by database name.
+#[derive(Default)]
+pub(super) struct Writers {
+    /// Each running writer's queue, with the writer's number (so that a writer that ends removes its own
+    /// entry, not a successor's).
+    queues: parking_lot::Mutex<HashMap<String, (u64, mpsc::Sender<WriteJob>)>>,
+    started: AtomicU64,
+    /// Groups run, and the requests in them (for `/metrics`).
+    groups: AtomicU64,
+    grouped: AtomicU64,
+}
+
+impl Writers {
+    /// Queues `job` for `db`'s writer, starting one if none runs; an error (for a 503) if its queue is
+    /// full. `queue_max` bounds each writer's queue (the node's bound on queued writes is already held by
+    /// the job's place, so it is never the tighter one).
+    pub(super) fn submit(
+        &self,
+        node: &Arc<NodeShared>,
+        db: &str,
+        job: WriteJob,
+        queue_max: usize,
+    ) -> Result<(), String> {
+        let mut queues = self.queues.lock();
+        let job = match queues.get(db) {
+            Some((_, queue)) => match queue.try_send(job) {
+                Ok(()) => return Ok(()),
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    return Err(format!("write queue of database {db} full ({queue_max} requests); retry"))
+                }
+                // The writer ended without taking it (it stopped, or its task was dropped): start another.
+                Err(mpsc::error::TrySendError::Closed(job)) => job,
+            },
+            None => job,
+        };
+        let (queue, jobs) = mpsc::channel(queue_max.max(1));
+        let id = self.started.fetch_add(1, Ordering::Relaxed);
+        if queue.try_send(job).is_err() {
+            return Err("write queue closed; retry".into());
+        }
+        queues.insert(db.to_owned(), (id, queue));
+        drop(queues);
+        tokio::spawn(run_writer(Arc::downgrade(node), db.to_owned(), id, jobs));
+        Ok(())
+    }
+
+    /// Stops taking writes: every writer ends once its queue is empty (a job queued now is answered by
+    /// nobody; its handler reports the writer gone).
+    pub(super) fn stop(&self) {
+        self.queues.lock().clear();
+    }
+
+    /// Writers running now.
+    pub(super) fn running(&self) -> usize {
+        self.queues.lock().len()
+    }
+
+    /// Groups run so far, and the requests in them.
+    pub(super) fn grouped(&self) -> (u64, u64) {
+        (self.groups.load(Ordering::Relaxed), self.grouped.load(Ordering::Relaxed))
+    }
+}
+
+/// A database's writer: takes what is queued, runs it as a group, again and again, until it has been idle
+/// for `NodeLimits::writer_idle` or the node is gone.
+async fn run_writer(node: Weak<NodeShared>, db: String, id: u64, mut jobs: mpsc::Receiver<WriteJob>) {
+    let Some(idle) = node.upgrade().map(|node| node.limits.writer_idle) else { return };
+    loop {
+        let first = match tokio::time::timeout(idle, jobs.recv()).await {
+            Ok(Some(job)) => job,
+            Ok(None) => return,
+            Err(_) => {
+                let Some(node) = node.upgrade() else { return };
+                // Under the lock submitters take: either a job arrived before, or the entry goes and the
+                // next submitter starts a new writer.
+                let mut queues = node.writers.queues.lock();
+                match jobs.try_recv() {
+                    Ok(job) => job,
+                    Err(_) => {
+                        if queues.get(&db).is_some_and(|(entry, _)| *entry == id) {
+                            queues.remove(&db);
+                        }
+                        return;
+                    }
+                }
+            }
+        };
+        let mut group = vec![first];
+        let mut bytes = group[0].place.bytes();
+        while group.len() < GROUP_REQUESTS_MAX && bytes < GROUP_BYTES_MAX {
+            match jobs.try_recv() {
+                Ok(job) => {
+                    bytes += job.place.bytes();
+                    group.push(job);
+                }
+                Err(_) => break,
+            }
+        }
+        // A request whose client has gone and that has not started is not run at all.
+        group.retain(|job| !job.answer.is_closed());
+        if group.is_empty() {
+            continue;
+        }
+        let Some(node) = node.upgrade() else { return };
+        run_group(&node, &db, group).await;
+    }
+}
+
+/// Runs `jobs` as one group on a fresh connection and answers each.
+async fn run_group(node: &Arc<NodeShared>, db: &str, jobs: Vec<WriteJob>) {
+    node.leadership_applied().await;
+    node.writers.groups.fetch_add(1, Ordering::Relaxed);
+    node.writers.grouped.fetch_add(jobs.len() as u64, Ordering::Relaxed);
+    let shared = Arc::clone(node);
+    let name = db.to_owned();
+    // If the work fails (a panic), the jobs go with it: their handlers see their answers dropped.
+    let done = node
+        .blocking
+        .run(move || {
+            let outcomes = match shared.engine.open(&name, OpenMode::CreateIfMissing) {
+                Ok(mut conn) => {
+                    let requests: Vec<GroupRequest> = jobs
+                        .iter()
+                        .map(|job| GroupRequest {
+                            statements: &job.statements,
+                            transaction: job.transaction,
+                            limits: job.limits,
+                            interrupt: Some(job.interrupt.clone()),
+                        })
+                        .collect();
+                    conn.request_group(&requests)
+                }
+                Err(e) => jobs.iter().map(|_| Err(e.duplicate())).collect(),
+            };
+            (jobs, outcomes)
+        })
+        .await;
+    match done {
+        Ok((jobs, outcomes)) => {
+            for (job, outcome) in jobs.into_iter().zip(outcomes) {
+                node.count_stopped(outcome.as_ref().err());
+                let _ = job.answer.send(outcome);
+            }
+        }
+        Err(e) => tracing::warn!(db, error = %e, "a write group failed"),
+    }
+}

@@ -1,0 +1,280 @@
+//! Coalesced writes on a node: the writes queued for a database's writer run as one transaction and one
+//! Raft entry, and every request still gets the answer it would get alone (docs/design.md, "The node and
+//! its HTTP API", writers).
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, Instant};
+
+use bop_raft::node::{Node, NodeConfig, NodeEnv, NodeLimits};
+use openraft::async_runtime::WatchReceiver;
+use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// The tests of this file run one at a time (each keeps a node's writer busy on purpose).
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// One request per connection: (status, body as JSON or string).
+async fn http(addr: &str, method: &str, path: &str, body: &[u8]) -> (u16, Value) {
+    let mut stream = TcpStream::connect(addr).await.expect("connect");
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).await.expect("send head");
+    stream.write_all(body).await.expect("send body");
+    let mut raw = Vec::new();
+    tokio::time::timeout(Duration::from_secs(120), stream.read_to_end(&mut raw))
+        .await
+        .expect("an answer within 120 s")
+        .expect("read");
+    let split = raw.windows(4).position(|w| w == b"\r\n\r\n").expect("end of head");
+    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
+    let status: u16 = head.split(' ').nth(1).and_then(|s| s.parse().ok()).expect("status line");
+    let body = String::from_utf8_lossy(&raw[split + 4..]).into_owned();
+    (status, serde_json::from_str(&body).unwrap_or(Value::String(body)))
+}
+
+async fn execute(addr: &str, query: &str, body: Value) -> Value {
+    let (status, out) = http(addr, "POST", &format!("/db/execute{query}"), body.to_string().as_bytes()).await;
+    assert_eq!(status, 200, "{out}");
+    out
+}
+
+async fn rows(addr: &str, sql: &str) -> Vec<Value> {
+    let body = json!([sql]).to_string();
+    let (status, out) = http(addr, "POST", "/db/query?level=linearizable", body.as_bytes()).await;
+    assert_eq!(status, 200, "{out}");
+    out["results"][0]["values"].as_array().cloned().unwrap_or_default()
+}
+
+async fn metrics(addr: &str) -> HashMap<String, f64> {
+    let (status, out) = http(addr, "GET", "/metrics", b"").await;
+    assert_eq!(status, 200);
+    let text = out.as_str().unwrap_or_default().to_owned();
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.split_once(' ').and_then(|(k, v)| Some((k.to_owned(), v.parse().ok()?))))
+        .collect()
+}
+
+/// Polls `/metrics` until `metric` satisfies `ok`, for at most 30 s; its last value.
+async fn wait_metric(addr: &str, metric: &str, ok: impl Fn(f64) -> bool) -> f64 {
+    let started = Instant::now();
+    loop {
+        let value = metrics(addr).await.get(metric).copied().unwrap_or(f64::NAN);
+        if ok(value) {
+            return value;
+        }
+        assert!(started.elapsed() < Duration::from_secs(30), "{metric} stayed at {value}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn single_node(dir: &std::path::Path, limits: NodeLimits) -> Node {
+    let config = NodeConfig {
+        id: 1,
+        data_dir: dir.join("node-1"),
+        raft_addr: "127.0.0.1:0".into(),
+        http_addr: "127.0.0.1:0".into(),
+    };
+    let node = Node::start_in(config, NodeEnv { limits, ..NodeEnv::default() }).await.expect("start");
+    node.initialize_if_new(BTreeMap::from([(1, node.member_addr())])).await.expect("init");
+    node.raft()
+        .wait(Some(Duration::from_secs(30)))
+        .metrics(|m| m.state.is_leader() && m.last_applied.map(|l| l.index) == m.last_log_index, "leader")
+        .await
+        .expect("leader");
+    node
+}
+
+const SCHEMA: &str = "CREATE TABLE t (id INTEGER PRIMARY KEY AUTOINCREMENT, client INTEGER NOT NULL, \
+                      seq INTEGER NOT NULL, UNIQUE (client, seq))";
+
+/// Many clients write at once, each its own rows, some of their requests failing (a duplicate in a
+/// batch without `transaction`, a duplicate in a batch with it): every answer is that request's own —
+/// its `last_insert_id` names the row it inserted, a failed statement or batch wrote nothing — and the
+/// writes went in groups (fewer groups than requests).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_concurrent_clients_all_get_their_own_answers() {
+    let _serial = SERIAL.lock().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let node = single_node(dir.path(), NodeLimits::default()).await;
+    let addr = node.http_addr().to_owned();
+    execute(&addr, "", json!([SCHEMA])).await;
+    const CLIENTS: i64 = 24;
+    const REQUESTS: i64 = 12;
+    let before = metrics(&addr).await;
+    let clients: Vec<_> = (0..CLIENTS)
+        .map(|client| {
+            let addr = addr.clone();
+            tokio::spawn(async move {
+                let insert = "INSERT INTO t (client, seq) VALUES (?, ?)";
+                // (seq, answer's last_insert_id) of each row this client was told it inserted.
+                let mut inserted = Vec::new();
+                for seq in 0..REQUESTS {
+                    match seq % 4 {
+                        // A plain insert.
+                        0 | 1 => {
+                            let out = execute(&addr, "", json!([[insert, client, seq]])).await;
+                            let result = &out["results"][0];
+                            assert_eq!(result["rows_affected"], 1, "{out}");
+                            inserted.push((seq, result["last_insert_id"].as_i64().expect("id")));
+                        }
+                        // Each statement alone: a duplicate of an earlier row fails in its place, the
+                        // next statement is written.
+                        2 => {
+                            let out =
+                                execute(&addr, "", json!([[insert, client, seq - 2], [insert, client, seq]]))
+                                    .await;
+                            let results = &out["results"];
+                            assert!(
+                                results[0]["error"].as_str().is_some_and(|e| e.contains("UNIQUE")),
+                                "{out}"
+                            );
+                            assert_eq!(results[1]["rows_affected"], 1, "{out}");
+                            inserted.push((seq, results[1]["last_insert_id"].as_i64().expect("id")));
+                        }
+                        // All or nothing: the duplicate fails the whole batch, its first row is not written.
+                        _ => {
+                            let body = json!([[insert, client, seq], [insert, client, seq - 3]]);
+                            let out = execute(&addr, "?transaction", body).await;
+                            let error = out["results"][0]["error"].as_str().unwrap_or_default().to_owned();
+                            assert!(error.contains("UNIQUE"), "{out}");
+                        }
+                    }
+                }
+                (client, inserted)
+            })
+        })
+        .collect();
+    let mut told = Vec::new();
+    for client in clients {
+        let (client, inserted) = client.await.expect("client");
+        told.extend(inserted.into_iter().map(|(seq, id)| (id, client, seq)));
+    }
+    told.sort();
+    let stored: Vec<(i64, i64, i64)> = rows(&addr, "SELECT id, client, seq FROM t ORDER BY id")
+        .await
+        .iter()
+        .map(|r| (r[0].as_i64().expect("id"), r[1].as_i64().expect("client"), r[2].as_i64().expect("seq")))
+        .collect();
+    assert_eq!(stored, told, "exactly the rows the clients were told of, at the ids they were told");
+    let after = metrics(&addr).await;
+    let delta = |name: &str| after[name] - before.get(name).copied().unwrap_or(0.0);
+    let (groups, requests) =
+        (delta("bop_sql_write_groups_total"), delta("bop_sql_write_group_requests_total"));
+    assert_eq!(requests, (CLIENTS * REQUESTS) as f64);
+    assert!(groups < requests, "{requests} requests in {groups} groups");
+    node.shutdown().await;
+}
+
+/// Requests queued behind a busy writer run as one group, one Raft entry for all that write (plus one
+/// for each that lost its transaction and had the others run again without it), and none of them is
+/// affected by another's failure: a duplicate, a conflict resolved by `ROLLBACK`, a bad statement in a
+/// batch without `transaction`, a runaway read past its `db_timeout`, a runaway write whose client went
+/// away.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_request_in_a_group_affects_no_other() {
+    let _serial = SERIAL.lock().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let node = single_node(dir.path(), NodeLimits::default()).await;
+    let addr = node.http_addr().to_owned();
+    execute(&addr, "", json!([SCHEMA, "INSERT INTO t (client, seq) VALUES (0, 0)"])).await;
+
+    // The writer is kept busy for 3 s by a runaway write, answered with its time limit.
+    let forever = "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT x FROM c";
+    let blocker = {
+        let addr = addr.clone();
+        let sql = format!("INSERT INTO t (client, seq) SELECT 100, x FROM ({forever}) WHERE x = 0");
+        tokio::spawn(async move { execute(&addr, "?db_timeout=3s", json!([sql])).await })
+    };
+    wait_metric(&addr, "bop_http_write_queue_depth", |depth| depth == 1.0).await;
+    let log_before = node.raft().metrics().borrow_watched().last_log_index.unwrap_or(0);
+
+    let insert = "INSERT INTO t (client, seq) VALUES (?, ?)";
+    let requests: Vec<(&str, Value)> = vec![
+        ("", json!([[insert, 1, 1]])),
+        ("?transaction", json!([[insert, 2, 1], [insert, 0, 0]])),
+        ("", json!([[insert, 3, 1]])),
+        ("", json!([["INSERT OR ROLLBACK INTO t (client, seq) VALUES (0, 0)"]])),
+        ("", json!([[insert, 4, 1], "INSERT INTO nosuch VALUES (1)", [insert, 4, 2]])),
+        ("?db_timeout=200ms", json!([format!("SELECT count(*) FROM ({forever})")])),
+        ("", json!([[insert, 5, 1]])),
+    ];
+    let sent: Vec<_> = requests
+        .iter()
+        .map(|(query, body)| {
+            let (addr, query, body) = (addr.clone(), query.to_string(), body.clone());
+            tokio::spawn(async move {
+                http(&addr, "POST", &format!("/db/execute{query}"), body.to_string().as_bytes()).await
+            })
+        })
+        .collect();
+    // A runaway write whose client goes away as soon as it is queued.
+    let mut gone = TcpStream::connect(&addr).await.expect("connect");
+    let body = json!([format!("INSERT INTO t (client, seq) SELECT 99, x FROM ({forever})")]).to_string();
+    let head = format!(
+        "POST /db/execute HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    gone.write_all(format!("{head}{body}").as_bytes()).await.expect("send");
+    let queued = 1.0 + requests.len() as f64 + 1.0;
+    wait_metric(&addr, "bop_http_write_queue_depth", |depth| depth == queued).await;
+    drop(gone);
+
+    let started = Instant::now();
+    let answers: Vec<(u16, Value)> =
+        futures_util::future::join_all(sent).await.into_iter().map(|a| a.expect("task")).collect();
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "the group was not held up by the gone client's write"
+    );
+    let blocked = blocker.await.expect("blocker");
+    assert!(blocked["results"][0]["error"].as_str().is_some_and(|e| e.contains("time limit")), "{blocked}");
+    for (status, out) in &answers {
+        assert_eq!(*status, 200, "{out}");
+    }
+    let result = |i: usize, j: usize| answers[i].1["results"][j].clone();
+    assert_eq!(result(0, 0)["rows_affected"], 1, "{:?}", answers[0]);
+    assert!(result(1, 0)["error"].as_str().is_some_and(|e| e.contains("UNIQUE")), "{:?}", answers[1]);
+    assert_eq!(result(2, 0)["rows_affected"], 1, "{:?}", answers[2]);
+    assert!(result(3, 0)["error"].as_str().is_some_and(|e| e.contains("UNIQUE")), "{:?}", answers[3]);
+    assert_eq!(result(4, 0)["rows_affected"], 1, "{:?}", answers[4]);
+    assert!(result(4, 1)["error"].as_str().is_some_and(|e| e.contains("no such table")), "{:?}", answers[4]);
+    assert_eq!(result(4, 2)["rows_affected"], 1, "{:?}", answers[4]);
+    assert!(result(5, 0)["error"].as_str().is_some_and(|e| e.contains("time limit")), "{:?}", answers[5]);
+    assert_eq!(result(6, 0)["rows_affected"], 1, "{:?}", answers[6]);
+
+    // In whatever order the requests reached the queue.
+    let stored = rows(&addr, "SELECT client, seq FROM t ORDER BY client, seq").await;
+    let stored: Vec<(i64, i64)> =
+        stored.iter().map(|r| (r[0].as_i64().expect("client"), r[1].as_i64().expect("seq"))).collect();
+    assert_eq!(stored, [(0, 0), (1, 1), (3, 1), (4, 1), (4, 2), (5, 1)]);
+    // The five that wrote: one entry, and one more for the rerun after the conflict resolved by ROLLBACK
+    // (which answered on its own, first in a transaction).
+    let log_after = node.raft().metrics().borrow_watched().last_log_index.unwrap_or(0);
+    assert!(log_after - log_before <= 2, "{} entries for the group", log_after - log_before);
+    node.shutdown().await;
+}
+
+/// A writer with nothing to do ends after `writer_idle`; the next write to its database starts another.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_writers_end_and_come_back_on_demand() {
+    let _serial = SERIAL.lock().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let limits = NodeLimits { writer_idle: Duration::from_millis(300), ..NodeLimits::default() };
+    let node = single_node(dir.path(), limits).await;
+    let addr = node.http_addr().to_owned();
+    for db in ["a", "b", "c"] {
+        execute(&addr, &format!("?db={db}"), json!(["CREATE TABLE t (x)"])).await;
+    }
+    wait_metric(&addr, "bop_sql_writers", |writers| writers == 0.0).await;
+    let out = execute(&addr, "?db=b", json!(["INSERT INTO t VALUES (1)"])).await;
+    assert_eq!(out["results"][0]["rows_affected"], 1, "{out}");
+    let (status, out) = http(&addr, "GET", "/db/query?db=b&q=SELECT%20count(*)%20FROM%20t", b"").await;
+    assert_eq!(status, 200);
+    assert_eq!(out["results"][0]["values"][0][0], 1, "{out}");
+    wait_metric(&addr, "bop_sql_writers", |writers| writers == 0.0).await;
+    node.shutdown().await;
+}
