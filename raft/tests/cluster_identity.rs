@@ -74,3 +74,35 @@ async fn a_fresh_node_keeps_the_first_cluster_that_contacted_it_across_a_restart
     assert!(!node.raft().is_initialized().await.expect("raft"), "nothing was initialised");
     node.shutdown().await;
 }
+
+/// Issue 16: nodes started with mutual TLS on the transport (`NodeEnv::raft_tls`) form a cluster, agree on
+/// its id and replicate writes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_with_mutual_tls_on_the_transport_form_a_cluster() {
+    use bop_raft::node::NodeEnv;
+    use bop_raft::tcp::tls::{throwaway_pki, TransportTls};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (ca, certs) = throwaway_pki(&[1, 2, 3]).expect("pki");
+    let mut nodes = Vec::new();
+    let mut members = BTreeMap::new();
+    for (id, cert, key) in certs {
+        let tls = TransportTls::from_pem(ca.as_bytes(), cert.as_bytes(), key.as_bytes()).expect("tls");
+        let env = NodeEnv { raft_tls: Some(tls), ..NodeEnv::default() };
+        let node = Node::start_in(config(dir.path(), id), env).await.expect("start");
+        members.insert(id, node.member_addr());
+        nodes.push(node);
+    }
+    nodes[0].initialize_if_new(members).await.expect("initialize");
+    for node in &nodes {
+        node.raft()
+            .wait(Some(Duration::from_secs(30)))
+            .metrics(|m| m.current_leader.is_some() && m.last_applied.is_some(), "a leader's entry applied")
+            .await
+            .expect("joined the cluster over TLS");
+        assert_eq!(node.cluster_id(), nodes[0].cluster_id(), "one cluster id");
+    }
+    assert!(nodes[0].cluster_id().is_some());
+    for node in nodes {
+        node.shutdown().await;
+    }
+}

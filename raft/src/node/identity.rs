@@ -9,10 +9,16 @@ use bop_storage::manifest::{Batch, Manifest, RaftBlob};
 use super::NodeError;
 use crate::blocking::Blocking;
 use crate::tcp::handshake::IdentityError;
+use crate::tcp::tls::TransportTls;
 use crate::tcp::{raft_addr_of, ClusterId, ClusterIdentity};
 
 /// Node `id`'s identity as its manifest holds it; ids fixed or adopted later are committed to it.
-pub(super) fn open(id: u64, manifest: &Arc<Manifest>) -> Result<Arc<ClusterIdentity>, NodeError> {
+/// With `tls`, the transport speaks mutual TLS.
+pub(super) fn open(
+    id: u64,
+    manifest: &Arc<Manifest>,
+    tls: Option<TransportTls>,
+) -> Result<Arc<ClusterIdentity>, NodeError> {
     let stored = manifest
         .read(|r| r.raft_blob(RaftBlob::ClusterId))
         .map_err(|e| NodeError::Storage(format!("reading the cluster id: {e}")))?;
@@ -28,7 +34,11 @@ pub(super) fn open(id: u64, manifest: &Arc<Manifest>) -> Result<Arc<ClusterIdent
         batch.set_raft_blob(RaftBlob::ClusterId, cluster.0.to_vec());
         manifest.commit(batch).map(|_| ()).map_err(std::io::Error::other)
     });
-    Ok(Arc::new(ClusterIdentity::new(id, cluster).persisted_by(persist)))
+    let identity = ClusterIdentity::new(id, cluster).persisted_by(persist);
+    Ok(Arc::new(match tls {
+        Some(tls) => identity.with_tls(tls),
+        None => identity,
+    }))
 }
 
 /// The cluster id a bootstrap of `members` (id → member address) names.

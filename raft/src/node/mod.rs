@@ -129,6 +129,8 @@ pub struct NodeEnv {
     pub wal_segment_bytes: u64,
     /// Bounds on client work.
     pub limits: NodeLimits,
+    /// Mutual TLS on the Raft transport (`None`: plain TCP, the hello's claims unproven).
+    pub raft_tls: Option<crate::tcp::tls::TransportTls>,
 }
 
 impl Default for NodeEnv {
@@ -142,6 +144,7 @@ impl Default for NodeEnv {
             raft_timing: RaftTiming::default(),
             wal_segment_bytes: 64 << 20,
             limits: NodeLimits::default(),
+            raft_tls: None,
         }
     }
 }
@@ -486,7 +489,7 @@ impl Node {
         let wal = Arc::new(WalStore::open(Arc::clone(&env.io), wal_config).map_err(|e| storage(&e))?);
         let manifest =
             Arc::new(Manifest::open(&config.data_dir, ManifestConfig::default()).map_err(|e| storage(&e))?);
-        let cluster_identity = identity::open(config.id, &manifest)?;
+        let cluster_identity = identity::open(config.id, &manifest, env.raft_tls.clone())?;
         let store = LogStore::new(Arc::clone(&wal), Arc::clone(&manifest)).map_err(|e| storage(&e))?;
         let mut manager_config = ManagerConfig::new(&config.data_dir);
         manager_config.io = Arc::clone(&env.io);
