@@ -67,6 +67,10 @@ enum Command {
         /// Where the three nodes keep their data (`node-1`, `node-2`, `node-3` inside it).
         #[arg(long, value_name = "DIR", env = "BOP_DATA_DIR", default_value = "bop-data")]
         data_dir: PathBuf,
+        /// Mutual TLS between the nodes on the Raft transport, with a throwaway CA and node certificates
+        /// made at start (kept in memory only). The HTTP API stays plain HTTP.
+        #[arg(long)]
+        tls: bool,
     },
     /// One node of a cluster. Settings come from flags, then `BOP_*` environment variables, then the TOML
     /// file named by --config (keys id, data_dir, raft_addr, http_addr, bootstrap, join).
@@ -173,6 +177,16 @@ struct NodeArgs {
     /// On first start, ask the cluster at this HTTP address (any member) to add this node as a voter.
     #[arg(long, value_name = "HTTP_ADDR", env = "BOP_JOIN")]
     join: Option<String>,
+    /// Mutual TLS on the Raft transport: the cluster CA's certificate (PEM). Needs --raft-tls-cert and
+    /// --raft-tls-key; every node's certificate must name it as the DNS name bop-node-ID.
+    #[arg(long, value_name = "FILE", env = "BOP_RAFT_TLS_CA")]
+    raft_tls_ca: Option<PathBuf>,
+    /// This node's certificate chain (PEM), issued by the CA, naming bop-node-ID.
+    #[arg(long, value_name = "FILE", env = "BOP_RAFT_TLS_CERT")]
+    raft_tls_cert: Option<PathBuf>,
+    /// This node's private key (PEM).
+    #[arg(long, value_name = "FILE", env = "BOP_RAFT_TLS_KEY")]
+    raft_tls_key: Option<PathBuf>,
 }
 
 /// Why a command failed, and so its exit code.
@@ -226,7 +240,7 @@ fn main() -> ExitCode {
 
 fn run(command: Command) -> Result<(), Failure> {
     match command {
-        Command::Up { data_dir } => up(data_dir),
+        Command::Up { data_dir, tls } => up(data_dir, tls),
         Command::Node(args) => node(args),
         Command::Execute { http_addr, sql, db } => {
             let body = serde_json::to_string(&[&sql]).map_err(|e| e.to_string())?;
@@ -325,7 +339,20 @@ fn log_leader_changes(node: &Node) {
 }
 
 /// `bop up`: three nodes in this process on loopback.
-fn up(data_dir: PathBuf) -> Result<(), Failure> {
+fn up(data_dir: PathBuf, tls: bool) -> Result<(), Failure> {
+    let pki = if tls {
+        let (ca, certs) = bop_raft::tcp::tls::throwaway_pki(&[1, 2, 3]).map_err(|e| e.to_string())?;
+        let mut by_id = BTreeMap::new();
+        for (id, cert, key) in certs {
+            let node_tls =
+                bop_raft::tcp::tls::TransportTls::from_pem(ca.as_bytes(), cert.as_bytes(), key.as_bytes())
+                    .map_err(|e| e.to_string())?;
+            by_id.insert(id, node_tls);
+        }
+        Some(by_id)
+    } else {
+        None
+    };
     runtime()?.block_on(async move {
         let mut nodes = Vec::new();
         let mut members = BTreeMap::new();
@@ -337,13 +364,19 @@ fn up(data_dir: PathBuf) -> Result<(), Failure> {
                 http_addr: format!("127.0.0.1:{}", 4100 + id),
             };
             members.insert(id, format!("{} http={}", config.raft_addr, config.http_addr));
-            let node = Node::start(config).await.map_err(|e| Failure::Runtime(format!("node {id}: {e}")))?;
+            let raft_tls = pki.as_ref().and_then(|pki| pki.get(&id).cloned());
+            let env = bop_raft::node::NodeEnv { raft_tls, ..Default::default() };
+            let node =
+                Node::start_in(config, env).await.map_err(|e| Failure::Runtime(format!("node {id}: {e}")))?;
             log_leader_changes(&node);
             nodes.push(node);
         }
         nodes[0].initialize_if_new(members).await.map_err(|e| e.to_string())?;
         let leader = wait_for_leader(&nodes[0]).await?;
         println!("bop: three nodes up, data in {}", data_dir.display());
+        if tls {
+            println!("  Raft between them over mutual TLS (a throwaway CA made at start); HTTP is plain");
+        }
         for node in &nodes {
             let role = if node.id() == leader { " (leader)" } else { "" };
             println!("  node {}: http://{}  raft {}{role}", node.id(), node.http_addr(), node.raft_addr());
@@ -387,6 +420,10 @@ struct NodeFile {
     bootstrap: Option<String>,
     /// An HTTP address of a running cluster to join on first start (as `--join`).
     join: Option<String>,
+    /// Mutual TLS on the Raft transport (as `--raft-tls-ca`, `--raft-tls-cert`, `--raft-tls-key`).
+    raft_tls_ca: Option<PathBuf>,
+    raft_tls_cert: Option<PathBuf>,
+    raft_tls_key: Option<PathBuf>,
 }
 
 /// `RAFT_ADDR/HTTP_ADDR` (or a bare `RAFT_ADDR`) as a membership address, `RAFT_ADDR http=HTTP_ADDR`.
@@ -415,6 +452,7 @@ struct NodePlan {
     config: NodeConfig,
     bootstrap: Option<BTreeMap<u64, String>>,
     join: Option<String>,
+    raft_tls: Option<bop_raft::tcp::tls::TransportTls>,
 }
 
 fn node_plan(args: NodeArgs) -> Result<NodePlan, String> {
@@ -446,7 +484,27 @@ fn node_plan(args: NodeArgs) -> Result<NodePlan, String> {
             .or(file.http_addr)
             .ok_or("--http-addr (BOP_HTTP_ADDR, or http_addr in the config file) is required")?,
     };
-    Ok(NodePlan { config, bootstrap, join })
+    let tls_files = [
+        ("--raft-tls-ca", args.raft_tls_ca.or(file.raft_tls_ca)),
+        ("--raft-tls-cert", args.raft_tls_cert.or(file.raft_tls_cert)),
+        ("--raft-tls-key", args.raft_tls_key.or(file.raft_tls_key)),
+    ];
+    let raft_tls = match &tls_files {
+        [(_, None), (_, None), (_, None)] => None,
+        [(_, Some(ca)), (_, Some(cert)), (_, Some(key))] => Some(
+            bop_raft::tcp::tls::TransportTls::from_pem_files(ca, cert, key)
+                .map_err(|e| format!("Raft transport TLS: {e}"))?,
+        ),
+        _ => {
+            let missing: Vec<&str> =
+                tls_files.iter().filter(|(_, path)| path.is_none()).map(|(flag, _)| *flag).collect();
+            return Err(format!(
+                "TLS on the Raft transport needs all of --raft-tls-ca, --raft-tls-cert and --raft-tls-key; missing {}",
+                missing.join(", ")
+            ));
+        }
+    };
+    Ok(NodePlan { config, bootstrap, join, raft_tls })
 }
 
 /// `bop node`: one node of a cluster.
@@ -454,7 +512,8 @@ fn node(args: NodeArgs) -> Result<(), Failure> {
     let plan = node_plan(args).map_err(Failure::Usage)?;
     let data_dir = plan.config.data_dir.clone();
     runtime()?.block_on(async move {
-        let node = Node::start(plan.config).await?;
+        let env = bop_raft::node::NodeEnv { raft_tls: plan.raft_tls, ..Default::default() };
+        let node = Node::start_in(plan.config, env).await?;
         log_leader_changes(&node);
         if let Some(members) = plan.bootstrap {
             node.initialize_if_new(members).await?;
@@ -568,6 +627,42 @@ mod tests {
         let plan = node_plan(args).map_err(|e| e.to_string()).expect("plan");
         assert_eq!((plan.config.id, plan.config.raft_addr.as_str()), (1, "r:1"), "from the file");
         assert_eq!(plan.config.http_addr, "h:2", "the flag wins");
+    }
+
+    #[test]
+    fn transport_tls_needs_all_three_files_and_valid_ones() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let base = || NodeArgs {
+            id: Some(1),
+            data_dir: Some("d".into()),
+            raft_addr: Some("r:1".into()),
+            http_addr: Some("h:1".into()),
+            ..NodeArgs::default()
+        };
+        let half = NodeArgs { raft_tls_ca: Some(dir.path().join("ca.pem")), ..base() };
+        let error = node_plan(half).expect_err("half a TLS configuration");
+        assert!(error.contains("missing --raft-tls-cert, --raft-tls-key"), "{error}");
+        let (ca, certs) = bop_raft::tcp::tls::throwaway_pki(&[1]).expect("pki");
+        let paths = ["ca.pem", "cert.pem", "key.pem"].map(|name| dir.path().join(name));
+        for (path, pem) in paths.iter().zip([&ca, &certs[0].1, &certs[0].2]) {
+            std::fs::write(path, pem).expect("write");
+        }
+        let [ca, cert, key] = paths;
+        let whole = NodeArgs {
+            raft_tls_ca: Some(ca.clone()),
+            raft_tls_cert: Some(cert),
+            raft_tls_key: Some(key.clone()),
+            ..base()
+        };
+        assert!(node_plan(whole).expect("a whole TLS configuration").raft_tls.is_some());
+        let wrong = NodeArgs {
+            raft_tls_ca: Some(ca.clone()),
+            raft_tls_cert: Some(ca),
+            raft_tls_key: Some(key),
+            ..base()
+        };
+        let error = node_plan(wrong).expect_err("a CA certificate with the node's key");
+        assert!(error.contains("Raft transport TLS"), "{error}");
     }
 
     #[test]
