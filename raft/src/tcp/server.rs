@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use bop_storage::io::{IoFile, OpenMode};
+use openraft::async_runtime::WatchReceiver;
 use openraft::base::BoxStream;
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, StreamAppendError, StreamAppendResult,
@@ -61,7 +62,7 @@ pub async fn serve<C, SM>(
     identity: Arc<ClusterIdentity>,
 ) -> io::Result<()>
 where
-    C: RaftTypeConfig,
+    C: RaftTypeConfig<NodeId = u64>,
     SM: RaftStateMachine<C>,
     SM::SnapshotData: WireSnapshot,
 {
@@ -79,7 +80,7 @@ pub async fn serve_with<C, SM>(
     timeouts: ServerTimeouts,
 ) -> io::Result<()>
 where
-    C: RaftTypeConfig,
+    C: RaftTypeConfig<NodeId = u64>,
     SM: RaftStateMachine<C>,
     SM::SnapshotData: WireSnapshot,
 {
@@ -131,8 +132,15 @@ where
             let peer = format!("{peer} (node {from})");
             let (read, write) = tokio::io::split(stream);
             let (slots_tx, slots_rx) = tokio::sync::mpsc::channel(REPLY_SLOTS_MAX);
-            let server =
-                ConnectionServer { raft, inbox, contact: contact.clone(), snapshot_lock, peer, timeouts };
+            let server = ConnectionServer {
+                raft,
+                inbox,
+                contact: contact.clone(),
+                snapshot_lock,
+                peer,
+                from,
+                timeouts,
+            };
             // Whichever side ends first ends the connection.
             tokio::select! {
                 () = server.read_requests(read, slots_tx) => {}
@@ -148,12 +156,14 @@ struct ConnectionServer<C: RaftTypeConfig, SM: RaftStateMachine<C>> {
     contact: LeaderContact,
     snapshot_lock: Arc<tokio::sync::Mutex<()>>,
     peer: String,
+    /// The node id the connection's hello named (proven by its certificate when TLS is on).
+    from: u64,
     timeouts: ServerTimeouts,
 }
 
 impl<C, SM> ConnectionServer<C, SM>
 where
-    C: RaftTypeConfig,
+    C: RaftTypeConfig<NodeId = u64>,
     SM: RaftStateMachine<C>,
     SM::SnapshotData: WireSnapshot,
 {
@@ -209,6 +219,14 @@ where
                 Ok(Request::Vote(rpc)) => Reply::Vote(raft.vote(rpc).await.map_err(|e| e.to_string())),
                 Ok(Request::PreVote(rpc)) => Reply::Vote(raft.pre_vote(rpc).await.map_err(|e| e.to_string())),
                 Ok(Request::SnapshotBegin { vote, meta, files }) => {
+                    let current = raft.metrics().borrow_watched().vote.clone();
+                    if let Err(e) = may_send_snapshot::<C>(&vote, &current, self.from) {
+                        tracing::warn!(%peer, reason = %e, "refused a snapshot");
+                        if slots.send(Slot::Ready(Reply::Ack(Err(e)))).await.is_err() {
+                            return;
+                        }
+                        continue;
+                    }
                     // A new beginning on this connection abandons its unfinished snapshot (and the inbox
                     // lock it holds) instead of waiting for that lock itself.
                     let guard = match incoming.take() {
@@ -267,6 +285,30 @@ where
             }
         }
     }
+}
+
+/// Whether node `from` may send this node a snapshot under `vote` (this node holding `current`): only as
+/// the leader that vote names, with the vote granted by a quorum, and not from a leader this node has
+/// already seen superseded. Checked before anything is staged, so a stray or stale sender cannot fill the
+/// inbox (openraft's install would refuse a stale vote too, but only after the whole snapshot arrived).
+fn may_send_snapshot<C>(vote: &VoteOf<C>, current: &VoteOf<C>, from: u64) -> Result<(), String>
+where
+    C: RaftTypeConfig<NodeId = u64>,
+{
+    use openraft::vote::{RaftLeaderId, RaftVote};
+    if !vote.is_committed() {
+        return Err(format!("a snapshot under {vote}, a vote no quorum granted"));
+    }
+    let leader = *vote.leader_id().node_id();
+    if leader != from {
+        return Err(format!("node {from} sent a snapshot under node {leader}'s leadership ({vote})"));
+    }
+    if vote.partial_cmp(current) == Some(std::cmp::Ordering::Less) {
+        return Err(format!(
+            "a snapshot from a superseded leader: {vote} is older than this node's {current}"
+        ));
+    }
+    Ok(())
 }
 
 /// Sends a connection's replies in request order; returns when the reader is done and every reply is
@@ -381,7 +423,7 @@ async fn finish_snapshot<C, SM>(
     state: Incoming<C>,
 ) -> Result<SnapshotResponse<C>, String>
 where
-    C: RaftTypeConfig,
+    C: RaftTypeConfig<NodeId = u64>,
     SM: RaftStateMachine<C>,
     SM::SnapshotData: WireSnapshot,
 {

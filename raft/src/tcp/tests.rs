@@ -511,3 +511,41 @@ async fn with_tls_only_a_peer_certified_for_its_node_id_is_served() {
     server.abort();
     raft.shutdown().await.expect("shutdown");
 }
+
+/// Issue 16: a snapshot is accepted only from the leader its vote names (the sender's hello, proven by its
+/// certificate with TLS), under a vote a quorum granted, and not from a leader this node saw superseded —
+/// checked at `SnapshotBegin`, before anything is staged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_is_accepted_only_from_the_leader_its_vote_names() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (addr, raft, server) = served(dir.path(), short(), peer_identity(1)).await;
+    let begin_with = |vote: VoteOf<C>| {
+        encode(&Request::<C>::SnapshotBegin { vote, meta: SnapshotMetaOf::<C>::default(), files: Vec::new() })
+            .expect("encode")
+    };
+    let mut peer = greeted(&addr).await; // node 2
+    let cases = [
+        (VoteOf::<C>::new_committed(1, 3), "under node 3's leadership"),
+        (VoteOf::<C>::new(1, 2), "no quorum granted"),
+    ];
+    for (vote, reason) in cases {
+        write_frame(&mut peer, &begin_with(vote)).await.expect("send");
+        match ack(&mut peer, Duration::from_secs(5)).await {
+            Reply::Ack(Err(e)) => assert!(e.contains(reason), "{e} names {reason:?}"),
+            _ => panic!("a snapshot begun by the wrong sender was accepted"),
+        }
+    }
+    write_frame(&mut peer, &begin_with(VoteOf::<C>::new_committed(1, 2))).await.expect("send");
+    assert!(matches!(ack(&mut peer, Duration::from_secs(5)).await, Reply::Ack(Ok(()))), "the leader's own");
+    // The node moves on to term 5; node 2's leadership of term 1 is superseded.
+    write_frame(&mut peer, &vote_frame(5)).await.expect("send");
+    assert!(matches!(ack(&mut peer, Duration::from_secs(5)).await, Reply::Vote(Ok(_))));
+    wait_term(&raft, 5).await;
+    write_frame(&mut peer, &begin_with(VoteOf::<C>::new_committed(1, 2))).await.expect("send");
+    match ack(&mut peer, Duration::from_secs(5)).await {
+        Reply::Ack(Err(e)) => assert!(e.contains("superseded"), "{e}"),
+        _ => panic!("a superseded leader's snapshot was accepted"),
+    }
+    server.abort();
+    raft.shutdown().await.expect("shutdown");
+}
