@@ -40,6 +40,9 @@ pub struct ManifestConfig {
     /// Entries deleted by the truncation that runs inside each commit; must exceed
     /// `group_batches_max` so truncation keeps up with appends.
     pub feed_truncate_per_commit_max: usize,
+    /// Reserve the data file's blocks up to the map size on the file system (fallocate keeping the
+    /// file's size) at open and after each growth, so that commits rarely meet a full file system.
+    pub reserve_map_space: bool,
 }
 
 impl Default for ManifestConfig {
@@ -58,6 +61,7 @@ impl Default for ManifestConfig {
             feed_cursor_lag_entries_max: 1_000_000,
             feed_page_entries_max: 4096,
             feed_truncate_per_commit_max: 4096,
+            reserve_map_space: true,
         }
     }
 }

@@ -5,6 +5,8 @@
 //!   fine, the request was wrong (duplicate name, unknown id, ...); other batches in the same group
 //!   commit normally;
 //! - back-pressure ([`ManifestError::Backpressure`]): retry later;
+//! - lack of space: a commit that meets a full file system is held and retried until space returns,
+//!   so callers see [`ManifestError::NoSpace`] only once the manifest stopped waiting (shutdown);
 //! - environment errors (I/O, LMDB, map full past the maximum, poisoned handle): not retryable on
 //!   this handle.
 
@@ -252,6 +254,14 @@ pub enum ManifestError {
         /// The maximum.
         ops_max: usize,
     },
+    /// The file system had no space for this commit (ENOSPC or EDQUOT) and the manifest no longer waits
+    /// for space ([`super::Manifest::stop_waiting_for_space`], for shutdown). Nothing of it was committed;
+    /// the manifest is not poisoned.
+    #[error("no space for the manifest commit, and the manifest stopped waiting for space (shutting down); the commit was not made: {cause}")]
+    NoSpace {
+        /// The last error LMDB reported.
+        cause: String,
+    },
     /// The commit queue is full (`try_commit` only).
     #[error("commit queue full ({queue_batches_max} batches); retry later")]
     Backpressure {
@@ -439,6 +449,30 @@ impl ManifestError {
         )
     }
 
+    /// True when the file system had no space (ENOSPC, EDQUOT) for an LMDB write. heed reports an errno
+    /// from LMDB as `heed::Error::Io` (its `MdbError::Other` is converted); both forms are recognised.
+    pub(crate) fn is_no_space(&self) -> bool {
+        let ManifestError::Lmdb { source, .. } = self else { return false };
+        let errno = match &**source {
+            heed::Error::Io(error) => error.raw_os_error(),
+            heed::Error::Mdb(heed::MdbError::Other(code)) => Some(*code),
+            _ => None,
+        };
+        errno.is_some_and(|errno| {
+            errno == rustix::io::Errno::NOSPC.raw_os_error()
+                || errno == rustix::io::Errno::DQUOT.raw_os_error()
+        })
+    }
+
+    /// True when LMDB reported `MDB_PANIC`: an earlier failure (e.g. of a meta page write) left the
+    /// environment unusable until it is reopened.
+    pub(crate) fn is_lmdb_panic(&self) -> bool {
+        matches!(
+            self,
+            ManifestError::Lmdb { source, .. } if matches!(**source, heed::Error::Mdb(heed::MdbError::Panic))
+        )
+    }
+
     /// True for errors that reject one request (batch or cursor operation) without saying
     /// anything about the health of the manifest: invalid input, a conflict with the stored
     /// state, or an undecodable record met while validating that request.
@@ -455,6 +489,7 @@ impl ManifestError {
                 | ManifestError::Lmdb { .. }
                 | ManifestError::MapFull { .. }
                 | ManifestError::Backpressure { .. }
+                | ManifestError::NoSpace { .. }
                 | ManifestError::Poisoned { .. }
         )
     }

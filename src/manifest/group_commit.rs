@@ -20,11 +20,20 @@
 //! retries the group without the rejected item; each retry removes one item, so a group of
 //! `k` items needs at most `k` retries. Map-full aborts, grows the map, and retries the group;
 //! a failed commit poisons the handle.
+//!
+//! Lack of space (ENOSPC or EDQUOT from LMDB while beginning, applying or committing) is not a
+//! failure of the manifest: the transaction is aborted (LMDB wrote no meta page, so the previous
+//! state stands), the space alarm is raised, and the leader retries the same group after a backoff
+//! (10 ms doubling to 1 s) until it commits; its callers stay blocked meanwhile, and the bounded
+//! queue holds everyone else. The first successful commit clears the alarm.
+//! `stop_waiting_for_space` (for shutdown) makes a held group, and any later one that meets a full
+//! disk, fail with `NoSpace` instead.
 
 use std::collections::{HashMap, VecDeque};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::Ordering;
 use std::sync::{Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use super::apply::apply_batch;
 use super::batch::{Batch, CommitOutcome};
@@ -57,7 +66,15 @@ struct QueueState {
     finished: HashMap<u64, Result<Done>>,
     next_ticket: u64,
     poisoned: Option<String>,
+    /// A group that meets a full disk fails instead of waiting (`stop_waiting_for_space`).
+    stop_waiting_for_space: bool,
 }
+
+/// First wait before a group that met a full file system is retried; it doubles up to
+/// [`NO_SPACE_RETRY_MAX`].
+const NO_SPACE_RETRY_FIRST: Duration = Duration::from_millis(10);
+/// Longest wait between two retries of a group held for space.
+const NO_SPACE_RETRY_MAX: Duration = Duration::from_secs(1);
 
 /// Whether a submission waits for queue space.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -73,6 +90,8 @@ pub(crate) struct Pipeline {
     space: Condvar,
     /// Signalled when a leader published results.
     progress: Condvar,
+    /// Signalled when the manifest stops waiting for space (wakes a leader holding a group).
+    held: Condvar,
     queue_max: usize,
     group_max: usize,
 }
@@ -81,7 +100,12 @@ enum Step {
     Committed(Vec<(usize, Done)>, FeedStats),
     Rejected(usize, ManifestError),
     MapFull,
-    Failed { error: ManifestError, poison: bool },
+    /// The file system had no space; the transaction was aborted and nothing was written.
+    NoSpace(ManifestError),
+    Failed {
+        error: ManifestError,
+        poison: bool,
+    },
 }
 
 impl Pipeline {
@@ -93,9 +117,11 @@ impl Pipeline {
                 finished: HashMap::new(),
                 next_ticket: 0,
                 poisoned: None,
+                stop_waiting_for_space: false,
             }),
             space: Condvar::new(),
             progress: Condvar::new(),
+            held: Condvar::new(),
             queue_max: config.commit_queue_batches_max,
             group_max: config.group_batches_max,
         }
@@ -123,6 +149,32 @@ impl Pipeline {
     /// The reason the pipeline refuses writes, if it does.
     pub(crate) fn poisoned(&self) -> Option<String> {
         self.lock().poisoned.clone()
+    }
+
+    /// From now on a group that meets a full file system fails with `NoSpace` instead of waiting;
+    /// a group waiting now fails at once.
+    pub(crate) fn stop_waiting_for_space(&self) {
+        let mut state = self.lock();
+        state.stop_waiting_for_space = true;
+        self.held.notify_all();
+    }
+
+    /// Waits `delay` before a group held for space is retried; false (at once) if the manifest
+    /// no longer waits for space.
+    fn hold(&self, delay: Duration) -> bool {
+        let deadline = Instant::now() + delay;
+        let mut state = self.lock();
+        loop {
+            if state.stop_waiting_for_space {
+                return false;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return true;
+            }
+            state =
+                self.held.wait_timeout(state, deadline - now).unwrap_or_else(|poison| poison.into_inner()).0;
+        }
     }
 
     /// Submits `works` together (they enter the queue contiguously) and blocks until each has
@@ -191,7 +243,7 @@ impl Pipeline {
                     (results, None)
                 }
                 None => {
-                    let outcome = catch_unwind(AssertUnwindSafe(|| lead(store, config, &group)));
+                    let outcome = catch_unwind(AssertUnwindSafe(|| self.lead(store, config, &group)));
                     match outcome {
                         Ok(outcome) => outcome,
                         Err(_) => {
@@ -217,66 +269,92 @@ impl Pipeline {
             self.progress.notify_all();
         }
     }
-}
 
-/// Runs one group to completion: returns a result per ticket and, if the handle must be
-/// poisoned, why.
-fn lead(
-    store: &Store,
-    config: &ManifestConfig,
-    group: &[Pending],
-) -> (Vec<(u64, Result<Done>)>, Option<String>) {
-    let mut settled: Vec<Option<Result<Done>>> = group.iter().map(|_| None).collect();
-    let mut poison = None;
-    loop {
-        if settled.iter().all(Option::is_some) {
-            break;
-        }
-        match attempt(store, config, group, &settled) {
-            Step::Committed(outcomes, stats) => {
-                let metrics = &store.metrics;
-                metrics.commits.fetch_add(1, Ordering::Relaxed);
-                for (index, done) in outcomes {
-                    match done {
-                        Done::Batch(_) => metrics.batches.fetch_add(1, Ordering::Relaxed),
-                        Done::Cursor => metrics.cursor_ops.fetch_add(1, Ordering::Relaxed),
-                    };
-                    settled[index] = Some(Ok(done));
-                }
-                metrics.record_feed(&stats);
+    /// Runs one group to completion: returns a result per ticket and, if the handle must be
+    /// poisoned, why.
+    fn lead(
+        &self,
+        store: &Store,
+        config: &ManifestConfig,
+        group: &[Pending],
+    ) -> (Vec<(u64, Result<Done>)>, Option<String>) {
+        let mut settled: Vec<Option<Result<Done>>> = group.iter().map(|_| None).collect();
+        let mut poison = None;
+        let mut no_space_wait = NO_SPACE_RETRY_FIRST;
+        let mut held_since: Option<Instant> = None;
+        loop {
+            if settled.iter().all(Option::is_some) {
                 break;
             }
-            Step::Rejected(index, error) => {
-                if matches!(group[index].work, Work::Batch(_)) {
-                    store.metrics.batches_rejected.fetch_add(1, Ordering::Relaxed);
+            match attempt(store, config, group, &settled) {
+                Step::Committed(outcomes, stats) => {
+                    let metrics = &store.metrics;
+                    metrics.commits.fetch_add(1, Ordering::Relaxed);
+                    for (index, done) in outcomes {
+                        match done {
+                            Done::Batch(_) => metrics.batches.fetch_add(1, Ordering::Relaxed),
+                            Done::Cursor => metrics.cursor_ops.fetch_add(1, Ordering::Relaxed),
+                        };
+                        settled[index] = Some(Ok(done));
+                    }
+                    metrics.record_feed(&stats);
+                    if metrics.space_alarm.swap(false, Ordering::Relaxed) {
+                        tracing::info!(
+                            held_ms = held_since.map_or(0, |since| since.elapsed().as_millis() as u64),
+                            "manifest space alarm cleared: a commit held for lack of space was made"
+                        );
+                    }
+                    break;
                 }
-                store.metrics.group_retries.fetch_add(1, Ordering::Relaxed);
-                settled[index] = Some(Err(error));
-            }
-            Step::MapFull => {
-                if let Err(error) = store.grow() {
+                Step::Rejected(index, error) => {
+                    if matches!(group[index].work, Work::Batch(_)) {
+                        store.metrics.batches_rejected.fetch_add(1, Ordering::Relaxed);
+                    }
+                    store.metrics.group_retries.fetch_add(1, Ordering::Relaxed);
+                    settled[index] = Some(Err(error));
+                }
+                Step::MapFull => {
+                    if let Err(error) = store.grow() {
+                        settle_rest(&mut settled, &error);
+                        break;
+                    }
+                }
+                Step::NoSpace(error) => {
+                    let metrics = &store.metrics;
+                    metrics.no_space_retries.fetch_add(1, Ordering::Relaxed);
+                    held_since.get_or_insert_with(Instant::now);
+                    if !metrics.space_alarm.swap(true, Ordering::Relaxed) {
+                        tracing::warn!(
+                            %error,
+                            path = %store.path.display(),
+                            "manifest space alarm: no space for a commit; its callers wait while it is retried"
+                        );
+                    }
+                    if !self.hold(no_space_wait) {
+                        settle_rest(&mut settled, &ManifestError::NoSpace { cause: error.to_string() });
+                        break;
+                    }
+                    no_space_wait = (no_space_wait * 2).min(NO_SPACE_RETRY_MAX);
+                }
+                Step::Failed { error, poison: poison_now } => {
+                    if poison_now {
+                        poison = Some(format!("LMDB commit failed: {error}"));
+                    }
                     settle_rest(&mut settled, &error);
                     break;
                 }
             }
-            Step::Failed { error, poison: poison_now } => {
-                if poison_now {
-                    poison = Some(format!("LMDB commit failed: {error}"));
-                }
-                settle_rest(&mut settled, &error);
-                break;
-            }
         }
+        let results = group
+            .iter()
+            .zip(settled)
+            .map(|(pending, result)| {
+                let result = result.unwrap_or_else(|| unreachable!("every item is settled"));
+                (pending.ticket, result)
+            })
+            .collect();
+        (results, poison)
     }
-    let results = group
-        .iter()
-        .zip(settled)
-        .map(|(pending, result)| {
-            let result = result.unwrap_or_else(|| unreachable!("every item is settled"));
-            (pending.ticket, result)
-        })
-        .collect();
-    (results, poison)
 }
 
 fn settle_rest(settled: &mut [Option<Result<Done>>], error: &ManifestError) {
@@ -295,16 +373,20 @@ fn attempt(
     let classify = |index: usize, error: ManifestError| {
         if error.is_lmdb_map_full() {
             Step::MapFull
+        } else if error.is_no_space() {
+            Step::NoSpace(error)
         } else if error.is_rejection() {
             Step::Rejected(index, error)
         } else {
-            Step::Failed { error, poison: false }
+            Step::Failed { poison: error.is_lmdb_panic(), error }
         }
     };
     let tables = &store.tables;
     let mut txn = match store.begin_write() {
         Ok(txn) => txn,
-        Err(error) => return Step::Failed { error, poison: false },
+        Err(error) if error.is_no_space() => return Step::NoSpace(error),
+        // MDB_PANIC: an earlier failure (a meta page write) made the environment unusable.
+        Err(error) => return Step::Failed { poison: error.is_lmdb_panic(), error },
     };
     let mut outcomes = Vec::with_capacity(group.len());
     for (index, pending) in group.iter().enumerate() {
@@ -328,11 +410,18 @@ fn attempt(
     let stats = match change_feed::maintain(tables, &mut txn, config) {
         Ok(stats) => stats,
         Err(error) if error.is_lmdb_map_full() => return Step::MapFull,
-        Err(error) => return Step::Failed { error, poison: false },
+        Err(error) if error.is_no_space() => return Step::NoSpace(error),
+        Err(error) => return Step::Failed { poison: error.is_lmdb_panic(), error },
     };
     match txn.commit() {
         Ok(()) => Step::Committed(outcomes, stats),
         Err(error) if error.is_lmdb_map_full() => Step::MapFull,
+        // Lack of space while LMDB wrote the transaction's pages or fdatasynced them: the meta page
+        // was not written (LMDB writes it only after both succeeded), so the previous state stands
+        // and the retry is a new transaction that writes and syncs all its pages again. A failed
+        // meta page write makes LMDB mark the environment fatal: the retry's begin then gets
+        // MDB_PANIC and poisons (docs/design.md, Manifest, "Lack of space").
+        Err(error) if error.is_no_space() => Step::NoSpace(error),
         // The commit may or may not have reached the disk; nothing on this handle can know.
         Err(error) => Step::Failed { error, poison: true },
     }

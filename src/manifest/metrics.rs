@@ -1,6 +1,6 @@
 //! Manifest metrics: atomics updated by the commit path, read as a [`MetricsSnapshot`].
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use super::change_feed::FeedStats;
 
@@ -15,6 +15,11 @@ pub(crate) struct Metrics {
     pub(crate) feed_truncations: AtomicU64,
     pub(crate) feed_truncated_entries: AtomicU64,
     pub(crate) map_grows: AtomicU64,
+    pub(crate) no_space_retries: AtomicU64,
+    /// Gauge: a commit is held because the file system has no space.
+    pub(crate) space_alarm: AtomicBool,
+    /// Gauge.
+    pub(crate) space_reserved_bytes: AtomicU64,
     /// Gauge.
     pub(crate) feed_len: AtomicU64,
     /// Gauge.
@@ -54,6 +59,9 @@ impl Metrics {
             cursors_stale: load(&self.cursors_stale),
             map_size_bytes: load(&self.map_size_bytes),
             map_grows: load(&self.map_grows),
+            space_alarm: self.space_alarm.load(Ordering::Relaxed),
+            no_space_retries: load(&self.no_space_retries),
+            space_reserved_bytes: load(&self.space_reserved_bytes),
         }
     }
 }
@@ -87,4 +95,12 @@ pub struct MetricsSnapshot {
     pub map_size_bytes: u64,
     /// Times the map was grown.
     pub map_grows: u64,
+    /// True while a commit group is held because the file system has no space for it (ENOSPC or
+    /// EDQUOT); cleared by the next successful commit. Same as [`super::Manifest::space_alarm`].
+    pub space_alarm: bool,
+    /// Group transactions that met a full file system and were retried (after a backoff).
+    pub no_space_retries: u64,
+    /// Bytes of the data file reserved on the file system ahead of use (fallocate, keeping the file's
+    /// size): the map size at the last reservation that succeeded, 0 if none did.
+    pub space_reserved_bytes: u64,
 }

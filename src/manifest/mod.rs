@@ -219,6 +219,22 @@ impl Manifest {
         self.store.metrics.snapshot()
     }
 
+    /// True while a commit is held because the file system has no space for it (ENOSPC or EDQUOT
+    /// from LMDB). Such a commit is not failed and does not poison the manifest: it is retried (10 ms
+    /// doubling to 1 s) and its callers stay blocked until it is made, which clears the alarm.
+    pub fn space_alarm(&self) -> bool {
+        self.store.metrics.space_alarm.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Stops waiting for space, for shutdown: a commit held for space now fails with
+    /// [`ManifestError::NoSpace`] (not made, not poisoning), and so does any later commit that meets
+    /// a full file system. Commits that find space still succeed. `close` and `drop` take the handle,
+    /// so no commit of it can be running then; this is for the owner of a shared handle whose
+    /// threads may be held.
+    pub fn stop_waiting_for_space(&self) {
+        self.pipeline.stop_waiting_for_space();
+    }
+
     /// Marks the shutdown clean and closes the environment. Without `close` (crash, kill, or a
     /// plain drop) the next open reports [`PreviousShutdown::Unclean`].
     pub fn close(self) -> Result<()> {

@@ -131,7 +131,8 @@ pub(crate) fn open_store(data_dir: &Path, config: &ManifestConfig) -> Result<Ope
     options.map_size(map_size_bytes).max_dbs(MAX_DBS);
     // SAFETY: no flags are set, in particular not NO_SYNC, NO_META_SYNC, NO_LOCK or WRITE_MAP:
     // commits are durable and LMDB's lock file coordinates access. The data file is only ever
-    // modified through LMDB; bop never truncates or writes it behind LMDB's back.
+    // modified through LMDB; bop never truncates or writes it behind LMDB's back (it only reserves
+    // blocks for it, keeping its size and contents: Store::reserve_map_space).
     let env: heed::Env<WithoutTls> =
         unsafe { options.open(&dir) }.map_err(|error| map_open_error(&dir, error))?;
 
@@ -164,7 +165,8 @@ pub(crate) fn open_store(data_dir: &Path, config: &ManifestConfig) -> Result<Ope
     }
     wtxn.commit().map_err(ManifestError::lmdb("commit manifest creation"))?;
 
-    let store = Store::new(env, tables, config.map_size_max_bytes, dir.clone());
+    let store = Store::new(env, tables, config.map_size_max_bytes, config.reserve_map_space, dir.clone());
+    store.reserve_map_space();
     let previous_shutdown = store.write(|txn| {
         let tables = &store.tables;
         let sentinel = tables.get::<Sentinel>(txn, Table::Runtime, &keys::RUNTIME_SENTINEL)?;

@@ -871,6 +871,11 @@ impl Manager {
         &self.inner.wal
     }
 
+    /// The node's manifest (shared with the Raft log store), until [`Manager::close`].
+    pub fn manifest(&self) -> Option<Arc<Manifest>> {
+        self.inner.manifest.read().clone()
+    }
+
     /// The node's page cache counters.
     pub fn cache_metrics(&self) -> PageCacheMetrics {
         self.inner.cache.metrics()

@@ -1,6 +1,6 @@
-//! Watching the disk under the log: a full disk or a WAL write or fdatasync slower than the configured
-//! deadline makes this node refuse writes, report unhealthy, and hand leadership to a peer; it recovers by
-//! itself when the disk does.
+//! Watching the disk under the log and the manifest: a full disk (the WAL's or the manifest's space alarm) or
+//! a WAL write or fdatasync slower than the configured deadline makes this node refuse writes, report
+//! unhealthy, and hand leadership to a peer; it recovers by itself when the disk does.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,19 +16,24 @@ const TRANSFER_EVERY: Duration = Duration::from_secs(2);
 
 /// Why this node's disk cannot take writes now.
 pub(super) struct DiskTrouble {
-    /// The log found no space (rather than a stalled write or fdatasync).
+    /// The log or the manifest found no space (rather than a stalled write or fdatasync).
     pub(super) full: bool,
     /// What to tell clients and operators.
     pub(super) message: String,
 }
 
 impl NodeShared {
-    /// Why this node's disk cannot take writes now, if it cannot: the log found no space (it holds the
-    /// waiting appends and goes on once space is freed), or a write or fdatasync has run longer than
-    /// `disk_stall_max`.
+    /// Why this node's disk cannot take writes now, if it cannot: the log or the manifest found no space
+    /// (each holds the waiting work and goes on once space is freed), or a write or fdatasync has run longer
+    /// than `disk_stall_max`.
     pub(super) fn disk_trouble(&self) -> Option<DiskTrouble> {
         if self.wal.space_alarm() {
             let message = "disk full: the log cannot get space for its next segment; free space on the data \
+                           directory's file system";
+            return Some(DiskTrouble { full: true, message: message.into() });
+        }
+        if self.manager.manifest().is_some_and(|manifest| manifest.space_alarm()) {
+            let message = "disk full: the manifest cannot commit for lack of space; free space on the data \
                            directory's file system";
             return Some(DiskTrouble { full: true, message: message.into() });
         }
@@ -41,6 +46,14 @@ impl NodeShared {
             _ => return None,
         };
         Some(DiskTrouble { full: false, message })
+    }
+
+    /// At shutdown: a manifest commit held for lack of space (a Raft storage call among them) fails instead
+    /// of waiting, so that stopping Raft does not wait for space.
+    pub(super) fn stop_waiting_for_space(&self) {
+        if let Some(manifest) = self.manager.manifest() {
+            manifest.stop_waiting_for_space();
+        }
     }
 
     /// A voter to hand leadership to: the one that matched the most of this leader's log.

@@ -651,6 +651,7 @@ impl Node {
         self.shared.writers.stop();
         self.http_server.abort();
         self.raft_server.abort();
+        self.shared.stop_waiting_for_space();
         let _ = self.shared.raft.shutdown().await;
         let _ = self.store.close();
     }
