@@ -42,7 +42,9 @@ pub enum Command {
         /// The applied index the transaction read at: a commit to the database after it makes this one
         /// stale, and every node refuses it (`PageStoreError::StaleCommit`).
         read_index: u64,
-        /// The commit record.
+        /// The commit record. (Serialized as bytes, not element by element: the same encoding, written and
+        /// read as one copy.)
+        #[serde(with = "serde_bytes")]
         record: Vec<u8>,
     },
 }

@@ -220,3 +220,28 @@ async fn a_snapshot_that_fails_verification_leaves_the_old_page_store_in_force()
         node.store.close().expect("close");
     }
 }
+
+/// The commit record is serialized as one run of bytes (`serde_bytes`), which bincode encodes exactly as it
+/// did the record element by element: entries already in a log decode unchanged, and the record's bytes still
+/// end the serialized command.
+#[test]
+fn a_commit_command_encodes_as_before() {
+    #[derive(serde::Serialize)]
+    #[allow(dead_code)]
+    enum Before {
+        CreateDatabase { name: String },
+        DropDatabase { name: String },
+        Commit { read_index: u64, record: Vec<u8> },
+    }
+    let record: Vec<u8> = (0..5000u32).map(|i| (i % 251) as u8).collect();
+    let config = bincode::config::standard();
+    let now = bincode::serde::encode_to_vec(Command::Commit { read_index: 77, record: record.clone() }, config)
+        .expect("encode");
+    let before =
+        bincode::serde::encode_to_vec(Before::Commit { read_index: 77, record: record.clone() }, config)
+            .expect("encode");
+    assert_eq!(now, before);
+    assert!(now.ends_with(&record));
+    let (decoded, _): (Command, usize) = bincode::serde::decode_from_slice(&before, config).expect("decode");
+    assert_eq!(decoded, Command::Commit { read_index: 77, record });
+}
