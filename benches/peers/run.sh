@@ -1,0 +1,160 @@
+#!/usr/bin/env bash
+# bop beside etcd, one run, one machine: a three-node cluster of each on 127.0.0.1, one after the other, the
+# same workload (wrk, closed loop: 256-byte single-key writes over $KEYS keys, all written first, sent to the
+# leader), and the ratios. Not part of CI: it measures the machine as much as bop.
+#
+#   benches/peers/run.sh [--install]
+#
+# --install: apt-get install etcd-server and wrk from Debian first (as root). Settings (environment):
+#   BOP=target/release/bop   CONNS="1 16 64"   DUR=10 (s measured)   WARM=2 (s discarded)   KEYS=10000
+#   PORT_BASE=27100 (bop: Raft +1..3, HTTP +11..13; etcd: client +21..23, peer +31..33)
+#   OUT=target/peers/<time>: data directories (on the disk they are measured on), wrk output, table.md.
+set -euo pipefail
+HERE=$(cd "$(dirname "$0")" && pwd)
+ROOT=$(cd "$HERE/../.." && pwd)
+BOP=${BOP:-$ROOT/target/release/bop}
+CONNS=${CONNS:-"1 16 64"}
+DUR=${DUR:-10}
+WARM=${WARM:-2}
+KEYS=${KEYS:-10000}
+PORT_BASE=${PORT_BASE:-27100}
+OUT=${OUT:-$ROOT/target/peers/$(date -u +%Y%m%dT%H%M%SZ)}
+
+if [[ ${1:-} == --install ]]; then
+  apt-get install -y etcd-server wrk
+fi
+for tool in etcd wrk python3 curl dd; do
+  command -v "$tool" >/dev/null || { echo "peers: $tool is missing (run with --install, as root)" >&2; exit 2; }
+done
+[[ -x $BOP ]] || { echo "peers: no bop binary at $BOP (cargo build --release -p bop-raft)" >&2; exit 2; }
+mkdir -p "$OUT"
+PIDS=()
+
+stop_all() {
+  local pid
+  for pid in "${PIDS[@]}"; do kill -INT "$pid" 2>/dev/null || true; done
+  for pid in "${PIDS[@]}"; do
+    for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
+    kill -KILL "$pid" 2>/dev/null || true
+  done
+  PIDS=()
+}
+trap stop_all EXIT
+
+# Prints the URL whose /status (bop) or maintenance status (etcd) says it leads, or fails after 60 s.
+bop_leader() {
+  local i
+  for _ in $(seq 1 120); do
+    for i in 1 2 3; do
+      local url="http://127.0.0.1:$((PORT_BASE + 10 + i))"
+      if curl -fsS --max-time 2 "$url/status" 2>/dev/null | grep -q '"state":"Leader"'; then echo "$url"; return 0; fi
+    done
+    sleep 0.5
+  done
+  return 1
+}
+
+etcd_leader() {
+  local i
+  for _ in $(seq 1 120); do
+    for i in 1 2 3; do
+      local url="http://127.0.0.1:$((PORT_BASE + 20 + i))"
+      local status
+      status=$(curl -fsS --max-time 2 -X POST -d '{}' "$url/v3/maintenance/status" 2>/dev/null) || continue
+      if python3 -c 'import json,sys; s=json.load(sys.stdin); sys.exit(0 if s["leader"] == s["header"]["member_id"] else 1)' <<<"$status"; then
+        echo "$url"; return 0
+      fi
+    done
+    sleep 0.5
+  done
+  return 1
+}
+
+start_bop() {
+  local members="" i
+  for i in 1 2 3; do
+    members+="${members:+,}$i=127.0.0.1:$((PORT_BASE + i))/127.0.0.1:$((PORT_BASE + 10 + i))"
+  done
+  for i in 1 2 3; do
+    "$BOP" node --id "$i" --data-dir "$OUT/bop/node-$i" --raft-addr "127.0.0.1:$((PORT_BASE + i))" \
+      --http-addr "127.0.0.1:$((PORT_BASE + 10 + i))" --bootstrap "$members" >"$OUT/bop-node-$i.log" 2>&1 &
+    PIDS+=($!)
+  done
+}
+
+start_etcd() {
+  local cluster="" i
+  for i in 1 2 3; do cluster+="${cluster:+,}e$i=http://127.0.0.1:$((PORT_BASE + 30 + i))"; done
+  for i in 1 2 3; do
+    etcd --name "e$i" --data-dir "$OUT/etcd/e$i" \
+      --listen-client-urls "http://127.0.0.1:$((PORT_BASE + 20 + i))" \
+      --advertise-client-urls "http://127.0.0.1:$((PORT_BASE + 20 + i))" \
+      --listen-peer-urls "http://127.0.0.1:$((PORT_BASE + 30 + i))" \
+      --initial-advertise-peer-urls "http://127.0.0.1:$((PORT_BASE + 30 + i))" \
+      --initial-cluster "$cluster" --initial-cluster-state new --initial-cluster-token bop-peers \
+      >"$OUT/etcd-$i.log" 2>&1 &
+    PIDS+=($!)
+  done
+}
+
+# fsync baseline: 4 KiB writes with O_DSYNC where the data lives.
+fsyncs() {
+  local line secs
+  line=$(dd if=/dev/zero of="$OUT/dd.tmp" bs=4k count=1000 oflag=dsync 2>&1 | tail -1)
+  rm -f "$OUT/dd.tmp"
+  secs=$(sed -E 's/.* copied, ([0-9.]+) s.*/\1/' <<<"$line")
+  python3 -c "print(round(1000 / $secs))"
+}
+
+# Measures one system: "PEER CONNS ok/s p50_ms p99_ms failed" lines into $OUT/results.
+measure() {
+  local peer=$1 url=$2 c threads
+  for c in $CONNS; do
+    threads=2; ((c < 2)) && threads=1
+    PEER=$peer PEER_KEYS=$KEYS wrk -t$threads -c"$c" -d"${WARM}s" -s "$HERE/put.lua" "$url" >"$OUT/$peer-c$c.warmup.txt" 2>&1
+    PEER=$peer PEER_KEYS=$KEYS wrk -t$threads -c"$c" -d"${DUR}s" --latency -s "$HERE/put.lua" "$url" >"$OUT/$peer-c$c.txt" 2>&1
+    python3 - "$peer" "$c" "$OUT/$peer-c$c.txt" >>"$OUT/results" <<'EOF'
+import re, sys
+peer, conns, path = sys.argv[1], sys.argv[2], sys.argv[3]
+line = next(l for l in open(path) if l.startswith("RESULT "))
+v = dict(kv.split("=") for kv in line.split()[1:])
+print(peer, conns, round(int(v["ok"]) / float(v["secs"])), int(v["p50_us"]) / 1000, int(v["p99_us"]) / 1000, v["failed"])
+EOF
+    tail -1 "$OUT/results"
+  done
+}
+
+: >"$OUT/results"
+{
+  echo "date: $(date -u '+%Y-%m-%d %H:%M:%S') UTC; bop: $("$BOP" --version 2>/dev/null || echo "$BOP"), commit $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?')"
+  echo "machine: $(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')), $(free -h | awk '/^Mem:/{print $2}') memory, kernel $(uname -r)"
+  echo "disk: $(df -T "$OUT" | awk 'NR==2{print $1" "$2}'); etcd $(etcd --version 2>/dev/null | head -1 | awk '{print $3}'), wrk $(wrk -v 2>&1 | head -1 | awk '{print $2}')"
+} | tee "$OUT/machine.txt"
+echo "fsyncs/s before: $(fsyncs)" | tee -a "$OUT/machine.txt"
+
+start_bop
+L=$(bop_leader) || { echo "bop: no leader; see $OUT/bop-node-*.log" >&2; exit 1; }
+python3 "$HERE/populate.py" bop "$L" "$KEYS"
+measure bop "$L"
+stop_all
+
+start_etcd
+L=$(etcd_leader) || { echo "etcd: no leader; see $OUT/etcd-*.log" >&2; exit 1; }
+python3 "$HERE/populate.py" etcd "$L" "$KEYS"
+measure etcd "$L"
+stop_all
+echo "fsyncs/s after: $(fsyncs)" | tee -a "$OUT/machine.txt"
+
+python3 - "$OUT/results" <<'EOF' | tee "$OUT/table.md"
+import sys
+rows = {}
+for line in open(sys.argv[1]):
+    peer, conns, ops, p50, p99, failed = line.split()
+    rows.setdefault(int(conns), {})[peer] = (int(ops), float(p50), float(p99), int(failed))
+print("| clients | bop writes/s | bop p50 ms | bop p99 ms | etcd puts/s | etcd p50 ms | etcd p99 ms | bop ÷ etcd | failed (bop/etcd) |")
+print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+for conns in sorted(rows):
+    b, e = rows[conns]["bop"], rows[conns]["etcd"]
+    print(f"| {conns} | {b[0]} | {b[1]:.2f} | {b[2]:.2f} | {e[0]} | {e[1]:.2f} | {e[2]:.2f} | {b[0] / max(e[0], 1):.2f} | {b[3]}/{e[3]} |")
+EOF
+echo "results in $OUT"
