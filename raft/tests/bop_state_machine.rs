@@ -235,8 +235,9 @@ fn a_commit_command_encodes_as_before() {
     }
     let record: Vec<u8> = (0..5000u32).map(|i| (i % 251) as u8).collect();
     let config = bincode::config::standard();
-    let now = bincode::serde::encode_to_vec(Command::Commit { read_index: 77, record: record.clone() }, config)
-        .expect("encode");
+    let now =
+        bincode::serde::encode_to_vec(Command::Commit { read_index: 77, record: record.clone() }, config)
+            .expect("encode");
     let before =
         bincode::serde::encode_to_vec(Before::Commit { read_index: 77, record: record.clone() }, config)
             .expect("encode");
