@@ -403,3 +403,27 @@ fn a_lone_blocking_appender_that_hits_a_full_disk_is_finished_by_the_writer_once
     drop(store);
     expect_log(&open(&disk.crash(CrashMode::TornSectors), WriterMode::Threads), 100);
 }
+
+#[test]
+fn stop_waiting_for_space_fails_the_held_appends_before_close() {
+    for writer in [WriterMode::Threads, WriterMode::Inline] {
+        let disk = SimDisk::new(7);
+        let store = open(&disk, writer);
+        let acks = Arc::new(Acks::default());
+        let next = fill_until_held(&disk, &store, &acks);
+        // Action: give up on the held batch (a node stopping Raft does this before close). Property: every
+        // append is answered without close, the held ones with NoSpace, and nothing is poisoned.
+        store.stop_waiting_for_space();
+        acks.wait_for((next - 11) as usize);
+        let failed = acks.failed();
+        assert!(!failed.is_empty(), "{writer:?}: the held appends failed");
+        assert!(failed.iter().all(|(_, e)| e.contains("no space")), "{failed:?}");
+        assert!(store.poisoned().is_none());
+        assert!(store.append_with(vec![entry(next, 1, LEN)], acks.callback(next)).is_err(), "then it closes");
+        let acked_last = acks.ok().last().copied().unwrap_or(10);
+        let _ = store.close();
+        drop(store);
+        disk.set_capacity_bytes(None);
+        expect_log(&open(&disk, writer), acked_last);
+    }
+}

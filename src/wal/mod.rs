@@ -697,6 +697,26 @@ impl WalStore {
         self.shared.retry_now();
     }
 
+    /// Gives up on a batch held for lack of space, as [`WalStore::close`] would: if one is held, the store
+    /// begins closing (later submissions are refused), the held batch and everything queued behind it fail
+    /// with [`WalError::NoSpace`] (not durable, not poisoned), and their callbacks run. Does nothing when no
+    /// batch is held. For a node shutting down while its disk is full: Raft's shutdown waits for the
+    /// appends it has in flight, which would otherwise wait for space for ever. [`WalStore::close`] must
+    /// still be called.
+    pub fn stop_waiting_for_space(&self) {
+        if !self.shared.writes_held() {
+            return;
+        }
+        self.shared.state.lock().closing = true;
+        if self.shared.config.writer == WriterMode::Inline {
+            if let Some(mut core) = self.shared.core.try_lock() {
+                self.shared.abandon_held(&mut core);
+            }
+        }
+        self.shared.work_cv.notify_all();
+        self.shared.space_cv.notify_all();
+    }
+
     /// Writes everything accepted so far, stops the threads and closes the store. Outstanding tickets
     /// resolve (durable, or failed if the store is poisoned). If a batch is held for lack of space, one
     /// more attempt is made; if it fails too, the operations still waiting fail with

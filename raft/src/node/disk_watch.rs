@@ -48,12 +48,13 @@ impl NodeShared {
         Some(DiskTrouble { full: false, message })
     }
 
-    /// At shutdown: a manifest commit held for lack of space (a Raft storage call among them) fails instead
-    /// of waiting, so that stopping Raft does not wait for space.
+    /// At shutdown: a manifest commit or a log append held for lack of space (a Raft storage call among
+    /// them) fails instead of waiting, so that stopping Raft does not wait for space.
     pub(super) fn stop_waiting_for_space(&self) {
         if let Some(manifest) = self.manager.manifest() {
             manifest.stop_waiting_for_space();
         }
+        self.wal.stop_waiting_for_space();
     }
 
     /// A voter to hand leadership to: the one that matched the most of this leader's log.

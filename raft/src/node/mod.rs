@@ -651,8 +651,18 @@ impl Node {
         self.shared.writers.stop();
         self.http_server.abort();
         self.raft_server.abort();
-        self.shared.stop_waiting_for_space();
-        let _ = self.shared.raft.shutdown().await;
+        // Raft's shutdown waits for its storage calls in flight; one held for lack of space would never
+        // end, so work held for space is given up — again each second while Raft stops, as an append may
+        // be held after the first look.
+        let stopping = self.shared.raft.shutdown();
+        tokio::pin!(stopping);
+        loop {
+            self.shared.stop_waiting_for_space();
+            tokio::select! {
+                _ = &mut stopping => break,
+                () = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+        }
         let _ = self.store.close();
     }
 }
