@@ -9,6 +9,8 @@
 #   BOP=target/release/bop   CONNS="1 16 64"   DUR=10 (s measured)   WARM=2 (s discarded)   KEYS=10000
 #   PORT_BASE=27100 (bop: Raft +1..3, HTTP +11..13; etcd: client +21..23, peer +31..33)
 #   OUT=target/peers/<time>: data directories (on the disk they are measured on), wrk output, table.md.
+#   BOP_BASELINE=path/to/another/bop: measured first, in the same run, as "baseline" (e.g. a build of an
+#   older commit), with its own columns in the table.
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(cd "$HERE/../.." && pwd)
@@ -70,14 +72,14 @@ etcd_leader() {
   return 1
 }
 
-start_bop() {
+start_bop() { # BINARY NAME
   local members="" i
   for i in 1 2 3; do
     members+="${members:+,}$i=127.0.0.1:$((PORT_BASE + i))/127.0.0.1:$((PORT_BASE + 10 + i))"
   done
   for i in 1 2 3; do
-    "$BOP" node --id "$i" --data-dir "$OUT/bop/node-$i" --raft-addr "127.0.0.1:$((PORT_BASE + i))" \
-      --http-addr "127.0.0.1:$((PORT_BASE + 10 + i))" --bootstrap "$members" >"$OUT/bop-node-$i.log" 2>&1 &
+    "$1" node --id "$i" --data-dir "$OUT/$2/node-$i" --raft-addr "127.0.0.1:$((PORT_BASE + i))" \
+      --http-addr "127.0.0.1:$((PORT_BASE + 10 + i))" --bootstrap "$members" >"$OUT/$2-node-$i.log" 2>&1 &
     PIDS+=($!)
   done
 }
@@ -106,15 +108,15 @@ fsyncs() {
   python3 -c "print(round(1000 / $secs))"
 }
 
-# Measures one system: "PEER CONNS ok/s p50_ms p99_ms failed" lines into $OUT/results.
-measure() {
-  local peer=$1 url=$2 c threads
+# Measures one system: "NAME CONNS ok/s p50_ms p99_ms failed" lines into $OUT/results.
+measure() { # PEER(bop|etcd) URL NAME
+  local peer=$1 url=$2 name=$3 c threads
   for c in $CONNS; do
     threads=2; ((c < 2)) && threads=1
-    PEER=$peer PEER_KEYS=$KEYS wrk -t$threads -c"$c" -d"${WARM}s" -s "$HERE/put.lua" "$url" >"$OUT/$peer-c$c.warmup.txt" 2>&1
-    PEER=$peer PEER_KEYS=$KEYS wrk -t$threads -c"$c" -d"${DUR}s" --latency -s "$HERE/put.lua" "$url" >"$OUT/$peer-c$c.txt" 2>&1
-    python3 - "$peer" "$c" "$OUT/$peer-c$c.txt" >>"$OUT/results" <<'EOF'
-import re, sys
+    PEER=$peer PEER_KEYS=$KEYS wrk -t$threads -c"$c" -d"${WARM}s" -s "$HERE/put.lua" "$url" >"$OUT/$name-c$c.warmup.txt" 2>&1
+    PEER=$peer PEER_KEYS=$KEYS wrk -t$threads -c"$c" -d"${DUR}s" --latency -s "$HERE/put.lua" "$url" >"$OUT/$name-c$c.txt" 2>&1
+    python3 - "$name" "$c" "$OUT/$name-c$c.txt" >>"$OUT/results" <<'EOF'
+import sys
 peer, conns, path = sys.argv[1], sys.argv[2], sys.argv[3]
 line = next(l for l in open(path) if l.startswith("RESULT "))
 v = dict(kv.split("=") for kv in line.split()[1:])
@@ -132,16 +134,20 @@ EOF
 } | tee "$OUT/machine.txt"
 echo "fsyncs/s before: $(fsyncs)" | tee -a "$OUT/machine.txt"
 
-start_bop
-L=$(bop_leader) || { echo "bop: no leader; see $OUT/bop-node-*.log" >&2; exit 1; }
-python3 "$HERE/populate.py" bop "$L" "$KEYS"
-measure bop "$L"
-stop_all
+run_bop() { # BINARY NAME
+  start_bop "$1" "$2"
+  L=$(bop_leader) || { echo "bop: no leader; see $OUT/$2-node-*.log" >&2; exit 1; }
+  python3 "$HERE/populate.py" bop "$L" "$KEYS"
+  measure bop "$L" "$2"
+  stop_all
+}
+if [[ -n ${BOP_BASELINE:-} ]]; then run_bop "$BOP_BASELINE" baseline; fi
+run_bop "$BOP" bop
 
 start_etcd
 L=$(etcd_leader) || { echo "etcd: no leader; see $OUT/etcd-*.log" >&2; exit 1; }
 python3 "$HERE/populate.py" etcd "$L" "$KEYS"
-measure etcd "$L"
+measure etcd "$L" etcd
 stop_all
 echo "fsyncs/s after: $(fsyncs)" | tee -a "$OUT/machine.txt"
 
@@ -151,10 +157,20 @@ rows = {}
 for line in open(sys.argv[1]):
     peer, conns, ops, p50, p99, failed = line.split()
     rows.setdefault(int(conns), {})[peer] = (int(ops), float(p50), float(p99), int(failed))
-print("| clients | bop writes/s | bop p50 ms | bop p99 ms | etcd puts/s | etcd p50 ms | etcd p99 ms | bop ÷ etcd | failed (bop/etcd) |")
-print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+base = any("baseline" in r for r in rows.values())
+head = "| clients |" + (" baseline writes/s | baseline p99 ms | baseline ÷ etcd |" if base else "")
+print(head + " bop writes/s | bop p50 ms | bop p99 ms | etcd puts/s | etcd p50 ms | etcd p99 ms | bop ÷ etcd | failed |")
+print("| ---: " * (1 + (3 if base else 0) + 8) + "|")
 for conns in sorted(rows):
-    b, e = rows[conns]["bop"], rows[conns]["etcd"]
-    print(f"| {conns} | {b[0]} | {b[1]:.2f} | {b[2]:.2f} | {e[0]} | {e[1]:.2f} | {e[2]:.2f} | {b[0] / max(e[0], 1):.2f} | {b[3]}/{e[3]} |")
+    r = rows[conns]
+    b, e = r["bop"], r["etcd"]
+    line = f"| {conns} |"
+    failed = f"{b[3]}/{e[3]}"
+    if base:
+        o = r["baseline"]
+        line += f" {o[0]} | {o[2]:.2f} | {o[0] / max(e[0], 1):.2f} |"
+        failed = f"{o[3]}/" + failed
+    line += f" {b[0]} | {b[1]:.2f} | {b[2]:.2f} | {e[0]} | {e[1]:.2f} | {e[2]:.2f} | {b[0] / max(e[0], 1):.2f} | {failed} |"
+    print(line)
 EOF
 echo "results in $OUT"
