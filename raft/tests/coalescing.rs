@@ -2,38 +2,17 @@
 //! Raft entry, and every request still gets the answer it would get alone (docs/design.md, "The node and
 //! its HTTP API", writers).
 
-use std::collections::{BTreeMap, HashMap};
+mod common;
+
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use bop_raft::node::{Node, NodeConfig, NodeEnv, NodeLimits};
+use bop_raft::node::NodeLimits;
+use common::hardening::{http, single_node, SERIAL};
 use openraft::async_runtime::WatchReceiver;
 use serde_json::{json, Value};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
-
-/// The tests of this file run one at a time (each keeps a node's writer busy on purpose).
-static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-/// One request per connection: (status, body as JSON or string).
-async fn http(addr: &str, method: &str, path: &str, body: &[u8]) -> (u16, Value) {
-    let mut stream = TcpStream::connect(addr).await.expect("connect");
-    let head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    );
-    stream.write_all(head.as_bytes()).await.expect("send head");
-    stream.write_all(body).await.expect("send body");
-    let mut raw = Vec::new();
-    tokio::time::timeout(Duration::from_secs(120), stream.read_to_end(&mut raw))
-        .await
-        .expect("an answer within 120 s")
-        .expect("read");
-    let split = raw.windows(4).position(|w| w == b"\r\n\r\n").expect("end of head");
-    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
-    let status: u16 = head.split(' ').nth(1).and_then(|s| s.parse().ok()).expect("status line");
-    let body = String::from_utf8_lossy(&raw[split + 4..]).into_owned();
-    (status, serde_json::from_str(&body).unwrap_or(Value::String(body)))
-}
 
 async fn execute(addr: &str, query: &str, body: Value) -> Value {
     let (status, out) = http(addr, "POST", &format!("/db/execute{query}"), body.to_string().as_bytes()).await;
@@ -69,23 +48,6 @@ async fn wait_metric(addr: &str, metric: &str, ok: impl Fn(f64) -> bool) -> f64 
         assert!(started.elapsed() < Duration::from_secs(30), "{metric} stayed at {value}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-}
-
-async fn single_node(dir: &std::path::Path, limits: NodeLimits) -> Node {
-    let config = NodeConfig {
-        id: 1,
-        data_dir: dir.join("node-1"),
-        raft_addr: "127.0.0.1:0".into(),
-        http_addr: "127.0.0.1:0".into(),
-    };
-    let node = Node::start_in(config, NodeEnv { limits, ..NodeEnv::default() }).await.expect("start");
-    node.initialize_if_new(BTreeMap::from([(1, node.member_addr())])).await.expect("init");
-    node.raft()
-        .wait(Some(Duration::from_secs(30)))
-        .metrics(|m| m.state.is_leader() && m.last_applied.map(|l| l.index) == m.last_log_index, "leader")
-        .await
-        .expect("leader");
-    node
 }
 
 const SCHEMA: &str = "CREATE TABLE t (id INTEGER PRIMARY KEY AUTOINCREMENT, client INTEGER NOT NULL, \

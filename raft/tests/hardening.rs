@@ -458,25 +458,6 @@ async fn building_a_snapshot_does_not_stall_the_async_workers() {
     node.shutdown().await;
 }
 
-/// One node, its own cluster, with `limits`.
-async fn single_node(dir: &std::path::Path, limits: bop_raft::node::NodeLimits) -> Node {
-    use bop_raft::node::NodeEnv;
-    let config = NodeConfig {
-        id: 1,
-        data_dir: dir.join("node-1"),
-        raft_addr: "127.0.0.1:0".into(),
-        http_addr: "127.0.0.1:0".into(),
-    };
-    let node = Node::start_in(config, NodeEnv { limits, ..NodeEnv::default() }).await.expect("start");
-    node.initialize_if_new(BTreeMap::from([(1, node.member_addr())])).await.expect("init");
-    node.raft()
-        .wait(Some(Duration::from_secs(30)))
-        .metrics(|m| m.state.is_leader() && m.last_applied.map(|l| l.index) == m.last_log_index, "leader")
-        .await
-        .expect("leader");
-    node
-}
-
 /// Finding 13: any `db=` name created a database, without bound. Names are checked and the number of
 /// databases is bounded; existing ones stay writable.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

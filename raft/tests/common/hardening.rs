@@ -1,5 +1,5 @@
-//! Shared by the hardening tests (`hardening.rs`, `hardening_disk.rs`): one-shot HTTP calls, a three-node
-//! loopback cluster, and a node on the simulated disk.
+//! Shared by the hardening tests (`hardening.rs`, `hardening_disk.rs`) and `coalescing.rs`: one-shot HTTP
+//! calls, a single-node cluster, a three-node loopback cluster, and a node on the simulated disk.
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
@@ -39,6 +39,25 @@ pub async fn try_http(addr: &str, method: &str, path: &str, body: &[u8]) -> Resu
     let status: u16 = head.split(' ').nth(1).and_then(|s| s.parse().ok()).ok_or("no status line")?;
     let body = String::from_utf8_lossy(&raw[split + 4..]).into_owned();
     Ok((status, serde_json::from_str(&body).unwrap_or(Value::String(body))))
+}
+
+/// One node, its own cluster, with `limits`, once it leads and applied everything it logged.
+pub async fn single_node(dir: &std::path::Path, limits: bop_raft::node::NodeLimits) -> Node {
+    use bop_raft::node::NodeEnv;
+    let config = NodeConfig {
+        id: 1,
+        data_dir: dir.join("node-1"),
+        raft_addr: "127.0.0.1:0".into(),
+        http_addr: "127.0.0.1:0".into(),
+    };
+    let node = Node::start_in(config, NodeEnv { limits, ..NodeEnv::default() }).await.expect("start");
+    node.initialize_if_new(BTreeMap::from([(1, node.member_addr())])).await.expect("init");
+    node.raft()
+        .wait(Some(Duration::from_secs(30)))
+        .metrics(|m| m.state.is_leader() && m.last_applied.map(|l| l.index) == m.last_log_index, "leader")
+        .await
+        .expect("leader");
+    node
 }
 
 pub fn encode(q: &str) -> String {
