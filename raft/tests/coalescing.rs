@@ -144,12 +144,12 @@ async fn a_failing_request_in_a_group_affects_no_other() {
     let addr = node.http_addr().to_owned();
     execute(&addr, "", json!([SCHEMA, "INSERT INTO t (client, seq) VALUES (0, 0)"])).await;
 
-    // The writer is kept busy for 3 s by a runaway write, answered with its time limit.
+    // The writer is kept busy for 5 s by a runaway write, answered with its time limit.
     let forever = "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT x FROM c";
     let blocker = {
         let addr = addr.clone();
         let sql = format!("INSERT INTO t (client, seq) SELECT 100, x FROM ({forever}) WHERE x = 0");
-        tokio::spawn(async move { execute(&addr, "?db_timeout=3s", json!([sql])).await })
+        tokio::spawn(async move { execute(&addr, "?db_timeout=5s", json!([sql])).await })
     };
     wait_metric(&addr, "bop_http_write_queue_depth", |depth| depth == 1.0).await;
     let log_before = node.raft().metrics().borrow_watched().last_log_index.unwrap_or(0);
