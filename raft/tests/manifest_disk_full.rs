@@ -92,11 +92,13 @@ async fn a_full_disk_under_the_manifest_holds_writes_and_the_node_recovers_when_
     let (status, out) = http(&addr, "GET", "/readyz", b"").await;
     assert!(status == 503 && out.to_string().contains("disk full: the manifest"), "{status} {out}");
     let (status, out) =
-        http(&addr, "POST", "/db/execute", json!([["INSERT INTO t VALUES (2)"]]).to_string().as_bytes()).await;
+        http(&addr, "POST", "/db/execute", json!([["INSERT INTO t VALUES (2)"]]).to_string().as_bytes())
+            .await;
     assert!(status == 507 && out.to_string().contains("disk full"), "{status} {out}");
     assert!(raft_running(&node), "Raft still runs");
     let (status, out) =
-        http(&addr, "GET", &format!("/db/query?level=none&q={}", encode("SELECT count(*) FROM t")), b"").await;
+        http(&addr, "GET", &format!("/db/query?level=none&q={}", encode("SELECT count(*) FROM t")), b"")
+            .await;
     assert_eq!(status, 200, "local reads go on: {out}");
 
     // Space returns: the held work completes, the alarm clears, writes go on.
@@ -107,7 +109,8 @@ async fn a_full_disk_under_the_manifest_holds_writes_and_the_node_recovers_when_
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let (status, out) =
-        http(&addr, "POST", "/db/execute", json!([["INSERT INTO t VALUES (3)"]]).to_string().as_bytes()).await;
+        http(&addr, "POST", "/db/execute", json!([["INSERT INTO t VALUES (3)"]]).to_string().as_bytes())
+            .await;
     assert!(status == 200 && out["results"][0].get("error").is_none(), "{status} {out}");
     let rows = count(&addr, "t").await.as_u64().expect("a count");
     // Every acknowledged row is there, plus the one written now, plus at most the one that was held.

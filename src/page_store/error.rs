@@ -108,4 +108,14 @@ impl PageStoreError {
     pub(crate) fn invalid(reason: impl Into<String>) -> Self {
         PageStoreError::InvalidCommit { reason: reason.into() }
     }
+
+    /// True when the file system had no space (ENOSPC, EDQUOT) for a generation file, or the manifest
+    /// stopped waiting for space for a commit ([`ManifestError::NoSpace`]): nothing was published.
+    pub fn is_no_space(&self) -> bool {
+        match self {
+            PageStoreError::Io { error, .. } => error.is_no_space(),
+            PageStoreError::Manifest(ManifestError::NoSpace { .. }) => true,
+            _ => false,
+        }
+    }
 }

@@ -152,6 +152,24 @@ pub fn write(
     let final_path = dir.join(file_name(meta.db, meta.generation));
     let tmp_path = dir.join(format!("{}.tmp", file_name(meta.db, meta.generation)));
     let _ = io.remove_file(&tmp_path);
+    let written = write_file(io, dir, meta, pages, &tmp_path, &final_path);
+    if written.is_err() {
+        // The partial file would keep its space (on a full disk, the space the next try needs); it is
+        // named by nothing, so it goes at once.
+        let _ = io.remove_file(&tmp_path);
+    }
+    written
+}
+
+fn write_file(
+    io: &dyn Io,
+    dir: &Path,
+    meta: &GenerationMeta,
+    pages: impl Iterator<Item = Result<(u32, PageImage, u32), PageStoreError>>,
+    tmp_path: &Path,
+    final_path: &Path,
+) -> Result<(GenerationFile, u32), PageStoreError> {
+    let (tmp_path, final_path) = (tmp_path.to_path_buf(), final_path.to_path_buf());
     let file = io.open(&tmp_path, OpenMode::CreateNew).map_err(io_err("create generation", &tmp_path))?;
     let mut w = Writer { file: file.as_ref(), path: &tmp_path, buf: AlignedBuf::new(), offset: 0, crc: 0 };
     let header = ChunkHeader {

@@ -102,7 +102,18 @@ struct Inner {
     closed: AtomicBool,
     /// One checkpoint (and one drop) at a time.
     maintenance: Mutex<()>,
+    /// A checkpoint is held because its generation file found no space.
+    space_alarm: AtomicBool,
+    /// Set by [`Manager::stop_waiting_for_space`] (and `close`): a held checkpoint fails instead.
+    stop_waiting_for_space: Mutex<bool>,
+    space_cv: Condvar,
 }
+
+/// First wait before a checkpoint that found no space is tried again; it doubles up to
+/// [`NO_SPACE_RETRY_MAX`].
+const NO_SPACE_RETRY_FIRST: std::time::Duration = std::time::Duration::from_millis(10);
+/// Longest wait between two tries of a checkpoint held for space.
+const NO_SPACE_RETRY_MAX: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// A node's storage: manifest, WAL and page store, with many databases.
 ///
@@ -201,6 +212,52 @@ impl Inner {
             return Err(PageStoreError::Poisoned { reason });
         }
         Ok(())
+    }
+
+    /// Runs `work` (a checkpoint) until it does not fail for lack of space, waiting between tries
+    /// (`NO_SPACE_RETRY_FIRST` doubling to `NO_SPACE_RETRY_MAX`) with the space alarm raised. A failed
+    /// try published nothing and left no file behind (`generation::write` removes its partial file), so
+    /// the next try starts afresh. Returns the lack-of-space error at once after `stop_waiting_for_space`.
+    fn held_for_space<T>(&self, mut work: impl FnMut() -> Result<T>) -> Result<T> {
+        let mut wait = NO_SPACE_RETRY_FIRST;
+        let mut since: Option<std::time::Instant> = None;
+        loop {
+            match work() {
+                Err(error) if error.is_no_space() => {
+                    since.get_or_insert_with(std::time::Instant::now);
+                    if !self.space_alarm.swap(true, Ordering::Relaxed) {
+                        tracing::warn!(%error, "page store space alarm: a checkpoint found no space; retrying until it has");
+                    }
+                    if !self.hold(wait) {
+                        self.space_alarm.store(false, Ordering::Relaxed);
+                        return Err(error);
+                    }
+                    wait = (wait * 2).min(NO_SPACE_RETRY_MAX);
+                }
+                other => {
+                    if self.space_alarm.swap(false, Ordering::Relaxed) {
+                        let held_ms = since.map_or(0, |s| s.elapsed().as_millis() as u64);
+                        tracing::info!(
+                            held_ms,
+                            "page store space alarm cleared: the held checkpoint went on"
+                        );
+                    }
+                    return other;
+                }
+            }
+        }
+    }
+
+    /// Waits `delay`; false (at once) if the Manager no longer waits for space.
+    fn hold(&self, delay: std::time::Duration) -> bool {
+        let deadline = std::time::Instant::now() + delay;
+        let mut stop = self.stop_waiting_for_space.lock();
+        while !*stop {
+            if self.space_cv.wait_until(&mut stop, deadline).timed_out() {
+                return !*stop;
+            }
+        }
+        false
     }
 
     fn poison(&self, reason: String) {
@@ -527,6 +584,9 @@ impl Manager {
             poison: Mutex::new(None),
             closed: AtomicBool::new(false),
             maintenance: Mutex::new(()),
+            space_alarm: AtomicBool::new(false),
+            stop_waiting_for_space: Mutex::new(false),
+            space_cv: Condvar::new(),
         };
         Ok(Manager { inner: Arc::new(inner) })
     }
@@ -708,9 +768,24 @@ impl Manager {
             .min()
             .map_or(applied, |p| p.min(applied));
         for entry in dbs {
-            Db { inner: Arc::clone(inner), entry }.checkpoint_at(target)?;
+            let db = Db { inner: Arc::clone(inner), entry };
+            inner.held_for_space(|| db.checkpoint_at(target))?;
         }
         Ok((target, self.snapshot_databases()?))
+    }
+
+    /// True while a checkpoint ([`Manager::checkpoint_all`]) is held because its generation file found no
+    /// space (ENOSPC or EDQUOT); it is retried (10 ms doubling to 1 s) until written, which clears it.
+    pub fn space_alarm(&self) -> bool {
+        self.inner.space_alarm.load(Ordering::Relaxed)
+    }
+
+    /// Stops waiting for space, for shutdown: a checkpoint held for space now fails with its lack-of-space
+    /// error (nothing published, nothing poisoned), and so does a later one that finds no space. `close`
+    /// does this too.
+    pub fn stop_waiting_for_space(&self) {
+        *self.inner.stop_waiting_for_space.lock() = true;
+        self.inner.space_cv.notify_all();
     }
 
     /// Every database with its generation chain in force and each file's CRC32C.
@@ -892,6 +967,7 @@ impl Manager {
         if inner.closed.swap(true, Ordering::AcqRel) {
             return Ok(());
         }
+        self.stop_waiting_for_space();
         {
             let _guard = inner.applied.lock();
             inner.applied_cv.notify_all();

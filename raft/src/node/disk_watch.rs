@@ -1,4 +1,5 @@
-//! Watching the disk under the log and the manifest: a full disk (the WAL's or the manifest's space alarm) or
+//! Watching the disk under the log, the manifest and the page store: a full disk (the WAL's, the manifest's or
+//! a checkpoint's space alarm) or
 //! a WAL write or fdatasync slower than the configured deadline makes this node refuse writes, report
 //! unhealthy, and hand leadership to a peer; it recovers by itself when the disk does.
 
@@ -37,6 +38,11 @@ impl NodeShared {
                            directory's file system";
             return Some(DiskTrouble { full: true, message: message.into() });
         }
+        if self.manager.space_alarm() {
+            let message = "disk full: a checkpoint cannot write its generation file for lack of space; free \
+                           space on the data directory's file system";
+            return Some(DiskTrouble { full: true, message: message.into() });
+        }
         let message = match self.wal.io_stalled_for() {
             Some(took) if took > self.limits.disk_stall_max => format!(
                 "disk stalled: a log write or fdatasync has taken {} ms (limit {} ms)",
@@ -48,9 +54,11 @@ impl NodeShared {
         Some(DiskTrouble { full: false, message })
     }
 
-    /// At shutdown: a manifest commit or a log append held for lack of space (a Raft storage call among
-    /// them) fails instead of waiting, so that stopping Raft does not wait for space.
+    /// At shutdown: a manifest commit, a log append or a checkpoint held for lack of space (a Raft storage
+    /// call or a snapshot build among them) fails instead of waiting, so that stopping Raft does not wait for
+    /// space.
     pub(super) fn stop_waiting_for_space(&self) {
+        self.manager.stop_waiting_for_space();
         if let Some(manifest) = self.manager.manifest() {
             manifest.stop_waiting_for_space();
         }
