@@ -149,7 +149,8 @@ fn stream(poison: bool) -> impl Strategy<Value = (Vec<Request>, Vec<usize>, Runn
     (
         prop::collection::vec(request(poison), 1..36),
         prop::collection::vec(1..12usize, 1..12),
-        (any::<bool>(), any::<bool>()).prop_map(|(reuse, small_cache)| Runner { reuse, small_cache }),
+        (any::<bool>(), any::<bool>(), any::<bool>())
+            .prop_map(|(reuse, small_cache, short_answers)| Runner { reuse, small_cache, short_answers }),
     )
 }
 
@@ -162,6 +163,9 @@ struct Runner {
     /// WAL while statements run (and a group's transaction can run out of room in the middle of a
     /// request, not only at its commit).
     small_cache: bool,
+    /// An answer bound of 100 bytes on the connections it opens, so that a transaction ends (commits) after
+    /// its first request that answers a row.
+    short_answers: bool,
 }
 
 impl Request {
@@ -260,6 +264,9 @@ fn coalesced(
         let mut conn = engine.open("db", OpenMode::CreateIfMissing).unwrap();
         if runner.small_cache {
             conn.execute("PRAGMA cache_size=8", &Params::None).unwrap();
+        }
+        if runner.short_answers {
+            conn.set_limits(Limits { bytes_max: Some(100), ..conn.limits() });
         }
         conn
     };
@@ -592,4 +599,25 @@ fn a_commit_of_unknown_outcome_or_a_sink_that_takes_none_is_not_retried() {
         assert!(answers.iter().all(|a| a.starts_with("request error") && a.contains(reason)), "{answers:?}");
         assert_eq!(sink.counts().0 - before.0, 1, "no request was run again");
     }
+}
+
+#[test]
+fn answers_are_delivered_as_each_transaction_commits_which_holds_at_most_the_answer_bound() {
+    let dir = tempfile::tempdir().unwrap();
+    let sink = Arc::new(CountingSink::default());
+    let (_engine, mut conn) = counted_engine(dir.path(), sink.clone());
+    // Each request answers a 4 KB blob: a transaction holds three (more than 10 KB) and commits.
+    conn.set_limits(Limits { bytes_max: Some(10_000), ..Limits::NONE });
+    let before = sink.counts().1;
+    let requests: Vec<Vec<Statement>> =
+        (0..6).map(|i| vec![insert(&format!("k{i}"), i), Statement::new("SELECT zeroblob(4000)")]).collect();
+    let group: Vec<GroupRequest> = requests.iter().map(|s| plain(s, false)).collect();
+    let mut delivered = Vec::new();
+    conn.request_group_with(&group, &mut |i, outcome| {
+        assert!(outcome.is_ok(), "{i}: {outcome:?}");
+        delivered.push((i, sink.counts().1 - before));
+    });
+    // Requests 0-2 are answered after the first commit, before the second.
+    assert_eq!(delivered, [(0, 1), (1, 1), (2, 1), (3, 2), (4, 2), (5, 2)]);
+    assert_eq!(rows_of(&mut conn, "SELECT count(*) FROM t"), [vec![Value::Integer(6)]]);
 }

@@ -140,42 +140,52 @@ async fn run_writer(node: Weak<NodeShared>, db: String, id: u64, mut jobs: mpsc:
     }
 }
 
-/// Runs `jobs` as one group on a fresh connection and answers each.
+/// Runs `jobs` as one group on a fresh connection, answering each as soon as its outcome is final.
 async fn run_group(node: &Arc<NodeShared>, db: &str, jobs: Vec<WriteJob>) {
     node.leadership_applied().await;
     node.writers.groups.fetch_add(1, Ordering::Relaxed);
     node.writers.grouped.fetch_add(jobs.len() as u64, Ordering::Relaxed);
     let shared = Arc::clone(node);
     let name = db.to_owned();
-    // If the work fails (a panic), the jobs go with it: their handlers see their answers dropped.
+    // If the work fails (a panic), the jobs go with it: the handlers of those not answered yet see their
+    // answers dropped.
     let done = node
         .blocking
         .run(move || {
-            let outcomes = match shared.engine.open(&name, OpenMode::CreateIfMissing) {
+            // The job's place in the queue bound is given back with its answer.
+            let (jobs, mut answers): (Vec<_>, Vec<_>) = jobs
+                .into_iter()
+                .map(|job| {
+                    (
+                        (job.statements, job.transaction, job.limits, job.interrupt),
+                        Some((job.answer, job.place)),
+                    )
+                })
+                .unzip();
+            let mut deliver = |i: usize, outcome: RequestOutcome| {
+                shared.count_stopped(outcome.as_ref().err());
+                if let Some((answer, _place)) = answers.get_mut(i).and_then(Option::take) {
+                    let _ = answer.send(outcome);
+                }
+            };
+            match shared.engine.open(&name, OpenMode::CreateIfMissing) {
                 Ok(mut conn) => {
                     let requests: Vec<GroupRequest> = jobs
                         .iter()
-                        .map(|job| GroupRequest {
-                            statements: &job.statements,
-                            transaction: job.transaction,
-                            limits: job.limits,
-                            interrupt: Some(job.interrupt.clone()),
+                        .map(|(statements, transaction, limits, interrupt)| GroupRequest {
+                            statements,
+                            transaction: *transaction,
+                            limits: *limits,
+                            interrupt: Some(interrupt.clone()),
                         })
                         .collect();
-                    conn.request_group(&requests)
+                    conn.request_group_with(&requests, &mut deliver);
                 }
-                Err(e) => jobs.iter().map(|_| Err(e.duplicate())).collect(),
-            };
-            (jobs, outcomes)
+                Err(e) => (0..jobs.len()).for_each(|i| deliver(i, Err(e.duplicate()))),
+            }
         })
         .await;
-    match done {
-        Ok((jobs, outcomes)) => {
-            for (job, outcome) in jobs.into_iter().zip(outcomes) {
-                node.count_stopped(outcome.as_ref().err());
-                let _ = job.answer.send(outcome);
-            }
-        }
-        Err(e) => tracing::warn!(db, error = %e, "a write group failed"),
+    if let Err(e) = done {
+        tracing::warn!(db, error = %e, "a write group failed");
     }
 }

@@ -33,13 +33,16 @@ pub struct GroupRequest<'a> {
 pub type RequestOutcome = Result<Vec<StatementResult>, SqlError>;
 
 /// A group being run: its requests and what is known of each.
-struct Group<'r, 'a> {
+struct Group<'r, 'a, 'd> {
     requests: &'r [GroupRequest<'a>],
     /// Requests that change the session's state: they run alone, on a session of their own.
     own_session: Vec<bool>,
-    /// Final answers. A request answered before the others of its transaction committed (it was stopped
-    /// by its own bounds, losing the transaction) is passed over when they run again.
-    outcomes: Vec<Option<RequestOutcome>>,
+    /// Requests answered. One answered before the others of its transaction committed (it was stopped by
+    /// its own bounds, losing the transaction) is passed over when they run again.
+    answered: Vec<bool>,
+    deliver: &'d mut dyn FnMut(usize, RequestOutcome),
+    /// Most answer bytes one transaction holds before it commits (the connection's own answer bound).
+    answer_bytes_max: u64,
 }
 
 /// How one pass (one transaction over consecutive requests) ended.
@@ -105,9 +108,32 @@ impl Connection {
     ///
     /// Known difference from separate connections: `total_changes()` counts over the whole session.
     pub fn request_group(&mut self, requests: &[GroupRequest<'_>]) -> Vec<RequestOutcome> {
+        let mut outcomes: Vec<Option<RequestOutcome>> = (0..requests.len()).map(|_| None).collect();
+        self.request_group_with(requests, &mut |i, outcome| outcomes[i] = Some(outcome));
+        outcomes
+            .into_iter()
+            .map(|outcome| outcome.unwrap_or_else(|| Err(SqlError::invalid("request was not run"))))
+            .collect()
+    }
+
+    /// [`Connection::request_group`], handing each request's outcome to `deliver` (with the request's
+    /// index) as soon as it is final — when its transaction committed, or when it failed alone — instead of
+    /// holding every answer until the end. A transaction ends (commits) once the answers of its requests
+    /// reach the connection's own answer bound ([`Limits::bytes_max`]), so that what is held at once stays
+    /// within it (and one request's own bound).
+    pub fn request_group_with(
+        &mut self,
+        requests: &[GroupRequest<'_>],
+        deliver: &mut dyn FnMut(usize, RequestOutcome),
+    ) {
         let n = requests.len();
-        let mut group =
-            Group { requests, own_session: vec![false; n], outcomes: (0..n).map(|_| None).collect() };
+        let mut group = Group {
+            requests,
+            own_session: vec![false; n],
+            answered: vec![false; n],
+            deliver,
+            answer_bytes_max: self.limits.bytes_max.unwrap_or(u64::MAX),
+        };
         let saved_limits = self.limits;
         match self.guard.arm(&Limits::NONE) {
             Ok(()) => {
@@ -118,21 +144,16 @@ impl Connection {
             Err(e) => group.fail_rest(0, &e),
         }
         self.limits = saved_limits;
-        group
-            .outcomes
-            .into_iter()
-            .map(|outcome| outcome.unwrap_or_else(|| Err(SqlError::invalid("request was not run"))))
-            .collect()
     }
 
-    fn run_group(&mut self, group: &mut Group<'_, '_>) {
+    fn run_group(&mut self, group: &mut Group<'_, '_, '_>) {
         let n = group.requests.len();
         // Requests before `next` are answered. A pass runs requests up to `bound` (short of a request that
         // lost a transaction, whose predecessors are run again without it) and one at a time below
         // `alone_until` (the requests of a transaction whose commit failed).
         let (mut next, mut bound, mut alone_until) = (0, n, 0);
         while next < n {
-            if group.outcomes[next].is_some() {
+            if group.answered[next] {
                 next += 1;
                 continue;
             }
@@ -148,7 +169,7 @@ impl Connection {
             match self.pass(group, next, end) {
                 Pass::Committed { upto, answers } => {
                     for (i, answer) in answers {
-                        group.outcomes[i] = Some(answer);
+                        group.answer(i, answer);
                     }
                     next = upto;
                     bound = n;
@@ -156,16 +177,16 @@ impl Connection {
                 Pass::Lost { at, error, own } if own || at == next => {
                     // Its own bounds stopped it, or it was first in its transaction: what it would get
                     // alone. The others run again without it.
-                    group.outcomes[at] = Some(Err(error));
+                    group.answer(at, Err(error));
                     bound = n;
                 }
                 Pass::Lost { at, .. } => bound = at,
                 Pass::CommitFailed { upto, error, failure } => {
-                    let ran = (next..upto).filter(|&i| group.outcomes[i].is_none()).count();
+                    let ran = (next..upto).filter(|&i| !group.answered[i]).count();
                     if ran == 1 || failure != CommitFailure::Specific {
-                        for outcome in &mut group.outcomes[next..upto] {
-                            if outcome.is_none() {
-                                *outcome = Some(Err(error.duplicate()));
+                        for i in next..upto {
+                            if !group.answered[i] {
+                                group.answer(i, Err(error.duplicate()));
                             }
                         }
                         next = upto;
@@ -184,7 +205,7 @@ impl Connection {
 
     /// Runs requests `start..end` in one transaction, stopping early where a request must go first in
     /// the next one or on its own session.
-    fn pass(&mut self, group: &mut Group<'_, '_>, start: usize, end: usize) -> Pass {
+    fn pass(&mut self, group: &mut Group<'_, '_, '_>, start: usize, end: usize) -> Pass {
         if self.session_tainted {
             if let Err(e) = self.reopen() {
                 return Pass::Stopped(e);
@@ -204,13 +225,16 @@ impl Connection {
         }
         let mut answers = Vec::new();
         let mut i = start;
-        while i < end && !group.own_session[i] {
-            if group.outcomes[i].is_some() {
+        // The answers this transaction holds until it commits, bounded by the connection's answer bound.
+        let mut answer_bytes = 0u64;
+        while i < end && !group.own_session[i] && answer_bytes < group.answer_bytes_max {
+            if group.answered[i] {
                 i += 1;
                 continue;
             }
             match self.grouped_request(group, i, answers.is_empty()) {
                 Run::Done(answer) => {
+                    answer_bytes = answer_bytes.saturating_add(self.answer_bytes);
                     answers.push((i, answer));
                     i += 1;
                 }
@@ -249,7 +273,7 @@ impl Connection {
 
     /// Sets up request `i`'s bounds (its time limit counts from now: a request run again because of
     /// another gets its whole time again); why it may not run, if it may not.
-    fn start_request(&mut self, group: &Group<'_, '_>, i: usize) -> Option<Stop> {
+    fn start_request(&mut self, group: &Group<'_, '_, '_>, i: usize) -> Option<Stop> {
         let limits = group.requests[i].limits;
         let (deadline, limit) = deadline_of(&limits, Instant::now());
         self.limits.rows_max = limits.rows_max;
@@ -261,7 +285,7 @@ impl Connection {
     }
 
     /// Runs request `i` inside the open transaction, in a savepoint of its own.
-    fn grouped_request(&mut self, group: &mut Group<'_, '_>, i: usize, first: bool) -> Run {
+    fn grouped_request(&mut self, group: &mut Group<'_, '_, '_>, i: usize, first: bool) -> Run {
         if let Some(stop) = self.start_request(group, i) {
             return if stop.is_call_wide() {
                 Run::Stopped(stop.error())
@@ -342,7 +366,7 @@ impl Connection {
 
     /// Runs request `i` alone on a fresh session (the session is not used for anything else afterwards),
     /// exactly as `request_batch`/`request_each` would. An error only if the whole call stops.
-    fn run_on_own_session(&mut self, group: &mut Group<'_, '_>, i: usize) -> Result<(), SqlError> {
+    fn run_on_own_session(&mut self, group: &mut Group<'_, '_, '_>, i: usize) -> Result<(), SqlError> {
         if self.session_used || self.session_tainted {
             self.reopen()?;
         }
@@ -350,7 +374,7 @@ impl Connection {
             if stop.is_call_wide() {
                 return Err(stop.error());
             }
-            group.outcomes[i] = Some(Err(stop.error()));
+            group.answer(i, Err(stop.error()));
             return Ok(());
         }
         self.session_used = true;
@@ -362,7 +386,7 @@ impl Connection {
                 return Err(stop.error());
             }
         }
-        group.outcomes[i] = Some(outcome);
+        group.answer(i, outcome);
         Ok(())
     }
 
@@ -397,12 +421,17 @@ impl Connection {
     }
 }
 
-impl Group<'_, '_> {
+impl Group<'_, '_, '_> {
+    fn answer(&mut self, i: usize, outcome: RequestOutcome) {
+        self.answered[i] = true;
+        (self.deliver)(i, outcome);
+    }
+
     /// Answers every request from `from` on that has no answer yet with `error`.
     fn fail_rest(&mut self, from: usize, error: &SqlError) {
-        for outcome in &mut self.outcomes[from..] {
-            if outcome.is_none() {
-                *outcome = Some(Err(error.duplicate()));
+        for i in from..self.answered.len() {
+            if !self.answered[i] {
+                self.answer(i, Err(error.duplicate()));
             }
         }
     }
