@@ -107,7 +107,13 @@ impl Writer<'_> {
     fn push(&mut self, bytes: &[u8]) -> Result<(), PageStoreError> {
         self.buf.extend_from_slice(bytes);
         if self.buf.len() >= WRITE_BATCH_PAGES * PAGE_SIZE {
+            // Only whole blocks go out: bytes that are not (the directory's) stay for the next write, so
+            // every write starts and ends on a block boundary.
+            let whole = self.buf.len() / BLOCK_SIZE * BLOCK_SIZE;
+            let tail = self.buf[whole..].to_vec();
+            self.buf.resize(whole);
             self.flush()?;
+            self.buf.extend_from_slice(&tail);
         }
         Ok(())
     }
