@@ -1,19 +1,16 @@
 //! A checkpoint on a full disk (docs/design.md, Page store, "Checkpoint and merge"): on `bop up` over a small
 //! tmpfs the first snapshot's checkpoint could not write its generation file (ENOSPC), the snapshot build
 //! failed, and Raft stopped on all three nodes. Lack of space is not a failure of the page store: the
-//! checkpoint is held with the Manager's space alarm raised and retried until it is written; a failed try
-//! removes its partial file, so it keeps no space.
+//! checkpoint fails without poisoning anything, removes its partial file (it keeps no space) and raises the
+//! Manager's space alarm, and a later one succeeds once space returns (the state machine's snapshot build
+//! waits and tries again: `raft/tests/snapshot_disk_full.rs`).
 
 use std::path::Path;
-use std::sync::{mpsc, Arc};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
 
 use bop_storage::io::{Io, SimDisk};
 use bop_storage::page_store::{Manager, ManagerConfig, PAGE_SIZE};
 use bop_storage::wal::WalConfig;
-
-const HELD_FOR: Duration = Duration::from_millis(300);
-const WAIT: Duration = Duration::from_secs(20);
 
 fn config(dir: &Path, disk: &SimDisk) -> ManagerConfig {
     let mut config = ManagerConfig::new(dir);
@@ -44,16 +41,8 @@ fn one_mib_database(dir: &Path, disk: &SimDisk) -> (Manager, bop_storage::page_s
     (manager, db)
 }
 
-fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + WAIT;
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting until {what}");
-        std::thread::sleep(Duration::from_millis(1));
-    }
-}
-
 #[test]
-fn a_checkpoint_without_space_is_held_and_written_once_space_returns() {
+fn a_checkpoint_without_space_leaves_no_file_and_no_poison_and_succeeds_once_space_returns() {
     let dir = tempfile::tempdir().expect("tempdir");
     let disk = SimDisk::new(7);
     let (manager, db) = one_mib_database(dir.path(), &disk);
@@ -61,21 +50,22 @@ fn a_checkpoint_without_space_is_held_and_written_once_space_returns() {
     let used = disk.used_bytes();
     disk.set_capacity_bytes(Some(used + (600 << 10)));
 
-    std::thread::scope(|scope| {
-        let (done, result) = mpsc::channel();
-        let manager = &manager;
-        scope.spawn(move || done.send(manager.checkpoint_all().map(|(target, _)| target)).expect("send"));
-        match result.recv_timeout(HELD_FOR) {
-            Err(mpsc::RecvTimeoutError::Timeout) => {}
-            other => panic!("a checkpoint without space returned instead of being held: {other:?}"),
-        }
-        assert!(manager.space_alarm(), "the Manager's space alarm is raised");
+    let error = manager.checkpoint_all().expect_err("no space for the generation file");
 
-        disk.set_capacity_bytes(None);
-        let target = result.recv_timeout(WAIT).expect("returns once space is back").expect("checkpoint");
-        assert!(target >= 1, "the commit is in the generation");
-        assert!(!manager.space_alarm(), "the alarm clears");
-    });
+    assert!(error.is_no_space(), "{error}");
+    assert!(manager.space_alarm(), "the Manager's space alarm is raised");
+    assert!(manager.waits_for_space(), "a caller may wait and try again");
+    assert_eq!(disk.used_bytes(), used, "the partial generation file (512 KiB written) was removed");
+    assert!(db.generation_chain().is_empty(), "nothing was published");
+    // Not poisoned: reads and commits go on.
+    let view = db.snapshot().expect("snapshot");
+    assert_eq!(view.read_page(PAGES).expect("read").map(|p| p.to_vec()), Some(page(PAGES)));
+    drop(view);
+
+    disk.set_capacity_bytes(None);
+    let (target, _) = manager.checkpoint_all().expect("checkpoint once space is back");
+    assert!(target >= 1, "the commit is in the generation");
+    assert!(!manager.space_alarm(), "the alarm clears");
     assert_eq!(db.generation_chain().len(), 1, "one generation written");
     let view = db.snapshot().expect("snapshot");
     assert_eq!(view.read_page(PAGES).expect("read").map(|p| p.to_vec()), Some(page(PAGES)));
@@ -84,29 +74,17 @@ fn a_checkpoint_without_space_is_held_and_written_once_space_returns() {
 }
 
 #[test]
-fn stop_waiting_for_space_fails_a_held_checkpoint_leaving_no_partial_file_and_no_poison() {
+fn stop_waiting_for_space_and_close_tell_callers_not_to_wait() {
     let dir = tempfile::tempdir().expect("tempdir");
     let disk = SimDisk::new(8);
-    let (manager, db) = one_mib_database(dir.path(), &disk);
-    let used = disk.used_bytes();
-    disk.set_capacity_bytes(Some(used + (600 << 10)));
+    let (manager, _db) = one_mib_database(dir.path(), &disk);
+    assert!(manager.waits_for_space());
+    manager.stop_waiting_for_space();
+    assert!(!manager.waits_for_space());
 
-    std::thread::scope(|scope| {
-        let (done, result) = mpsc::channel();
-        let manager = &manager;
-        scope.spawn(move || done.send(manager.checkpoint_all().map(|(target, _)| target)).expect("send"));
-        wait_until("the alarm is raised", || manager.space_alarm());
-        manager.stop_waiting_for_space();
-        let result = result.recv_timeout(WAIT).expect("the held checkpoint returns at once");
-        let error = result.expect_err("not written");
-        assert!(error.is_no_space(), "{error}");
-        assert!(!manager.space_alarm(), "no checkpoint is held any more");
-    });
-    // The failed try's partial generation file (512 KiB were written) is gone: it keeps no space.
-    assert_eq!(disk.used_bytes(), used, "the partial generation file was removed");
-    // Not poisoned: with space back a checkpoint succeeds.
-    disk.set_capacity_bytes(None);
-    manager.checkpoint_all().expect("checkpoint with space");
-    assert_eq!(db.generation_chain().len(), 1);
+    let other_dir = tempfile::tempdir().expect("tempdir");
+    let (other, _db) = one_mib_database(other_dir.path(), &SimDisk::new(9));
+    other.close().expect("close");
+    assert!(!other.waits_for_space(), "a closed Manager does not wait");
     manager.close().expect("close");
 }

@@ -123,6 +123,8 @@ struct Inner {
 #[derive(Clone)]
 pub struct BopStateMachine {
     inner: Arc<Mutex<Inner>>,
+    /// The page store (also in `inner`), reachable without the lock.
+    manager: Manager,
     /// Blocking storage work (fsyncs, manifest commits, checkpoints) runs right here instead of on a
     /// blocking thread: the WAL's inline writer (the deterministic simulation) allows no other thread.
     inline: bool,
@@ -130,6 +132,16 @@ pub struct BopStateMachine {
 
 fn io_err(e: impl std::error::Error + Send + Sync + 'static) -> io::Error {
     io::Error::other(e)
+}
+
+/// First wait before a snapshot whose checkpoint found no space is tried again.
+const NO_SPACE_RETRY_FIRST: std::time::Duration = std::time::Duration::from_millis(10);
+/// Longest wait between two tries.
+const NO_SPACE_RETRY_MAX: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// True when `error` is the page store's lack of space (ENOSPC, EDQUOT) for a checkpoint.
+fn is_no_space(error: &io::Error) -> bool {
+    error.get_ref().and_then(|e| e.downcast_ref::<PageStoreError>()).is_some_and(PageStoreError::is_no_space)
 }
 
 fn encode<T: Serialize>(value: &T) -> io::Result<Vec<u8>> {
@@ -169,7 +181,8 @@ impl BopStateMachine {
             current,
         };
         let inline = inner.wal.config().writer == WriterMode::Inline;
-        Ok(BopStateMachine { inner: Arc::new(Mutex::new(inner)), inline })
+        let manager = inner.manager.clone();
+        Ok(BopStateMachine { inner: Arc::new(Mutex::new(inner)), manager, inline })
     }
 
     /// Runs `work` on the state under its lock, off the async workers (a checkpoint or an fsync there
@@ -283,8 +296,21 @@ impl Inner {
 impl RaftSnapshotBuilder<BopConfig> for BopStateMachine {
     type SnapshotData = BopSnapshot;
 
+    /// A checkpoint that finds no space for its generation file (the page store's space alarm is then up) is
+    /// tried again after 10 ms doubling to 1 s, until it is written or the page store stops waiting for
+    /// space (shutdown): an error here stops Raft. The state's lock is held only during each try, so applies
+    /// go on in between.
     async fn build_snapshot(&mut self) -> Result<SnapshotOf<BopConfig, BopSnapshot>, io::Error> {
-        self.off_runtime(Inner::build_snapshot).await
+        let mut wait = NO_SPACE_RETRY_FIRST;
+        loop {
+            match self.off_runtime(Inner::build_snapshot).await {
+                Err(error) if is_no_space(&error) && self.manager.waits_for_space() => {
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(NO_SPACE_RETRY_MAX);
+                }
+                built => return built,
+            }
+        }
     }
 }
 

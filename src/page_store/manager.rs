@@ -102,18 +102,11 @@ struct Inner {
     closed: AtomicBool,
     /// One checkpoint (and one drop) at a time.
     maintenance: Mutex<()>,
-    /// A checkpoint is held because its generation file found no space.
+    /// The last `checkpoint_all` found no space for a generation file.
     space_alarm: AtomicBool,
-    /// Set by [`Manager::stop_waiting_for_space`] (and `close`): a held checkpoint fails instead.
-    stop_waiting_for_space: Mutex<bool>,
-    space_cv: Condvar,
+    /// Set by [`Manager::stop_waiting_for_space`] (and `close`).
+    stop_waiting_for_space: AtomicBool,
 }
-
-/// First wait before a checkpoint that found no space is tried again; it doubles up to
-/// [`NO_SPACE_RETRY_MAX`].
-const NO_SPACE_RETRY_FIRST: std::time::Duration = std::time::Duration::from_millis(10);
-/// Longest wait between two tries of a checkpoint held for space.
-const NO_SPACE_RETRY_MAX: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// A node's storage: manifest, WAL and page store, with many databases.
 ///
@@ -212,52 +205,6 @@ impl Inner {
             return Err(PageStoreError::Poisoned { reason });
         }
         Ok(())
-    }
-
-    /// Runs `work` (a checkpoint) until it does not fail for lack of space, waiting between tries
-    /// (`NO_SPACE_RETRY_FIRST` doubling to `NO_SPACE_RETRY_MAX`) with the space alarm raised. A failed
-    /// try published nothing and left no file behind (`generation::write` removes its partial file), so
-    /// the next try starts afresh. Returns the lack-of-space error at once after `stop_waiting_for_space`.
-    fn held_for_space<T>(&self, mut work: impl FnMut() -> Result<T>) -> Result<T> {
-        let mut wait = NO_SPACE_RETRY_FIRST;
-        let mut since: Option<std::time::Instant> = None;
-        loop {
-            match work() {
-                Err(error) if error.is_no_space() => {
-                    since.get_or_insert_with(std::time::Instant::now);
-                    if !self.space_alarm.swap(true, Ordering::Relaxed) {
-                        tracing::warn!(%error, "page store space alarm: a checkpoint found no space; retrying until it has");
-                    }
-                    if !self.hold(wait) {
-                        self.space_alarm.store(false, Ordering::Relaxed);
-                        return Err(error);
-                    }
-                    wait = (wait * 2).min(NO_SPACE_RETRY_MAX);
-                }
-                other => {
-                    if self.space_alarm.swap(false, Ordering::Relaxed) {
-                        let held_ms = since.map_or(0, |s| s.elapsed().as_millis() as u64);
-                        tracing::info!(
-                            held_ms,
-                            "page store space alarm cleared: the held checkpoint went on"
-                        );
-                    }
-                    return other;
-                }
-            }
-        }
-    }
-
-    /// Waits `delay`; false (at once) if the Manager no longer waits for space.
-    fn hold(&self, delay: std::time::Duration) -> bool {
-        let deadline = std::time::Instant::now() + delay;
-        let mut stop = self.stop_waiting_for_space.lock();
-        while !*stop {
-            if self.space_cv.wait_until(&mut stop, deadline).timed_out() {
-                return !*stop;
-            }
-        }
-        false
     }
 
     fn poison(&self, reason: String) {
@@ -585,8 +532,7 @@ impl Manager {
             closed: AtomicBool::new(false),
             maintenance: Mutex::new(()),
             space_alarm: AtomicBool::new(false),
-            stop_waiting_for_space: Mutex::new(false),
-            space_cv: Condvar::new(),
+            stop_waiting_for_space: AtomicBool::new(false),
         };
         Ok(Manager { inner: Arc::new(inner) })
     }
@@ -769,23 +715,38 @@ impl Manager {
             .map_or(applied, |p| p.min(applied));
         for entry in dbs {
             let db = Db { inner: Arc::clone(inner), entry };
-            inner.held_for_space(|| db.checkpoint_at(target))?;
+            if let Err(error) = db.checkpoint_at(target) {
+                if error.is_no_space() && !inner.space_alarm.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(%error, "page store space alarm: a checkpoint found no space for its generation file");
+                }
+                return Err(error);
+            }
+        }
+        if inner.space_alarm.swap(false, Ordering::Relaxed) {
+            tracing::info!("page store space alarm cleared: a checkpoint was written");
         }
         Ok((target, self.snapshot_databases()?))
     }
 
-    /// True while a checkpoint ([`Manager::checkpoint_all`]) is held because its generation file found no
-    /// space (ENOSPC or EDQUOT); it is retried (10 ms doubling to 1 s) until written, which clears it.
+    /// True from a [`Manager::checkpoint_all`] that failed for lack of space (ENOSPC or EDQUOT: its partial
+    /// generation file was removed, nothing was published, nothing is poisoned) until one succeeds. The
+    /// caller tries again later (the state machine's snapshot build waits and retries while
+    /// [`Manager::waits_for_space`]).
     pub fn space_alarm(&self) -> bool {
         self.inner.space_alarm.load(Ordering::Relaxed)
     }
 
-    /// Stops waiting for space, for shutdown: a checkpoint held for space now fails with its lack-of-space
-    /// error (nothing published, nothing poisoned), and so does a later one that finds no space. `close`
-    /// does this too.
+    /// Whether work that found no space should wait and try again: true until
+    /// [`Manager::stop_waiting_for_space`] or `close`.
+    pub fn waits_for_space(&self) -> bool {
+        !self.inner.stop_waiting_for_space.load(Ordering::Relaxed)
+            && !self.inner.closed.load(Ordering::Acquire)
+    }
+
+    /// For shutdown: from now on [`Manager::waits_for_space`] is false, so a snapshot build waiting for space
+    /// gives up (with its lack-of-space error). `close` does this too.
     pub fn stop_waiting_for_space(&self) {
-        *self.inner.stop_waiting_for_space.lock() = true;
-        self.inner.space_cv.notify_all();
+        self.inner.stop_waiting_for_space.store(true, Ordering::Relaxed);
     }
 
     /// Every database with its generation chain in force and each file's CRC32C.
