@@ -94,7 +94,10 @@ fn with_the_map_reserved_commits_inside_it_succeed_on_a_full_file_system() {
         manifest.commit(big_database(&format!("db{n}"))).expect("a commit inside the reserved map");
     }
     let metrics = manifest.metrics();
-    assert!(!metrics.space_alarm && metrics.no_space_retries == 0, "no commit met the full disk: {metrics:?}");
+    assert!(
+        !metrics.space_alarm && metrics.no_space_retries == 0,
+        "no commit met the full disk: {metrics:?}"
+    );
     manifest.close().expect("close");
     let reopened = Manifest::open(&data_dir, config).expect("reopen");
     assert_eq!(reopened.read(|r| r.database_count()).expect("count"), 10);

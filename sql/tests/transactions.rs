@@ -251,7 +251,8 @@ fn a_transaction_out_of_room_in_the_middle_of_a_statement_releases_the_write_loc
     exec(&mut conn, "CREATE TABLE t(v BLOB)");
     exec(&mut conn, "PRAGMA cache_size=8");
     exec(&mut conn, "BEGIN");
-    let full = (0..50).find_map(|_| conn.execute("INSERT INTO t VALUES (zeroblob(12000))", &Params::None).err());
+    let full =
+        (0..50).find_map(|_| conn.execute("INSERT INTO t VALUES (zeroblob(12000))", &Params::None).err());
     let err = full.expect("24 pages run out within 50 rows of 3 pages");
     assert!(matches!(err, SqlError::Sqlite { code, .. } if code & 0xff == 13), "{err}");
     assert!(conn.is_autocommit(), "the transaction is rolled back");

@@ -13,8 +13,8 @@ use super::config::ManifestConfig;
 use super::error::{ManifestError, Result, Table};
 use super::keys::{self, generation_key, u64_key};
 use super::records::{
-    Change, CommittedRecord, DatabaseId, DatabaseRecord, GenerationRef, NameRecord, RaftBlobRecord,
-    Segment, Snapshot,
+    Change, CommittedRecord, DatabaseId, DatabaseRecord, GenerationRef, NameRecord, RaftBlobRecord, Segment,
+    Snapshot,
 };
 use super::tables::Tables;
 
