@@ -103,14 +103,7 @@ async fn a_stalled_disk_is_reported_and_the_node_recovers_losing_nothing() {
     let dir = tempfile::tempdir().expect("tempdir");
     let disk = SimDisk::new(11);
     let limits = NodeLimits { disk_stall_max: Duration::from_millis(500), ..NodeLimits::default() };
-    let (config, env) = on_sim_disk(dir.path(), 1, &disk, limits);
-    let node = Node::start_in(config, env).await.expect("start");
-    node.initialize_if_new(BTreeMap::from([(1, node.member_addr())])).await.expect("init");
-    node.raft()
-        .wait(Some(Duration::from_secs(30)))
-        .metrics(|m| m.state.is_leader(), "leader")
-        .await
-        .expect("leader");
+    let node = single_node_on_sim_disk(dir.path(), &disk, limits).await;
     let addr = node.http_addr().to_owned();
     let (status, out) =
         http(&addr, "POST", "/db/execute", json!(["CREATE TABLE t (x)"]).to_string().as_bytes()).await;
@@ -263,14 +256,7 @@ async fn a_node_whose_disk_is_full_stops_promptly() {
     let _serial = SERIAL.lock().await;
     let dir = tempfile::tempdir().expect("tempdir");
     let disk = SimDisk::new(31);
-    let (config, env) = on_sim_disk(dir.path(), 1, &disk, Default::default());
-    let node = Node::start_in(config, env).await.expect("start");
-    node.initialize_if_new(BTreeMap::from([(1, node.member_addr())])).await.expect("init");
-    node.raft()
-        .wait(Some(Duration::from_secs(30)))
-        .metrics(|m| m.state.is_leader(), "leader")
-        .await
-        .expect("leader");
+    let node = single_node_on_sim_disk(dir.path(), &disk, Default::default()).await;
     disk.set_capacity_bytes(Some(disk.used_bytes() + (256 << 10)));
     // Entries proposed straight to Raft (the HTTP API refuses writes once the alarm is up, so it cannot
     // be made to hold one), more than the space left takes: the log holds those it has no room for. Their
@@ -305,14 +291,7 @@ async fn a_node_whose_raft_stopped_on_a_storage_error_stops_promptly() {
     let _serial = SERIAL.lock().await;
     let dir = tempfile::tempdir().expect("tempdir");
     let disk = SimDisk::new(41);
-    let (config, env) = on_sim_disk(dir.path(), 1, &disk, Default::default());
-    let node = Node::start_in(config, env).await.expect("start");
-    node.initialize_if_new(BTreeMap::from([(1, node.member_addr())])).await.expect("init");
-    node.raft()
-        .wait(Some(Duration::from_secs(30)))
-        .metrics(|m| m.state.is_leader(), "leader")
-        .await
-        .expect("leader");
+    let node = single_node_on_sim_disk(dir.path(), &disk, Default::default()).await;
     let addr = node.http_addr().to_owned();
     disk.fail_sync_after(0);
     let _ =

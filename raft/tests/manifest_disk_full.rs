@@ -9,7 +9,6 @@ mod common;
 #[path = "../../tests/common/tmpfs.rs"]
 mod tmpfs;
 
-use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use bop_raft::node::Node;
@@ -28,14 +27,7 @@ async fn node_on_a_full_tmpfs(test: &str, seed: u64) -> Option<(Tmpfs, std::path
     let fs = Tmpfs::mount(test, "64m")?;
     let ballast = fs.fill_leaving(ROOM_AT_START);
     let disk = SimDisk::new(seed);
-    let (config, env) = on_sim_disk(fs.path(), 1, &disk, Default::default());
-    let node = Node::start_in(config, env).await.expect("start");
-    node.initialize_if_new(BTreeMap::from([(1, node.member_addr())])).await.expect("init");
-    node.raft()
-        .wait(Some(Duration::from_secs(30)))
-        .metrics(|m| m.state.is_leader(), "leader")
-        .await
-        .expect("leader");
+    let node = single_node_on_sim_disk(fs.path(), &disk, Default::default()).await;
     let manifest = node.manager().manifest().expect("manifest");
     assert_eq!(manifest.metrics().space_reserved_bytes, 0, "the test needs the reservation to fail");
     let (status, out) =

@@ -5,10 +5,8 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use bop_raft::node::Node;
 use bop_storage::io::SimDisk;
 use common::hardening::*;
 use openraft::async_runtime::WatchReceiver;
@@ -19,14 +17,7 @@ async fn a_snapshot_without_space_is_held_and_made_once_space_returns() {
     let _serial = SERIAL.lock().await;
     let dir = tempfile::tempdir().expect("tempdir");
     let disk = SimDisk::new(61);
-    let (config, env) = on_sim_disk(dir.path(), 1, &disk, Default::default());
-    let node = Node::start_in(config, env).await.expect("start");
-    node.initialize_if_new(BTreeMap::from([(1, node.member_addr())])).await.expect("init");
-    node.raft()
-        .wait(Some(Duration::from_secs(30)))
-        .metrics(|m| m.state.is_leader(), "leader")
-        .await
-        .expect("leader");
+    let node = single_node_on_sim_disk(dir.path(), &disk, Default::default()).await;
     let addr = node.http_addr().to_owned();
     let (status, out) =
         http(&addr, "POST", "/db/execute", json!(["CREATE TABLE t (b)"]).to_string().as_bytes()).await;

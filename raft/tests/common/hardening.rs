@@ -157,3 +157,20 @@ pub fn on_sim_disk(
     };
     (config, env)
 }
+
+/// Node 1 on `disk` (as [`on_sim_disk`]), its own cluster, once it leads.
+pub async fn single_node_on_sim_disk(
+    dir: &std::path::Path,
+    disk: &bop_storage::io::SimDisk,
+    limits: bop_raft::node::NodeLimits,
+) -> Node {
+    let (config, env) = on_sim_disk(dir, 1, disk, limits);
+    let node = Node::start_in(config, env).await.expect("start");
+    node.initialize_if_new(BTreeMap::from([(1, node.member_addr())])).await.expect("init");
+    node.raft()
+        .wait(Some(Duration::from_secs(30)))
+        .metrics(|m| m.state.is_leader(), "leader")
+        .await
+        .expect("leader");
+    node
+}
