@@ -70,6 +70,12 @@ pub struct NodeLimits {
     /// Longest a client may take to send a request's head, and longest a kept-alive connection may sit
     /// idle before its next request; then the connection is closed.
     pub http_header_timeout: Duration,
+    /// HTTP requests being served at once (forwarded ones included); one more is answered 503 with
+    /// `Retry-After` at once instead of waiting.
+    pub http_requests_max: usize,
+    /// Longest a request may take to produce its answer's head (a backup's copy excepted); then it is
+    /// answered 503 and its work is stopped. Also the ceiling on a request's `db_timeout`.
+    pub http_request_timeout: Duration,
     /// Write requests waiting for their database's writer or in the group it runs, over all databases;
     /// one more is answered 503 with `Retry-After`.
     pub writers_queued_max: usize,
@@ -94,6 +100,8 @@ impl Default for NodeLimits {
         NodeLimits {
             http_connections_max: 1024,
             http_header_timeout: Duration::from_secs(10),
+            http_requests_max: 512,
+            http_request_timeout: Duration::from_secs(120),
             writers_queued_max: 1024,
             writer_queue_bytes_max: 256 << 20,
             writer_idle: Duration::from_secs(10),

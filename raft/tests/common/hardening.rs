@@ -28,12 +28,17 @@ pub async fn try_http(addr: &str, method: &str, path: &str, body: &[u8]) -> Resu
         body.len()
     );
     stream.write_all(head.as_bytes()).await.map_err(|e| format!("send head: {e}"))?;
-    stream.write_all(body).await.map_err(|e| format!("send body: {e}"))?;
+    // A server may answer before it read the whole body (a declared length past its limit) and close: the
+    // answer is read even when sending the rest failed.
+    let sent = stream.write_all(body).await.map_err(|e| format!("send body: {e}"));
     let mut raw = Vec::new();
-    tokio::time::timeout(Duration::from_secs(120), stream.read_to_end(&mut raw))
+    let read = tokio::time::timeout(Duration::from_secs(120), stream.read_to_end(&mut raw))
         .await
-        .expect("an answer within 120 s")
-        .map_err(|e| format!("read: {e}"))?;
+        .expect("an answer within 120 s");
+    if raw.is_empty() {
+        sent?;
+        read.map_err(|e| format!("read: {e}"))?;
+    }
     let split = raw.windows(4).position(|w| w == b"\r\n\r\n").ok_or("closed before the end of a head")?;
     let head = String::from_utf8_lossy(&raw[..split]).into_owned();
     let status: u16 = head.split(' ').nth(1).and_then(|s| s.parse().ok()).ok_or("no status line")?;

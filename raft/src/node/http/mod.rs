@@ -235,24 +235,94 @@ pub(super) struct Call {
     pub(super) db: String,
 }
 
-/// The API's routes. Every call first passes [`front`]: parameters checked, calls that need the leader
-/// passed to it from a follower, timings and latency recorded.
+/// The API's routes and the tower layers around them, outermost first:
+///
+/// 1. tracing: a span per request (`tower_http=debug` shows each one and its answer);
+/// 2. the version header on every answer;
+/// 3. at most `http_requests_max` requests at once, one more answered 503 with `Retry-After` at once;
+/// 4. [`front`]: parameters checked, calls that need the leader passed to it from a follower, timings and
+///    latency recorded;
+/// 5. the JSON shape (`{"error": ...}`) for the answers of the two layers below, which have no body;
+/// 6. bodies past [`BODY_BYTES_MAX`] refused with 413, before they are read when their length is declared;
+/// 7. every call but a backup (whose copy of a large database may take long) answered within
+///    `http_request_timeout`, or 503 and its work dropped (which stops its SQL).
 fn router(node: Arc<NodeShared>) -> Router {
-    Router::new()
+    use tower::ServiceBuilder;
+    use tower_http::timeout::TimeoutLayer;
+    let limits = node.limits;
+    let timed = Router::new()
         .route("/db/execute", post(db::execute))
         .route("/db/query", get(db::query_get).post(db::query_post))
         .route("/db/request", post(db::request))
-        .route("/db/backup", get(backup::backup))
         .route("/join", post(cluster::join))
         .route("/remove", post(cluster::remove).delete(cluster::remove))
         .route("/status", get(cluster::status))
         .route("/nodes", get(cluster::nodes))
         .route("/metrics", get(cluster::metrics))
         .route("/readyz", get(cluster::readyz))
+        .layer(TimeoutLayer::with_status_code(StatusCode::SERVICE_UNAVAILABLE, limits.http_request_timeout));
+    let trace = tower_http::trace::TraceLayer::new_for_http()
+        .on_failure(tower_http::trace::DefaultOnFailure::new().level(tracing::Level::DEBUG));
+    Router::new()
+        .merge(timed)
+        .route("/db/backup", get(backup::backup))
         .fallback(no_route)
         .method_not_allowed_fallback(wrong_method)
+        .layer(tower_http::limit::RequestBodyLimitLayer::new(BODY_BYTES_MAX))
+        .layer(axum::middleware::map_response_with_state(Arc::clone(&node), json_errors))
         .layer(axum::middleware::from_fn_with_state(Arc::clone(&node), front))
+        .layer(
+            ServiceBuilder::new()
+                .layer(axum::error_handling::HandleErrorLayer::new(overloaded))
+                .load_shed()
+                .layer(tower::limit::GlobalConcurrencyLimitLayer::new(limits.http_requests_max)),
+        )
+        .layer(tower_http::set_header::SetResponseHeaderLayer::overriding(
+            hyper::header::HeaderName::from_static(VERSION_HEADER),
+            hyper::header::HeaderValue::from_static(VERSION),
+        ))
+        .layer(trace)
         .with_state(node)
+}
+
+/// The answer past `http_requests_max` (the only error the layers under it raise).
+async fn overloaded(e: axum::BoxError) -> HttpResponse {
+    if e.is::<tower::load_shed::error::Overloaded>() {
+        busy("too many requests in flight; retry")
+    } else {
+        error(StatusCode::INTERNAL_SERVER_ERROR, format!("request failed: {e}"))
+    }
+}
+
+/// Gives the bodiless answers of the body limit and the request timeout bop's JSON error shape.
+async fn json_errors(
+    State(node): State<Arc<NodeShared>>,
+    response: axum::response::Response,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let is_json = response
+        .headers()
+        .get(hyper::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if is_json {
+        return response;
+    }
+    match response.status() {
+        StatusCode::PAYLOAD_TOO_LARGE => error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("request body larger than the limit of {BODY_BYTES_MAX} bytes"),
+        )
+        .into_response(),
+        StatusCode::SERVICE_UNAVAILABLE => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "request not answered within the limit of {:?}; its work was stopped",
+                node.limits.http_request_timeout
+            ),
+        )
+        .into_response(),
+        _ => response,
+    }
 }
 
 async fn no_route(request: Request) -> HttpResponse {
@@ -268,7 +338,7 @@ async fn wrong_method(request: Request) -> HttpResponse {
 
 /// Runs before every route: refuses bad values of known parameters, sends writes, leader reads, backups and
 /// membership calls that reach a follower to the leader (unless the client asked for a redirect), and
-/// records the call's latency (and `timings`). Every answer carries the version header.
+/// records the call's latency (and `timings`).
 async fn front(
     State(node): State<Arc<NodeShared>>,
     request: Request,
@@ -278,11 +348,7 @@ async fn front(
     let started = Instant::now();
     let params = match query_params(request.uri().query()) {
         Ok(params) => params,
-        Err(e) => {
-            let mut response = error(StatusCode::BAD_REQUEST, e).into_response();
-            response.headers_mut().insert(VERSION_HEADER, hyper::header::HeaderValue::from_static(VERSION));
-            return response;
-        }
+        Err(e) => return error(StatusCode::BAD_REQUEST, e).into_response(),
     };
     let timings = params.contains_key("timings");
     let path = request.uri().path();
@@ -306,7 +372,6 @@ async fn front(
         request.extensions_mut().insert(Arc::new(Call { params, pretty, db }));
         next.run(request).await
     };
-    response.headers_mut().insert(VERSION_HEADER, hyper::header::HeaderValue::from_static(VERSION));
     if timings {
         let took = started.elapsed().as_secs_f64();
         response.headers_mut().insert(
