@@ -6,9 +6,15 @@
 //! - `append` returns once the entries are readable and hands openraft's `IOFlushed` callback to the WAL's
 //!   group commit: it fires after the fdatasync that covers the entries, or with an error if the store is
 //!   poisoned. Appends are not awaited one by one, so concurrent appends share fdatasyncs.
-//! - The vote and the committed log id are saved in the manifest (one LMDB commit each, durable before the
-//!   call returns). The purged log id rides in the WAL's purge record, so it is exactly as durable as the
-//!   purge itself.
+//! - The vote is saved in the manifest (one LMDB commit, durable before the call returns). The committed
+//!   log id is saved there too, but written behind: `save_committed` records it and returns, and one
+//!   blocking task at a time writes the newest one (after the WAL made the entries it names durable), so
+//!   Raft's commit path waits for one fdatasync (the entries') instead of two in turn. After a crash the
+//!   saved id may trail the true one by the commits of the last write in flight; openraft then re-applies
+//!   less at start and the rest once the leader tells the node its commit (entries are durable in the
+//!   log either way). `close` writes the newest one before closing, so a clean restart resumes exactly.
+//!   The inline writer (the simulation) saves it before returning, as no thread may run behind. The
+//!   purged log id rides in the WAL's purge record, so it is exactly as durable as the purge itself.
 //! - `truncate_after` and `purge` map onto the WAL's truncate and purge records; a purge deletes whole
 //!   segments afterwards without blocking appends.
 
@@ -74,7 +80,22 @@ struct Inner<C: RaftTypeConfig> {
     wal: Arc<WalStore>,
     manifest: Arc<Manifest>,
     vote: Mutex<Option<VoteOf<C>>>,
+    /// The newest committed log id openraft saved (written to the manifest behind, see the module doc).
     committed: Mutex<Option<LogIdOf<C>>>,
+    /// The index of the committed log id the manifest holds; held while one is written, so that writes
+    /// of it are ordered and never go backwards.
+    committed_written: Mutex<Option<u64>>,
+    /// The writer behind of the committed log id.
+    committed_saver: Mutex<CommittedSaver>,
+}
+
+/// State of the writer behind of the committed log id.
+#[derive(Default)]
+struct CommittedSaver {
+    /// A blocking task is writing (it ends when nothing newer is left to write).
+    running: bool,
+    /// A write failed: every later `save_committed` fails with it (the manifest is poisoned or gone).
+    error: Option<String>,
 }
 
 /// openraft log storage on a [`WalStore`] and a [`Manifest`]. Cheap to clone; the clone is also its reader.
@@ -118,12 +139,15 @@ where
             }
             other => other,
         };
+        let committed_written = committed.as_ref().map(|id| id.index());
         Ok(LogStore {
             inner: Arc::new(Inner {
                 wal,
                 manifest,
                 vote: Mutex::new(vote),
                 committed: Mutex::new(committed),
+                committed_written: Mutex::new(committed_written),
+                committed_saver: Mutex::new(CommittedSaver::default()),
             }),
         })
     }
@@ -131,6 +155,11 @@ where
     /// The WAL underneath.
     pub fn wal(&self) -> &WalStore {
         &self.inner.wal
+    }
+
+    /// The manifest holding the vote and the committed log id.
+    pub fn manifest(&self) -> &Arc<Manifest> {
+        &self.inner.manifest
     }
 
     /// The largest serialized entry this log accepts: a WAL record's payload, and within the WAL's
@@ -143,9 +172,59 @@ where
             .min(config.queue_bytes_max.saturating_sub(RECORD_HEADER_LEN + RECORD_ALIGN))
     }
 
-    /// Flushes and closes the WAL (outstanding callbacks resolve first).
+    /// Writes the newest committed log id to the manifest, then flushes and closes the WAL (outstanding
+    /// callbacks resolve first). A failure to write the committed id is logged: the log is intact, and a
+    /// restart re-learns the commit from the leader.
     pub fn close(&self) -> Result<(), WalError> {
+        if self.inner.wal.config().writer != WriterMode::Inline {
+            if let Err(e) = self.write_committed() {
+                tracing::warn!(error = %e, "the committed log id was not saved at close");
+            }
+        }
         self.inner.wal.close()
+    }
+
+    /// Writes the newest committed log id, if the manifest does not hold it or a newer one yet: first
+    /// waits until everything appended so far is durable (openraft may count entries committed before this
+    /// log made them durable, as a follower does; a saved id naming entries a crash can take away would be
+    /// forgotten at start), then one LMDB commit. Blocks.
+    fn write_committed(&self) -> io::Result<()> {
+        let target = self.inner.committed.lock().clone();
+        let Some(index) = target.as_ref().map(|id| id.index()) else { return Ok(()) };
+        if self.inner.committed_written.lock().is_some_and(|written| written >= index) {
+            return Ok(());
+        }
+        self.inner.wal.flush().map_err(wal_err)?.wait().map_err(wal_err)?;
+        let mut written = self.inner.committed_written.lock();
+        if written.is_some_and(|written| written >= index) {
+            return Ok(());
+        }
+        let mut batch = Batch::new();
+        batch.set_raft_blob(RaftBlob::LogStoreCommitted, encode(&target)?);
+        self.inner.manifest.commit(batch).map_err(io::Error::other)?;
+        *written = Some(index);
+        Ok(())
+    }
+
+    /// The writer behind: writes the newest committed log id until none newer is left, then ends (the
+    /// next `save_committed` starts another). A failure is kept for `save_committed` to return.
+    fn write_committed_behind(&self) {
+        loop {
+            if let Err(e) = self.write_committed() {
+                let mut saver = self.inner.committed_saver.lock();
+                saver.error = Some(e.to_string());
+                saver.running = false;
+                return;
+            }
+            let mut saver = self.inner.committed_saver.lock();
+            // Checked under the saver's lock, which `save_committed` takes after recording a new id: either
+            // this sees the new id, or that call sees the writer ended and starts another.
+            let newest = self.inner.committed.lock().as_ref().map(|id| id.index());
+            if newest <= *self.inner.committed_written.lock() {
+                saver.running = false;
+                return;
+            }
+        }
     }
 
     fn decode_entry(payload: &[u8]) -> io::Result<C::Entry> {
@@ -277,12 +356,25 @@ where
     }
 
     async fn save_committed(&mut self, committed: Option<LogIdOf<C>>) -> Result<(), io::Error> {
-        // openraft may learn an index is committed before this log made the entries durable (a follower
-        // counts entries it accepted); a committed index naming entries a crash can take away would stop the
-        // node from starting. Wait until everything appended so far is durable (at once if it already is).
-        self.inner.wal.flush().map_err(wal_err)?.await.map_err(wal_err)?;
-        self.save_blob(RaftBlob::LogStoreCommitted, encode(&committed)?).await?;
+        if self.inner.wal.config().writer == WriterMode::Inline {
+            // No thread may run behind: wait until everything appended so far is durable (a committed id
+            // must not name entries a crash can take away), then save it.
+            self.inner.wal.flush().map_err(wal_err)?.await.map_err(wal_err)?;
+            self.save_blob(RaftBlob::LogStoreCommitted, encode(&committed)?).await?;
+            *self.inner.committed_written.lock() = committed.as_ref().map(|id| id.index());
+            *self.inner.committed.lock() = committed;
+            return Ok(());
+        }
         *self.inner.committed.lock() = committed;
+        let mut saver = self.inner.committed_saver.lock();
+        if let Some(e) = &saver.error {
+            return Err(io::Error::other(format!("saving the committed log id failed: {e}")));
+        }
+        if !saver.running {
+            saver.running = true;
+            let store = self.clone();
+            tokio::task::spawn_blocking(move || store.write_committed_behind());
+        }
         Ok(())
     }
 
