@@ -125,6 +125,9 @@ pub struct BopStateMachine {
     inner: Arc<Mutex<Inner>>,
     /// The page store (also in `inner`), reachable without the lock.
     manager: Manager,
+    /// Held through a snapshot's checkpoint and through an install: the checkpoint runs without `inner`'s
+    /// lock, and must not meet an install replacing the databases it is writing.
+    snapshots: Arc<Mutex<()>>,
     /// Blocking storage work (fsyncs, manifest commits, checkpoints) runs right here instead of on a
     /// blocking thread: the WAL's inline writer (the deterministic simulation) allows no other thread.
     inline: bool,
@@ -182,7 +185,7 @@ impl BopStateMachine {
         };
         let inline = inner.wal.config().writer == WriterMode::Inline;
         let manager = inner.manager.clone();
-        Ok(BopStateMachine { inner: Arc::new(Mutex::new(inner)), manager, inline })
+        Ok(BopStateMachine { inner: Arc::new(Mutex::new(inner)), manager, snapshots: Arc::default(), inline })
     }
 
     /// Runs `work` on the state under its lock, off the async workers (a checkpoint or an fsync there
@@ -196,6 +199,17 @@ impl BopStateMachine {
         }
         let inner = Arc::clone(&self.inner);
         tokio::task::spawn_blocking(move || work(&mut inner.lock())).await.map_err(io_err)?
+    }
+
+    /// Runs `work` off the async workers without the state's lock, unless the WAL runs inline.
+    async fn off_runtime_unlocked<T: Send + 'static>(
+        &self,
+        work: impl FnOnce() -> io::Result<T> + Send + 'static,
+    ) -> io::Result<T> {
+        if self.inline {
+            return work();
+        }
+        tokio::task::spawn_blocking(work).await.map_err(io_err)?
     }
 
     /// The page store.
@@ -298,27 +312,50 @@ impl RaftSnapshotBuilder<BopConfig> for BopStateMachine {
 
     /// A checkpoint that finds no space for its generation file (the page store's space alarm is then up) is
     /// tried again after 10 ms doubling to 1 s, until it is written or the page store stops waiting for
-    /// space (shutdown): an error here stops Raft. The state's lock is held only during each try, so applies
-    /// go on in between.
+    /// space (shutdown): an error here stops Raft.
+    ///
+    /// The checkpoint (writing and fsyncing every database's generation file) runs without the state
+    /// machine's lock, so applies go on meanwhile: the page store checkpoints at an index and keeps newer
+    /// versions beside it. Only recording the snapshot takes the lock.
     async fn build_snapshot(&mut self) -> Result<SnapshotOf<BopConfig, BopSnapshot>, io::Error> {
         let mut wait = NO_SPACE_RETRY_FIRST;
         loop {
-            match self.off_runtime(Inner::build_snapshot).await {
+            let (manager, snapshots) = (self.manager.clone(), Arc::clone(&self.snapshots));
+            let checkpoint = move || {
+                let _one = snapshots.lock();
+                manager.checkpoint_all().map_err(io_err)
+            };
+            match self.off_runtime_unlocked(checkpoint).await {
                 Err(error) if is_no_space(&error) && self.manager.waits_for_space() => {
                     tokio::time::sleep(wait).await;
                     wait = (wait * 2).min(NO_SPACE_RETRY_MAX);
                 }
-                built => return built,
+                Err(error) => return Err(error),
+                Ok((target, databases)) => {
+                    return self.off_runtime(move |inner| inner.record_snapshot(target, databases)).await
+                }
             }
         }
     }
 }
 
 impl Inner {
-    /// Checkpoints every database at one index and records the snapshot (writes and fsyncs files).
-    fn build_snapshot(&mut self) -> io::Result<SnapshotOf<BopConfig, BopSnapshot>> {
+    /// Records the snapshot of a checkpoint of every database at `target` (one manifest commit). A snapshot
+    /// installed while the checkpoint was written is newer: it stays, and is the answer.
+    fn record_snapshot(
+        &mut self,
+        target: u64,
+        databases: Vec<SnapshotDatabase>,
+    ) -> io::Result<SnapshotOf<BopConfig, BopSnapshot>> {
         let inner = self;
-        let (target, databases) = inner.manager.checkpoint_all().map_err(io_err)?;
+        if let Some((meta, current)) = &inner.current {
+            if meta.last_log_id.is_some_and(|id| id.index() >= target) {
+                return Ok(Snapshot {
+                    meta: meta.clone(),
+                    snapshot: BopSnapshot { databases: current.clone() },
+                });
+            }
+        }
         let last_log_id =
             if target == 0 && inner.last_applied.is_none() { None } else { inner.log_id_at(target) };
         if target > 0 && last_log_id.is_none() {
@@ -407,7 +444,9 @@ impl RaftStateMachine<BopConfig> for BopStateMachine {
         snapshot: BopSnapshot,
     ) -> Result<(), io::Error> {
         let meta = meta.clone();
+        let snapshots = Arc::clone(&self.snapshots);
         self.off_runtime(move |inner| {
+            let _one = snapshots.lock();
             let index = meta.last_log_id.map_or(0, |id| id.index());
             inner
                 .manager

@@ -140,6 +140,68 @@ async fn a_cluster_applies_commits_to_the_same_pages_and_a_new_node_catches_up_b
     }
 }
 
+/// A snapshot's checkpoint (every database's generation file written and fsynced) runs beside applies: with
+/// the page store's disk holding its fdatasyncs, a snapshot is begun and commits still apply (before, the
+/// build held the state machine's lock through the checkpoint, and every apply waited for the disk: the
+/// tail latency of writes under load). Once the disk goes on, the snapshot is at an index before them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commits_apply_while_a_snapshot_is_written() {
+    use bop_storage::io::SimDisk;
+    use bop_storage::manifest::{Manifest, ManifestConfig};
+    use bop_storage::page_store::{Manager, ManagerConfig};
+    use bop_storage::wal::{WalConfig, WalStore};
+    use std::sync::Arc;
+    let dir = tempfile::tempdir().expect("tempdir");
+    // The log on real files, the page store's generation files on a simulated disk whose syncs can be held.
+    let pages_disk = SimDisk::new(11);
+    let mut wal_config = WalConfig::new(dir.path().join("wal"));
+    wal_config.segment_size_bytes = 1 << 20;
+    let wal =
+        Arc::new(WalStore::open(Arc::new(bop_storage::io::BufferedIo::new()), wal_config).expect("wal"));
+    let manifest_config = ManifestConfig { map_size_initial_bytes: 1 << 20, ..ManifestConfig::default() };
+    let manifest = Arc::new(Manifest::open(dir.path(), manifest_config).expect("manifest"));
+    let store = LogStore::new(Arc::clone(&wal), Arc::clone(&manifest)).expect("log store");
+    let manager_config = ManagerConfig { io: Arc::new(pages_disk.clone()), ..ManagerConfig::new(dir.path()) };
+    let manager = Manager::open_replicated(manager_config, Arc::clone(&wal), manifest).expect("page store");
+    let sm = BopStateMachine::open(manager, wal).expect("state machine");
+    let router = LocalRouter::new();
+    let raft = Raft::new(1, common::fast_config(), router.network(1), store.clone(), sm.clone())
+        .await
+        .expect("raft");
+    router.add(1, raft.clone());
+    raft.initialize(members(&[1])).await.expect("initialize");
+    ready_leader(&raft).await;
+    let db = create(&raft, "main").await;
+    let mut before = 0;
+    for version in 1..=10u64 {
+        before = commit(&raft, db, &[1, (version % 4 + 2) as u32], version, 6).await;
+    }
+
+    pages_disk.pause_syncs();
+    raft.trigger().snapshot().await.expect("snapshot");
+    let until = std::time::Instant::now() + Duration::from_secs(10);
+    while pages_disk.syncs_held() == 0 {
+        assert!(std::time::Instant::now() < until, "the snapshot's checkpoint did not reach its fdatasync");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let applied = tokio::time::timeout(Duration::from_secs(5), async {
+        for version in 11..=15u64 {
+            commit(&raft, db, &[2, 3], version, 6).await;
+        }
+    })
+    .await;
+    pages_disk.resume_syncs();
+    assert!(applied.is_ok(), "commits waited for the snapshot's checkpoint");
+    let m = raft.wait(WAIT).metrics(|m| m.snapshot.is_some(), "snapshot").await.expect("snapshot");
+    let snapshot = m.snapshot.expect("snapshot").index;
+    assert!(
+        snapshot >= before && snapshot < before + 5,
+        "snapshot at {snapshot}, commits before it end at {before}"
+    );
+    raft.shutdown().await.expect("shutdown");
+    store.close().expect("close");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_node_keeps_its_applied_state_and_pages() {
     let dir = tempfile::tempdir().expect("tempdir");
