@@ -261,7 +261,7 @@ fn run(command: Command) -> Result<(), Failure> {
         Command::Status { http_addr } => {
             let (status, body) = http_call(&http_addr, "GET", "/status", "")?;
             let (_, nodes) = http_call(&http_addr, "GET", "/nodes", "")?;
-            println!("{body}\n{nodes}");
+            print_answer(&format!("{body}\n{nodes}"));
             answered(status)
         }
         Command::Join { http_addr, id, addr, learner } => {
@@ -399,13 +399,24 @@ fn up(data_dir: PathBuf, tls: bool) -> Result<(), Failure> {
         println!("  curl -s -G 'http://{leader_http}/db/query' --data-urlencode 'q=SELECT * FROM greet'");
         println!();
         println!("Ctrl-C stops the cluster.");
-        tokio::signal::ctrl_c().await.map_err(|e| format!("waiting for Ctrl-C: {e}"))?;
+        stop_signal().await?;
         println!("stopping");
         for node in nodes {
             node.shutdown().await;
         }
         Ok(())
     })
+}
+
+/// Waits for Ctrl-C (SIGINT) or SIGTERM (what service managers send to stop a process): both stop the node
+/// cleanly, a leader handing leadership over first.
+async fn stop_signal() -> Result<(), String> {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(|e| format!("listening for SIGTERM: {e}"))?;
+    tokio::select! {
+        interrupted = tokio::signal::ctrl_c() => interrupted.map_err(|e| format!("waiting for Ctrl-C: {e}")),
+        _ = term.recv() => Ok(()),
+    }
 }
 
 /// `bop node`'s settings in its `--config` file (TOML); flags and environment variables win over it.
@@ -536,7 +547,7 @@ fn node(args: NodeArgs) -> Result<(), Failure> {
         if let Some(target) = plan.join {
             join_cluster(&node, &target).await?;
         }
-        tokio::signal::ctrl_c().await.map_err(|e| format!("waiting for Ctrl-C: {e}"))?;
+        stop_signal().await?;
         node.shutdown().await;
         Ok(())
     })
@@ -583,8 +594,20 @@ fn http_call(addr: &str, method: &str, path: &str, body: &str) -> Result<(u16, S
 /// A client subcommand's request: prints the answer; any status but 200 is a failure.
 fn client_call(addr: &str, method: &str, path: &str, body: &str) -> Result<(), Failure> {
     let (status, answer) = http_call(addr, method, path, body)?;
-    println!("{answer}");
+    print_answer(&answer);
     answered(status)
+}
+
+/// Prints a client subcommand's answer. A reader that went away (`bop status | head -1`) is not an error:
+/// `println!` panicked on the broken pipe.
+fn print_answer(text: &str) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = writeln!(out, "{text}").and_then(|()| out.flush()) {
+        if e.kind() != std::io::ErrorKind::BrokenPipe {
+            eprintln!("bop: writing the answer: {e}");
+        }
+    }
 }
 
 fn answered(status: u16) -> Result<(), Failure> {

@@ -192,6 +192,17 @@ fn a_node_configured_by_environment_variables_alone_starts_and_logs_json_lines()
     assert_eq!(status["raft"]["leader"], 7, "BOP_BOOTSTRAP formed a cluster of node 7: {status}");
     assert_eq!(status["node"]["raft_addr"], raft.as_str(), "BOP_RAFT_ADDR: {status}");
     assert!(data.join("bop-node.json").exists(), "BOP_DATA_DIR holds the node's identity");
+    // A reader that goes away before the answer (`bop status | head -c0`) is no failure (it panicked).
+    let mut reader_gone =
+        bop().args(["status", &http]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn");
+    drop(reader_gone.stdout.take());
+    let out = reader_gone.wait_with_output().expect("bop status");
+    assert!(
+        out.status.success() && !text(&out.stderr).contains("panicked"),
+        "{:?}: {}",
+        out.status,
+        text(&out.stderr)
+    );
     let (exit, stderr) = stop(child);
     assert!(exit.success(), "a clean stop on SIGINT: {exit:?}\n{stderr}");
     assert!(!stderr.contains('\u{1b}'), "no ANSI escapes when stderr is not a terminal: {stderr:?}");

@@ -61,6 +61,15 @@ impl Default for RaftTiming {
     }
 }
 
+/// Why leadership was not handed over.
+#[derive(Debug)]
+pub(crate) enum TransferError {
+    /// Nothing to hand it to, or not to that node.
+    Refused(String),
+    /// Asked, and it did not move in time (or Raft has stopped).
+    NotMoved(String),
+}
+
 /// Bounds on what clients can make a node hold or do at once (docs/design.md, "The node and its HTTP
 /// API"). Past each one a request gets a clear error instead of the node growing without bound.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -312,6 +321,52 @@ impl NodeShared {
     /// metrics, which may still name it leader).
     fn raft_running(&self) -> bool {
         self.raft.metrics().borrow_watched().running_state.is_ok()
+    }
+
+    /// Hands leadership to voter `to`, or to the other voter whose log is the most up to date, and waits
+    /// (at most `wait`) until that voter leads. Returns its id.
+    pub(crate) async fn transfer_leadership(
+        &self,
+        to: Option<u64>,
+        wait: Duration,
+    ) -> Result<u64, TransferError> {
+        let metrics = self.raft.metrics().borrow_watched().clone();
+        let others: Vec<u64> =
+            metrics.membership_config.membership().voter_ids().filter(|v| *v != self.id).collect();
+        let target = match to {
+            Some(to) if to == self.id => return Ok(to),
+            Some(to) if others.contains(&to) => to,
+            Some(to) => {
+                return Err(TransferError::Refused(format!("node {to} is not a voter of this cluster")))
+            }
+            None => {
+                let matched = |id: &u64| {
+                    metrics
+                        .replication
+                        .as_ref()
+                        .and_then(|r| r.get(id))
+                        .and_then(|l| l.as_ref())
+                        .map(|l| l.index)
+                };
+                *others
+                    .iter()
+                    .max_by_key(|id| matched(id))
+                    .ok_or_else(|| TransferError::Refused("no other voter to hand leadership to".into()))?
+            }
+        };
+        self.raft
+            .trigger()
+            .transfer_leader(target)
+            .await
+            .map_err(|e| TransferError::NotMoved(format!("transferring leadership to {target}: {e}")))?;
+        self.raft
+            .wait(Some(wait))
+            .metrics(|m| m.current_leader == Some(target), "the new leader")
+            .await
+            .map_err(|_| {
+                TransferError::NotMoved(format!("node {target} did not take leadership within {wait:?}"))
+            })?;
+        Ok(target)
     }
 
     fn is_leader(&self) -> bool {
@@ -653,6 +708,15 @@ impl Node {
 
     /// Stops serving, shuts Raft down and closes the storage.
     pub async fn shutdown(self) {
+        // A leader hands leadership to the most up-to-date voter first (bounded by two election timeouts),
+        // so that a rolling restart costs the cluster no election timeout of waiting for this node.
+        if self.shared.is_leader() {
+            let wait = Duration::from_millis(2 * self.shared.raft.config().election_timeout_max);
+            match self.shared.transfer_leadership(None, wait).await {
+                Ok(to) => tracing::info!(to, "leadership handed over before shutdown"),
+                Err(e) => tracing::info!(?e, "leadership not handed over before shutdown"),
+            }
+        }
         // Running statements stop at once (a runaway query would otherwise hold the blocking pool, and
         // the process, until it ended); later ones are refused.
         self.shared.engine.shutdown();

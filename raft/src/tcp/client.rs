@@ -12,8 +12,8 @@ use openraft::impls::BasicNode;
 use openraft::network::v2::RaftNetworkV2;
 use openraft::network::RPCOption;
 use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, StreamAppendResult, VoteRequest,
-    VoteResponse,
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, StreamAppendResult, TransferLeaderRequest,
+    TransferLeaderResponse, VoteRequest, VoteResponse,
 };
 use openraft::type_config::alias::{SnapshotOf, VoteOf};
 use openraft::{OptionalSend, RaftNetworkFactory, RaftTypeConfig};
@@ -140,7 +140,8 @@ where
             | Reply::Vote(Err(e))
             | Reply::Ack(Err(e))
             | Reply::Snapshot(Err(e))
-            | Reply::StreamAppend(Err(e)) => Unreachable::from_string(format!("{}: {e}", self.addr)),
+            | Reply::StreamAppend(Err(e))
+            | Reply::TransferLeader(Err(e)) => Unreachable::from_string(format!("{}: {e}", self.addr)),
             _ => Unreachable::from_string(format!("{}: mismatched reply", self.addr)),
         }
     }
@@ -360,6 +361,17 @@ where
         _option: RPCOption,
     ) -> Result<VoteResponse<C>, RPCError<C>> {
         self.ask_vote(&Request::PreVote(rpc)).await
+    }
+
+    async fn transfer_leader(
+        &mut self,
+        req: TransferLeaderRequest<C>,
+        _option: RPCOption,
+    ) -> Result<TransferLeaderResponse<C>, RPCError<C>> {
+        match self.call(&Request::TransferLeader(req), self.timeout).await? {
+            Reply::TransferLeader(Ok(response)) => Ok(response),
+            other => Err(RPCError::Unreachable(self.failed(other))),
+        }
     }
 
     async fn full_snapshot(

@@ -18,8 +18,8 @@ use std::time::Duration;
 
 use bop_storage::io::Io;
 use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, StreamAppendResult, VoteRequest,
-    VoteResponse,
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, StreamAppendResult, TransferLeaderRequest,
+    TransferLeaderResponse, VoteRequest, VoteResponse,
 };
 use openraft::type_config::alias::{SnapshotMetaOf, VoteOf};
 use openraft::{OptionalSend, RaftTypeConfig};
@@ -191,6 +191,9 @@ pub(crate) enum Request<C: RaftTypeConfig> {
     /// One request of a pipelined append session: answered in order by `Reply::StreamAppend`, without
     /// waiting for the replies to earlier ones.
     StreamAppend(AppendEntriesRequest<C>),
+    /// The leader hands leadership to the receiver (or tells the others it does): accepted only from the
+    /// leader the request's vote names. (Variants are appended: bincode numbers them in order.)
+    TransferLeader(TransferLeaderRequest<C>),
 }
 
 #[derive(Serialize, Deserialize)]
@@ -202,6 +205,7 @@ pub(crate) enum Reply<C: RaftTypeConfig> {
     Snapshot(Result<SnapshotResponse<C>, String>),
     /// The outcome of one `Request::StreamAppend`; after an error outcome the server closes the connection.
     StreamAppend(Result<StreamAppendResult<C>, String>),
+    TransferLeader(Result<TransferLeaderResponse<C>, String>),
 }
 
 pub(crate) fn encode<T: Serialize>(value: &T) -> io::Result<Vec<u8>> {

@@ -216,6 +216,21 @@ where
                     }
                     Reply::Append(answer.map_err(|e| e.to_string()))
                 }
+                Ok(Request::TransferLeader(rpc)) => {
+                    use openraft::vote::{RaftLeaderId, RaftVote};
+                    let leader = *rpc.from_leader().leader_id().node_id();
+                    if leader == self.from {
+                        Reply::TransferLeader(
+                            raft.handle_transfer_leader(rpc).await.map_err(|e| e.to_string()),
+                        )
+                    } else {
+                        tracing::warn!(%peer, leader, "refused a leadership transfer sent for another leader");
+                        Reply::TransferLeader(Err(format!(
+                            "node {} sent a leadership transfer under node {leader}'s vote",
+                            self.from
+                        )))
+                    }
+                }
                 Ok(Request::Vote(rpc)) => Reply::Vote(raft.vote(rpc).await.map_err(|e| e.to_string())),
                 Ok(Request::PreVote(rpc)) => Reply::Vote(raft.pre_vote(rpc).await.map_err(|e| e.to_string())),
                 Ok(Request::SnapshotBegin { vote, meta, files }) => {

@@ -549,3 +549,33 @@ async fn a_snapshot_is_accepted_only_from_the_leader_its_vote_names() {
     server.abort();
     raft.shutdown().await.expect("shutdown");
 }
+
+/// A leadership transfer is served only when the vote it carries names the sending peer as the leader: a
+/// peer cannot make this node stop or start leading in another leader's name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leadership_transfer_is_accepted_only_from_the_leader_its_vote_names() {
+    use openraft::raft::TransferLeaderRequest;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (addr, raft, server) = served(dir.path(), short(), peer_identity(1)).await;
+    let mut peer = greeted(&addr).await; // node 2
+    let transfer = |leader: u64| {
+        encode(&Request::<C>::TransferLeader(TransferLeaderRequest::new(
+            VoteOf::<C>::new_committed(1, leader),
+            1,
+            None,
+        )))
+        .expect("encode")
+    };
+    write_frame(&mut peer, &transfer(3)).await.expect("send");
+    match ack(&mut peer, Duration::from_secs(5)).await {
+        Reply::TransferLeader(Err(e)) => assert!(e.contains("under node 3's vote"), "{e}"),
+        _ => panic!("a transfer sent in another leader's name was served"),
+    }
+    write_frame(&mut peer, &transfer(2)).await.expect("send");
+    assert!(
+        matches!(ack(&mut peer, Duration::from_secs(5)).await, Reply::TransferLeader(Ok(_))),
+        "the leader's own transfer is served"
+    );
+    server.abort();
+    raft.shutdown().await.expect("shutdown");
+}

@@ -1,4 +1,4 @@
-//! Membership calls (`POST /join`, `DELETE /remove`) and the cluster's state: `GET /status`, `/nodes`,
+//! Membership calls (`POST /join`, `DELETE /remove`, `POST /leader`) and the cluster's state: `GET /status`, `/nodes`,
 //! `/readyz` (in rqlite's shapes beside bop's own fields) and `/metrics`.
 
 use std::collections::BTreeSet;
@@ -32,9 +32,18 @@ struct RemoveRequest {
     id: u64,
 }
 
+/// How long `/join` waits for the new node to catch up unless `timeout` says otherwise (below the 60 s
+/// `bop node --join` waits for an answer).
+const MEMBERSHIP_WAIT: Duration = Duration::from_secs(30);
+
 /// `POST /join {"id", "addr" (Raft address), "voter" (default true)}`: adds the node as a learner, waits
-/// until it caught up (through a snapshot if the log it needs is purged), then promotes it to voter.
-async fn join_node(node: &Arc<NodeShared>, bytes: &[u8], pretty: bool) -> HttpResponse {
+/// (at most `timeout`, 30 s by default) until it acknowledged the log up to its own addition (through a
+/// snapshot if the log it needs is purged), then promotes it to voter. A node that does not catch up in
+/// time (not running, unreachable, a wrong address) stays a learner and the call is a 503: it is never
+/// made a voter, which would count a dead node in every quorum. (openraft's own wait, its lag threshold of
+/// 5000 entries, let a small cluster promote an address where nothing ran at once.)
+async fn join_node(node: &Arc<NodeShared>, call: &Call, bytes: &[u8]) -> HttpResponse {
+    let pretty = call.pretty;
     let request: JoinRequest = match serde_json::from_slice(bytes) {
         Ok(r) => r,
         Err(e) => {
@@ -44,18 +53,48 @@ async fn join_node(node: &Arc<NodeShared>, bytes: &[u8], pretty: bool) -> HttpRe
     if !node.is_leader() {
         return not_leader(node, pretty);
     }
+    let id = request.id;
     let learner = openraft::impls::BasicNode::new(request.addr.clone());
-    if let Err(e) = node.raft.add_learner(request.id, learner, true).await {
-        return error(StatusCode::SERVICE_UNAVAILABLE, format!("adding learner {}: {e}", request.id));
-    }
-    if request.voter {
-        let voters = std::collections::BTreeSet::from([request.id]);
-        if let Err(e) = node.raft.change_membership(openraft::ChangeMembers::AddVoterIds(voters), false).await
-        {
-            return error(StatusCode::SERVICE_UNAVAILABLE, format!("promoting {}: {e}", request.id));
+    let added = match node.raft.add_learner(id, learner, false).await {
+        Ok(added) => added,
+        Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, format!("adding learner {id}: {e}")),
+    };
+    if id != node.id {
+        let upto = added.log_id.index;
+        let wait = call.params.get("timeout").and_then(|t| parse_duration(t)).unwrap_or(MEMBERSHIP_WAIT);
+        let caught_up = node
+            .raft
+            .wait(Some(wait))
+            .metrics(
+                |m| {
+                    m.replication
+                        .as_ref()
+                        .and_then(|r| r.get(&id))
+                        .is_some_and(|matched| matched.as_ref().is_some_and(|l| l.index >= upto))
+                },
+                "the new node caught up",
+            )
+            .await;
+        if caught_up.is_err() {
+            return error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!(
+                    "node {id} at {} did not catch up with the log within {wait:?} (is it running, and is the \
+                     address its Raft address?); it stays a learner, not a voter: /join again once it runs, \
+                     or /remove it",
+                    request.addr
+                ),
+            );
         }
     }
-    respond(StatusCode::OK, &json!({ "joined": request.id, "voter": request.voter }), pretty)
+    if request.voter {
+        let voters = std::collections::BTreeSet::from([id]);
+        if let Err(e) = node.raft.change_membership(openraft::ChangeMembers::AddVoterIds(voters), false).await
+        {
+            return error(StatusCode::SERVICE_UNAVAILABLE, format!("promoting {id}: {e}"));
+        }
+    }
+    respond(StatusCode::OK, &json!({ "joined": id, "voter": request.voter }), pretty)
 }
 
 /// `DELETE /remove {"id"}`: removes the node from the membership (voter and learner).
@@ -90,13 +129,54 @@ async fn remove_node(node: &Arc<NodeShared>, bytes: &[u8], pretty: bool) -> Http
     respond(StatusCode::OK, &json!({ "removed": request.id }), pretty)
 }
 
+/// How long `POST /leader` waits for leadership to move unless `timeout` says otherwise.
+const TRANSFER_WAIT: Duration = Duration::from_secs(10);
+
+/// `POST /leader`, optionally `{"id": N}` (a number, or a string as rqlite's ids are): this leader hands
+/// leadership to that voter, or to the voter whose log is the most up to date, and answers once the
+/// cluster has the new leader (`{"leader": N}`), within `timeout` (10 s by default; then 503). Followers
+/// pass the call to the leader. 400 when there is no other voter or `id` is not one.
+pub(super) async fn leader(
+    State(node): Node,
+    Extension(call): CallOf,
+    body: axum::body::Body,
+) -> HttpResponse {
+    let bytes = match read_body(body).await {
+        Ok(bytes) => bytes,
+        Err(response) => return response,
+    };
+    let wanted = if bytes.iter().all(u8::is_ascii_whitespace) {
+        None
+    } else {
+        let id = serde_json::from_slice::<serde_json::Value>(&bytes).ok().and_then(|v| match &v["id"] {
+            serde_json::Value::Number(n) => n.as_u64().map(Some),
+            serde_json::Value::String(s) => s.parse::<u64>().ok().map(Some),
+            serde_json::Value::Null => Some(None),
+            _ => None,
+        });
+        match id {
+            Some(id) => id,
+            None => return error(StatusCode::BAD_REQUEST, "leader wants no body, or {\"id\": N}"),
+        }
+    };
+    if !node.is_leader() {
+        return not_leader(&node, call.pretty);
+    }
+    let wait = call.params.get("timeout").and_then(|t| parse_duration(t)).unwrap_or(TRANSFER_WAIT);
+    match node.transfer_leadership(wanted, wait).await {
+        Ok(to) => respond(StatusCode::OK, &json!({ "leader": to }), call.pretty),
+        Err(crate::node::TransferError::Refused(why)) => error(StatusCode::BAD_REQUEST, why),
+        Err(crate::node::TransferError::NotMoved(why)) => error(StatusCode::SERVICE_UNAVAILABLE, why),
+    }
+}
+
 type Node = State<Arc<NodeShared>>;
 type CallOf = Extension<Arc<Call>>;
 
 /// `POST /join`.
 pub(super) async fn join(State(node): Node, Extension(call): CallOf, body: axum::body::Body) -> HttpResponse {
     match read_body(body).await {
-        Ok(bytes) => join_node(&node, &bytes, call.pretty).await,
+        Ok(bytes) => join_node(&node, &call, &bytes).await,
         Err(response) => response,
     }
 }
@@ -250,7 +330,21 @@ pub(super) async fn readyz(State(node): Node, Extension(call): CallOf) -> HttpRe
         None if !node.raft_running() => return error(StatusCode::SERVICE_UNAVAILABLE, "raft has stopped"),
         None => return error(StatusCode::SERVICE_UNAVAILABLE, "no leader"),
     };
-    if leader != node.id {
+    if leader == node.id {
+        // A leader cut off from its quorum keeps naming itself leader (openraft does not step it down), and
+        // writes to it hang: it is ready only while a quorum acknowledged it within two election timeouts.
+        let metrics = node.raft.metrics().borrow_watched().clone();
+        let voters = metrics.membership_config.membership().voter_ids().count();
+        let bound = Duration::from_millis(2 * node.raft.config().election_timeout_max);
+        let acked = metrics.last_quorum_acked.as_ref().map(|at| openraft::Instant::elapsed(&**at));
+        if voters > 1 && !acked.is_some_and(|since| since < bound) {
+            let since = acked.map_or("never".to_owned(), |since| format!("{since:?} ago"));
+            return error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("this leader has not heard from a quorum of its {voters} voters (last {since})"),
+            );
+        }
+    } else {
         let Some(http_addr) = crate::tcp::http_addr_of(&addr) else {
             return error(StatusCode::SERVICE_UNAVAILABLE, format!("leader {leader} has no HTTP address"));
         };

@@ -256,6 +256,7 @@ fn router(node: Arc<NodeShared>) -> Router {
         .route("/db/request", post(db::request))
         .route("/join", post(cluster::join))
         .route("/remove", post(cluster::remove).delete(cluster::remove))
+        .route("/leader", post(cluster::leader))
         .route("/status", get(cluster::status))
         .route("/nodes", get(cluster::nodes))
         .route("/metrics", get(cluster::metrics))
@@ -353,7 +354,7 @@ async fn front(
     let timings = params.contains_key("timings");
     let path = request.uri().path();
     let level = params.get("level").map(String::as_str).unwrap_or("weak");
-    let needs_leader = matches!(path, "/db/execute" | "/db/backup" | "/join" | "/remove")
+    let needs_leader = matches!(path, "/db/execute" | "/db/backup" | "/join" | "/remove" | "/leader")
         || (path == "/db/query" && level != "none");
     let mut response = if needs_leader && !node.is_leader() {
         let forwarded = request.headers().contains_key(FORWARDED_HEADER);
