@@ -85,8 +85,26 @@ struct Inner<C: RaftTypeConfig> {
     /// The index of the committed log id the manifest holds; held while one is written, so that writes
     /// of it are ordered and never go backwards.
     committed_written: Mutex<Option<u64>>,
-    /// The writer behind of the committed log id.
-    committed_saver: Mutex<CommittedSaver>,
+    /// The writer behind of the committed log id (outside `Inner`: its task signals its end after it
+    /// dropped its handle on the store).
+    committed_saver: Arc<SaverShared>,
+}
+
+/// The writer behind of the committed log id, and its end signalled to `close`.
+#[derive(Default)]
+struct SaverShared {
+    state: Mutex<CommittedSaver>,
+    ended: parking_lot::Condvar,
+}
+
+/// Counts a writer task out when dropped, after the task let go of the store.
+struct AliveGuard(Arc<SaverShared>);
+
+impl Drop for AliveGuard {
+    fn drop(&mut self) {
+        self.0.state.lock().alive -= 1;
+        self.0.ended.notify_all();
+    }
 }
 
 /// State of the writer behind of the committed log id.
@@ -94,6 +112,10 @@ struct Inner<C: RaftTypeConfig> {
 struct CommittedSaver {
     /// A blocking task is writing (it ends when nothing newer is left to write).
     running: bool,
+    /// Tasks that still hold a handle on the store (and so on the manifest); `close` waits for none.
+    alive: usize,
+    /// `close` ran: no task starts any more.
+    closed: bool,
     /// A write failed: every later `save_committed` fails with it (the manifest is poisoned or gone).
     error: Option<String>,
 }
@@ -147,7 +169,7 @@ where
                 vote: Mutex::new(vote),
                 committed: Mutex::new(committed),
                 committed_written: Mutex::new(committed_written),
-                committed_saver: Mutex::new(CommittedSaver::default()),
+                committed_saver: Arc::default(),
             }),
         })
     }
@@ -175,13 +197,23 @@ where
     /// Writes the newest committed log id to the manifest, then flushes and closes the WAL (outstanding
     /// callbacks resolve first). A failure to write the committed id is logged: the log is intact, and a
     /// restart re-learns the commit from the leader.
+    ///
+    /// It also waits until the writer behind has ended and let go of the store, so that the manifest can
+    /// be opened again as soon as the store is dropped.
     pub fn close(&self) -> Result<(), WalError> {
         if self.inner.wal.config().writer != WriterMode::Inline {
+            self.inner.committed_saver.state.lock().closed = true;
             if let Err(e) = self.write_committed() {
                 tracing::warn!(error = %e, "the committed log id was not saved at close");
             }
         }
-        self.inner.wal.close()
+        let closed = self.inner.wal.close();
+        let saver = &self.inner.committed_saver;
+        let mut state = saver.state.lock();
+        while state.alive > 0 {
+            saver.ended.wait(&mut state);
+        }
+        closed
     }
 
     /// Writes the newest committed log id, if the manifest does not hold it or a newer one yet: first
@@ -207,22 +239,24 @@ where
     }
 
     /// The writer behind: writes the newest committed log id until none newer is left, then ends (the
-    /// next `save_committed` starts another). A failure is kept for `save_committed` to return.
+    /// next `save_committed` starts another), dropping its handle on the store before it says so. A
+    /// failure is kept for `save_committed` to return.
     fn write_committed_behind(&self) {
+        let saver = &self.inner.committed_saver;
         loop {
             if let Err(e) = self.write_committed() {
-                let mut saver = self.inner.committed_saver.lock();
-                saver.error = Some(e.to_string());
-                saver.running = false;
-                return;
+                let mut state = saver.state.lock();
+                state.error = Some(e.to_string());
+                state.running = false;
+                break;
             }
-            let mut saver = self.inner.committed_saver.lock();
+            let mut state = saver.state.lock();
             // Checked under the saver's lock, which `save_committed` takes after recording a new id: either
             // this sees the new id, or that call sees the writer ended and starts another.
             let newest = self.inner.committed.lock().as_ref().map(|id| id.index());
             if newest <= *self.inner.committed_written.lock() {
-                saver.running = false;
-                return;
+                state.running = false;
+                break;
             }
         }
     }
@@ -366,14 +400,22 @@ where
             return Ok(());
         }
         *self.inner.committed.lock() = committed;
-        let mut saver = self.inner.committed_saver.lock();
+        let mut saver = self.inner.committed_saver.state.lock();
         if let Some(e) = &saver.error {
             return Err(io::Error::other(format!("saving the committed log id failed: {e}")));
         }
-        if !saver.running {
+        if !saver.running && !saver.closed {
             saver.running = true;
-            let store = self.clone();
-            tokio::task::spawn_blocking(move || store.write_committed_behind());
+            saver.alive += 1;
+            // The store is dropped before the guard (a tuple drops its fields in order), whether the task
+            // runs or is dropped unrun by a runtime shutting down.
+            let job = (self.clone(), AliveGuard(Arc::clone(&self.inner.committed_saver)));
+            tokio::task::spawn_blocking(move || {
+                let (store, guard) = job;
+                store.write_committed_behind();
+                drop(store);
+                drop(guard);
+            });
         }
         Ok(())
     }

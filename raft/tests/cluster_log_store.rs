@@ -54,7 +54,21 @@ async fn write(leader: &KvRaft, from: u64, to: u64) -> u64 {
     let mut last = 0;
     for i in from..to {
         let put = Put { key: format!("k{}", i % 50), value: format!("v{i}") };
-        last = leader.client_write(put).await.expect("write").log_id.index;
+        // On two busy cores a leader may miss its quorum's acks for a lease and refuse writes for a moment
+        // (`LeaseExpired`) while it stays leader: such a refusal is retried, within a bound.
+        let mut tries = 0;
+        last = loop {
+            match leader.client_write(put.clone()).await {
+                Ok(written) => break written.log_id.index,
+                Err(openraft::error::RaftError::APIError(
+                    openraft::error::ClientWriteError::ForwardToLeader(f),
+                )) if f.leader_id.is_none() && tries < 100 => {
+                    tries += 1;
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                Err(e) => panic!("write: {e:?}"),
+            }
+        };
     }
     last
 }

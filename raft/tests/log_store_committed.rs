@@ -107,3 +107,30 @@ async fn wait_until(mut done: impl FnMut() -> bool, what: &str) {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
+
+/// `close` waits until the writer behind has let go of the store: the manifest can be opened again as
+/// soon as the closed store is dropped (a restart in the same process met `AlreadyOpen` when the writer's
+/// task still held it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closed_store_reopens_at_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let io: Arc<dyn Io> = Arc::new(BufferedIo::new());
+    let mut next = 0;
+    for round in 0..30u64 {
+        let mut store = open_store(dir.path(), Arc::clone(&io));
+        append_durably(&mut store, next..=next + 4).await;
+        for index in next..=next + 4 {
+            store.save_committed(Some(log_id::<C>(1, 0, index))).await.expect("save committed");
+        }
+        next += 5;
+        store.close().expect("close");
+        drop(store);
+        let mut reopened = open_store(dir.path(), Arc::clone(&io));
+        assert_eq!(
+            reopened.read_committed().await.expect("read").map(|id| id.index),
+            Some(next - 1),
+            "round {round}"
+        );
+        reopened.close().expect("close");
+    }
+}
