@@ -52,7 +52,7 @@ async fn saves_of_the_committed_id_share_manifest_commits_and_close_writes_the_n
 fn saved_committed(store: &LogStore<C>) -> Option<u64> {
     let blob = store
         .manifest()
-        .read(|r| Ok(r.raft_blob(RaftBlob::LogStoreCommitted)?))
+        .read(|r| r.raft_blob(RaftBlob::LogStoreCommitted))
         .expect("read the manifest")?;
     let (id, _): (Option<openraft::type_config::alias::LogIdOf<C>>, usize) =
         bincode::serde::decode_from_slice(&blob, bincode::config::standard()).expect("decode");

@@ -337,7 +337,7 @@ pub(super) async fn readyz(State(node): Node, Extension(call): CallOf) -> HttpRe
         let voters = metrics.membership_config.membership().voter_ids().count();
         let bound = Duration::from_millis(2 * node.raft.config().election_timeout_max);
         let acked = metrics.last_quorum_acked.as_ref().map(|at| openraft::Instant::elapsed(&**at));
-        if voters > 1 && !acked.is_some_and(|since| since < bound) {
+        if voters > 1 && acked.is_none_or(|since| since >= bound) {
             let since = acked.map_or("never".to_owned(), |since| format!("{since:?} ago"));
             return error(
                 StatusCode::SERVICE_UNAVAILABLE,
