@@ -50,10 +50,8 @@ async fn saves_of_the_committed_id_share_manifest_commits_and_close_writes_the_n
 
 /// The committed id the manifest holds, as a crash would leave it.
 fn saved_committed(store: &LogStore<C>) -> Option<u64> {
-    let blob = store
-        .manifest()
-        .read(|r| r.raft_blob(RaftBlob::LogStoreCommitted))
-        .expect("read the manifest")?;
+    let blob =
+        store.manifest().read(|r| r.raft_blob(RaftBlob::LogStoreCommitted)).expect("read the manifest")?;
     let (id, _): (Option<openraft::type_config::alias::LogIdOf<C>>, usize) =
         bincode::serde::decode_from_slice(&blob, bincode::config::standard()).expect("decode");
     id.map(|id| id.index)
