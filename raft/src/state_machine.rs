@@ -194,11 +194,8 @@ impl BopStateMachine {
         &self,
         work: impl FnOnce(&mut Inner) -> io::Result<T> + Send + 'static,
     ) -> io::Result<T> {
-        if self.inline {
-            return work(&mut self.inner.lock());
-        }
         let inner = Arc::clone(&self.inner);
-        tokio::task::spawn_blocking(move || work(&mut inner.lock())).await.map_err(io_err)?
+        self.off_runtime_unlocked(move || work(&mut inner.lock())).await
     }
 
     /// Runs `work` off the async workers without the state's lock, unless the WAL runs inline.

@@ -314,17 +314,20 @@ fn a_node_stops_promptly_on_sigint_while_a_runaway_query_runs() {
         http(&addr, "GET", &format!("/db/query?q={q}"), "")
     });
     std::thread::sleep(Duration::from_millis(500));
-    let child = cluster.children[0].as_mut().expect("running");
-    let pid = child.id().to_string();
-    let killed = Command::new("kill").args(["-INT", &pid]).status().expect("kill -INT");
-    assert!(killed.success());
+    stops_cleanly_on(cluster.children[0].as_mut().expect("running"), "INT");
+}
+
+/// Sends the child `SIG{signal}` and asserts that it exits with status 0 within 15 s.
+fn stops_cleanly_on(child: &mut std::process::Child, signal: &str) {
+    let killed = Command::new("kill").args([&format!("-{signal}"), &child.id().to_string()]).status();
+    assert!(killed.expect("kill").success());
     let until = Instant::now() + Duration::from_secs(15);
     loop {
         if let Some(status) = child.try_wait().expect("wait") {
-            assert!(status.success(), "a clean exit: {status:?}");
+            assert!(status.success(), "a clean exit on SIG{signal}: {status:?}");
             break;
         }
-        assert!(Instant::now() < until, "the node did not stop within 15 s of SIGINT");
+        assert!(Instant::now() < until, "the node did not stop within 15 s of SIG{signal}");
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -341,17 +344,5 @@ fn a_node_stops_cleanly_on_sigterm() {
     };
     cluster.spawn(0, true);
     cluster.leader(Duration::from_secs(30));
-    let child = cluster.children[0].as_mut().expect("running");
-    let pid = child.id().to_string();
-    let killed = Command::new("kill").args(["-TERM", &pid]).status().expect("kill -TERM");
-    assert!(killed.success());
-    let until = Instant::now() + Duration::from_secs(15);
-    loop {
-        if let Some(status) = child.try_wait().expect("wait") {
-            assert!(status.success(), "a clean exit on SIGTERM: {status:?}");
-            break;
-        }
-        assert!(Instant::now() < until, "the node did not stop within 15 s of SIGTERM");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    stops_cleanly_on(cluster.children[0].as_mut().expect("running"), "TERM");
 }

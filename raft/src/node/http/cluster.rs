@@ -61,7 +61,7 @@ async fn join_node(node: &Arc<NodeShared>, call: &Call, bytes: &[u8]) -> HttpRes
     };
     if id != node.id {
         let upto = added.log_id.index;
-        let wait = call.params.get("timeout").and_then(|t| parse_duration(t)).unwrap_or(MEMBERSHIP_WAIT);
+        let wait = timeout_of(call, MEMBERSHIP_WAIT);
         let caught_up = node
             .raft
             .wait(Some(wait))
@@ -162,7 +162,7 @@ pub(super) async fn leader(
     if !node.is_leader() {
         return not_leader(&node, call.pretty);
     }
-    let wait = call.params.get("timeout").and_then(|t| parse_duration(t)).unwrap_or(TRANSFER_WAIT);
+    let wait = timeout_of(&call, TRANSFER_WAIT);
     match node.transfer_leadership(wanted, wait).await {
         Ok(to) => respond(StatusCode::OK, &json!({ "leader": to }), call.pretty),
         Err(crate::node::TransferError::Refused(why)) => error(StatusCode::BAD_REQUEST, why),
@@ -197,9 +197,9 @@ pub(super) async fn remove(
 /// default).
 const PROBE_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// The `timeout` parameter (checked by the front layer), or [`PROBE_TIMEOUT`].
-fn timeout_of(call: &Call) -> Duration {
-    call.params.get("timeout").and_then(|t| parse_duration(t)).unwrap_or(PROBE_TIMEOUT)
+/// The `timeout` parameter (checked by the front layer), or `default`.
+fn timeout_of(call: &Call, default: Duration) -> Duration {
+    call.params.get("timeout").and_then(|t| parse_duration(t)).unwrap_or(default)
 }
 
 /// The Raft address in a membership address (`RAFT_ADDR http=HTTP_ADDR`).
@@ -260,7 +260,7 @@ pub(super) async fn nodes(State(node): Node, Extension(call): CallOf) -> HttpRes
     let members: Vec<(u64, String)> =
         members.into_iter().filter(|(id, _)| nonvoters || voters.contains(id)).collect();
     let leader = node.leader().map(|(id, _)| id);
-    let timeout = timeout_of(&call);
+    let timeout = timeout_of(&call, PROBE_TIMEOUT);
     let probes = futures_util::future::join_all(members.iter().map(|(_, addr)| {
         let node = &node;
         async move {
@@ -318,7 +318,7 @@ pub(super) async fn metrics(State(node): Node) -> HttpResponse {
 /// the timeout. As rqlite's `/readyz`.
 pub(super) async fn readyz(State(node): Node, Extension(call): CallOf) -> HttpResponse {
     let started = Instant::now();
-    let timeout = timeout_of(&call);
+    let timeout = timeout_of(&call, PROBE_TIMEOUT);
     if let Some(trouble) = node.disk_trouble() {
         return error(StatusCode::SERVICE_UNAVAILABLE, trouble.message);
     }
