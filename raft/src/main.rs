@@ -73,7 +73,7 @@ enum Command {
         tls: bool,
     },
     /// One node of a cluster. Settings come from flags, then `BOP_*` environment variables, then the TOML
-    /// file named by --config (keys id, data_dir, raft_addr, http_addr, bootstrap, join).
+    /// file named by --config (keys id, data_dir, raft_addr, http_addr, bootstrap, join, non_voter).
     #[command(after_help = EXIT_CODES)]
     Node(NodeArgs),
     /// Runs one write (or a batch, as a JSON array of statements) through a node; followers forward it.
@@ -156,7 +156,7 @@ enum Command {
 /// `bop node`'s flags. Each also reads a `BOP_*` environment variable; both override the config file.
 #[derive(Args, Debug, Default)]
 struct NodeArgs {
-    /// A TOML file with the same settings (keys id, data_dir, raft_addr, http_addr, bootstrap, join).
+    /// A TOML file with the same settings (keys id, data_dir, raft_addr, http_addr, bootstrap, join, non_voter).
     #[arg(long, value_name = "FILE", env = "BOP_CONFIG")]
     config: Option<PathBuf>,
     /// The node's id (unique in the cluster, not 0).
@@ -177,6 +177,10 @@ struct NodeArgs {
     /// On first start, ask the cluster at this HTTP address (any member) to add this node as a voter.
     #[arg(long, value_name = "HTTP_ADDR", env = "BOP_JOIN")]
     join: Option<String>,
+    /// With --join: join as a non-voter (a read-only learner that receives the log but never votes or
+    /// counts in a quorum; it stays one). `level=auto` reads are served locally on it.
+    #[arg(long, env = "BOP_NON_VOTER")]
+    non_voter: bool,
     /// Mutual TLS on the Raft transport: the cluster CA's certificate (PEM). Needs --raft-tls-cert and
     /// --raft-tls-key; every node's certificate must name it as the DNS name bop-node-ID.
     #[arg(long, value_name = "FILE", env = "BOP_RAFT_TLS_CA")]
@@ -431,6 +435,8 @@ struct NodeFile {
     bootstrap: Option<String>,
     /// An HTTP address of a running cluster to join on first start (as `--join`).
     join: Option<String>,
+    /// Join as a non-voter (as `--non-voter`).
+    non_voter: Option<bool>,
     /// Mutual TLS on the Raft transport (as `--raft-tls-ca`, `--raft-tls-cert`, `--raft-tls-key`).
     raft_tls_ca: Option<PathBuf>,
     raft_tls_cert: Option<PathBuf>,
@@ -463,6 +469,8 @@ struct NodePlan {
     config: NodeConfig,
     bootstrap: Option<BTreeMap<u64, String>>,
     join: Option<String>,
+    /// Join as a learner that stays one.
+    non_voter: bool,
     raft_tls: Option<bop_raft::tcp::tls::TransportTls>,
 }
 
@@ -479,6 +487,12 @@ fn node_plan(args: NodeArgs) -> Result<NodePlan, String> {
     let join = args.join.or(file.join);
     if bootstrap.is_some() && join.is_some() {
         return Err("--bootstrap and --join exclude each other".into());
+    }
+    let non_voter = args.non_voter || file.non_voter.unwrap_or(false);
+    if non_voter && join.is_none() {
+        return Err(
+            "--non-voter needs --join: a non-voter joins a running cluster (bootstrap members vote)".into()
+        );
     }
     let config = NodeConfig {
         id: args.id.or(file.id).ok_or("--id (BOP_ID, or id in the config file) is required")?,
@@ -515,7 +529,7 @@ fn node_plan(args: NodeArgs) -> Result<NodePlan, String> {
             ));
         }
     };
-    Ok(NodePlan { config, bootstrap, join, raft_tls })
+    Ok(NodePlan { config, bootstrap, join, non_voter, raft_tls })
 }
 
 /// `bop node`: one node of a cluster.
@@ -545,7 +559,7 @@ fn node(args: NodeArgs) -> Result<(), Failure> {
             node.id()
         );
         if let Some(target) = plan.join {
-            join_cluster(&node, &target).await?;
+            join_cluster(&node, &target, !plan.non_voter).await?;
         }
         stop_signal().await?;
         node.shutdown().await;
@@ -554,12 +568,13 @@ fn node(args: NodeArgs) -> Result<(), Failure> {
 }
 
 /// On a node's first start, asks the cluster at `target` (any member's HTTP address; followers forward)
-/// to add it as a voter; retried a bounded number of times while the cluster is unreachable or electing.
-async fn join_cluster(node: &Node, target: &str) -> Result<(), String> {
+/// to add it as a voter (or a non-voter); retried a bounded number of times while the cluster is
+/// unreachable or electing.
+async fn join_cluster(node: &Node, target: &str, voter: bool) -> Result<(), String> {
     if node.raft().is_initialized().await.map_err(|e| e.to_string())? {
         return Ok(());
     }
-    let body = serde_json::json!({ "id": node.id(), "addr": node.member_addr(), "voter": true }).to_string();
+    let body = serde_json::json!({ "id": node.id(), "addr": node.member_addr(), "voter": voter }).to_string();
     let mut last = String::new();
     for _ in 0..JOIN_ATTEMPTS_MAX {
         let attempt = async {

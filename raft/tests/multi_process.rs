@@ -237,6 +237,19 @@ fn bad_node_configuration_is_a_clear_error() {
         "b:2",
     ]);
     assert!(err.contains("exclude each other"), "{err}");
+    let err = run(&[
+        "node",
+        "--id",
+        "1",
+        "--data-dir",
+        "x",
+        "--raft-addr",
+        "a:1",
+        "--http-addr",
+        "b:1",
+        "--non-voter",
+    ]);
+    assert!(err.contains("--non-voter needs --join"), "{err}");
     let err = run(&["node", "--id", "one"]);
     assert!(err.contains("--id"), "{err}");
 }
@@ -345,4 +358,77 @@ fn a_node_stops_cleanly_on_sigterm() {
     cluster.spawn(0, true);
     cluster.leader(Duration::from_secs(30));
     stops_cleanly_on(cluster.children[0].as_mut().expect("running"), "TERM");
+}
+
+/// `bop node --join ADDR --non-voter` joins as a learner that stays one: the membership lists it as no
+/// voter, it receives the log, `level=auto` reads are served from its own copy — also once the only voter
+/// is gone, when a `weak` read has no leader to go to — and it never becomes leader.
+#[test]
+fn a_non_voter_joins_as_a_learner_and_serves_auto_reads_locally() {
+    let mut cluster = Cluster {
+        dir: tempfile::tempdir().expect("tempdir"),
+        raft: (0..2).map(|_| format!("127.0.0.1:{}", free_port())).collect(),
+        http: (0..2).map(|_| format!("127.0.0.1:{}", free_port())).collect(),
+        children: vec![None, None],
+    };
+    let node = |cluster: &Cluster, i: usize| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_bop"));
+        cmd.args(["node", "--id", &(i + 1).to_string()])
+            .arg("--data-dir")
+            .arg(cluster.dir.path().join(format!("node-{}", i + 1)))
+            .args(["--raft-addr", &cluster.raft[i], "--http-addr", &cluster.http[i]])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        cmd
+    };
+    let http_addrs = cluster.http.clone();
+    let members = format!("1={}/{}", cluster.raft[0], http_addrs[0]);
+    cluster.children[0] = Some(node(&cluster, 0).args(["--init", &members]).spawn().expect("spawn"));
+    let until = Instant::now() + Duration::from_secs(30);
+    loop {
+        let written = http(
+            &http_addrs[0],
+            "POST",
+            "/db/execute",
+            r#"["CREATE TABLE IF NOT EXISTS t (v)", "INSERT INTO t VALUES (7)"]"#,
+        );
+        if matches!(&written, Some((200, out)) if out["results"][1]["rows_affected"] == 1) {
+            break;
+        }
+        assert!(Instant::now() < until, "the first node never took a write: {written:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    cluster.children[1] =
+        Some(node(&cluster, 1).args(["--join", &http_addrs[0], "--non-voter"]).spawn().expect("spawn"));
+    let read = |level: &str| {
+        let path = format!("/db/query?q=SELECT%20v%20FROM%20t&level={level}");
+        http(&http_addrs[1], "GET", &path, "")
+            .filter(|(status, _)| *status == 200)
+            .and_then(|(_, out)| out["results"][0]["values"][0][0].as_i64())
+    };
+    let until = Instant::now() + Duration::from_secs(30);
+    while read("auto") != Some(7) {
+        assert!(Instant::now() < until, "the non-voter never served the row");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (status, nodes) = http(&http_addrs[0], "GET", "/nodes?nonvoters&ver=2", "").expect("/nodes");
+    assert_eq!(status, 200, "{nodes}");
+    let listed = nodes["nodes"].as_array().expect("ver=2 lists nodes");
+    let second_node = listed.iter().find(|n| n["id"] == "2" || n["id"] == 2).expect("node 2 listed");
+    assert_eq!(second_node["voter"], false, "{nodes}");
+
+    // The only voter goes: `auto` still reads locally, `weak` finds no leader, and the learner never
+    // leads.
+    if let Some(mut first) = cluster.children[0].take() {
+        let _ = first.kill();
+        let _ = first.wait();
+    }
+    assert_eq!(read("auto"), Some(7));
+    assert_eq!(read("weak"), None, "a weak read needs a leader");
+    let until = Instant::now() + Duration::from_secs(4);
+    while Instant::now() < until {
+        let (_, status) = http(&http_addrs[1], "GET", "/status", "").expect("/status");
+        assert_ne!(status["raft"]["state"], "Leader", "a non-voter took leadership");
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }

@@ -369,6 +369,14 @@ impl NodeShared {
         Ok(target)
     }
 
+    /// Whether this node is a voter of the membership it knows (a non-voter is a learner).
+    fn is_voter(&self) -> bool {
+        let metrics = self.raft.metrics();
+        let metrics = metrics.borrow_watched();
+        let voter = metrics.membership_config.membership().voter_ids().any(|v| v == self.id);
+        voter
+    }
+
     fn is_leader(&self) -> bool {
         let metrics = self.raft.metrics();
         let metrics = metrics.borrow_watched();

@@ -197,7 +197,7 @@ async fn query(
         other => {
             return error(
                 StatusCode::BAD_REQUEST,
-                format!("unknown level {other:?} (none, weak, linearizable, strong)"),
+                format!("unknown level {other:?} (none, weak, linearizable, strong, auto)"),
             )
         }
     }

@@ -110,8 +110,9 @@ pub(super) fn percent_decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// The read consistency levels (`level=`), compared without regard to case as rqlite does.
-pub(super) const LEVELS: &[&str] = &["none", "weak", "linearizable", "strong"];
+/// The read consistency levels (`level=`), compared without regard to case as rqlite does. `auto` is
+/// rqlite's "the node decides": `none` on a non-voter (a learner), `weak` on a voter; [`front`] resolves it.
+pub(super) const LEVELS: &[&str] = &["none", "weak", "linearizable", "strong", "auto"];
 
 /// Parameters whose values are Go-style durations (rqlite's `time.ParseDuration`).
 const DURATION_PARAMS: &[&str] = &["timeout", "freshness", "db_timeout", "linearizable_timeout"];
@@ -347,10 +348,13 @@ async fn front(
 ) -> axum::response::Response {
     use axum::response::IntoResponse;
     let started = Instant::now();
-    let params = match query_params(request.uri().query()) {
+    let mut params = match query_params(request.uri().query()) {
         Ok(params) => params,
         Err(e) => return error(StatusCode::BAD_REQUEST, e).into_response(),
     };
+    if let Some(level) = params.get_mut("level").filter(|level| *level == "auto") {
+        *level = if node.is_voter() { "weak" } else { "none" }.to_owned();
+    }
     let timings = params.contains_key("timings");
     let path = request.uri().path();
     let level = params.get("level").map(String::as_str).unwrap_or("weak");
