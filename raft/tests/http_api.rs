@@ -224,6 +224,24 @@ async fn the_http_api_speaks_rqlite() {
     let mut copy = bop_sql::Connection::open_stock(&copy_path).expect("open backup");
     let rows = copy.query("SELECT x FROM t ORDER BY x", &bop_sql::Params::None).expect("query backup");
     assert_eq!(rows.rows, vec![vec![bop_sql::Value::Integer(7)], vec![bop_sql::Value::Integer(42)]]);
+    // rqlite's `compress`: the same file, gzip-compressed (through the follower too).
+    let (status, gz) = http_raw(&f, "GET", "/db/backup?db=other&compress", b"").await;
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&gz));
+    assert_eq!(&gz[..2], &[0x1f, 0x8b], "a gzip file");
+    let mut unzipped = Vec::new();
+    std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&gz[..]), &mut unzipped).expect("gunzip");
+    assert_eq!(unzipped.len(), bytes.len());
+    assert_eq!(&unzipped[..16], b"SQLite format 3\0");
+    let unzipped_path = dir.path().join("backup-unzipped.db");
+    std::fs::write(&unzipped_path, &unzipped).expect("write backup");
+    let mut copy = bop_sql::Connection::open_stock(&unzipped_path).expect("open backup");
+    let rows = copy.query("SELECT x FROM t ORDER BY x", &bop_sql::Params::None).expect("query backup");
+    assert_eq!(rows.rows, vec![vec![bop_sql::Value::Integer(7)], vec![bop_sql::Value::Integer(42)]]);
+    let (status, gz) = http_raw(&f, "GET", "/db/backup?db=other&fmt=sql&compress", b"").await;
+    assert_eq!(status, 200);
+    let mut dump = String::new();
+    std::io::Read::read_to_string(&mut flate2::read::GzDecoder::new(&gz[..]), &mut dump).expect("gunzip");
+    assert!(dump.starts_with("PRAGMA foreign_keys=OFF;") && dump.contains("INSERT INTO"), "{dump}");
     let (status, _) = http(&l, "GET", "/db/backup?db=missing", b"").await;
     assert_eq!(status, 404);
     let (status, _) = http(&l, "GET", "/db/backup?db=other&fmt=xml", b"").await;

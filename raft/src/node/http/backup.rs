@@ -15,8 +15,9 @@ use crate::node::bounds::backup_space;
 /// with `fmt=sql` the SQL text that rebuilds it. The copy is written to a file in the data directory,
 /// unlinked as soon as it is complete and open (only the descriptor keeps it; a crash before leaves a file
 /// removed at the next start) and streamed from there, so memory stays bounded by one chunk whatever the
-/// database's size. The leader's disk needs room for the copy while it is made and sent.
-/// `GET /db/backup`.
+/// database's size. The leader's disk needs room for the copy while it is made and sent. With `compress`
+/// (rqlite's parameter) the copy is sent as a gzip file (`application/gzip`), compressed in bounded memory
+/// into a second unlinked file.
 pub(super) async fn backup(
     axum::extract::State(node): axum::extract::State<Arc<NodeShared>>,
     axum::Extension(call): axum::Extension<Arc<Call>>,
@@ -30,6 +31,8 @@ pub(super) async fn backup(
             return error(StatusCode::BAD_REQUEST, format!("fmt {other:?}: bop backs up as binary or sql"))
         }
     };
+    // rqlite's `compress`: the copy (either format) gzip-compressed, as a gzip file.
+    let compress = params.contains_key("compress");
     // At most `backups_max` copies exist at once (each takes disk until it is sent), and none that would
     // leave the log without room.
     let Ok(permit) = Arc::clone(&node.backups).try_acquire_owned() else {
@@ -41,6 +44,9 @@ pub(super) async fn backup(
     };
     // An SQL dump can be larger than the pages it describes; count it twice.
     let copy_bytes = if sql { db_bytes.saturating_mul(2) } else { db_bytes };
+    // A compressed copy exists beside the uncompressed one until it is complete; gzip never grows data
+    // by more than a small fraction.
+    let copy_bytes = if compress { copy_bytes.saturating_mul(2).saturating_add(1 << 20) } else { copy_bytes };
     if let Err(e) = backup_space(&node.data_dir, copy_bytes, node.limits.backup_space_reserve_bytes) {
         return error(StatusCode::INSUFFICIENT_STORAGE, e);
     }
@@ -48,6 +54,7 @@ pub(super) async fn backup(
     let name = db.to_owned();
     let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let target = node.data_dir.join(format!("backup-{}-{seq}.sqlite.tmp", std::process::id()));
+    let gzipped = node.data_dir.join(format!("backup-{}-{seq}.gz.tmp", std::process::id()));
     let outcome = node
         .blocking
         .run(move || {
@@ -70,11 +77,18 @@ pub(super) async fn backup(
                 } else {
                     conn.backup_to(&target).map_err(|e| internal(&e))?;
                 }
-                let file = std::fs::File::open(&target).map_err(|e| internal(&e))?;
+                let sent = if compress {
+                    gzip_file(&target, &gzipped).map_err(|e| internal(&e))?;
+                    &gzipped
+                } else {
+                    &target
+                };
+                let file = std::fs::File::open(sent).map_err(|e| internal(&e))?;
                 let len = file.metadata().map_err(|e| internal(&e))?.len();
                 Ok((file, len))
             })();
             let _ = std::fs::remove_file(&target);
+            let _ = std::fs::remove_file(&gzipped);
             taken
         })
         .await;
@@ -100,9 +114,23 @@ pub(super) async fn backup(
         },
     );
     let mut response = Response::new(streamed(chunks));
-    let content_type = if sql { "application/sql" } else { "application/octet-stream" };
+    let content_type = match (compress, sql) {
+        (true, _) => "application/gzip",
+        (false, true) => "application/sql",
+        (false, false) => "application/octet-stream",
+    };
     let headers = response.headers_mut();
     headers.insert(hyper::header::CONTENT_TYPE, hyper::header::HeaderValue::from_static(content_type));
     headers.insert(hyper::header::CONTENT_LENGTH, hyper::header::HeaderValue::from(len));
     response
+}
+
+/// Writes `from` gzip-compressed to `to`, in bounded memory.
+fn gzip_file(from: &std::path::Path, to: &std::path::Path) -> std::io::Result<()> {
+    let mut input = std::io::BufReader::new(std::fs::File::open(from)?);
+    let output = std::io::BufWriter::new(std::fs::File::create(to)?);
+    let mut encoder = flate2::write::GzEncoder::new(output, flate2::Compression::default());
+    std::io::copy(&mut input, &mut encoder)?;
+    let mut output = encoder.finish()?;
+    std::io::Write::flush(&mut output)
 }
