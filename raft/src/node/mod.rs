@@ -11,7 +11,7 @@ mod writer;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use bop_sql::{SqlConfig, SqlEngine};
@@ -525,6 +525,8 @@ pub struct Node {
     http_server: tokio::task::JoinHandle<std::io::Result<()>>,
     /// The data directory's exclusive lock, released when the node is dropped.
     _lock: std::fs::File,
+    /// The manifest and the WAL, watched by `shutdown` until every holder has let go of them.
+    storage: (Weak<Manifest>, Weak<WalStore>),
 }
 
 impl Node {
@@ -561,6 +563,7 @@ impl Node {
         let manifest =
             Arc::new(Manifest::open(&config.data_dir, ManifestConfig::default()).map_err(|e| storage(&e))?);
         let cluster_identity = identity::open(config.id, &manifest, env.raft_tls.clone())?;
+        let storage_handles = (Arc::downgrade(&manifest), Arc::downgrade(&wal));
         let store = LogStore::new(Arc::clone(&wal), Arc::clone(&manifest)).map_err(|e| storage(&e))?;
         let mut manager_config = ManagerConfig::new(&config.data_dir);
         manager_config.io = Arc::clone(&env.io);
@@ -636,7 +639,7 @@ impl Node {
         ));
         let http_server = tokio::spawn(http::serve_http(http_listener, Arc::clone(&shared)));
         tokio::spawn(disk_watch::watch_disk(Arc::clone(&shared)));
-        Ok(Node { shared, store, cluster_identity, raft_server, http_server, _lock: lock })
+        Ok(Node { shared, store, cluster_identity, raft_server, http_server, _lock: lock, storage: storage_handles })
     }
 
     /// The node's id.
@@ -734,15 +737,36 @@ impl Node {
         // Raft's shutdown waits for its storage calls in flight; one held for lack of space would never
         // end, so work held for space is given up — again each second while Raft stops, as an append may
         // be held after the first look.
-        let stopping = self.shared.raft.shutdown();
-        tokio::pin!(stopping);
-        loop {
-            self.shared.stop_waiting_for_space();
-            tokio::select! {
-                _ = &mut stopping => break,
-                () = tokio::time::sleep(Duration::from_secs(1)) => {}
+        {
+            let stopping = self.shared.raft.shutdown();
+            tokio::pin!(stopping);
+            loop {
+                self.shared.stop_waiting_for_space();
+                tokio::select! {
+                    _ = &mut stopping => break,
+                    () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
             }
         }
         let _ = self.store.close();
+        // Tasks that held the node (an aborted server's, Raft's last storage calls) end a moment after
+        // they were told to: wait, bounded, until none holds the manifest or the WAL, so that a node
+        // started again on this data directory in this process does not find them open.
+        let (manifest, wal) = self.storage.clone();
+        drop(self);
+        let until = tokio::time::Instant::now() + STORAGE_RELEASE_WAIT_MAX;
+        while manifest.strong_count() + wal.strong_count() > 0 {
+            if tokio::time::Instant::now() >= until {
+                tracing::warn!(
+                    "the node's storage is still held {STORAGE_RELEASE_WAIT_MAX:?} after shutdown; a restart in \
+                     this process may find it open"
+                );
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 }
+
+/// How long `Node::shutdown` waits for the tasks that still hold the node's storage to end.
+const STORAGE_RELEASE_WAIT_MAX: Duration = Duration::from_secs(10);
