@@ -639,7 +639,15 @@ impl Node {
         ));
         let http_server = tokio::spawn(http::serve_http(http_listener, Arc::clone(&shared)));
         tokio::spawn(disk_watch::watch_disk(Arc::clone(&shared)));
-        Ok(Node { shared, store, cluster_identity, raft_server, http_server, _lock: lock, storage: storage_handles })
+        Ok(Node {
+            shared,
+            store,
+            cluster_identity,
+            raft_server,
+            http_server,
+            _lock: lock,
+            storage: storage_handles,
+        })
     }
 
     /// The node's id.
