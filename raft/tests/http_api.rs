@@ -219,11 +219,14 @@ async fn the_http_api_speaks_rqlite() {
     let (status, bytes) = http_raw(&f, "GET", "/db/backup?db=other", b"").await;
     assert_eq!(status, 200, "{}", String::from_utf8_lossy(&bytes));
     assert_eq!(&bytes[..16], b"SQLite format 3\0");
-    let copy_path = dir.path().join("backup-copy.db");
-    std::fs::write(&copy_path, &bytes).expect("write backup");
-    let mut copy = bop_sql::Connection::open_stock(&copy_path).expect("open backup");
-    let rows = copy.query("SELECT x FROM t ORDER BY x", &bop_sql::Params::None).expect("query backup");
-    assert_eq!(rows.rows, vec![vec![bop_sql::Value::Integer(7)], vec![bop_sql::Value::Integer(42)]]);
+    let backed_up_rows = |name: &str, file: &[u8]| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, file).expect("write backup");
+        let mut copy = bop_sql::Connection::open_stock(&path).expect("open backup");
+        copy.query("SELECT x FROM t ORDER BY x", &bop_sql::Params::None).expect("query backup").rows
+    };
+    let rows_written = vec![vec![bop_sql::Value::Integer(7)], vec![bop_sql::Value::Integer(42)]];
+    assert_eq!(backed_up_rows("backup-copy.db", &bytes), rows_written);
     // rqlite's `compress`: the same file, gzip-compressed (through the follower too).
     let (status, gz) = http_raw(&f, "GET", "/db/backup?db=other&compress", b"").await;
     assert_eq!(status, 200, "{}", String::from_utf8_lossy(&gz));
@@ -232,11 +235,7 @@ async fn the_http_api_speaks_rqlite() {
     std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&gz[..]), &mut unzipped).expect("gunzip");
     assert_eq!(unzipped.len(), bytes.len());
     assert_eq!(&unzipped[..16], b"SQLite format 3\0");
-    let unzipped_path = dir.path().join("backup-unzipped.db");
-    std::fs::write(&unzipped_path, &unzipped).expect("write backup");
-    let mut copy = bop_sql::Connection::open_stock(&unzipped_path).expect("open backup");
-    let rows = copy.query("SELECT x FROM t ORDER BY x", &bop_sql::Params::None).expect("query backup");
-    assert_eq!(rows.rows, vec![vec![bop_sql::Value::Integer(7)], vec![bop_sql::Value::Integer(42)]]);
+    assert_eq!(backed_up_rows("backup-unzipped.db", &unzipped), rows_written);
     let (status, gz) = http_raw(&f, "GET", "/db/backup?db=other&fmt=sql&compress", b"").await;
     assert_eq!(status, 200);
     let mut dump = String::new();

@@ -36,7 +36,8 @@ struct Cluster {
 }
 
 impl Cluster {
-    fn spawn(&mut self, i: usize, init: bool) {
+    /// `bop node` for node `i` (id `i + 1`) with its data directory and addresses.
+    fn command(&self, i: usize) -> Command {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_bop"));
         cmd.args(["node", "--id", &(i + 1).to_string()])
             .arg("--data-dir")
@@ -44,6 +45,11 @@ impl Cluster {
             .args(["--raft-addr", &self.raft[i], "--http-addr", &self.http[i]])
             .stdout(Stdio::null())
             .stderr(Stdio::null());
+        cmd
+    }
+
+    fn spawn(&mut self, i: usize, init: bool) {
+        let mut cmd = self.command(i);
         if init {
             let members: Vec<String> = (0..self.raft.len())
                 .map(|j| format!("{}={}/{}", j + 1, self.raft[j], self.http[j]))
@@ -221,34 +227,10 @@ fn bad_node_configuration_is_a_clear_error() {
     std::fs::write(&typo, "id = 1\ndata_dirr = \"x\"\n").expect("write");
     let err = run(&["node", "--config", typo.to_str().expect("utf-8 path")]);
     assert!(err.contains("unknown field") && err.contains("data_dirr"), "{err}");
-    let err = run(&[
-        "node",
-        "--id",
-        "1",
-        "--data-dir",
-        "x",
-        "--raft-addr",
-        "a:1",
-        "--http-addr",
-        "b:1",
-        "--bootstrap",
-        "1=a:1",
-        "--join",
-        "b:2",
-    ]);
+    let node = ["node", "--id", "1", "--data-dir", "x", "--raft-addr", "a:1", "--http-addr", "b:1"];
+    let err = run(&[&node[..], &["--bootstrap", "1=a:1", "--join", "b:2"]].concat());
     assert!(err.contains("exclude each other"), "{err}");
-    let err = run(&[
-        "node",
-        "--id",
-        "1",
-        "--data-dir",
-        "x",
-        "--raft-addr",
-        "a:1",
-        "--http-addr",
-        "b:1",
-        "--non-voter",
-    ]);
+    let err = run(&[&node[..], &["--non-voter"]].concat());
     assert!(err.contains("--non-voter needs --join"), "{err}");
     let err = run(&["node", "--id", "one"]);
     assert!(err.contains("--id"), "{err}");
@@ -371,19 +353,9 @@ fn a_non_voter_joins_as_a_learner_and_serves_auto_reads_locally() {
         http: (0..2).map(|_| format!("127.0.0.1:{}", free_port())).collect(),
         children: vec![None, None],
     };
-    let node = |cluster: &Cluster, i: usize| {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_bop"));
-        cmd.args(["node", "--id", &(i + 1).to_string()])
-            .arg("--data-dir")
-            .arg(cluster.dir.path().join(format!("node-{}", i + 1)))
-            .args(["--raft-addr", &cluster.raft[i], "--http-addr", &cluster.http[i]])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        cmd
-    };
     let http_addrs = cluster.http.clone();
     let members = format!("1={}/{}", cluster.raft[0], http_addrs[0]);
-    cluster.children[0] = Some(node(&cluster, 0).args(["--init", &members]).spawn().expect("spawn"));
+    cluster.children[0] = Some(cluster.command(0).args(["--init", &members]).spawn().expect("spawn"));
     let until = Instant::now() + Duration::from_secs(30);
     loop {
         let written = http(
@@ -399,7 +371,7 @@ fn a_non_voter_joins_as_a_learner_and_serves_auto_reads_locally() {
         std::thread::sleep(Duration::from_millis(100));
     }
     cluster.children[1] =
-        Some(node(&cluster, 1).args(["--join", &http_addrs[0], "--non-voter"]).spawn().expect("spawn"));
+        Some(cluster.command(1).args(["--join", &http_addrs[0], "--non-voter"]).spawn().expect("spawn"));
     let read = |level: &str| {
         let path = format!("/db/query?q=SELECT%20v%20FROM%20t&level={level}");
         http(&http_addrs[1], "GET", &path, "")

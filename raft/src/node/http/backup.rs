@@ -16,8 +16,8 @@ use crate::node::bounds::backup_space;
 /// unlinked as soon as it is complete and open (only the descriptor keeps it; a crash before leaves a file
 /// removed at the next start) and streamed from there, so memory stays bounded by one chunk whatever the
 /// database's size. The leader's disk needs room for the copy while it is made and sent. With `compress`
-/// (rqlite's parameter) the copy is sent as a gzip file (`application/gzip`), compressed in bounded memory
-/// into a second unlinked file.
+/// (rqlite's parameter) the copy is sent as a gzip file (`application/gzip`), compressed in bounded memory:
+/// a dump as it is written, a binary copy into a second unlinked file.
 pub(super) async fn backup(
     axum::extract::State(node): axum::extract::State<Arc<NodeShared>>,
     axum::Extension(call): axum::Extension<Arc<Call>>,
@@ -44,8 +44,9 @@ pub(super) async fn backup(
     };
     // An SQL dump can be larger than the pages it describes; count it twice.
     let copy_bytes = if sql { db_bytes.saturating_mul(2) } else { db_bytes };
-    // A compressed copy exists beside the uncompressed one until it is complete; gzip never grows data
-    // by more than a small fraction.
+    // A compressed binary copy exists beside the uncompressed one until it is complete (a dump is
+    // compressed as it is written; counted the same, to be safe); gzip never grows data by more than a
+    // small fraction.
     let copy_bytes = if compress { copy_bytes.saturating_mul(2).saturating_add(1 << 20) } else { copy_bytes };
     if let Err(e) = backup_space(&node.data_dir, copy_bytes, node.limits.backup_space_reserve_bytes) {
         return error(StatusCode::INSUFFICIENT_STORAGE, e);
@@ -64,24 +65,38 @@ pub(super) async fn backup(
                     .map_err(|e| (StatusCode::NOT_FOUND, format!("database {name:?}: {e}")))?;
                 let internal =
                     |e: &dyn std::fmt::Display| (StatusCode::INTERNAL_SERVER_ERROR, format!("backup: {e}"));
-                if sql {
+                let sent = if sql {
+                    // A dump is written through the compressor when compressed: one file, one pass.
                     let file = std::fs::File::create(&target).map_err(|e| internal(&e))?;
-                    let mut out = std::io::BufWriter::new(file);
-                    crate::node::dump::dump_sql(&mut conn, &mut out).map_err(|e| match e {
-                        crate::node::dump::DumpError::Unsupported(reason) => {
-                            (StatusCode::BAD_REQUEST, reason)
-                        }
-                        other => internal(&other),
-                    })?;
+                    let out = std::io::BufWriter::new(file);
+                    let mut dumped = |out: &mut dyn std::io::Write| {
+                        crate::node::dump::dump_sql(&mut conn, &mut &mut *out).map_err(|e| match e {
+                            crate::node::dump::DumpError::Unsupported(reason) => {
+                                (StatusCode::BAD_REQUEST, reason)
+                            }
+                            other => internal(&other),
+                        })
+                    };
+                    let mut out = if compress {
+                        let mut encoder = flate2::write::GzEncoder::new(out, flate2::Compression::default());
+                        dumped(&mut encoder)?;
+                        encoder.finish().map_err(|e| internal(&e))?
+                    } else {
+                        let mut out = out;
+                        dumped(&mut out)?;
+                        out
+                    };
                     std::io::Write::flush(&mut out).map_err(|e| internal(&e))?;
-                } else {
-                    conn.backup_to(&target).map_err(|e| internal(&e))?;
-                }
-                let sent = if compress {
-                    gzip_file(&target, &gzipped).map_err(|e| internal(&e))?;
-                    &gzipped
-                } else {
                     &target
+                } else {
+                    // SQLite's backup API writes a file; a compressed copy is made from it.
+                    conn.backup_to(&target).map_err(|e| internal(&e))?;
+                    if compress {
+                        gzip_file(&target, &gzipped).map_err(|e| internal(&e))?;
+                        &gzipped
+                    } else {
+                        &target
+                    }
                 };
                 let file = std::fs::File::open(sent).map_err(|e| internal(&e))?;
                 let len = file.metadata().map_err(|e| internal(&e))?.len();
