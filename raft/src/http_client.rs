@@ -20,6 +20,26 @@ pub const HEAD_BYTES_MAX: usize = 64 << 10;
 pub struct HttpConn {
     sender: SendRequest<Full<Bytes>>,
     host: String,
+    /// Sent with every request (HTTP Basic credentials).
+    authorization: Option<String>,
+}
+
+/// How a client reaches a node: its credentials, and TLS.
+#[derive(Clone, Default)]
+pub struct ClientSettings {
+    /// The `Authorization` header sent with every request ([`crate::auth::basic_header`]).
+    pub authorization: Option<String>,
+    /// HTTPS with this client configuration (`None`: plain HTTP).
+    pub tls: Option<std::sync::Arc<rustls::ClientConfig>>,
+}
+
+impl std::fmt::Debug for ClientSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientSettings")
+            .field("authorization", &self.authorization.as_ref().map(|_| "<hidden>"))
+            .field("tls", &self.tls.is_some())
+            .finish()
+    }
 }
 
 impl HttpConn {
@@ -35,16 +55,35 @@ impl HttpConn {
         tokio::spawn(async move {
             let _ = connection.await;
         });
-        Ok(HttpConn { sender, host: host.to_owned() })
+        Ok(HttpConn { sender, host: host.to_owned(), authorization: None })
     }
 
     /// Connects to `addr` over TCP, within `timeout`.
     pub async fn connect(addr: &str, timeout: Duration) -> io::Result<HttpConn> {
-        let stream = tokio::time::timeout(timeout, tokio::net::TcpStream::connect(addr))
+        HttpConn::connect_with(addr, timeout, &ClientSettings::default()).await
+    }
+
+    /// Connects to `addr` over TCP (and TLS when `settings` say so), within `timeout`; every request
+    /// carries `settings`' credentials.
+    pub async fn connect_with(
+        addr: &str,
+        timeout: Duration,
+        settings: &ClientSettings,
+    ) -> io::Result<HttpConn> {
+        let connecting = async {
+            let stream = tokio::net::TcpStream::connect(addr).await?;
+            let _ = stream.set_nodelay(true);
+            match &settings.tls {
+                None => Ok::<BoxStream, io::Error>(Box::new(stream)),
+                Some(tls) => Ok(Box::new(crate::https::connect(tls, stream, addr).await?) as BoxStream),
+            }
+        };
+        let stream = tokio::time::timeout(timeout, connecting)
             .await
             .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, format!("connecting to {addr}")))??;
-        let _ = stream.set_nodelay(true);
-        HttpConn::over(Box::new(stream), addr).await
+        let mut conn = HttpConn::over(stream, addr).await?;
+        conn.authorization = settings.authorization.clone();
+        Ok(conn)
     }
 
     /// Sends one request (a JSON body unless `headers` name another content type) and returns the
@@ -61,6 +100,9 @@ impl HttpConn {
             .uri(path_and_query)
             .header(hyper::header::HOST, self.host.as_str())
             .header(hyper::header::CONTENT_TYPE, "application/json");
+        if let Some(authorization) = &self.authorization {
+            request = request.header(hyper::header::AUTHORIZATION, authorization.as_str());
+        }
         for (name, value) in headers {
             request = request.header(*name, value.as_str());
         }
@@ -96,6 +138,7 @@ pub fn call_blocking(
     path: &str,
     body: &str,
     timeout: Duration,
+    settings: &ClientSettings,
 ) -> Result<(u16, String), String> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -104,7 +147,7 @@ pub fn call_blocking(
     let method = Method::from_bytes(method.as_bytes()).map_err(|e| format!("method {method:?}: {e}"))?;
     runtime.block_on(async {
         let exchange = async {
-            let mut conn = HttpConn::connect(addr, timeout).await?;
+            let mut conn = HttpConn::connect_with(addr, timeout, settings).await?;
             conn.call(method, path, Bytes::from(body.to_owned()), 64 << 20).await
         };
         let (status, body) = tokio::time::timeout(timeout, exchange)

@@ -8,8 +8,10 @@
 //! - [`node`]: a bop node — storage, Raft over TCP, SQL through Raft, and an rqlite-compatible HTTP API.
 #![deny(missing_docs)]
 
+pub mod auth;
 pub mod blocking;
 pub mod http_client;
+pub mod https;
 mod local_network;
 mod log_store;
 pub mod net;

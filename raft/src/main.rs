@@ -20,6 +20,9 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 mod demo;
 mod load;
+mod node_plan;
+
+use node_plan::{member_addr, node_plan, NodeArgs};
 
 use bop_raft::node::{Node, NodeConfig, NodeError};
 
@@ -67,10 +70,14 @@ enum Command {
         /// Where the three nodes keep their data (`node-1`, `node-2`, `node-3` inside it).
         #[arg(long, value_name = "DIR", env = "BOP_DATA_DIR", default_value = "bop-data")]
         data_dir: PathBuf,
-        /// Mutual TLS between the nodes on the Raft transport, with a throwaway CA and node certificates
-        /// made at start (kept in memory only). The HTTP API stays plain HTTP.
+        /// TLS with a throwaway CA and node certificates made at start: mutual TLS between the nodes on
+        /// the Raft transport, and HTTPS on the API (the CA and certificates are written to DIR/tls/, so
+        /// that clients can trust `DIR/tls/ca.pem`).
         #[arg(long)]
         tls: bool,
+        /// Users and permissions on the HTTP API: an auth file in rqlite's format (as `bop node --auth`).
+        #[arg(long, value_name = "FILE", env = "BOP_AUTH")]
+        auth: Option<PathBuf>,
     },
     /// One node of a cluster. Settings come from flags, then `BOP_*` environment variables, then the TOML
     /// file named by --config (keys id, data_dir, raft_addr, http_addr, bootstrap, join, non_voter).
@@ -85,6 +92,8 @@ enum Command {
         /// A named database (default `main`).
         #[arg(long)]
         db: Option<String>,
+        #[command(flatten)]
+        client: ClientArgs,
     },
     /// Runs one query on a node.
     Query {
@@ -98,11 +107,15 @@ enum Command {
         /// Read consistency.
         #[arg(long, value_parser = ["none", "weak", "linearizable", "strong"])]
         level: Option<String>,
+        #[command(flatten)]
+        client: ClientArgs,
     },
     /// Shows a node's status and the cluster's membership.
     Status {
         /// The node's HTTP address (HOST:PORT).
         http_addr: String,
+        #[command(flatten)]
+        client: ClientArgs,
     },
     /// Adds a node to the cluster (as a voter, or a learner with --learner).
     Join {
@@ -115,6 +128,8 @@ enum Command {
         /// Join as a learner (non-voting).
         #[arg(long)]
         learner: bool,
+        #[command(flatten)]
+        client: ClientArgs,
     },
     /// Removes a node from the cluster.
     Remove {
@@ -122,6 +137,8 @@ enum Command {
         http_addr: String,
         /// The node's id.
         id: u64,
+        #[command(flatten)]
+        client: ClientArgs,
     },
     /// A load generator: 256-byte upserts, then linearizable point reads; ops/s, p50, p99.
     Bench {
@@ -153,44 +170,36 @@ enum Command {
     },
 }
 
-/// `bop node`'s flags. Each also reads a `BOP_*` environment variable; both override the config file.
+/// How the client subcommands reach a node.
 #[derive(Args, Debug, Default)]
-struct NodeArgs {
-    /// A TOML file with the same settings (keys id, data_dir, raft_addr, http_addr, bootstrap, join, non_voter).
-    #[arg(long, value_name = "FILE", env = "BOP_CONFIG")]
-    config: Option<PathBuf>,
-    /// The node's id (unique in the cluster, not 0).
-    #[arg(long, env = "BOP_ID")]
-    id: Option<u64>,
-    /// The node's data directory.
-    #[arg(long, value_name = "DIR", env = "BOP_DATA_DIR")]
-    data_dir: Option<PathBuf>,
-    /// Where the Raft transport listens (HOST:PORT).
-    #[arg(long, value_name = "HOST:PORT", env = "BOP_RAFT_ADDR")]
-    raft_addr: Option<String>,
-    /// Where the HTTP API listens (HOST:PORT).
-    #[arg(long, value_name = "HOST:PORT", env = "BOP_HTTP_ADDR")]
-    http_addr: Option<String>,
-    /// On first start, form a new cluster of these members: ID=RAFT_ADDR/HTTP_ADDR,...
-    #[arg(long, visible_alias = "init", value_name = "MEMBERS", env = "BOP_BOOTSTRAP")]
-    bootstrap: Option<String>,
-    /// On first start, ask the cluster at this HTTP address (any member) to add this node as a voter.
-    #[arg(long, value_name = "HTTP_ADDR", env = "BOP_JOIN")]
-    join: Option<String>,
-    /// With --join: join as a non-voter (a read-only learner that receives the log but never votes or
-    /// counts in a quorum; it stays one). `level=auto` reads are served locally on it.
-    #[arg(long, env = "BOP_NON_VOTER")]
-    non_voter: bool,
-    /// Mutual TLS on the Raft transport: the cluster CA's certificate (PEM). Needs --raft-tls-cert and
-    /// --raft-tls-key; every node's certificate must name it as the DNS name bop-node-ID.
-    #[arg(long, value_name = "FILE", env = "BOP_RAFT_TLS_CA")]
-    raft_tls_ca: Option<PathBuf>,
-    /// This node's certificate chain (PEM), issued by the CA, naming bop-node-ID.
-    #[arg(long, value_name = "FILE", env = "BOP_RAFT_TLS_CERT")]
-    raft_tls_cert: Option<PathBuf>,
-    /// This node's private key (PEM).
-    #[arg(long, value_name = "FILE", env = "BOP_RAFT_TLS_KEY")]
-    raft_tls_key: Option<PathBuf>,
+struct ClientArgs {
+    /// HTTP Basic credentials for a node with users (`--auth`).
+    #[arg(long, value_name = "USER:PASSWORD", env = "BOP_USER", hide_env_values = true)]
+    user: Option<String>,
+    /// Speak HTTPS, trusting this CA certificate (PEM) for the node's certificate.
+    #[arg(long, value_name = "FILE", env = "BOP_TLS_CA")]
+    tls_ca: Option<PathBuf>,
+}
+
+impl ClientArgs {
+    fn settings(&self) -> Result<bop_raft::http_client::ClientSettings, Failure> {
+        let authorization = match &self.user {
+            Some(user) => {
+                let (name, password) = user
+                    .split_once(':')
+                    .ok_or_else(|| Failure::Usage("--user wants USER:PASSWORD".into()))?;
+                Some(bop_raft::auth::basic_header(name, password))
+            }
+            None => None,
+        };
+        let tls = match &self.tls_ca {
+            Some(ca) => Some(
+                bop_raft::https::client_trusting(ca).map_err(|e| Failure::Usage(format!("--tls-ca: {e}")))?,
+            ),
+            None => None,
+        };
+        Ok(bop_raft::http_client::ClientSettings { authorization, tls })
+    }
 }
 
 /// Why a command failed, and so its exit code.
@@ -244,15 +253,15 @@ fn main() -> ExitCode {
 
 fn run(command: Command) -> Result<(), Failure> {
     match command {
-        Command::Up { data_dir, tls } => up(data_dir, tls),
+        Command::Up { data_dir, tls, auth } => up(data_dir, tls, auth),
         Command::Node(args) => node(args),
-        Command::Execute { http_addr, sql, db } => {
+        Command::Execute { http_addr, sql, db, client } => {
             let body = serde_json::to_string(&[&sql]).map_err(|e| e.to_string())?;
             let path =
                 format!("/db/execute{}", db.map(|d| format!("?db={}", url_encode(&d))).unwrap_or_default());
-            client_call(&http_addr, "POST", &path, &body)
+            client_call(&client, &http_addr, "POST", &path, &body)
         }
-        Command::Query { http_addr, sql, db, level } => {
+        Command::Query { http_addr, sql, db, level, client } => {
             let mut path = format!("/db/query?q={}", url_encode(&sql));
             if let Some(db) = db {
                 path.push_str(&format!("&db={}", url_encode(&db)));
@@ -260,22 +269,27 @@ fn run(command: Command) -> Result<(), Failure> {
             if let Some(level) = level {
                 path.push_str(&format!("&level={}", url_encode(&level)));
             }
-            client_call(&http_addr, "GET", &path, "")
+            client_call(&client, &http_addr, "GET", &path, "")
         }
-        Command::Status { http_addr } => {
-            let (status, body) = http_call(&http_addr, "GET", "/status", "")?;
-            let (_, nodes) = http_call(&http_addr, "GET", "/nodes", "")?;
+        Command::Status { http_addr, client } => {
+            let settings = client.settings()?;
+            let (status, body) = http_call(&settings, &http_addr, "GET", "/status", "")?;
+            let (_, nodes) = http_call(&settings, &http_addr, "GET", "/nodes", "")?;
             print_answer(&format!("{body}\n{nodes}"));
             answered(status)
         }
-        Command::Join { http_addr, id, addr, learner } => {
+        Command::Join { http_addr, id, addr, learner, client } => {
             let body =
                 serde_json::json!({ "id": id, "addr": member_addr(&addr), "voter": !learner }).to_string();
-            client_call(&http_addr, "POST", "/join", &body)
+            client_call(&client, &http_addr, "POST", "/join", &body)
         }
-        Command::Remove { http_addr, id } => {
-            client_call(&http_addr, "DELETE", "/remove", &serde_json::json!({ "id": id }).to_string())
-        }
+        Command::Remove { http_addr, id, client } => client_call(
+            &client,
+            &http_addr,
+            "DELETE",
+            "/remove",
+            &serde_json::json!({ "id": id }).to_string(),
+        ),
         Command::Bench { addrs, clients, secs, keys } => {
             let config = load::LoadConfig { addrs, clients: clients as usize, secs, keys };
             Ok(runtime()?.block_on(load::run(config))?)
@@ -343,20 +357,14 @@ fn log_leader_changes(node: &Node) {
 }
 
 /// `bop up`: three nodes in this process on loopback.
-fn up(data_dir: PathBuf, tls: bool) -> Result<(), Failure> {
-    let pki = if tls {
-        let (ca, certs) = bop_raft::tcp::tls::throwaway_pki(&[1, 2, 3]).map_err(|e| e.to_string())?;
-        let mut by_id = BTreeMap::new();
-        for (id, cert, key) in certs {
-            let node_tls =
-                bop_raft::tcp::tls::TransportTls::from_pem(ca.as_bytes(), cert.as_bytes(), key.as_bytes())
-                    .map_err(|e| e.to_string())?;
-            by_id.insert(id, node_tls);
-        }
-        Some(by_id)
-    } else {
-        None
+fn up(data_dir: PathBuf, tls: bool, auth: Option<PathBuf>) -> Result<(), Failure> {
+    let auth = match auth {
+        Some(path) => Some(std::sync::Arc::new(
+            bop_raft::auth::Auth::load(&path).map_err(|e| Failure::Usage(format!("--auth: {e}")))?,
+        )),
+        None => None,
     };
+    let pki = if tls { Some(throwaway_tls(&data_dir.join("tls"))?) } else { None };
     runtime()?.block_on(async move {
         let mut nodes = Vec::new();
         let mut members = BTreeMap::new();
@@ -368,8 +376,11 @@ fn up(data_dir: PathBuf, tls: bool) -> Result<(), Failure> {
                 http_addr: format!("127.0.0.1:{}", 4100 + id),
             };
             members.insert(id, format!("{} http={}", config.raft_addr, config.http_addr));
-            let raft_tls = pki.as_ref().and_then(|pki| pki.get(&id).cloned());
-            let env = bop_raft::node::NodeEnv { raft_tls, ..Default::default() };
+            let (raft_tls, http_tls) = match pki.as_ref().and_then(|pki| pki.get(&id).cloned()) {
+                Some((raft, http)) => (Some(raft), Some(http)),
+                None => (None, None),
+            };
+            let env = bop_raft::node::NodeEnv { raft_tls, http_tls, auth: auth.clone(), ..Default::default() };
             let node =
                 Node::start_in(config, env).await.map_err(|e| Failure::Runtime(format!("node {id}: {e}")))?;
             log_leader_changes(&node);
@@ -378,12 +389,20 @@ fn up(data_dir: PathBuf, tls: bool) -> Result<(), Failure> {
         nodes[0].initialize_if_new(members).await.map_err(|e| e.to_string())?;
         let leader = wait_for_leader(&nodes[0]).await?;
         println!("bop: three nodes up, data in {}", data_dir.display());
+        let scheme = if tls { "https" } else { "http" };
+        let curl = if tls { format!("curl --cacert {}", data_dir.join("tls/ca.pem").display()) } else { "curl".into() };
         if tls {
-            println!("  Raft between them over mutual TLS (a throwaway CA made at start); HTTP is plain");
+            println!(
+                "  TLS with a throwaway CA made at start ({}): mutual TLS on Raft, HTTPS on the API",
+                data_dir.join("tls/ca.pem").display()
+            );
+        }
+        if auth.is_some() {
+            println!("  users and permissions from the auth file (HTTP Basic: curl -u USER:PASSWORD)");
         }
         for node in &nodes {
             let role = if node.id() == leader { " (leader)" } else { "" };
-            println!("  node {}: http://{}  raft {}{role}", node.id(), node.http_addr(), node.raft_addr());
+            println!("  node {}: {scheme}://{}  raft {}{role}", node.id(), node.http_addr(), node.raft_addr());
             tracing::info!(
                 node = node.id(),
                 http_addr = node.http_addr(),
@@ -398,9 +417,9 @@ fn up(data_dir: PathBuf, tls: bool) -> Result<(), Failure> {
         println!();
         println!("try:");
         println!(
-            "  curl -s -XPOST 'http://{leader_http}/db/execute' -H 'Content-Type: application/json' \\\n    -d '[\"CREATE TABLE IF NOT EXISTS greet (id INTEGER PRIMARY KEY, msg TEXT)\", [\"INSERT INTO greet(msg) VALUES(?)\", \"hello\"]]'"
+            "  {curl} -s -XPOST '{scheme}://{leader_http}/db/execute' -H 'Content-Type: application/json' \\\n    -d '[\"CREATE TABLE IF NOT EXISTS greet (id INTEGER PRIMARY KEY, msg TEXT)\", [\"INSERT INTO greet(msg) VALUES(?)\", \"hello\"]]'"
         );
-        println!("  curl -s -G 'http://{leader_http}/db/query' --data-urlencode 'q=SELECT * FROM greet'");
+        println!("  {curl} -s -G '{scheme}://{leader_http}/db/query' --data-urlencode 'q=SELECT * FROM greet'");
         println!();
         println!("Ctrl-C stops the cluster.");
         stop_signal().await?;
@@ -410,6 +429,42 @@ fn up(data_dir: PathBuf, tls: bool) -> Result<(), Failure> {
         }
         Ok(())
     })
+}
+
+/// `bop up --tls`'s throwaway CA and node certificates, written to `dir` (the keys readable by this user
+/// only): per node id its transport TLS and its HTTP TLS.
+fn throwaway_tls(
+    dir: &std::path::Path,
+) -> Result<BTreeMap<u64, (bop_raft::tcp::tls::TransportTls, std::sync::Arc<bop_raft::https::HttpTls>)>, String>
+{
+    use std::os::unix::fs::OpenOptionsExt;
+    let (ca, certs) = bop_raft::tcp::tls::throwaway_pki(&[1, 2, 3]).map_err(|e| e.to_string())?;
+    std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let write = |name: &str, pem: &str, mode: u32| -> Result<PathBuf, String> {
+        use std::io::Write;
+        let path = dir.join(name);
+        let _ = std::fs::remove_file(&path);
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .open(&path)
+            .and_then(|mut file| file.write_all(pem.as_bytes()))
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        Ok(path)
+    };
+    let ca_path = write("ca.pem", &ca, 0o644)?;
+    let mut by_id = BTreeMap::new();
+    for (id, cert, key) in certs {
+        let raft = bop_raft::tcp::tls::TransportTls::from_pem(ca.as_bytes(), cert.as_bytes(), key.as_bytes())
+            .map_err(|e| e.to_string())?;
+        let cert_path = write(&format!("node-{id}.pem"), &cert, 0o644)?;
+        let key_path = write(&format!("node-{id}-key.pem"), &key, 0o600)?;
+        let http = bop_raft::https::HttpTls::from_pem_files(&cert_path, &key_path, &ca_path, None)
+            .map_err(|e| e.to_string())?;
+        by_id.insert(id, (raft, std::sync::Arc::new(http)));
+    }
+    Ok(by_id)
 }
 
 /// Waits for Ctrl-C (SIGINT) or SIGTERM (what service managers send to stop a process): both stop the node
@@ -423,121 +478,17 @@ async fn stop_signal() -> Result<(), String> {
     }
 }
 
-/// `bop node`'s settings in its `--config` file (TOML); flags and environment variables win over it.
-#[derive(Default, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-struct NodeFile {
-    id: Option<u64>,
-    data_dir: Option<PathBuf>,
-    raft_addr: Option<String>,
-    http_addr: Option<String>,
-    /// A new cluster's members, `ID=RAFT_ADDR/HTTP_ADDR,...` (as `--bootstrap`).
-    bootstrap: Option<String>,
-    /// An HTTP address of a running cluster to join on first start (as `--join`).
-    join: Option<String>,
-    /// Join as a non-voter (as `--non-voter`).
-    non_voter: Option<bool>,
-    /// Mutual TLS on the Raft transport (as `--raft-tls-ca`, `--raft-tls-cert`, `--raft-tls-key`).
-    raft_tls_ca: Option<PathBuf>,
-    raft_tls_cert: Option<PathBuf>,
-    raft_tls_key: Option<PathBuf>,
-}
-
-/// `RAFT_ADDR/HTTP_ADDR` (or a bare `RAFT_ADDR`) as a membership address, `RAFT_ADDR http=HTTP_ADDR`.
-fn member_addr(addr: &str) -> String {
-    match addr.split_once('/') {
-        Some((raft, http)) => format!("{raft} http={http}"),
-        None => addr.to_owned(),
-    }
-}
-
-/// Parses `ID=RAFT_ADDR[/HTTP_ADDR],...` into membership addresses.
-fn parse_members(list: &str) -> Result<BTreeMap<u64, String>, String> {
-    let mut members = BTreeMap::new();
-    for pair in list.split(',') {
-        let (member, addr) =
-            pair.split_once('=').ok_or_else(|| format!("--bootstrap wants ID=ADDR, got {pair:?}"))?;
-        let id = member.parse::<u64>().map_err(|e| format!("--bootstrap id {member:?}: {e}"))?;
-        members.insert(id, member_addr(addr));
-    }
-    Ok(members)
-}
-
-/// A node's configuration and what it does on first start, from flags, environment and file.
-#[derive(Debug)]
-struct NodePlan {
-    config: NodeConfig,
-    bootstrap: Option<BTreeMap<u64, String>>,
-    join: Option<String>,
-    /// Join as a learner that stays one.
-    non_voter: bool,
-    raft_tls: Option<bop_raft::tcp::tls::TransportTls>,
-}
-
-fn node_plan(args: NodeArgs) -> Result<NodePlan, String> {
-    let file = match &args.config {
-        Some(path) => {
-            let text =
-                std::fs::read_to_string(path).map_err(|e| format!("reading {}: {e}", path.display()))?;
-            toml::from_str::<NodeFile>(&text).map_err(|e| format!("{}: {e}", path.display()))?
-        }
-        None => NodeFile::default(),
-    };
-    let bootstrap = args.bootstrap.or(file.bootstrap).map(|list| parse_members(&list)).transpose()?;
-    let join = args.join.or(file.join);
-    if bootstrap.is_some() && join.is_some() {
-        return Err("--bootstrap and --join exclude each other".into());
-    }
-    let non_voter = args.non_voter || file.non_voter.unwrap_or(false);
-    if non_voter && join.is_none() {
-        return Err(
-            "--non-voter needs --join: a non-voter joins a running cluster (bootstrap members vote)".into()
-        );
-    }
-    let config = NodeConfig {
-        id: args.id.or(file.id).ok_or("--id (BOP_ID, or id in the config file) is required")?,
-        data_dir: args
-            .data_dir
-            .or(file.data_dir)
-            .ok_or("--data-dir (BOP_DATA_DIR, or data_dir in the config file) is required")?,
-        raft_addr: args
-            .raft_addr
-            .or(file.raft_addr)
-            .ok_or("--raft-addr (BOP_RAFT_ADDR, or raft_addr in the config file) is required")?,
-        http_addr: args
-            .http_addr
-            .or(file.http_addr)
-            .ok_or("--http-addr (BOP_HTTP_ADDR, or http_addr in the config file) is required")?,
-    };
-    let tls_files = [
-        ("--raft-tls-ca", args.raft_tls_ca.or(file.raft_tls_ca)),
-        ("--raft-tls-cert", args.raft_tls_cert.or(file.raft_tls_cert)),
-        ("--raft-tls-key", args.raft_tls_key.or(file.raft_tls_key)),
-    ];
-    let raft_tls = match &tls_files {
-        [(_, None), (_, None), (_, None)] => None,
-        [(_, Some(ca)), (_, Some(cert)), (_, Some(key))] => Some(
-            bop_raft::tcp::tls::TransportTls::from_pem_files(ca, cert, key)
-                .map_err(|e| format!("Raft transport TLS: {e}"))?,
-        ),
-        _ => {
-            let missing: Vec<&str> =
-                tls_files.iter().filter(|(_, path)| path.is_none()).map(|(flag, _)| *flag).collect();
-            return Err(format!(
-                "TLS on the Raft transport needs all of --raft-tls-ca, --raft-tls-cert and --raft-tls-key; missing {}",
-                missing.join(", ")
-            ));
-        }
-    };
-    Ok(NodePlan { config, bootstrap, join, non_voter, raft_tls })
-}
-
 /// `bop node`: one node of a cluster.
 fn node(args: NodeArgs) -> Result<(), Failure> {
     let plan = node_plan(args).map_err(Failure::Usage)?;
     let data_dir = plan.config.data_dir.clone();
     runtime()?.block_on(async move {
-        let env = bop_raft::node::NodeEnv { raft_tls: plan.raft_tls, ..Default::default() };
+        let env = bop_raft::node::NodeEnv {
+            raft_tls: plan.raft_tls,
+            auth: plan.auth,
+            http_tls: plan.http_tls,
+            ..Default::default()
+        };
         let node = Node::start_in(plan.config, env).await?;
         log_leader_changes(&node);
         if let Some(members) = plan.bootstrap {
@@ -559,7 +510,7 @@ fn node(args: NodeArgs) -> Result<(), Failure> {
             node.id()
         );
         if let Some(target) = plan.join {
-            join_cluster(&node, &target, !plan.non_voter).await?;
+            join_cluster(&node, &target, !plan.non_voter, &plan.join_client).await?;
         }
         stop_signal().await?;
         node.shutdown().await;
@@ -570,7 +521,12 @@ fn node(args: NodeArgs) -> Result<(), Failure> {
 /// On a node's first start, asks the cluster at `target` (any member's HTTP address; followers forward)
 /// to add it as a voter (or a non-voter); retried a bounded number of times while the cluster is
 /// unreachable or electing.
-async fn join_cluster(node: &Node, target: &str, voter: bool) -> Result<(), String> {
+async fn join_cluster(
+    node: &Node,
+    target: &str,
+    voter: bool,
+    client: &bop_raft::http_client::ClientSettings,
+) -> Result<(), String> {
     if node.raft().is_initialized().await.map_err(|e| e.to_string())? {
         return Ok(());
     }
@@ -578,7 +534,8 @@ async fn join_cluster(node: &Node, target: &str, voter: bool) -> Result<(), Stri
     let mut last = String::new();
     for _ in 0..JOIN_ATTEMPTS_MAX {
         let attempt = async {
-            let mut conn = bop_raft::http_client::HttpConn::connect(target, Duration::from_secs(5)).await?;
+            let mut conn =
+                bop_raft::http_client::HttpConn::connect_with(target, Duration::from_secs(5), client).await?;
             let answer = conn.call(hyper::Method::POST, "/join", body.clone().into(), 1 << 20);
             tokio::time::timeout(Duration::from_secs(60), answer)
                 .await
@@ -602,13 +559,19 @@ async fn join_cluster(node: &Node, target: &str, voter: bool) -> Result<(), Stri
 const JOIN_ATTEMPTS_MAX: u32 = 30;
 
 /// One request to a node's HTTP API: the status and the body.
-fn http_call(addr: &str, method: &str, path: &str, body: &str) -> Result<(u16, String), String> {
-    bop_raft::http_client::call_blocking(addr, method, path, body, Duration::from_secs(60))
+fn http_call(
+    settings: &bop_raft::http_client::ClientSettings,
+    addr: &str,
+    method: &str,
+    path: &str,
+    body: &str,
+) -> Result<(u16, String), String> {
+    bop_raft::http_client::call_blocking(addr, method, path, body, Duration::from_secs(60), settings)
 }
 
 /// A client subcommand's request: prints the answer; any status but 200 is a failure.
-fn client_call(addr: &str, method: &str, path: &str, body: &str) -> Result<(), Failure> {
-    let (status, answer) = http_call(addr, method, path, body)?;
+fn client_call(client: &ClientArgs, addr: &str, method: &str, path: &str, body: &str) -> Result<(), Failure> {
+    let (status, answer) = http_call(&client.settings()?, addr, method, path, body)?;
     print_answer(&answer);
     answered(status)
 }
@@ -653,62 +616,5 @@ mod tests {
     fn the_command_line_definition_is_consistent() {
         use clap::CommandFactory;
         Cli::command().debug_assert();
-    }
-
-    #[test]
-    fn flags_override_the_config_file() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let file = dir.path().join("node.toml");
-        std::fs::write(&file, "id = 1\ndata_dir = \"d\"\nraft_addr = \"r:1\"\nhttp_addr = \"h:1\"\n")
-            .expect("write");
-        let args = NodeArgs { config: Some(file), http_addr: Some("h:2".into()), ..NodeArgs::default() };
-        let plan = node_plan(args).map_err(|e| e.to_string()).expect("plan");
-        assert_eq!((plan.config.id, plan.config.raft_addr.as_str()), (1, "r:1"), "from the file");
-        assert_eq!(plan.config.http_addr, "h:2", "the flag wins");
-    }
-
-    #[test]
-    fn transport_tls_needs_all_three_files_and_valid_ones() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let base = || NodeArgs {
-            id: Some(1),
-            data_dir: Some("d".into()),
-            raft_addr: Some("r:1".into()),
-            http_addr: Some("h:1".into()),
-            ..NodeArgs::default()
-        };
-        let half = NodeArgs { raft_tls_ca: Some(dir.path().join("ca.pem")), ..base() };
-        let error = node_plan(half).expect_err("half a TLS configuration");
-        assert!(error.contains("missing --raft-tls-cert, --raft-tls-key"), "{error}");
-        let (ca, certs) = bop_raft::tcp::tls::throwaway_pki(&[1]).expect("pki");
-        let paths = ["ca.pem", "cert.pem", "key.pem"].map(|name| dir.path().join(name));
-        for (path, pem) in paths.iter().zip([&ca, &certs[0].1, &certs[0].2]) {
-            std::fs::write(path, pem).expect("write");
-        }
-        let [ca, cert, key] = paths;
-        let whole = NodeArgs {
-            raft_tls_ca: Some(ca.clone()),
-            raft_tls_cert: Some(cert),
-            raft_tls_key: Some(key.clone()),
-            ..base()
-        };
-        assert!(node_plan(whole).expect("a whole TLS configuration").raft_tls.is_some());
-        let wrong = NodeArgs {
-            raft_tls_ca: Some(ca.clone()),
-            raft_tls_cert: Some(ca),
-            raft_tls_key: Some(key),
-            ..base()
-        };
-        let error = node_plan(wrong).expect_err("a CA certificate with the node's key");
-        assert!(error.contains("Raft transport TLS"), "{error}");
-    }
-
-    #[test]
-    fn members_parse_with_and_without_http_addresses() {
-        let members = parse_members("1=a:1/b:1,2=a:2").expect("parse");
-        assert_eq!(members[&1], "a:1 http=b:1");
-        assert_eq!(members[&2], "a:2");
-        assert!(parse_members("x=a:1").is_err());
-        assert!(parse_members("1").is_err());
     }
 }

@@ -148,6 +148,10 @@ pub struct NodeEnv {
     pub limits: NodeLimits,
     /// Mutual TLS on the Raft transport (`None`: plain TCP, the hello's claims unproven).
     pub raft_tls: Option<crate::tcp::tls::TransportTls>,
+    /// Users and permissions on the HTTP API (`None`: every caller may do everything).
+    pub auth: Option<Arc<crate::auth::Auth>>,
+    /// TLS on the HTTP API (`None`: plain HTTP).
+    pub http_tls: Option<Arc<crate::https::HttpTls>>,
 }
 
 impl Default for NodeEnv {
@@ -162,6 +166,8 @@ impl Default for NodeEnv {
             wal_segment_bytes: 64 << 20,
             limits: NodeLimits::default(),
             raft_tls: None,
+            auth: None,
+            http_tls: None,
         }
     }
 }
@@ -286,6 +292,10 @@ pub struct NodeShared {
     /// Where SQL runs.
     blocking: Blocking,
     limits: NodeLimits,
+    /// Users and permissions on the HTTP API (`None`: none checked).
+    auth: Option<Arc<crate::auth::Auth>>,
+    /// TLS on the HTTP API, and for calls to other nodes' (`None`: plain HTTP).
+    http_tls: Option<Arc<crate::https::HttpTls>>,
     /// Write requests waiting for their database's writer or in the group it runs.
     writer_queue: Arc<bounds::WriterQueue>,
     /// Backups being made or sent.
@@ -619,6 +629,8 @@ impl Node {
             net: Arc::clone(&env.net),
             blocking: env.blocking,
             limits: env.limits,
+            auth: env.auth.clone(),
+            http_tls: env.http_tls.clone(),
             writer_queue: Arc::new(bounds::WriterQueue::default()),
             backups: Arc::new(tokio::sync::Semaphore::new(env.limits.backups_max)),
             statements_stopped: AtomicU64::new(0),

@@ -11,6 +11,11 @@ use bop_raft::node::{Node, NodeConfig};
 /// every node knows the leader and the leader has applied everything in its log (its own term's first
 /// entry included), so that a request sent now is served, forwarded or redirected at once.
 pub async fn three_nodes(dir: &Path) -> Vec<Node> {
+    three_nodes_in(dir, |_| bop_raft::node::NodeEnv::default()).await
+}
+
+/// [`three_nodes`], each node started in the environment `env(id)` gives it (TLS, users).
+pub async fn three_nodes_in(dir: &Path, env: impl Fn(u64) -> bop_raft::node::NodeEnv) -> Vec<Node> {
     let mut nodes = Vec::new();
     let mut members = BTreeMap::new();
     for id in 1..=3u64 {
@@ -20,7 +25,7 @@ pub async fn three_nodes(dir: &Path) -> Vec<Node> {
             raft_addr: "127.0.0.1:0".into(),
             http_addr: "127.0.0.1:0".into(),
         };
-        let node = Node::start(config).await.expect("start");
+        let node = Node::start_in(config, env(id)).await.expect("start");
         members.insert(id, node.member_addr());
         nodes.push(node);
     }

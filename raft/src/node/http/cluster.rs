@@ -50,6 +50,11 @@ async fn join_node(node: &Arc<NodeShared>, call: &Call, bytes: &[u8]) -> HttpRes
             return error(StatusCode::BAD_REQUEST, format!("join wants {{\"id\", \"addr\", \"voter\"}}: {e}"))
         }
     };
+    // A voter needs `join`; `join-read-only` adds non-voters only.
+    let perms: &[Perm] = if request.voter { &[Perm::Join] } else { &[Perm::Join, Perm::JoinReadOnly] };
+    if let Err(refused) = call.require(node, perms, false) {
+        return refused;
+    }
     if !node.is_leader() {
         return not_leader(node, pretty);
     }
@@ -212,7 +217,7 @@ fn raft_addr_of(member_addr: &str) -> &str {
 async fn probe(node: &NodeShared, http_addr: &str, timeout: Duration) -> (Result<(), String>, f64) {
     let started = Instant::now();
     let attempt = async {
-        let stream = node.net.connect(http_addr).await.map_err(|e| format!("connecting: {e}"))?;
+        let stream = connect_node(node, http_addr).await.map_err(|e| format!("connecting: {e}"))?;
         let mut conn =
             crate::http_client::HttpConn::over(stream, http_addr).await.map_err(|e| e.to_string())?;
         conn.call(hyper::Method::GET, "/readyz?noleader", bytes::Bytes::new(), 4096)
@@ -275,7 +280,9 @@ pub(super) async fn nodes(State(node): Node, Extension(call): CallOf) -> HttpRes
         .iter()
         .zip(probes)
         .map(|((id, addr), (reached, time))| {
-            let api_addr = crate::tcp::http_addr_of(addr).map(|h| format!("http://{h}")).unwrap_or_default();
+            let api_addr = crate::tcp::http_addr_of(addr)
+                .map(|h| format!("{}://{h}", scheme(&node)))
+                .unwrap_or_default();
             let mut entry = json!({
                 "id": id.to_string(),
                 "api_addr": api_addr,

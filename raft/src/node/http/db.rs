@@ -266,13 +266,11 @@ async fn query(
 /// return them and `last_insert_id`/`rows_affected` for the others.
 async fn run_request(
     node: &Arc<NodeShared>,
+    call: &Call,
     path_and_query: String,
-    forwarded: bool,
     body: axum::body::Body,
-    params: &HashMap<String, String>,
-    db: &str,
-    pretty: bool,
 ) -> HttpResponse {
+    let (params, db, pretty) = (&call.params, call.db.as_str(), call.pretty);
     let bytes = match read_body(body).await {
         Ok(bytes) => bytes,
         Err(response) => return response,
@@ -284,7 +282,7 @@ async fn run_request(
     let level = params.get("level").map(String::as_str).unwrap_or("weak");
     let leader = node.is_leader();
     if !leader && level != "none" {
-        return to_leader(node, params, forwarded, &Method::POST, &path_and_query, &bytes).await;
+        return to_leader(node, call, &Method::POST, &path_and_query, &bytes).await;
     }
     // Classified on a local connection; a database this node does not have yet counts as a write.
     let engine = Arc::clone(&node.engine);
@@ -308,7 +306,12 @@ async fn run_request(
         Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, format!("classify task: {e}")),
     };
     if !read_only && !leader {
-        return to_leader(node, params, forwarded, &Method::POST, &path_and_query, &bytes).await;
+        return to_leader(node, call, &Method::POST, &path_and_query, &bytes).await;
+    }
+    // Only reads need `query`; a batch with a write needs `execute`.
+    let perm = if read_only { Perm::Query } else { Perm::Execute };
+    if let Err(refused) = call.require(node, &[perm], true) {
+        return refused;
     }
     if read_only {
         return query(node, db, statements, params, pretty).await;
@@ -363,10 +366,8 @@ pub(super) async fn request(
     State(node): Node,
     Extension(call): CallOf,
     uri: hyper::Uri,
-    headers: hyper::HeaderMap,
     body: axum::body::Body,
 ) -> HttpResponse {
     let path_and_query = uri.path_and_query().map(|p| p.as_str().to_owned()).unwrap_or_default();
-    let forwarded = headers.contains_key(FORWARDED_HEADER);
-    run_request(&node, path_and_query, forwarded, body, &call.params, &call.db, call.pretty).await
+    run_request(&node, &call, path_and_query, body).await
 }

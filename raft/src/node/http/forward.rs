@@ -1,7 +1,5 @@
 //! Passing a call a follower cannot answer to the leader's HTTP API (or naming the leader instead).
 
-use std::collections::HashMap;
-
 use bytes::Bytes;
 use hyper::{Method, Response, StatusCode};
 use serde_json::json;
@@ -18,12 +16,13 @@ pub(super) async fn forward(
     method: &Method,
     path_and_query: &str,
     body: &[u8],
+    authorization: Option<&hyper::header::HeaderValue>,
 ) -> Result<HttpResponse, ForwardFailure> {
     use futures_util::StreamExt;
     let (leader, addr) = node.leader().ok_or(ForwardFailure::Other)?;
     let target = crate::tcp::http_addr_of(&addr).ok_or(ForwardFailure::Other)?.to_owned();
     // Nothing was sent if this fails, so the request may go to another leader.
-    let stream = match tokio::time::timeout(FORWARD_CONNECT_TIMEOUT, node.net.connect(&target)).await {
+    let stream = match tokio::time::timeout(FORWARD_CONNECT_TIMEOUT, connect_node(node, &target)).await {
         Ok(Ok(stream)) => stream,
         _ => return Err(ForwardFailure::Unreachable(leader)),
     };
@@ -31,10 +30,13 @@ pub(super) async fn forward(
     // a large database.
     let head_timeout =
         if path_and_query.starts_with("/db/backup") { BACKUP_HEAD_TIMEOUT } else { FORWARD_TIMEOUT };
-    let marker = [(FORWARDED_HEADER, node.id.to_string())];
+    let mut headers = vec![(FORWARDED_HEADER, node.id.to_string())];
+    if let Some(value) = authorization.and_then(|v| v.to_str().ok()) {
+        headers.push((hyper::header::AUTHORIZATION.as_str(), value.to_owned()));
+    }
     let exchange = async {
         let mut conn = crate::http_client::HttpConn::over(stream, &target).await?;
-        conn.send(method.clone(), path_and_query, &marker, Bytes::copy_from_slice(body)).await
+        conn.send(method.clone(), path_and_query, &headers, Bytes::copy_from_slice(body)).await
     };
     let answer = match tokio::time::timeout(head_timeout, exchange).await {
         Ok(Ok(answer)) => answer,
@@ -75,29 +77,29 @@ pub(super) enum ForwardFailure {
 /// reached).
 pub(super) async fn to_leader(
     node: &NodeShared,
-    params: &HashMap<String, String>,
-    forwarded: bool,
+    call: &Call,
     method: &Method,
     path_and_query: &str,
     bytes: &[u8],
 ) -> HttpResponse {
-    let pretty = params.contains_key("pretty");
+    let pretty = call.pretty;
+    let authorization = call.authorization.as_ref();
     // A request another node forwarded here is never forwarded again: two nodes that each believe the
     // other leads would otherwise pass it back and forth.
-    if forwarded {
+    if call.forwarded {
         return not_leader(node, pretty);
     }
-    if params.contains_key("redirect") {
+    if call.params.contains_key("redirect") {
         return redirect(node, path_and_query, pretty);
     }
-    match forward(node, method, path_and_query, bytes).await {
+    match forward(node, method, path_and_query, bytes, authorization).await {
         Ok(response) => response,
         Err(ForwardFailure::Unreachable(tried)) => {
             // If the cluster already has another leader (the connection attempt may have taken a while),
             // try it once: nothing was sent to the first, so this cannot apply the request twice. Otherwise
             // the client hears at once that there is no reachable leader, and retries when it chooses.
             match node.leader() {
-                Some((id, _)) if id != tried => forward(node, method, path_and_query, bytes)
+                Some((id, _)) if id != tried => forward(node, method, path_and_query, bytes, authorization)
                     .await
                     .unwrap_or_else(|_| not_leader(node, pretty)),
                 _ => not_leader(node, pretty),
@@ -113,7 +115,7 @@ pub(super) async fn to_leader(
 pub(super) fn redirect(node: &NodeShared, path_and_query: &str, pretty: bool) -> HttpResponse {
     let Some((id, addr)) = node.leader() else { return not_leader(node, pretty) };
     let Some(http_addr) = crate::tcp::http_addr_of(&addr) else { return not_leader(node, pretty) };
-    let location = format!("http://{http_addr}{path_and_query}");
+    let location = format!("{}://{http_addr}{path_and_query}", scheme(node));
     let Ok(value) = hyper::header::HeaderValue::from_str(&location) else { return not_leader(node, pretty) };
     let body = json!({
         "error": "not the leader",

@@ -27,6 +27,7 @@ use hyper_util::rt::TokioIo;
 use serde_json::{json, Value as Json};
 
 use super::NodeShared;
+use crate::auth::{Caller, Denied, Perm};
 use crate::net::Listener;
 use forward::to_leader;
 
@@ -178,6 +179,8 @@ pub async fn serve_http(mut listener: Box<dyn Listener>, node: Arc<NodeShared>) 
     let mut connections = tokio::task::JoinSet::new();
     let mut backoff = None;
     let routes = router(Arc::clone(&node));
+    // Dropped with the server, which ends the watch.
+    let _reloads = node.http_tls.clone().map(|tls| AbortOnDrop(tokio::spawn(tls.watch())));
     loop {
         while connections.try_join_next().is_some() {}
         let (stream, _) = crate::net::accept_retrying(listener.as_mut(), &mut backoff, "http").await;
@@ -191,14 +194,55 @@ pub async fn serve_http(mut listener: Box<dyn Listener>, node: Arc<NodeShared>) 
             continue;
         };
         let service = hyper_util::service::TowerToHyperService::new(routes.clone());
+        let tls = node.http_tls.clone();
         connections.spawn(async move {
             let _permit = permit;
+            let stream: crate::net::BoxStream = match tls {
+                None => stream,
+                // The handshake shares the head's deadline: a client that never finishes it is dropped.
+                Some(tls) => match tokio::time::timeout(limits.http_header_timeout, tls.accept(stream)).await
+                {
+                    Ok(Ok(stream)) => Box::new(stream),
+                    Ok(Err(e)) => {
+                        tracing::debug!("HTTP TLS handshake refused: {e}");
+                        return;
+                    }
+                    Err(_) => return,
+                },
+            };
             let _ = http1::Builder::new()
                 .timer(hyper_util::rt::TokioTimer::new())
                 .header_read_timeout(limits.http_header_timeout)
                 .serve_connection(TokioIo::new(stream), service)
                 .await;
         });
+    }
+}
+
+/// Stops a task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Connects to another node's HTTP API at `addr` (over TLS when this node's API speaks it).
+pub(super) async fn connect_node(node: &NodeShared, addr: &str) -> std::io::Result<crate::net::BoxStream> {
+    let stream = node.net.connect(addr).await?;
+    match &node.http_tls {
+        None => Ok(stream),
+        Some(tls) => Ok(Box::new(crate::https::connect(&tls.client(), stream, addr).await?)),
+    }
+}
+
+/// The scheme of this node's (and so every node's) HTTP API.
+pub(super) fn scheme(node: &NodeShared) -> &'static str {
+    if node.http_tls.is_some() {
+        "https"
+    } else {
+        "http"
     }
 }
 
@@ -228,12 +272,69 @@ pub(super) async fn read_body(body: axum::body::Body) -> Result<Bytes, HttpRespo
     }
 }
 
-/// What the front layer parsed for a call's handler: its query parameters and the two everyone uses.
+/// What the front layer parsed for a call's handler: its query parameters and the two everyone uses, and
+/// who sent it.
 #[derive(Debug, Clone)]
 pub(super) struct Call {
     pub(super) params: HashMap<String, String>,
     pub(super) pretty: bool,
     pub(super) db: String,
+    /// Another node forwarded the call here (it is never forwarded again).
+    pub(super) forwarded: bool,
+    /// The caller's `Authorization` header, passed on when the call is forwarded to the leader (which
+    /// judges its permissions again).
+    pub(super) authorization: Option<hyper::header::HeaderValue>,
+    /// Who sent it, when the node checks permissions.
+    pub(super) caller: Option<Caller>,
+}
+
+impl Call {
+    /// Whether the caller holds one of `perms` (for the call's database when `per_database`): `Ok` when
+    /// the node checks no permissions; otherwise 401 or 403.
+    pub(super) fn require(
+        &self,
+        node: &NodeShared,
+        perms: &[Perm],
+        per_database: bool,
+    ) -> Result<(), HttpResponse> {
+        let (Some(auth), Some(caller)) = (&node.auth, &self.caller) else { return Ok(()) };
+        let db = per_database.then_some(self.db.as_str());
+        auth.require(caller, perms, db).map_err(denied)
+    }
+}
+
+/// The answer to a refused call: 401 with `WWW-Authenticate` (credentials missing or wrong), or 403.
+pub(super) fn denied(why: Denied) -> HttpResponse {
+    match why {
+        Denied::Unauthenticated(message) => {
+            let mut response = error(StatusCode::UNAUTHORIZED, message);
+            response.headers_mut().insert(
+                hyper::header::WWW_AUTHENTICATE,
+                hyper::header::HeaderValue::from_static("Basic realm=\"bop\", charset=\"UTF-8\""),
+            );
+            response
+        }
+        Denied::Forbidden(message) => error(StatusCode::FORBIDDEN, message),
+    }
+}
+
+/// The permissions a call needs (any one of them), and whether they are judged per database. `/db/request`
+/// and `/join` are judged again by their handlers once the body says which they need (a write or only
+/// reads; a voter or a non-voter). Routes not listed need none (they answer 404).
+fn needed(path: &str) -> (&'static [Perm], bool) {
+    match path {
+        "/db/execute" => (&[Perm::Execute], true),
+        "/db/query" => (&[Perm::Query], true),
+        "/db/request" => (&[Perm::Execute, Perm::Query], true),
+        "/db/backup" => (&[Perm::Backup], true),
+        "/db/load" => (&[Perm::Load], true),
+        "/join" => (&[Perm::Join, Perm::JoinReadOnly], false),
+        "/remove" => (&[Perm::Remove], false),
+        "/leader" => (&[Perm::LeaderOps], false),
+        "/status" | "/nodes" | "/metrics" => (&[Perm::Status], false),
+        "/readyz" => (&[Perm::Ready], false),
+        _ => (&[], false),
+    }
 }
 
 /// The API's routes and the tower layers around them, outermost first:
@@ -338,9 +439,10 @@ async fn wrong_method(request: Request) -> HttpResponse {
     )
 }
 
-/// Runs before every route: refuses bad values of known parameters, sends writes, leader reads, backups and
-/// membership calls that reach a follower to the leader (unless the client asked for a redirect), and
-/// records the call's latency (and `timings`).
+/// Runs before every route: refuses bad values of known parameters, identifies the caller and refuses a
+/// call it may not make (when the node has users), sends writes, leader reads, backups and membership calls
+/// that reach a follower to the leader (unless the client asked for a redirect), and records the call's
+/// latency (and `timings`).
 async fn front(
     State(node): State<Arc<NodeShared>>,
     request: Request,
@@ -355,26 +457,40 @@ async fn front(
     if let Some(level) = params.get_mut("level").filter(|level| *level == "auto") {
         *level = if node.is_voter() { "weak" } else { "none" }.to_owned();
     }
+    let authorization = request.headers().get(hyper::header::AUTHORIZATION).cloned();
+    let caller = match &node.auth {
+        None => None,
+        Some(auth) => match auth.identify(authorization.as_ref().map(|v| v.as_bytes())).await {
+            Ok(caller) => Some(caller),
+            Err(why) => return denied(why).into_response(),
+        },
+    };
     let timings = params.contains_key("timings");
-    let path = request.uri().path();
+    let path = request.uri().path().to_owned();
     let level = params.get("level").map(String::as_str).unwrap_or("weak");
-    let needs_leader = matches!(path, "/db/execute" | "/db/backup" | "/join" | "/remove" | "/leader")
-        || (path == "/db/query" && level != "none");
+    let needs_leader =
+        matches!(path.as_str(), "/db/execute" | "/db/backup" | "/join" | "/remove" | "/leader")
+            || (path == "/db/query" && level != "none");
+    let pretty = params.contains_key("pretty");
+    let db = params.get("db").cloned().unwrap_or_else(|| DEFAULT_DATABASE.to_owned());
+    let forwarded = request.headers().contains_key(FORWARDED_HEADER);
+    let call = Call { params, pretty, db, forwarded, authorization, caller };
+    let (perms, per_database) = needed(&path);
+    if let Err(refused) = call.require(&node, perms, per_database) {
+        return refused.into_response();
+    }
     let mut response = if needs_leader && !node.is_leader() {
-        let forwarded = request.headers().contains_key(FORWARDED_HEADER);
         let method = request.method().clone();
         let path_and_query =
-            request.uri().path_and_query().map(|p| p.as_str().to_owned()).unwrap_or_else(|| path.to_owned());
+            request.uri().path_and_query().map(|p| p.as_str().to_owned()).unwrap_or_else(|| path.clone());
         match read_body(request.into_body()).await {
-            Ok(bytes) => to_leader(&node, &params, forwarded, &method, &path_and_query, &bytes).await,
+            Ok(bytes) => to_leader(&node, &call, &method, &path_and_query, &bytes).await,
             Err(response) => response,
         }
         .into_response()
     } else {
-        let pretty = params.contains_key("pretty");
-        let db = params.get("db").cloned().unwrap_or_else(|| DEFAULT_DATABASE.to_owned());
         let mut request = request;
-        request.extensions_mut().insert(Arc::new(Call { params, pretty, db }));
+        request.extensions_mut().insert(Arc::new(call));
         next.run(request).await
     };
     if timings {
