@@ -98,8 +98,10 @@ impl HttpConn {
         let mut request = Request::builder()
             .method(method)
             .uri(path_and_query)
-            .header(hyper::header::HOST, self.host.as_str())
-            .header(hyper::header::CONTENT_TYPE, "application/json");
+            .header(hyper::header::HOST, self.host.as_str());
+        if !headers.iter().any(|(name, _)| name.eq_ignore_ascii_case("content-type")) {
+            request = request.header(hyper::header::CONTENT_TYPE, "application/json");
+        }
         if let Some(authorization) = &self.authorization {
             request = request.header(hyper::header::AUTHORIZATION, authorization.as_str());
         }

@@ -300,6 +300,58 @@ mod tests {
     }
 
     #[test]
+    fn http_tls_and_users_refuse_half_a_configuration() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let base = || NodeArgs {
+            id: Some(1),
+            data_dir: Some("d".into()),
+            raft_addr: Some("r:1".into()),
+            http_addr: Some("h:1".into()),
+            ..NodeArgs::default()
+        };
+        let half = NodeArgs { http_tls_cert: Some(dir.path().join("cert.pem")), ..base() };
+        let error = node_plan(half).expect_err("half an HTTP TLS configuration");
+        assert!(error.contains("missing --http-tls-key, --http-tls-ca"), "{error}");
+        let client_ca_only = NodeArgs { http_tls_client_ca: Some(dir.path().join("ca.pem")), ..base() };
+        let error = node_plan(client_ca_only).expect_err("a client CA without a certificate");
+        assert!(error.contains("missing --http-tls-cert, --http-tls-key, --http-tls-ca"), "{error}");
+        let (ca, certs) = bop_raft::tcp::tls::throwaway_pki(&[1]).expect("pki");
+        let paths = ["ca.pem", "cert.pem", "key.pem"].map(|name| dir.path().join(name));
+        for (path, pem) in paths.iter().zip([&ca, &certs[0].1, &certs[0].2]) {
+            std::fs::write(path, pem).expect("write");
+        }
+        let [ca, cert, key] = paths;
+        let whole = NodeArgs {
+            http_tls_cert: Some(cert),
+            http_tls_key: Some(key),
+            http_tls_ca: Some(ca.clone()),
+            http_tls_client_ca: Some(ca),
+            ..base()
+        };
+        let plan = node_plan(whole).expect("a whole HTTP TLS configuration");
+        assert!(plan.http_tls.is_some() && plan.join_client.tls.is_some());
+
+        let users = dir.path().join("users.json");
+        let hash = bcrypt::hash("pw", 4).expect("hash");
+        let text = format!(
+            r#"[{{"username": "a", "password": "pw", "perms": ["join"]}}, {{"username": "h", "password": "{hash}", "perms": ["join"]}}]"#
+        );
+        std::fs::write(&users, text).expect("write");
+        let joining = || NodeArgs { join: Some("h:9".into()), ..base() };
+        let error = node_plan(NodeArgs { join_as: Some("a".into()), ..joining() }).expect_err("no --auth");
+        assert!(error.contains("--join-as needs --auth"), "{error}");
+        let with =
+            |user: &str| NodeArgs { join_as: Some(user.into()), auth: Some(users.clone()), ..joining() };
+        let plan = node_plan(with("a")).expect("a plain password");
+        assert_eq!(plan.join_client.authorization, Some(bop_raft::auth::basic_header("a", "pw")));
+        let error = node_plan(with("h")).expect_err("a hashed password");
+        assert!(error.contains("its password is a hash"), "{error}");
+        std::fs::write(&users, r#"[{"username": "a", "password": "pw", "perms": ["jion"]}]"#).expect("write");
+        let error = node_plan(with("a")).expect_err("a misspelt permission");
+        assert!(error.contains("unknown permission \"jion\""), "{error}");
+    }
+
+    #[test]
     fn members_parse_with_and_without_http_addresses() {
         let members = parse_members("1=a:1/b:1,2=a:2").expect("parse");
         assert_eq!(members[&1], "a:1 http=b:1");

@@ -457,6 +457,9 @@ async fn front(
     if let Some(level) = params.get_mut("level").filter(|level| *level == "auto") {
         *level = if node.is_voter() { "weak" } else { "none" }.to_owned();
     }
+    if let Some(refused) = browser_refusal(&request) {
+        return refused.into_response();
+    }
     let authorization = request.headers().get(hyper::header::AUTHORIZATION).cloned();
     let caller = match &node.auth {
         None => None,
@@ -503,6 +506,43 @@ async fn front(
     }
     node.record_latency(started.elapsed());
     response
+}
+
+/// Content types of a form, which a browser sends cross-site without asking the server first: refused on
+/// every call that may change something. bop takes JSON (`application/json`, or no content type) and text.
+const FORM_TYPES: &[&str] = &["application/x-www-form-urlencoded", "multipart/form-data"];
+
+/// Browser safety for a POST, PUT or DELETE (the API has no state-changing GET: `/db/query` refuses writes).
+/// CORS is off, so a web page may not make a visitor's browser call a node it can reach (with credentials
+/// the browser remembered): a call a browser marks as cross-origin (`Sec-Fetch-Site` other than
+/// `same-origin` or `none`, or an `Origin` that is not the `Host` it was sent to) is 403; a form body is
+/// 415. Clients other than browsers send neither header.
+fn browser_refusal(request: &Request) -> Option<HttpResponse> {
+    use hyper::header::{HeaderName, CONTENT_TYPE, HOST, ORIGIN};
+    use hyper::Method;
+    if !matches!(*request.method(), Method::POST | Method::PUT | Method::DELETE) {
+        return None;
+    }
+    let header = |name: &HeaderName| request.headers().get(name).map(|v| v.to_str().unwrap_or("?"));
+    let site = header(&HeaderName::from_static("sec-fetch-site"));
+    let cross_site = site.is_some_and(|site| site != "same-origin" && site != "none");
+    let foreign_origin = header(&ORIGIN).is_some_and(|origin| {
+        let origin_host = origin.split_once("://").map(|(_, host)| host);
+        origin_host.is_none() || origin_host != header(&HOST)
+    });
+    if cross_site || foreign_origin {
+        return Some(error(
+            StatusCode::FORBIDDEN,
+            "a cross-origin call from a browser is refused (CORS is off on this API)",
+        ));
+    }
+    let kind = header(&CONTENT_TYPE)?.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    FORM_TYPES.contains(&kind.as_str()).then(|| {
+        error(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            format!("a {kind} body is refused (a browser form's); send Content-Type: application/json"),
+        )
+    })
 }
 
 /// A Go-style duration as rqlite takes it (`time.ParseDuration`): `0`, or one or more numbers each with a
