@@ -80,9 +80,10 @@ enum Command {
         auth: Option<PathBuf>,
     },
     /// One node of a cluster. Settings come from flags, then `BOP_*` environment variables, then the TOML
-    /// file named by --config (keys id, data_dir, raft_addr, http_addr, bootstrap, join, non_voter).
+    /// file named by --config (its keys are the flags' names with `_` for `-`: id, data_dir, raft_addr,
+    /// http_addr, bootstrap, join, non_voter, auth, join_as, raft_tls_ca, http_tls_cert, ...).
     #[command(after_help = EXIT_CODES)]
-    Node(NodeArgs),
+    Node(Box<NodeArgs>),
     /// Runs one write (or a batch, as a JSON array of statements) through a node; followers forward it.
     Execute {
         /// The node's HTTP address (HOST:PORT).
@@ -254,7 +255,7 @@ fn main() -> ExitCode {
 fn run(command: Command) -> Result<(), Failure> {
     match command {
         Command::Up { data_dir, tls, auth } => up(data_dir, tls, auth),
-        Command::Node(args) => node(args),
+        Command::Node(args) => node(*args),
         Command::Execute { http_addr, sql, db, client } => {
             let body = serde_json::to_string(&[&sql]).map_err(|e| e.to_string())?;
             let path =

@@ -52,7 +52,7 @@ async fn join_node(node: &Arc<NodeShared>, call: &Call, bytes: &[u8]) -> HttpRes
     };
     // A voter needs `join`; `join-read-only` adds non-voters only.
     let perms: &[Perm] = if request.voter { &[Perm::Join] } else { &[Perm::Join, Perm::JoinReadOnly] };
-    if let Err(refused) = call.require(node, perms, false) {
+    if let Some(refused) = call.refusal(node, perms, false) {
         return refused;
     }
     if !node.is_leader() {

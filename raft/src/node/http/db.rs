@@ -310,7 +310,7 @@ async fn run_request(
     }
     // Only reads need `query`; a batch with a write needs `execute`.
     let perm = if read_only { Perm::Query } else { Perm::Execute };
-    if let Err(refused) = call.require(node, &[perm], true) {
+    if let Some(refused) = call.refusal(node, &[perm], true) {
         return refused;
     }
     if read_only {

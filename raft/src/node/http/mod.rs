@@ -289,17 +289,17 @@ pub(super) struct Call {
 }
 
 impl Call {
-    /// Whether the caller holds one of `perms` (for the call's database when `per_database`): `Ok` when
-    /// the node checks no permissions; otherwise 401 or 403.
-    pub(super) fn require(
+    /// The answer refusing the call (401 or 403) unless the caller holds one of `perms` (for the call's
+    /// database when `per_database`); `None` also when the node checks no permissions.
+    pub(super) fn refusal(
         &self,
         node: &NodeShared,
         perms: &[Perm],
         per_database: bool,
-    ) -> Result<(), HttpResponse> {
-        let (Some(auth), Some(caller)) = (&node.auth, &self.caller) else { return Ok(()) };
+    ) -> Option<HttpResponse> {
+        let (Some(auth), Some(caller)) = (&node.auth, &self.caller) else { return None };
         let db = per_database.then_some(self.db.as_str());
-        auth.require(caller, perms, db).map_err(denied)
+        auth.require(caller, perms, db).err().map(denied)
     }
 }
 
@@ -479,7 +479,7 @@ async fn front(
     let forwarded = request.headers().contains_key(FORWARDED_HEADER);
     let call = Call { params, pretty, db, forwarded, authorization, caller };
     let (perms, per_database) = needed(&path);
-    if let Err(refused) = call.require(&node, perms, per_database) {
+    if let Some(refused) = call.refusal(&node, perms, per_database) {
         return refused.into_response();
     }
     let mut response = if needs_leader && !node.is_leader() {
