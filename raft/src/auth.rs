@@ -210,8 +210,14 @@ impl Auth {
                     .map_err(|e| format!("user {:?}: bad bcrypt hash: {e}", entry.username))?;
                 Secret::Bcrypt(password)
             } else if password.starts_with("$argon2") {
-                argon2::PasswordHash::new(&password)
-                    .map_err(|e| format!("user {:?}: bad argon2 hash: {e}", entry.username))?;
+                let bad =
+                    |e: &dyn std::fmt::Display| format!("user {:?}: bad argon2 hash: {e}", entry.username);
+                let parsed = argon2::PasswordHash::new(&password).map_err(|e| bad(&e))?;
+                argon2::Algorithm::try_from(parsed.algorithm).map_err(|e| bad(&e))?;
+                argon2::Params::try_from(&parsed).map_err(|e| bad(&e))?;
+                if parsed.salt.is_none() || parsed.hash.is_none() {
+                    return Err(bad(&"no salt or no hash (want $argon2id$v=19$m=...,t=...,p=...$SALT$HASH)"));
+                }
                 Secret::Argon2(password)
             } else {
                 Secret::Plain(password)

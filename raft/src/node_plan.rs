@@ -15,7 +15,8 @@ use clap::Args;
 /// `bop node`'s flags. Each also reads a `BOP_*` environment variable; both override the config file.
 #[derive(Args, Debug, Default)]
 pub(crate) struct NodeArgs {
-    /// A TOML file with the same settings (keys id, data_dir, raft_addr, http_addr, bootstrap, join, non_voter).
+    /// A TOML file with the same settings: each key is a flag's name with `_` for `-` (id, data_dir,
+    /// raft_addr, http_addr, bootstrap, join, non_voter, raft_tls_*, auth, join_as, http_tls_*).
     #[arg(long, value_name = "FILE", env = "BOP_CONFIG")]
     config: Option<PathBuf>,
     /// The node's id (unique in the cluster, not 0).
