@@ -36,6 +36,16 @@ struct Cluster {
 }
 
 impl Cluster {
+    /// `n` nodes on free loopback ports, none running yet.
+    fn new(n: usize) -> Cluster {
+        Cluster {
+            dir: tempfile::tempdir().expect("tempdir"),
+            raft: (0..n).map(|_| format!("127.0.0.1:{}", free_port())).collect(),
+            http: (0..n).map(|_| format!("127.0.0.1:{}", free_port())).collect(),
+            children: (0..n).map(|_| None).collect(),
+        }
+    }
+
     /// `bop node` for node `i` (id `i + 1`) with its data directory and addresses.
     fn command(&self, i: usize) -> Command {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_bop"));
@@ -96,12 +106,7 @@ fn count(addr: &str) -> Option<i64> {
 #[test]
 fn killing_the_leader_loses_no_acknowledged_write_and_it_catches_up_on_restart() {
     let n = 3;
-    let mut cluster = Cluster {
-        dir: tempfile::tempdir().expect("tempdir"),
-        raft: (0..n).map(|_| format!("127.0.0.1:{}", free_port())).collect(),
-        http: (0..n).map(|_| format!("127.0.0.1:{}", free_port())).collect(),
-        children: (0..n).map(|_| None).collect(),
-    };
+    let mut cluster = Cluster::new(n);
     for i in 0..n {
         cluster.spawn(i, i == 0);
     }
@@ -244,12 +249,7 @@ fn bad_node_configuration_is_a_clear_error() {
 fn three_nodes_bootstrapped_at_the_same_moment_all_stay_up_and_agree_on_a_leader() {
     let n = 3;
     for round in 0..20 {
-        let mut cluster = Cluster {
-            dir: tempfile::tempdir().expect("tempdir"),
-            raft: (0..n).map(|_| format!("127.0.0.1:{}", free_port())).collect(),
-            http: (0..n).map(|_| format!("127.0.0.1:{}", free_port())).collect(),
-            children: (0..n).map(|_| None).collect(),
-        };
+        let mut cluster = Cluster::new(n);
         for i in 0..n {
             cluster.spawn(i, true);
         }
@@ -291,12 +291,7 @@ fn three_nodes_bootstrapped_at_the_same_moment_all_stay_up_and_agree_on_a_leader
 /// stop (SIGINT, as Ctrl-C) hung until SIGKILL. Shutdown now interrupts running statements.
 #[test]
 fn a_node_stops_promptly_on_sigint_while_a_runaway_query_runs() {
-    let mut cluster = Cluster {
-        dir: tempfile::tempdir().expect("tempdir"),
-        raft: vec![format!("127.0.0.1:{}", free_port())],
-        http: vec![format!("127.0.0.1:{}", free_port())],
-        children: vec![None],
-    };
+    let mut cluster = Cluster::new(1);
     cluster.spawn(0, true);
     cluster.leader(Duration::from_secs(30));
     let (status, out) =
@@ -331,12 +326,7 @@ fn stops_cleanly_on(child: &mut std::process::Child, signal: &str) {
 /// status 0 after its shutdown. Before, only Ctrl-C was handled and SIGTERM killed the process outright.
 #[test]
 fn a_node_stops_cleanly_on_sigterm() {
-    let mut cluster = Cluster {
-        dir: tempfile::tempdir().expect("tempdir"),
-        raft: vec![format!("127.0.0.1:{}", free_port())],
-        http: vec![format!("127.0.0.1:{}", free_port())],
-        children: vec![None],
-    };
+    let mut cluster = Cluster::new(1);
     cluster.spawn(0, true);
     cluster.leader(Duration::from_secs(30));
     stops_cleanly_on(cluster.children[0].as_mut().expect("running"), "TERM");
@@ -347,12 +337,7 @@ fn a_node_stops_cleanly_on_sigterm() {
 /// is gone, when a `weak` read has no leader to go to — and it never becomes leader.
 #[test]
 fn a_non_voter_joins_as_a_learner_and_serves_auto_reads_locally() {
-    let mut cluster = Cluster {
-        dir: tempfile::tempdir().expect("tempdir"),
-        raft: (0..2).map(|_| format!("127.0.0.1:{}", free_port())).collect(),
-        http: (0..2).map(|_| format!("127.0.0.1:{}", free_port())).collect(),
-        children: vec![None, None],
-    };
+    let mut cluster = Cluster::new(2);
     let http_addrs = cluster.http.clone();
     let members = format!("1={}/{}", cluster.raft[0], http_addrs[0]);
     cluster.children[0] = Some(cluster.command(0).args(["--init", &members]).spawn().expect("spawn"));
@@ -402,5 +387,148 @@ fn a_non_voter_joins_as_a_learner_and_serves_auto_reads_locally() {
         let (_, status) = http(&http_addrs[1], "GET", "/status", "").expect("/status");
         assert_ne!(status["raft"]["state"], "Leader", "a non-voter took leadership");
         std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Three `bop node` processes with everything on — mutual TLS on the Raft transport, HTTPS on the API with
+/// client certificates not required, users from an auth file with a bcrypt password — started at the same
+/// moment: writes through a follower as a user (forwarded over HTTPS with the caller's credentials),
+/// anonymous and plain-HTTP calls refused, the leader SIGKILLed and no acknowledged write lost, the old
+/// leader restarted and caught up, and a fourth node joining as the auth file's `join` user.
+#[test]
+fn a_cluster_with_tls_and_users_replicates_survives_a_kill_and_takes_a_joining_node() {
+    use bop_raft::http_client::{call_blocking, ClientSettings};
+    let n = 3;
+    let mut cluster = Cluster::new(n);
+    let pki = cluster.dir.path().join("pki");
+    std::fs::create_dir_all(&pki).expect("mkdir");
+    let (ca, certs) = bop_raft::tcp::tls::throwaway_pki(&[1, 2, 3, 4]).expect("pki");
+    std::fs::write(pki.join("ca.pem"), &ca).expect("write");
+    for (id, cert, key) in &certs {
+        std::fs::write(pki.join(format!("{id}.pem")), cert).expect("write");
+        std::fs::write(pki.join(format!("{id}-key.pem")), key).expect("write");
+    }
+    let admin_hash = bcrypt::hash("admin pw", 4).expect("bcrypt");
+    let users = format!(
+        r#"[{{"username": "admin", "password": "{admin_hash}", "perms": ["all"]}},
+            {{"username": "node", "password": "node pw", "perms": ["join"]}}]"#
+    );
+    std::fs::write(pki.join("users.json"), users).expect("write");
+    // Each node's own certificate, by id: the flags are per node, so they go after the shared ones.
+    let node_args = |id: usize| -> Vec<String> {
+        let file = |name: String| pki.join(name).display().to_string();
+        vec![
+            "--auth".into(),
+            file("users.json".into()),
+            "--raft-tls-ca".into(),
+            file("ca.pem".into()),
+            "--raft-tls-cert".into(),
+            file(format!("{id}.pem")),
+            "--raft-tls-key".into(),
+            file(format!("{id}-key.pem")),
+            "--http-tls-ca".into(),
+            file("ca.pem".into()),
+            "--http-tls-cert".into(),
+            file(format!("{id}.pem")),
+            "--http-tls-key".into(),
+            file(format!("{id}-key.pem")),
+        ]
+    };
+    let members: Vec<String> =
+        (0..n).map(|j| format!("{}={}/{}", j + 1, cluster.raft[j], cluster.http[j])).collect();
+    let start = |cluster: &mut Cluster, i: usize, init: bool| {
+        let mut cmd = cluster.command(i);
+        cmd.args(node_args(i + 1));
+        if init {
+            cmd.args(["--init", &members.join(",")]);
+        }
+        cluster.children[i] = Some(cmd.spawn().expect("spawn bop node"));
+    };
+    for i in 0..n {
+        start(&mut cluster, i, true);
+    }
+    let tls = bop_raft::https::client_trusting(&pki.join("ca.pem")).expect("client TLS");
+    let admin = ClientSettings {
+        authorization: Some(bop_raft::auth::basic_header("admin", "admin pw")),
+        tls: Some(tls.clone()),
+    };
+    let call = |addr: &str, settings: &ClientSettings, method: &str, path: &str, body: &str| {
+        call_blocking(addr, method, path, body, Duration::from_secs(10), settings)
+            .ok()
+            .map(|(status, text)| (status, serde_json::from_str::<Value>(&text).unwrap_or(Value::Null)))
+    };
+    let leader_of = |cluster: &Cluster| -> usize {
+        let until = Instant::now() + Duration::from_secs(30);
+        loop {
+            for (i, addr) in cluster.http.iter().enumerate() {
+                if cluster.children[i].is_some() {
+                    if let Some((200, status)) = call(addr, &admin, "GET", "/status", "") {
+                        if status["raft"]["state"] == "Leader" {
+                            return i;
+                        }
+                    }
+                }
+            }
+            assert!(Instant::now() < until, "no leader within 30 s");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    let leader = leader_of(&cluster);
+    let follower = (leader + 1) % n;
+    let (status, out) =
+        call(&cluster.http[follower], &admin, "POST", "/db/execute", r#"["CREATE TABLE t (x)"]"#)
+            .expect("create through a follower");
+    assert_eq!(status, 200, "{out}");
+    let mut acked = 0;
+    for i in 0..30 {
+        let body = format!("[\"INSERT INTO t VALUES ({i})\"]");
+        if let Some((200, out)) = call(&cluster.http[follower], &admin, "POST", "/db/execute", &body) {
+            if out["results"][0].get("error").is_none() {
+                acked += 1;
+            }
+        }
+    }
+    assert_eq!(acked, 30);
+    let anonymous = ClientSettings { authorization: None, tls: Some(tls.clone()) };
+    let refused = call(&cluster.http[leader], &anonymous, "POST", "/db/execute", r#"["DELETE FROM t"]"#);
+    assert_eq!(refused.map(|(status, _)| status), Some(401));
+    assert_eq!(http(&cluster.http[leader], "GET", "/status", ""), None, "plain HTTP gets no answer");
+
+    let count = |addr: &str| {
+        call(addr, &admin, "GET", "/db/query?q=SELECT%20count(*)%20FROM%20t&level=none", "")
+            .filter(|(status, _)| *status == 200)
+            .and_then(|(_, out)| out["results"][0]["values"][0][0].as_i64())
+    };
+    if let Some(mut child) = cluster.children[leader].take() {
+        child.kill().expect("SIGKILL");
+        child.wait().expect("reap");
+    }
+    let new_leader = leader_of(&cluster);
+    assert_eq!(count(&cluster.http[new_leader]), Some(acked), "no acknowledged write is lost");
+    start(&mut cluster, leader, false);
+    let until = Instant::now() + Duration::from_secs(30);
+    while count(&cluster.http[leader]) != Some(acked) {
+        assert!(Instant::now() < until, "the restarted node did not catch up");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    // Node 4 joins through a follower as the `join` user.
+    let (raft4, http4) = (format!("127.0.0.1:{}", free_port()), format!("127.0.0.1:{}", free_port()));
+    cluster.raft.push(raft4.clone());
+    cluster.http.push(http4.clone());
+    cluster.children.push(None);
+    let mut cmd = cluster.command(3);
+    cmd.args(node_args(4)).args(["--join", &cluster.http[leader], "--join-as", "node"]);
+    cluster.children[3] = Some(cmd.spawn().expect("spawn node 4"));
+    let until = Instant::now() + Duration::from_secs(60);
+    loop {
+        let voter = call(&cluster.http[new_leader], &admin, "GET", "/nodes", "")
+            .and_then(|(_, nodes)| nodes["4"]["voter"].as_bool())
+            .unwrap_or(false);
+        if voter && count(&http4) == Some(acked) {
+            break;
+        }
+        assert!(Instant::now() < until, "node 4 did not join and catch up");
+        std::thread::sleep(Duration::from_millis(100));
     }
 }
