@@ -10,6 +10,8 @@
 
 pub mod auth;
 pub mod blocking;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod http_client;
 pub mod https;
 mod local_network;

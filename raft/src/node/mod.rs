@@ -24,7 +24,9 @@ use openraft::impls::BasicNode;
 use openraft::{Config, Raft};
 use serde_json::{json, Value as Json};
 
+pub(crate) use http::query_params;
 pub use http::{BODY_BYTES_MAX, DEFAULT_DATABASE};
+pub(crate) use rqlite::parse_statements;
 
 use crate::blocking::Blocking;
 use crate::net::{Net, NetConnector, TokioNet};

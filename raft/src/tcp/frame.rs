@@ -61,12 +61,12 @@ pub(super) fn check_body(body: &[u8], expected: u32) -> io::Result<()> {
 
 /// Reads frames from a stream in a cancel-safe way: bytes read before a cancellation stay buffered.
 #[derive(Default)]
-pub(super) struct FrameReader {
+pub(crate) struct FrameReader {
     buf: Vec<u8>,
 }
 
 impl FrameReader {
-    pub(super) async fn next(&mut self, stream: &mut (impl AsyncRead + Unpin)) -> io::Result<Vec<u8>> {
+    pub(crate) async fn next(&mut self, stream: &mut (impl AsyncRead + Unpin)) -> io::Result<Vec<u8>> {
         loop {
             if let Some(frame) = self.take_frame()? {
                 return Ok(frame);

@@ -167,7 +167,7 @@ impl ClusterIdentity {
 
     /// Checks a peer's hello against this node. `adopt` runs [`ClusterIdentity::fix`] for a node without
     /// a cluster id (the caller decides where blocking work runs).
-    async fn judge<F, Fut>(
+    pub(crate) async fn judge<F, Fut>(
         &self,
         hello: &Hello,
         cert: Option<&rustls::pki_types::CertificateDer<'_>>,

@@ -29,7 +29,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
 mod client;
-mod frame;
+pub(crate) mod frame;
 pub mod handshake;
 mod server;
 #[cfg(test)]

@@ -128,7 +128,7 @@ pub(super) const VERSION_HEADER: &str = "x-rqlite-version";
 /// `level` must be a known level (its case does not matter; it is kept in lower case), the durations must
 /// parse, `retries` is an integer and `q`, when present, is not empty. A zero `freshness` or `db_timeout`
 /// (Go's zero duration, which some clients send by default) sets no bound, so it is dropped.
-pub(super) fn query_params(query: Option<&str>) -> Result<HashMap<String, String>, String> {
+pub(crate) fn query_params(query: Option<&str>) -> Result<HashMap<String, String>, String> {
     let mut params = HashMap::new();
     for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
         let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
