@@ -25,8 +25,14 @@ pub fn raft_frames(bytes: &[u8]) {
 
 /// One frame's body, decoded as a Raft request and as a reply (the checksum is not in the way).
 pub fn raft_message(body: &[u8]) {
-    let _ = decode::<Request<BopConfig>>(body);
+    if let Ok(Request::SnapshotBegin { files, .. }) = decode::<Request<BopConfig>>(body) {
+        for file in files {
+            let _ = crate::state_machine::FileDescriptor::decode(&file.descriptor);
+        }
+    }
     let _ = decode::<Reply<BopConfig>>(body);
+    // The snapshot's file descriptors are the transport's opaque bytes: the state machine decodes them.
+    let _ = crate::state_machine::FileDescriptor::decode(body);
 }
 
 /// A connection's first frame as a node reads it: a hello, judged by node 1 of a known cluster; and the
@@ -143,5 +149,20 @@ mod tests {
                 run(hostile);
             }
         }
+    }
+
+    /// A snapshot file's descriptor (sent by the leader, decoded by the state machine) whose database name
+    /// claims a length past memory is an error; before, the same decoding without a limit panicked or
+    /// aborted (as the transport's did, `tcp::tests::a_claimed_length_past_the_frame_is_an_error_not_a_crash`).
+    #[test]
+    fn a_snapshot_descriptor_claiming_a_huge_name_is_an_error() {
+        // db: 1, then the name's length as a u64 varint (253 + 8 bytes), one byte of it, a checksum.
+        for claimed in [u64::MAX, 1 << 40, 2 << 20] {
+            let mut bytes = vec![1, 253];
+            bytes.extend_from_slice(&claimed.to_le_bytes());
+            bytes.extend_from_slice(b"m\x00");
+            assert!(crate::state_machine::FileDescriptor::decode(&bytes).is_err(), "{claimed}");
+        }
+        assert!(crate::state_machine::FileDescriptor::decode(&[1, 4, b'm', b'a', b'i', b'n', 9]).is_ok());
     }
 }

@@ -472,10 +472,20 @@ impl RaftStateMachine<BopConfig> for BopStateMachine {
 }
 
 #[derive(Serialize, Deserialize)]
-struct FileDescriptor {
+pub(crate) struct FileDescriptor {
     db: u64,
     name: String,
     checksum: u32,
+}
+
+impl FileDescriptor {
+    /// From a snapshot's wire file (a peer's bytes): at most 1 MiB claimed, so that a name claiming a
+    /// huge length is an error, not an allocation that aborts the process.
+    pub(crate) fn decode(bytes: &[u8]) -> io::Result<FileDescriptor> {
+        let config = bincode::config::standard().with_limit::<{ 1 << 20 }>();
+        let (descriptor, _) = bincode::serde::decode_from_slice(bytes, config).map_err(io_err)?;
+        Ok(descriptor)
+    }
 }
 
 impl crate::tcp::WireSnapshot for BopSnapshot {
@@ -509,9 +519,7 @@ impl crate::tcp::WireSnapshot for BopSnapshot {
     ) -> io::Result<Self> {
         let mut databases: Vec<SnapshotDatabase> = Vec::new();
         for (spec, path) in staged {
-            let (descriptor, _): (FileDescriptor, usize) =
-                bincode::serde::decode_from_slice(&spec.descriptor, bincode::config::standard())
-                    .map_err(io_err)?;
+            let descriptor = FileDescriptor::decode(&spec.descriptor)?;
             // Opening checks header, footer and directory; the install verifies every page and the checksum.
             let file = Arc::new(bop_storage::page_store::open_generation(io, &path).map_err(io_err)?);
             match databases.last_mut() {

@@ -212,8 +212,19 @@ pub(crate) fn encode<T: Serialize>(value: &T) -> io::Result<Vec<u8>> {
     bincode::serde::encode_to_vec(value, bincode::config::standard()).map_err(io::Error::other)
 }
 
+/// The bytes a frame's decoding may claim (bincode's limit): twice a frame. bincode counts what it
+/// allocates for strings and byte buffers, and every number at its in-memory size (a `u64` sent as one
+/// varint byte counts 8), so a real frame, whose bulk is commit records and snapshot chunks counted byte
+/// for byte, stays well below it.
+const DECODE_CLAIM_MAX: usize = 2 * FRAME_BYTES_MAX;
+
+/// Decodes a frame's body. bincode allocates a string's claimed length before it reads the bytes, so the
+/// decoder is limited to [`DECODE_CLAIM_MAX`]: without the limit, a claimed length past `isize::MAX`
+/// panicked ("capacity overflow") and one of a terabyte aborted the process on a failed allocation (found
+/// by fuzzing, `fuzz/run`).
 pub(crate) fn decode<T: DeserializeOwned>(bytes: &[u8]) -> io::Result<T> {
-    let (value, used) = bincode::serde::decode_from_slice(bytes, bincode::config::standard())
+    let config = bincode::config::standard().with_limit::<DECODE_CLAIM_MAX>();
+    let (value, used) = bincode::serde::decode_from_slice(bytes, config)
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
     if used != bytes.len() {
         return Err(io::Error::new(io::ErrorKind::InvalidData, "trailing bytes in frame"));

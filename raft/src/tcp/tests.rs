@@ -579,3 +579,21 @@ async fn a_leadership_transfer_is_accepted_only_from_the_leader_its_vote_names()
     server.abort();
     raft.shutdown().await.expect("shutdown");
 }
+
+/// A body claiming a string longer than memory (an error reply's message, as a peer could send one) is an
+/// error, not a panic ("capacity overflow", u64::MAX bytes) or an abort (a failed allocation of 1 TiB).
+/// Found by fuzzing (`fuzz/run raft_message`).
+#[test]
+fn a_claimed_length_past_the_frame_is_an_error_not_a_crash() {
+    let real = encode(&Reply::<C>::Ack(Err("x".into()))).expect("encode");
+    let at = real.len() - 2;
+    assert_eq!(&real[at..], &[1, b'x'], "the message's length and byte end the body");
+    for claimed in [u64::MAX, 1 << 40, DECODE_CLAIM_MAX as u64 + 1] {
+        let mut body = real[..at].to_vec();
+        body.push(253); // a u64 length follows (bincode's varint)
+        body.extend_from_slice(&claimed.to_le_bytes());
+        body.push(b'x');
+        assert!(decode::<Reply<C>>(&body).is_err(), "a claimed length of {claimed}");
+    }
+    assert!(decode::<Reply<C>>(&real).is_ok(), "the real reply still decodes");
+}
