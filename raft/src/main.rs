@@ -391,7 +391,10 @@ fn up(data_dir: PathBuf, tls: bool, auth: Option<PathBuf>) -> Result<(), Failure
         let leader = wait_for_leader(&nodes[0]).await?;
         println!("bop: three nodes up, data in {}", data_dir.display());
         let scheme = if tls { "https" } else { "http" };
-        let curl = if tls { format!("curl --cacert {}", data_dir.join("tls/ca.pem").display()) } else { "curl".into() };
+        let mut curl = if tls { format!("curl --cacert {}", data_dir.join("tls/ca.pem").display()) } else { "curl".into() };
+        if auth.is_some() {
+            curl.push_str(" -u USER:PASSWORD");
+        }
         if tls {
             println!(
                 "  TLS with a throwaway CA made at start ({}): mutual TLS on Raft, HTTPS on the API",

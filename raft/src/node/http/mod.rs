@@ -540,7 +540,9 @@ fn browser_refusal(request: &Request) -> Option<HttpResponse> {
     FORM_TYPES.contains(&kind.as_str()).then(|| {
         error(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            format!("a {kind} body is refused (a browser form's); send Content-Type: application/json"),
+            format!(
+                "a body of type {kind} is refused (a browser form's); send Content-Type: application/json"
+            ),
         )
     })
 }
