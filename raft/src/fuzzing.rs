@@ -68,9 +68,12 @@ pub fn auth_header(bytes: &[u8]) {
     });
 }
 
+/// A fuzz target: its name, its entry point, and its seed inputs.
+pub type Target = (&'static str, fn(&[u8]), Vec<Vec<u8>>);
+
 /// The fuzz targets, by name, and the inputs their corpora start from: real encodings of what peers and
 /// clients send (`fuzz/run` writes them out before it starts a fuzzer).
-pub fn targets() -> Vec<(&'static str, fn(&[u8]), Vec<Vec<u8>>)> {
+pub fn targets() -> Vec<Target> {
     use openraft::entry::RaftEntry;
     use openraft::raft::{AppendEntriesRequest, VoteRequest};
     use openraft::testing::{blank_ent, log_id};

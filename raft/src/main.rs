@@ -491,6 +491,7 @@ fn node(args: NodeArgs) -> Result<(), Failure> {
             raft_tls: plan.raft_tls,
             auth: plan.auth,
             http_tls: plan.http_tls,
+            cors_origins: plan.cors_origins,
             ..Default::default()
         };
         let node = Node::start_in(plan.config, env).await?;

@@ -16,7 +16,8 @@ use clap::Args;
 #[derive(Args, Debug, Default)]
 pub(crate) struct NodeArgs {
     /// A TOML file with the same settings: each key is a flag's name with `_` for `-` (id, data_dir,
-    /// raft_addr, http_addr, bootstrap, join, non_voter, raft_tls_*, auth, join_as, http_tls_*).
+    /// raft_addr, http_addr, bootstrap, join, non_voter, raft_tls_*, auth, join_as, http_tls_*), and
+    /// http_cors_origins, a list.
     #[arg(long, value_name = "FILE", env = "BOP_CONFIG")]
     config: Option<PathBuf>,
     /// The node's id (unique in the cluster, not 0).
@@ -73,6 +74,11 @@ pub(crate) struct NodeArgs {
     /// HTTP certificate when they call each other, so it must chain to this CA too.
     #[arg(long, value_name = "FILE", env = "BOP_HTTP_TLS_CLIENT_CA")]
     http_tls_client_ca: Option<PathBuf>,
+    /// A web origin (SCHEME://HOST[:PORT]) whose pages may call the API from a browser (CORS, credentials
+    /// included); repeat it, or separate origins by commas. Without it no origin may, and cross-origin
+    /// calls that could change something are refused.
+    #[arg(long, value_name = "ORIGIN", env = "BOP_HTTP_CORS_ORIGIN", value_delimiter = ',')]
+    http_cors_origin: Vec<String>,
 }
 
 /// `bop node`'s settings in its `--config` file (TOML); flags and environment variables win over it.
@@ -101,6 +107,8 @@ pub(crate) struct NodeFile {
     http_tls_key: Option<PathBuf>,
     http_tls_ca: Option<PathBuf>,
     http_tls_client_ca: Option<PathBuf>,
+    /// Origins allowed to call the API from a browser (as `--http-cors-origin`).
+    http_cors_origins: Option<Vec<String>>,
 }
 
 /// `RAFT_ADDR/HTTP_ADDR` (or a bare `RAFT_ADDR`) as a membership address, `RAFT_ADDR http=HTTP_ADDR`.
@@ -134,6 +142,7 @@ pub(crate) struct NodePlan {
     pub(crate) raft_tls: Option<bop_raft::tcp::tls::TransportTls>,
     pub(crate) auth: Option<Arc<Auth>>,
     pub(crate) http_tls: Option<Arc<HttpTls>>,
+    pub(crate) cors_origins: Vec<String>,
     /// How `--join` reaches the cluster: `--join-as`'s credentials, and TLS.
     pub(crate) join_client: ClientSettings,
 }
@@ -215,7 +224,35 @@ pub(crate) fn node_plan(args: NodeArgs) -> Result<NodePlan, String> {
         })?;
         join_client.authorization = Some(bop_raft::auth::basic_header(&user, password));
     }
-    Ok(NodePlan { config, bootstrap, join, non_voter, raft_tls, auth, http_tls, join_client })
+    let cors_origins = if args.http_cors_origin.is_empty() {
+        file.http_cors_origins.unwrap_or_default()
+    } else {
+        args.http_cors_origin
+    };
+    for origin in &cors_origins {
+        check_origin(origin)?;
+    }
+    Ok(NodePlan { config, bootstrap, join, non_voter, raft_tls, auth, http_tls, cors_origins, join_client })
+}
+
+/// A web origin as browsers send it in `Origin`: `http://` or `https://`, a host, maybe a port, nothing more.
+fn check_origin(origin: &str) -> Result<(), String> {
+    let bad = |why: &str| {
+        Err(format!(
+            "--http-cors-origin {origin:?}: {why} (want SCHEME://HOST[:PORT], e.g. https://app.example.com)"
+        ))
+    };
+    if origin == "*" {
+        return bad("any origin is not offered: with credentials browsers refuse it, and without them it lets every page in");
+    }
+    let Some((scheme, host)) = origin.split_once("://") else { return bad("no scheme") };
+    if scheme != "http" && scheme != "https" {
+        return bad("the scheme is http or https");
+    }
+    if host.is_empty() || host.contains(['/', '?', '#', ' ', '@']) {
+        return bad("an origin has a host and no path");
+    }
+    Ok(())
 }
 
 /// TLS on the HTTP API from its files: certificate, key and CA all or none; the client CA only with them.
@@ -301,7 +338,7 @@ mod tests {
     }
 
     #[test]
-    fn http_tls_and_users_refuse_half_a_configuration() {
+    fn http_tls_users_and_cors_origins_refuse_a_bad_configuration() {
         let dir = tempfile::tempdir().expect("tempdir");
         let base = || NodeArgs {
             id: Some(1),
@@ -347,6 +384,13 @@ mod tests {
         assert_eq!(plan.join_client.authorization, Some(bop_raft::auth::basic_header("a", "pw")));
         let error = node_plan(with("h")).expect_err("a hashed password");
         assert!(error.contains("its password is a hash"), "{error}");
+        for origin in ["*", "app.example.com", "ftp://x", "https://x/path", "https://"] {
+            let args = NodeArgs { http_cors_origin: vec![origin.into()], ..base() };
+            let error = node_plan(args).expect_err(origin);
+            assert!(error.contains("--http-cors-origin"), "{error}");
+        }
+        let args = NodeArgs { http_cors_origin: vec!["https://app.example.com:8443".into()], ..base() };
+        assert_eq!(node_plan(args).expect("an origin").cors_origins, ["https://app.example.com:8443"]);
         std::fs::write(&users, r#"[{"username": "a", "password": "pw", "perms": ["jion"]}]"#).expect("write");
         let error = node_plan(with("a")).expect_err("a misspelt permission");
         assert!(error.contains("unknown permission \"jion\""), "{error}");

@@ -485,3 +485,62 @@ async fn browsers_cannot_be_made_to_write() {
         node.shutdown().await;
     }
 }
+
+/// With an origin allowed (CORS), its pages may call the API from a browser: preflights are answered
+/// before users are checked, answers carry `Access-Control-Allow-Origin` with credentials allowed, and its
+/// calls are judged by the user's permissions as any other; every other origin is still refused and gets
+/// no CORS headers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_allowed_origin_may_call_from_a_browser_and_no_other() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = NodeConfig {
+        id: 1,
+        data_dir: dir.path().join("node-1"),
+        raft_addr: "127.0.0.1:0".into(),
+        http_addr: "127.0.0.1:0".into(),
+    };
+    let env = NodeEnv { cors_origins: vec!["https://app.example".into()], ..with_users(&users()) };
+    let node = Node::start_in(config, env).await.expect("start");
+    node.initialize_if_new([(1, node.member_addr())].into()).await.expect("initialize");
+    node.raft()
+        .wait(Some(Duration::from_secs(30)))
+        .metrics(|m| m.state.is_leader() && m.last_applied.map(|l| l.index) == m.last_log_index, "ready")
+        .await
+        .expect("leader");
+    let addr = node.http_addr();
+    let none = ClientSettings::default();
+    let app = || ("origin", "https://app.example".to_owned());
+    let preflight = [app(), ("access-control-request-method", "POST".into())];
+    let answer =
+        ask_with(addr, &none, Method::OPTIONS, "/db/execute", &preflight, "").await.expect("preflight");
+    assert_eq!(answer.status, 200, "a preflight needs no credentials: {}", answer.body);
+    assert_eq!(answer.headers.get("access-control-allow-origin").expect("ACAO"), "https://app.example");
+    assert_eq!(answer.headers.get("access-control-allow-credentials").expect("credentials"), "true");
+    let write = r#"["CREATE TABLE t (x)"]"#;
+    let writer = as_user("writer", "wpw");
+    let served = ask_with(
+        addr,
+        &writer,
+        Method::POST,
+        "/db/execute",
+        &[app(), ("sec-fetch-site", "cross-site".into())],
+        write,
+    )
+    .await
+    .expect("answer");
+    assert_eq!(served.status, 200, "{}", served.body);
+    assert_eq!(served.headers.get("access-control-allow-origin").expect("ACAO"), "https://app.example");
+    let reader = as_user("reader", "rpw");
+    let refused =
+        ask_with(addr, &reader, Method::POST, "/db/execute", &[app()], write).await.expect("answer");
+    assert_eq!(refused.status, 403, "the allowed origin's calls are judged by the user: {}", refused.body);
+    let evil = [("origin", "https://evil.example".to_owned())];
+    let answer = ask_with(addr, &writer, Method::POST, "/db/execute", &evil, write).await.expect("answer");
+    assert_eq!(answer.status, 403, "{}", answer.body);
+    assert!(!answer.headers.contains_key("access-control-allow-origin"));
+    let evil_preflight = [evil[0].clone(), ("access-control-request-method", "POST".into())];
+    let answer =
+        ask_with(addr, &none, Method::OPTIONS, "/db/execute", &evil_preflight, "").await.expect("answer");
+    assert!(!answer.headers.contains_key("access-control-allow-origin"), "{:?}", answer.headers);
+    node.shutdown().await;
+}

@@ -154,6 +154,9 @@ pub struct NodeEnv {
     pub auth: Option<Arc<crate::auth::Auth>>,
     /// TLS on the HTTP API (`None`: plain HTTP).
     pub http_tls: Option<Arc<crate::https::HttpTls>>,
+    /// Web origins (`https://app.example.com`) whose pages may call the API from a browser (CORS); empty:
+    /// none, and cross-origin calls that could change something are refused.
+    pub cors_origins: Vec<String>,
 }
 
 impl Default for NodeEnv {
@@ -170,6 +173,7 @@ impl Default for NodeEnv {
             raft_tls: None,
             auth: None,
             http_tls: None,
+            cors_origins: Vec::new(),
         }
     }
 }
@@ -298,6 +302,8 @@ pub struct NodeShared {
     auth: Option<Arc<crate::auth::Auth>>,
     /// TLS on the HTTP API, and for calls to other nodes' (`None`: plain HTTP).
     http_tls: Option<Arc<crate::https::HttpTls>>,
+    /// Origins allowed to call the API from a browser.
+    cors_origins: Vec<String>,
     /// Write requests waiting for their database's writer or in the group it runs.
     writer_queue: Arc<bounds::WriterQueue>,
     /// Backups being made or sent.
@@ -633,6 +639,7 @@ impl Node {
             limits: env.limits,
             auth: env.auth.clone(),
             http_tls: env.http_tls.clone(),
+            cors_origins: env.cors_origins.clone(),
             writer_queue: Arc::new(bounds::WriterQueue::default()),
             backups: Arc::new(tokio::sync::Semaphore::new(env.limits.backups_max)),
             statements_stopped: AtomicU64::new(0),

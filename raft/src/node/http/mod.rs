@@ -384,8 +384,31 @@ fn router(node: Arc<NodeShared>) -> Router {
             hyper::header::HeaderName::from_static(VERSION_HEADER),
             hyper::header::HeaderValue::from_static(VERSION),
         ))
+        .layer(cors(&node.cors_origins))
         .layer(trace)
         .with_state(node)
+}
+
+/// CORS for the configured origins (none: no CORS headers, and browsers keep other origins' pages from
+/// reading answers): their preflights are answered before any other layer (a preflight carries no
+/// credentials), and answers to them say the origin may read them, credentials included.
+fn cors(
+    origins: &[String],
+) -> tower::util::Either<tower_http::cors::CorsLayer, tower::layer::util::Identity> {
+    use hyper::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE};
+    use hyper::Method;
+    let allowed: Vec<HeaderValue> = origins.iter().filter_map(|o| HeaderValue::from_str(o).ok()).collect();
+    if allowed.is_empty() {
+        return tower::util::Either::Right(tower::layer::util::Identity::new());
+    }
+    tower::util::Either::Left(
+        tower_http::cors::CorsLayer::new()
+            .allow_origin(tower_http::cors::AllowOrigin::list(allowed))
+            .allow_methods([Method::GET, Method::POST, Method::DELETE])
+            .allow_headers([CONTENT_TYPE, AUTHORIZATION])
+            .allow_credentials(true)
+            .max_age(std::time::Duration::from_secs(600)),
+    )
 }
 
 /// The answer past `http_requests_max` (the only error the layers under it raise).
@@ -457,7 +480,7 @@ async fn front(
     if let Some(level) = params.get_mut("level").filter(|level| *level == "auto") {
         *level = if node.is_voter() { "weak" } else { "none" }.to_owned();
     }
-    if let Some(refused) = browser_refusal(&request) {
+    if let Some(refused) = browser_refusal(&request, &node.cors_origins) {
         return refused.into_response();
     }
     let authorization = request.headers().get(hyper::header::AUTHORIZATION).cloned();
@@ -513,11 +536,12 @@ async fn front(
 const FORM_TYPES: &[&str] = &["application/x-www-form-urlencoded", "multipart/form-data"];
 
 /// Browser safety for a POST, PUT or DELETE (the API has no state-changing GET: `/db/query` refuses writes).
-/// CORS is off, so a web page may not make a visitor's browser call a node it can reach (with credentials
-/// the browser remembered): a call a browser marks as cross-origin (`Sec-Fetch-Site` other than
-/// `same-origin` or `none`, or an `Origin` that is not the `Host` it was sent to) is 403; a form body is
-/// 415. Clients other than browsers send neither header.
-fn browser_refusal(request: &Request) -> Option<HttpResponse> {
+/// A web page may not make a visitor's browser call a node it can reach (with credentials the browser
+/// remembered) unless its origin is one of `allowed` (CORS): a call a browser marks as cross-origin
+/// (`Sec-Fetch-Site` other than `same-origin` or `none`, or an `Origin` that is not the `Host` it was sent
+/// to) from any other origin is 403; a form body is 415 from anyone. Clients other than browsers send
+/// neither header.
+fn browser_refusal(request: &Request, allowed: &[String]) -> Option<HttpResponse> {
     use hyper::header::{HeaderName, CONTENT_TYPE, HOST, ORIGIN};
     use hyper::Method;
     if !matches!(*request.method(), Method::POST | Method::PUT | Method::DELETE) {
@@ -530,10 +554,11 @@ fn browser_refusal(request: &Request) -> Option<HttpResponse> {
         let origin_host = origin.split_once("://").map(|(_, host)| host);
         origin_host.is_none() || origin_host != header(&HOST)
     });
-    if cross_site || foreign_origin {
+    let origin_allowed = header(&ORIGIN).is_some_and(|origin| allowed.iter().any(|a| a == origin));
+    if (cross_site || foreign_origin) && !origin_allowed {
         return Some(error(
             StatusCode::FORBIDDEN,
-            "a cross-origin call from a browser is refused (CORS is off on this API)",
+            "a cross-origin call from a browser is refused (its origin is not one this API allows, --http-cors-origin)",
         ));
     }
     let kind = header(&CONTENT_TYPE)?.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
