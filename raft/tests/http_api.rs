@@ -1,10 +1,13 @@
 //! The node's HTTP API against rqlite's request and response shapes, on a three-node cluster over loopback
-//! TCP: writes through the leader, reads at every level on every node, and the error cases.
+//! TCP: writes through the leader, reads at every level on every node, and the error cases — once as it
+//! comes, and once with HTTPS, users and mutual TLS on the Raft transport (every call as a user who may do
+//! everything).
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use bop_raft::node::{Node, NodeConfig, BODY_BYTES_MAX};
+use bop_raft::http_client::ClientSettings;
+use bop_raft::node::{Node, NodeConfig, NodeEnv, BODY_BYTES_MAX};
 use openraft::async_runtime::WatchReceiver;
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -17,11 +20,23 @@ async fn http(addr: &str, method: &str, path: &str, body: &[u8]) -> (u16, Value)
     (status, serde_json::from_str(&body).unwrap_or(Value::String(body)))
 }
 
+tokio::task_local! {
+    /// How the test's calls reach the nodes: TLS and credentials (none unless set).
+    static CLIENT: ClientSettings;
+}
+
 /// The status and the body's bytes.
 async fn http_raw(addr: &str, method: &str, path: &str, body: &[u8]) -> (u16, Vec<u8>) {
-    let mut stream = TcpStream::connect(addr).await.expect("connect");
+    let client = CLIENT.try_with(Clone::clone).unwrap_or_default();
+    let tcp = TcpStream::connect(addr).await.expect("connect");
+    let mut stream: bop_raft::net::BoxStream = match &client.tls {
+        None => Box::new(tcp),
+        Some(tls) => Box::new(bop_raft::https::connect(tls, tcp, addr).await.expect("TLS")),
+    };
+    let authorization =
+        client.authorization.map(|value| format!("Authorization: {value}\r\n")).unwrap_or_default();
     let head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\n{authorization}Content-Length: {}\r\nConnection: close\r\n\r\n",
         body.len()
     );
     stream.write_all(head.as_bytes()).await.expect("send head");
@@ -48,6 +63,45 @@ fn encode(q: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_http_api_speaks_rqlite() {
+    speaks_rqlite(&|_| NodeEnv::default()).await;
+}
+
+/// The same with everything on: HTTPS, users (the test calls as a user with `all`), mutual TLS between
+/// the nodes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_http_api_speaks_rqlite_over_https_with_users() {
+    use std::sync::Arc;
+    let pki = tempfile::tempdir().expect("tempdir");
+    let (ca, certs) = bop_raft::tcp::tls::throwaway_pki(&[1, 2, 3, 4]).expect("pki");
+    std::fs::write(pki.path().join("ca.pem"), &ca).expect("write");
+    for (id, cert, key) in &certs {
+        std::fs::write(pki.path().join(format!("{id}.pem")), cert).expect("write");
+        std::fs::write(pki.path().join(format!("{id}-key.pem")), key).expect("write");
+    }
+    let users = br#"[{"username": "op", "password": "op pw", "perms": ["all"]}]"#;
+    let auth = Arc::new(bop_raft::auth::Auth::from_json(users).expect("auth file"));
+    let env = |id: u64| {
+        let (cert, key) = (pki.path().join(format!("{id}.pem")), pki.path().join(format!("{id}-key.pem")));
+        let ca = pki.path().join("ca.pem");
+        NodeEnv {
+            raft_tls: Some(
+                bop_raft::tcp::tls::TransportTls::from_pem_files(&ca, &cert, &key).expect("Raft TLS"),
+            ),
+            http_tls: Some(Arc::new(
+                bop_raft::https::HttpTls::from_pem_files(&cert, &key, &ca, None).expect("HTTPS"),
+            )),
+            auth: Some(Arc::clone(&auth)),
+            ..NodeEnv::default()
+        }
+    };
+    let client = ClientSettings {
+        authorization: Some(bop_raft::auth::basic_header("op", "op pw")),
+        tls: Some(bop_raft::https::client_trusting(&pki.path().join("ca.pem")).expect("client")),
+    };
+    CLIENT.scope(client, speaks_rqlite(&env)).await;
+}
+
+async fn speaks_rqlite(env: &dyn Fn(u64) -> NodeEnv) {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut nodes = Vec::new();
     let mut members = BTreeMap::new();
@@ -58,7 +112,7 @@ async fn the_http_api_speaks_rqlite() {
             raft_addr: "127.0.0.1:0".into(),
             http_addr: "127.0.0.1:0".into(),
         };
-        let node = Node::start(config).await.expect("start");
+        let node = Node::start_in(config, env(id)).await.expect("start");
         members.insert(id, node.member_addr());
         nodes.push(node);
     }
@@ -369,7 +423,7 @@ async fn the_http_api_speaks_rqlite() {
         raft_addr: "127.0.0.1:0".into(),
         http_addr: "127.0.0.1:0".into(),
     };
-    let fourth = Node::start(config).await.expect("start node 4");
+    let fourth = Node::start_in(config, env(4)).await.expect("start node 4");
     let join = json!({ "id": 4, "addr": fourth.member_addr() });
     let (status, out) = http(&l, "POST", "/join", join.to_string().as_bytes()).await;
     assert_eq!(status, 200, "{out}");
