@@ -1,7 +1,8 @@
 //! Real rqlite client libraries against a three-node cluster: `rqlite_clients/clients.py` drives it with
 //! pyrqlite (DB-API 2.0 cursors), sqlalchemy-rqlite (an ORM creating and introspecting its schema through
 //! `PRAGMA table_info`) and rqdb (following `redirect`'s 301 to the leader, level=none reads, backups),
-//! after discovering the cluster through `/status` and `/nodes` as rqlite's Go client does.
+//! after discovering the cluster through `/status` and `/nodes` as rqlite's Go client does; and
+//! `rqlite_clients/secure.py` drives pyrqlite over HTTPS with users.
 //!
 //! The libraries come from PyPI, pinned, into a virtual environment under cargo's target directory (made
 //! once, reused while the pins are unchanged). Only when PyPI cannot be reached does the test skip, and it
@@ -78,7 +79,7 @@ fn client_env() -> Option<PathBuf> {
     Some(python)
 }
 
-/// Runs `python script addrs...`, killed if it runs longer than [`SCRIPT_TIMEOUT`]; its output.
+/// Runs `python script args...`, killed if it runs longer than [`SCRIPT_TIMEOUT`]; its output.
 fn run_bounded(python: &Path, script: &Path, addrs: &[String]) -> std::process::Output {
     use std::process::Stdio;
     let mut child = Command::new(python)
@@ -137,6 +138,52 @@ async fn rqlite_client_libraries_work_against_a_bop_cluster() {
     {
         assert!(stdout.contains(line), "{line:?} missing from:\n{stdout}");
     }
+    for node in nodes {
+        node.shutdown().await;
+    }
+}
+
+/// pyrqlite as an application on a secured cluster uses it: HTTPS trusting the cluster's CA, HTTP Basic
+/// credentials, through every node; a user without `execute`, wrong and missing credentials, and a client
+/// that does not trust the CA are refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pyrqlite_works_over_https_with_users() {
+    use std::sync::Arc;
+    let Some(python) = tokio::task::spawn_blocking(client_env).await.expect("venv task") else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pki = dir.path().join("pki");
+    std::fs::create_dir_all(&pki).expect("mkdir");
+    let (ca, certs) = bop_raft::tcp::tls::throwaway_pki(&[1, 2, 3]).expect("pki");
+    std::fs::write(pki.join("ca.pem"), &ca).expect("write");
+    for (id, cert, key) in &certs {
+        std::fs::write(pki.join(format!("{id}.pem")), cert).expect("write");
+        std::fs::write(pki.join(format!("{id}-key.pem")), key).expect("write");
+    }
+    let users = br#"[{"username": "app", "password": "app pw", "perms": ["execute", "query"]},
+                     {"username": "viewer", "password": "viewer pw", "perms": ["query"]}]"#;
+    let auth = Arc::new(bop_raft::auth::Auth::from_json(users).expect("auth file"));
+    let nodes = loopback::three_nodes_in(dir.path(), |id| {
+        let (cert, key) = (pki.join(format!("{id}.pem")), pki.join(format!("{id}-key.pem")));
+        let https = bop_raft::https::HttpTls::from_pem_files(&cert, &key, &pki.join("ca.pem"), None);
+        bop_raft::node::NodeEnv {
+            http_tls: Some(Arc::new(https.expect("HTTPS"))),
+            auth: Some(Arc::clone(&auth)),
+            ..bop_raft::node::NodeEnv::default()
+        }
+    })
+    .await;
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/rqlite_clients/secure.py");
+    let mut args = vec![pki.join("ca.pem").display().to_string()];
+    args.extend(nodes.iter().map(|n| n.http_addr().to_owned()));
+    let out =
+        tokio::task::spawn_blocking(move || run_bounded(&python, &script, &args)).await.expect("script task");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    println!("{stdout}");
+    assert!(out.status.success(), "the secure client script failed ({:?}):\n{stdout}\n{stderr}", out.status);
+    assert!(stdout.contains("all secure client checks passed"), "{stdout}");
     for node in nodes {
         node.shutdown().await;
     }
