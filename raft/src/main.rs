@@ -441,31 +441,14 @@ fn throwaway_tls(
     dir: &std::path::Path,
 ) -> Result<BTreeMap<u64, (bop_raft::tcp::tls::TransportTls, std::sync::Arc<bop_raft::https::HttpTls>)>, String>
 {
-    use std::os::unix::fs::OpenOptionsExt;
-    let (ca, certs) = bop_raft::tcp::tls::throwaway_pki(&[1, 2, 3]).map_err(|e| e.to_string())?;
-    std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-    let write = |name: &str, pem: &str, mode: u32| -> Result<PathBuf, String> {
-        use std::io::Write;
-        let path = dir.join(name);
-        let _ = std::fs::remove_file(&path);
-        std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(mode)
-            .open(&path)
-            .and_then(|mut file| file.write_all(pem.as_bytes()))
-            .map_err(|e| format!("{}: {e}", path.display()))?;
-        Ok(path)
-    };
-    let ca_path = write("ca.pem", &ca, 0o644)?;
+    let failed = |e: std::io::Error| format!("{}: {e}", dir.display());
+    bop_raft::tcp::tls::write_throwaway_pki(dir, &[1, 2, 3]).map_err(failed)?;
     let mut by_id = BTreeMap::new();
-    for (id, cert, key) in certs {
-        let raft = bop_raft::tcp::tls::TransportTls::from_pem(ca.as_bytes(), cert.as_bytes(), key.as_bytes())
-            .map_err(|e| e.to_string())?;
-        let cert_path = write(&format!("node-{id}.pem"), &cert, 0o644)?;
-        let key_path = write(&format!("node-{id}-key.pem"), &key, 0o600)?;
-        let http = bop_raft::https::HttpTls::from_pem_files(&cert_path, &key_path, &ca_path, None)
-            .map_err(|e| e.to_string())?;
+    for id in 1..=3u64 {
+        let (ca, cert, key) =
+            (dir.join("ca.pem"), dir.join(format!("{id}.pem")), dir.join(format!("{id}-key.pem")));
+        let raft = bop_raft::tcp::tls::TransportTls::from_pem_files(&ca, &cert, &key).map_err(failed)?;
+        let http = bop_raft::https::HttpTls::from_pem_files(&cert, &key, &ca, None).map_err(failed)?;
         by_id.insert(id, (raft, std::sync::Arc::new(http)));
     }
     Ok(by_id)

@@ -72,12 +72,7 @@ async fn the_http_api_speaks_rqlite() {
 async fn the_http_api_speaks_rqlite_over_https_with_users() {
     use std::sync::Arc;
     let pki = tempfile::tempdir().expect("tempdir");
-    let (ca, certs) = bop_raft::tcp::tls::throwaway_pki(&[1, 2, 3, 4]).expect("pki");
-    std::fs::write(pki.path().join("ca.pem"), &ca).expect("write");
-    for (id, cert, key) in &certs {
-        std::fs::write(pki.path().join(format!("{id}.pem")), cert).expect("write");
-        std::fs::write(pki.path().join(format!("{id}-key.pem")), key).expect("write");
-    }
+    bop_raft::tcp::tls::write_throwaway_pki(pki.path(), &[1, 2, 3, 4]).expect("pki");
     let users = br#"[{"username": "op", "password": "op pw", "perms": ["all"]}]"#;
     let auth = Arc::new(bop_raft::auth::Auth::from_json(users).expect("auth file"));
     let env = |id: u64| {

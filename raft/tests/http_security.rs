@@ -285,14 +285,7 @@ async fn a_forwarded_call_is_judged_by_the_leader() {
 
 /// Writes a throwaway CA and certificates for `ids` into `dir`: `ca.pem`, `N.pem`, `N-key.pem`.
 fn pki(dir: &Path, ids: &[u64]) -> String {
-    std::fs::create_dir_all(dir).expect("mkdir");
-    let (ca, certs) = bop_raft::tcp::tls::throwaway_pki(ids).expect("pki");
-    std::fs::write(dir.join("ca.pem"), &ca).expect("write");
-    for (id, cert, key) in certs {
-        std::fs::write(dir.join(format!("{id}.pem")), cert).expect("write");
-        std::fs::write(dir.join(format!("{id}-key.pem")), key).expect("write");
-    }
-    ca
+    bop_raft::tcp::tls::write_throwaway_pki(dir, ids).expect("pki")
 }
 
 /// `dir`'s certificate `id` as HTTP TLS, requiring client certificates of the same CA when `mutual`.

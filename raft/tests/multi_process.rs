@@ -401,13 +401,7 @@ fn a_cluster_with_tls_and_users_replicates_survives_a_kill_and_takes_a_joining_n
     let n = 3;
     let mut cluster = Cluster::new(n);
     let pki = cluster.dir.path().join("pki");
-    std::fs::create_dir_all(&pki).expect("mkdir");
-    let (ca, certs) = bop_raft::tcp::tls::throwaway_pki(&[1, 2, 3, 4]).expect("pki");
-    std::fs::write(pki.join("ca.pem"), &ca).expect("write");
-    for (id, cert, key) in &certs {
-        std::fs::write(pki.join(format!("{id}.pem")), cert).expect("write");
-        std::fs::write(pki.join(format!("{id}-key.pem")), key).expect("write");
-    }
+    bop_raft::tcp::tls::write_throwaway_pki(&pki, &[1, 2, 3, 4]).expect("pki");
     let admin_hash = bcrypt::hash("admin pw", 4).expect("bcrypt");
     let users = format!(
         r#"[{{"username": "admin", "password": "{admin_hash}", "perms": ["all"]}},

@@ -154,13 +154,7 @@ async fn pyrqlite_works_over_https_with_users() {
     };
     let dir = tempfile::tempdir().expect("tempdir");
     let pki = dir.path().join("pki");
-    std::fs::create_dir_all(&pki).expect("mkdir");
-    let (ca, certs) = bop_raft::tcp::tls::throwaway_pki(&[1, 2, 3]).expect("pki");
-    std::fs::write(pki.join("ca.pem"), &ca).expect("write");
-    for (id, cert, key) in &certs {
-        std::fs::write(pki.join(format!("{id}.pem")), cert).expect("write");
-        std::fs::write(pki.join(format!("{id}-key.pem")), key).expect("write");
-    }
+    bop_raft::tcp::tls::write_throwaway_pki(&pki, &[1, 2, 3]).expect("pki");
     let users = br#"[{"username": "app", "password": "app pw", "perms": ["execute", "query"]},
                      {"username": "viewer", "password": "viewer pw", "perms": ["query"]}]"#;
     let auth = Arc::new(bop_raft::auth::Auth::from_json(users).expect("auth file"));

@@ -147,6 +147,27 @@ pub fn throwaway_pki(ids: &[u64]) -> io::Result<(String, Vec<NodePem>)> {
     Ok((ca_cert.pem(), nodes))
 }
 
+/// [`throwaway_pki`] written to `dir` (created if missing) for tools and tests that take PEM files:
+/// `ca.pem`, and per node id `ID.pem` and `ID-key.pem` (readable by the owner only). Returns the CA's PEM.
+pub fn write_throwaway_pki(dir: &std::path::Path, ids: &[u64]) -> io::Result<String> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let (ca, certs) = throwaway_pki(ids)?;
+    std::fs::create_dir_all(dir)?;
+    let write = |name: String, pem: &str, mode: u32| -> io::Result<()> {
+        let path = dir.join(name);
+        let _ = std::fs::remove_file(&path);
+        let mut file = std::fs::OpenOptions::new().write(true).create_new(true).mode(mode).open(&path)?;
+        file.write_all(pem.as_bytes())
+    };
+    write("ca.pem".into(), &ca, 0o644)?;
+    for (id, cert, key) in certs {
+        write(format!("{id}.pem"), &cert, 0o644)?;
+        write(format!("{id}-key.pem"), &key, 0o600)?;
+    }
+    Ok(ca)
+}
+
 /// A client's connection to a peer: plain, or TLS over it.
 pub enum PeerStream<S> {
     /// No TLS.
