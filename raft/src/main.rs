@@ -469,6 +469,7 @@ async fn stop_signal() -> Result<(), String> {
 fn node(args: NodeArgs) -> Result<(), Failure> {
     let plan = node_plan(args).map_err(Failure::Usage)?;
     let data_dir = plan.config.data_dir.clone();
+    let scheme = if plan.http_tls.is_some() { "https" } else { "http" };
     runtime()?.block_on(async move {
         let env = bop_raft::node::NodeEnv {
             raft_tls: plan.raft_tls,
@@ -483,7 +484,7 @@ fn node(args: NodeArgs) -> Result<(), Failure> {
             node.initialize_if_new(members).await?;
         }
         println!(
-            "bop node {}: http://{}  raft {}  data {}",
+            "bop node {}: {scheme}://{}  raft {}  data {}",
             node.id(),
             node.http_addr(),
             node.raft_addr(),
@@ -534,6 +535,15 @@ async fn join_cluster(
                 println!("joined the cluster through {target}");
                 tracing::info!(node = node.id(), through = target, "joined the cluster");
                 return Ok(());
+            }
+            // Refused credentials do not become right by trying again.
+            Ok((status @ (401 | 403), answer)) => {
+                return Err(format!(
+                "{target} refused the join (HTTP {status}: {}); the cluster has users: start this node with \
+                     --auth FILE --join-as USER, a user with the join permission (join-read-only for \
+                     --non-voter) whose plain password is in FILE",
+                String::from_utf8_lossy(&answer)
+            ))
             }
             Ok((status, answer)) => last = format!("HTTP {status}: {}", String::from_utf8_lossy(&answer)),
             Err(e) => last = format!("{target}: {e}"),

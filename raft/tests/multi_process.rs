@@ -469,10 +469,17 @@ fn a_cluster_with_tls_and_users_replicates_survives_a_kill_and_takes_a_joining_n
     };
     let leader = leader_of(&cluster);
     let follower = (leader + 1) % n;
-    let (status, out) =
-        call(&cluster.http[follower], &admin, "POST", "/db/execute", r#"["CREATE TABLE t (x)"]"#)
-            .expect("create through a follower");
-    assert_eq!(status, 200, "{out}");
+    // The follower may take a heartbeat to learn who leads (503 "not the leader" meanwhile); a client retries.
+    let until = Instant::now() + Duration::from_secs(30);
+    loop {
+        let answer =
+            call(&cluster.http[follower], &admin, "POST", "/db/execute", r#"["CREATE TABLE t (x)"]"#);
+        if matches!(answer, Some((200, _))) {
+            break;
+        }
+        assert!(Instant::now() < until, "no create through a follower within 30 s: {answer:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
     let mut acked = 0;
     for i in 0..30 {
         let body = format!("[\"INSERT INTO t VALUES ({i})\"]");
@@ -511,6 +518,26 @@ fn a_cluster_with_tls_and_users_replicates_survives_a_kill_and_takes_a_joining_n
     cluster.raft.push(raft4.clone());
     cluster.http.push(http4.clone());
     cluster.children.push(None);
+    // A node started without --join-as is refused at once with what to do (it used to retry for 30 s).
+    let mut cmd = cluster.command(3);
+    cmd.args(node_args(4)).args(["--join", &cluster.http[leader]]).stderr(Stdio::piped());
+    let mut refused = cmd.spawn().expect("spawn node 4 without --join-as");
+    let until = Instant::now() + Duration::from_secs(15);
+    let status = loop {
+        if let Some(status) = refused.try_wait().expect("wait") {
+            break status;
+        }
+        if Instant::now() > until {
+            let _ = refused.kill();
+            panic!("a join refused with 401 was still being retried after 15 s");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let mut stderr = String::new();
+    refused.stderr.take().expect("stderr").read_to_string(&mut stderr).expect("stderr");
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("HTTP 401") && stderr.contains("--join-as"), "{stderr}");
+    let _ = std::fs::remove_dir_all(cluster.dir.path().join("node-4"));
     let mut cmd = cluster.command(3);
     cmd.args(node_args(4)).args(["--join", &cluster.http[leader], "--join-as", "node"]);
     cluster.children[3] = Some(cmd.spawn().expect("spawn node 4"));

@@ -48,8 +48,14 @@ fn registry_unreachable(pip_output: &str) -> bool {
 }
 
 /// The virtual environment with [`PACKAGES`], made (or reused) under cargo's target directory; `None` when
-/// PyPI cannot be reached (the caller skips, loudly).
+/// PyPI cannot be reached (the caller skips, loudly). Made once per test process: the tests run at the
+/// same time, and two making it at once failed on a clean machine ("File exists").
 fn client_env() -> Option<PathBuf> {
+    static VENV: std::sync::OnceLock<Option<PathBuf>> = std::sync::OnceLock::new();
+    VENV.get_or_init(make_client_env).clone()
+}
+
+fn make_client_env() -> Option<PathBuf> {
     let venv = Path::new(env!("CARGO_TARGET_TMPDIR")).join("rqlite-clients-venv");
     let python = venv.join("bin").join("python");
     let stamp = venv.join("bop-packages.txt");
