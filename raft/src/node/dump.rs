@@ -63,26 +63,53 @@ fn text(value: &Value) -> &str {
     }
 }
 
-/// Writes the dump of the database behind `conn` to `out`, all of it read in one read transaction.
-pub fn dump_sql(conn: &mut Connection, out: &mut impl Write) -> Result<(), DumpError> {
+/// Writes the dump of the database behind `conn` to `out`, all of it read in one read transaction: every
+/// table, or with `tables` only those (rqlite's `tables=`), with their indexes and triggers and their
+/// `sqlite_sequence` rows; a name that is no table is [`DumpError::Unsupported`].
+pub fn dump_sql(
+    conn: &mut Connection,
+    out: &mut impl Write,
+    tables: Option<&[String]>,
+) -> Result<(), DumpError> {
     conn.execute("BEGIN", &Params::None)?;
-    let result = dump_in_transaction(conn, out);
+    let result = dump_in_transaction(conn, out, tables);
     let ended = conn.execute("ROLLBACK", &Params::None);
     result?;
     ended?;
     Ok(())
 }
 
-fn dump_in_transaction(conn: &mut Connection, out: &mut impl Write) -> Result<(), DumpError> {
+fn dump_in_transaction(
+    conn: &mut Connection,
+    out: &mut impl Write,
+    tables: Option<&[String]>,
+) -> Result<(), DumpError> {
     let schema = conn.query(
-        "SELECT type, name, sql FROM sqlite_master WHERE sql IS NOT NULL ORDER BY rowid",
+        "SELECT type, name, sql, tbl_name FROM sqlite_master WHERE sql IS NOT NULL ORDER BY rowid",
         &Params::None,
     )?;
-    let entries: Vec<(String, String, String)> = schema
-        .rows
-        .iter()
-        .map(|row| (text(&row[0]).to_owned(), text(&row[1]).to_owned(), text(&row[2]).to_owned()))
-        .collect();
+    let mut entries: Vec<(String, String, String)> = Vec::new();
+    for row in &schema.rows {
+        // Views belong to no table: a dump of named tables leaves them out.
+        let kept =
+            tables.is_none_or(|names| text(&row[0]) != "view" && names.iter().any(|n| n == text(&row[3])));
+        if kept {
+            entries.push((text(&row[0]).to_owned(), text(&row[1]).to_owned(), text(&row[2]).to_owned()));
+        }
+    }
+    let sequence_wanted = match tables {
+        None => true,
+        Some(names) => {
+            for name in names {
+                if !entries.iter().any(|(kind, n, _)| kind == "table" && n == name) {
+                    return Err(DumpError::Unsupported(format!("tables: no table named {name:?}")));
+                }
+            }
+            false
+        }
+    };
+    let has_sequence =
+        schema.rows.iter().any(|row| text(&row[0]) == "table" && text(&row[1]) == "sqlite_sequence");
     if let Some((_, name, _)) =
         entries.iter().find(|(_, _, sql)| sql.to_ascii_uppercase().starts_with("CREATE VIRTUAL TABLE"))
     {
@@ -92,12 +119,7 @@ fn dump_in_transaction(conn: &mut Connection, out: &mut impl Write) -> Result<()
     }
     writeln!(out, "PRAGMA foreign_keys=OFF;")?;
     writeln!(out, "BEGIN TRANSACTION;")?;
-    let mut has_sequence = false;
     for (kind, name, sql) in entries.iter().filter(|(kind, _, _)| kind == "table") {
-        if name == "sqlite_sequence" {
-            has_sequence = true;
-            continue;
-        }
         if name.starts_with("sqlite_") {
             continue;
         }
@@ -105,9 +127,22 @@ fn dump_in_transaction(conn: &mut Connection, out: &mut impl Write) -> Result<()
         writeln!(out, "{sql};")?;
         dump_rows(conn, name, sql, out)?;
     }
-    if has_sequence {
+    if has_sequence && sequence_wanted {
         writeln!(out, "DELETE FROM sqlite_sequence;")?;
         dump_rows(conn, "sqlite_sequence", "", out)?;
+    } else if let (true, Some(names)) = (has_sequence, tables) {
+        // Only the named tables' counters, so that loading the dump leaves other tables' alone.
+        for name in names {
+            let next = conn.query(
+                "SELECT seq FROM sqlite_sequence WHERE name = ?",
+                &Params::Positional(vec![Value::Text(name.clone())]),
+            )?;
+            if let Some(Value::Integer(seq)) = next.rows.first().and_then(|row| row.first()) {
+                let name = literal(&Value::Text(name.clone()));
+                writeln!(out, "DELETE FROM sqlite_sequence WHERE name = {name};")?;
+                writeln!(out, "INSERT INTO sqlite_sequence(name, seq) VALUES({name}, {seq});")?;
+            }
+        }
     }
     for (_, _, sql) in entries.iter().filter(|(kind, _, _)| kind != "table") {
         writeln!(out, "{sql};")?;

@@ -17,7 +17,10 @@ use crate::node::bounds::backup_space;
 /// removed at the next start) and streamed from there, so memory stays bounded by one chunk whatever the
 /// database's size. The leader's disk needs room for the copy while it is made and sent. With `compress`
 /// (rqlite's parameter) the copy is sent as a gzip file (`application/gzip`), compressed in bounded memory:
-/// a dump as it is written, a binary copy into a second unlinked file.
+/// a dump as it is written, a binary copy into a second unlinked file. rqlite's other parameters:
+/// `noleader` (the front layer serves the receiving node's own copy instead of the leader's), `vacuum` (a
+/// binary copy is VACUUMed before it is sent: no free pages; a dump has none anyway), and `tables=A,B`
+/// with `fmt=sql` (only those tables, their indexes, triggers and `sqlite_sequence` rows).
 pub(super) async fn backup(
     axum::extract::State(node): axum::extract::State<Arc<NodeShared>>,
     axum::Extension(call): axum::Extension<Arc<Call>>,
@@ -33,6 +36,20 @@ pub(super) async fn backup(
     };
     // rqlite's `compress`: the copy (either format) gzip-compressed, as a gzip file.
     let compress = params.contains_key("compress");
+    let vacuum = params.contains_key("vacuum") && !sql;
+    let tables: Option<Vec<String>> = params
+        .get("tables")
+        .map(|list| list.split(',').map(str::trim).filter(|t| !t.is_empty()).map(str::to_owned).collect());
+    match &tables {
+        Some(_) if !sql => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "tables= takes fmt=sql: a binary backup is the whole database",
+            )
+        }
+        Some(names) if names.is_empty() => return error(StatusCode::BAD_REQUEST, "tables= names no table"),
+        _ => {}
+    }
     // At most `backups_max` copies exist at once (each takes disk until it is sent), and none that would
     // leave the log without room.
     let Ok(permit) = Arc::clone(&node.backups).try_acquire_owned() else {
@@ -42,8 +59,9 @@ pub(super) async fn backup(
         Ok(snapshot) => u64::from(snapshot.page_count()) * bop_storage::page_store::PAGE_SIZE as u64,
         Err(e) => return error(StatusCode::NOT_FOUND, format!("database {db:?}: {e}")),
     };
-    // An SQL dump can be larger than the pages it describes; count it twice.
-    let copy_bytes = if sql { db_bytes.saturating_mul(2) } else { db_bytes };
+    // An SQL dump can be larger than the pages it describes, and VACUUM writes a second copy beside the
+    // first; count those twice.
+    let copy_bytes = if sql || vacuum { db_bytes.saturating_mul(2) } else { db_bytes };
     // A compressed binary copy exists beside the uncompressed one until it is complete (a dump is
     // compressed as it is written; counted the same, to be safe); gzip never grows data by more than a
     // small fraction.
@@ -70,7 +88,8 @@ pub(super) async fn backup(
                     let file = std::fs::File::create(&target).map_err(|e| internal(&e))?;
                     let out = std::io::BufWriter::new(file);
                     let mut dumped = |out: &mut dyn std::io::Write| {
-                        crate::node::dump::dump_sql(&mut conn, &mut &mut *out).map_err(|e| match e {
+                        let tables = tables.as_deref();
+                        crate::node::dump::dump_sql(&mut conn, &mut &mut *out, tables).map_err(|e| match e {
                             crate::node::dump::DumpError::Unsupported(reason) => {
                                 (StatusCode::BAD_REQUEST, reason)
                             }
@@ -91,6 +110,11 @@ pub(super) async fn backup(
                 } else {
                     // SQLite's backup API writes a file; a compressed copy is made from it.
                     conn.backup_to(&target).map_err(|e| internal(&e))?;
+                    if vacuum {
+                        // Stock SQLite on the copy, which nothing else has open.
+                        let mut copy = bop_sql::Connection::open_stock(&target).map_err(|e| internal(&e))?;
+                        copy.execute("VACUUM", &bop_sql::Params::None).map_err(|e| internal(&e))?;
+                    }
                     if compress {
                         gzip_file(&target, &gzipped).map_err(|e| internal(&e))?;
                         &gzipped

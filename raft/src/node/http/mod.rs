@@ -494,9 +494,10 @@ async fn front(
     let timings = params.contains_key("timings");
     let path = request.uri().path().to_owned();
     let level = params.get("level").map(String::as_str).unwrap_or("weak");
-    let needs_leader =
-        matches!(path.as_str(), "/db/execute" | "/db/backup" | "/join" | "/remove" | "/leader")
-            || (path == "/db/query" && level != "none");
+    // rqlite's `noleader` asks for the receiving node's own copy of a backup.
+    let needs_leader = matches!(path.as_str(), "/db/execute" | "/join" | "/remove" | "/leader")
+        || (path == "/db/backup" && !params.contains_key("noleader"))
+        || (path == "/db/query" && level != "none");
     let pretty = params.contains_key("pretty");
     let db = params.get("db").cloned().unwrap_or_else(|| DEFAULT_DATABASE.to_owned());
     let forwarded = request.headers().contains_key(FORWARDED_HEADER);
