@@ -399,3 +399,32 @@ async fn backup_takes_noleader_vacuum_and_tables() {
     assert_eq!(column(&local_db, rows), column(&plain_db, rows));
     cluster.shutdown().await;
 }
+
+/// rqlite's queued writes (https://rqlite.io/docs/api/queued-wr/): `queue` answers at once with
+/// `{"results": [], "sequence_number": N}` and writes later through the writer; the numbers increase;
+/// `queue&wait` answers once its write is applied, so a read after it sees every earlier queued write.
+/// Through a follower too (forwarded).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queued_writes_are_answered_at_once_and_written_in_order() {
+    let cluster = cluster().await;
+    let (l, f) = (cluster.leader().http_addr().to_owned(), cluster.follower().http_addr().to_owned());
+    let made = http(&l, "POST", "/db/execute", r#"["CREATE TABLE q (n INTEGER)"]"#).await;
+    assert_eq!(made.status, 200, "{}", made.body);
+    let mut numbers = Vec::new();
+    for n in 0..20 {
+        let addr = if n % 2 == 0 { &l } else { &f };
+        let body = format!(r#"["INSERT INTO q VALUES ({n})"]"#);
+        let answer = http(addr, "POST", "/db/execute?queue", &body).await;
+        assert_eq!(answer.status, 200, "{}", answer.body);
+        assert_eq!(answer.body["results"], json!([]), "{}", answer.body);
+        numbers.push(answer.body["sequence_number"].as_u64().expect("a sequence number"));
+    }
+    let on_leader: Vec<u64> = numbers.iter().step_by(2).copied().collect();
+    assert!(on_leader.windows(2).all(|w| w[0] < w[1]), "increasing on a node: {on_leader:?}");
+    let waited = http(&l, "POST", "/db/execute?queue&wait", r#"["INSERT INTO q VALUES (99)"]"#).await;
+    assert_eq!(waited.status, 200, "{}", waited.body);
+    assert!(waited.body["sequence_number"].as_u64() > on_leader.last().copied(), "{}", waited.body);
+    let count = http(&l, "GET", "/db/query?level=none&q=SELECT%20COUNT(*)%2C%20SUM(n)%20FROM%20q", "").await;
+    assert_eq!(count.body["results"][0]["values"][0], json!([21, 190 + 99]), "{}", count.body);
+    cluster.shutdown().await;
+}

@@ -83,12 +83,45 @@ async fn write_batch(
         Err(e) => return error(StatusCode::BAD_REQUEST, e),
     };
     let interrupt = InterruptHandle::new();
-    let _interrupt_on_drop = InterruptOnDrop(interrupt.clone());
     let (answer, answered) = tokio::sync::oneshot::channel();
-    let job = WriteJob { statements, transaction, limits, interrupt, place, answer };
+    let job = WriteJob { statements, transaction, limits, interrupt: interrupt.clone(), place, answer };
     if let Err(e) = node.writers.submit(node, db, job, node_limits.writers_queued_max) {
         return busy(e);
     }
+    // rqlite's `queue`: answered once queued, with a sequence number, and written with the next group;
+    // with `wait` too, answered once it is applied. The outcome of a queued write is not reported.
+    if params.contains_key("queue") {
+        let sequence_number = next_sequence_number();
+        let queued = json!({ "results": [], "sequence_number": sequence_number });
+        if !params.contains_key("wait") {
+            // The write no longer has a client: it is neither dropped nor interrupted when the call ends.
+            let database = db.to_owned();
+            tokio::spawn(async move {
+                match answered.await {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => {
+                        tracing::warn!(db = %database, sequence_number, "a queued write failed: {e}")
+                    }
+                    Err(_) => tracing::warn!(
+                        db = %database,
+                        sequence_number,
+                        "a queued write's outcome is unknown (the writer stopped)"
+                    ),
+                }
+            });
+            return respond(StatusCode::OK, &queued, pretty);
+        }
+        let _interrupt_on_drop = InterruptOnDrop(interrupt);
+        return match answered.await {
+            Ok(Ok(_)) => respond(StatusCode::OK, &queued, pretty),
+            Ok(Err(e)) => sql_failure(node, &e, pretty),
+            Err(_) => error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "the database's writer stopped before the queued write was applied: its outcome is unknown",
+            ),
+        };
+    }
+    let _interrupt_on_drop = InterruptOnDrop(interrupt);
     match answered.await {
         Ok(Ok(outcomes)) => {
             let results: Vec<Json> = outcomes
@@ -108,6 +141,18 @@ async fn write_batch(
              write's outcome is unknown",
         ),
     }
+}
+
+/// The next queued write's `sequence_number` (rqlite's): increasing on this node, also across restarts
+/// (it starts from the clock's nanoseconds), so a client can order the numbers it was given.
+fn next_sequence_number() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: std::sync::OnceLock<AtomicU64> = std::sync::OnceLock::new();
+    let next = NEXT.get_or_init(|| {
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        AtomicU64::new(u64::try_from(now.as_nanos()).unwrap_or(u64::MAX / 2))
+    });
+    next.fetch_add(1, Ordering::Relaxed)
 }
 
 /// `freshness_strict`: beyond having heard from a leader within the freshness bound, this node must have
