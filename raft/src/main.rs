@@ -476,6 +476,7 @@ fn node(args: NodeArgs) -> Result<(), Failure> {
             auth: plan.auth,
             http_tls: plan.http_tls,
             cors_origins: plan.cors_origins,
+            remove_dead_after: plan.remove_dead_after,
             ..Default::default()
         };
         let node = Node::start_in(plan.config, env).await?;

@@ -79,6 +79,10 @@ pub(crate) struct NodeArgs {
     /// calls that could change something are refused.
     #[arg(long, value_name = "ORIGIN", env = "BOP_HTTP_CORS_ORIGIN", value_delimiter = ',')]
     http_cors_origin: Vec<String>,
+    /// While this node leads, remove a member (voter or not) it has not heard from for this long, e.g.
+    /// 72h (rqlite's reap timeout). Off by default: a dead voter then stays in every quorum until removed.
+    #[arg(long, value_name = "DURATION", env = "BOP_REMOVE_DEAD_AFTER")]
+    remove_dead_after: Option<String>,
 }
 
 /// `bop node`'s settings in its `--config` file (TOML); flags and environment variables win over it.
@@ -109,6 +113,8 @@ pub(crate) struct NodeFile {
     http_tls_client_ca: Option<PathBuf>,
     /// Origins allowed to call the API from a browser (as `--http-cors-origin`).
     http_cors_origins: Option<Vec<String>>,
+    /// Remove members silent this long (as `--remove-dead-after`).
+    remove_dead_after: Option<String>,
 }
 
 /// `RAFT_ADDR/HTTP_ADDR` (or a bare `RAFT_ADDR`) as a membership address, `RAFT_ADDR http=HTTP_ADDR`.
@@ -143,6 +149,7 @@ pub(crate) struct NodePlan {
     pub(crate) auth: Option<Arc<Auth>>,
     pub(crate) http_tls: Option<Arc<HttpTls>>,
     pub(crate) cors_origins: Vec<String>,
+    pub(crate) remove_dead_after: Option<std::time::Duration>,
     /// How `--join` reaches the cluster: `--join-as`'s credentials, and TLS.
     pub(crate) join_client: ClientSettings,
 }
@@ -232,7 +239,29 @@ pub(crate) fn node_plan(args: NodeArgs) -> Result<NodePlan, String> {
     for origin in &cors_origins {
         check_origin(origin)?;
     }
-    Ok(NodePlan { config, bootstrap, join, non_voter, raft_tls, auth, http_tls, cors_origins, join_client })
+    let remove_dead_after = match args.remove_dead_after.or(file.remove_dead_after) {
+        None => None,
+        Some(text) => match bop_raft::node::parse_duration(&text) {
+            Some(after) if after >= std::time::Duration::from_secs(1) => Some(after),
+            _ => {
+                return Err(format!(
+                    "--remove-dead-after {text:?}: a duration of at least 1s (e.g. 30s, 10m, 72h)"
+                ))
+            }
+        },
+    };
+    Ok(NodePlan {
+        config,
+        bootstrap,
+        join,
+        non_voter,
+        raft_tls,
+        auth,
+        http_tls,
+        cors_origins,
+        remove_dead_after,
+        join_client,
+    })
 }
 
 /// A web origin as browsers send it in `Origin`: `http://` or `https://`, a host, maybe a port, nothing more.
@@ -389,6 +418,12 @@ mod tests {
             let error = node_plan(args).expect_err(origin);
             assert!(error.contains("--http-cors-origin"), "{error}");
         }
+        for bad in ["soon", "500ms", "-1s"] {
+            let error = node_plan(NodeArgs { remove_dead_after: Some(bad.into()), ..base() }).expect_err(bad);
+            assert!(error.contains("--remove-dead-after"), "{error}");
+        }
+        let plan = node_plan(NodeArgs { remove_dead_after: Some("72h".into()), ..base() }).expect("72h");
+        assert_eq!(plan.remove_dead_after, Some(std::time::Duration::from_secs(72 * 3600)));
         let args = NodeArgs { http_cors_origin: vec!["https://app.example.com:8443".into()], ..base() };
         assert_eq!(node_plan(args).expect("an origin").cors_origins, ["https://app.example.com:8443"]);
         std::fs::write(&users, r#"[{"username": "a", "password": "pw", "perms": ["jion"]}]"#).expect("write");

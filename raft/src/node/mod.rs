@@ -5,6 +5,7 @@ mod disk_watch;
 mod dump;
 mod http;
 mod identity;
+mod reaper;
 mod rqlite;
 mod writer;
 
@@ -25,7 +26,7 @@ use openraft::{Config, Raft};
 use serde_json::{json, Value as Json};
 
 pub(crate) use http::query_params;
-pub use http::{BODY_BYTES_MAX, DEFAULT_DATABASE};
+pub use http::{parse_duration, BODY_BYTES_MAX, DEFAULT_DATABASE};
 pub(crate) use rqlite::parse_statements;
 
 use crate::blocking::Blocking;
@@ -157,6 +158,8 @@ pub struct NodeEnv {
     /// Web origins (`https://app.example.com`) whose pages may call the API from a browser (CORS); empty:
     /// none, and cross-origin calls that could change something are refused.
     pub cors_origins: Vec<String>,
+    /// Remove a member the leader has not heard from for this long (`None`: never; rqlite's reap timeout).
+    pub remove_dead_after: Option<Duration>,
 }
 
 impl Default for NodeEnv {
@@ -174,6 +177,7 @@ impl Default for NodeEnv {
             auth: None,
             http_tls: None,
             cors_origins: Vec::new(),
+            remove_dead_after: None,
         }
     }
 }
@@ -660,6 +664,9 @@ impl Node {
         ));
         let http_server = tokio::spawn(http::serve_http(http_listener, Arc::clone(&shared)));
         tokio::spawn(disk_watch::watch_disk(Arc::clone(&shared)));
+        if let Some(after) = env.remove_dead_after {
+            tokio::spawn(reaper::remove_dead_members(Arc::clone(&shared), after));
+        }
         Ok(Node {
             shared,
             store,

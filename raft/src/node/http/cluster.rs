@@ -111,24 +111,7 @@ async fn remove_node(node: &Arc<NodeShared>, bytes: &[u8], pretty: bool) -> Http
     if !node.is_leader() {
         return not_leader(node, pretty);
     }
-    let ids = std::collections::BTreeSet::from([request.id]);
-    let voters = node
-        .raft
-        .metrics()
-        .borrow_watched()
-        .membership_config
-        .membership()
-        .voter_ids()
-        .any(|v| v == request.id);
-    // One membership change either way: a voter is removed outright (`retain = false` keeps it on as a
-    // learner otherwise). A second change after removing a voter would, when the voter is this leader,
-    // be asked of a node that has just stepped down (the simulation found openraft asserting on it).
-    let change = if voters {
-        openraft::ChangeMembers::RemoveVoters(ids)
-    } else {
-        openraft::ChangeMembers::RemoveNodes(ids)
-    };
-    if let Err(e) = node.raft.change_membership(change, false).await {
+    if let Err(e) = node.remove_member(request.id).await {
         return error(StatusCode::SERVICE_UNAVAILABLE, format!("removing node {}: {e}", request.id));
     }
     respond(StatusCode::OK, &json!({ "removed": request.id }), pretty)

@@ -576,7 +576,7 @@ fn browser_refusal(request: &Request, allowed: &[String]) -> Option<HttpResponse
 /// A Go-style duration as rqlite takes it (`time.ParseDuration`): `0`, or one or more numbers each with a
 /// unit (`ns`, `us`, `µs`, `ms`, `s`, `m`, `h`), e.g. `500ms`, `1.5s`, `1m30s`; `None` when it is not one
 /// (negative durations are refused).
-pub(super) fn parse_duration(text: &str) -> Option<std::time::Duration> {
+pub fn parse_duration(text: &str) -> Option<std::time::Duration> {
     if text == "0" {
         return Some(std::time::Duration::ZERO);
     }
