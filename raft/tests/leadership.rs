@@ -116,3 +116,35 @@ async fn a_leader_cut_off_from_its_quorum_is_not_ready() {
     assert!(out["error"].as_str().unwrap_or_default().contains("has not heard from a quorum"), "{out}");
     leader.shutdown().await;
 }
+
+/// A learner (a node joined with `"voter": false`) is promoted by joining it again as a voter: the second
+/// `/join` finds it caught up and makes it a voter, and it then counts in the quorum.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_learner_joined_again_as_a_voter_is_promoted() {
+    let _serial = SERIAL.lock().await;
+    let cluster = Cluster::start().await;
+    let leader = cluster.leader().await;
+    let addr = leader.http_addr().to_owned();
+    let config = bop_raft::node::NodeConfig {
+        id: 4,
+        data_dir: cluster._dir.path().join("node-4"),
+        raft_addr: "127.0.0.1:0".into(),
+        http_addr: "127.0.0.1:0".into(),
+    };
+    let fourth = bop_raft::node::Node::start(config).await.expect("start node 4");
+    let learner = json!({ "id": 4, "addr": fourth.member_addr(), "voter": false }).to_string();
+    let (status, out) = http(&addr, "POST", "/join", learner.as_bytes()).await;
+    assert_eq!(status, 200, "{out}");
+    assert_eq!(voters(leader), vec![1, 2, 3], "joined as a learner");
+    let voter = json!({ "id": 4, "addr": fourth.member_addr(), "voter": true }).to_string();
+    let (status, out) = http(&addr, "POST", "/join", voter.as_bytes()).await;
+    assert_eq!(status, 200, "{out}");
+    assert_eq!(voters(leader), vec![1, 2, 3, 4], "promoted");
+    let (status, out) =
+        http(&addr, "POST", "/db/execute", json!(["CREATE TABLE t (x)"]).to_string().as_bytes()).await;
+    assert!(status == 200 && out["results"][0].get("error").is_none(), "{status} {out}");
+    fourth.shutdown().await;
+    for node in cluster.nodes {
+        node.shutdown().await;
+    }
+}
