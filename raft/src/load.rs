@@ -13,8 +13,8 @@ use bop_raft::http_client as bop_raft_http;
 
 /// Largest answer body the generator reads.
 const ANSWER_BYTES_MAX: usize = 1 << 20;
-/// Latency samples kept per client and phase (counts go on beyond it).
-const SAMPLES_MAX: usize = 1 << 20;
+/// Longest latency the histograms tell apart (longer ones count as this), in microseconds: 10 minutes.
+const LATENCY_US_MAX: u64 = 600_000_000;
 /// Clients at most.
 pub const CLIENTS_MAX: usize = 1024;
 
@@ -56,21 +56,28 @@ impl Conn {
     }
 }
 
-/// Per-phase figures.
+/// Per-phase figures. Latencies go into an HDR histogram (3 significant digits, fixed memory), every
+/// operation counted.
 struct Phase {
     ops: u64,
     errors: u64,
-    samples: Vec<u32>,
+    latency_us: hdrhistogram::Histogram<u64>,
     elapsed: Duration,
 }
 
 impl Phase {
+    fn new() -> Result<Phase, String> {
+        let latency_us = hdrhistogram::Histogram::new_with_bounds(1, LATENCY_US_MAX, 3)
+            .map_err(|e| format!("latency histogram: {e}"))?;
+        Ok(Phase { ops: 0, errors: 0, latency_us, elapsed: Duration::ZERO })
+    }
+
     fn report(&mut self, name: &str) -> f64 {
-        self.samples.sort_unstable();
         let at = |q: f64| -> f64 {
-            match self.samples.len() {
-                0 => 0.0,
-                n => f64::from(self.samples[((n as f64 * q) as usize).min(n - 1)]) / 1000.0,
+            if self.latency_us.is_empty() {
+                0.0
+            } else {
+                self.latency_us.value_at_quantile(q) as f64 / 1000.0
             }
         };
         let rate = self.ops as f64 / self.elapsed.as_secs_f64();
@@ -99,7 +106,7 @@ async fn run_phase(config: &LoadConfig, write: bool) -> Result<Phase, String> {
         let keys = config.keys;
         tasks.push(tokio::spawn(async move {
             let mut conn = Conn::open(&addr).await?;
-            let mut phase = Phase { ops: 0, errors: 0, samples: Vec::new(), elapsed: Duration::ZERO };
+            let mut phase = Phase::new()?;
             let mut round = 0u64;
             while Instant::now() < deadline {
                 let key = (client as u64 + round * 7919) % keys;
@@ -120,9 +127,8 @@ async fn run_phase(config: &LoadConfig, write: bool) -> Result<Phase, String> {
                 let ok = status == 200 && !answer.windows(8).any(|w| w == b"\"error\":");
                 if ok {
                     phase.ops += 1;
-                    if phase.samples.len() < SAMPLES_MAX {
-                        phase.samples.push(began.elapsed().as_micros().min(u128::from(u32::MAX)) as u32);
-                    }
+                    let took = began.elapsed().as_micros().clamp(1, u128::from(LATENCY_US_MAX)) as u64;
+                    phase.latency_us.saturating_record(took);
                 } else {
                     phase.errors += 1;
                     if phase.errors == 1 {
@@ -133,12 +139,12 @@ async fn run_phase(config: &LoadConfig, write: bool) -> Result<Phase, String> {
             Ok::<_, String>(phase)
         }));
     }
-    let mut total = Phase { ops: 0, errors: 0, samples: Vec::new(), elapsed: Duration::ZERO };
+    let mut total = Phase::new()?;
     for task in tasks {
         let phase = task.await.map_err(|e| format!("client task: {e}"))??;
         total.ops += phase.ops;
         total.errors += phase.errors;
-        total.samples.extend(phase.samples);
+        total.latency_us.add(&phase.latency_us).map_err(|e| format!("latency histogram: {e}"))?;
     }
     total.elapsed = started.elapsed();
     Ok(total)

@@ -85,30 +85,10 @@ pub(super) fn busy(message: impl Into<String>) -> HttpResponse {
     response
 }
 
+/// A query string's key or value decoded as a form encodes it: `+` is a space, `%XX` a byte (a `%` not
+/// followed by two hex digits stays), invalid UTF-8 replaced.
 pub(super) fn percent_decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'+' => out.push(b' '),
-            b'%' if i + 2 < bytes.len() => {
-                let hex = std::str::from_utf8(&bytes[i + 1..i + 3])
-                    .ok()
-                    .and_then(|h| u8::from_str_radix(h, 16).ok());
-                match hex {
-                    Some(b) => {
-                        out.push(b);
-                        i += 2;
-                    }
-                    None => out.push(b'%'),
-                }
-            }
-            b => out.push(b),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
+    percent_encoding::percent_decode_str(&s.replace('+', " ")).decode_utf8_lossy().into_owned()
 }
 
 /// The read consistency levels (`level=`), compared without regard to case as rqlite does. `auto` is
@@ -609,6 +589,13 @@ pub fn parse_duration(text: &str) -> Option<std::time::Duration> {
 mod tests {
     use super::parse_duration;
     use std::time::Duration;
+
+    #[test]
+    fn query_strings_decode_as_forms_encode_them() {
+        assert_eq!(super::percent_decode("a+b%20c%2B%zz%4"), "a b c+%zz%4");
+        assert_eq!(super::percent_decode("SELECT%20%2A%20FROM%20t"), "SELECT * FROM t");
+        assert_eq!(super::percent_decode("%C3%A9%FF"), "\u{e9}\u{fffd}");
+    }
 
     #[test]
     fn durations_parse_like_rqlite_takes_them() {
