@@ -428,3 +428,25 @@ async fn queued_writes_are_answered_at_once_and_written_in_order() {
     assert_eq!(count.body["results"][0]["values"][0], json!([21, 190 + 99]), "{}", count.body);
     cluster.shutdown().await;
 }
+
+/// rqlite's `blob_array`: blobs come back as arrays of bytes instead of base64 text, in both result shapes
+/// and from `/db/request` too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blob_array_answers_blobs_as_byte_arrays() {
+    let cluster = cluster().await;
+    let l = cluster.leader().http_addr().to_owned();
+    let made =
+        http(&l, "POST", "/db/execute", r#"["CREATE TABLE b (x)", "INSERT INTO b VALUES (X'00FF41')"]"#)
+            .await;
+    assert_eq!(made.status, 200, "{}", made.body);
+    let q = "q=SELECT%20x%20FROM%20b&level=strong";
+    let plain = http(&l, "GET", &format!("/db/query?{q}"), "").await;
+    assert_eq!(plain.body["results"][0]["values"], json!([["AP9B"]]), "{}", plain.body);
+    let arrays = http(&l, "GET", &format!("/db/query?{q}&blob_array"), "").await;
+    assert_eq!(arrays.body["results"][0]["values"], json!([[[0, 255, 65]]]), "{}", arrays.body);
+    let objects = http(&l, "GET", &format!("/db/query?{q}&blob_array&associative"), "").await;
+    assert_eq!(objects.body["results"][0]["rows"], json!([{ "x": [0, 255, 65] }]), "{}", objects.body);
+    let request = http(&l, "POST", "/db/request?blob_array", r#"["SELECT x FROM b"]"#).await;
+    assert_eq!(request.body["results"][0]["values"], json!([[[0, 255, 65]]]), "{}", request.body);
+    cluster.shutdown().await;
+}

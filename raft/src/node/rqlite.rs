@@ -56,28 +56,19 @@ fn to_value(json: &Json) -> Result<Value, String> {
 }
 
 fn base64(bytes: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
-    for chunk in bytes.chunks(3) {
-        let b = [chunk[0], chunk.get(1).copied().unwrap_or(0), chunk.get(2).copied().unwrap_or(0)];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for (i, shift) in [18u32, 12, 6, 0].iter().enumerate() {
-            if i <= chunk.len() {
-                out.push(char::from(ALPHABET[((n >> shift) & 63) as usize]));
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(bytes)
 }
 
-fn to_json(value: &Value) -> Json {
+/// A value as rqlite answers it: a blob as base64 text, or with `blob_array` (rqlite's parameter) as an
+/// array of its bytes.
+fn to_json(value: &Value, blob_array: bool) -> Json {
     match value {
         Value::Null => Json::Null,
         Value::Integer(i) => json!(i),
         Value::Real(f) => json!(f),
         Value::Text(s) => json!(s),
+        Value::Blob(b) if blob_array => json!(b),
         Value::Blob(b) => json!(base64(b)),
     }
 }
@@ -87,8 +78,8 @@ pub fn exec_result(outcome: &ExecOutcome) -> Json {
     json!({ "last_insert_id": outcome.last_insert_rowid, "rows_affected": outcome.rows_affected })
 }
 
-/// One query result, as rows of values or (associative) as objects.
-pub fn query_result(rows: &Rows, associative: bool) -> Json {
+/// One query result, as rows of values or (associative) as objects; blobs as byte arrays with `blob_array`.
+pub fn query_result(rows: &Rows, associative: bool, blob_array: bool) -> Json {
     let columns: Vec<Json> = rows.columns.iter().map(|c| json!(c.name)).collect();
     let types: Vec<Json> =
         rows.columns.iter().map(|c| json!(c.decl_type.clone().unwrap_or_default().to_lowercase())).collect();
@@ -99,15 +90,18 @@ pub fn query_result(rows: &Rows, associative: bool) -> Json {
             .map(|row| {
                 let mut object = Map::new();
                 for (column, value) in rows.columns.iter().zip(row) {
-                    object.insert(column.name.clone(), to_json(value));
+                    object.insert(column.name.clone(), to_json(value, blob_array));
                 }
                 Json::Object(object)
             })
             .collect();
         json!({ "types": Json::Object(rows.columns.iter().zip(types).map(|(c, t)| (c.name.clone(), t)).collect()), "rows": objects })
     } else {
-        let values: Vec<Json> =
-            rows.rows.iter().map(|row| Json::Array(row.iter().map(to_json).collect())).collect();
+        let values: Vec<Json> = rows
+            .rows
+            .iter()
+            .map(|row| Json::Array(row.iter().map(|v| to_json(v, blob_array)).collect()))
+            .collect();
         let mut out = json!({ "columns": columns, "types": types });
         if !values.is_empty() {
             out["values"] = Json::Array(values);

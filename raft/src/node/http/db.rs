@@ -78,6 +78,7 @@ async fn write_batch(
     }
     let transaction = params.contains_key("transaction");
     let associative = params.contains_key("associative");
+    let blob_array = params.contains_key("blob_array");
     let limits = match request_limits(&node.engine, params) {
         Ok(limits) => limits,
         Err(e) => return error(StatusCode::BAD_REQUEST, e),
@@ -127,7 +128,7 @@ async fn write_batch(
             let results: Vec<Json> = outcomes
                 .iter()
                 .map(|outcome| match outcome {
-                    Ok((Some(found), _)) if rows => query_result(found, associative),
+                    Ok((Some(found), _)) if rows => query_result(found, associative, blob_array),
                     Ok((_, done)) => exec_result(done),
                     Err(e) => json!({ "error": e.to_string() }),
                 })
@@ -247,6 +248,7 @@ async fn query(
         }
     }
     let associative = params.contains_key("associative");
+    let blob_array = params.contains_key("blob_array");
     let mut limits = match request_limits(&node.engine, params) {
         Ok(limits) => limits,
         Err(e) => return error(StatusCode::BAD_REQUEST, e),
@@ -292,7 +294,7 @@ async fn query(
                     Err(_) => {}
                 }
                 results.push(match rows {
-                    Ok(rows) => query_result(&rows, associative),
+                    Ok(rows) => query_result(&rows, associative, blob_array),
                     Err(e) => json!({ "error": e.to_string() }),
                 });
             }
