@@ -149,11 +149,6 @@ impl HttpTls {
         Ok(())
     }
 
-    /// The certificate in use (its leaf, DER), for checks.
-    pub fn certificate(&self) -> CertificateDer<'static> {
-        self.current.0.read().cert[0].clone()
-    }
-
     /// The client configuration a node uses to call another node's HTTP API.
     pub fn client(&self) -> Arc<ClientConfig> {
         Arc::clone(&self.client)

@@ -318,6 +318,23 @@ fn http_tls(
 mod tests {
     use super::*;
 
+    /// The settings every node needs, and nothing else.
+    fn base() -> NodeArgs {
+        NodeArgs {
+            id: Some(1),
+            data_dir: Some("d".into()),
+            raft_addr: Some("r:1".into()),
+            http_addr: Some("h:1".into()),
+            ..NodeArgs::default()
+        }
+    }
+
+    /// A throwaway CA and node 1's certificate and key in `dir`: their paths.
+    fn pki(dir: &std::path::Path) -> [PathBuf; 3] {
+        bop_raft::tcp::tls::write_throwaway_pki(dir, &[1]).expect("pki");
+        ["ca.pem", "1.pem", "1-key.pem"].map(|name| dir.join(name))
+    }
+
     #[test]
     fn flags_override_the_config_file() {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -333,22 +350,10 @@ mod tests {
     #[test]
     fn transport_tls_needs_all_three_files_and_valid_ones() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let base = || NodeArgs {
-            id: Some(1),
-            data_dir: Some("d".into()),
-            raft_addr: Some("r:1".into()),
-            http_addr: Some("h:1".into()),
-            ..NodeArgs::default()
-        };
         let half = NodeArgs { raft_tls_ca: Some(dir.path().join("ca.pem")), ..base() };
         let error = node_plan(half).expect_err("half a TLS configuration");
         assert!(error.contains("missing --raft-tls-cert, --raft-tls-key"), "{error}");
-        let (ca, certs) = bop_raft::tcp::tls::throwaway_pki(&[1]).expect("pki");
-        let paths = ["ca.pem", "cert.pem", "key.pem"].map(|name| dir.path().join(name));
-        for (path, pem) in paths.iter().zip([&ca, &certs[0].1, &certs[0].2]) {
-            std::fs::write(path, pem).expect("write");
-        }
-        let [ca, cert, key] = paths;
+        let [ca, cert, key] = pki(dir.path());
         let whole = NodeArgs {
             raft_tls_ca: Some(ca.clone()),
             raft_tls_cert: Some(cert),
@@ -369,25 +374,13 @@ mod tests {
     #[test]
     fn http_tls_users_and_cors_origins_refuse_a_bad_configuration() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let base = || NodeArgs {
-            id: Some(1),
-            data_dir: Some("d".into()),
-            raft_addr: Some("r:1".into()),
-            http_addr: Some("h:1".into()),
-            ..NodeArgs::default()
-        };
         let half = NodeArgs { http_tls_cert: Some(dir.path().join("cert.pem")), ..base() };
         let error = node_plan(half).expect_err("half an HTTP TLS configuration");
         assert!(error.contains("missing --http-tls-key, --http-tls-ca"), "{error}");
         let client_ca_only = NodeArgs { http_tls_client_ca: Some(dir.path().join("ca.pem")), ..base() };
         let error = node_plan(client_ca_only).expect_err("a client CA without a certificate");
         assert!(error.contains("missing --http-tls-cert, --http-tls-key, --http-tls-ca"), "{error}");
-        let (ca, certs) = bop_raft::tcp::tls::throwaway_pki(&[1]).expect("pki");
-        let paths = ["ca.pem", "cert.pem", "key.pem"].map(|name| dir.path().join(name));
-        for (path, pem) in paths.iter().zip([&ca, &certs[0].1, &certs[0].2]) {
-            std::fs::write(path, pem).expect("write");
-        }
-        let [ca, cert, key] = paths;
+        let [ca, cert, key] = pki(dir.path());
         let whole = NodeArgs {
             http_tls_cert: Some(cert),
             http_tls_key: Some(key),

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use bop_raft::auth::{basic_header, Auth};
 use bop_raft::http_client::{ClientSettings, HttpConn};
 use bop_raft::https::HttpTls;
-use bop_raft::node::{Node, NodeConfig, NodeEnv};
+use bop_raft::node::{Node, NodeEnv};
 use bytes::Bytes;
 use hyper::Method;
 use openraft::async_runtime::WatchReceiver;
@@ -391,16 +391,9 @@ async fn the_http_certificate_is_reloaded_when_its_files_change() {
     for name in ["1.pem", "1-key.pem"] {
         std::fs::copy(a.join(name), live.join(name)).expect("copy");
     }
-    let config = NodeConfig {
-        id: 1,
-        data_dir: dir.path().join("node-1"),
-        raft_addr: "127.0.0.1:0".into(),
-        http_addr: "127.0.0.1:0".into(),
-    };
     let tls = Arc::new(http_tls(&live, 1, false));
-    let node = Node::start_in(config, NodeEnv { http_tls: Some(Arc::clone(&tls)), ..NodeEnv::default() })
-        .await
-        .expect("start");
+    let env = NodeEnv { http_tls: Some(Arc::clone(&tls)), ..NodeEnv::default() };
+    let node = loopback::one_node_in(dir.path(), env).await;
     let trusts = |ca: &Path| ClientSettings {
         authorization: None,
         tls: Some(bop_raft::https::client_trusting(&ca.join("ca.pem")).expect("client")),
@@ -486,20 +479,8 @@ async fn browsers_cannot_be_made_to_write() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_allowed_origin_may_call_from_a_browser_and_no_other() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let config = NodeConfig {
-        id: 1,
-        data_dir: dir.path().join("node-1"),
-        raft_addr: "127.0.0.1:0".into(),
-        http_addr: "127.0.0.1:0".into(),
-    };
     let env = NodeEnv { cors_origins: vec!["https://app.example".into()], ..with_users(&users()) };
-    let node = Node::start_in(config, env).await.expect("start");
-    node.initialize_if_new([(1, node.member_addr())].into()).await.expect("initialize");
-    node.raft()
-        .wait(Some(Duration::from_secs(30)))
-        .metrics(|m| m.state.is_leader() && m.last_applied.map(|l| l.index) == m.last_log_index, "ready")
-        .await
-        .expect("leader");
+    let node = loopback::one_node_in(dir.path(), env).await;
     let addr = node.http_addr();
     let none = ClientSettings::default();
     let app = || ("origin", "https://app.example".to_owned());

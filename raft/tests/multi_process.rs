@@ -408,25 +408,18 @@ fn a_cluster_with_tls_and_users_replicates_survives_a_kill_and_takes_a_joining_n
             {{"username": "node", "password": "node pw", "perms": ["join"]}}]"#
     );
     std::fs::write(pki.join("users.json"), users).expect("write");
-    // Each node's own certificate, by id: the flags are per node, so they go after the shared ones.
+    // Node `id`'s own certificate and key serve both the Raft transport and HTTPS.
     let node_args = |id: usize| -> Vec<String> {
-        let file = |name: String| pki.join(name).display().to_string();
-        vec![
-            "--auth".into(),
-            file("users.json".into()),
-            "--raft-tls-ca".into(),
-            file("ca.pem".into()),
-            "--raft-tls-cert".into(),
-            file(format!("{id}.pem")),
-            "--raft-tls-key".into(),
-            file(format!("{id}-key.pem")),
-            "--http-tls-ca".into(),
-            file("ca.pem".into()),
-            "--http-tls-cert".into(),
-            file(format!("{id}.pem")),
-            "--http-tls-key".into(),
-            file(format!("{id}-key.pem")),
-        ]
+        let file = |name: &str| pki.join(name).display().to_string();
+        let mut args = vec!["--auth".to_owned(), file("users.json")];
+        for port in ["raft", "http"] {
+            for (what, name) in
+                [("ca", "ca.pem".to_owned()), ("cert", format!("{id}.pem")), ("key", format!("{id}-key.pem"))]
+            {
+                args.extend([format!("--{port}-tls-{what}"), file(&name)]);
+            }
+        }
+        args
     };
     let members: Vec<String> =
         (0..n).map(|j| format!("{}={}/{}", j + 1, cluster.raft[j], cluster.http[j])).collect();

@@ -19,13 +19,7 @@ pub async fn three_nodes_in(dir: &Path, env: impl Fn(u64) -> bop_raft::node::Nod
     let mut nodes = Vec::new();
     let mut members = BTreeMap::new();
     for id in 1..=3u64 {
-        let config = NodeConfig {
-            id,
-            data_dir: dir.join(format!("node-{id}")),
-            raft_addr: "127.0.0.1:0".into(),
-            http_addr: "127.0.0.1:0".into(),
-        };
-        let node = Node::start_in(config, env(id)).await.expect("start");
+        let node = start(dir, id, env(id)).await;
         members.insert(id, node.member_addr());
         nodes.push(node);
     }
@@ -37,14 +31,39 @@ pub async fn three_nodes_in(dir: &Path, env: impl Fn(u64) -> bop_raft::node::Nod
             .await
             .expect("every node knows the leader");
     }
-    let leader = leader_of(&nodes);
+    leads_and_applied(leader_of(&nodes)).await;
+    nodes
+}
+
+/// Node 1 alone as a cluster of one, with its data under `dir`, in the environment `env`; once it leads and
+/// has applied its log.
+#[allow(dead_code)] // not every test that includes this file uses it
+pub async fn one_node_in(dir: &Path, env: bop_raft::node::NodeEnv) -> Node {
+    let node = start(dir, 1, env).await;
+    node.initialize_if_new([(1, node.member_addr())].into()).await.expect("initialize");
+    leads_and_applied(&node).await;
+    node
+}
+
+/// Node `id` on loopback ports the OS picks, its data in `dir/node-ID`.
+async fn start(dir: &Path, id: u64, env: bop_raft::node::NodeEnv) -> Node {
+    let config = NodeConfig {
+        id,
+        data_dir: dir.join(format!("node-{id}")),
+        raft_addr: "127.0.0.1:0".into(),
+        http_addr: "127.0.0.1:0".into(),
+    };
+    Node::start_in(config, env).await.expect("start")
+}
+
+/// Waits (at most 30 s) until `leader` leads and has applied everything in its log.
+async fn leads_and_applied(leader: &Node) {
     leader
         .raft()
         .wait(Some(Duration::from_secs(30)))
         .metrics(|m| m.state.is_leader() && m.last_applied.map(|l| l.index) == m.last_log_index, "ready")
         .await
         .expect("the leader applied its log");
-    nodes
 }
 
 /// The node that `nodes[0]` knows as leader.
