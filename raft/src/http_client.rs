@@ -5,6 +5,7 @@ use std::io;
 use std::time::Duration;
 
 use bytes::Bytes;
+use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;
@@ -18,10 +19,18 @@ pub const HEAD_BYTES_MAX: usize = 64 << 10;
 
 /// A kept-alive HTTP/1.1 connection to one address (requests go one after another).
 pub struct HttpConn {
-    sender: SendRequest<Full<Bytes>>,
+    sender: SendRequest<OutgoingBody>,
     host: String,
     /// Sent with every request (HTTP Basic credentials).
     authorization: Option<String>,
+}
+
+/// A request's body: bytes in memory, or a stream (an upload passed on as it arrives).
+pub type OutgoingBody = UnsyncBoxBody<Bytes, io::Error>;
+
+/// `bytes` as a request body.
+pub fn bytes_body(bytes: Bytes) -> OutgoingBody {
+    Full::new(bytes).map_err(|never| match never {}).boxed_unsync()
 }
 
 /// How a client reaches a node: its credentials, and TLS.
@@ -95,6 +104,17 @@ impl HttpConn {
         headers: &[(&str, String)],
         body: Bytes,
     ) -> io::Result<Response<Incoming>> {
+        self.send_body(method, path_and_query, headers, bytes_body(body)).await
+    }
+
+    /// [`HttpConn::send`] with any body (sent as it is produced).
+    pub async fn send_body(
+        &mut self,
+        method: Method,
+        path_and_query: &str,
+        headers: &[(&str, String)],
+        body: OutgoingBody,
+    ) -> io::Result<Response<Incoming>> {
         let mut request = Request::builder()
             .method(method)
             .uri(path_and_query)
@@ -108,7 +128,7 @@ impl HttpConn {
         for (name, value) in headers {
             request = request.header(*name, value.as_str());
         }
-        let request = request.body(Full::new(body)).map_err(io::Error::other)?;
+        let request = request.body(body).map_err(io::Error::other)?;
         self.sender.ready().await.map_err(io::Error::other)?;
         self.sender.send_request(request).await.map_err(io::Error::other)
     }

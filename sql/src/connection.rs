@@ -1,6 +1,7 @@
 //! A SQLite connection: batches in one transaction, queries returning typed rows.
 
 mod group;
+mod load;
 
 use std::ffi::{c_char, c_int, CStr, CString};
 use std::path::{Path, PathBuf};
@@ -16,6 +17,7 @@ use crate::limits::{
 use crate::wal::ConnShared;
 
 pub use group::{GroupRequest, RequestOutcome};
+pub use load::ScriptOutcome;
 
 /// A SQLite value.
 #[derive(Debug, Clone, PartialEq)]

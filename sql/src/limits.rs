@@ -466,7 +466,9 @@ pub(crate) unsafe extern "C" fn authorize(
         ffi::SQLITE_PRAGMA if text(arg2).is_some() => {
             let name = text(arg1).map(|n| n.to_string_lossy().to_ascii_lowercase()).unwrap_or_default();
             match name.as_str() {
-                "journal_mode" | "locking_mode" => ffi::SQLITE_DENY,
+                // max_page_count bounds the database (a bop database by the page store's largest page
+                // number, a load's scratch database by what one commit can carry).
+                "journal_mode" | "locking_mode" | "max_page_count" => ffi::SQLITE_DENY,
                 _ => ffi::SQLITE_OK,
             }
         }

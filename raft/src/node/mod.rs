@@ -209,13 +209,15 @@ pub enum NodeError {
 const IDENTITY_FILE: &str = "bop-node.json";
 const LOCK_FILE: &str = "LOCK";
 
-/// Removes the temporary files of `/db/backup` calls a crash interrupted (they are never read again).
+/// Removes the temporary files of `/db/backup` and `/db/load` calls a crash interrupted (they are never
+/// read again): `backup-*.tmp` and `restore-*.tmp`, with the side files SQLite may have made beside them
+/// (`-journal`, `-wal`, `-shm`).
 fn remove_stale_backups(dir: &std::path::Path) {
     let Ok(entries) = std::fs::read_dir(dir) else { return };
     for entry in entries.flatten() {
         let name = entry.file_name();
         let name = name.to_string_lossy();
-        if name.starts_with("backup-") && name.ends_with(".sqlite.tmp") {
+        if (name.starts_with("backup-") || name.starts_with("restore-")) && name.contains(".tmp") {
             let _ = std::fs::remove_file(entry.path());
         }
     }
@@ -312,6 +314,10 @@ pub struct NodeShared {
     writer_queue: Arc<bounds::WriterQueue>,
     /// Backups being made or sent.
     backups: Arc<tokio::sync::Semaphore>,
+    /// Held by the `/db/load` being received, checked or committed (one at a time).
+    restoring: tokio::sync::Semaphore,
+    /// Most pages one commit (one log entry) may carry: the largest database a load can write.
+    commit_pages_max: usize,
     /// SQL calls stopped by their time limit or an interrupt (client gone, shutdown).
     statements_stopped: AtomicU64,
     requests: AtomicU64,
@@ -646,6 +652,8 @@ impl Node {
             cors_origins: env.cors_origins.clone(),
             writer_queue: Arc::new(bounds::WriterQueue::default()),
             backups: Arc::new(tokio::sync::Semaphore::new(env.limits.backups_max)),
+            restoring: tokio::sync::Semaphore::new(1),
+            commit_pages_max: pages_max,
             statements_stopped: AtomicU64::new(0),
             requests: AtomicU64::new(0),
             latency_us_total: AtomicU64::new(0),

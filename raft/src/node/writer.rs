@@ -2,7 +2,9 @@
 //! whatever is queued (up to [`GROUP_REQUESTS_MAX`] requests and [`GROUP_BYTES_MAX`] bytes, no timer) and
 //! runs it as one SQL transaction (`Connection::request_group`), so that one Raft entry commits them all.
 //! Every request is answered once that entry is applied on this node. A writer that has had nothing to do
-//! for `NodeLimits::writer_idle` ends, and the next write to its database starts a new one.
+//! for `NodeLimits::writer_idle` ends, and the next write to its database starts a new one. A load
+//! (`/db/load`) goes through the same queue, so that it is ordered with the writes around it, and runs
+//! alone.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -32,12 +34,34 @@ pub(super) struct WriteJob {
     pub(super) answer: oneshot::Sender<RequestOutcome>,
 }
 
+/// A load queued for its database's writer: the database's whole contents replaced by those of `source`
+/// (an ordinary SQLite file, checked already) in one commit.
+pub(super) struct RestoreJob {
+    pub(super) source: std::path::PathBuf,
+    pub(super) answer: oneshot::Sender<Result<(), bop_sql::SqlError>>,
+}
+
+/// What a writer runs.
+pub(super) enum Job {
+    Write(WriteJob),
+    Restore(RestoreJob),
+}
+
+impl Job {
+    fn is_closed(&self) -> bool {
+        match self {
+            Job::Write(job) => job.answer.is_closed(),
+            Job::Restore(job) => job.answer.is_closed(),
+        }
+    }
+}
+
 /// The node's writers, by database name.
 #[derive(Default)]
 pub(super) struct Writers {
     /// Each running writer's queue, with the writer's number (so that a writer that ends removes its own
     /// entry, not a successor's).
-    queues: parking_lot::Mutex<HashMap<String, (u64, mpsc::Sender<WriteJob>)>>,
+    queues: parking_lot::Mutex<HashMap<String, (u64, mpsc::Sender<Job>)>>,
     started: AtomicU64,
     /// Groups run, and the requests in them (for `/metrics`).
     groups: AtomicU64,
@@ -52,7 +76,7 @@ impl Writers {
         &self,
         node: &Arc<NodeShared>,
         db: &str,
-        job: WriteJob,
+        job: Job,
         queue_max: usize,
     ) -> Result<(), String> {
         let mut queues = self.queues.lock();
@@ -95,48 +119,87 @@ impl Writers {
     }
 }
 
-/// A database's writer: takes what is queued, runs it as a group, again and again, until it has been idle
-/// for `NodeLimits::writer_idle` or the node is gone.
-async fn run_writer(node: Weak<NodeShared>, db: String, id: u64, mut jobs: mpsc::Receiver<WriteJob>) {
+/// A database's writer: takes what is queued, runs it as a group (a load alone), again and again, until it
+/// has been idle for `NodeLimits::writer_idle` or the node is gone.
+async fn run_writer(node: Weak<NodeShared>, db: String, id: u64, mut jobs: mpsc::Receiver<Job>) {
     let Some(idle) = node.upgrade().map(|node| node.limits.writer_idle) else { return };
+    // A load taken while a group was being gathered: it runs next, after the group.
+    let mut held: Option<Job> = None;
     loop {
-        let first = match tokio::time::timeout(idle, jobs.recv()).await {
-            Ok(Some(job)) => job,
-            Ok(None) => return,
-            Err(_) => {
-                let Some(node) = node.upgrade() else { return };
-                // Under the lock submitters take: either a job arrived before, or the entry goes and the
-                // next submitter starts a new writer.
-                let mut queues = node.writers.queues.lock();
-                match jobs.try_recv() {
-                    Ok(job) => job,
-                    Err(_) => {
-                        if queues.get(&db).is_some_and(|(entry, _)| *entry == id) {
-                            queues.remove(&db);
+        let first = match held.take() {
+            Some(job) => job,
+            None => match tokio::time::timeout(idle, jobs.recv()).await {
+                Ok(Some(job)) => job,
+                Ok(None) => return,
+                Err(_) => {
+                    let Some(node) = node.upgrade() else { return };
+                    // Under the lock submitters take: either a job arrived before, or the entry goes and
+                    // the next submitter starts a new writer.
+                    let mut queues = node.writers.queues.lock();
+                    match jobs.try_recv() {
+                        Ok(job) => job,
+                        Err(_) => {
+                            if queues.get(&db).is_some_and(|(entry, _)| *entry == id) {
+                                queues.remove(&db);
+                            }
+                            return;
                         }
-                        return;
                     }
                 }
+            },
+        };
+        // A job whose client has gone and that has not started is not run at all.
+        if first.is_closed() {
+            continue;
+        }
+        let first = match first {
+            Job::Restore(job) => {
+                let Some(node) = node.upgrade() else { return };
+                run_restore(&node, &db, job).await;
+                continue;
             }
+            Job::Write(job) => job,
         };
         let mut group = vec![first];
         let mut bytes = group[0].place.bytes();
         while group.len() < GROUP_REQUESTS_MAX && bytes < GROUP_BYTES_MAX {
             match jobs.try_recv() {
-                Ok(job) => {
+                Ok(Job::Write(job)) => {
                     bytes += job.place.bytes();
                     group.push(job);
+                }
+                Ok(restore) => {
+                    held = Some(restore);
+                    break;
                 }
                 Err(_) => break,
             }
         }
-        // A request whose client has gone and that has not started is not run at all.
         group.retain(|job| !job.answer.is_closed());
         if group.is_empty() {
             continue;
         }
         let Some(node) = node.upgrade() else { return };
         run_group(&node, &db, group).await;
+    }
+}
+
+/// Runs a load: the database replaced in one commit, answered once that commit is applied here.
+async fn run_restore(node: &Arc<NodeShared>, db: &str, job: RestoreJob) {
+    node.leadership_applied().await;
+    let engine = Arc::clone(&node.engine);
+    let name = db.to_owned();
+    let RestoreJob { source, answer } = job;
+    let done = node
+        .blocking
+        .run(move || {
+            let restored =
+                engine.open(&name, OpenMode::CreateIfMissing).and_then(|mut conn| conn.restore_from(&source));
+            let _ = answer.send(restored);
+        })
+        .await;
+    if let Err(e) = done {
+        tracing::warn!(db, error = %e, "a load failed");
     }
 }
 

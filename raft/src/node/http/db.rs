@@ -16,7 +16,7 @@ use bop_sql::{InterruptHandle, OpenMode, Rows, SqlError};
 
 use crate::node::bounds::{may_create_database, request_limits, Cancel, InterruptOnDrop};
 use crate::node::rqlite::{error_result, exec_result, parse_statements, query_result};
-use crate::node::writer::WriteJob;
+use crate::node::writer::{Job, WriteJob};
 
 fn sql_failure(node: &NodeShared, e: &SqlError, pretty: bool) -> HttpResponse {
     let message = e.to_string();
@@ -56,13 +56,8 @@ async fn write_batch(
     rows: bool,
     pretty: bool,
 ) -> HttpResponse {
-    // A full or stalled disk under the log: refuse before anything is proposed (reads go on).
-    if let Some(trouble) = node.disk_trouble() {
-        return if trouble.full {
-            error(StatusCode::INSUFFICIENT_STORAGE, trouble.message)
-        } else {
-            busy(trouble.message)
-        };
+    if let Some(refused) = disk_refusal(node) {
+        return refused;
     }
     let node_limits = node.limits;
     let place = match node.writer_queue.enter(
@@ -86,7 +81,7 @@ async fn write_batch(
     let interrupt = InterruptHandle::new();
     let (answer, answered) = tokio::sync::oneshot::channel();
     let job = WriteJob { statements, transaction, limits, interrupt: interrupt.clone(), place, answer };
-    if let Err(e) = node.writers.submit(node, db, job, node_limits.writers_queued_max) {
+    if let Err(e) = node.writers.submit(node, db, Job::Write(job), node_limits.writers_queued_max) {
         return busy(e);
     }
     // rqlite's `queue`: answered once queued, with a sequence number, and written with the next group;
@@ -142,6 +137,16 @@ async fn write_batch(
              write's outcome is unknown",
         ),
     }
+}
+
+/// A full or stalled disk under the log: writes are refused before anything is proposed (reads go on).
+pub(super) fn disk_refusal(node: &NodeShared) -> Option<HttpResponse> {
+    let trouble = node.disk_trouble()?;
+    Some(if trouble.full {
+        error(StatusCode::INSUFFICIENT_STORAGE, trouble.message)
+    } else {
+        busy(trouble.message)
+    })
 }
 
 /// The next queued write's `sequence_number` (rqlite's): increasing on this node, also across restarts

@@ -15,7 +15,7 @@ pub(super) async fn forward(
     node: &NodeShared,
     method: &Method,
     path_and_query: &str,
-    body: &[u8],
+    body: &mut Outgoing,
     authorization: Option<&hyper::header::HeaderValue>,
 ) -> Result<HttpResponse, ForwardFailure> {
     use futures_util::StreamExt;
@@ -28,15 +28,23 @@ pub(super) async fn forward(
     };
     // The leader builds a backup before it answers (its head carries the length), which takes a while for
     // a large database.
-    let head_timeout =
-        if path_and_query.starts_with("/db/backup") { BACKUP_HEAD_TIMEOUT } else { FORWARD_TIMEOUT };
+    // So does a load, which it checks and commits before it answers.
+    let head_timeout = if path_and_query.starts_with("/db/backup") || path_and_query.starts_with("/db/load") {
+        BACKUP_HEAD_TIMEOUT
+    } else {
+        FORWARD_TIMEOUT
+    };
     let mut headers = vec![(FORWARDED_HEADER, node.id.to_string())];
     if let Some(value) = authorization.and_then(|v| v.to_str().ok()) {
         headers.push((hyper::header::AUTHORIZATION.as_str(), value.to_owned()));
     }
+    let (content_type, outgoing) = body.take().ok_or(ForwardFailure::Other)?;
+    if let Some(value) = content_type.as_ref().and_then(|v| v.to_str().ok()) {
+        headers.push((hyper::header::CONTENT_TYPE.as_str(), value.to_owned()));
+    }
     let exchange = async {
         let mut conn = crate::http_client::HttpConn::over(stream, &target).await?;
-        conn.send(method.clone(), path_and_query, &headers, Bytes::copy_from_slice(body)).await
+        conn.send_body(method.clone(), path_and_query, &headers, outgoing).await
     };
     let answer = match tokio::time::timeout(head_timeout, exchange).await {
         Ok(Ok(answer)) => answer,
@@ -64,6 +72,26 @@ pub(super) async fn forward(
     Ok(response)
 }
 
+/// The body of a call passed to the leader: bytes already read (which can be sent again), or the client's
+/// upload, passed on as it arrives (once), with its content type.
+pub(super) enum Outgoing {
+    Bytes(Bytes),
+    Stream(Option<(Option<hyper::header::HeaderValue>, axum::body::Body)>),
+}
+
+impl Outgoing {
+    /// The content type to send and the body, or `None` once a stream was sent.
+    fn take(&mut self) -> Option<(Option<hyper::header::HeaderValue>, crate::http_client::OutgoingBody)> {
+        use http_body_util::BodyExt;
+        match self {
+            Outgoing::Bytes(bytes) => Some((None, crate::http_client::bytes_body(bytes.clone()))),
+            Outgoing::Stream(upload) => upload.take().map(|(content_type, body)| {
+                (content_type, body.map_err(std::io::Error::other).boxed_unsync())
+            }),
+        }
+    }
+}
+
 /// Why a request could not be passed to the leader.
 pub(super) enum ForwardFailure {
     /// The leader (this node id) could not be reached; nothing was sent.
@@ -82,6 +110,19 @@ pub(super) async fn to_leader(
     path_and_query: &str,
     bytes: &[u8],
 ) -> HttpResponse {
+    let body = Outgoing::Bytes(Bytes::copy_from_slice(bytes));
+    to_leader_with(node, call, method, path_and_query, body).await
+}
+
+/// [`to_leader`] with any body: an upload is passed on as it arrives, and is tried on a second leader only
+/// if it was not sent to the first.
+pub(super) async fn to_leader_with(
+    node: &NodeShared,
+    call: &Call,
+    method: &Method,
+    path_and_query: &str,
+    mut body: Outgoing,
+) -> HttpResponse {
     let pretty = call.pretty;
     let authorization = call.authorization.as_ref();
     // A request another node forwarded here is never forwarded again: two nodes that each believe the
@@ -92,16 +133,18 @@ pub(super) async fn to_leader(
     if call.params.contains_key("redirect") {
         return redirect(node, path_and_query, pretty);
     }
-    match forward(node, method, path_and_query, bytes, authorization).await {
+    match forward(node, method, path_and_query, &mut body, authorization).await {
         Ok(response) => response,
         Err(ForwardFailure::Unreachable(tried)) => {
             // If the cluster already has another leader (the connection attempt may have taken a while),
             // try it once: nothing was sent to the first, so this cannot apply the request twice. Otherwise
             // the client hears at once that there is no reachable leader, and retries when it chooses.
             match node.leader() {
-                Some((id, _)) if id != tried => forward(node, method, path_and_query, bytes, authorization)
-                    .await
-                    .unwrap_or_else(|_| not_leader(node, pretty)),
+                Some((id, _)) if id != tried => {
+                    forward(node, method, path_and_query, &mut body, authorization)
+                        .await
+                        .unwrap_or_else(|_| not_leader(node, pretty))
+                }
                 _ => not_leader(node, pretty),
             }
         }

@@ -8,6 +8,7 @@ mod backup;
 mod cluster;
 mod db;
 mod forward;
+mod restore;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -325,8 +326,9 @@ fn needed(path: &str) -> (&'static [Perm], bool) {
 /// 4. [`front`]: parameters checked, calls that need the leader passed to it from a follower, timings and
 ///    latency recorded;
 /// 5. the JSON shape (`{"error": ...}`) for the answers of the two layers below, which have no body;
-/// 6. bodies past [`BODY_BYTES_MAX`] refused with 413, before they are read when their length is declared;
-/// 7. every call but a backup (whose copy of a large database may take long) answered within
+/// 6. bodies past [`BODY_BYTES_MAX`] refused with 413, before they are read when their length is declared
+///    (but a load's upload, which `/db/load` bounds itself);
+/// 7. every call but a backup or a load (whose copy of a large database may take long) answered within
 ///    `http_request_timeout`, or 503 and its work dropped (which stops its SQL).
 fn router(node: Arc<NodeShared>) -> Router {
     use tower::ServiceBuilder;
@@ -346,12 +348,17 @@ fn router(node: Arc<NodeShared>) -> Router {
         .layer(TimeoutLayer::with_status_code(StatusCode::SERVICE_UNAVAILABLE, limits.http_request_timeout));
     let trace = tower_http::trace::TraceLayer::new_for_http()
         .on_failure(tower_http::trace::DefaultOnFailure::new().level(tracing::Level::DEBUG));
-    Router::new()
+    let bounded = Router::new()
         .merge(timed)
         .route("/db/backup", get(backup::backup))
+        .layer(tower_http::limit::RequestBodyLimitLayer::new(BODY_BYTES_MAX));
+    // A load's upload is bounded by the load itself (the largest database one log entry carries), and it
+    // is not timed as a whole (only its pauses are).
+    Router::new()
+        .merge(bounded)
+        .route("/db/load", post(restore::load))
         .fallback(no_route)
         .method_not_allowed_fallback(wrong_method)
-        .layer(tower_http::limit::RequestBodyLimitLayer::new(BODY_BYTES_MAX))
         .layer(axum::middleware::map_response_with_state(Arc::clone(&node), json_errors))
         .layer(axum::middleware::from_fn_with_state(Arc::clone(&node), front))
         .layer(
@@ -475,7 +482,7 @@ async fn front(
     let path = request.uri().path().to_owned();
     let level = params.get("level").map(String::as_str).unwrap_or("weak");
     // rqlite's `noleader` asks for the receiving node's own copy of a backup.
-    let needs_leader = matches!(path.as_str(), "/db/execute" | "/join" | "/remove" | "/leader")
+    let needs_leader = matches!(path.as_str(), "/db/execute" | "/db/load" | "/join" | "/remove" | "/leader")
         || (path == "/db/backup" && !params.contains_key("noleader"))
         || (path == "/db/query" && level != "none");
     let pretty = params.contains_key("pretty");
@@ -490,11 +497,18 @@ async fn front(
         let method = request.method().clone();
         let path_and_query =
             request.uri().path_and_query().map(|p| p.as_str().to_owned()).unwrap_or_else(|| path.clone());
-        match read_body(request.into_body()).await {
-            Ok(bytes) => to_leader(&node, &call, &method, &path_and_query, &bytes).await,
-            Err(response) => response,
+        if path == "/db/load" {
+            // An upload is passed on as it arrives (the leader bounds it).
+            let content_type = request.headers().get(hyper::header::CONTENT_TYPE).cloned();
+            let upload = forward::Outgoing::Stream(Some((content_type, request.into_body())));
+            forward::to_leader_with(&node, &call, &method, &path_and_query, upload).await.into_response()
+        } else {
+            match read_body(request.into_body()).await {
+                Ok(bytes) => to_leader(&node, &call, &method, &path_and_query, &bytes).await,
+                Err(response) => response,
+            }
+            .into_response()
         }
-        .into_response()
     } else {
         let mut request = request;
         request.extensions_mut().insert(Arc::new(call));
