@@ -194,6 +194,24 @@ where
             .min(config.queue_bytes_max.saturating_sub(RECORD_HEADER_LEN + RECORD_ALIGN))
     }
 
+    /// Appends `entries` (the next indexes of the log) outside Raft and waits until they are durable: for
+    /// repairs made before Raft starts on this store (`--force-new-cluster`), never while it runs.
+    pub async fn append_durably(&self, entries: Vec<C::Entry>) -> io::Result<()>
+    where
+        C::Entry: Serialize,
+    {
+        let part = entries
+            .iter()
+            .map(|entry| Ok(NewEntry { index: entry.index(), term: 0, payload: encode(entry)? }))
+            .collect::<io::Result<Vec<_>>>()?;
+        let (done, durable) = tokio::sync::oneshot::channel();
+        let callback = Box::new(move |result: Result<(), WalError>| {
+            let _ = done.send(result);
+        });
+        self.inner.wal.append_with_async(part, callback).await.map_err(wal_err)?;
+        durable.await.map_err(|_| io::Error::other("the WAL dropped an append"))?.map_err(wal_err)
+    }
+
     /// Writes the newest committed log id to the manifest, then flushes and closes the WAL (outstanding
     /// callbacks resolve first). A failure to write the committed id is logged: the log is intact, and a
     /// restart re-learns the commit from the leader.

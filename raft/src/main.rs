@@ -477,6 +477,7 @@ fn node(args: NodeArgs) -> Result<(), Failure> {
             http_tls: plan.http_tls,
             cors_origins: plan.cors_origins,
             remove_dead_after: plan.remove_dead_after,
+            force_new_cluster: plan.force_new_cluster,
             ..Default::default()
         };
         let node = Node::start_in(plan.config, env).await?;

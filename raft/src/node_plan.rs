@@ -42,6 +42,12 @@ pub(crate) struct NodeArgs {
     /// counts in a quorum; it stays one). `level=auto` reads are served locally on it.
     #[arg(long, env = "BOP_NON_VOTER")]
     non_voter: bool,
+    /// Quorum-loss recovery: restart this former member, with its data, as a cluster of one (the only
+    /// voter), then join new nodes to it. Only when a majority of the voters is gone for good; the old
+    /// members must never come back with their data. Once done, later starts ignore it (see
+    /// docs/operations.md).
+    #[arg(long, env = "BOP_FORCE_NEW_CLUSTER")]
+    force_new_cluster: bool,
     /// Mutual TLS on the Raft transport: the cluster CA's certificate (PEM). Needs --raft-tls-cert and
     /// --raft-tls-key; every node's certificate must name it as the DNS name bop-node-ID.
     #[arg(long, value_name = "FILE", env = "BOP_RAFT_TLS_CA")]
@@ -99,6 +105,8 @@ pub(crate) struct NodeFile {
     join: Option<String>,
     /// Join as a non-voter (as `--non-voter`).
     non_voter: Option<bool>,
+    /// Quorum-loss recovery (as `--force-new-cluster`).
+    force_new_cluster: Option<bool>,
     /// Mutual TLS on the Raft transport (as `--raft-tls-ca`, `--raft-tls-cert`, `--raft-tls-key`).
     raft_tls_ca: Option<PathBuf>,
     raft_tls_cert: Option<PathBuf>,
@@ -145,6 +153,8 @@ pub(crate) struct NodePlan {
     pub(crate) join: Option<String>,
     /// Join as a learner that stays one.
     pub(crate) non_voter: bool,
+    /// Restart as a cluster of one (quorum-loss recovery).
+    pub(crate) force_new_cluster: bool,
     pub(crate) raft_tls: Option<bop_raft::tcp::tls::TransportTls>,
     pub(crate) auth: Option<Arc<Auth>>,
     pub(crate) http_tls: Option<Arc<HttpTls>>,
@@ -172,6 +182,14 @@ pub(crate) fn node_plan(args: NodeArgs) -> Result<NodePlan, String> {
     if non_voter && join.is_none() {
         return Err(
             "--non-voter needs --join: a non-voter joins a running cluster (bootstrap members vote)".into()
+        );
+    }
+    let force_new_cluster = args.force_new_cluster || file.force_new_cluster.unwrap_or(false);
+    if force_new_cluster && (bootstrap.is_some() || join.is_some()) {
+        return Err(
+            "--force-new-cluster restarts a former member with its data; it takes neither --bootstrap \
+                    nor --join"
+                .into(),
         );
     }
     let config = NodeConfig {
@@ -255,6 +273,7 @@ pub(crate) fn node_plan(args: NodeArgs) -> Result<NodePlan, String> {
         bootstrap,
         join,
         non_voter,
+        force_new_cluster,
         raft_tls,
         auth,
         http_tls,
@@ -415,6 +434,17 @@ mod tests {
             let error = node_plan(NodeArgs { remove_dead_after: Some(bad.into()), ..base() }).expect_err(bad);
             assert!(error.contains("--remove-dead-after"), "{error}");
         }
+        for (what, args) in [
+            ("--join", NodeArgs { force_new_cluster: true, join: Some("h:9".into()), ..base() }),
+            (
+                "--bootstrap",
+                NodeArgs { force_new_cluster: true, bootstrap: Some("1=r:1/h:1".into()), ..base() },
+            ),
+        ] {
+            let error = node_plan(args).expect_err(what);
+            assert!(error.contains("--force-new-cluster"), "{what}: {error}");
+        }
+        assert!(node_plan(NodeArgs { force_new_cluster: true, ..base() }).expect("force").force_new_cluster);
         let plan = node_plan(NodeArgs { remove_dead_after: Some("72h".into()), ..base() }).expect("72h");
         assert_eq!(plan.remove_dead_after, Some(std::time::Duration::from_secs(72 * 3600)));
         let args = NodeArgs { http_cors_origin: vec!["https://app.example.com:8443".into()], ..base() };

@@ -6,6 +6,7 @@ mod dump;
 mod http;
 mod identity;
 mod reaper;
+mod recovery;
 mod rqlite;
 mod writer;
 
@@ -160,6 +161,9 @@ pub struct NodeEnv {
     pub cors_origins: Vec<String>,
     /// Remove a member the leader has not heard from for this long (`None`: never; rqlite's reap timeout).
     pub remove_dead_after: Option<Duration>,
+    /// Quorum-loss recovery (`--force-new-cluster`): before Raft starts, the log gets a membership of this
+    /// node alone, so that it leads a cluster of one with all its data (see `recovery.rs`).
+    pub force_new_cluster: bool,
 }
 
 impl Default for NodeEnv {
@@ -178,6 +182,7 @@ impl Default for NodeEnv {
             http_tls: None,
             cors_origins: Vec::new(),
             remove_dead_after: None,
+            force_new_cluster: false,
         }
     }
 }
@@ -599,6 +604,12 @@ impl Node {
         let manager =
             Manager::open_replicated(manager_config, Arc::clone(&wal), manifest).map_err(|e| storage(&e))?;
         let sm = BopStateMachine::open(manager.clone(), Arc::clone(&wal)).map_err(|e| storage(&e))?;
+        let http_addr = http_listener.local_addr().unwrap_or_else(|_| config.http_addr.clone());
+        let raft_addr = raft_listener.local_addr().unwrap_or_else(|_| config.raft_addr.clone());
+        if env.force_new_cluster {
+            let addr = format!("{raft_addr} http={http_addr}");
+            recovery::force_new_cluster(&store, &config.data_dir, config.id, addr).await?;
+        }
         let raft_config = Arc::new(
             Config {
                 heartbeat_interval: env.raft_timing.heartbeat_ms,
@@ -631,8 +642,6 @@ impl Node {
         let pages_max = crate::sql_sink::commit_pages_max(entry_bytes_max).min(commit_frames_max);
         sql_config.pending_bytes_max = pages_max * bop_storage::page_store::PAGE_SIZE;
         let engine = Arc::new(SqlEngine::new(manager.clone(), sink, sql_config).map_err(|e| storage(&e))?);
-        let http_addr = http_listener.local_addr().unwrap_or_else(|_| config.http_addr.clone());
-        let raft_addr = raft_listener.local_addr().unwrap_or_else(|_| config.raft_addr.clone());
         let shared = Arc::new(NodeShared {
             id: config.id,
             wal,
