@@ -450,3 +450,52 @@ async fn blob_array_answers_blobs_as_byte_arrays() {
     assert_eq!(request.body["results"][0]["values"], json!([[[0, 255, 65]]]), "{}", request.body);
     cluster.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn raft_index_names_the_writes_entry_and_qualify_columns_names_tables() {
+    let cluster = cluster().await;
+    let l = cluster.leader().http_addr().to_owned();
+    let f = cluster.follower().http_addr().to_owned();
+    let plain = http(&l, "POST", "/db/execute", r#"["CREATE TABLE a (id INTEGER PRIMARY KEY, x)"]"#).await;
+    assert_eq!(plain.status, 200, "{}", plain.body);
+    assert!(plain.body.get("raft_index").is_none(), "only when asked: {}", plain.body);
+    let first = http(&l, "POST", "/db/execute?raft_index", r#"["INSERT INTO a VALUES (1, 'one')"]"#).await;
+    let first_index = first.body["raft_index"].as_u64().unwrap_or_else(|| panic!("{}", first.body));
+    // Through a follower, which passes it (and the parameter) on.
+    let second = http(&f, "POST", "/db/execute?raft_index", r#"["INSERT INTO a VALUES (2, 'two')"]"#).await;
+    let second_index = second.body["raft_index"].as_u64().unwrap_or_else(|| panic!("{}", second.body));
+    assert!(second_index > first_index, "{first_index} then {second_index}");
+    // It is the entry's index: applied on the leader by the answer, and a node that applied it has the row.
+    let applied = {
+        use openraft::async_runtime::WatchReceiver;
+        cluster.leader().raft().metrics().borrow_watched().last_applied.map(|l| l.index).unwrap_or(0)
+    };
+    assert!(applied >= second_index, "answered at {second_index}, applied {applied}");
+    for node in &cluster.nodes {
+        node.raft()
+            .wait(Some(Duration::from_secs(10)))
+            .applied_index_at_least(Some(second_index), "raft_index")
+            .await
+            .expect("applied");
+        let read =
+            http(node.http_addr(), "GET", "/db/query?level=none&q=SELECT%20count(*)%20FROM%20a", "").await;
+        assert_eq!(read.body["results"][0]["values"], json!([[2]]), "node {}", node.id());
+    }
+    // A write that changes nothing commits nothing, and names no entry.
+    let none = http(&l, "POST", "/db/execute?raft_index", r#"["DELETE FROM a WHERE id = 99"]"#).await;
+    assert_eq!(none.status, 200, "{}", none.body);
+
+    let made =
+        http(&l, "POST", "/db/execute", r#"["CREATE TABLE b (id, y)", "INSERT INTO b VALUES (1, 'uno')"]"#)
+            .await;
+    assert_eq!(made.status, 200, "{}", made.body);
+    let q = "q=SELECT%20a.x%2C%20b.y%20AS%20why%2C%201%2B1%20FROM%20a%20JOIN%20b%20USING%20(id)&level=strong";
+    let unqualified = http(&l, "GET", &format!("/db/query?{q}"), "").await;
+    assert_eq!(unqualified.body["results"][0]["columns"], json!(["x", "why", "1+1"]), "{}", unqualified.body);
+    let qualified = http(&l, "GET", &format!("/db/query?{q}&qualify_columns"), "").await;
+    assert_eq!(qualified.body["results"][0]["columns"], json!(["a.x", "b.why", "1+1"]), "{}", qualified.body);
+    assert_eq!(qualified.body["results"][0]["values"], json!([["one", "uno", 2]]), "{}", qualified.body);
+    let objects = http(&l, "GET", &format!("/db/query?{q}&qualify_columns&associative"), "").await;
+    assert_eq!(objects.body["results"][0]["rows"], json!([{ "a.x": "one", "b.why": "uno", "1+1": 2 }]));
+    cluster.shutdown().await;
+}

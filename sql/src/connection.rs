@@ -88,6 +88,8 @@ pub struct Column {
     pub name: String,
     /// Declared type of the table column it comes from.
     pub decl_type: Option<String>,
+    /// The table it comes from (`sqlite3_column_table_name`; `None` for an expression).
+    pub table: Option<String>,
 }
 
 /// The result of a query.
@@ -129,6 +131,17 @@ pub(crate) enum Origin {
     /// A bop database (this also keeps the database's shared state, and its page-store handle, alive as
     /// long as the connection).
     Bop(Arc<crate::engine::BopOrigin>),
+}
+
+/// See [`Connection::commit_index`].
+#[derive(Clone)]
+pub struct CommitIndex(Arc<crate::engine::BopOrigin>);
+
+impl CommitIndex {
+    /// The log index of the newest commit made through the database's sink here (0: none yet).
+    pub fn last(&self) -> u64 {
+        self.0.last_commit_index()
+    }
 }
 
 /// A connection: to a bop database (opened through [`crate::SqlEngine`]), or to an ordinary SQLite file
@@ -667,6 +680,16 @@ impl Connection {
         Ok(())
     }
 
+    /// Reads the log index of the newest commit made through this database's sink in this process (for
+    /// a caller that must name the commit an answer came from, e.g. rqlite's `raft_index`, while the
+    /// connection is busy); `None` for an ordinary SQLite file.
+    pub fn commit_index(&self) -> Option<CommitIndex> {
+        match &self.origin {
+            Origin::Bop(origin) => Some(CommitIndex(Arc::clone(origin))),
+            Origin::Stock(_) => None,
+        }
+    }
+
     /// Whether no transaction is open.
     pub fn is_autocommit(&self) -> bool {
         // SAFETY: `raw` is open.
@@ -712,9 +735,14 @@ fn columns(stmt: &Stmt, count: c_int) -> Vec<Column> {
     (0..count)
         .map(|i| {
             // SAFETY: `i` is a valid column index of the prepared statement.
-            let (name, decl) =
-                unsafe { (ffi::sqlite3_column_name(stmt.0, i), ffi::sqlite3_column_decltype(stmt.0, i)) };
-            Column { name: text(name).unwrap_or_default(), decl_type: text(decl) }
+            let (name, decl, table) = unsafe {
+                (
+                    ffi::sqlite3_column_name(stmt.0, i),
+                    ffi::sqlite3_column_decltype(stmt.0, i),
+                    ffi::sqlite3_column_table_name(stmt.0, i),
+                )
+            };
+            Column { name: text(name).unwrap_or_default(), decl_type: text(decl), table: text(table) }
         })
         .collect()
 }

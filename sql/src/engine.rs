@@ -268,6 +268,13 @@ pub(crate) struct BopOrigin {
     signals: Arc<EngineSignals>,
 }
 
+impl BopOrigin {
+    /// The log index of the newest commit made through the database's sink in this process.
+    pub(crate) fn last_commit_index(&self) -> u64 {
+        self.shared.writer.lock().last_commit_index
+    }
+}
+
 /// Opens a connection to the bop database `origin` names, bounded by `limits`, with `interrupted` as its
 /// interrupt flag (a new one when `None`).
 pub(crate) fn connect(

@@ -15,8 +15,8 @@ mod sink;
 mod wal;
 
 pub use connection::{
-    Column, Connection, ExecOutcome, GroupRequest, Params, RequestOutcome, Rows, ScriptOutcome, Statement,
-    StatementResult, Value,
+    Column, CommitIndex, Connection, ExecOutcome, GroupRequest, Params, RequestOutcome, Rows, ScriptOutcome,
+    Statement, StatementResult, Value,
 };
 pub use engine::{OpenMode, SqlConfig, SqlEngine};
 pub use error::SqlError;

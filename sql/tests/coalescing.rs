@@ -466,11 +466,11 @@ fn a_group_is_one_commit_and_each_request_gets_its_own_answer() {
         shown,
         [
             "(None, ExecOutcome { rows_affected: 1, last_insert_rowid: 1 })",
-            "(None, ExecOutcome { rows_affected: 1, last_insert_rowid: 2 }); (Some(Rows { columns: [Column { name: \"changes()\", decl_type: None }, Column { name: \"last_insert_rowid()\", decl_type: None }], rows: [[Integer(1), Integer(2)]] }), ExecOutcome { rows_affected: 1, last_insert_rowid: 2 })",
+            "(None, ExecOutcome { rows_affected: 1, last_insert_rowid: 2 }); (Some(Rows { columns: [Column { name: \"changes()\", decl_type: None, table: None }, Column { name: \"last_insert_rowid()\", decl_type: None, table: None }], rows: [[Integer(1), Integer(2)]] }), ExecOutcome { rows_affected: 1, last_insert_rowid: 2 })",
             "request error: SQLite error 2067: UNIQUE constraint failed: t.k",
             "(None, ExecOutcome { rows_affected: 1, last_insert_rowid: 3 }); error: SQLite error 2067: UNIQUE constraint failed: t.k; (None, ExecOutcome { rows_affected: 1, last_insert_rowid: 4 })",
             // As on a fresh connection: nothing changed yet, no rowid.
-            "(Some(Rows { columns: [Column { name: \"changes()\", decl_type: None }, Column { name: \"last_insert_rowid()\", decl_type: None }], rows: [[Integer(0), Integer(0)]] }), ExecOutcome { rows_affected: 0, last_insert_rowid: 0 })",
+            "(Some(Rows { columns: [Column { name: \"changes()\", decl_type: None, table: None }, Column { name: \"last_insert_rowid()\", decl_type: None, table: None }], rows: [[Integer(0), Integer(0)]] }), ExecOutcome { rows_affected: 0, last_insert_rowid: 0 })",
         ]
     );
     let (attempts, commits) = sink.counts();

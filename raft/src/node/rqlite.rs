@@ -79,8 +79,39 @@ pub fn exec_result(outcome: &ExecOutcome) -> Json {
 }
 
 /// One query result, as rows of values or (associative) as objects; blobs as byte arrays with `blob_array`.
-pub fn query_result(rows: &Rows, associative: bool, blob_array: bool) -> Json {
-    let columns: Vec<Json> = rows.columns.iter().map(|c| json!(c.name)).collect();
+/// How a query's rows are answered (rqlite's parameters).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Shape {
+    /// `associative`: each row an object keyed by column name.
+    pub associative: bool,
+    /// `blob_array`: blobs as arrays of bytes instead of base64.
+    pub blob_array: bool,
+    /// `qualify_columns`: a column from a table is named `table.column`.
+    pub qualify_columns: bool,
+}
+
+impl Shape {
+    /// The shape a call's query parameters ask for.
+    pub fn of(params: &std::collections::HashMap<String, String>) -> Shape {
+        Shape {
+            associative: params.contains_key("associative"),
+            blob_array: params.contains_key("blob_array"),
+            qualify_columns: params.contains_key("qualify_columns"),
+        }
+    }
+}
+
+pub fn query_result(rows: &Rows, shape: Shape) -> Json {
+    let Shape { associative, blob_array, qualify_columns } = shape;
+    let names: Vec<String> = rows
+        .columns
+        .iter()
+        .map(|c| match &c.table {
+            Some(table) if qualify_columns => format!("{table}.{}", c.name),
+            _ => c.name.clone(),
+        })
+        .collect();
+    let columns: Vec<Json> = names.iter().map(|name| json!(name)).collect();
     let types: Vec<Json> =
         rows.columns.iter().map(|c| json!(c.decl_type.clone().unwrap_or_default().to_lowercase())).collect();
     if associative {
@@ -89,13 +120,13 @@ pub fn query_result(rows: &Rows, associative: bool, blob_array: bool) -> Json {
             .iter()
             .map(|row| {
                 let mut object = Map::new();
-                for (column, value) in rows.columns.iter().zip(row) {
-                    object.insert(column.name.clone(), to_json(value, blob_array));
+                for (name, value) in names.iter().zip(row) {
+                    object.insert(name.clone(), to_json(value, blob_array));
                 }
                 Json::Object(object)
             })
             .collect();
-        json!({ "types": Json::Object(rows.columns.iter().zip(types).map(|(c, t)| (c.name.clone(), t)).collect()), "rows": objects })
+        json!({ "types": Json::Object(names.iter().cloned().zip(types).collect()), "rows": objects })
     } else {
         let values: Vec<Json> = rows
             .rows

@@ -31,8 +31,12 @@ pub(super) struct WriteJob {
     pub(super) interrupt: InterruptHandle,
     /// Its place in the node's bound on queued writes, given back when the job is answered (or dropped).
     pub(super) place: Queued,
-    pub(super) answer: oneshot::Sender<RequestOutcome>,
+    pub(super) answer: oneshot::Sender<WriteAnswer>,
 }
+
+/// A write's outcome, and the log index of the commit it went out in (rqlite's `raft_index`; 0 when it
+/// committed nothing).
+pub(super) type WriteAnswer = (RequestOutcome, u64);
 
 /// A load queued for its database's writer: the database's whole contents replaced by those of `source`
 /// (an ordinary SQLite file, checked already) in one commit.
@@ -225,10 +229,12 @@ async fn run_group(node: &Arc<NodeShared>, db: &str, jobs: Vec<WriteJob>) {
                     )
                 })
                 .unzip();
-            let mut deliver = |i: usize, outcome: RequestOutcome| {
+            // A request is delivered once its outcome is final: after the commit it went out in, whose
+            // index is then the database's newest one made here (this writer makes all of them).
+            let mut deliver = |i: usize, outcome: RequestOutcome, index: u64| {
                 shared.count_stopped(outcome.as_ref().err());
                 if let Some((answer, _place)) = answers.get_mut(i).and_then(Option::take) {
-                    let _ = answer.send(outcome);
+                    let _ = answer.send((outcome, index));
                 }
             };
             match shared.engine.open(&name, OpenMode::CreateIfMissing) {
@@ -242,9 +248,15 @@ async fn run_group(node: &Arc<NodeShared>, db: &str, jobs: Vec<WriteJob>) {
                             interrupt: Some(interrupt.clone()),
                         })
                         .collect();
-                    conn.request_group_with(&requests, &mut deliver);
+                    let commits = conn.commit_index();
+                    let before = commits.as_ref().map_or(0, |c| c.last());
+                    conn.request_group_with(&requests, &mut |i, outcome| {
+                        // 0 when nothing was committed since the group started (a request that wrote nothing).
+                        let index = commits.as_ref().map_or(0, |c| c.last());
+                        deliver(i, outcome, if index > before { index } else { 0 })
+                    });
                 }
-                Err(e) => (0..jobs.len()).for_each(|i| deliver(i, Err(e.duplicate()))),
+                Err(e) => (0..jobs.len()).for_each(|i| deliver(i, Err(e.duplicate()), 0)),
             }
         })
         .await;

@@ -15,7 +15,7 @@ use crate::node::NodeShared;
 use bop_sql::{InterruptHandle, OpenMode, Rows, SqlError};
 
 use crate::node::bounds::{may_create_database, request_limits, Cancel, InterruptOnDrop};
-use crate::node::rqlite::{error_result, exec_result, parse_statements, query_result};
+use crate::node::rqlite::{error_result, exec_result, parse_statements, query_result, Shape};
 use crate::node::writer::{Job, WriteJob};
 
 fn sql_failure(node: &NodeShared, e: &SqlError, pretty: bool) -> HttpResponse {
@@ -72,8 +72,7 @@ async fn write_batch(
         return error(StatusCode::BAD_REQUEST, e);
     }
     let transaction = params.contains_key("transaction");
-    let associative = params.contains_key("associative");
-    let blob_array = params.contains_key("blob_array");
+    let shape = Shape::of(params);
     let limits = match request_limits(&node.engine, params) {
         Ok(limits) => limits,
         Err(e) => return error(StatusCode::BAD_REQUEST, e),
@@ -94,8 +93,8 @@ async fn write_batch(
             let database = db.to_owned();
             tokio::spawn(async move {
                 match answered.await {
-                    Ok(Ok(_)) => {}
-                    Ok(Err(e)) => {
+                    Ok((Ok(_), _)) => {}
+                    Ok((Err(e), _)) => {
                         tracing::warn!(db = %database, sequence_number, "a queued write failed: {e}")
                     }
                     Err(_) => tracing::warn!(
@@ -109,8 +108,8 @@ async fn write_batch(
         }
         let _interrupt_on_drop = InterruptOnDrop(interrupt);
         return match answered.await {
-            Ok(Ok(_)) => respond(StatusCode::OK, &queued, pretty),
-            Ok(Err(e)) => sql_failure(node, &e, pretty),
+            Ok((Ok(_), _)) => respond(StatusCode::OK, &queued, pretty),
+            Ok((Err(e), _)) => sql_failure(node, &e, pretty),
             Err(_) => error(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "the database's writer stopped before the queued write was applied: its outcome is unknown",
@@ -119,18 +118,23 @@ async fn write_batch(
     }
     let _interrupt_on_drop = InterruptOnDrop(interrupt);
     match answered.await {
-        Ok(Ok(outcomes)) => {
+        Ok((Ok(outcomes), index)) => {
             let results: Vec<Json> = outcomes
                 .iter()
                 .map(|outcome| match outcome {
-                    Ok((Some(found), _)) if rows => query_result(found, associative, blob_array),
+                    Ok((Some(found), _)) if rows => query_result(found, shape),
                     Ok((_, done)) => exec_result(done),
                     Err(e) => json!({ "error": e.to_string() }),
                 })
                 .collect();
-            respond(StatusCode::OK, &json!({ "results": results }), pretty)
+            let mut answer = json!({ "results": results });
+            // rqlite's `raft_index`: the log index of the entry the write went out in (when it wrote).
+            if params.contains_key("raft_index") && index > 0 {
+                answer["raft_index"] = json!(index);
+            }
+            respond(StatusCode::OK, &answer, pretty)
         }
-        Ok(Err(e)) => sql_failure(node, &e, pretty),
+        Ok((Err(e), _)) => sql_failure(node, &e, pretty),
         Err(_) => error(
             StatusCode::INTERNAL_SERVER_ERROR,
             "the database's writer stopped before answering (node shutting down, or a failure): the \
@@ -252,8 +256,7 @@ async fn query(
             )
         }
     }
-    let associative = params.contains_key("associative");
-    let blob_array = params.contains_key("blob_array");
+    let shape = Shape::of(params);
     let mut limits = match request_limits(&node.engine, params) {
         Ok(limits) => limits,
         Err(e) => return error(StatusCode::BAD_REQUEST, e),
@@ -299,7 +302,7 @@ async fn query(
                     Err(_) => {}
                 }
                 results.push(match rows {
-                    Ok(rows) => query_result(&rows, associative, blob_array),
+                    Ok(rows) => query_result(&rows, shape),
                     Err(e) => json!({ "error": e.to_string() }),
                 });
             }
