@@ -398,7 +398,18 @@ async fn speaks_rqlite(env: &dyn Fn(u64) -> NodeEnv) {
     let (status, text) = http(&l, "GET", "/metrics", b"").await;
     let text = text.as_str().unwrap_or_default().to_owned();
     assert_eq!(status, 200);
-    assert!(text.contains("bop_raft_is_leader 1") && text.contains("bop_wal_fsyncs_total"), "{text}");
+    // OpenMetrics text (prometheus-client): counters end in _total, histograms have buckets, `# EOF` ends it.
+    let values: std::collections::HashMap<&str, f64> = text
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.rsplit_once(' ').and_then(|(k, v)| Some((k, v.parse().ok()?))))
+        .collect();
+    assert_eq!(values.get("bop_raft_is_leader"), Some(&1.0), "{text}");
+    assert!(values["bop_wal_fsyncs_total"] > 0.0 && values["bop_wal_fsync_seconds_total"] > 0.0, "{text}");
+    assert!(values["bop_write_duration_seconds_count"] >= 3.0, "the writes above: {text}");
+    assert!(values["bop_write_duration_seconds_sum"] > 0.0, "{text}");
+    assert!(values["bop_http_request_duration_seconds_bucket{le=\"+Inf\"}"] >= 3.0, "{text}");
+    assert!(text.trim_end().ends_with("# EOF"), "{text}");
 
     // A running node's data directory is locked: a second node on it is refused before touching its files.
     let twin = NodeConfig {

@@ -14,6 +14,8 @@ pub(crate) struct Metrics {
     pub records: AtomicU64,
     pub bytes: AtomicU64,
     pub fsyncs: AtomicU64,
+    /// Time spent in those fdatasyncs, in nanoseconds.
+    pub fsync_ns: AtomicU64,
     pub batches: AtomicU64,
     pub queue_depth_peak: AtomicU64,
     pub backpressure_rejections: AtomicU64,
@@ -99,6 +101,8 @@ pub struct WalMetrics {
     pub bytes: u64,
     /// fdatasync calls that succeeded on the write path.
     pub fsyncs: u64,
+    /// Seconds spent in those fdatasyncs (with `fsyncs`: their mean over any window).
+    pub fsync_seconds: f64,
     /// Group-commit batches written.
     pub batches: u64,
     /// `records / fsyncs`.
@@ -148,6 +152,7 @@ impl Metrics {
             records,
             bytes: get(&self.bytes),
             fsyncs,
+            fsync_seconds: get(&self.fsync_ns) as f64 / 1e9,
             batches: get(&self.batches),
             records_per_fsync: if fsyncs == 0 { 0.0 } else { records as f64 / fsyncs as f64 },
             queue_depth,

@@ -731,9 +731,12 @@ impl FlushCore {
         // dirty pages.
         if !crate::bugs::skip_wal_fsync() {
             let _timed = shared.metrics.io_call();
+            let started = std::time::Instant::now();
             self.active
                 .sync_data()
                 .map_err(|e| WriteFail::Permanent(io_cause("fdatasync batch", &self.active_path, e)))?;
+            let took = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+            Metrics::add(&shared.metrics.fsync_ns, took);
         }
         Metrics::add(&shared.metrics.fsyncs, 1);
         Metrics::add(&shared.metrics.bytes, len);

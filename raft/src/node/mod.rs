@@ -5,6 +5,7 @@ mod disk_watch;
 mod dump;
 mod http;
 mod identity;
+pub(crate) mod metrics;
 mod reaper;
 mod recovery;
 mod rqlite;
@@ -327,6 +328,8 @@ pub struct NodeShared {
     statements_stopped: AtomicU64,
     requests: AtomicU64,
     latency_us_total: AtomicU64,
+    /// Latency histograms for `/metrics`.
+    latencies: metrics::Latencies,
 }
 
 impl NodeShared {
@@ -444,6 +447,7 @@ impl NodeShared {
     }
 
     fn record_latency(&self, took: Duration) {
+        self.latencies.http(took);
         self.requests.fetch_add(1, Ordering::Relaxed);
         self.latency_us_total.fetch_add(took.as_micros() as u64, Ordering::Relaxed);
     }
@@ -467,85 +471,6 @@ impl NodeShared {
                 "latency_us_avg": self.latency_us_total.load(Ordering::Relaxed).checked_div(requests).unwrap_or(0),
             },
         })
-    }
-
-    /// Prometheus text exposition of the node's figures.
-    fn metrics_text(&self) -> String {
-        let m = self.raft.metrics().borrow_watched().clone();
-        let wal = self.wal.metrics();
-        let cache = self.manager.cache_metrics();
-        let requests = self.requests.load(Ordering::Relaxed);
-        let last_log = m.last_log_index.unwrap_or(0);
-        let applied = m.last_applied.map_or(0, |l| l.index);
-        let latency_s =
-            self.latency_us_total.load(Ordering::Relaxed).checked_div(requests).unwrap_or(0) as f64 / 1e6;
-        let (groups, grouped) = self.writers.grouped();
-        let gauges: [(&str, &str, f64); 26] = [
-            (
-                "bop_raft_is_leader",
-                "1 if this node leads",
-                f64::from(u8::from(m.current_leader == Some(self.id))),
-            ),
-            ("bop_raft_term", "current term", m.current_term as f64),
-            ("bop_raft_last_log_index", "last log index", last_log as f64),
-            ("bop_raft_last_applied_index", "last applied index", applied as f64),
-            (
-                "bop_raft_apply_lag_entries",
-                "entries logged but not applied",
-                last_log.saturating_sub(applied) as f64,
-            ),
-            ("bop_wal_appends_total", "append calls", wal.appends as f64),
-            ("bop_wal_records_total", "records made durable", wal.records as f64),
-            ("bop_wal_bytes_total", "bytes written", wal.bytes as f64),
-            ("bop_wal_fsyncs_total", "fdatasyncs", wal.fsyncs as f64),
-            ("bop_wal_records_per_fsync", "records per fdatasync", wal.records_per_fsync),
-            ("bop_wal_queue_depth", "records accepted, not yet durable", wal.queue_depth as f64),
-            (
-                "bop_wal_backpressure_total",
-                "appends refused for backpressure",
-                wal.backpressure_rejections as f64,
-            ),
-            (
-                "bop_wal_space_alarm",
-                "1 while the log cannot get disk space",
-                f64::from(u8::from(wal.space_alarm)),
-            ),
-            (
-                "bop_wal_io_stalled_seconds",
-                "how long the log's current write or fdatasync has run (0 when idle)",
-                wal.io_stalled_for.map_or(0.0, |d| d.as_secs_f64()),
-            ),
-            (
-                "bop_wal_permanent_failures_total",
-                "permanent write failures (poison)",
-                wal.permanent_failures as f64,
-            ),
-            ("bop_cache_hits_total", "page cache hits", cache.hits as f64),
-            ("bop_cache_misses_total", "page cache misses", cache.misses as f64),
-            ("bop_cache_evictions_total", "page cache evictions", cache.evictions as f64),
-            ("bop_cache_bytes", "page cache bytes", cache.bytes as f64),
-            ("bop_http_requests_total", "HTTP requests served", requests as f64),
-            (
-                "bop_http_write_queue_depth",
-                "write requests waiting for their database's writer or in the group it runs",
-                self.writer_queue.depth() as f64,
-            ),
-            ("bop_sql_writers", "database writers running", self.writers.running() as f64),
-            ("bop_sql_write_groups_total", "groups of writes run (each one transaction)", groups as f64),
-            ("bop_sql_write_group_requests_total", "write requests run in those groups", grouped as f64),
-            (
-                "bop_sql_calls_stopped_total",
-                "SQL calls stopped by their time limit, a gone client or shutdown",
-                self.statements_stopped.load(Ordering::Relaxed) as f64,
-            ),
-            ("bop_http_latency_seconds_avg", "mean HTTP request latency", latency_s),
-        ];
-        let mut out = String::new();
-        for (name, help, value) in gauges {
-            let kind = if name.ends_with("_total") { "counter" } else { "gauge" };
-            out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n"));
-        }
-        out
     }
 }
 
@@ -666,6 +591,7 @@ impl Node {
             statements_stopped: AtomicU64::new(0),
             requests: AtomicU64::new(0),
             latency_us_total: AtomicU64::new(0),
+            latencies: metrics::Latencies::default(),
         });
         let inbox = SnapshotInbox {
             io: Arc::clone(&env.io),

@@ -296,7 +296,7 @@ pub(super) async fn metrics(State(node): Node) -> HttpResponse {
     let mut response = Response::new(full(node.metrics_text()));
     response.headers_mut().insert(
         hyper::header::CONTENT_TYPE,
-        hyper::header::HeaderValue::from_static("text/plain; version=0.0.4"),
+        hyper::header::HeaderValue::from_static(crate::node::metrics::CONTENT_TYPE),
     );
     response
 }

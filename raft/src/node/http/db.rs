@@ -56,6 +56,7 @@ async fn write_batch(
     rows: bool,
     pretty: bool,
 ) -> HttpResponse {
+    let started = std::time::Instant::now();
     if let Some(refused) = disk_refusal(node) {
         return refused;
     }
@@ -117,7 +118,9 @@ async fn write_batch(
         };
     }
     let _interrupt_on_drop = InterruptOnDrop(interrupt);
-    match answered.await {
+    let answered = answered.await;
+    node.latencies.write(started.elapsed());
+    match answered {
         Ok((Ok(outcomes), index)) => {
             let results: Vec<Json> = outcomes
                 .iter()

@@ -1,0 +1,173 @@
+//! `GET /metrics`: the node's counters, gauges and latency histograms in the OpenMetrics text format
+//! (which Prometheus scrapes), encoded by the `prometheus-client` crate.
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use openraft::async_runtime::WatchReceiver;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+use super::NodeShared;
+
+/// The content type of the answer.
+pub(crate) const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// Latencies the node records as they happen.
+pub(super) struct Latencies {
+    /// Every HTTP request, from its arrival to its answer's head.
+    http: Histogram,
+    /// Every write request run on this node (the leader): from entering its database's queue to its answer
+    /// (applied here, or failed).
+    write: Histogram,
+}
+
+impl Default for Latencies {
+    fn default() -> Self {
+        // 0.25 ms to ~8 s.
+        let buckets = || exponential_buckets(0.000_25, 2.0, 16);
+        Latencies { http: Histogram::new(buckets()), write: Histogram::new(buckets()) }
+    }
+}
+
+impl Latencies {
+    pub(super) fn http(&self, took: Duration) {
+        self.http.observe(took.as_secs_f64());
+    }
+
+    pub(super) fn write(&self, took: Duration) {
+        self.write.observe(took.as_secs_f64());
+    }
+}
+
+/// What one value is.
+#[derive(Debug, Clone, Copy)]
+enum Kind {
+    Gauge(f64),
+    /// 0 or 1.
+    Flag(bool),
+    /// Named without `_total`, which the encoder appends.
+    Counter(u64),
+    Seconds(f64),
+}
+
+/// The values read at one scrape.
+#[derive(Debug)]
+struct Snapshot(Vec<(&'static str, &'static str, Kind)>);
+
+impl Collector for Snapshot {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        for (name, help, kind) in &self.0 {
+            match *kind {
+                Kind::Gauge(value) => {
+                    let gauge = ConstGauge::new(value);
+                    gauge.encode(encoder.encode_descriptor(name, help, None, gauge.metric_type())?)?;
+                }
+                Kind::Flag(on) => {
+                    let gauge = ConstGauge::new(i64::from(on));
+                    gauge.encode(encoder.encode_descriptor(name, help, None, gauge.metric_type())?)?;
+                }
+                Kind::Counter(value) => {
+                    let counter = ConstCounter::new(value);
+                    counter.encode(encoder.encode_descriptor(name, help, None, counter.metric_type())?)?;
+                }
+                Kind::Seconds(value) => {
+                    let counter = ConstCounter::new(value);
+                    counter.encode(encoder.encode_descriptor(name, help, None, counter.metric_type())?)?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl NodeShared {
+    /// `/metrics`' text: Raft, WAL, page cache, HTTP and SQL writer values, and the latency histograms.
+    pub(super) fn metrics_text(&self) -> String {
+        use Kind::{Counter, Gauge, Seconds};
+        let m = self.raft.metrics().borrow_watched().clone();
+        let wal = self.wal.metrics();
+        let cache = self.manager.cache_metrics();
+        let requests = self.requests.load(Ordering::Relaxed);
+        let last_log = m.last_log_index.unwrap_or(0);
+        let applied = m.last_applied.map_or(0, |l| l.index);
+        let latency_s =
+            self.latency_us_total.load(Ordering::Relaxed).checked_div(requests).unwrap_or(0) as f64 / 1e6;
+        let (groups, grouped) = self.writers.grouped();
+        let flag = Kind::Flag;
+        let values = vec![
+            ("bop_raft_is_leader", "1 if this node leads", flag(m.current_leader == Some(self.id))),
+            ("bop_raft_term", "current term", Gauge(m.current_term as f64)),
+            ("bop_raft_last_log_index", "last log index", Gauge(last_log as f64)),
+            ("bop_raft_last_applied_index", "last applied index", Gauge(applied as f64)),
+            (
+                "bop_raft_apply_lag_entries",
+                "entries logged but not applied",
+                Gauge(last_log.saturating_sub(applied) as f64),
+            ),
+            ("bop_wal_appends", "append calls", Counter(wal.appends)),
+            ("bop_wal_records", "records made durable", Counter(wal.records)),
+            ("bop_wal_bytes", "bytes written", Counter(wal.bytes)),
+            ("bop_wal_fsyncs", "fdatasyncs", Counter(wal.fsyncs)),
+            ("bop_wal_fsync_seconds", "seconds spent in those fdatasyncs", Seconds(wal.fsync_seconds)),
+            ("bop_wal_records_per_fsync", "records per fdatasync", Gauge(wal.records_per_fsync)),
+            ("bop_wal_queue_depth", "records accepted, not yet durable", Gauge(wal.queue_depth as f64)),
+            (
+                "bop_wal_backpressure",
+                "appends refused for backpressure",
+                Counter(wal.backpressure_rejections),
+            ),
+            ("bop_wal_space_alarm", "1 while the log cannot get disk space", flag(wal.space_alarm)),
+            (
+                "bop_wal_io_stalled_seconds",
+                "how long the log's current write or fdatasync has run (0 when idle)",
+                Gauge(wal.io_stalled_for.map_or(0.0, |d| d.as_secs_f64())),
+            ),
+            (
+                "bop_wal_permanent_failures",
+                "permanent write failures (poison)",
+                Counter(wal.permanent_failures),
+            ),
+            ("bop_cache_hits", "page cache hits", Counter(cache.hits)),
+            ("bop_cache_misses", "page cache misses", Counter(cache.misses)),
+            ("bop_cache_evictions", "page cache evictions", Counter(cache.evictions)),
+            ("bop_cache_bytes", "page cache bytes", Gauge(cache.bytes as f64)),
+            ("bop_http_requests", "HTTP requests served", Counter(requests)),
+            (
+                "bop_http_write_queue_depth",
+                "write requests waiting for their database's writer or in the group it runs",
+                Gauge(self.writer_queue.depth() as f64),
+            ),
+            ("bop_sql_writers", "database writers running", Gauge(self.writers.running() as f64)),
+            ("bop_sql_write_groups", "groups of writes run (each one transaction)", Counter(groups)),
+            ("bop_sql_write_group_requests", "write requests run in those groups", Counter(grouped)),
+            (
+                "bop_sql_calls_stopped",
+                "SQL calls stopped by their time limit, a gone client or shutdown",
+                Counter(self.statements_stopped.load(Ordering::Relaxed)),
+            ),
+            ("bop_http_latency_seconds_avg", "mean HTTP request latency since start", Gauge(latency_s)),
+        ];
+        let mut registry = Registry::default();
+        registry.register_collector(Box::new(Snapshot(values)));
+        registry.register(
+            "bop_http_request_duration_seconds",
+            "HTTP request latency, arrival to answer",
+            self.latencies.http.clone(),
+        );
+        registry.register(
+            "bop_write_duration_seconds",
+            "write request latency on the node that ran it, queued to answered (applied)",
+            self.latencies.write.clone(),
+        );
+        let mut out = String::new();
+        if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &registry) {
+            tracing::warn!("encoding /metrics failed: {e}");
+        }
+        out
+    }
+}
