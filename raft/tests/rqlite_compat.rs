@@ -499,3 +499,25 @@ async fn raft_index_names_the_writes_entry_and_qualify_columns_names_tables() {
     assert_eq!(objects.body["results"][0]["rows"], json!([{ "a.x": "one", "b.why": "uno", "1+1": 2 }]));
     cluster.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn timeout_bounds_the_wait_for_a_forwarded_call() {
+    let cluster = cluster().await;
+    let f = cluster.follower().http_addr().to_owned();
+    // A statement that runs for seconds on the leader.
+    let slow = r#"["SELECT count(*) FROM (WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c LIMIT 200000000) SELECT x FROM c)"]"#;
+    let started = Instant::now();
+    let answer = http(&f, "POST", "/db/execute?timeout=300ms", slow).await;
+    let took = started.elapsed();
+    assert_eq!(answer.status, 503, "{}", answer.body);
+    assert!(
+        answer.body["error"].as_str().is_some_and(|e| e.contains("did not answer within 300ms")),
+        "{}",
+        answer.body
+    );
+    assert!(took < Duration::from_secs(3), "answered after {took:?}");
+    // Without it, a quick call is forwarded as usual.
+    let quick = http(&f, "POST", "/db/execute?timeout=10s", r#"["CREATE TABLE q(x)"]"#).await;
+    assert_eq!(quick.status, 200, "{}", quick.body);
+    cluster.shutdown().await;
+}

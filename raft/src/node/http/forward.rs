@@ -17,6 +17,7 @@ pub(super) async fn forward(
     path_and_query: &str,
     body: &mut Outgoing,
     authorization: Option<&hyper::header::HeaderValue>,
+    timeout: Option<std::time::Duration>,
 ) -> Result<HttpResponse, ForwardFailure> {
     use futures_util::StreamExt;
     let (leader, addr) = node.leader().ok_or(ForwardFailure::Other)?;
@@ -27,13 +28,10 @@ pub(super) async fn forward(
         _ => return Err(ForwardFailure::Unreachable(leader)),
     };
     // The leader builds a backup before it answers (its head carries the length), which takes a while for
-    // a large database.
-    // So does a load, which it checks and commits before it answers.
-    let head_timeout = if path_and_query.starts_with("/db/backup") || path_and_query.starts_with("/db/load") {
-        BACKUP_HEAD_TIMEOUT
-    } else {
-        FORWARD_TIMEOUT
-    };
+    // a large database; so does a load, which it checks and commits first. rqlite's `timeout` bounds the
+    // wait instead when given (the leader gets the parameter too, for its own waits).
+    let slow = path_and_query.starts_with("/db/backup") || path_and_query.starts_with("/db/load");
+    let head_timeout = timeout.unwrap_or(if slow { BACKUP_HEAD_TIMEOUT } else { FORWARD_TIMEOUT });
     let mut headers = vec![(FORWARDED_HEADER, node.id.to_string())];
     if let Some(value) = authorization.and_then(|v| v.to_str().ok()) {
         headers.push((hyper::header::AUTHORIZATION.as_str(), value.to_owned()));
@@ -48,7 +46,8 @@ pub(super) async fn forward(
     };
     let answer = match tokio::time::timeout(head_timeout, exchange).await {
         Ok(Ok(answer)) => answer,
-        _ => return Err(ForwardFailure::Other),
+        Ok(Err(_)) => return Err(ForwardFailure::Other),
+        Err(_) => return Err(ForwardFailure::TimedOut(leader, head_timeout)),
     };
     let (head, incoming) = answer.into_parts();
     // The body is passed on frame by frame as it arrives, each within FORWARD_TIMEOUT.
@@ -96,8 +95,10 @@ impl Outgoing {
 pub(super) enum ForwardFailure {
     /// The leader (this node id) could not be reached; nothing was sent.
     Unreachable(u64),
-    /// No leader or address is known, or the leader did not answer in time.
+    /// No leader or address is known, or the exchange with the leader failed.
     Other,
+    /// The leader (this node id) did not answer within this time (what became of the call is unknown).
+    TimedOut(u64, std::time::Duration),
 }
 
 /// A call this follower cannot answer: with `redirect`, 301 to the leader's URL for the same path and query
@@ -133,7 +134,8 @@ pub(super) async fn to_leader_with(
     if call.params.contains_key("redirect") {
         return redirect(node, path_and_query, pretty);
     }
-    match forward(node, method, path_and_query, &mut body, authorization).await {
+    let timeout = call.params.get("timeout").and_then(|t| parse_duration(t));
+    match forward(node, method, path_and_query, &mut body, authorization, timeout).await {
         Ok(response) => response,
         Err(ForwardFailure::Unreachable(tried)) => {
             // If the cluster already has another leader (the connection attempt may have taken a while),
@@ -141,7 +143,7 @@ pub(super) async fn to_leader_with(
             // the client hears at once that there is no reachable leader, and retries when it chooses.
             match node.leader() {
                 Some((id, _)) if id != tried => {
-                    forward(node, method, path_and_query, &mut body, authorization)
+                    forward(node, method, path_and_query, &mut body, authorization, timeout)
                         .await
                         .unwrap_or_else(|_| not_leader(node, pretty))
                 }
@@ -149,6 +151,12 @@ pub(super) async fn to_leader_with(
             }
         }
         Err(ForwardFailure::Other) => not_leader(node, pretty),
+        Err(ForwardFailure::TimedOut(leader, after)) => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "the leader (node {leader}) did not answer within {after:?}; the call's outcome is unknown"
+            ),
+        ),
     }
 }
 
