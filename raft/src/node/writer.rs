@@ -6,7 +6,6 @@
 //! (`/db/load`) goes through the same queue, so that it is ordered with the writes around it, and runs
 //! alone.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 
@@ -64,8 +63,9 @@ impl Job {
 #[derive(Default)]
 pub(super) struct Writers {
     /// Each running writer's queue, with the writer's number (so that a writer that ends removes its own
-    /// entry, not a successor's).
-    queues: parking_lot::Mutex<HashMap<String, (u64, mpsc::Sender<Job>)>>,
+    /// entry, not a successor's). A job is only ever sent under its entry's lock (a shard lock of the map),
+    /// which a writer that ends also takes to look at its queue one last time.
+    queues: dashmap::DashMap<String, (u64, mpsc::Sender<Job>)>,
     started: AtomicU64,
     /// Groups run, and the requests in them (for `/metrics`).
     groups: AtomicU64,
@@ -83,25 +83,35 @@ impl Writers {
         job: Job,
         queue_max: usize,
     ) -> Result<(), String> {
-        let mut queues = self.queues.lock();
-        let job = match queues.get(db) {
-            Some((_, queue)) => match queue.try_send(job) {
+        use dashmap::mapref::entry::Entry;
+        use mpsc::error::TrySendError;
+        let full = || format!("write queue of database {db} full ({queue_max} requests); retry");
+        // The common case under a shard's read lock, without making a key.
+        let job = match self.queues.get(db) {
+            Some(running) => match running.1.try_send(job) {
                 Ok(()) => return Ok(()),
-                Err(mpsc::error::TrySendError::Full(_)) => {
-                    return Err(format!("write queue of database {db} full ({queue_max} requests); retry"))
-                }
-                // The writer ended without taking it (it stopped, or its task was dropped): start another.
-                Err(mpsc::error::TrySendError::Closed(job)) => job,
+                Err(TrySendError::Full(_)) => return Err(full()),
+                Err(TrySendError::Closed(job)) => job,
             },
             None => job,
+        };
+        // Again under the write lock, which orders this with a writer that ends.
+        let entry = self.queues.entry(db.to_owned());
+        let job = match &entry {
+            Entry::Occupied(occupied) => match occupied.get().1.try_send(job) {
+                Ok(()) => return Ok(()),
+                Err(TrySendError::Full(_)) => return Err(full()),
+                // The writer ended without taking it (it stopped, or its task was dropped): start another.
+                Err(TrySendError::Closed(job)) => job,
+            },
+            Entry::Vacant(_) => job,
         };
         let (queue, jobs) = mpsc::channel(queue_max.max(1));
         let id = self.started.fetch_add(1, Ordering::Relaxed);
         if queue.try_send(job).is_err() {
             return Err("write queue closed; retry".into());
         }
-        queues.insert(db.to_owned(), (id, queue));
-        drop(queues);
+        entry.insert((id, queue));
         tokio::spawn(run_writer(Arc::downgrade(node), db.to_owned(), id, jobs));
         Ok(())
     }
@@ -109,12 +119,12 @@ impl Writers {
     /// Stops taking writes: every writer ends once its queue is empty (a job queued now is answered by
     /// nobody; its handler reports the writer gone).
     pub(super) fn stop(&self) {
-        self.queues.lock().clear();
+        self.queues.clear();
     }
 
     /// Writers running now.
     pub(super) fn running(&self) -> usize {
-        self.queues.lock().len()
+        self.queues.len()
     }
 
     /// Groups run so far, and the requests in them.
@@ -137,17 +147,21 @@ async fn run_writer(node: Weak<NodeShared>, db: String, id: u64, mut jobs: mpsc:
                 Ok(None) => return,
                 Err(_) => {
                     let Some(node) = node.upgrade() else { return };
-                    // Under the lock submitters take: either a job arrived before, or the entry goes and
-                    // the next submitter starts a new writer.
-                    let mut queues = node.writers.queues.lock();
-                    match jobs.try_recv() {
-                        Ok(job) => job,
-                        Err(_) => {
-                            if queues.get(&db).is_some_and(|(entry, _)| *entry == id) {
-                                queues.remove(&db);
-                            }
-                            return;
+                    // Under the entry's lock, which submitters hold while they send: either a job arrived
+                    // before, or our entry goes and the next submitter starts a new writer.
+                    let mut arrived = None;
+                    node.writers.queues.remove_if(&db, |_, (entry, _)| match jobs.try_recv() {
+                        Ok(job) => {
+                            arrived = Some(job);
+                            false
                         }
+                        Err(_) => *entry == id,
+                    });
+                    // No entry (or another writer's): nobody can send to this queue any more, but a
+                    // submitter may have before the entry changed.
+                    match arrived.map(Ok).unwrap_or_else(|| jobs.try_recv()) {
+                        Ok(job) => job,
+                        Err(_) => return,
                     }
                 }
             },
