@@ -1,6 +1,7 @@
 //! Page cache lookups against a baseline of a `parking_lot::Mutex<HashMap>` holding the same
-//! pages (default SipHash hasher, `Arc` clone on a hit), both measured in this process with the
-//! same keys in the same order.
+//! pages (default SipHash hasher, `Arc` clone on a hit), and inserts into a full cache (each one
+//! evicting) against the same map evicting in insertion order; both measured in this process with
+//! the same keys in the same order.
 //!
 //! Run: `cargo bench -p bop-storage --bench page_cache`. Environment:
 //! - `BOP_BENCH_SECS`: seconds per throughput case (default 2).
@@ -14,7 +15,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
-use bop_storage::page_cache::{PageCache, PageCacheConfig, PageKey, PageRef};
+use bop_storage::page_cache::{PageCache, PageCacheConfig, PageKey, PageRef, ENTRY_OVERHEAD_BYTES};
 use parking_lot::Mutex;
 
 const PAGES: usize = 16_384;
@@ -24,6 +25,55 @@ const LATENCY_BATCHES: usize = 4_000;
 
 trait Lookup: Sync {
     fn lookup(&self, key: &PageKey) -> Option<PageRef>;
+}
+
+/// A bounded map to insert into: full, every insert evicts one entry.
+trait Store {
+    fn store(&mut self, key: PageKey, page: PageRef);
+}
+
+impl Store for PageCache {
+    fn store(&mut self, key: PageKey, page: PageRef) {
+        self.insert(key, page);
+    }
+}
+
+/// The insert baseline: a `Mutex<HashMap>` that evicts in insertion order (FIFO), the cheapest
+/// eviction there is.
+struct FifoBaseline {
+    map: Mutex<HashMap<PageKey, PageRef>>,
+    order: std::collections::VecDeque<PageKey>,
+    capacity: usize,
+}
+
+impl Store for FifoBaseline {
+    fn store(&mut self, key: PageKey, page: PageRef) {
+        let mut map = self.map.lock();
+        if map.len() >= self.capacity {
+            if let Some(oldest) = self.order.pop_front() {
+                map.remove(&oldest);
+            }
+        }
+        map.insert(key, page);
+        self.order.push_back(key);
+    }
+}
+
+/// Median nanoseconds per insert into a full map (each insert evicts), with `keys` cycled so every
+/// key inserted is absent.
+fn insert_ns_p50(map: &mut dyn Store, keys: &[PageKey], page: &PageRef) -> f64 {
+    let mut per_op_ns = Vec::with_capacity(LATENCY_BATCHES / 4);
+    let mut position = 0;
+    for _ in 0..LATENCY_BATCHES / 4 {
+        let began = Instant::now();
+        for _ in 0..BATCH_OPS {
+            map.store(keys[position], PageRef::clone(page));
+            position = (position + 1) % keys.len();
+        }
+        per_op_ns.push(began.elapsed().as_nanos() as f64 / BATCH_OPS as f64);
+    }
+    per_op_ns.sort_by(f64::total_cmp);
+    per_op_ns[per_op_ns.len() / 2]
 }
 
 impl Lookup for PageCache {
@@ -121,6 +171,18 @@ fn main() {
     let one = (throughput(&baseline, &present, 1, duration), throughput(&cache, &present, 1, duration));
     let two = (throughput(&baseline, &present, 2, duration), throughput(&cache, &present, 2, duration));
 
+    // Inserts into a full map holding half the keys: every insert evicts one entry.
+    let insert = {
+        let page: PageRef = Arc::from(vec![7u8; PAGE_BYTES]);
+        let capacity = PAGES / 2;
+        let mut fifo = FifoBaseline { map: Mutex::new(HashMap::new()), order: Default::default(), capacity };
+        let mut small = PageCache::new(PageCacheConfig::new(capacity * (PAGE_BYTES + ENTRY_OVERHEAD_BYTES)));
+        // Fill both, then measure.
+        insert_ns_p50(&mut fifo, &present, &page);
+        insert_ns_p50(&mut small, &present, &page);
+        (insert_ns_p50(&mut fifo, &present, &page), insert_ns_p50(&mut small, &present, &page))
+    };
+
     let shards = PageCacheConfig::SHARDS_DEFAULT;
     println!("page cache: {PAGES} pages of {PAGE_BYTES} B, {shards} shards, {seconds} s per throughput case");
     println!("baseline: parking_lot::Mutex<HashMap<PageKey, Arc<[u8]>>> (SipHash), same keys, same order");
@@ -150,6 +212,12 @@ fn main() {
         two.0,
         two.1,
         two.1 / two.0
+    );
+    println!(
+        "| insert into a full map, each evicts one, p50 (ns) | {:.1} | {:.1} | {:.2} (baseline / cache) |",
+        insert.0,
+        insert.1,
+        insert.0 / insert.1
     );
     let metrics = cache.metrics();
     println!();
