@@ -26,8 +26,8 @@ pub struct PageCacheMetrics {
     pub capacity_bytes: u64,
 }
 
-/// One shard's insert-path counters, written under the shard's ring mutex and read without it.
-/// (Hits and misses have their own cache line in the shard.)
+/// One shard's insert-path counters, written under the shard's write lock and read without it.
+/// (Hits and misses live in the shard state, next to the lock word.)
 #[derive(Debug, Default)]
 pub(crate) struct ShardCounters {
     pub(crate) inserts: AtomicU64,

@@ -1,12 +1,10 @@
 //! The page cache: a sharded, byte-bounded, concurrent cache of immutable page images with CLOCK
 //! (second chance) eviction and observers.
 //!
-//! The index is one `dashmap::DashMap` for the whole cache (its own shards, each behind a
-//! reader-writer lock); a hit takes one read lock of it and sets the entry's reference bit with
-//! an atomic. Eviction is per cache shard: a key's shard is chosen by hashing its `db` and
-//! `page_no` (so every version of a page shares a shard), and each shard has its own share of the
-//! capacity and its own CLOCK ring and hand behind a mutex, which inserts and removals take. No
-//! operation takes a cache-wide lock.
+//! A key's shard is chosen by hashing its `db` and `page_no` (so every version of a page shares a
+//! shard). Each shard has its own reader-writer lock, its own share of the capacity and its own
+//! CLOCK hand. A hit takes only its shard's read lock and sets the entry's reference bit with an
+//! atomic; inserts and removals take the shard's write lock. No operation takes a cache-wide lock.
 //! Observers are called after every lock is released (see [`PageCacheObserver`] for the contract).
 //! docs/design.md (Page cache) describes the structure, the eviction policy and the bounds.
 //!
@@ -39,7 +37,7 @@ pub use metrics::PageCacheMetrics;
 pub use observer::{CacheEvent, PageCacheObserver};
 
 use observer::ObserverList;
-use shard::{Index, Shard};
+use shard::Shard;
 
 /// Bytes charged per entry on top of the page length: an estimate of the index slot, the ring
 /// slot and the `Arc` header. It also bounds the number of entries (and so the ring length) of a
@@ -62,8 +60,6 @@ pub type PageRef = Arc<[u8]>;
 
 /// A concurrent page cache bounded in bytes. `Send + Sync`; share it behind an `Arc`.
 pub struct PageCache {
-    /// Every cached key; its entries are changed only under their shard's ring mutex.
-    index: Index,
     /// Padded so two shards' locks never share a cache line.
     shards: Box<[CachePadded<Shard>]>,
     capacity_bytes: usize,
@@ -84,10 +80,7 @@ impl PageCache {
         let shards = (0..shard_count)
             .map(|shard_index| CachePadded(Shard::new(config.shard_capacity_bytes(shard_index, shard_count))))
             .collect();
-        // The index's own shard count: dashmap wants a power of two above 1.
-        let index_shards = shard_count.next_power_of_two().max(2);
-        let index = Index::with_hasher_and_shard_amount(hash::BuildKeyHasher, index_shards);
-        Self { index, shards, capacity_bytes: config.capacity_bytes, observers: Mutex::new(Vec::new()) }
+        Self { shards, capacity_bytes: config.capacity_bytes, observers: Mutex::new(Vec::new()) }
     }
 
     fn shard(&self, db: u64, page_no: u32) -> &Shard {
@@ -97,36 +90,35 @@ impl PageCache {
     }
 
     /// Returns the page cached under `key`, counting a hit (and setting the entry's reference
-    /// bit) or a miss. Takes only a read lock of the index.
+    /// bit) or a miss. Takes only the key's shard read lock.
     pub fn get(&self, key: &PageKey) -> Option<PageRef> {
-        self.shard(key.db, key.page_no).get(&self.index, key)
+        self.shard(key.db, key.page_no).get(key)
     }
 
     /// Caches `page` under `key`, replacing the key's previous page, evicting other pages of the
     /// key's shard (CLOCK) until it fits. A page longer than the shard capacity minus
     /// [`ENTRY_OVERHEAD_BYTES`] is not cached, and the key's previous page is dropped.
     pub fn insert(&self, key: PageKey, page: PageRef) {
-        self.shard(key.db, key.page_no).insert(&self.index, key, page);
+        self.shard(key.db, key.page_no).insert(key, page);
     }
 
     /// Removes `key`; returns its page if it was cached. Not reported to observers.
     pub fn remove(&self, key: &PageKey) -> Option<PageRef> {
-        self.shard(key.db, key.page_no).remove(&self.index, key)
+        self.shard(key.db, key.page_no).remove(key)
     }
 
     /// Removes every page of database `db`; returns how many. Visits every shard (O(entries)).
     /// Not reported to observers.
     pub fn remove_db(&self, db: u64) -> usize {
-        self.shards.iter().map(|shard| shard.0.remove_matching(&self.index, |key| key.db == db)).sum()
+        self.shards.iter().map(|shard| shard.0.remove_matching(|key| key.db == db)).sum()
     }
 
     /// Removes every cached version `<= version_max` of page `page_no` of database `db`; returns
     /// how many. Scans the one shard holding that page (O(shard entries)). Not reported to
     /// observers.
     pub fn remove_versions_upto(&self, db: u64, page_no: u32, version_max: u64) -> usize {
-        self.shard(db, page_no).remove_matching(&self.index, |key| {
-            key.db == db && key.page_no == page_no && key.version <= version_max
-        })
+        self.shard(db, page_no)
+            .remove_matching(|key| key.db == db && key.page_no == page_no && key.version <= version_max)
     }
 
     /// Registers `observer` for every later event (see [`PageCacheObserver`] for the contract).
@@ -174,8 +166,9 @@ impl PageCache {
 
     #[cfg(test)]
     fn check_invariants(&self) {
-        let accounted: usize = self.shards.iter().map(|shard| shard.0.check_invariants(&self.index)).sum();
-        assert_eq!(accounted, self.index.len(), "every indexed key is in its shard's ring");
+        for shard in self.shards.iter() {
+            shard.0.check_invariants();
+        }
     }
 }
 
