@@ -408,6 +408,12 @@ async fn speaks_rqlite(env: &dyn Fn(u64) -> NodeEnv) {
     assert!(values["bop_wal_fsyncs_total"] > 0.0 && values["bop_wal_fsync_seconds_total"] > 0.0, "{text}");
     assert!(values["bop_write_duration_seconds_count"] >= 3.0, "the writes above: {text}");
     assert!(values["bop_write_duration_seconds_sum"] > 0.0, "{text}");
+    // Every entry applied here, once: indexes 0 (the first membership) to the last applied.
+    assert_eq!(
+        values["bop_raft_apply_duration_seconds_count"],
+        values["bop_raft_last_applied_index"] + 1.0,
+        "{text}"
+    );
     assert!(values["bop_http_request_duration_seconds_bucket{le=\"+Inf\"}"] >= 3.0, "{text}");
     assert!(text.trim_end().ends_with("# EOF"), "{text}");
 

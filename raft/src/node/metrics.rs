@@ -9,10 +9,11 @@ use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
-use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
 use super::NodeShared;
+use crate::state_machine::latency_histogram;
 
 /// The content type of the answer.
 pub(crate) const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -24,17 +25,16 @@ pub(super) struct Latencies {
     /// Every write request run on this node (the leader): from entering its database's queue to its answer
     /// (applied here, or failed).
     write: Histogram,
-}
-
-impl Default for Latencies {
-    fn default() -> Self {
-        // 0.25 ms to ~8 s.
-        let buckets = || exponential_buckets(0.000_25, 2.0, 16);
-        Latencies { http: Histogram::new(buckets()), write: Histogram::new(buckets()) }
-    }
+    /// Every entry applied by this node's state machine.
+    apply: Histogram,
 }
 
 impl Latencies {
+    /// New HTTP and write histograms beside the state machine's `apply` histogram.
+    pub(super) fn new(apply: Histogram) -> Self {
+        Latencies { http: latency_histogram(), write: latency_histogram(), apply }
+    }
+
     pub(super) fn http(&self, took: Duration) {
         self.http.observe(took.as_secs_f64());
     }
@@ -163,6 +163,11 @@ impl NodeShared {
             "bop_write_duration_seconds",
             "write request latency on the node that ran it, queued to answered (applied)",
             self.latencies.write.clone(),
+        );
+        registry.register(
+            "bop_raft_apply_duration_seconds",
+            "seconds each log entry took to apply on this node",
+            self.latencies.apply.clone(),
         );
         let mut out = String::new();
         if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &registry) {

@@ -529,6 +529,7 @@ impl Node {
         let manager =
             Manager::open_replicated(manager_config, Arc::clone(&wal), manifest).map_err(|e| storage(&e))?;
         let sm = BopStateMachine::open(manager.clone(), Arc::clone(&wal)).map_err(|e| storage(&e))?;
+        let apply_seconds = sm.apply_seconds();
         let http_addr = http_listener.local_addr().unwrap_or_else(|_| config.http_addr.clone());
         let raft_addr = raft_listener.local_addr().unwrap_or_else(|_| config.raft_addr.clone());
         if env.force_new_cluster {
@@ -591,7 +592,7 @@ impl Node {
             statements_stopped: AtomicU64::new(0),
             requests: AtomicU64::new(0),
             latency_us_total: AtomicU64::new(0),
-            latencies: metrics::Latencies::default(),
+            latencies: metrics::Latencies::new(apply_seconds),
         });
         let inbox = SnapshotInbox {
             io: Arc::clone(&env.io),
