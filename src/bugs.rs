@@ -8,6 +8,8 @@
 thread_local! {
     static SKIP_WAL_FSYNC: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
     static ACCEPT_STALE_COMMITS: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    static ACCEPT_WRONG_BASE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    static ANSWER_ON_PROPOSE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
 /// The WAL reports a batch durable without its fdatasync (acknowledging writes a crash can lose).
@@ -48,4 +50,45 @@ pub fn accept_stale_commits() -> bool {
 #[cfg(feature = "bug-injection")]
 pub fn set_accept_stale_commits(on: bool) {
     ACCEPT_STALE_COMMITS.with(|b| b.set(on));
+}
+
+/// A commit built on another one proposed before it (a pipelined writer's) is applied even when that one is
+/// not the database's newest commit (it was refused or lost), and a new leader does not wait to apply its
+/// predecessors' entries before running transactions (without that wait a writer never builds on a commit
+/// that is then refused, so the first half could do no harm).
+#[inline]
+pub fn accept_wrong_base() -> bool {
+    #[cfg(feature = "bug-injection")]
+    {
+        ACCEPT_WRONG_BASE.with(|b| b.get())
+    }
+    #[cfg(not(feature = "bug-injection"))]
+    {
+        false
+    }
+}
+
+/// Turns the wrong-base bug on or off for this thread.
+#[cfg(feature = "bug-injection")]
+pub fn set_accept_wrong_base(on: bool) {
+    ACCEPT_WRONG_BASE.with(|b| b.set(on));
+}
+
+/// A pipelined writer answers its requests once their commit is proposed, not once it is applied.
+#[inline]
+pub fn answer_on_propose() -> bool {
+    #[cfg(feature = "bug-injection")]
+    {
+        ANSWER_ON_PROPOSE.with(|b| b.get())
+    }
+    #[cfg(not(feature = "bug-injection"))]
+    {
+        false
+    }
+}
+
+/// Turns the answer-on-propose bug on or off for this thread.
+#[cfg(feature = "bug-injection")]
+pub fn set_answer_on_propose(on: bool) {
+    ANSWER_ON_PROPOSE.with(|b| b.set(on));
 }

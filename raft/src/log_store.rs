@@ -88,7 +88,12 @@ struct Inner<C: RaftTypeConfig> {
     /// The writer behind of the committed log id (outside `Inner`: its task signals its end after it
     /// dropped its handle on the store).
     committed_saver: Arc<SaverShared>,
+    /// See [`LogStore::observe_appends`].
+    append_observer: std::sync::OnceLock<AppendObserver<C>>,
 }
+
+/// What [`LogStore::observe_appends`] calls with each entry appended.
+pub type AppendObserver<C> = Box<dyn Fn(&<C as RaftTypeConfig>::Entry) + Send + Sync>;
 
 /// The writer behind of the committed log id, and its end signalled to `close`.
 #[derive(Default)]
@@ -170,8 +175,17 @@ where
                 committed: Mutex::new(committed),
                 committed_written: Mutex::new(committed_written),
                 committed_saver: Arc::default(),
+                append_observer: std::sync::OnceLock::new(),
             }),
         })
+    }
+
+    /// Calls `observer` with every entry handed to [`RaftLogStorage::append`], before the entry is written
+    /// (on the leader, right after it proposed the entry: a proposer learns its entry's log id without
+    /// waiting for the commit). Set once; a second call is refused (`false`). The observer runs on the
+    /// task that appends, so it must be quick and must not block.
+    pub fn observe_appends(&self, observer: AppendObserver<C>) -> bool {
+        self.inner.append_observer.set(observer).is_ok()
     }
 
     /// The WAL underneath.
@@ -456,7 +470,11 @@ where
         let mut parts: Vec<Vec<NewEntry>> = Vec::new();
         let mut part: Vec<NewEntry> = Vec::new();
         let mut part_bytes = 0usize;
+        let observer = self.inner.append_observer.get();
         for entry in entries {
+            if let Some(observer) = observer {
+                observer(&entry);
+            }
             let payload = encode(&entry)?;
             let cost = encoded_len(payload.len());
             if !part.is_empty() && (part_bytes + cost > bytes_max || part.len() >= records_max) {

@@ -13,7 +13,7 @@ use std::fmt;
 use std::io;
 use std::sync::Arc;
 
-use bop_storage::page_store::{Manager, PageStoreError, SnapshotDatabase, COMMIT_HEADER_LEN};
+use bop_storage::page_store::{CommitCheck, Manager, PageStoreError, SnapshotDatabase, COMMIT_HEADER_LEN};
 use bop_storage::wal::{WalStore, WriterMode};
 use futures_util::StreamExt;
 use openraft::entry::RaftEntry;
@@ -47,6 +47,17 @@ pub enum Command {
         #[serde(with = "serde_bytes")]
         record: Vec<u8>,
     },
+    /// Commit page frames built on the commit at log index `base` (a pipelined writer's: proposed, not yet
+    /// applied, when the transaction ran): refused on every node unless that commit is the database's
+    /// newest when this one is applied (`PageStoreError::WrongBase`), so that a refused or lost commit
+    /// refuses everything built on it. `record` as in `Commit`, last for the same reason.
+    CommitAfter {
+        /// The log index of the commit the transaction was built on.
+        base: u64,
+        /// The commit record.
+        #[serde(with = "serde_bytes")]
+        record: Vec<u8>,
+    },
 }
 
 impl fmt::Display for Command {
@@ -56,6 +67,9 @@ impl fmt::Display for Command {
             Command::DropDatabase { name } => write!(f, "drop {name:?}"),
             Command::Commit { record, read_index } => {
                 write!(f, "commit of {} bytes read at {read_index}", record.len())
+            }
+            Command::CommitAfter { record, base } => {
+                write!(f, "commit of {} bytes built on {base}", record.len())
             }
         }
     }
@@ -237,20 +251,24 @@ impl BopStateMachine {
     }
 }
 
+/// A page-store error applying a command: a refusal (an answer, the same on every node) or a storage
+/// failure (an error, fatal to Raft).
+fn refused(e: PageStoreError) -> io::Result<Response> {
+    match e {
+        PageStoreError::Manifest(ref m) if m.is_rejection() => {
+            Ok(Response::Refused { reason: e.to_string() })
+        }
+        PageStoreError::InvalidCommit { .. }
+        | PageStoreError::UnsupportedPageSize { .. }
+        | PageStoreError::StaleCommit { .. }
+        | PageStoreError::WrongBase { .. } => Ok(Response::Refused { reason: e.to_string() }),
+        other => Err(io_err(other)),
+    }
+}
+
 impl Inner {
     /// Applies one command at `index`. Refusals are answers; storage failures are errors (fatal to Raft).
     fn apply_command(&mut self, index: u64, command: &Command) -> io::Result<Response> {
-        let refused = |e: PageStoreError| -> io::Result<Response> {
-            match e {
-                PageStoreError::Manifest(ref m) if m.is_rejection() => {
-                    Ok(Response::Refused { reason: e.to_string() })
-                }
-                PageStoreError::InvalidCommit { .. }
-                | PageStoreError::UnsupportedPageSize { .. }
-                | PageStoreError::StaleCommit { .. } => Ok(Response::Refused { reason: e.to_string() }),
-                other => Err(io_err(other)),
-            }
-        };
         match command {
             Command::CreateDatabase { name } => match self.manager.apply_create_database(index, name) {
                 Ok(()) => Ok(Response::Created { id: index }),
@@ -264,50 +282,52 @@ impl Inner {
                 Err(e) => refused(e),
             },
             Command::Commit { record, read_index } => {
-                let payload_len = self.wal.payload_len(index).ok_or_else(|| {
-                    io::Error::new(
-                        io::ErrorKind::NotFound,
-                        format!("applied entry {index} is not in the log"),
-                    )
-                })?;
-                let base = payload_len.checked_sub(record.len()).ok_or_else(|| {
-                    io::Error::new(
-                        io::ErrorKind::InvalidData,
-                        format!("commit record longer than entry {index}"),
-                    )
-                })?;
-                // The record must be where the page index will point: check its header in the log.
-                let head_len = COMMIT_HEADER_LEN.min(record.len());
-                let head = self.wal.read_payload_range(index, base, head_len).map_err(io_err)?;
-                if head.as_deref() != record.get(..head_len) {
-                    return Err(io::Error::new(
-                        io::ErrorKind::InvalidData,
-                        format!("commit record of entry {index} is not at the end of its payload"),
-                    ));
-                }
-                // The record's content came from a client: one that does not decode is refused, the same
-                // way on every node, like an invalid commit (an error here would stop every node that
-                // applies the entry, after every restart).
-                if let Err(e) = bop_storage::page_store::decode_commit(record) {
-                    self.manager.set_applied(index);
-                    return Ok(Response::Refused { reason: format!("invalid commit: {e}") });
-                }
-                let base = u32::try_from(base).map_err(io_err)?;
-                match self.manager.apply_commit(index, base, record, Some(*read_index)) {
-                    Ok(db) => {
-                        let header = bop_storage::page_store::decode_commit(record).map_err(io_err)?;
-                        Ok(Response::Committed {
-                            index,
-                            db,
-                            pages: header.frames.len() as u32,
-                            db_page_count: header.db_page_count,
-                        })
-                    }
-                    Err(e) => {
-                        self.manager.set_applied(index);
-                        refused(e)
-                    }
-                }
+                self.apply_commit(index, record, CommitCheck::ReadAt(*read_index))
+            }
+            Command::CommitAfter { record, base } => {
+                self.apply_commit(index, record, CommitCheck::After(*base))
+            }
+        }
+    }
+
+    /// Applies a commit record at `index`, checked as `check` says.
+    fn apply_commit(&mut self, index: u64, record: &[u8], check: CommitCheck) -> io::Result<Response> {
+        let payload_len = self.wal.payload_len(index).ok_or_else(|| {
+            io::Error::new(io::ErrorKind::NotFound, format!("applied entry {index} is not in the log"))
+        })?;
+        let base = payload_len.checked_sub(record.len()).ok_or_else(|| {
+            io::Error::new(io::ErrorKind::InvalidData, format!("commit record longer than entry {index}"))
+        })?;
+        // The record must be where the page index will point: check its header in the log.
+        let head_len = COMMIT_HEADER_LEN.min(record.len());
+        let head = self.wal.read_payload_range(index, base, head_len).map_err(io_err)?;
+        if head.as_deref() != record.get(..head_len) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("commit record of entry {index} is not at the end of its payload"),
+            ));
+        }
+        // The record's content came from a client: one that does not decode is refused, the same
+        // way on every node, like an invalid commit (an error here would stop every node that
+        // applies the entry, after every restart).
+        if let Err(e) = bop_storage::page_store::decode_commit(record) {
+            self.manager.set_applied(index);
+            return Ok(Response::Refused { reason: format!("invalid commit: {e}") });
+        }
+        let base = u32::try_from(base).map_err(io_err)?;
+        match self.manager.apply_commit(index, base, record, check) {
+            Ok(db) => {
+                let header = bop_storage::page_store::decode_commit(record).map_err(io_err)?;
+                Ok(Response::Committed {
+                    index,
+                    db,
+                    pages: header.frames.len() as u32,
+                    db_page_count: header.db_page_count,
+                })
+            }
+            Err(e) => {
+                self.manager.set_applied(index);
+                refused(e)
             }
         }
     }

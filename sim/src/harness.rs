@@ -53,6 +53,11 @@ pub enum Bug {
     /// A new leader writes on a view missing its predecessors' last commits, and every node applies the
     /// result (the lost update this simulation found).
     AcceptStaleCommits,
+    /// A pipelined commit is applied even when the commit it was built on is not the database's newest, and
+    /// a new leader does not wait to apply its predecessors' entries before it runs transactions.
+    AcceptWrongBase,
+    /// A pipelined writer answers its requests when their commit is proposed, not once it is applied.
+    AnswerOnPropose,
 }
 
 impl Bug {
@@ -61,12 +66,16 @@ impl Bug {
         match self {
             Bug::SkipWalFsync => "skip-wal-fsync",
             Bug::AcceptStaleCommits => "accept-stale-commits",
+            Bug::AcceptWrongBase => "accept-wrong-base",
+            Bug::AnswerOnPropose => "answer-on-propose",
         }
     }
 
     /// The bug called `name`.
     pub fn from_name(name: &str) -> Option<Bug> {
-        [Bug::SkipWalFsync, Bug::AcceptStaleCommits].into_iter().find(|b| b.name() == name)
+        [Bug::SkipWalFsync, Bug::AcceptStaleCommits, Bug::AcceptWrongBase, Bug::AnswerOnPropose]
+            .into_iter()
+            .find(|b| b.name() == name)
     }
 }
 
@@ -1152,9 +1161,13 @@ pub fn run(options: &Options) -> Report {
     bop_raft::runtime::seed_thread_rng(options.seed);
     bop_storage::bugs::set_skip_wal_fsync(options.bug == Some(Bug::SkipWalFsync));
     bop_storage::bugs::set_accept_stale_commits(options.bug == Some(Bug::AcceptStaleCommits));
+    bop_storage::bugs::set_accept_wrong_base(options.bug == Some(Bug::AcceptWrongBase));
+    bop_storage::bugs::set_answer_on_propose(options.bug == Some(Bug::AnswerOnPropose));
     let report = run_inner(options);
     bop_storage::bugs::set_skip_wal_fsync(false);
     bop_storage::bugs::set_accept_stale_commits(false);
+    bop_storage::bugs::set_accept_wrong_base(false);
+    bop_storage::bugs::set_answer_on_propose(false);
     report
 }
 

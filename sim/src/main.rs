@@ -2,8 +2,8 @@
 //!
 //! `cargo run --release -p bop-sim -- --seeds 10000` runs seeds 0..10000; `--seed S` replays one (with
 //! `--verbose` for its event trace); `--start S` shifts the range; `--jobs N` runs N seeds at a time;
-//! `--bug skip-wal-fsync` (or `accept-stale-commits`) reintroduces a bug to show the checks catch it;
-//! `--faults KIND,...` injects only those kinds of fault, and `--faults-in-turn` injects the kinds one after
+//! `--bug skip-wal-fsync` (or `accept-stale-commits`, `accept-wrong-base`, `answer-on-propose`)
+//! reintroduces a bug to show the checks catch it; `--faults KIND,...` injects only those kinds of fault, and `--faults-in-turn` injects the kinds one after
 //! another (in the order listed) instead of drawing them by weight. Exits non-zero if any seed found a
 //! violation.
 //!
@@ -20,7 +20,7 @@ use serde_json::{json, Value as Json};
 
 fn usage() -> ExitCode {
     eprintln!(
-        "usage: bop-sim [--seeds N] [--start S] [--jobs N] [--seed S] [--safety-ms MS] [--liveness-ms MS] [--bug skip-wal-fsync|accept-stale-commits] [--faults KIND,...] [--faults-in-turn] [--verbose] [--report]"
+        "usage: bop-sim [--seeds N] [--start S] [--jobs N] [--seed S] [--safety-ms MS] [--liveness-ms MS] [--bug skip-wal-fsync|accept-stale-commits|accept-wrong-base|answer-on-propose] [--faults KIND,...] [--faults-in-turn] [--verbose] [--report]"
     );
     ExitCode::from(2)
 }
@@ -55,7 +55,7 @@ fn parse() -> Result<Args, ExitCode> {
             "--bug" => match args.next().as_deref().and_then(Bug::from_name) {
                 Some(bug) => parsed.base.bug = Some(bug),
                 None => {
-                    eprintln!("unknown bug (known: skip-wal-fsync, accept-stale-commits)");
+                    eprintln!("unknown bug (known: skip-wal-fsync, accept-stale-commits, accept-wrong-base, answer-on-propose)");
                     return Err(usage());
                 }
             },

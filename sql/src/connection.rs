@@ -133,6 +133,39 @@ pub(crate) enum Origin {
     Bop(Arc<crate::engine::BopOrigin>),
 }
 
+/// A database's pipelined commits, as their owner settles them ([`Connection::set_pipelined`]).
+#[derive(Clone)]
+pub struct Pipeline(Arc<crate::wal::DbShared>);
+
+impl Pipeline {
+    /// The commit at `index` (proposed through the pipeline) was applied: it and those before it are the
+    /// page store's now.
+    pub fn applied(&self, index: u64) {
+        self.0.pipeline.lock().applied(index);
+    }
+
+    /// A commit of the pipeline was refused, lost, or its fate is unknown: nothing proposed and not
+    /// applied may be built on any more.
+    pub fn failed(&self) {
+        self.0.pipeline.lock().fail();
+    }
+
+    /// Page bytes the commits proposed and not applied hold.
+    pub fn bytes(&self) -> usize {
+        self.0.pipeline.lock().bytes
+    }
+
+    /// Commits proposed and not applied (as far as the pipeline knows).
+    pub fn len(&self) -> usize {
+        self.0.pipeline.lock().entries.len()
+    }
+
+    /// Whether no commit is pending.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
 /// See [`Connection::commit_index`].
 #[derive(Clone)]
 pub struct CommitIndex(Arc<crate::engine::BopOrigin>);
@@ -338,8 +371,33 @@ impl Connection {
             Origin::Bop(origin) => crate::engine::connect(origin, self.limits, flag)?,
         };
         fresh.guard.continue_call_of(&self.guard);
+        let pipelined = self.is_pipelined();
         *self = fresh;
+        if pipelined {
+            self.set_pipelined(true)?;
+        }
         Ok(())
+    }
+
+    /// Makes this connection its database's pipelined writer (or not): each commit returns once the sink
+    /// proposed it ([`crate::FrameSink::propose_after`]), and this connection's later transactions run on
+    /// top of the commits proposed and not yet applied, which no other connection sees. Whoever uses it
+    /// must wait for each commit's fate before telling anyone (see [`Pipeline`]). At most one connection
+    /// per database should be pipelined. Refused for a sink that does not pipeline and for a stock file.
+    pub fn set_pipelined(&mut self, on: bool) -> Result<Pipeline, SqlError> {
+        let (Origin::Bop(origin), Some(conn)) = (&self.origin, &self.conn) else {
+            return Err(SqlError::invalid("only a bop database's connection can pipeline"));
+        };
+        if on && !origin.sink_pipelines() {
+            return Err(SqlError::invalid("this engine's sink does not pipeline commits"));
+        }
+        conn.pipelined.store(on, std::sync::atomic::Ordering::Relaxed);
+        Ok(Pipeline(Arc::clone(origin.shared())))
+    }
+
+    /// Whether [`Connection::set_pipelined`] is on.
+    pub fn is_pipelined(&self) -> bool {
+        self.conn.as_ref().is_some_and(|conn| conn.pipelined.load(std::sync::atomic::Ordering::Relaxed))
     }
 
     /// Sets the bounds of this connection's later calls (a connection from [`crate::SqlEngine::open`]

@@ -187,6 +187,7 @@ impl SqlEngine {
                     spill_dir: self.config.placeholder_dir.clone(),
                     frames_spilled: AtomicU64::new(0),
                     writer: Mutex::new(WriterState::default()),
+                    pipeline: Mutex::new(Default::default()),
                 })
             })
             .clone()
@@ -269,6 +270,16 @@ pub(crate) struct BopOrigin {
 }
 
 impl BopOrigin {
+    /// Whether the database's sink takes pipelined commits.
+    pub(crate) fn sink_pipelines(&self) -> bool {
+        self.shared.sink.pipelines()
+    }
+
+    /// The database's shared state.
+    pub(crate) fn shared(&self) -> &Arc<DbShared> {
+        &self.shared
+    }
+
     /// The log index of the newest commit made through the database's sink in this process.
     pub(crate) fn last_commit_index(&self) -> u64 {
         self.shared.writer.lock().last_commit_index

@@ -92,6 +92,15 @@ impl SqlError {
         matches!(self, SqlError::Sqlite { code, .. } if code & 0xff == libsql_sys::ffi::SQLITE_FULL)
     }
 
+    /// A commit that failed after SQLite was told it succeeded (a pipelined commit refused or lost, or
+    /// one built on such a commit): the error SQLite itself gives for a commit the WAL failed.
+    pub fn commit_failed(reason: impl std::fmt::Display) -> Self {
+        SqlError::Sqlite {
+            code: libsql_sys::ffi::SQLITE_IOERR_WRITE,
+            message: format!("disk I/O error (commit failed: {reason})"),
+        }
+    }
+
     pub(crate) fn invalid(reason: impl Into<String>) -> Self {
         SqlError::Invalid { reason: reason.into() }
     }

@@ -11,12 +11,13 @@ mod engine;
 mod error;
 mod limits;
 mod page_one;
+mod pipeline;
 mod sink;
 mod wal;
 
 pub use connection::{
-    Column, CommitIndex, Connection, ExecOutcome, GroupRequest, Params, RequestOutcome, Rows, ScriptOutcome,
-    Statement, StatementResult, Value,
+    Column, CommitIndex, Connection, ExecOutcome, GroupRequest, Params, Pipeline, RequestOutcome, Rows,
+    ScriptOutcome, Statement, StatementResult, Value,
 };
 pub use engine::{OpenMode, SqlConfig, SqlEngine};
 pub use error::SqlError;

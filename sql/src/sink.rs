@@ -68,6 +68,29 @@ pub trait FrameSink: Send + Sync {
         read_index: u64,
     ) -> Result<u64, SinkError>;
 
+    /// Whether [`FrameSink::propose_after`] works: the sink can take a commit before the one before it is
+    /// applied.
+    fn pipelines(&self) -> bool {
+        false
+    }
+
+    /// Proposes `frames` (as in [`FrameSink::commit`]) as a commit built on the commit at log index `base`
+    /// — the database's newest commit, or one proposed before and not applied yet — and returns its log
+    /// index once it is proposed, before it is durable or applied. It is applied only if `base` is the
+    /// database's newest commit then; the caller learns its fate from the sink's owner (for Raft: the
+    /// writer waits for it) and must not tell anyone it committed before. `Err` as for `commit`: nothing
+    /// was proposed, except [`SinkError::OutcomeUnknown`]. The default sink does not pipeline.
+    fn propose_after(
+        &self,
+        db: &Db,
+        frames: &[(u32, &[u8])],
+        db_page_count: u32,
+        base: u64,
+    ) -> Result<u64, SinkError> {
+        let _ = (db, frames, db_page_count, base);
+        Err(SinkError::Unavailable { reason: "this sink does not pipeline commits".into() })
+    }
+
     /// Creates the database `name` (locally by default; a cluster sink creates it through its log) and
     /// returns its handle once it exists in `manager`.
     fn create_database(&self, manager: &Manager, name: &str) -> Result<Db, SinkError> {

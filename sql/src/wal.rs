@@ -6,6 +6,8 @@
 //!   every page `1..=page_count` of the snapshot is "in the WAL", so SQLite never reads the main database
 //!   file, which is a zero-filled placeholder.
 //! - `PENDING_FRAME_BIT | slot` names slot `slot` of the current write transaction's held frames.
+//! - `PENDING_FRAME_BIT | PIPELINE_FRAME_BIT | n` names the `n`th page this read transaction found among the
+//!   proposed, not yet applied, commits of a pipelined connection (see `pipeline`).
 //!
 //! Pages above the snapshot's size are "found at frame 0", as SQLite's contract asks (SQLite does not read
 //! pages past the database size). See docs/design.md (SQL layer) for the whole design.
@@ -26,12 +28,15 @@ use libsql_sys::wal::{
 };
 use parking_lot::Mutex;
 
+use crate::pipeline::{Found, Pipeline, PipelineView, Speculative};
 use crate::sink::FrameSink;
 
 type WalResult<T> = libsql_sys::wal::Result<T>;
 
 /// Set in a frame number that names a held frame of the current write transaction.
 pub(crate) const PENDING_FRAME_BIT: u32 = 1 << 31;
+/// Set (with [`PENDING_FRAME_BIT`]) in a frame number that names a page of a pipelined commit.
+const PIPELINE_FRAME_BIT: u32 = 1 << 30;
 /// Largest page number a bop database may use (page numbers share the frame-number space with held frames).
 pub(crate) const PAGE_NO_MAX: u32 = PENDING_FRAME_BIT - 1;
 
@@ -53,6 +58,8 @@ pub(crate) struct DbShared {
     /// Frames written to spill files, ever (rewrites of a spilled page included).
     pub frames_spilled: AtomicU64,
     pub writer: Mutex<WriterState>,
+    /// Commits proposed by this database's pipelined connection and not applied yet.
+    pub pipeline: Mutex<Pipeline>,
 }
 
 /// One writer per database at a time, and which commit was the newest through this process.
@@ -72,6 +79,9 @@ pub(crate) struct ConnShared {
     pub last_error: Mutex<Option<String>>,
     /// How the sink refused the last commit, when it did (cleared with `last_error`).
     pub commit_failure: Mutex<Option<CommitFailure>>,
+    /// Reads see, and commits are proposed on top of, the database's proposed commits
+    /// ([`crate::Connection::set_pipelined`]).
+    pub pipelined: std::sync::atomic::AtomicBool,
 }
 
 /// How a commit the sink refused failed (see [`crate::SinkError`]).
@@ -244,6 +254,7 @@ impl WalManager for BopWalManager {
             shared: self.shared.clone(),
             conn: self.conn.clone(),
             read: None,
+            view: PipelineView::default(),
             last_seen_index: None,
             writing: false,
             frames: HeldFrames::new(self.shared.held_memory_frames_max, self.shared.spill_dir.clone()),
@@ -285,6 +296,8 @@ pub(crate) struct BopWal {
     shared: Arc<DbShared>,
     conn: Arc<ConnShared>,
     read: Option<ReadView>,
+    /// The proposed commits this read transaction sees (none unless the connection is pipelined).
+    view: PipelineView,
     /// Snapshot index of the previous read transaction (or of our own last commit): SQLite keeps its page
     /// cache only when the next read transaction is pinned at the same index.
     last_seen_index: Option<u64>,
@@ -341,11 +354,47 @@ impl BopWal {
             })
             .collect();
         let frame_count = frames.len();
-        let read_index = self.read.as_ref().map_or(0, |read| read.snapshot.index());
-        let result = self.shared.sink.commit(&self.shared.db, &frames, size_after, read_index);
+        let pipelined = self.conn.pipelined.load(Ordering::Relaxed);
+        let result = if pipelined {
+            // Built on the newest commit this view sees: the newest proposed one, or the applied one.
+            let base = match self.view.tip() {
+                Some((index, _)) => index,
+                None => self.read.as_ref().map_or(0, |read| read.snapshot.last_commit_index()),
+            };
+            if self.shared.pipeline.lock().epoch != self.view.epoch {
+                Err(crate::SinkError::Rejected {
+                    reason: "a commit this transaction was built on failed or may have; not proposed".into(),
+                })
+            } else {
+                self.shared.sink.propose_after(&self.shared.db, &frames, size_after, base).map(|index| {
+                    let pages =
+                        frames.iter().map(|(page_no, page)| (*page_no, Box::<[u8]>::from(*page))).collect();
+                    let entry = Arc::new(Speculative { index, pages, page_count: size_after });
+                    let mut pipeline = self.shared.pipeline.lock();
+                    if pipeline.epoch == self.view.epoch {
+                        pipeline.push(entry.clone(), base);
+                    }
+                    drop(pipeline);
+                    self.view.entries.push(entry);
+                    index
+                })
+            }
+        } else {
+            let read_index = self.read.as_ref().map_or(0, |read| read.snapshot.index());
+            self.shared.sink.commit(&self.shared.db, &frames, size_after, read_index)
+        };
         drop(frames);
         drop(spilled);
         match result {
+            Ok(index) if pipelined => {
+                self.shared.writer.lock().last_commit_index = index;
+                // The commit is proposed, not applied: this read transaction goes on seeing it through the
+                // view (the page store does not have it yet), and so does the next one while it is pending.
+                self.view.forget_lookups();
+                self.last_seen_index = Some(index);
+                self.clear_frames();
+                Ok(frame_count)
+            }
             Ok(index) => {
                 self.shared.writer.lock().last_commit_index = index;
                 // Our own commit is the database's newest version and SQLite's page cache holds it: re-pin
@@ -363,6 +412,10 @@ impl BopWal {
                 Ok(frame_count)
             }
             Err(e) => {
+                if pipelined && !matches!(e, crate::SinkError::Rejected { .. }) {
+                    // Proposed or not, its fate is unknown: nothing may be built on the pipeline any more.
+                    self.shared.pipeline.lock().fail();
+                }
                 let failure = match &e {
                     _ if e.is_commit_specific() => CommitFailure::Specific,
                     crate::SinkError::OutcomeUnknown { .. } => CommitFailure::Unknown,
@@ -381,7 +434,18 @@ impl Wal for BopWal {
     fn begin_read_txn(&mut self) -> WalResult<bool> {
         let previous = self.last_seen_index;
         self.read = None;
+        self.view = PipelineView::default();
         self.pin()?;
+        if self.conn.pipelined.load(Ordering::Relaxed) {
+            if let Some(read) = &self.read {
+                let mut pipeline = self.shared.pipeline.lock();
+                pipeline.reconcile(&read.snapshot);
+                self.view = PipelineView::new(pipeline.entries.iter().cloned().collect(), pipeline.epoch);
+            }
+            if let Some((index, _)) = self.view.tip() {
+                self.last_seen_index = Some(index);
+            }
+        }
         Ok(self.last_seen_index != previous)
     }
 
@@ -395,6 +459,7 @@ impl Wal for BopWal {
             self.clear_frames();
         }
         self.read = None;
+        self.view = PipelineView::default();
     }
 
     fn find_frame(&mut self, page_no: NonZeroU32) -> WalResult<Option<NonZeroU32>> {
@@ -405,12 +470,29 @@ impl Wal for BopWal {
             );
         }
         if let Some(&slot) = self.frames.slots.get(&page_no) {
-            assert!(slot < PENDING_FRAME_BIT as usize);
+            if slot >= PIPELINE_FRAME_BIT as usize {
+                return Err(self.fail(ffi::SQLITE_IOERR_READ, format!("held frame {slot} out of range")));
+            }
             return Ok(NonZeroU32::new(PENDING_FRAME_BIT | slot as u32));
         }
         let Some(read) = &self.read else {
             return Err(self.fail(ffi::SQLITE_IOERR_READ, "find_frame outside a read transaction".into()));
         };
+        if let Some((_, tip_pages)) = self.view.tip() {
+            if page_no > tip_pages {
+                return Ok(None);
+            }
+            let snapshot_pages = read.page_count;
+            if let Found::Frame(n) = self.view.find(page_no, snapshot_pages) {
+                if n >= PIPELINE_FRAME_BIT {
+                    return Err(
+                        self.fail(ffi::SQLITE_IOERR_READ, format!("pipelined frame {n} out of range"))
+                    );
+                }
+                return Ok(NonZeroU32::new(PENDING_FRAME_BIT | PIPELINE_FRAME_BIT | n));
+            }
+            return Ok(NonZeroU32::new(page_no));
+        }
         Ok(if page_no <= read.page_count { NonZeroU32::new(page_no) } else { None })
     }
 
@@ -421,6 +503,10 @@ impl Wal for BopWal {
                 ffi::SQLITE_IOERR_READ,
                 format!("bop pages are {PAGE_SIZE} bytes, SQLite asked for {}", buffer.len()),
             ));
+        }
+        if frame_no & PENDING_FRAME_BIT != 0 && frame_no & PIPELINE_FRAME_BIT != 0 {
+            let n = frame_no & !(PENDING_FRAME_BIT | PIPELINE_FRAME_BIT);
+            return self.view.read(n, buffer).map_err(|reason| self.fail(ffi::SQLITE_IOERR_READ, reason));
         }
         if frame_no & PENDING_FRAME_BIT != 0 {
             let slot = (frame_no & !PENDING_FRAME_BIT) as usize;
@@ -451,7 +537,10 @@ impl Wal for BopWal {
     }
 
     fn db_size(&self) -> u32 {
-        self.read.as_ref().map_or(0, |read| read.page_count)
+        match self.view.tip() {
+            Some((_, page_count)) => page_count,
+            None => self.read.as_ref().map_or(0, |read| read.page_count),
+        }
     }
 
     fn begin_write_txn(&mut self) -> WalResult<()> {
@@ -464,9 +553,20 @@ impl Wal for BopWal {
         }
         // Whoever committed after our snapshot — this node's SQL or a commit applied from Raft — writing on
         // top of it would lose that commit.
-        let newest = self.shared.db.last_change_index();
-        if newest > read.snapshot.last_change_index() {
-            return Err(sqlite_error(ffi::SQLITE_BUSY_SNAPSHOT));
+        if self.conn.pipelined.load(Ordering::Relaxed) {
+            // Compared by commits (a checkpoint moves the last change, not the last commit): a commit that
+            // is one of the view's own proposed ones, applied since, changes nothing the view sees.
+            let newest = self.shared.db.last_commit_index();
+            if newest != read.snapshot.last_commit_index()
+                && !self.view.entries.iter().any(|e| e.index == newest)
+            {
+                return Err(sqlite_error(ffi::SQLITE_BUSY_SNAPSHOT));
+            }
+        } else {
+            let newest = self.shared.db.last_change_index();
+            if newest > read.snapshot.last_change_index() {
+                return Err(sqlite_error(ffi::SQLITE_BUSY_SNAPSHOT));
+            }
         }
         writer.active = true;
         drop(writer);

@@ -49,6 +49,16 @@ pub fn encode_commit(db: u64, db_page_count: u32, frames: &[(u32, &[u8])]) -> Ve
     out
 }
 
+/// The database a commit record names, read from its header alone (`None` if the header is short or not
+/// a commit record's).
+pub fn commit_db_id(payload: &[u8]) -> Option<u64> {
+    let head = payload.get(..COMMIT_HEADER_LEN)?;
+    if head[0] != TAG_COMMIT {
+        return None;
+    }
+    Some(u64::from_le_bytes(head[8..16].try_into().ok()?))
+}
+
 /// The header of a decoded commit, with its frames' page numbers and checksums (page bytes stay in place).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CommitHeader {

@@ -49,6 +49,20 @@ pub enum PageStoreError {
         /// The newer commit it did not see.
         last_commit: u64,
     },
+    /// A replicated commit built on a commit (at log index `base`) that is not the database's newest: that
+    /// commit was refused or never applied, or another came after it, so the record's pages rest on a view
+    /// the database never had. Refused the same way on every node.
+    #[error(
+        "transaction built on a commit that did not become the database's newest: database {db} was built on at log index {base}, its newest commit is at {last_commit}"
+    )]
+    WrongBase {
+        /// Database id.
+        db: u64,
+        /// The commit the transaction was built on.
+        base: u64,
+        /// The database's newest commit when this one was applied.
+        last_commit: u64,
+    },
     /// A log entry or generation file that does not decode.
     #[error("corrupt {what}: {reason}")]
     Corrupt {

@@ -638,16 +638,18 @@ impl Manager {
     /// the pages warm the cache. A commit to a database that no longer exists, or one its generations
     /// already hold (re-applied after a restart), changes nothing. Returns the database it went to.
     ///
-    /// With `read_index` (the applied index the transaction that made the commit read at), a commit to the
-    /// database newer than `read_index` refuses it as [`PageStoreError::StaleCommit`]: the record's pages
-    /// were built on a view that misses that commit. The check depends only on the applied log, so every
-    /// node refuses alike.
+    /// `check` says what the commit was built on. [`CommitCheck::ReadAt`]: a commit to the database newer
+    /// than the applied index the transaction read at refuses it as [`PageStoreError::StaleCommit`] (the
+    /// record's pages were built on a view that misses that commit). [`CommitCheck::After`]: unless the
+    /// database's newest commit is the one named, it is refused as [`PageStoreError::WrongBase`] (it was
+    /// built on a commit that was refused, lost, or overtaken). The checks depend only on the applied log,
+    /// so every node refuses alike.
     pub fn apply_commit(
         &self,
         index: u64,
         base: u32,
         record: &[u8],
-        read_index: Option<u64>,
+        check: CommitCheck,
     ) -> Result<Option<u64>> {
         let inner = &self.inner;
         inner.check()?;
@@ -668,12 +670,22 @@ impl Manager {
             let mut state = entry.state.write();
             if index > state.checkpoint_index && state.page_counts.range(index..).next().is_none() {
                 let last_commit = state.last_commit_at(index);
-                let stale =
-                    read_index.filter(|read| last_commit > *read && !crate::bugs::accept_stale_commits());
-                if let Some(read_index) = stale {
+                let refusal = match check {
+                    CommitCheck::None => None,
+                    CommitCheck::ReadAt(read_index)
+                        if last_commit > read_index && !crate::bugs::accept_stale_commits() =>
+                    {
+                        Some(PageStoreError::StaleCommit { db: header.db, read_index, last_commit })
+                    }
+                    CommitCheck::After(base) if last_commit != base && !crate::bugs::accept_wrong_base() => {
+                        Some(PageStoreError::WrongBase { db: header.db, base, last_commit })
+                    }
+                    CommitCheck::ReadAt(_) | CommitCheck::After(_) => None,
+                };
+                if let Some(refusal) = refusal {
                     drop(state);
                     self.set_applied(index);
-                    return Err(PageStoreError::StaleCommit { db: header.db, read_index, last_commit });
+                    return Err(refusal);
                 }
                 state.apply(index, base, &header);
                 drop(state);
@@ -1030,6 +1042,12 @@ impl Db {
         self.entry.state.read().last_change_at(u64::MAX)
     }
 
+    /// Log index of the newest commit applied to this database (what [`CommitCheck::After`] compares
+    /// with); the same on every node for the same applied log.
+    pub fn last_commit_index(&self) -> u64 {
+        self.entry.state.read().last_commit_at(u64::MAX)
+    }
+
     /// Pins a read view at the current applied index.
     pub fn snapshot(&self) -> Result<ReadSnapshot> {
         self.check()?;
@@ -1194,6 +1212,12 @@ impl ReadSnapshot {
         self.db.entry.state.read().last_change_at(self.index)
     }
 
+    /// Log index of the newest commit to this database that this view sees (the same on every node for
+    /// the same applied log, unlike [`ReadSnapshot::last_change_index`], which a checkpoint moves).
+    pub fn last_commit_index(&self) -> u64 {
+        self.db.entry.state.read().last_commit_at(self.index)
+    }
+
     /// The database size in pages in this view.
     pub fn page_count(&self) -> u32 {
         self.db.entry.state.read().page_count_at(self.index)
@@ -1220,4 +1244,17 @@ impl Drop for ReadSnapshot {
     fn drop(&mut self) {
         self.db.entry.state.write().unpin(self.index);
     }
+}
+
+/// What a replicated commit was built on, checked when it is applied ([`Manager::apply_commit`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CommitCheck {
+    /// Nothing is checked.
+    None,
+    /// The transaction read the database at this applied index: refused if a commit to the database
+    /// came after it.
+    ReadAt(u64),
+    /// The transaction was built on the commit at this log index (proposed, not yet applied, when it ran):
+    /// refused unless that commit is the database's newest.
+    After(u64),
 }

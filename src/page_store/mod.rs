@@ -12,7 +12,8 @@ mod generation;
 mod manager;
 
 pub use commit::{
-    decode_commit, encode_commit, page_crc, CommitHeader, COMMIT_HEADER_LEN, FRAME_LEN, PAGE_SIZE,
+    commit_db_id, decode_commit, encode_commit, page_crc, CommitHeader, COMMIT_HEADER_LEN, FRAME_LEN,
+    PAGE_SIZE,
 };
 pub use error::PageStoreError;
 pub use generation::{
@@ -20,5 +21,6 @@ pub use generation::{
     GenerationMeta, GenerationStream, PageImage, STREAM_CHUNK_BYTES,
 };
 pub use manager::{
-    CheckpointOutcome, CommitInfo, Db, DbDiagnostics, Manager, ManagerConfig, ReadSnapshot, SnapshotDatabase,
+    CheckpointOutcome, CommitCheck, CommitInfo, Db, DbDiagnostics, Manager, ManagerConfig, ReadSnapshot,
+    SnapshotDatabase,
 };

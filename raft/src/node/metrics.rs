@@ -146,6 +146,16 @@ impl NodeShared {
             ("bop_sql_write_groups", "groups of writes run (each one transaction)", Counter(groups)),
             ("bop_sql_write_group_requests", "write requests run in those groups", Counter(grouped)),
             (
+                "bop_sql_write_groups_unanswered",
+                "groups whose commits are proposed and whose answers wait for them to be applied",
+                Gauge(self.writers.unanswered() as f64),
+            ),
+            (
+                "bop_sql_pipelined_commits_failed",
+                "pipelined commits refused or of unknown fate (the requests that ran on top of them failed too)",
+                Counter(self.writers.pipeline_failures()),
+            ),
+            (
                 "bop_sql_calls_stopped",
                 "SQL calls stopped by their time limit, a gone client or shutdown",
                 Counter(self.statements_stopped.load(Ordering::Relaxed)),

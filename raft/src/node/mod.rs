@@ -97,6 +97,10 @@ pub struct NodeLimits {
     pub writer_queue_bytes_max: usize,
     /// A database's writer that has had no work for this long ends (the next write starts another).
     pub writer_idle: Duration,
+    /// Groups a database's writer may have proposed and not yet answered: the next group runs on top of
+    /// the commits proposed before it. 1 (or 0) runs one group at a time, each answered before the next:
+    /// the default until the simulation's bug switches for pipelining are shown to be caught.
+    pub pipeline_depth: usize,
     /// Databases a node holds; creating one more is refused.
     pub databases_max: usize,
     /// Backups made (or being sent) at once; one more is answered 503 with `Retry-After`.
@@ -119,6 +123,7 @@ impl Default for NodeLimits {
             writers_queued_max: 1024,
             writer_queue_bytes_max: 256 << 20,
             writer_idle: Duration::from_secs(10),
+            pipeline_depth: 1,
             databases_max: 1024,
             backups_max: 2,
             backup_space_reserve_bytes: 256 << 20,
@@ -298,6 +303,8 @@ pub struct NodeShared {
     manager: Manager,
     raft: Raft<BopConfig, BopStateMachine>,
     engine: Arc<SqlEngine>,
+    /// The engine's sink (for the outcomes of pipelined commits).
+    sink: Arc<RaftSink>,
     raft_addr: String,
     http_addr: String,
     data_dir: std::path::PathBuf,
@@ -564,16 +571,22 @@ impl Node {
         let entry_bytes_max = store.entry_bytes_max();
         let sink =
             RaftSink::new(raft.clone(), tokio::runtime::Handle::current(), env.blocking, entry_bytes_max);
+        let proposals = sink.proposals();
+        store.observe_appends(Box::new(move |entry| proposals.observe(entry)));
         let mut sql_config = SqlConfig::new(config.data_dir.join("sql"));
         let pages_max = crate::sql_sink::commit_pages_max(entry_bytes_max).min(commit_frames_max);
         sql_config.pending_bytes_max = pages_max * bop_storage::page_store::PAGE_SIZE;
-        let engine = Arc::new(SqlEngine::new(manager.clone(), sink, sql_config).map_err(|e| storage(&e))?);
+        let engine = Arc::new(
+            SqlEngine::new(manager.clone(), Arc::clone(&sink) as Arc<dyn bop_sql::FrameSink>, sql_config)
+                .map_err(|e| storage(&e))?,
+        );
         let shared = Arc::new(NodeShared {
             id: config.id,
             wal,
             manager,
             raft: raft.clone(),
             engine,
+            sink,
             raft_addr,
             http_addr,
             data_dir: config.data_dir.clone(),

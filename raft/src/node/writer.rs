@@ -5,12 +5,23 @@
 //! for `NodeLimits::writer_idle` ends, and the next write to its database starts a new one. A load
 //! (`/db/load`) goes through the same queue, so that it is ordered with the writes around it, and runs
 //! alone.
+//!
+//! Pipelining (`NodeLimits::pipeline_depth` above 1): the writer's connection is pipelined, so a group's
+//! commit returns once it is proposed and the next group runs on top of it at once. The group's answers go
+//! to the writer's answerer, which waits, in order, until each of the group's commits is applied here and
+//! only then answers; if one was refused or its fate is unknown, every request that ran on top of it (in its
+//! group and after) gets that error instead of its answer (apply refuses whatever was built on it, so
+//! nothing of them is written). At most `pipeline_depth` groups are unanswered, and at most
+//! [`PIPELINE_BYTES_MAX`] bytes of pages proposed and not applied.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 
-use bop_sql::{GroupRequest, InterruptHandle, Limits, OpenMode, RequestOutcome, Statement};
-use tokio::sync::{mpsc, oneshot};
+use bop_sql::{
+    GroupRequest, InterruptHandle, Limits, OpenMode, Pipeline, RequestOutcome, SqlError, Statement,
+};
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 
 use super::bounds::Queued;
 use super::NodeShared;
@@ -19,6 +30,10 @@ use super::NodeShared;
 pub(super) const GROUP_REQUESTS_MAX: usize = 256;
 /// Most request-body bytes one group takes (it may pass them by its last request).
 pub(super) const GROUP_BYTES_MAX: usize = 16 << 20;
+
+/// Most bytes of pages one database's proposed, unapplied commits may hold: past it the writer waits for
+/// their answers before it runs the next group.
+pub(super) const PIPELINE_BYTES_MAX: usize = 64 << 20;
 
 /// One write request, queued for its database's writer.
 pub(super) struct WriteJob {
@@ -70,6 +85,10 @@ pub(super) struct Writers {
     /// Groups run, and the requests in them (for `/metrics`).
     groups: AtomicU64,
     grouped: AtomicU64,
+    /// Pipelined groups handed to their answerers and not answered yet.
+    unanswered: AtomicU64,
+    /// Pipelined commits refused or of unknown fate.
+    pipeline_failures: AtomicU64,
 }
 
 impl Writers {
@@ -127,6 +146,16 @@ impl Writers {
         self.queues.len()
     }
 
+    /// Pipelined groups whose answers wait for their commits.
+    pub(super) fn unanswered(&self) -> u64 {
+        self.unanswered.load(Ordering::Relaxed)
+    }
+
+    /// Pipelined commits refused or of unknown fate, so far.
+    pub(super) fn pipeline_failures(&self) -> u64 {
+        self.pipeline_failures.load(Ordering::Relaxed)
+    }
+
     /// Groups run so far, and the requests in them.
     pub(super) fn grouped(&self) -> (u64, u64) {
         (self.groups.load(Ordering::Relaxed), self.grouped.load(Ordering::Relaxed))
@@ -136,7 +165,13 @@ impl Writers {
 /// A database's writer: takes what is queued, runs it as a group (a load alone), again and again, until it
 /// has been idle for `NodeLimits::writer_idle` or the node is gone.
 async fn run_writer(node: Weak<NodeShared>, db: String, id: u64, mut jobs: mpsc::Receiver<Job>) {
-    let Some(idle) = node.upgrade().map(|node| node.limits.writer_idle) else { return };
+    let Some((idle, depth, sink)) = node
+        .upgrade()
+        .map(|node| (node.limits.writer_idle, node.limits.pipeline_depth, Arc::clone(&node.sink)))
+    else {
+        return;
+    };
+    let mut pipelining = (depth > 1).then(|| Pipelining::start(Weak::clone(&node), sink, depth));
     // A load taken while a group was being gathered: it runs next, after the group.
     let mut held: Option<Job> = None;
     loop {
@@ -146,6 +181,11 @@ async fn run_writer(node: Weak<NodeShared>, db: String, id: u64, mut jobs: mpsc:
                 Ok(Some(job)) => job,
                 Ok(None) => return,
                 Err(_) => {
+                    // Nothing unanswered may outlive this writer: a successor's requests would run on top
+                    // of commits whose fate only this writer's answerer learns.
+                    if let Some(pipelining) = &mut pipelining {
+                        pipelining.drain().await;
+                    }
                     let Some(node) = node.upgrade() else { return };
                     // Under the entry's lock, which submitters hold while they send: either a job arrived
                     // before, or our entry goes and the next submitter starts a new writer.
@@ -172,6 +212,9 @@ async fn run_writer(node: Weak<NodeShared>, db: String, id: u64, mut jobs: mpsc:
         }
         let first = match first {
             Job::Restore(job) => {
+                if let Some(pipelining) = &mut pipelining {
+                    pipelining.drain().await;
+                }
                 let Some(node) = node.upgrade() else { return };
                 run_restore(&node, &db, job).await;
                 continue;
@@ -197,8 +240,229 @@ async fn run_writer(node: Weak<NodeShared>, db: String, id: u64, mut jobs: mpsc:
         if group.is_empty() {
             continue;
         }
+        let permit = match &mut pipelining {
+            Some(pipelining) => Some(pipelining.room().await),
+            None => None,
+        };
         let Some(node) = node.upgrade() else { return };
-        run_group(&node, &db, group).await;
+        match (permit, &mut pipelining) {
+            (Some(permit), Some(pipelining)) => {
+                run_pipelined_group(&node, &db, group, permit, pipelining).await
+            }
+            _ => run_group(&node, &db, group).await,
+        }
+    }
+}
+
+/// A writer's pipelining: its bound on unanswered groups, and its answerer.
+struct Pipelining {
+    depth: usize,
+    permits: Arc<Semaphore>,
+    answerer: mpsc::UnboundedSender<InFlight>,
+    /// The database's pipeline, once a connection handed it out.
+    pipeline: Option<Pipeline>,
+}
+
+/// A group whose answers wait for its commits (and those it ran on top of).
+struct InFlight {
+    /// Its commits' log indexes, in order.
+    proposed: Vec<u64>,
+    answers: Vec<Held>,
+    pipeline: Option<Pipeline>,
+    /// Its place among the writer's unanswered groups.
+    _permit: OwnedSemaphorePermit,
+}
+
+/// A request's answer held until the commit it depends on is applied.
+struct Held {
+    answer: oneshot::Sender<WriteAnswer>,
+    place: Queued,
+    outcome: RequestOutcome,
+    /// Its commit's log index (rqlite's `raft_index`), 0 for none.
+    raft_index: u64,
+    /// The newest commit proposed when its outcome was final: its own, or the one it ran on top of.
+    depends_on: u64,
+}
+
+impl Pipelining {
+    fn start(node: Weak<NodeShared>, sink: Arc<crate::sql_sink::RaftSink>, depth: usize) -> Self {
+        let (answerer, groups) = mpsc::unbounded_channel();
+        tokio::spawn(answer_in_order(node, sink, groups));
+        Pipelining { depth, permits: Arc::new(Semaphore::new(depth)), answerer, pipeline: None }
+    }
+
+    /// Room for one more group: waits while `depth` groups are unanswered, or until every one is when the
+    /// proposed commits hold too many bytes.
+    async fn room(&mut self) -> OwnedSemaphorePermit {
+        if self.pipeline.as_ref().is_some_and(|p| p.bytes() > PIPELINE_BYTES_MAX) {
+            self.drain().await;
+        }
+        // The semaphore is never closed.
+        Arc::clone(&self.permits).acquire_owned().await.expect("writer's pipeline semaphore is never closed")
+    }
+
+    /// Waits until every group handed to the answerer is answered.
+    async fn drain(&mut self) {
+        let all = u32::try_from(self.depth).unwrap_or(u32::MAX);
+        drop(self.permits.acquire_many(all).await);
+    }
+}
+
+/// Answers the writer's groups in the order they ran, each once the commits it depends on are applied;
+/// tells the pipeline what became of each commit.
+async fn answer_in_order(
+    node: Weak<NodeShared>,
+    sink: Arc<crate::sql_sink::RaftSink>,
+    mut groups: mpsc::UnboundedReceiver<InFlight>,
+) {
+    // The outcomes of the newest group's commits that proposed any (a later group ran on top of them).
+    let mut verdicts: HashMap<u64, Result<(), String>> = HashMap::new();
+    while let Some(group) = groups.recv().await {
+        let InFlight { proposed, mut answers, pipeline, _permit } = group;
+        if bop_storage::bugs::answer_on_propose() {
+            for held in answers.drain(..) {
+                let _ = held.answer.send((held.outcome, held.raft_index));
+            }
+        }
+        let mut outcomes = HashMap::new();
+        for index in proposed {
+            let verdict = sink.outcome(index).await.map_err(|e| e.to_string());
+            match (&verdict, &pipeline) {
+                (Ok(()), Some(pipeline)) => pipeline.applied(index),
+                (Ok(()), None) => {}
+                (Err(reason), pipeline) => {
+                    tracing::debug!(index, %reason, "a pipelined commit failed");
+                    if let Some(pipeline) = pipeline {
+                        pipeline.failed();
+                    }
+                    if let Some(node) = node.upgrade() {
+                        node.writers.pipeline_failures.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+            outcomes.insert(index, verdict);
+        }
+        let node = node.upgrade();
+        for held in answers {
+            let verdict = outcomes.get(&held.depends_on).or_else(|| verdicts.get(&held.depends_on));
+            let outcome = match verdict {
+                Some(Err(reason)) => Err(SqlError::commit_failed(reason)),
+                _ => held.outcome,
+            };
+            if let Some(node) = &node {
+                node.count_stopped(outcome.as_ref().err());
+            }
+            let _ = held.answer.send((outcome, held.raft_index));
+            drop(held.place);
+        }
+        if !outcomes.is_empty() {
+            verdicts = outcomes;
+        }
+        if let Some(node) = &node {
+            node.writers.unanswered.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Runs `jobs` as one group on a pipelined connection and hands their answers to the answerer.
+async fn run_pipelined_group(
+    node: &Arc<NodeShared>,
+    db: &str,
+    jobs: Vec<WriteJob>,
+    permit: OwnedSemaphorePermit,
+    pipelining: &mut Pipelining,
+) {
+    if !bop_storage::bugs::accept_wrong_base() {
+        node.leadership_applied().await;
+    }
+    node.writers.groups.fetch_add(1, Ordering::Relaxed);
+    node.writers.grouped.fetch_add(jobs.len() as u64, Ordering::Relaxed);
+    let engine = Arc::clone(&node.engine);
+    let name = db.to_owned();
+    let (jobs, places): (Vec<_>, Vec<_>) = jobs
+        .into_iter()
+        .map(|job| ((job.statements, job.transaction, job.limits, job.interrupt), (job.answer, job.place)))
+        .unzip();
+    let ran = node
+        .blocking
+        .run(move || -> (Vec<(RequestOutcome, u64, u64)>, Option<Pipeline>) {
+            let mut outcomes: Vec<Option<(RequestOutcome, u64, u64)>> =
+                (0..jobs.len()).map(|_| None).collect();
+            let pipeline = match engine.open(&name, OpenMode::CreateIfMissing).and_then(|mut conn| {
+                let pipeline = conn.set_pipelined(true)?;
+                Ok((conn, pipeline))
+            }) {
+                Ok((mut conn, pipeline)) => {
+                    let requests: Vec<GroupRequest> = jobs
+                        .iter()
+                        .map(|(statements, transaction, limits, interrupt)| GroupRequest {
+                            statements,
+                            transaction: *transaction,
+                            limits: *limits,
+                            interrupt: Some(interrupt.clone()),
+                        })
+                        .collect();
+                    let commits = conn.commit_index();
+                    let before = commits.as_ref().map_or(0, |c| c.last());
+                    conn.request_group_with(&requests, &mut |i, outcome| {
+                        let last = commits.as_ref().map_or(0, |c| c.last());
+                        outcomes[i] = Some((outcome, if last > before { last } else { 0 }, last));
+                    });
+                    Some(pipeline)
+                }
+                Err(e) => {
+                    outcomes.iter_mut().for_each(|o| *o = Some((Err(e.duplicate()), 0, 0)));
+                    None
+                }
+            };
+            let outcomes = outcomes
+                .into_iter()
+                .map(|o| {
+                    o.unwrap_or_else(|| {
+                        (Err(SqlError::Invalid { reason: "request was not run".into() }), 0, 0)
+                    })
+                })
+                .collect();
+            (outcomes, pipeline)
+        })
+        .await;
+    let (outcomes, pipeline) = match ran {
+        Ok(ran) => ran,
+        Err(e) => {
+            // The work failed (a panic): the jobs' answers are dropped, and what it proposed is unknown.
+            tracing::warn!(db, error = %e, "a write group failed");
+            if let Some(pipeline) = &pipelining.pipeline {
+                pipeline.failed();
+            }
+            return;
+        }
+    };
+    if pipeline.is_some() {
+        pipelining.pipeline = pipeline.clone();
+    }
+    let mut proposed: Vec<u64> =
+        outcomes.iter().map(|(_, raft_index, _)| *raft_index).filter(|i| *i > 0).collect();
+    proposed.sort_unstable();
+    proposed.dedup();
+    let answers = outcomes
+        .into_iter()
+        .zip(places)
+        .map(|((outcome, raft_index, depends_on), (answer, place))| Held {
+            answer,
+            place,
+            outcome,
+            raft_index,
+            depends_on,
+        })
+        .collect();
+    let group = InFlight { proposed, answers, pipeline, _permit: permit };
+    node.writers.unanswered.fetch_add(1, Ordering::Relaxed);
+    if let Err(mpsc::error::SendError(group)) = pipelining.answerer.send(group) {
+        node.writers.unanswered.fetch_sub(1, Ordering::Relaxed);
+        // The answerer is gone (it cannot be while the writer runs): nobody can vouch for these answers.
+        for held in group.answers {
+            let _ = held.answer.send((Err(SqlError::commit_failed("writer stopped; outcome unknown")), 0));
+        }
     }
 }
 

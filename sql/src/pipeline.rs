@@ -1,0 +1,174 @@
+//! Pipelined commits: a database's commits that were proposed to the sink but are not applied yet, as the
+//! pages a pipelined connection reads on top of the page store.
+//!
+//! Only a connection marked pipelined ([`crate::Connection::set_pipelined`]) sees them; every other reader
+//! reads the page store alone, so nothing of a commit is visible before it is applied. Each commit names the
+//! commit it was built on (the newest one in here, or the database's newest applied commit), and the sink's
+//! apply refuses it unless that is the database's newest commit then: a commit that fails takes everything
+//! built on it with it. See docs/design.md ("Pipelined commits").
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+
+use bop_storage::page_store::{ReadSnapshot, PAGE_SIZE};
+
+/// One proposed commit: the newest image of every page it changed and the database size after it.
+pub(crate) struct Speculative {
+    /// Its log index.
+    pub index: u64,
+    pub pages: HashMap<u32, Box<[u8]>>,
+    pub page_count: u32,
+}
+
+impl Speculative {
+    pub fn bytes(&self) -> usize {
+        self.pages.len() * PAGE_SIZE
+    }
+}
+
+/// A database's proposed commits, oldest first.
+#[derive(Default)]
+pub(crate) struct Pipeline {
+    pub entries: VecDeque<Arc<Speculative>>,
+    /// The database's commit (log index) the oldest entry was built on.
+    pub base: u64,
+    /// Bumped whenever entries are thrown away because one of them failed (or may have): a transaction
+    /// built on a view older than that must not be proposed.
+    pub epoch: u64,
+    /// Page bytes the entries hold.
+    pub bytes: usize,
+}
+
+impl Pipeline {
+    /// Drops what `snapshot` already shows: entries applied (their index is the database's newest commit
+    /// in the snapshot, or older) are the page store's now; if one was decided otherwise (refused), or
+    /// another commit came in between, every entry goes (each rests on a view the database never had).
+    pub fn reconcile(&mut self, snapshot: &ReadSnapshot) {
+        if self.entries.is_empty() {
+            return;
+        }
+        let applied = snapshot.index();
+        let last = snapshot.last_commit_index();
+        if let Some(pos) = self.entries.iter().rposition(|e| e.index <= applied) {
+            if self.entries[pos].index != last {
+                self.fail();
+                return;
+            }
+            self.drain_through(pos);
+        }
+        if !self.entries.is_empty() && self.base != last {
+            self.fail();
+        }
+    }
+
+    /// The entry at `index` was applied: it and the entries before it are the page store's now.
+    pub fn applied(&mut self, index: u64) {
+        if let Some(pos) = self.entries.iter().position(|e| e.index == index) {
+            self.drain_through(pos);
+        }
+    }
+
+    fn drain_through(&mut self, pos: usize) {
+        for entry in self.entries.drain(..=pos) {
+            self.bytes -= entry.bytes();
+            self.base = entry.index;
+        }
+    }
+
+    /// An entry failed, or may have: nothing in here can be built on any more.
+    pub fn fail(&mut self) {
+        self.entries.clear();
+        self.bytes = 0;
+        self.epoch += 1;
+    }
+
+    /// Adds a commit proposed on top of the newest entry (or, with none, on the database's commit `base`).
+    pub fn push(&mut self, entry: Arc<Speculative>, base: u64) {
+        if self.entries.is_empty() {
+            self.base = base;
+        }
+        self.bytes += entry.bytes();
+        self.entries.push_back(entry);
+    }
+}
+
+/// What one read transaction of a pipelined connection sees of the pipeline, fixed at its start: the
+/// entries, and the frames of theirs SQLite was handed.
+#[derive(Default)]
+pub(crate) struct PipelineView {
+    pub entries: Vec<Arc<Speculative>>,
+    pub epoch: u64,
+    /// Frames handed out: `(entry, page)`, or `None` for a page that reads as zeros (a hole).
+    frames: Vec<Option<(usize, u32)>>,
+    frame_of: HashMap<u32, u32>,
+}
+
+/// What a page of a pipelined read transaction is.
+pub(crate) enum Found {
+    /// The `n`th frame of the view.
+    Frame(u32),
+    /// Not in the pipeline: read it from the snapshot.
+    Snapshot,
+}
+
+impl PipelineView {
+    pub fn new(entries: Vec<Arc<Speculative>>, epoch: u64) -> Self {
+        PipelineView { entries, epoch, frames: Vec::new(), frame_of: HashMap::new() }
+    }
+
+    /// The newest entry's index and database size, if there is one.
+    pub fn tip(&self) -> Option<(u64, u32)> {
+        self.entries.last().map(|e| (e.index, e.page_count))
+    }
+
+    /// Where page `page_no` (inside the newest entry's size) is: the newest entry that wrote it, a hole if
+    /// an entry after every version cut it off, else the snapshot with `snapshot_pages` pages (past them: a
+    /// hole too).
+    pub fn find(&mut self, page_no: u32, snapshot_pages: u32) -> Found {
+        if let Some(&n) = self.frame_of.get(&page_no) {
+            return Found::Frame(n);
+        }
+        let mut at = None;
+        for (i, entry) in self.entries.iter().enumerate().rev() {
+            if entry.pages.contains_key(&page_no) {
+                at = Some(Some((i, page_no)));
+                break;
+            }
+            if entry.page_count < page_no {
+                at = Some(None);
+                break;
+            }
+        }
+        let at = match at {
+            Some(at) => at,
+            None if page_no <= snapshot_pages => return Found::Snapshot,
+            None => None,
+        };
+        let n = self.frames.len() as u32;
+        self.frames.push(at);
+        self.frame_of.insert(page_no, n);
+        Found::Frame(n)
+    }
+
+    /// Forgets which frame each page was found at (a commit of this read transaction added an entry, which
+    /// may hold newer versions); frames handed out stay readable.
+    pub fn forget_lookups(&mut self) {
+        self.frame_of.clear();
+    }
+
+    /// Copies frame `n` into `buffer`.
+    pub fn read(&self, n: u32, buffer: &mut [u8]) -> Result<(), String> {
+        match self.frames.get(n as usize) {
+            Some(Some((entry, page_no))) => {
+                let page = self.entries[*entry].pages.get(page_no).ok_or("pipelined page missing")?;
+                buffer.copy_from_slice(page);
+                Ok(())
+            }
+            Some(None) => {
+                buffer.fill(0);
+                Ok(())
+            }
+            None => Err(format!("no pipelined frame {n}")),
+        }
+    }
+}
