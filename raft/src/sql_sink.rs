@@ -49,6 +49,8 @@ enum Outcome {
 }
 
 type LeaderId = CommittedLeaderIdOf<BopConfig>;
+/// A pipelined proposal: its database's id and the commit it was built on.
+type ProposalKey = (u64, u64);
 
 /// Pipelined commits proposed and not seen in the log yet: each waits to learn its log index, which the
 /// log store tells as it appends the entry ([`Proposals::observe`]). A commit is known by its database and
@@ -56,7 +58,7 @@ type LeaderId = CommittedLeaderIdOf<BopConfig>;
 /// proposed it, so that an entry another leader sent here is never taken for this node's own.
 #[derive(Default)]
 pub struct Proposals {
-    waiting: Mutex<HashMap<(u64, u64), (LeaderId, oneshot::Sender<u64>)>>,
+    waiting: Mutex<HashMap<ProposalKey, (LeaderId, oneshot::Sender<u64>)>>,
 }
 
 impl Proposals {
@@ -257,7 +259,7 @@ impl FrameSink for RaftSink {
         };
         let key = (db.id(), base);
         let (index_tx, index_rx) = oneshot::channel();
-        self.proposals.waiting.lock().insert(key, (leader.clone(), index_tx));
+        self.proposals.waiting.lock().insert(key, (leader, index_tx));
         let (responder, done) = ProgressResponder::complete_only();
         let raft = self.raft.clone();
         let command = Command::CommitAfter { base, record };

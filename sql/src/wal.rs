@@ -366,7 +366,7 @@ impl BopWal {
                     reason: "a commit this transaction was built on failed or may have; not proposed".into(),
                 })
             } else {
-                self.shared.sink.propose_after(&self.shared.db, &frames, size_after, base).map(|index| {
+                self.shared.sink.propose_after(&self.shared.db, &frames, size_after, base).inspect(|&index| {
                     let pages =
                         frames.iter().map(|(page_no, page)| (*page_no, Box::<[u8]>::from(*page))).collect();
                     let entry = Arc::new(Speculative { index, pages, page_count: size_after });
@@ -376,7 +376,6 @@ impl BopWal {
                     }
                     drop(pipeline);
                     self.view.entries.push(entry);
-                    index
                 })
             }
         } else {
