@@ -89,6 +89,11 @@ pub(crate) struct NodeArgs {
     /// 72h (rqlite's reap timeout). Off by default: a dead voter then stays in every quorum until removed.
     #[arg(long, value_name = "DURATION", env = "BOP_REMOVE_DEAD_AFTER")]
     remove_dead_after: Option<String>,
+    /// Write groups a database's writer may have proposed to Raft and not yet answered (1 to 64; default
+    /// 4): the next group runs on top of the proposed ones, and every client is still answered only once
+    /// its own commit is applied. 1 runs one group at a time.
+    #[arg(long, value_name = "N", env = "BOP_PIPELINE_DEPTH", value_parser = clap::value_parser!(u64).range(1..=64))]
+    pipeline_depth: Option<u64>,
 }
 
 /// `bop node`'s settings in its `--config` file (TOML); flags and environment variables win over it.
@@ -123,6 +128,8 @@ pub(crate) struct NodeFile {
     http_cors_origins: Option<Vec<String>>,
     /// Remove members silent this long (as `--remove-dead-after`).
     remove_dead_after: Option<String>,
+    /// Unanswered write groups per database (as `--pipeline-depth`).
+    pipeline_depth: Option<u64>,
 }
 
 /// `RAFT_ADDR/HTTP_ADDR` (or a bare `RAFT_ADDR`) as a membership address, `RAFT_ADDR http=HTTP_ADDR`.
@@ -160,6 +167,8 @@ pub(crate) struct NodePlan {
     pub(crate) http_tls: Option<Arc<HttpTls>>,
     pub(crate) cors_origins: Vec<String>,
     pub(crate) remove_dead_after: Option<std::time::Duration>,
+    /// `NodeLimits::pipeline_depth`.
+    pub(crate) pipeline_depth: usize,
     /// How `--join` reaches the cluster: `--join-as`'s credentials, and TLS.
     pub(crate) join_client: ClientSettings,
 }
@@ -268,6 +277,11 @@ pub(crate) fn node_plan(args: NodeArgs) -> Result<NodePlan, String> {
             }
         },
     };
+    let pipeline_depth = match args.pipeline_depth.or(file.pipeline_depth) {
+        None => bop_raft::node::NodeLimits::default().pipeline_depth,
+        Some(depth @ 1..=64) => depth as usize,
+        Some(depth) => return Err(format!("pipeline_depth {depth}: want 1 to 64")),
+    };
     Ok(NodePlan {
         config,
         bootstrap,
@@ -279,6 +293,7 @@ pub(crate) fn node_plan(args: NodeArgs) -> Result<NodePlan, String> {
         http_tls,
         cors_origins,
         remove_dead_after,
+        pipeline_depth,
         join_client,
     })
 }
@@ -447,6 +462,13 @@ mod tests {
         assert!(node_plan(NodeArgs { force_new_cluster: true, ..base() }).expect("force").force_new_cluster);
         let plan = node_plan(NodeArgs { remove_dead_after: Some("72h".into()), ..base() }).expect("72h");
         assert_eq!(plan.remove_dead_after, Some(std::time::Duration::from_secs(72 * 3600)));
+        assert_eq!(plan.pipeline_depth, 4, "pipelining is on by default");
+        let plan = node_plan(NodeArgs { pipeline_depth: Some(1), ..base() }).expect("depth 1");
+        assert_eq!(plan.pipeline_depth, 1);
+        let file = dir.path().join("depth.toml");
+        std::fs::write(&file, "pipeline_depth = 65\n").expect("write");
+        let error = node_plan(NodeArgs { config: Some(file), ..base() }).expect_err("depth 65");
+        assert!(error.contains("pipeline_depth 65"), "{error}");
         let args = NodeArgs { http_cors_origin: vec!["https://app.example.com:8443".into()], ..base() };
         assert_eq!(node_plan(args).expect("an origin").cors_origins, ["https://app.example.com:8443"]);
         std::fs::write(&users, r#"[{"username": "a", "password": "pw", "perms": ["jion"]}]"#).expect("write");

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bop_raft::blocking::Blocking;
-use bop_raft::node::{Node, NodeConfig, NodeEnv, RaftTiming};
+use bop_raft::node::{Node, NodeConfig, NodeEnv, NodeLimits, RaftTiming};
 use bop_storage::io::{CrashMode, SimDisk};
 use bop_storage::wal::{Preallocate, WriterMode};
 use openraft::async_runtime::WatchReceiver;
@@ -98,6 +98,9 @@ pub struct Options {
     /// is empty), instead of drawing each by weight: a short run then meets every kind it allows (a run makes
     /// a fault every 300 to 900 ms of its safety phase, after a first one within 800 ms).
     pub faults_in_turn: bool,
+    /// Groups a database's writer may have proposed and not yet answered (`NodeLimits::pipeline_depth`;
+    /// 1 turns pipelining off).
+    pub pipeline_depth: usize,
 }
 
 impl Options {
@@ -111,6 +114,7 @@ impl Options {
             verbose: false,
             faults: Vec::new(),
             faults_in_turn: false,
+            pipeline_depth: NodeLimits::default().pipeline_depth,
         }
     }
 }
@@ -1233,6 +1237,7 @@ fn run_inner(options: &Options) -> Report {
         });
         let software_slot = Rc::clone(&slot);
         let members = members.clone();
+        let pipeline_depth = options.pipeline_depth;
         sim.host(host(i), move || {
             let slot = Rc::clone(&software_slot);
             let members = members.clone();
@@ -1251,6 +1256,7 @@ fn run_inner(options: &Options) -> Report {
                 // every sector dirty.
                 wal_preallocate: Preallocate::Allocate,
                 raft_timing: slot.timing,
+                limits: NodeLimits { pipeline_depth, ..NodeLimits::default() },
                 ..NodeEnv::default()
             };
             async move {

@@ -4,7 +4,8 @@
 //! `--verbose` for its event trace); `--start S` shifts the range; `--jobs N` runs N seeds at a time;
 //! `--bug skip-wal-fsync` (or `accept-stale-commits`, `accept-wrong-base`, `answer-on-propose`)
 //! reintroduces a bug to show the checks catch it; `--faults KIND,...` injects only those kinds of fault, and `--faults-in-turn` injects the kinds one after
-//! another (in the order listed) instead of drawing them by weight. Exits non-zero if any seed found a
+//! another (in the order listed) instead of drawing them by weight; `--pipeline-depth N` sets the nodes'
+//! `NodeLimits::pipeline_depth` (1 turns pipelining off). Exits non-zero if any seed found a
 //! violation.
 //!
 //! Every seed of a sweep runs in a process of its own (this binary, re-executed with `--seed S --report`),
@@ -20,7 +21,7 @@ use serde_json::{json, Value as Json};
 
 fn usage() -> ExitCode {
     eprintln!(
-        "usage: bop-sim [--seeds N] [--start S] [--jobs N] [--seed S] [--safety-ms MS] [--liveness-ms MS] [--bug skip-wal-fsync|accept-stale-commits|accept-wrong-base|answer-on-propose] [--faults KIND,...] [--faults-in-turn] [--verbose] [--report]"
+        "usage: bop-sim [--seeds N] [--start S] [--jobs N] [--seed S] [--safety-ms MS] [--liveness-ms MS] [--bug skip-wal-fsync|accept-stale-commits|accept-wrong-base|answer-on-propose] [--faults KIND,...] [--faults-in-turn] [--pipeline-depth N] [--verbose] [--report]"
     );
     ExitCode::from(2)
 }
@@ -72,6 +73,9 @@ fn parse() -> Result<Args, ExitCode> {
                 parsed.base.faults = kinds;
             }
             "--faults-in-turn" => parsed.base.faults_in_turn = true,
+            "--pipeline-depth" => {
+                parsed.base.pipeline_depth = number("--pipeline-depth")?.clamp(1, 64) as usize
+            }
             "--report" => parsed.report = true,
             "--verbose" => parsed.base.verbose = true,
             "--help" | "-h" => {
@@ -123,6 +127,7 @@ fn run_child(args: &Args, seed: u64) -> Result<Json, String> {
     if args.base.faults_in_turn {
         command.arg("--faults-in-turn");
     }
+    command.args(["--pipeline-depth".to_owned(), args.base.pipeline_depth.to_string()]);
     let output = command.stderr(Stdio::null()).output().map_err(|e| format!("seed {seed}: {e}"))?;
     let stdout = String::from_utf8_lossy(&output.stdout);
     let line = stdout
@@ -140,6 +145,7 @@ fn replay_command(args: &Args, seed: u64) -> String {
     if args.base.faults_in_turn {
         bug.push_str(" --faults-in-turn");
     }
+    bug.push_str(&format!(" --pipeline-depth {}", args.base.pipeline_depth));
     format!(
         "cargo run --release -p bop-sim -- --seed {seed} --safety-ms {} --liveness-ms {}{bug} --verbose",
         args.base.safety_ms, args.base.liveness_ms

@@ -103,28 +103,58 @@ fn acknowledging_before_fsync_is_caught() {
     panic!("a WAL that skips fdatasync lost no acknowledged write and kept every node starting for 10 seeds; violations by seed: {seen:?}");
 }
 
+/// Runs a sweep of `bop-sim` with `args` in a process of its own (every seed in its own process too, as its
+/// replay would run), asserts that it failed and that the linearizability check caught it; returns its output.
+fn sweep_catches(what: &str, args: &[&str]) -> String {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_bop-sim"))
+        .args(["--seeds", "8", "--jobs", "2"])
+        .args(args)
+        .output()
+        .expect("run bop-sim");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(!output.status.success(), "the sweep passed with {what}:\n{stdout}");
+    assert!(
+        stdout.contains("not linearizable"),
+        "{what} caught, but not by the linearizability check:\n{stdout}"
+    );
+    stdout
+}
+
 #[test]
 fn accepting_stale_commits_is_caught() {
     // The lost update the simulation found: without the fences, a new leader's transaction undoes an
     // acknowledged write, which the linearizability check reports. The sweep injects only the fault made for
     // it (the leader killed as a client hears "written" while no other node applied the entry, its messages
     // on the wire lost, a prober writing to the next leader as soon as it leads, clients reading); with the
-    // bug, 28 of seeds 0..40 are caught, and without it none fails. Every seed runs in its own process, as
-    // its replay would.
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_bop-sim"))
-        .args([
-            "--seeds",
-            "8",
-            "--jobs",
-            "2",
-            "--bug",
-            "accept-stale-commits",
-            "--faults",
-            "leader-kill-after-ack",
-        ])
-        .output()
-        .expect("run bop-sim");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(!output.status.success(), "the sweep passed with the bug in:\n{stdout}");
-    assert!(stdout.contains("not linearizable"), "caught, but not by the linearizability check:\n{stdout}");
+    // bug, 28 of seeds 0..40 are caught, and without it none fails. The fence this switch removes
+    // (`CommitCheck::ReadAt`) guards the unpipelined writer, so the nodes run with pipelining off: a
+    // pipelined writer's commits are fenced by their base instead (the next test).
+    sweep_catches(
+        "stale commits accepted",
+        &["--bug", "accept-stale-commits", "--faults", "leader-kill-after-ack", "--pipeline-depth", "1"],
+    );
+}
+
+#[test]
+fn accepting_a_pipelined_commit_on_a_wrong_base_is_caught() {
+    // The same window with pipelining on (depth 4): a new leader's pipelined writer builds on its stale view
+    // and names that view's newest commit as its base; the predecessor's entries applied first make the base
+    // wrong. With the bug apply takes the commit anyway and the acknowledged write it undoes is seen missing
+    // (7 of seeds 0..8 caught, 2026-12-03); without it none of them fails.
+    sweep_catches(
+        "commits on a wrong base accepted",
+        &["--bug", "accept-wrong-base", "--faults", "leader-kill-after-ack", "--pipeline-depth", "4"],
+    );
+}
+
+#[test]
+fn answering_a_pipelined_write_when_proposed_is_caught() {
+    // A pipelined writer that answers a request as soon as its commit is proposed answers writes no disk
+    // holds yet: a crash of the leader (losing what it had not synced, or tearing sectors) then loses
+    // acknowledged writes, and a linearizable read shows it (5 of seeds 0..8 caught with crashes alone,
+    // 2026-12-03); without the bug none of them fails.
+    sweep_catches(
+        "writes answered on propose",
+        &["--bug", "answer-on-propose", "--faults", "crash", "--pipeline-depth", "4"],
+    );
 }

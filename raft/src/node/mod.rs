@@ -98,8 +98,7 @@ pub struct NodeLimits {
     /// A database's writer that has had no work for this long ends (the next write starts another).
     pub writer_idle: Duration,
     /// Groups a database's writer may have proposed and not yet answered: the next group runs on top of
-    /// the commits proposed before it. 1 (or 0) runs one group at a time, each answered before the next:
-    /// the default until the simulation's bug switches for pipelining are shown to be caught.
+    /// the commits proposed before it. 1 (or 0) runs one group at a time, each answered before the next.
     pub pipeline_depth: usize,
     /// Databases a node holds; creating one more is refused.
     pub databases_max: usize,
@@ -123,7 +122,7 @@ impl Default for NodeLimits {
             writers_queued_max: 1024,
             writer_queue_bytes_max: 256 << 20,
             writer_idle: Duration::from_secs(10),
-            pipeline_depth: 1,
+            pipeline_depth: 4,
             databases_max: 1024,
             backups_max: 2,
             backup_space_reserve_bytes: 256 << 20,
