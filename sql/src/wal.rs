@@ -427,6 +427,14 @@ impl BopWal {
     }
 }
 
+#[cfg(test)]
+thread_local! {
+    /// Run once right after a pipelined read transaction pinned its snapshot: a test's seam for what another
+    /// thread (the node's state machine, the writer's answerer) may do at that moment.
+    pub(crate) static AFTER_PIN: std::cell::RefCell<Option<Box<dyn FnOnce()>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
 impl Wal for BopWal {
     fn limit(&mut self, _size: i64) {}
 
@@ -434,16 +442,28 @@ impl Wal for BopWal {
         let previous = self.last_seen_index;
         self.read = None;
         self.view = PipelineView::default();
-        self.pin()?;
         if self.conn.pipelined.load(Ordering::Relaxed) {
+            // The snapshot is pinned under the pipeline's lock: a commit is reported applied to the pipeline
+            // (which drops it) only once the page store shows it, so each commit of the pipeline is either
+            // still in it or in this snapshot. Pinned before taking the lock, a commit applied in between
+            // would be in neither, and this transaction would build on a view without it.
+            let shared = Arc::clone(&self.shared);
+            let mut pipeline = shared.pipeline.lock();
+            self.pin()?;
+            #[cfg(test)]
+            if let Some(hook) = AFTER_PIN.with(|hook| hook.borrow_mut().take()) {
+                hook();
+            }
             if let Some(read) = &self.read {
-                let mut pipeline = self.shared.pipeline.lock();
                 pipeline.reconcile(&read.snapshot);
                 self.view = PipelineView::new(pipeline.entries.iter().cloned().collect(), pipeline.epoch);
             }
+            drop(pipeline);
             if let Some((index, _)) = self.view.tip() {
                 self.last_seen_index = Some(index);
             }
+        } else {
+            self.pin()?;
         }
         Ok(self.last_seen_index != previous)
     }
