@@ -10,6 +10,7 @@ thread_local! {
     static ACCEPT_STALE_COMMITS: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
     static ACCEPT_WRONG_BASE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
     static ANSWER_ON_PROPOSE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    static LEASE_WITHOUT_DRIFT_MARGIN: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
 /// The WAL reports a batch durable without its fdatasync (acknowledging writes a crash can lose).
@@ -91,4 +92,24 @@ pub fn answer_on_propose() -> bool {
 #[cfg(feature = "bug-injection")]
 pub fn set_answer_on_propose(on: bool) {
     ANSWER_ON_PROPOSE.with(|b| b.set(on));
+}
+
+/// A leader's read lease lasts a whole election timeout of its own clock, without the margin for clocks
+/// that run at different rates (a follower whose clock runs faster may elect another leader before it ends).
+#[inline]
+pub fn lease_without_drift_margin() -> bool {
+    #[cfg(feature = "bug-injection")]
+    {
+        LEASE_WITHOUT_DRIFT_MARGIN.with(|b| b.get())
+    }
+    #[cfg(not(feature = "bug-injection"))]
+    {
+        false
+    }
+}
+
+/// Turns the lease-without-margin bug on or off for this thread.
+#[cfg(feature = "bug-injection")]
+pub fn set_lease_without_drift_margin(on: bool) {
+    LEASE_WITHOUT_DRIFT_MARGIN.with(|b| b.set(on));
 }

@@ -478,6 +478,7 @@ fn node(args: NodeArgs) -> Result<(), Failure> {
             cors_origins: plan.cors_origins,
             remove_dead_after: plan.remove_dead_after,
             force_new_cluster: plan.force_new_cluster,
+            read_lease: plan.read_lease,
             limits: bop_raft::node::NodeLimits {
                 pipeline_depth: plan.pipeline_depth,
                 ..bop_raft::node::NodeLimits::default()

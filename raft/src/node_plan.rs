@@ -94,6 +94,16 @@ pub(crate) struct NodeArgs {
     /// its own commit is applied. 1 runs one group at a time.
     #[arg(long, value_name = "N", env = "BOP_PIPELINE_DEPTH", value_parser = clap::value_parser!(u64).range(1..=64))]
     pipeline_depth: Option<u64>,
+    /// Serve `level=linearizable` reads on the leader from its lease: no heartbeat round while a quorum
+    /// acknowledged it within one election timeout, shortened by `--clock-drift-max`. Safe only while
+    /// the nodes' clocks run within that margin of each other (docs/operations.md). `level=strong` always
+    /// confirms with a round.
+    #[arg(long, env = "BOP_READ_LEASE")]
+    read_lease: bool,
+    /// With `--read-lease`: how much faster, in percent, one node's clock may run than another's (0 to
+    /// 100; default 10). The lease is one election timeout × 100 / (100 + this).
+    #[arg(long, value_name = "PERCENT", env = "BOP_CLOCK_DRIFT_MAX", value_parser = clap::value_parser!(u32).range(0..=100))]
+    clock_drift_max: Option<u32>,
 }
 
 /// `bop node`'s settings in its `--config` file (TOML); flags and environment variables win over it.
@@ -130,6 +140,9 @@ pub(crate) struct NodeFile {
     remove_dead_after: Option<String>,
     /// Unanswered write groups per database (as `--pipeline-depth`).
     pipeline_depth: Option<u64>,
+    /// Lease reads (as `--read-lease`) and their clock-drift margin (as `--clock-drift-max`).
+    read_lease: Option<bool>,
+    clock_drift_max: Option<u32>,
 }
 
 /// `RAFT_ADDR/HTTP_ADDR` (or a bare `RAFT_ADDR`) as a membership address, `RAFT_ADDR http=HTTP_ADDR`.
@@ -169,6 +182,8 @@ pub(crate) struct NodePlan {
     pub(crate) remove_dead_after: Option<std::time::Duration>,
     /// `NodeLimits::pipeline_depth`.
     pub(crate) pipeline_depth: usize,
+    /// `NodeEnv::read_lease`.
+    pub(crate) read_lease: Option<bop_raft::node::ReadLease>,
     /// How `--join` reaches the cluster: `--join-as`'s credentials, and TLS.
     pub(crate) join_client: ClientSettings,
 }
@@ -282,6 +297,15 @@ pub(crate) fn node_plan(args: NodeArgs) -> Result<NodePlan, String> {
         Some(depth @ 1..=64) => depth as usize,
         Some(depth) => return Err(format!("pipeline_depth {depth}: want 1 to 64")),
     };
+    let clock_drift_max = args.clock_drift_max.or(file.clock_drift_max);
+    let read_lease = match (args.read_lease || file.read_lease.unwrap_or(false), clock_drift_max) {
+        (false, Some(_)) => return Err("--clock-drift-max is the margin of --read-lease; give both".into()),
+        (false, None) => None,
+        (true, Some(drift)) if drift > 100 => return Err(format!("clock_drift_max {drift}: want 0 to 100")),
+        (true, drift) => Some(bop_raft::node::ReadLease {
+            clock_drift_percent: drift.unwrap_or(bop_raft::node::ReadLease::DEFAULT_DRIFT_PERCENT),
+        }),
+    };
     Ok(NodePlan {
         config,
         bootstrap,
@@ -294,6 +318,7 @@ pub(crate) fn node_plan(args: NodeArgs) -> Result<NodePlan, String> {
         cors_origins,
         remove_dead_after,
         pipeline_depth,
+        read_lease,
         join_client,
     })
 }
@@ -465,6 +490,11 @@ mod tests {
         assert_eq!(plan.pipeline_depth, 4, "pipelining is on by default");
         let plan = node_plan(NodeArgs { pipeline_depth: Some(1), ..base() }).expect("depth 1");
         assert_eq!(plan.pipeline_depth, 1);
+        assert_eq!(plan.read_lease, None, "lease reads are off by default");
+        let plan = node_plan(NodeArgs { read_lease: true, ..base() }).expect("lease");
+        assert_eq!(plan.read_lease, Some(bop_raft::node::ReadLease { clock_drift_percent: 10 }));
+        let error = node_plan(NodeArgs { clock_drift_max: Some(5), ..base() }).expect_err("drift alone");
+        assert!(error.contains("--read-lease"), "{error}");
         let file = dir.path().join("depth.toml");
         std::fs::write(&file, "pipeline_depth = 65\n").expect("write");
         let error = node_plan(NodeArgs { config: Some(file), ..base() }).expect_err("depth 65");

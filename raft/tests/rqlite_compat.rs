@@ -521,3 +521,75 @@ async fn timeout_bounds_the_wait_for_a_forwarded_call() {
     assert_eq!(quick.status, 200, "{}", quick.body);
     cluster.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn min_index_makes_any_node_wait_for_a_position_then_read_locally() {
+    let cluster = cluster().await;
+    let l = cluster.leader().http_addr().to_owned();
+    let f = cluster.follower().http_addr().to_owned();
+    let made = http(&l, "POST", "/db/execute", r#"["CREATE TABLE m (id INTEGER PRIMARY KEY)"]"#).await;
+    assert_eq!(made.status, 200, "{}", made.body);
+    let write = http(&l, "POST", "/db/execute?raft_index", r#"["INSERT INTO m VALUES (1)"]"#).await;
+    let index = write.body["raft_index"].as_u64().unwrap_or_else(|| panic!("{}", write.body));
+    // A weak read sent to a follower with `redirect` is redirected; with `min_index` it is the follower's
+    // own, once it applied the write's entry: it sees the write.
+    let q = "q=SELECT%20count(*)%20FROM%20m";
+    let redirected = http(&f, "GET", &format!("/db/query?{q}&redirect"), "").await;
+    assert_eq!(redirected.status, 301, "{}", redirected.body);
+    let local = http(&f, "GET", &format!("/db/query?{q}&redirect&min_index={index}"), "").await;
+    assert_eq!(local.status, 200, "{}", local.body);
+    assert_eq!(local.body["results"][0]["values"], json!([[1]]), "{}", local.body);
+    let none = http(&f, "GET", &format!("/db/query?{q}&level=none&min_index={index}"), "").await;
+    assert_eq!(none.body["results"][0]["values"], json!([[1]]), "{}", none.body);
+    // A position no node has reached: the wait is bounded by `timeout`, and the answer says why.
+    for node in [&l, &f] {
+        let started = Instant::now();
+        let ahead = format!("/db/query?{q}&min_index={}&timeout=300ms", index + 1_000_000);
+        let answer = http(node, "GET", &ahead, "").await;
+        let took = started.elapsed();
+        assert_eq!(answer.status, 200, "{}", answer.body);
+        let message = answer.body["results"][0]["error"].as_str().unwrap_or_default().to_owned();
+        assert!(message.contains("not caught up") && message.contains("min_index"), "{}", answer.body);
+        assert!(took >= Duration::from_millis(300) && took < Duration::from_secs(5), "waited {took:?}");
+    }
+    let bad = http(&f, "GET", &format!("/db/query?{q}&min_index=soon"), "").await;
+    assert_eq!(bad.status, 400, "{}", bad.body);
+    assert!(bad.body["error"].as_str().is_some_and(|e| e.contains("min_index")), "{}", bad.body);
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn lease_reads_see_every_acknowledged_write_and_take_linearizable_timeout() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let lease = bop_raft::node::ReadLease { clock_drift_percent: 10 };
+    let nodes = loopback::three_nodes_in(dir.path(), |_| bop_raft::node::NodeEnv {
+        read_lease: Some(lease),
+        ..bop_raft::node::NodeEnv::default()
+    })
+    .await;
+    let cluster = Cluster { _dir: dir, nodes };
+    let l = cluster.leader().http_addr().to_owned();
+    let f = cluster.follower().http_addr().to_owned();
+    let made = http(&l, "POST", "/db/execute", r#"["CREATE TABLE r (id INTEGER PRIMARY KEY)"]"#).await;
+    assert_eq!(made.status, 200, "{}", made.body);
+    for i in 1..=20 {
+        let write = http(&f, "POST", "/db/execute", &format!(r#"["INSERT INTO r VALUES ({i})"]"#)).await;
+        assert_eq!(write.status, 200, "{}", write.body);
+        for (node, level) in [(&l, "linearizable"), (&f, "linearizable"), (&l, "strong")] {
+            let path =
+                format!("/db/query?q=SELECT%20count(*)%20FROM%20r&level={level}&linearizable_timeout=2s");
+            let read = http(node, "GET", &path, "").await;
+            assert_eq!(read.body["results"][0]["values"], json!([[i]]), "{level} via {node}: {}", read.body);
+        }
+    }
+    // The lease is one election timeout shortened by the margin.
+    assert_eq!(lease.max_age(1000), Duration::from_millis(909));
+    assert_eq!(
+        bop_raft::node::ReadLease { clock_drift_percent: 0 }.max_age(1000),
+        Duration::from_millis(1000)
+    );
+    let bad =
+        http(&l, "GET", "/db/query?q=SELECT%201&level=linearizable&linearizable_timeout=soon", "").await;
+    assert_eq!(bad.status, 400, "{}", bad.body);
+    cluster.shutdown().await;
+}

@@ -169,6 +169,34 @@ pub struct NodeEnv {
     /// Quorum-loss recovery (`--force-new-cluster`): before Raft starts, the log gets a membership of this
     /// node alone, so that it leads a cluster of one with all its data (see `recovery.rs`).
     pub force_new_cluster: bool,
+    /// Lease reads (`--read-lease`): a leader serves `level=linearizable` reads without a quorum round
+    /// while a quorum acknowledged it recently enough (`None`: every such read confirms leadership with a
+    /// heartbeat round, read-index). `level=strong` always confirms.
+    pub read_lease: Option<ReadLease>,
+}
+
+/// Lease reads and the clock drift they allow for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReadLease {
+    /// How much faster, in percent, any node's clock may run than another's. A follower refuses to vote
+    /// for another leader until one election timeout (its `election_max_ms`) has passed on its clock since
+    /// it last heard from the leader; the leader counts its lease from when it sent what a quorum
+    /// acknowledged, and shortens it by this margin: `election_max_ms × 100 / (100 + drift)`.
+    pub clock_drift_percent: u32,
+}
+
+impl ReadLease {
+    /// The default margin: clocks may run 10 % apart (NTP-disciplined clocks drift by parts per million;
+    /// the margin also covers a paused or throttled process measuring time late).
+    pub const DEFAULT_DRIFT_PERCENT: u32 = 10;
+
+    /// How old a quorum acknowledgement may be for a lease read, given the election timeout's upper end.
+    pub fn max_age(self, election_max_ms: u64) -> Duration {
+        if bop_storage::bugs::lease_without_drift_margin() {
+            return Duration::from_millis(election_max_ms);
+        }
+        Duration::from_millis(election_max_ms * 100 / (100 + u64::from(self.clock_drift_percent)))
+    }
 }
 
 impl Default for NodeEnv {
@@ -188,6 +216,7 @@ impl Default for NodeEnv {
             cors_origins: Vec::new(),
             remove_dead_after: None,
             force_new_cluster: false,
+            read_lease: None,
         }
     }
 }
@@ -316,6 +345,8 @@ pub struct NodeShared {
     /// Where SQL runs.
     blocking: Blocking,
     limits: NodeLimits,
+    /// Lease reads (`None`: read-index).
+    read_lease: Option<ReadLease>,
     /// Users and permissions on the HTTP API (`None`: none checked).
     auth: Option<Arc<crate::auth::Auth>>,
     /// TLS on the HTTP API, and for calls to other nodes' (`None`: plain HTTP).
@@ -594,6 +625,7 @@ impl Node {
             net: Arc::clone(&env.net),
             blocking: env.blocking,
             limits: env.limits,
+            read_lease: env.read_lease,
             auth: env.auth.clone(),
             http_tls: env.http_tls.clone(),
             cors_origins: env.cors_origins.clone(),

@@ -6,7 +6,6 @@ use std::sync::Arc;
 use axum::extract::State;
 use axum::Extension;
 use hyper::{Method, StatusCode};
-use openraft::async_runtime::WatchReceiver;
 use serde_json::{json, Value as Json};
 
 use super::forward::{not_leader, to_leader};
@@ -168,28 +167,6 @@ fn next_sequence_number() -> u64 {
     next.fetch_add(1, Ordering::Relaxed)
 }
 
-/// `freshness_strict`: beyond having heard from a leader within the freshness bound, this node must have
-/// applied everything that leader had reported committed by then; it waits for that at most `budget` (what
-/// is left of the bound), so that a read served is at least as fresh as a moment within the bound.
-async fn caught_up(node: &NodeShared, budget: std::time::Duration) -> Result<(), String> {
-    let (committed, applied) = {
-        let metrics = node.raft.metrics();
-        let m = metrics.borrow_watched();
-        (m.cluster_committed.as_ref().map_or(0, |c| c.index), m.last_applied.as_ref().map_or(0, |a| a.index))
-    };
-    if applied >= committed {
-        return Ok(());
-    }
-    node.raft
-        .wait(Some(budget))
-        .applied_index_at_least(Some(committed), "freshness_strict")
-        .await
-        .map(|_| ())
-        .map_err(|_| {
-            format!("stale read: applied {applied} of the {committed} entries the leader reported committed")
-        })
-}
-
 async fn query(
     node: &Arc<NodeShared>,
     db: &str,
@@ -197,67 +174,8 @@ async fn query(
     params: &HashMap<String, String>,
     pretty: bool,
 ) -> HttpResponse {
-    let level = params.get("level").map(String::as_str).unwrap_or("weak");
-    if params.contains_key("freshness_strict") && !params.contains_key("freshness") {
-        return error(StatusCode::BAD_REQUEST, "freshness_strict needs freshness=DURATION");
-    }
-    match level {
-        "none" => {
-            if let Some(limit) = params.get("freshness") {
-                let limit = match parse_duration(limit) {
-                    Some(limit) => limit,
-                    None => {
-                        return error(
-                            StatusCode::BAD_REQUEST,
-                            format!("freshness {limit:?} is not a duration (e.g. 500ms, 1s, 2m)"),
-                        )
-                    }
-                };
-                if !node.is_leader() {
-                    match node.contact.since() {
-                        Some(since) if since <= limit => {
-                            if params.contains_key("freshness_strict") {
-                                if let Err(reason) = caught_up(node, limit - since).await {
-                                    return respond(StatusCode::OK, &error_result(&reason), pretty);
-                                }
-                            }
-                        }
-                        since => {
-                            let heard =
-                                since.map_or("never".to_owned(), |d| format!("{} ms ago", d.as_millis()));
-                            return respond(
-                                StatusCode::OK,
-                                &error_result(&format!(
-                                    "stale read: last heard from a leader {heard}, freshness is {} ms",
-                                    limit.as_millis()
-                                )),
-                                pretty,
-                            );
-                        }
-                    }
-                }
-            }
-        }
-        "weak" => {
-            if !node.is_leader() {
-                return not_leader(node, pretty);
-            }
-        }
-        "linearizable" | "strong" => {
-            if let Err(e) = node.raft.ensure_linearizable(openraft::raft::ReadPolicy::ReadIndex).await {
-                let message = e.to_string();
-                return match e.forward_to_leader() {
-                    Some(_) => not_leader(node, pretty),
-                    None => error(StatusCode::SERVICE_UNAVAILABLE, message),
-                };
-            }
-        }
-        other => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                format!("unknown level {other:?} (none, weak, linearizable, strong, auto)"),
-            )
-        }
+    if let Err(refused) = super::read::consistency(node, params, pretty).await {
+        return refused;
     }
     let shape = Shape::of(params);
     let mut limits = match request_limits(&node.engine, params) {
@@ -337,9 +255,8 @@ async fn run_request(
         Ok(statements) => statements,
         Err(e) => return error(StatusCode::BAD_REQUEST, e),
     };
-    let level = params.get("level").map(String::as_str).unwrap_or("weak");
     let leader = node.is_leader();
-    if !leader && level != "none" {
+    if !leader && !super::read::reads_locally(params) {
         return to_leader(node, call, &Method::POST, &path_and_query, &bytes).await;
     }
     // Classified on a local connection; a database this node does not have yet counts as a write.

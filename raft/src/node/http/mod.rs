@@ -8,6 +8,7 @@ mod backup;
 mod cluster;
 mod db;
 mod forward;
+mod read;
 mod restore;
 
 use std::collections::HashMap;
@@ -133,6 +134,11 @@ pub(crate) fn query_params(query: Option<&str>) -> Result<HashMap<String, String
                     return Err(format!("{key} {value:?} is not a valid duration (e.g. 500ms, 2s, 1m30s)"))
                 }
             }
+        }
+    }
+    if let Some(min_index) = params.get("min_index") {
+        if min_index.parse::<u64>().is_err() {
+            return Err(format!("min_index {min_index:?} is not a log index (a non-negative integer)"));
         }
     }
     if let Some(retries) = params.get("retries") {
@@ -480,11 +486,10 @@ async fn front(
     };
     let timings = params.contains_key("timings");
     let path = request.uri().path().to_owned();
-    let level = params.get("level").map(String::as_str).unwrap_or("weak");
     // rqlite's `noleader` asks for the receiving node's own copy of a backup.
     let needs_leader = matches!(path.as_str(), "/db/execute" | "/db/load" | "/join" | "/remove" | "/leader")
         || (path == "/db/backup" && !params.contains_key("noleader"))
-        || (path == "/db/query" && level != "none");
+        || (path == "/db/query" && !read::reads_locally(&params));
     let pretty = params.contains_key("pretty");
     let db = params.get("db").cloned().unwrap_or_else(|| DEFAULT_DATABASE.to_owned());
     let forwarded = request.headers().contains_key(FORWARDED_HEADER);

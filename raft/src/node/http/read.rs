@@ -1,0 +1,174 @@
+//! What a read waits for before it runs on this node's page store: the consistency levels (`level=`),
+//! `freshness`, and a read-your-writes position (`min_index`).
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use hyper::StatusCode;
+use openraft::async_runtime::WatchReceiver;
+use openraft::raft::ReadPolicy;
+use openraft::LinearizerOption;
+
+use super::forward::not_leader;
+use super::*;
+use crate::node::rqlite::error_result;
+use crate::node::NodeShared;
+
+/// How long a read with `min_index` waits for this node to apply that index, unless `timeout` says.
+pub(super) const MIN_INDEX_WAIT_DEFAULT: Duration = Duration::from_secs(5);
+
+/// Whether a read runs on the node that received it, leader or not: `level=none`, and a `weak` read (the
+/// default level) that names a `min_index` — the caller asked for a position it has seen, not for the
+/// leader's view.
+pub(super) fn reads_locally(params: &HashMap<String, String>) -> bool {
+    match params.get("level").map(String::as_str).unwrap_or("weak") {
+        "none" => true,
+        "weak" => params.contains_key("min_index"),
+        _ => false,
+    }
+}
+
+/// Waits until a read may run here at the requested level, or answers why it may not: `min_index` first
+/// (this node must have applied that log index, waiting at most `timeout` or [`MIN_INDEX_WAIT_DEFAULT`]),
+/// then the level — `none` (with `freshness`, this node must have heard from a leader that recently), `weak`
+/// (this node leads, unless `min_index` made it local), `linearizable` (leadership confirmed by a quorum —
+/// a heartbeat round, or the lease when the node has `--read-lease` — and everything committed before the
+/// read applied here; `linearizable_timeout` bounds the wait for the quorum), `strong` (as `linearizable`,
+/// always with a heartbeat round).
+pub(super) async fn consistency(
+    node: &NodeShared,
+    params: &HashMap<String, String>,
+    pretty: bool,
+) -> Result<(), HttpResponse> {
+    let level = params.get("level").map(String::as_str).unwrap_or("weak");
+    if params.contains_key("freshness_strict") && !params.contains_key("freshness") {
+        return Err(error(StatusCode::BAD_REQUEST, "freshness_strict needs freshness=DURATION"));
+    }
+    if let Some(min_index) = params.get("min_index") {
+        let Ok(min_index) = min_index.parse::<u64>() else {
+            return Err(error(
+                StatusCode::BAD_REQUEST,
+                format!("min_index {min_index:?} is not a log index"),
+            ));
+        };
+        let wait = params.get("timeout").and_then(|t| parse_duration(t)).unwrap_or(MIN_INDEX_WAIT_DEFAULT);
+        if let Err(reason) = applied_at_least(node, min_index, wait).await {
+            return Err(respond(StatusCode::OK, &error_result(&reason), pretty));
+        }
+    }
+    match level {
+        "none" => {
+            let Some(limit) = params.get("freshness") else { return Ok(()) };
+            let Some(limit) = parse_duration(limit) else {
+                return Err(error(
+                    StatusCode::BAD_REQUEST,
+                    format!("freshness {limit:?} is not a duration (e.g. 500ms, 1s, 2m)"),
+                ));
+            };
+            if node.is_leader() {
+                return Ok(());
+            }
+            match node.contact.since() {
+                Some(since) if since <= limit => {
+                    if params.contains_key("freshness_strict") {
+                        if let Err(reason) = caught_up(node, limit - since).await {
+                            return Err(respond(StatusCode::OK, &error_result(&reason), pretty));
+                        }
+                    }
+                    Ok(())
+                }
+                since => {
+                    let heard = since.map_or("never".to_owned(), |d| format!("{} ms ago", d.as_millis()));
+                    Err(respond(
+                        StatusCode::OK,
+                        &error_result(&format!(
+                            "stale read: last heard from a leader {heard}, freshness is {} ms",
+                            limit.as_millis()
+                        )),
+                        pretty,
+                    ))
+                }
+            }
+        }
+        "weak" => {
+            if node.is_leader() || params.contains_key("min_index") {
+                Ok(())
+            } else {
+                Err(not_leader(node, pretty))
+            }
+        }
+        "linearizable" | "strong" => {
+            let option = linearizer_option(node, level == "strong", params);
+            match node.raft.ensure_linearizable(option).await {
+                Ok(_) => Ok(()),
+                Err(e) => {
+                    let message = e.to_string();
+                    Err(match e.forward_to_leader() {
+                        Some(_) => not_leader(node, pretty),
+                        None => error(StatusCode::SERVICE_UNAVAILABLE, message),
+                    })
+                }
+            }
+        }
+        other => Err(error(
+            StatusCode::BAD_REQUEST,
+            format!("unknown level {other:?} (none, weak, linearizable, strong, auto)"),
+        )),
+    }
+}
+
+/// How a linearizable read confirms this node leads: with a lease, a quorum acknowledgement younger than
+/// [`crate::node::ReadLease::max_age`] will do (else it waits for a fresh one, sending heartbeats at once);
+/// without (or for `strong`), a heartbeat round sent after the read arrived. `linearizable_timeout` bounds
+/// the wait for that acknowledgement (openraft's default: one election timeout).
+fn linearizer_option(node: &NodeShared, strong: bool, params: &HashMap<String, String>) -> LinearizerOption {
+    let option = match node.read_lease {
+        Some(lease) if !strong => {
+            LinearizerOption::new(Some(lease.max_age(node.raft.config().election_timeout_max)), true)
+        }
+        _ => LinearizerOption::from(ReadPolicy::ReadIndex),
+    };
+    match params.get("linearizable_timeout").and_then(|t| parse_duration(t)) {
+        Some(wait) if !wait.is_zero() => option.with_wait_timeout(wait),
+        _ => option,
+    }
+}
+
+/// Waits at most `wait` until this node applied log index `index`.
+async fn applied_at_least(node: &NodeShared, index: u64, wait: Duration) -> Result<(), String> {
+    let applied = node.raft.metrics().borrow_watched().last_applied.as_ref().map_or(0, |a| a.index);
+    if applied >= index {
+        return Ok(());
+    }
+    node.raft.wait(Some(wait)).applied_index_at_least(Some(index), "min_index").await.map(|_| ()).map_err(
+        |_| {
+            let applied = node.raft.metrics().borrow_watched().last_applied.as_ref().map_or(0, |a| a.index);
+            format!(
+                "not caught up: this node applied log index {applied}, min_index is {index} (waited {} ms)",
+                wait.as_millis()
+            )
+        },
+    )
+}
+
+/// `freshness_strict`: beyond having heard from a leader within the freshness bound, this node must have
+/// applied everything that leader had reported committed by then; it waits for that at most `budget` (what
+/// is left of the bound), so that a read served is at least as fresh as a moment within the bound.
+async fn caught_up(node: &NodeShared, budget: Duration) -> Result<(), String> {
+    let (committed, applied) = {
+        let metrics = node.raft.metrics();
+        let m = metrics.borrow_watched();
+        (m.cluster_committed.as_ref().map_or(0, |c| c.index), m.last_applied.as_ref().map_or(0, |a| a.index))
+    };
+    if applied >= committed {
+        return Ok(());
+    }
+    node.raft
+        .wait(Some(budget))
+        .applied_index_at_least(Some(committed), "freshness_strict")
+        .await
+        .map(|_| ())
+        .map_err(|_| {
+            format!("stale read: applied {applied} of the {committed} entries the leader reported committed")
+        })
+}
