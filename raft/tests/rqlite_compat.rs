@@ -593,3 +593,32 @@ async fn lease_reads_see_every_acknowledged_write_and_take_linearizable_timeout(
     assert_eq!(bad.status, 400, "{}", bad.body);
     cluster.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_follower_answers_linearizable_reads_after_the_leaders_read_index() {
+    let cluster = cluster().await;
+    let l = cluster.leader().http_addr().to_owned();
+    let f = cluster.follower().http_addr().to_owned();
+    let made = http(&l, "POST", "/db/execute", r#"["CREATE TABLE z (id INTEGER PRIMARY KEY)"]"#).await;
+    assert_eq!(made.status, 200, "{}", made.body);
+    for i in 1..=20 {
+        let write =
+            http(&l, "POST", "/db/execute?raft_index", &format!(r#"["INSERT INTO z VALUES ({i})"]"#)).await;
+        let index = write.body["raft_index"].as_u64().unwrap_or_else(|| panic!("{}", write.body));
+        // The leader's read index covers every write it acknowledged.
+        let read_index = http(&l, "GET", "/read-index?level=linearizable", "").await;
+        assert!(read_index.body["index"].as_u64() >= Some(index), "{} after {index}", read_index.body);
+        // Right after the acknowledgement, before the follower need have applied it, a linearizable read
+        // through the follower sees it (either level).
+        for level in ["linearizable", "strong"] {
+            let path = format!("/db/query?q=SELECT%20count(*)%20FROM%20z&level={level}");
+            let read = http(&f, "GET", &path, "").await;
+            assert_eq!(read.body["results"][0]["values"], json!([[i]]), "{level}: {}", read.body);
+        }
+    }
+    // Only the leader gives read indexes.
+    let refused = http(&f, "GET", "/read-index?level=linearizable", "").await;
+    assert_eq!(refused.status, 503, "{}", refused.body);
+    assert_eq!(refused.body["error"], "not the leader", "{}", refused.body);
+    cluster.shutdown().await;
+}

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bop_raft::blocking::Blocking;
-use bop_raft::node::{Node, NodeConfig, NodeEnv, NodeLimits, RaftTiming};
+use bop_raft::node::{Node, NodeConfig, NodeEnv, NodeLimits, RaftTiming, ReadLease};
 use bop_storage::io::{CrashMode, SimDisk};
 use bop_storage::wal::{Preallocate, WriterMode};
 use openraft::async_runtime::WatchReceiver;
@@ -58,6 +58,8 @@ pub enum Bug {
     AcceptWrongBase,
     /// A pipelined writer answers its requests when their commit is proposed, not once it is applied.
     AnswerOnPropose,
+    /// A leader's read lease lasts a whole election timeout, without the margin for clock drift.
+    LeaseWithoutDriftMargin,
 }
 
 impl Bug {
@@ -68,14 +70,21 @@ impl Bug {
             Bug::AcceptStaleCommits => "accept-stale-commits",
             Bug::AcceptWrongBase => "accept-wrong-base",
             Bug::AnswerOnPropose => "answer-on-propose",
+            Bug::LeaseWithoutDriftMargin => "lease-without-drift-margin",
         }
     }
 
     /// The bug called `name`.
     pub fn from_name(name: &str) -> Option<Bug> {
-        [Bug::SkipWalFsync, Bug::AcceptStaleCommits, Bug::AcceptWrongBase, Bug::AnswerOnPropose]
-            .into_iter()
-            .find(|b| b.name() == name)
+        [
+            Bug::SkipWalFsync,
+            Bug::AcceptStaleCommits,
+            Bug::AcceptWrongBase,
+            Bug::AnswerOnPropose,
+            Bug::LeaseWithoutDriftMargin,
+        ]
+        .into_iter()
+        .find(|b| b.name() == name)
     }
 }
 
@@ -101,6 +110,10 @@ pub struct Options {
     /// Groups a database's writer may have proposed and not yet answered (`NodeLimits::pipeline_depth`;
     /// 1 turns pipelining off).
     pub pipeline_depth: usize,
+    /// Lease reads on every node, with this clock-drift margin in percent (`ReadLease`); the nodes' timers
+    /// then run at rates at most that far apart (1x to 1+margin), the drift the margin is for, instead of
+    /// 0.5x to 2x. `None`: read-index.
+    pub read_lease: Option<u32>,
 }
 
 impl Options {
@@ -115,6 +128,7 @@ impl Options {
             faults: Vec::new(),
             faults_in_turn: false,
             pipeline_depth: NodeLimits::default().pipeline_depth,
+            read_lease: None,
         }
     }
 }
@@ -271,6 +285,11 @@ struct World {
     probe: Cell<Option<(usize, u64)>>,
     /// A node that reports itself leader, as of the last step (set by `Harness::observe`).
     leader_now: Cell<Option<usize>>,
+    /// The node that reports itself leader in the highest term, as of the last step.
+    newest_leader: Cell<Option<usize>>,
+    /// Until when (simulated ms) the prober writes through the newest leader and then reads through this
+    /// node, an isolated leader that may still think it leads (see `lease_probe`).
+    lease_probe: Cell<Option<(usize, u64)>>,
     /// Violations beyond `VIOLATIONS_KEPT`.
     violations_dropped: Cell<usize>,
     /// Every violation, by kind.
@@ -442,8 +461,18 @@ async fn prober(world: Rc<World>, seed: u64) -> turmoil::Result {
     loop {
         match world.phase.get() {
             Phase::Final | Phase::Done => return Ok(()),
-            Phase::Liveness => world.probe.set(None),
+            Phase::Liveness => {
+                world.probe.set(None);
+                world.lease_probe.set(None);
+            }
             Phase::Safety => {}
+        }
+        if let (Some((old, until)), Some(leader)) = (world.lease_probe.get(), world.newest_leader.get()) {
+            if leader != old && world.now_ms.get() < until && world.ready.get() {
+                lease_probe(&world, leader, old).await;
+                tokio::time::sleep(Duration::from_millis(rng.between(2, 8))).await;
+                continue;
+            }
         }
         match (world.probe.get(), world.leader_now.get()) {
             (Some((dead, until)), Some(leader))
@@ -462,6 +491,28 @@ async fn prober(world: Rc<World>, seed: u64) -> turmoil::Result {
             (Some(_), _) => tokio::time::sleep(Duration::from_millis(1)).await,
             _ => tokio::time::sleep(Duration::from_millis(10)).await,
         }
+    }
+}
+
+/// While a leader is cut off from the other nodes and another one leads: a write through the new leader,
+/// then, once it is acknowledged, a linearizable read through the old one. A leader that answers it from its
+/// lease after the other nodes could elect a new leader (a lease longer than the clocks' drift allows)
+/// answers the value from before the write, which the linearizability check reports.
+async fn lease_probe(world: &World, leader: usize, old: usize) {
+    if recorded_write(world, "lease-probe", leader, PROBE_KEY).await.is_err() {
+        return;
+    }
+    let call = world.tick();
+    let outcome = read(old, PROBE_KEY, "linearizable").await;
+    let ret = world.tick();
+    world.event(format!("lease-probe read(linearizable) k{PROBE_KEY} via n{} -> {outcome:?}", old + 1));
+    if let Ok((value, _)) = outcome {
+        world.history.borrow_mut().push(Operation {
+            key: PROBE_KEY,
+            op: Op::Read(value),
+            call,
+            ret: Some(ret),
+        });
     }
 }
 
@@ -774,6 +825,9 @@ impl Harness<'_> {
                         self.sim.partition(host(i), host(j));
                         self.heals.push((heal_at, Heal::Repair(i, j)));
                     }
+                    // Clients still reach it: once another node leads, the prober writes there and reads
+                    // here, which a leader past its lease must not answer from its old view.
+                    self.world.lease_probe.set(Some((i, heal_at)));
                     self.fault("leader-isolated", format!("n{}", i + 1));
                 }
             }
@@ -949,6 +1003,7 @@ impl Harness<'_> {
     fn observe(&mut self, step: u64) {
         let now = self.now_ms();
         let mut leader_now = None;
+        let mut newest_leader: Option<(u64, usize)> = None;
         for i in 0..HOSTS {
             let slot = Rc::clone(&self.slots[i]);
             let guard = slot.node.borrow();
@@ -967,6 +1022,9 @@ impl Harness<'_> {
             }
             if running && m.state.is_leader() {
                 leader_now = leader_now.or(Some(i));
+                if newest_leader.is_none_or(|(term, _)| m.current_term > term) {
+                    newest_leader = Some((m.current_term, i));
+                }
                 let term = m.current_term;
                 match self.leaders.get(&term) {
                     Some(&other) if other != id => self.world.violation(
@@ -1013,6 +1071,7 @@ impl Harness<'_> {
             }
         }
         self.world.leader_now.set(leader_now);
+        self.world.newest_leader.set(newest_leader.map(|(_, i)| i));
         if step % HASH_EVERY_STEPS == 0 {
             self.compare_pages();
         }
@@ -1167,6 +1226,7 @@ pub fn run(options: &Options) -> Report {
     bop_storage::bugs::set_accept_stale_commits(options.bug == Some(Bug::AcceptStaleCommits));
     bop_storage::bugs::set_accept_wrong_base(options.bug == Some(Bug::AcceptWrongBase));
     bop_storage::bugs::set_answer_on_propose(options.bug == Some(Bug::AnswerOnPropose));
+    bop_storage::bugs::set_lease_without_drift_margin(options.bug == Some(Bug::LeaseWithoutDriftMargin));
     let report = run_inner(options);
     bop_storage::bugs::set_skip_wal_fsync(false);
     bop_storage::bugs::set_accept_stale_commits(false);
@@ -1195,6 +1255,8 @@ fn run_inner(options: &Options) -> Report {
         admin: RefCell::new(std::collections::VecDeque::new()),
         probe: Cell::new(None),
         leader_now: Cell::new(None),
+        newest_leader: Cell::new(None),
+        lease_probe: Cell::new(None),
         violations_dropped: Cell::new(0),
         violation_kinds: RefCell::new(BTreeMap::new()),
     });
@@ -1218,8 +1280,13 @@ fn run_inner(options: &Options) -> Report {
         (0..NODES).map(|i| (i as u64 + 1, format!("{} http={}", raft_addr(i), http_addr(i)))).collect();
     let mut slots = Vec::new();
     for i in 0..HOSTS {
-        // Clock skew: each node's timers run at their own rate (0.5x to 2x).
-        let skew = [50u64, 75, 100, 150, 200][rng.below(5) as usize];
+        // Clock skew: each node's timers run at their own rate (0.5x to 2x; with lease reads, within the
+        // drift their margin allows for).
+        let skew = match options.read_lease {
+            // The extremes of the allowed drift, the cases a lease must survive.
+            Some(drift) => 100 + u64::from(drift) * rng.below(2),
+            None => [50u64, 75, 100, 150, 200][rng.below(5) as usize],
+        };
         let timing = RaftTiming {
             heartbeat_ms: 50 * skew / 100,
             election_min_ms: 300 * skew / 100,
@@ -1238,6 +1305,7 @@ fn run_inner(options: &Options) -> Report {
         let software_slot = Rc::clone(&slot);
         let members = members.clone();
         let pipeline_depth = options.pipeline_depth;
+        let read_lease = options.read_lease.map(|clock_drift_percent| ReadLease { clock_drift_percent });
         sim.host(host(i), move || {
             let slot = Rc::clone(&software_slot);
             let members = members.clone();
@@ -1257,6 +1325,7 @@ fn run_inner(options: &Options) -> Report {
                 wal_preallocate: Preallocate::Allocate,
                 raft_timing: slot.timing,
                 limits: NodeLimits { pipeline_depth, ..NodeLimits::default() },
+                read_lease,
                 ..NodeEnv::default()
             };
             async move {

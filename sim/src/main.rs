@@ -5,7 +5,8 @@
 //! `--bug skip-wal-fsync` (or `accept-stale-commits`, `accept-wrong-base`, `answer-on-propose`)
 //! reintroduces a bug to show the checks catch it; `--faults KIND,...` injects only those kinds of fault, and `--faults-in-turn` injects the kinds one after
 //! another (in the order listed) instead of drawing them by weight; `--pipeline-depth N` sets the nodes'
-//! `NodeLimits::pipeline_depth` (1 turns pipelining off). Exits non-zero if any seed found a
+//! `NodeLimits::pipeline_depth` (1 turns pipelining off); `--read-lease D` gives every node lease reads with a
+//! D % clock-drift margin and keeps the nodes' timer rates within D % of each other. Exits non-zero if any seed found a
 //! violation.
 //!
 //! Every seed of a sweep runs in a process of its own (this binary, re-executed with `--seed S --report`),
@@ -21,7 +22,7 @@ use serde_json::{json, Value as Json};
 
 fn usage() -> ExitCode {
     eprintln!(
-        "usage: bop-sim [--seeds N] [--start S] [--jobs N] [--seed S] [--safety-ms MS] [--liveness-ms MS] [--bug skip-wal-fsync|accept-stale-commits|accept-wrong-base|answer-on-propose] [--faults KIND,...] [--faults-in-turn] [--pipeline-depth N] [--verbose] [--report]"
+        "usage: bop-sim [--seeds N] [--start S] [--jobs N] [--seed S] [--safety-ms MS] [--liveness-ms MS] [--bug skip-wal-fsync|accept-stale-commits|accept-wrong-base|answer-on-propose|lease-without-drift-margin] [--faults KIND,...] [--faults-in-turn] [--pipeline-depth N] [--read-lease DRIFT_PERCENT] [--verbose] [--report]"
     );
     ExitCode::from(2)
 }
@@ -56,7 +57,7 @@ fn parse() -> Result<Args, ExitCode> {
             "--bug" => match args.next().as_deref().and_then(Bug::from_name) {
                 Some(bug) => parsed.base.bug = Some(bug),
                 None => {
-                    eprintln!("unknown bug (known: skip-wal-fsync, accept-stale-commits, accept-wrong-base, answer-on-propose)");
+                    eprintln!("unknown bug (known: skip-wal-fsync, accept-stale-commits, accept-wrong-base, answer-on-propose, lease-without-drift-margin)");
                     return Err(usage());
                 }
             },
@@ -73,6 +74,7 @@ fn parse() -> Result<Args, ExitCode> {
                 parsed.base.faults = kinds;
             }
             "--faults-in-turn" => parsed.base.faults_in_turn = true,
+            "--read-lease" => parsed.base.read_lease = Some(number("--read-lease")?.min(100) as u32),
             "--pipeline-depth" => {
                 parsed.base.pipeline_depth = number("--pipeline-depth")?.clamp(1, 64) as usize
             }
@@ -128,6 +130,9 @@ fn run_child(args: &Args, seed: u64) -> Result<Json, String> {
         command.arg("--faults-in-turn");
     }
     command.args(["--pipeline-depth".to_owned(), args.base.pipeline_depth.to_string()]);
+    if let Some(drift) = args.base.read_lease {
+        command.args(["--read-lease".to_owned(), drift.to_string()]);
+    }
     let output = command.stderr(Stdio::null()).output().map_err(|e| format!("seed {seed}: {e}"))?;
     let stdout = String::from_utf8_lossy(&output.stdout);
     let line = stdout
@@ -146,6 +151,9 @@ fn replay_command(args: &Args, seed: u64) -> String {
         bug.push_str(" --faults-in-turn");
     }
     bug.push_str(&format!(" --pipeline-depth {}", args.base.pipeline_depth));
+    if let Some(drift) = args.base.read_lease {
+        bug.push_str(&format!(" --read-lease {drift}"));
+    }
     format!(
         "cargo run --release -p bop-sim -- --seed {seed} --safety-ms {} --liveness-ms {}{bug} --verbose",
         args.base.safety_ms, args.base.liveness_ms

@@ -172,9 +172,10 @@ async fn query(
     db: &str,
     statements: Vec<bop_sql::Statement>,
     params: &HashMap<String, String>,
+    authorization: Option<&hyper::header::HeaderValue>,
     pretty: bool,
 ) -> HttpResponse {
-    if let Err(refused) = super::read::consistency(node, params, pretty).await {
+    if let Err(refused) = super::read::consistency(node, params, authorization, pretty).await {
         return refused;
     }
     let shape = Shape::of(params);
@@ -289,7 +290,7 @@ async fn run_request(
         return refused;
     }
     if read_only {
-        return query(node, db, statements, params, pretty).await;
+        return query(node, db, statements, params, call.authorization.as_ref(), pretty).await;
     }
     write_batch(node, db, statements, bytes.len(), params, true, pretty).await
 }
@@ -314,7 +315,7 @@ pub(super) async fn query_get(State(node): Node, Extension(call): CallOf) -> Htt
     match call.params.get("q") {
         Some(q) => {
             let statements = vec![bop_sql::Statement::new(q.as_str())];
-            query(&node, &call.db, statements, &call.params, call.pretty).await
+            query(&node, &call.db, statements, &call.params, call.authorization.as_ref(), call.pretty).await
         }
         None => error(StatusCode::BAD_REQUEST, "GET /db/query needs q=SQL"),
     }
@@ -331,7 +332,9 @@ pub(super) async fn query_post(
         Err(response) => return response,
     };
     match parse_statements(&bytes) {
-        Ok(statements) => query(&node, &call.db, statements, &call.params, call.pretty).await,
+        Ok(statements) => {
+            query(&node, &call.db, statements, &call.params, call.authorization.as_ref(), call.pretty).await
+        }
         Err(e) => error(StatusCode::BAD_REQUEST, e),
     }
 }

@@ -312,6 +312,7 @@ fn needed(path: &str) -> (&'static [Perm], bool) {
     match path {
         "/db/execute" => (&[Perm::Execute], true),
         "/db/query" => (&[Perm::Query], true),
+        "/read-index" => (&[Perm::Query], false),
         "/db/request" => (&[Perm::Execute, Perm::Query], true),
         "/db/backup" => (&[Perm::Backup], true),
         "/db/load" => (&[Perm::Load], true),
@@ -344,6 +345,7 @@ fn router(node: Arc<NodeShared>) -> Router {
         .route("/db/execute", post(db::execute))
         .route("/db/query", get(db::query_get).post(db::query_post))
         .route("/db/request", post(db::request))
+        .route("/read-index", get(read::read_index))
         .route("/join", post(cluster::join))
         .route("/remove", post(cluster::remove).delete(cluster::remove))
         .route("/leader", post(cluster::leader))

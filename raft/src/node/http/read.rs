@@ -17,13 +17,15 @@ use crate::node::NodeShared;
 /// How long a read with `min_index` waits for this node to apply that index, unless `timeout` says.
 pub(super) const MIN_INDEX_WAIT_DEFAULT: Duration = Duration::from_secs(5);
 
-/// Whether a read runs on the node that received it, leader or not: `level=none`, and a `weak` read (the
+/// Whether a read runs on the node that received it, leader or not: `level=none`; a `weak` read (the
 /// default level) that names a `min_index` — the caller asked for a position it has seen, not for the
-/// leader's view.
+/// leader's view; and a `linearizable` or `strong` one, for which a follower asks the leader only for its
+/// read index (unless the caller asked for `redirect`, rqlite's "send me to the leader").
 pub(super) fn reads_locally(params: &HashMap<String, String>) -> bool {
     match params.get("level").map(String::as_str).unwrap_or("weak") {
         "none" => true,
         "weak" => params.contains_key("min_index"),
+        "linearizable" | "strong" => !params.contains_key("redirect"),
         _ => false,
     }
 }
@@ -38,6 +40,7 @@ pub(super) fn reads_locally(params: &HashMap<String, String>) -> bool {
 pub(super) async fn consistency(
     node: &NodeShared,
     params: &HashMap<String, String>,
+    authorization: Option<&hyper::header::HeaderValue>,
     pretty: bool,
 ) -> Result<(), HttpResponse> {
     let level = params.get("level").map(String::as_str).unwrap_or("weak");
@@ -97,6 +100,17 @@ pub(super) async fn consistency(
                 Err(not_leader(node, pretty))
             }
         }
+        "linearizable" | "strong" if !node.is_leader() => {
+            let index = leaders_read_index(node, level, params, authorization).await?;
+            let wait = params
+                .get("linearizable_timeout")
+                .and_then(|t| parse_duration(t))
+                .filter(|t| !t.is_zero())
+                .unwrap_or(MIN_INDEX_WAIT_DEFAULT);
+            applied_at_least(node, index, wait).await.map_err(|reason| {
+                error(StatusCode::SERVICE_UNAVAILABLE, format!("linearizable read: {reason}"))
+            })
+        }
         "linearizable" | "strong" => {
             let option = linearizer_option(node, level == "strong", params);
             match node.raft.ensure_linearizable(option).await {
@@ -131,6 +145,75 @@ fn linearizer_option(node: &NodeShared, strong: bool, params: &HashMap<String, S
     match params.get("linearizable_timeout").and_then(|t| parse_duration(t)) {
         Some(wait) if !wait.is_zero() => option.with_wait_timeout(wait),
         _ => option,
+    }
+}
+
+/// `GET /read-index?level=linearizable|strong` (a follower's call, `Perm::Query`): once this leader has
+/// confirmed it leads (as for its own linearizable reads), the log index a node must have applied to answer
+/// a read that arrived before the call linearizably: `{"index": N}`. Never forwarded: a node that does not
+/// lead answers 503 naming the leader.
+pub(super) async fn read_index(
+    axum::extract::State(node): axum::extract::State<std::sync::Arc<NodeShared>>,
+    axum::Extension(call): axum::Extension<std::sync::Arc<Call>>,
+) -> HttpResponse {
+    if !node.is_leader() {
+        return not_leader(&node, call.pretty);
+    }
+    let strong = call.params.get("level").is_some_and(|l| l == "strong");
+    let option = linearizer_option(&node, strong, &call.params);
+    match node.raft.get_read_linearizer(option).await {
+        Ok(linearizer) => respond(
+            StatusCode::OK,
+            &serde_json::json!({ "index": linearizer.read_log_id().index() }),
+            call.pretty,
+        ),
+        Err(e) => match e.forward_to_leader() {
+            Some(_) => not_leader(&node, call.pretty),
+            None => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+        },
+    }
+}
+
+/// Answers bounding a read index's: small JSON.
+const READ_INDEX_ANSWER_MAX: usize = 4096;
+
+/// The leader's read index for a read at `level` that arrived here, asked with the caller's credentials
+/// ([`read_index`]); an answer to send instead when there is none.
+async fn leaders_read_index(
+    node: &NodeShared,
+    level: &str,
+    params: &HashMap<String, String>,
+    authorization: Option<&hyper::header::HeaderValue>,
+) -> Result<u64, HttpResponse> {
+    let pretty = params.contains_key("pretty");
+    let mut path = format!("/read-index?level={level}");
+    if let Some(wait) = params.get("linearizable_timeout") {
+        path.push_str(&format!("&linearizable_timeout={wait}"));
+    }
+    let mut body = super::forward::Outgoing::Bytes(bytes::Bytes::new());
+    let timeout = params.get("timeout").and_then(|t| parse_duration(t));
+    let answer =
+        match super::forward::forward(node, &hyper::Method::GET, &path, &mut body, authorization, timeout)
+            .await
+        {
+            Ok(answer) => answer,
+            Err(_) => return Err(not_leader(node, pretty)),
+        };
+    let status = answer.status();
+    let limited = http_body_util::Limited::new(answer.into_body(), READ_INDEX_ANSWER_MAX);
+    let bytes = match http_body_util::BodyExt::collect(limited).await.map(|c| c.to_bytes()) {
+        Ok(bytes) => bytes,
+        Err(e) => {
+            return Err(error(StatusCode::SERVICE_UNAVAILABLE, format!("the leader's read index: {e}")))
+        }
+    };
+    let json: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
+    match (status, json["index"].as_u64()) {
+        (StatusCode::OK, Some(index)) => Ok(index),
+        (StatusCode::SERVICE_UNAVAILABLE, _) if json["error"] == "not the leader" => {
+            Err(not_leader(node, pretty))
+        }
+        _ => Err(respond(status, &json, pretty)),
     }
 }
 
