@@ -10,7 +10,10 @@
 #   PORT_BASE=27100 (bop: Raft +1..3, HTTP +11..13; etcd: client +21..23, peer +31..33)
 #   OUT=target/peers/<time>: data directories (on the disk they are measured on), wrk output, table.md.
 #   BOP_BASELINE=path/to/another/bop: measured first, in the same run, as "baseline" (e.g. a build of an
-#   older commit), with its own columns in the table.
+#   older commit, or a wrapper adding flags), with its own columns in the table.
+#   MODE=write (default) or read: single-key linearizable reads of the same keys instead of writes.
+#   SPREAD=leader (default: every connection to the leader) or all: the connections split over the three
+#   nodes (three wrk processes at once, CONNS/3 each, at least 1; ops summed, the worst p50/p99 kept).
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(cd "$HERE/../.." && pwd)
@@ -21,6 +24,8 @@ WARM=${WARM:-2}
 KEYS=${KEYS:-10000}
 PORT_BASE=${PORT_BASE:-27100}
 OUT=${OUT:-$ROOT/target/peers/$(date -u +%Y%m%dT%H%M%SZ)}
+MODE=${MODE:-write}
+SPREAD=${SPREAD:-leader}
 
 if [[ ${1:-} == --install ]]; then
   apt-get install -y etcd-server wrk
@@ -109,18 +114,45 @@ fsyncs() {
 }
 
 # Measures one system: "NAME CONNS ok/s p50_ms p99_ms failed" lines into $OUT/results.
-measure() { # PEER(bop|etcd) URL NAME
-  local peer=$1 url=$2 name=$3 c threads
+measure() { # PEER(bop|etcd) NAME URL [URL...]: the leader's URL first, then the others'
+  local peer=$1 name=$2 c threads each n k url
+  shift 2
+  local urls=("$1")
+  [[ $SPREAD == all ]] && urls=("$@")
   for c in $CONNS; do
-    threads=2; ((c < 2)) && threads=1
-    PEER=$peer PEER_KEYS=$KEYS wrk -t$threads -c"$c" -d"${WARM}s" -s "$HERE/put.lua" "$url" >"$OUT/$name-c$c.warmup.txt" 2>&1
-    PEER=$peer PEER_KEYS=$KEYS wrk -t$threads -c"$c" -d"${DUR}s" --latency -s "$HERE/put.lua" "$url" >"$OUT/$name-c$c.txt" 2>&1
-    python3 - "$name" "$c" "$OUT/$name-c$c.txt" >>"$OUT/results" <<'EOF'
+    n=${#urls[@]}
+    each=$((c / n)); ((each < 1)) && each=1
+    threads=2; ((each < 2)) && threads=1
+    # (Waiting for these wrk processes only: the cluster's nodes are background jobs too.)
+    local pids=()
+    k=0
+    for url in "${urls[@]}"; do
+      PEER=$peer PEER_OP=$MODE PEER_KEYS=$KEYS wrk -t$threads -c"$each" -d"${WARM}s" -s "$HERE/kv.lua" "$url" >"$OUT/$name-c$c-$k.warmup" 2>&1 &
+      pids+=($!)
+      k=$((k + 1))
+    done
+    wait "${pids[@]}"
+    pids=()
+    k=0
+    for url in "${urls[@]}"; do
+      PEER=$peer PEER_OP=$MODE PEER_KEYS=$KEYS wrk -t$threads -c"$each" -d"${DUR}s" --latency -s "$HERE/kv.lua" "$url" >"$OUT/$name-c$c-$k.txt" 2>&1 &
+      pids+=($!)
+      k=$((k + 1))
+    done
+    wait "${pids[@]}"
+    python3 - "$name" "$c" "$OUT/$name-c$c-"*.txt >>"$OUT/results" <<'EOF'
 import sys
-peer, conns, path = sys.argv[1], sys.argv[2], sys.argv[3]
-line = next(l for l in open(path) if l.startswith("RESULT "))
-v = dict(kv.split("=") for kv in line.split()[1:])
-print(peer, conns, round(int(v["ok"]) / float(v["secs"])), int(v["p50_us"]) / 1000, int(v["p99_us"]) / 1000, v["failed"])
+peer, conns, paths = sys.argv[1], sys.argv[2], sys.argv[3:]
+runs = []
+for path in paths:
+    line = next(l for l in open(path) if l.startswith("RESULT "))
+    runs.append(dict(kv.split("=") for kv in line.split()[1:]))
+ok = sum(int(v["ok"]) for v in runs)
+secs = max(float(v["secs"]) for v in runs)
+p50 = max(int(v["p50_us"]) for v in runs) / 1000
+p99 = max(int(v["p99_us"]) for v in runs) / 1000
+failed = sum(int(v["failed"]) for v in runs)
+print(peer, conns, round(ok / secs), p50, p99, failed)
 EOF
     tail -1 "$OUT/results"
   done
@@ -138,7 +170,9 @@ run_bop() { # BINARY NAME
   start_bop "$1" "$2"
   L=$(bop_leader) || { echo "bop: no leader; see $OUT/$2-node-*.log" >&2; exit 1; }
   python3 "$HERE/populate.py" bop "$L" "$KEYS"
-  measure bop "$L" "$2"
+  local others=() i
+  for i in 1 2 3; do [[ http://127.0.0.1:$((PORT_BASE + 10 + i)) == "$L" ]] || others+=("http://127.0.0.1:$((PORT_BASE + 10 + i))"); done
+  measure bop "$2" "$L" "${others[@]}"
   stop_all
 }
 if [[ -n ${BOP_BASELINE:-} ]]; then run_bop "$BOP_BASELINE" baseline; fi
@@ -147,19 +181,23 @@ run_bop "$BOP" bop
 start_etcd
 L=$(etcd_leader) || { echo "etcd: no leader; see $OUT/etcd-*.log" >&2; exit 1; }
 python3 "$HERE/populate.py" etcd "$L" "$KEYS"
-measure etcd "$L" etcd
+OTHERS=()
+for i in 1 2 3; do [[ http://127.0.0.1:$((PORT_BASE + 20 + i)) == "$L" ]] || OTHERS+=("http://127.0.0.1:$((PORT_BASE + 20 + i))"); done
+measure etcd etcd "$L" "${OTHERS[@]}"
 stop_all
 echo "fsyncs/s after: $(fsyncs)" | tee -a "$OUT/machine.txt"
 
-python3 - "$OUT/results" <<'EOF' | tee "$OUT/table.md"
+echo "mode: $MODE, connections to: $SPREAD" | tee -a "$OUT/machine.txt"
+python3 - "$OUT/results" "$MODE" <<'EOF' | tee "$OUT/table.md"
 import sys
+what, unit = ("reads", "reads") if sys.argv[2] == "read" else ("writes", "puts")
 rows = {}
 for line in open(sys.argv[1]):
     peer, conns, ops, p50, p99, failed = line.split()
     rows.setdefault(int(conns), {})[peer] = (int(ops), float(p50), float(p99), int(failed))
 base = any("baseline" in r for r in rows.values())
-head = "| clients |" + (" baseline writes/s | baseline p99 ms | baseline ÷ etcd |" if base else "")
-print(head + " bop writes/s | bop p50 ms | bop p99 ms | etcd puts/s | etcd p50 ms | etcd p99 ms | bop ÷ etcd | failed |")
+head = "| clients |" + (f" baseline {what}/s | baseline p99 ms | baseline ÷ etcd |" if base else "")
+print(head + f" bop {what}/s | bop p50 ms | bop p99 ms | etcd {unit}/s | etcd p50 ms | etcd p99 ms | bop ÷ etcd | failed |")
 print("| ---: " * (1 + (3 if base else 0) + 8) + "|")
 for conns in sorted(rows):
     r = rows[conns]

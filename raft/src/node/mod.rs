@@ -359,6 +359,8 @@ pub struct NodeShared {
     backups: Arc<tokio::sync::Semaphore>,
     /// Held by the `/db/load` being received, checked or committed (one at a time).
     restoring: tokio::sync::Semaphore,
+    /// A follower's linearizable reads waiting for the leader's read index (`http/read.rs`).
+    read_indexes: http::ReadIndexBatches,
     /// Most pages one commit (one log entry) may carry: the largest database a load can write.
     commit_pages_max: usize,
     /// SQL calls stopped by their time limit or an interrupt (client gone, shutdown).
@@ -632,6 +634,7 @@ impl Node {
             writer_queue: Arc::new(bounds::WriterQueue::default()),
             backups: Arc::new(tokio::sync::Semaphore::new(env.limits.backups_max)),
             restoring: tokio::sync::Semaphore::new(1),
+            read_indexes: http::ReadIndexBatches::default(),
             commit_pages_max: pages_max,
             statements_stopped: AtomicU64::new(0),
             requests: AtomicU64::new(0),

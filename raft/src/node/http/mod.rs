@@ -9,6 +9,7 @@ mod cluster;
 mod db;
 mod forward;
 mod read;
+pub(crate) use read::ReadIndexBatches;
 mod restore;
 
 use std::collections::HashMap;

@@ -38,7 +38,7 @@ pub(super) fn reads_locally(params: &HashMap<String, String>) -> bool {
 /// read applied here; `linearizable_timeout` bounds the wait for the quorum), `strong` (as `linearizable`,
 /// always with a heartbeat round).
 pub(super) async fn consistency(
-    node: &NodeShared,
+    node: &std::sync::Arc<NodeShared>,
     params: &HashMap<String, String>,
     authorization: Option<&hyper::header::HeaderValue>,
     pretty: bool,
@@ -101,7 +101,14 @@ pub(super) async fn consistency(
             }
         }
         "linearizable" | "strong" if !node.is_leader() => {
-            let index = leaders_read_index(node, level, params, authorization).await?;
+            let strong = level == "strong";
+            let index =
+                node.read_indexes.ask(node, strong, params, authorization).await.map_err(|refusal| {
+                    match refusal {
+                        Refusal::NotLeader => not_leader(node, pretty),
+                        Refusal::Answer(status, json) => respond(status, &json, pretty),
+                    }
+                })?;
             let wait = params
                 .get("linearizable_timeout")
                 .and_then(|t| parse_duration(t))
@@ -177,43 +184,129 @@ pub(super) async fn read_index(
 /// Answers bounding a read index's: small JSON.
 const READ_INDEX_ANSWER_MAX: usize = 4096;
 
-/// The leader's read index for a read at `level` that arrived here, asked with the caller's credentials
-/// ([`read_index`]); an answer to send instead when there is none.
+/// Why a follower has no read index from the leader.
+#[derive(Clone)]
+pub(crate) enum Refusal {
+    /// No leader is known or reachable, or it no longer leads.
+    NotLeader,
+    /// The leader's answer, passed on.
+    Answer(StatusCode, serde_json::Value),
+}
+
+/// A follower's linearizable reads waiting for the leader's read index, asked for in batches: while one
+/// call to the leader is out, the reads that arrive wait for the next, which starts when it ends — so every
+/// read's index comes from a confirmation that began after the read arrived, and one call serves as many
+/// reads as arrived during the one before. One batch per level (`strong` always takes a heartbeat round on
+/// the leader). The waiting reads are bounded by the node's HTTP requests in flight.
+#[derive(Default)]
+pub(crate) struct ReadIndexBatches {
+    linearizable: parking_lot::Mutex<Batch>,
+    strong: parking_lot::Mutex<Batch>,
+}
+
+#[derive(Default)]
+struct Batch {
+    /// A call to the leader is out (its task takes every waiting read when it starts the next).
+    asking: bool,
+    waiting: Vec<Waiting>,
+}
+
+/// A read waiting for an index: its answer, and what the call is made with (the credentials of one of the
+/// batch's callers, each of which this node already allowed to query; the leader checks them again).
+struct Waiting {
+    answer: tokio::sync::oneshot::Sender<Result<u64, Refusal>>,
+    authorization: Option<hyper::header::HeaderValue>,
+    params: HashMap<String, String>,
+}
+
+impl ReadIndexBatches {
+    /// The leader's read index for a read that arrived now (see [`ReadIndexBatches`]).
+    pub(super) async fn ask(
+        &self,
+        node: &std::sync::Arc<NodeShared>,
+        strong: bool,
+        params: &HashMap<String, String>,
+        authorization: Option<&hyper::header::HeaderValue>,
+    ) -> Result<u64, Refusal> {
+        let (answer, answered) = tokio::sync::oneshot::channel();
+        let start = {
+            let mut batch = self.batch(strong).lock();
+            batch.waiting.push(Waiting {
+                answer,
+                authorization: authorization.cloned(),
+                params: params.clone(),
+            });
+            !std::mem::replace(&mut batch.asking, true)
+        };
+        if start {
+            let node = std::sync::Arc::clone(node);
+            tokio::spawn(async move { node.read_indexes.run(&node, strong).await });
+        }
+        answered.await.unwrap_or(Err(Refusal::NotLeader))
+    }
+
+    fn batch(&self, strong: bool) -> &parking_lot::Mutex<Batch> {
+        if strong {
+            &self.strong
+        } else {
+            &self.linearizable
+        }
+    }
+
+    /// Calls the leader for every read waiting when the call starts, again and again until none waits.
+    async fn run(&self, node: &NodeShared, strong: bool) {
+        loop {
+            let waiting = {
+                let mut batch = self.batch(strong).lock();
+                if batch.waiting.is_empty() {
+                    batch.asking = false;
+                    return;
+                }
+                std::mem::take(&mut batch.waiting)
+            };
+            let first = &waiting[0];
+            let level = if strong { "strong" } else { "linearizable" };
+            let index = leaders_read_index(node, level, &first.params, first.authorization.as_ref()).await;
+            for read in waiting {
+                let _ = read.answer.send(index.clone());
+            }
+        }
+    }
+}
+
+/// The leader's read index for a read at `level`, asked with `authorization` ([`read_index`]).
 async fn leaders_read_index(
     node: &NodeShared,
     level: &str,
     params: &HashMap<String, String>,
     authorization: Option<&hyper::header::HeaderValue>,
-) -> Result<u64, HttpResponse> {
-    let pretty = params.contains_key("pretty");
+) -> Result<u64, Refusal> {
     let mut path = format!("/read-index?level={level}");
     if let Some(wait) = params.get("linearizable_timeout") {
         path.push_str(&format!("&linearizable_timeout={wait}"));
     }
     let mut body = super::forward::Outgoing::Bytes(bytes::Bytes::new());
-    let timeout = params.get("timeout").and_then(|t| parse_duration(t));
+    // Bounded however long the reads may wait: the batch behind this call waits for it, and a leader cut
+    // off mid-call would otherwise hold every read of this node for the forwarding timeout (30 s).
+    let bound = Duration::from_millis(2 * node.raft.config().election_timeout_max);
+    let timeout = params.get("timeout").and_then(|t| parse_duration(t)).map_or(bound, |t| t.min(bound));
     let answer =
-        match super::forward::forward(node, &hyper::Method::GET, &path, &mut body, authorization, timeout)
+        super::forward::forward(node, &hyper::Method::GET, &path, &mut body, authorization, Some(timeout))
             .await
-        {
-            Ok(answer) => answer,
-            Err(_) => return Err(not_leader(node, pretty)),
-        };
+            .map_err(|_| Refusal::NotLeader)?;
     let status = answer.status();
     let limited = http_body_util::Limited::new(answer.into_body(), READ_INDEX_ANSWER_MAX);
-    let bytes = match http_body_util::BodyExt::collect(limited).await.map(|c| c.to_bytes()) {
-        Ok(bytes) => bytes,
-        Err(e) => {
-            return Err(error(StatusCode::SERVICE_UNAVAILABLE, format!("the leader's read index: {e}")))
-        }
-    };
+    let bytes = http_body_util::BodyExt::collect(limited).await.map(|c| c.to_bytes()).map_err(|e| {
+        Refusal::Answer(
+            StatusCode::SERVICE_UNAVAILABLE,
+            serde_json::json!({ "error": format!("the leader's read index: {e}") }),
+        )
+    })?;
     let json: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
     match (status, json["index"].as_u64()) {
         (StatusCode::OK, Some(index)) => Ok(index),
-        (StatusCode::SERVICE_UNAVAILABLE, _) if json["error"] == "not the leader" => {
-            Err(not_leader(node, pretty))
-        }
-        _ => Err(respond(status, &json, pretty)),
+        (StatusCode::SERVICE_UNAVAILABLE, _) if json["error"] == "not the leader" => Err(Refusal::NotLeader),
+        _ => Err(Refusal::Answer(status, json)),
     }
 }
 

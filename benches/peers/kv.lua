@@ -1,10 +1,12 @@
 -- wrk script of benches/peers/run.sh: single-key writes of 256-byte values over PEER_KEYS keys, to bop
--- (PEER=bop: one parameterized upsert per /db/execute) or etcd (PEER=etcd: /v3/kv/put). Every answer is
--- checked: only a 2xx answer whose body is no error counts. done() prints one line:
+-- (PEER=bop: one parameterized upsert per /db/execute) or etcd (PEER=etcd: /v3/kv/put); with PEER_OP=read,
+-- single-key linearizable reads instead (bop: /db/query?level=linearizable; etcd: /v3/kv/range, linearizable
+-- by default). Every answer is checked: only a 2xx answer whose body is no error counts. done() prints one line:
 --   RESULT ok=N failed=N p50_us=N p99_us=N secs=S
 package.path = (debug.getinfo(1, "S").source:match("^@(.*/)") or "./") .. "?.lua;" .. package.path
 local peer = os.getenv("PEER") or "bop"
 local keys = tonumber(os.getenv("PEER_KEYS") or "10000")
+local op = os.getenv("PEER_OP") or "write"
 local b64 = require("peer_b64")
 
 local threads = {}
@@ -29,6 +31,13 @@ end
 
 function request()
   local i = math.random(0, keys - 1)
+  if op == "read" then
+    if peer == "etcd" then
+      return wrk.format("POST", "/v3/kv/range", headers, '{"key":"' .. key_b64[i] .. '"}')
+    end
+    return wrk.format("POST", "/db/query?db=bench&level=linearizable", headers,
+      '[["SELECT v FROM kv WHERE k = ?", "' .. string.format("k%05d", i) .. '"]]')
+  end
   if peer == "etcd" then
     return wrk.format("POST", "/v3/kv/put", headers, '{"key":"' .. key_b64[i] .. '","value":"' .. value_b64 .. '"}')
   end
