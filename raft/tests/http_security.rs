@@ -175,6 +175,16 @@ async fn every_permission_allows_its_calls_and_only_them() {
     assert!(other.body["error"].as_str().is_some_and(|e| e.contains("\"other\"")), "{}", other.body);
     assert_eq!(ask(l, &main_only, Method::GET, "/db/backup?db=other", "").await.status, 403);
     assert_eq!(ask(l, &main_only, Method::GET, "/status", "").await.status, 403);
+    // A linearizable read through a follower, which asks the leader for its read index with these
+    // credentials: judged on the read's database, not as a node-wide permission.
+    for level in ["linearizable", "strong"] {
+        let path = format!("/db/query?db=main&level={level}&q=SELECT%20count(*)%20FROM%20u");
+        let read = ask(f, &main_only, Method::GET, &path, "").await;
+        assert_eq!(read.status, 200, "{level}: {}", read.body);
+        assert_eq!(read.body["results"][0]["values"][0][0], 0, "{level}: {}", read.body);
+        let other = format!("/db/query?db=other&level={level}&q=SELECT%201");
+        assert_eq!(ask(f, &main_only, Method::GET, &other, "").await.status, 403, "{level}");
+    }
 
     // status, ready.
     let watcher = as_user("watcher", "w");

@@ -313,7 +313,8 @@ fn needed(path: &str) -> (&'static [Perm], bool) {
     match path {
         "/db/execute" => (&[Perm::Execute], true),
         "/db/query" => (&[Perm::Query], true),
-        "/read-index" => (&[Perm::Query], false),
+        // The read's database (`db`), which the asking follower names.
+        "/read-index" => (&[Perm::Query], true),
         "/db/request" => (&[Perm::Execute, Perm::Query], true),
         "/db/backup" => (&[Perm::Backup], true),
         "/db/load" => (&[Perm::Load], true),

@@ -155,7 +155,7 @@ fn linearizer_option(node: &NodeShared, strong: bool, params: &HashMap<String, S
     }
 }
 
-/// `GET /read-index?level=linearizable|strong` (a follower's call, `Perm::Query`): once this leader has
+/// `GET /read-index?level=linearizable|strong&db=DB` (a follower's call, `Perm::Query` on `db`): once this leader has
 /// confirmed it leads (as for its own linearizable reads), the log index a node must have applied to answer
 /// a read that arrived before the call linearizably: `{"index": N}`. Never forwarded: a node that does not
 /// lead answers 503 naming the leader.
@@ -281,9 +281,15 @@ async fn leaders_read_index(
     params: &HashMap<String, String>,
     authorization: Option<&hyper::header::HeaderValue>,
 ) -> Result<u64, Refusal> {
+    let encode =
+        |v: &str| percent_encoding::utf8_percent_encode(v, percent_encoding::NON_ALPHANUMERIC).to_string();
     let mut path = format!("/read-index?level={level}");
+    // The leader judges the credentials' `query` permission on the read's database.
+    if let Some(db) = params.get("db") {
+        path.push_str(&format!("&db={}", encode(db)));
+    }
     if let Some(wait) = params.get("linearizable_timeout") {
-        path.push_str(&format!("&linearizable_timeout={wait}"));
+        path.push_str(&format!("&linearizable_timeout={}", encode(wait)));
     }
     let mut body = super::forward::Outgoing::Bytes(bytes::Bytes::new());
     // Bounded however long the reads may wait: the batch behind this call waits for it, and a leader cut
