@@ -120,16 +120,7 @@ pub(super) async fn consistency(
         }
         "linearizable" | "strong" => {
             let option = linearizer_option(node, level == "strong", params);
-            match node.raft.ensure_linearizable(option).await {
-                Ok(_) => Ok(()),
-                Err(e) => {
-                    let message = e.to_string();
-                    Err(match e.forward_to_leader() {
-                        Some(_) => not_leader(node, pretty),
-                        None => error(StatusCode::SERVICE_UNAVAILABLE, message),
-                    })
-                }
-            }
+            node.raft.ensure_linearizable(option).await.map(|_| ()).map_err(|e| unconfirmed(node, &e, pretty))
         }
         other => Err(error(
             StatusCode::BAD_REQUEST,
@@ -174,10 +165,23 @@ pub(super) async fn read_index(
             &serde_json::json!({ "index": linearizer.read_log_id().index() }),
             call.pretty,
         ),
-        Err(e) => match e.forward_to_leader() {
-            Some(_) => not_leader(&node, call.pretty),
-            None => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
-        },
+        Err(e) => unconfirmed(&node, &e, call.pretty),
+    }
+}
+
+/// The answer when this node could not confirm it leads: 503 naming the leader if it no longer does, else
+/// 503 with openraft's reason (no quorum answered in time, Raft stopped).
+fn unconfirmed(
+    node: &NodeShared,
+    e: &openraft::error::RaftError<
+        crate::BopConfig,
+        openraft::error::LinearizableReadError<crate::BopConfig>,
+    >,
+    pretty: bool,
+) -> HttpResponse {
+    match e.forward_to_leader() {
+        Some(_) => not_leader(node, pretty),
+        None => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
     }
 }
 
@@ -342,15 +346,7 @@ async fn caught_up(node: &NodeShared, budget: Duration) -> Result<(), String> {
         let m = metrics.borrow_watched();
         (m.cluster_committed.as_ref().map_or(0, |c| c.index), m.last_applied.as_ref().map_or(0, |a| a.index))
     };
-    if applied >= committed {
-        return Ok(());
-    }
-    node.raft
-        .wait(Some(budget))
-        .applied_index_at_least(Some(committed), "freshness_strict")
-        .await
-        .map(|_| ())
-        .map_err(|_| {
-            format!("stale read: applied {applied} of the {committed} entries the leader reported committed")
-        })
+    applied_at_least(node, committed, budget).await.map_err(|_| {
+        format!("stale read: applied {applied} of the {committed} entries the leader reported committed")
+    })
 }
