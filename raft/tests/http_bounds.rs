@@ -45,13 +45,49 @@ fn get(path: &str) -> String {
 }
 
 async fn stopped_calls(addr: &str) -> f64 {
+    counter(addr, "bop_sql_calls_stopped_total").await
+}
+
+async fn counter(addr: &str, name: &str) -> f64 {
     let (_, out) = http(addr, "GET", "/metrics", b"").await;
+    let prefix = format!("{name} ");
     out.as_str()
         .unwrap_or_default()
         .lines()
-        .find_map(|l| l.strip_prefix("bop_sql_calls_stopped_total "))
+        .find_map(|l| l.strip_prefix(prefix.as_str()))
         .and_then(|v| v.parse().ok())
         .unwrap_or(0.0)
+}
+
+/// A query is answered on the HTTP task when a pooled connection is idle and it takes less than the
+/// task's time budget (1 ms); one that takes longer is run again on a blocking thread and answered in full,
+/// and its first try counts as neither stopped nor failed. A request's own time limit shorter than the
+/// budget is kept: such a query is answered with its timeout, and counted as stopped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_query_past_the_inline_budget_moves_to_a_blocking_thread_and_is_answered_in_full() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let node = single_node(dir.path(), NodeLimits::default()).await;
+    let addr = node.http_addr().to_owned();
+    create_database(&addr).await;
+    let point = format!("/db/query?level=none&q={}", encode("SELECT count(*) FROM t"));
+    for _ in 0..3 {
+        let (status, out) = http(&addr, "GET", &point, b"").await;
+        assert_eq!((status, &out["results"][0]["values"][0][0]), (200, &Value::from(0)), "{out}");
+    }
+    assert!(counter(&addr, "bop_sql_reads_inline_total").await >= 2.0, "point reads are answered inline");
+    let (moved, stopped) = (counter(&addr, "bop_sql_reads_moved_total").await, stopped_calls(&addr).await);
+    let long = "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x+1 FROM c WHERE x < 2000000) SELECT count(*) FROM c";
+    let (status, out) = http(&addr, "GET", &format!("/db/query?level=none&q={}", encode(long)), b"").await;
+    assert_eq!((status, &out["results"][0]["values"][0][0]), (200, &Value::from(2_000_000)), "{out}");
+    assert_eq!(counter(&addr, "bop_sql_reads_moved_total").await, moved + 1.0);
+    assert_eq!(stopped_calls(&addr).await, stopped, "the first try is not a stopped call");
+    let tight = format!("/db/query?level=none&db_timeout=1ms&q={}", encode(long));
+    let (status, out) = http(&addr, "GET", &tight, b"").await;
+    let error = out["results"][0]["error"].as_str().or(out["error"].as_str()).unwrap_or_default().to_owned();
+    assert!(status == 200 && error.contains("time"), "{status} {out}");
+    assert_eq!(counter(&addr, "bop_sql_reads_moved_total").await, moved + 1.0, "its own limit is kept");
+    assert_eq!(stopped_calls(&addr).await, stopped + 1.0);
+    node.shutdown().await;
 }
 
 /// A request whose declared length is past the limit is answered 413 without its body being sent (it was

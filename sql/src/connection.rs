@@ -1,5 +1,6 @@
 //! A SQLite connection: batches in one transaction, queries returning typed rows.
 
+mod cache;
 mod group;
 mod load;
 
@@ -197,6 +198,11 @@ pub struct Connection {
     session_tainted: bool,
     /// bop's own temp table (see `group`) exists on this session.
     reset_table: bool,
+    /// Prepared statements kept between calls (see `cache`).
+    cache: cache::StmtCache,
+    /// A statement prepared since [`Connection::take_session_changed`] touched the session's own state
+    /// (see `limits::authorize`): what a pool must know before it lends the connection to someone else.
+    session_changed: bool,
 }
 
 /// Why a statement of a group's request did not run.
@@ -222,6 +228,8 @@ unsafe impl Send for Connection {}
 
 impl Drop for Connection {
     fn drop(&mut self) {
+        // Kept statements first: a connection closes only once all its statements are finalised.
+        self.cache.clear();
         // SAFETY: `raw` came from a successful open and is closed exactly once; close_v2 defers the close
         // until unfinalised statements are gone (we finalise all of ours before returning). The handlers
         // are removed first, so that nothing in SQLite points at the guard once it is dropped.
@@ -333,6 +341,8 @@ impl Connection {
             session_used: false,
             session_tainted: false,
             reset_table: false,
+            cache: cache::StmtCache::default(),
+            session_changed: false,
         };
         result(raw, rc, None)?;
         let guard = connection.guard.as_arg();
@@ -417,6 +427,12 @@ impl Connection {
         self.guard.handle()
     }
 
+    /// Gives this connection a new interrupt flag, not set: handles taken before (by an earlier borrower of
+    /// a pooled connection) no longer reach it. Only between calls.
+    pub fn renew_interrupt_flag(&mut self) {
+        self.guard.renew_interrupt_flag();
+    }
+
     /// Lets calls run again after [`InterruptHandle::interrupt`].
     pub fn clear_interrupt(&mut self) {
         self.guard.clear_interrupt();
@@ -483,41 +499,66 @@ impl Connection {
             conn.commit_failure.lock().take();
         }
         let mut rows = Rows::default();
+        if let Some(stmt) = self.cache.take(sql) {
+            let ran = self.run_stmt(&stmt, params, &mut rows);
+            self.cache.keep(sql, stmt);
+            return Ok((rows, ran?));
+        }
         let mut rest = sql.as_bytes();
         let mut outcome = ExecOutcome { rows_affected: 0, last_insert_rowid: 0 };
+        let mut first = true;
         loop {
             self.guard.take_session_touched();
             let Some(stmt) = self.prepare_next(&mut rest)? else { break };
-            if grouped && self.guard.take_session_touched() {
+            let touched = self.guard.take_session_touched();
+            self.session_changed |= touched;
+            if grouped && touched {
                 return Err(Failure::NeedsOwnSession);
             }
-            self.bind(&stmt, params)?;
-            // SAFETY: `stmt` is a prepared statement of this connection.
-            let column_count = unsafe { ffi::sqlite3_column_count(stmt.0) };
-            if column_count > 0 {
-                rows = Rows { columns: columns(&stmt, column_count), rows: Vec::new() };
+            let ran = self.run_stmt(&stmt, params, &mut rows);
+            if first && !touched && cache::only_one_statement(rest) {
+                self.cache.keep(sql, stmt);
             }
-            loop {
-                // SAFETY: as above.
-                let rc = unsafe { ffi::sqlite3_step(stmt.0) };
-                if rc == ffi::SQLITE_ROW {
-                    self.count_row(&stmt, column_count)?;
-                    rows.rows.push((0..column_count).map(|i| column_value(&stmt, i)).collect());
-                } else if rc == ffi::SQLITE_DONE {
-                    break;
-                } else {
-                    return Err(self.error(rc).into());
-                }
-            }
-            // SAFETY: `raw` is open.
-            outcome = unsafe {
-                ExecOutcome {
-                    rows_affected: ffi::sqlite3_changes64(self.raw) as u64,
-                    last_insert_rowid: ffi::sqlite3_last_insert_rowid(self.raw),
-                }
-            };
+            outcome = ran?;
+            first = false;
         }
         Ok((rows, outcome))
+    }
+
+    /// Binds `params` to `stmt` and steps it to its end, its rows (if it returns columns) replacing those in
+    /// `rows`. Leaves the statement for its owner to reset or finalise.
+    fn run_stmt(&mut self, stmt: &Stmt, params: &Params, rows: &mut Rows) -> Result<ExecOutcome, SqlError> {
+        self.bind(stmt, params)?;
+        // The columns are read after the first step: a statement prepared before a schema change (a kept
+        // one) is prepared again inside that step, and may have other columns since.
+        let mut column_count = None;
+        loop {
+            // SAFETY: `stmt` is a prepared statement of this connection.
+            let rc = unsafe { ffi::sqlite3_step(stmt.0) };
+            if rc != ffi::SQLITE_ROW && rc != ffi::SQLITE_DONE {
+                return Err(self.error(rc));
+            }
+            let count = *column_count.get_or_insert_with(|| {
+                // SAFETY: as above.
+                let count = unsafe { ffi::sqlite3_column_count(stmt.0) };
+                if count > 0 {
+                    *rows = Rows { columns: columns(stmt, count), rows: Vec::new() };
+                }
+                count
+            });
+            if rc == ffi::SQLITE_DONE {
+                break;
+            }
+            self.count_row(stmt, count)?;
+            rows.rows.push((0..count).map(|i| column_value(stmt, i)).collect());
+        }
+        // SAFETY: `raw` is open.
+        Ok(unsafe {
+            ExecOutcome {
+                rows_affected: ffi::sqlite3_changes64(self.raw) as u64,
+                last_insert_rowid: ffi::sqlite3_last_insert_rowid(self.raw),
+            }
+        })
     }
 
     /// Prepares the next statement of `rest` and advances it past that statement; `None` once only
@@ -557,14 +598,42 @@ impl Connection {
     /// Whether every statement of `sql` only reads the database (SQLite's `sqlite3_stmt_readonly`); an
     /// error if `sql` does not prepare.
     pub fn is_read_only(&mut self, sql: &str) -> Result<bool, SqlError> {
-        let mut rest = sql.as_bytes();
-        while let Some(stmt) = self.prepare_next(&mut rest)? {
+        let read_only = |stmt: &Stmt| {
             // SAFETY: `stmt` is a prepared statement of this connection.
-            if unsafe { ffi::sqlite3_stmt_readonly(stmt.0) } == 0 {
+            unsafe { ffi::sqlite3_stmt_readonly(stmt.0) != 0 }
+        };
+        if let Some(stmt) = self.cache.take(sql) {
+            let answer = read_only(&stmt);
+            self.cache.keep(sql, stmt);
+            return Ok(answer);
+        }
+        let mut rest = sql.as_bytes();
+        let mut first = true;
+        loop {
+            self.guard.take_session_touched();
+            let Some(stmt) = self.prepare_next(&mut rest)? else { return Ok(true) };
+            let touched = self.guard.take_session_touched();
+            self.session_changed |= touched;
+            let answer = read_only(&stmt);
+            if first && !touched && cache::only_one_statement(rest) {
+                self.cache.keep(sql, stmt);
+            }
+            if !answer {
                 return Ok(false);
             }
+            first = false;
         }
-        Ok(true)
+    }
+
+    /// Whether a statement prepared since the last call (or since the connection opened) touched the
+    /// session's own state — pragmas, transaction control, savepoints, the temp schema — and forgets it.
+    pub fn take_session_changed(&mut self) -> bool {
+        std::mem::take(&mut self.session_changed)
+    }
+
+    /// Statements this connection found prepared in its cache so far, and how many it keeps now.
+    pub fn statement_cache_use(&self) -> (u64, usize) {
+        (self.cache.hits, self.cache.len())
     }
 
     fn bind(&self, stmt: &Stmt, params: &Params) -> Result<(), SqlError> {

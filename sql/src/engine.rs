@@ -14,6 +14,7 @@ use crate::connection::{Connection, Origin, Params, Value};
 use crate::error::SqlError;
 use crate::limits::{EngineSignals, Limits};
 use crate::page_one::empty_database_page_one;
+use crate::pool::ReadPool;
 use crate::sink::{FrameSink, LocalSink};
 use crate::wal::{BopWalManager, ConnShared, DbShared, WriterState, PAGE_NO_MAX, SPILL_PREFIX};
 
@@ -42,6 +43,10 @@ pub struct SqlConfig {
     /// Most bytes of one call's answer ([`crate::Value::answer_bytes`] summed), unless the caller sets
     /// other [`Limits`]; `None`: no bound. Default 64 MiB.
     pub answer_bytes_max: Option<u64>,
+    /// Most read connections kept idle between reads, over all databases ([`SqlEngine::reader`]). Default
+    /// 64: one per client of a busy node; each holds its prepared statements and at most 1 MiB of SQLite's
+    /// own page cache.
+    pub read_pool_max: usize,
 }
 
 impl SqlConfig {
@@ -55,6 +60,7 @@ impl SqlConfig {
             statement_time_max: Some(Duration::from_secs(60)),
             answer_rows_max: Some(1_000_000),
             answer_bytes_max: Some(64 << 20),
+            read_pool_max: 64,
         }
     }
 
@@ -86,6 +92,7 @@ pub struct SqlEngine {
     config: SqlConfig,
     dbs: Mutex<HashMap<u64, Arc<DbShared>>>,
     signals: Arc<EngineSignals>,
+    read_pool: Arc<ReadPool>,
 }
 
 impl SqlEngine {
@@ -98,6 +105,7 @@ impl SqlEngine {
         })?;
         remove_stale_spill_files(&config.placeholder_dir);
         Ok(SqlEngine {
+            read_pool: ReadPool::new(&config),
             manager,
             sink,
             config,
@@ -134,6 +142,15 @@ impl SqlEngine {
     pub fn shutdown(&self) {
         self.signals.shutdown.store(true, Ordering::SeqCst);
         self.signals.epoch.fetch_add(1, Ordering::SeqCst);
+        self.read_pool.clear();
+    }
+
+    pub(crate) fn read_pool(&self) -> &Arc<ReadPool> {
+        &self.read_pool
+    }
+
+    pub(crate) fn signals(&self) -> &Arc<EngineSignals> {
+        &self.signals
     }
 
     /// Whether [`SqlEngine::shutdown`] was called.

@@ -12,6 +12,7 @@ mod error;
 mod limits;
 mod page_one;
 mod pipeline;
+mod pool;
 mod sink;
 mod wal;
 
@@ -22,4 +23,5 @@ pub use connection::{
 pub use engine::{OpenMode, SqlConfig, SqlEngine};
 pub use error::SqlError;
 pub use limits::{AnswerUnit, InterruptHandle, Limits, VALUE_OVERHEAD_BYTES};
+pub use pool::Reader;
 pub use sink::{FrameSink, LocalSink, SinkError};

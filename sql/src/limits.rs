@@ -139,7 +139,8 @@ impl Stop {
 /// code between SQLite calls and by the handlers inside them — so plain `Cell`s suffice; only the interrupt
 /// flag and the engine's signals are shared with other threads.
 pub(crate) struct Guard {
-    interrupted: Arc<AtomicBool>,
+    /// Replaced by [`Guard::renew_interrupt_flag`] (only between calls).
+    interrupted: RefCell<Arc<AtomicBool>>,
     engine: Option<Arc<EngineSignals>>,
     busy_timeout: Duration,
     /// Limits are checked (a call is running).
@@ -168,7 +169,7 @@ impl Guard {
         interrupted: Option<Arc<AtomicBool>>,
     ) -> Guard {
         Guard {
-            interrupted: interrupted.unwrap_or_default(),
+            interrupted: RefCell::new(interrupted.unwrap_or_default()),
             engine,
             busy_timeout: Duration::from_millis(busy_timeout_ms.into()),
             armed: Cell::new(false),
@@ -185,7 +186,12 @@ impl Guard {
 
     /// The connection-wide interrupt flag (kept when the connection is opened again).
     pub(crate) fn interrupt_flag(&self) -> Arc<AtomicBool> {
-        self.interrupted.clone()
+        self.interrupted.borrow().clone()
+    }
+
+    /// A new connection-wide interrupt flag, not set: handles taken before no longer reach this connection.
+    pub(crate) fn renew_interrupt_flag(&self) {
+        *self.interrupted.borrow_mut() = Arc::default();
     }
 
     /// Within an armed call: from now on, the deadline is `deadline` (standing for the time limit
@@ -221,11 +227,11 @@ impl Guard {
     }
 
     pub(crate) fn handle(&self) -> InterruptHandle {
-        InterruptHandle { flag: self.interrupted.clone() }
+        InterruptHandle { flag: self.interrupted.borrow().clone() }
     }
 
     pub(crate) fn clear_interrupt(&self) {
-        self.interrupted.store(false, Ordering::SeqCst);
+        self.interrupted.borrow().store(false, Ordering::SeqCst);
     }
 
     pub(crate) fn is_armed(&self) -> bool {
@@ -290,7 +296,7 @@ impl Guard {
                 return Some(Stop::Interrupted);
             }
         }
-        if self.interrupted.load(Ordering::SeqCst) {
+        if self.interrupted.borrow().load(Ordering::SeqCst) {
             return Some(Stop::Interrupted);
         }
         if self.request.borrow().as_ref().is_some_and(InterruptHandle::is_interrupted) {

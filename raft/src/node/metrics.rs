@@ -160,6 +160,16 @@ impl NodeShared {
                 "SQL calls stopped by their time limit, a gone client or shutdown",
                 Counter(self.statements_stopped.load(Ordering::Relaxed)),
             ),
+            (
+                "bop_sql_reads_inline",
+                "queries answered on the HTTP task, on an idle pooled connection, within its time budget",
+                Counter(self.reads_inline.load(Ordering::Relaxed)),
+            ),
+            (
+                "bop_sql_reads_moved",
+                "queries moved from the HTTP task to a blocking thread as they needed longer than its budget",
+                Counter(self.reads_moved.load(Ordering::Relaxed)),
+            ),
             ("bop_http_latency_seconds_avg", "mean HTTP request latency since start", Gauge(latency_s)),
         ];
         let mut registry = Registry::default();

@@ -365,6 +365,10 @@ pub struct NodeShared {
     commit_pages_max: usize,
     /// SQL calls stopped by their time limit or an interrupt (client gone, shutdown).
     statements_stopped: AtomicU64,
+    /// Queries answered on the async task (`http/db.rs`, `query`), and those moved from it to a blocking
+    /// thread as they needed longer than its time budget.
+    reads_inline: AtomicU64,
+    reads_moved: AtomicU64,
     requests: AtomicU64,
     latency_us_total: AtomicU64,
     /// Latency histograms for `/metrics`.
@@ -637,6 +641,8 @@ impl Node {
             read_indexes: http::ReadIndexBatches::default(),
             commit_pages_max: pages_max,
             statements_stopped: AtomicU64::new(0),
+            reads_inline: AtomicU64::new(0),
+            reads_moved: AtomicU64::new(0),
             requests: AtomicU64::new(0),
             latency_us_total: AtomicU64::new(0),
             latencies: metrics::Latencies::new(apply_seconds),

@@ -11,7 +11,7 @@ use serde_json::{json, Value as Json};
 use super::forward::{not_leader, to_leader};
 use super::*;
 use crate::node::NodeShared;
-use bop_sql::{InterruptHandle, OpenMode, Rows, SqlError};
+use bop_sql::{InterruptHandle, Limits, Rows, SqlError};
 
 use crate::node::bounds::{may_create_database, request_limits, Cancel, InterruptOnDrop};
 use crate::node::rqlite::{error_result, exec_result, parse_statements, query_result, Shape};
@@ -179,10 +179,31 @@ async fn query(
         return refused;
     }
     let shape = Shape::of(params);
-    let mut limits = match request_limits(&node.engine, params) {
+    let limits = match request_limits(&node.engine, params) {
         Ok(limits) => limits,
         Err(e) => return error(StatusCode::BAD_REQUEST, e),
     };
+    // A point read on an idle pooled connection is answered right here, on the async task, if it finishes
+    // within `INLINE_READ_TIME` (handing it to a blocking thread and back costs more than the read). One
+    // that needs longer is run again, from the start, on a blocking thread with the request's own limits:
+    // a read has no effect, so its first try is simply forgotten. In the lockstep simulation the read is
+    // always answered here, without the time budget, so that a run does not depend on the host's speed.
+    let lockstep = node.blocking == crate::blocking::Blocking::Lockstep;
+    if let Some(mut conn) = node.engine.idle_reader(db) {
+        let budget =
+            (!lockstep && limits.time_max.is_none_or(|t| t > INLINE_READ_TIME)).then_some(INLINE_READ_TIME);
+        let first = Limits { time_max: budget.or(limits.time_max), ..limits };
+        match answer_query(&mut conn, &statements, first, shape) {
+            Err(SqlError::Timeout { .. }) if budget.is_some() => {
+                node.reads_moved.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            outcome => {
+                node.reads_inline.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                node.count_stopped(outcome.as_ref().err());
+                return query_answer(Ok(outcome), pretty);
+            }
+        }
+    }
     let cancel = Cancel::default();
     let _cancel_on_drop = cancel.on_drop();
     let shared = Arc::clone(node);
@@ -190,47 +211,67 @@ async fn query(
     let outcome = node
         .blocking
         .run(move || {
-            let mut conn = shared.engine.open(&db, OpenMode::Existing)?;
+            // A pooled read connection: `query_only`, its prepared statements kept from earlier reads.
+            let mut conn = shared.engine.reader(&db)?;
             cancel.attach(&conn);
-            // A query only reads (as in rqlite): a batch with a write runs none of it. Statements that do
-            // not prepare are answered with their own error below. `query_only` stops anything that
-            // slipped past the check (e.g. a write inside an explicit transaction).
-            for statement in &statements {
-                if let Ok(false) = conn.is_read_only(&statement.sql) {
-                    return Ok(error_result(&format!(
-                        "attempt to change the database through a query: /db/query runs read-only \
-                         statements; send {:?} to /db/execute or /db/request",
-                        statement.sql
-                    )));
-                }
-            }
-            conn.execute("PRAGMA query_only = 1", &bop_sql::Params::None)?;
-            // One answer budget and one deadline for the whole request, over all its statements.
-            conn.set_limits(limits);
-            let mut results = Vec::new();
-            for statement in &statements {
-                let rows: Result<Rows, SqlError> = conn.query(&statement.sql, &statement.params);
-                match &rows {
-                    Err(e) if e.stops_call() => {
-                        shared.count_stopped(Some(e));
-                        return Err(rows.err().unwrap_or(SqlError::Interrupted));
-                    }
-                    Ok(found) => {
-                        let (rows_used, bytes_used) = found.answer_size();
-                        limits.rows_max = limits.rows_max.map(|m| m.saturating_sub(rows_used));
-                        limits.bytes_max = limits.bytes_max.map(|m| m.saturating_sub(bytes_used));
-                        conn.set_limits(limits);
-                    }
-                    Err(_) => {}
-                }
-                results.push(match rows {
-                    Ok(rows) => query_result(&rows, shape),
-                    Err(e) => json!({ "error": e.to_string() }),
-                });
-            }
-            Ok::<_, SqlError>(json!({ "results": results }))
+            let outcome = answer_query(&mut conn, &statements, limits, shape);
+            shared.count_stopped(outcome.as_ref().err());
+            outcome
         })
         .await;
+    query_answer(outcome, pretty)
+}
+
+/// How long a read may run on the async task before it is moved to a blocking thread (see `query`).
+const INLINE_READ_TIME: std::time::Duration = std::time::Duration::from_millis(1);
+
+/// Runs a query's statements on `conn`, a read-only connection, within `limits`: the `results` body, or
+/// the error that stopped the whole call.
+fn answer_query(
+    conn: &mut bop_sql::Connection,
+    statements: &[bop_sql::Statement],
+    mut limits: Limits,
+    shape: Shape,
+) -> Result<Json, SqlError> {
+    // A query only reads (as in rqlite): a batch with a write runs none of it. Statements that do not
+    // prepare are answered with their own error below. The reader's `query_only` stops anything that
+    // slipped past the check (e.g. a write inside an explicit transaction).
+    for statement in statements {
+        if let Ok(false) = conn.is_read_only(&statement.sql) {
+            return Ok(error_result(&format!(
+                "attempt to change the database through a query: /db/query runs read-only statements; \
+                 send {:?} to /db/execute or /db/request",
+                statement.sql
+            )));
+        }
+    }
+    // One answer budget and one deadline for the whole request, over all its statements.
+    conn.set_limits(limits);
+    let mut results = Vec::new();
+    for statement in statements {
+        let rows: Result<Rows, SqlError> = conn.query(&statement.sql, &statement.params);
+        match &rows {
+            Err(e) if e.stops_call() => return Err(rows.err().unwrap_or(SqlError::Interrupted)),
+            Ok(found) => {
+                let (rows_used, bytes_used) = found.answer_size();
+                limits.rows_max = limits.rows_max.map(|m| m.saturating_sub(rows_used));
+                limits.bytes_max = limits.bytes_max.map(|m| m.saturating_sub(bytes_used));
+                conn.set_limits(limits);
+            }
+            Err(_) => {}
+        }
+        results.push(match rows {
+            Ok(rows) => query_result(&rows, shape),
+            Err(e) => json!({ "error": e.to_string() }),
+        });
+    }
+    Ok(json!({ "results": results }))
+}
+
+fn query_answer(
+    outcome: Result<Result<Json, SqlError>, crate::blocking::BlockingError>,
+    pretty: bool,
+) -> HttpResponse {
     match outcome {
         Ok(Ok(body)) => respond(StatusCode::OK, &body, pretty),
         Ok(Err(e)) => respond(StatusCode::OK, &error_result(&e.to_string()), pretty),
@@ -267,7 +308,7 @@ async fn run_request(
         .blocking
         .run(move || {
             let read_only = (|| {
-                let mut conn = engine.open(&name, OpenMode::Existing).ok()?;
+                let mut conn = engine.reader(&name).ok()?;
                 let mut all = true;
                 for statement in &statements {
                     all &= conn.is_read_only(&statement.sql).ok()?;
