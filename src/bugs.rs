@@ -11,6 +11,7 @@ thread_local! {
     static ACCEPT_WRONG_BASE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
     static ANSWER_ON_PROPOSE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
     static LEASE_WITHOUT_DRIFT_MARGIN: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    static MIN_INDEX_IGNORED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
 /// The WAL reports a batch durable without its fdatasync (acknowledging writes a crash can lose).
@@ -112,4 +113,23 @@ pub fn lease_without_drift_margin() -> bool {
 #[cfg(feature = "bug-injection")]
 pub fn set_lease_without_drift_margin(on: bool) {
     LEASE_WITHOUT_DRIFT_MARGIN.with(|b| b.set(on));
+}
+
+/// A read with `min_index` runs at once, without waiting for this node to apply that index.
+#[inline]
+pub fn min_index_ignored() -> bool {
+    #[cfg(feature = "bug-injection")]
+    {
+        MIN_INDEX_IGNORED.with(|b| b.get())
+    }
+    #[cfg(not(feature = "bug-injection"))]
+    {
+        false
+    }
+}
+
+/// Turns the ignored-min_index bug on or off for this thread.
+#[cfg(feature = "bug-injection")]
+pub fn set_min_index_ignored(on: bool) {
+    MIN_INDEX_IGNORED.with(|b| b.set(on));
 }

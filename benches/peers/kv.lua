@@ -31,6 +31,10 @@ end
 
 function request()
   local i = math.random(0, keys - 1)
+  if peer == "dqlite" then
+    if op == "read" then return wrk.format("GET", "/" .. string.format("k%05d", i)) end
+    return wrk.format("PUT", "/" .. string.format("k%05d", i), nil, value)
+  end
   if op == "read" then
     if peer == "etcd" then
       return wrk.format("POST", "/v3/kv/range", headers, '{"key":"' .. key_b64[i] .. '"}')
@@ -47,7 +51,9 @@ function request()
 end
 
 function response(status, headers, body)
-  if status >= 200 and status < 300 and not body:find('"error"', 1, true) then
+  -- dqlite-demo answers its errors as 200 with a body starting "Error: ".
+  local bad_body = body:find('"error"', 1, true) or (peer == "dqlite" and body:sub(1, 6) == "Error:")
+  if status >= 200 and status < 300 and not bad_body then
     ok = ok + 1
   else
     failed = failed + 1

@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
 """Writes every key once before a run of benches/peers/run.sh, so that the measured writes overwrite.
 
-    populate.py bop|etcd HTTP_URL KEYS
+    populate.py bop|etcd|dqlite HTTP_URL KEYS
 bop: creates kv (k TEXT PRIMARY KEY, v TEXT) in database bench, then 100 upserts per request; etcd: 100 puts
-per transaction. Values are 256 bytes. Exits non-zero on the first failed answer.
+per transaction; dqlite-demo: one PUT /KEY per key (its API has no batch). Values are 256 bytes. Exits
+non-zero on the first failed answer.
 """
 import base64
 import http.client
@@ -33,6 +34,13 @@ def main():
         names = [f"k{i:05d}" for i in range(start, min(start + BATCH, keys))]
         if peer == "bop":
             post(conn, "/db/execute?db=bench&transaction", [[upsert, k, value] for k in names])
+        elif peer == "dqlite":
+            for k in names:
+                conn.request("PUT", f"/{k}", value)
+                answer = conn.getresponse()
+                text = answer.read().decode()
+                if answer.status != 200 or text.startswith("Error"):
+                    sys.exit(f"populate: PUT /{k} answered {answer.status}: {text[:300]}")
         else:
             b64 = lambda s: base64.b64encode(s.encode()).decode()
             ops = [{"requestPut": {"key": b64(k), "value": b64(value)}} for k in names]

@@ -14,6 +14,10 @@
 #   MODE=write (default) or read: single-key linearizable reads of the same keys instead of writes.
 #   SPREAD=leader (default: every connection to the leader) or all: the connections split over the three
 #   nodes (three wrk processes at once, CONNS/3 each, at least 1; ops summed, the worst p50/p99 kept).
+#   DQLITE=auto (default: when dqlite-demo is installed), 1 or 0: also a three-node dqlite-demo cluster
+#   (go-dqlite's demo: PUT /KEY, GET /KEY; its GETs are not linearizable, and it answers errors as 200
+#   "Error: ..."), API on PORT_BASE+41..43, replication on +51..53. Its nodes' driver sends every query to
+#   its leader, so "the leader" is node 1's API.
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(cd "$HERE/../.." && pwd)
@@ -28,8 +32,10 @@ MODE=${MODE:-write}
 SPREAD=${SPREAD:-leader}
 
 if [[ ${1:-} == --install ]]; then
-  apt-get install -y etcd-server wrk
+  apt-get install -y etcd-server wrk go-dqlite
 fi
+DQLITE=${DQLITE:-auto}
+if [[ $DQLITE == auto ]]; then DQLITE=0; command -v dqlite-demo >/dev/null && DQLITE=1; fi
 for tool in etcd wrk python3 curl dd; do
   command -v "$tool" >/dev/null || { echo "peers: $tool is missing (run with --install, as root)" >&2; exit 2; }
 done
@@ -102,6 +108,32 @@ start_etcd() {
       >"$OUT/etcd-$i.log" 2>&1 &
     PIDS+=($!)
   done
+}
+
+start_dqlite() {
+  local i dbs=""
+  for i in 1 2 3; do dbs+="${dbs:+,}127.0.0.1:$((PORT_BASE + 50 + i))"; done
+  mkdir -p "$OUT/dqlite"
+  for i in 1 2 3; do
+    local join=()
+    ((i > 1)) && join=(--join "127.0.0.1:$((PORT_BASE + 51))")
+    dqlite-demo --api "127.0.0.1:$((PORT_BASE + 40 + i))" --db "127.0.0.1:$((PORT_BASE + 50 + i))" \
+      --dir "$OUT/dqlite" "${join[@]}" >"$OUT/dqlite-$i.log" 2>&1 &
+    PIDS+=($!)
+    # Each node serves its API once it is ready; the next joins through node 1.
+    for _ in $(seq 1 120); do
+      curl -fsS --max-time 2 -X PUT --data-binary ready "http://127.0.0.1:$((PORT_BASE + 40 + i))/ready-$i" 2>/dev/null |
+        grep -qx done && break
+      sleep 0.5
+    done
+  done
+  # Joiners become voters asynchronously.
+  for _ in $(seq 1 120); do
+    (($(dqlite -s "$dbs" demo .cluster 2>/dev/null | grep -ci voter) >= 3)) && return 0
+    sleep 0.5
+  done
+  echo "dqlite: fewer than 3 voters after 60 s; see $OUT/dqlite-*.log" >&2
+  return 1
 }
 
 # fsync baseline: 4 KiB writes with O_DSYNC where the data lives.
@@ -185,6 +217,13 @@ OTHERS=()
 for i in 1 2 3; do [[ http://127.0.0.1:$((PORT_BASE + 20 + i)) == "$L" ]] || OTHERS+=("http://127.0.0.1:$((PORT_BASE + 20 + i))"); done
 measure etcd etcd "$L" "${OTHERS[@]}"
 stop_all
+if ((DQLITE)); then
+  start_dqlite || exit 1
+  python3 "$HERE/populate.py" dqlite "http://127.0.0.1:$((PORT_BASE + 41))" "$KEYS"
+  measure dqlite dqlite "http://127.0.0.1:$((PORT_BASE + 41))" "http://127.0.0.1:$((PORT_BASE + 42))" \
+    "http://127.0.0.1:$((PORT_BASE + 43))"
+  stop_all
+fi
 echo "fsyncs/s after: $(fsyncs)" | tee -a "$OUT/machine.txt"
 
 echo "mode: $MODE, connections to: $SPREAD" | tee -a "$OUT/machine.txt"
@@ -196,9 +235,12 @@ for line in open(sys.argv[1]):
     peer, conns, ops, p50, p99, failed = line.split()
     rows.setdefault(int(conns), {})[peer] = (int(ops), float(p50), float(p99), int(failed))
 base = any("baseline" in r for r in rows.values())
+dq = any("dqlite" in r for r in rows.values())
 head = "| clients |" + (f" baseline {what}/s | baseline p99 ms | baseline ÷ etcd |" if base else "")
-print(head + f" bop {what}/s | bop p50 ms | bop p99 ms | etcd {unit}/s | etcd p50 ms | etcd p99 ms | bop ÷ etcd | failed |")
-print("| ---: " * (1 + (3 if base else 0) + 8) + "|")
+head += f" bop {what}/s | bop p50 ms | bop p99 ms | etcd {unit}/s | etcd p50 ms | etcd p99 ms | bop ÷ etcd |"
+head += f" dqlite ok/s | dqlite p99 ms | bop ÷ dqlite |" if dq else ""
+print(head + " failed |")
+print("| ---: " * (1 + (3 if base else 0) + 7 + (3 if dq else 0) + 1) + "|")
 for conns in sorted(rows):
     r = rows[conns]
     b, e = r["bop"], r["etcd"]
@@ -208,7 +250,11 @@ for conns in sorted(rows):
         o = r["baseline"]
         line += f" {o[0]} | {o[2]:.2f} | {o[0] / max(e[0], 1):.2f} |"
         failed = f"{o[3]}/" + failed
-    line += f" {b[0]} | {b[1]:.2f} | {b[2]:.2f} | {e[0]} | {e[1]:.2f} | {e[2]:.2f} | {b[0] / max(e[0], 1):.2f} | {failed} |"
-    print(line)
+    line += f" {b[0]} | {b[1]:.2f} | {b[2]:.2f} | {e[0]} | {e[1]:.2f} | {e[2]:.2f} | {b[0] / max(e[0], 1):.2f} |"
+    if dq:
+        d = r.get("dqlite", (0, 0.0, 0.0, 0))
+        line += f" {d[0]} | {d[2]:.2f} | {b[0] / max(d[0], 1):.2f} |"
+        failed += f"/{d[3]}"
+    print(line + f" {failed} |")
 EOF
 echo "results in $OUT"

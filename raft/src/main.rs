@@ -78,6 +78,13 @@ enum Command {
         /// Users and permissions on the HTTP API: an auth file in rqlite's format (as `bop node --auth`).
         #[arg(long, value_name = "FILE", env = "BOP_AUTH")]
         auth: Option<PathBuf>,
+        /// Lease reads on every node (as `bop node --read-lease`): `level=linearizable` answered without a
+        /// heartbeat round while a quorum's acknowledgement is younger than the lease.
+        #[arg(long)]
+        read_lease: bool,
+        /// With `--read-lease`: the clock-drift margin in percent (0 to 100; default 10).
+        #[arg(long, value_name = "PERCENT", value_parser = clap::value_parser!(u32).range(0..=100))]
+        clock_drift_max: Option<u32>,
     },
     /// One node of a cluster. Settings come from flags, then `BOP_*` environment variables, then the TOML
     /// file named by --config (its keys are the flags' names with `_` for `-`: id, data_dir, raft_addr,
@@ -254,7 +261,10 @@ fn main() -> ExitCode {
 
 fn run(command: Command) -> Result<(), Failure> {
     match command {
-        Command::Up { data_dir, tls, auth } => up(data_dir, tls, auth),
+        Command::Up { data_dir, tls, auth, read_lease, clock_drift_max } => {
+            let lease = node_plan::read_lease(read_lease, clock_drift_max).map_err(Failure::Usage)?;
+            up(data_dir, tls, auth, lease)
+        }
         Command::Node(args) => node(*args),
         Command::Execute { http_addr, sql, db, client } => {
             let body = serde_json::to_string(&[&sql]).map_err(|e| e.to_string())?;
@@ -358,7 +368,12 @@ fn log_leader_changes(node: &Node) {
 }
 
 /// `bop up`: three nodes in this process on loopback.
-fn up(data_dir: PathBuf, tls: bool, auth: Option<PathBuf>) -> Result<(), Failure> {
+fn up(
+    data_dir: PathBuf,
+    tls: bool,
+    auth: Option<PathBuf>,
+    read_lease: Option<bop_raft::node::ReadLease>,
+) -> Result<(), Failure> {
     let auth = match auth {
         Some(path) => Some(std::sync::Arc::new(
             bop_raft::auth::Auth::load(&path).map_err(|e| Failure::Usage(format!("--auth: {e}")))?,
@@ -381,7 +396,8 @@ fn up(data_dir: PathBuf, tls: bool, auth: Option<PathBuf>) -> Result<(), Failure
                 Some((raft, http)) => (Some(raft), Some(http)),
                 None => (None, None),
             };
-            let env = bop_raft::node::NodeEnv { raft_tls, http_tls, auth: auth.clone(), ..Default::default() };
+            let env =
+                bop_raft::node::NodeEnv { raft_tls, http_tls, auth: auth.clone(), read_lease, ..Default::default() };
             let node =
                 Node::start_in(config, env).await.map_err(|e| Failure::Runtime(format!("node {id}: {e}")))?;
             log_leader_changes(&node);
@@ -403,6 +419,12 @@ fn up(data_dir: PathBuf, tls: bool, auth: Option<PathBuf>) -> Result<(), Failure
         }
         if auth.is_some() {
             println!("  users and permissions from the auth file (HTTP Basic: curl -u USER:PASSWORD)");
+        }
+        if let Some(lease) = read_lease {
+            println!(
+                "  lease reads: level=linearizable without a heartbeat round (clock-drift margin {} %)",
+                lease.clock_drift_percent
+            );
         }
         for node in &nodes {
             let role = if node.id() == leader { " (leader)" } else { "" };

@@ -188,6 +188,22 @@ pub(crate) struct NodePlan {
     pub(crate) join_client: ClientSettings,
 }
 
+/// The lease setting of `--read-lease` and `--clock-drift-max` (`bop node` and `bop up`): `None` when off;
+/// a margin without the lease, or one past 100 %, is refused.
+pub(crate) fn read_lease(
+    on: bool,
+    clock_drift_max: Option<u32>,
+) -> Result<Option<bop_raft::node::ReadLease>, String> {
+    match (on, clock_drift_max) {
+        (false, Some(_)) => Err("--clock-drift-max is the margin of --read-lease; give both".into()),
+        (false, None) => Ok(None),
+        (true, Some(drift)) if drift > 100 => Err(format!("clock_drift_max {drift}: want 0 to 100")),
+        (true, drift) => Ok(Some(bop_raft::node::ReadLease {
+            clock_drift_percent: drift.unwrap_or(bop_raft::node::ReadLease::DEFAULT_DRIFT_PERCENT),
+        })),
+    }
+}
+
 pub(crate) fn node_plan(args: NodeArgs) -> Result<NodePlan, String> {
     let file = match &args.config {
         Some(path) => {
@@ -298,14 +314,7 @@ pub(crate) fn node_plan(args: NodeArgs) -> Result<NodePlan, String> {
         Some(depth) => return Err(format!("pipeline_depth {depth}: want 1 to 64")),
     };
     let clock_drift_max = args.clock_drift_max.or(file.clock_drift_max);
-    let read_lease = match (args.read_lease || file.read_lease.unwrap_or(false), clock_drift_max) {
-        (false, Some(_)) => return Err("--clock-drift-max is the margin of --read-lease; give both".into()),
-        (false, None) => None,
-        (true, Some(drift)) if drift > 100 => return Err(format!("clock_drift_max {drift}: want 0 to 100")),
-        (true, drift) => Some(bop_raft::node::ReadLease {
-            clock_drift_percent: drift.unwrap_or(bop_raft::node::ReadLease::DEFAULT_DRIFT_PERCENT),
-        }),
-    };
+    let read_lease = read_lease(args.read_lease || file.read_lease.unwrap_or(false), clock_drift_max)?;
     Ok(NodePlan {
         config,
         bootstrap,

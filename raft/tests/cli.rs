@@ -139,6 +139,8 @@ fn usage_and_configuration_errors_exit_2_with_a_clear_message_and_runtime_failur
     usage(&["bench", "127.0.0.1:1", "--secs", "0"], "--secs");
     usage(&["query", "127.0.0.1:1", "SELECT 1", "--level", "strng"], "invalid value 'strng'");
     usage(&["--log-format", "xml", "status", "127.0.0.1:1"], "invalid value 'xml'");
+    usage(&["up", "--clock-drift-max", "5"], "--clock-drift-max is the margin of --read-lease; give both");
+    usage(&["up", "--read-lease", "--clock-drift-max", "101"], "invalid value '101'");
     usage(&["node", "--id", "1"], "--data-dir (BOP_DATA_DIR, or data_dir in the config file) is required");
     let dir = tempfile::tempdir().expect("tempdir");
     let missing = dir.path().join("missing.toml");

@@ -60,6 +60,8 @@ pub enum Bug {
     AnswerOnPropose,
     /// A leader's read lease lasts a whole election timeout, without the margin for clock drift.
     LeaseWithoutDriftMargin,
+    /// A read with `min_index` does not wait for the node to apply that index.
+    MinIndexIgnored,
 }
 
 impl Bug {
@@ -71,6 +73,7 @@ impl Bug {
             Bug::AcceptWrongBase => "accept-wrong-base",
             Bug::AnswerOnPropose => "answer-on-propose",
             Bug::LeaseWithoutDriftMargin => "lease-without-drift-margin",
+            Bug::MinIndexIgnored => "min-index-ignored",
         }
     }
 
@@ -82,6 +85,7 @@ impl Bug {
             Bug::AcceptWrongBase,
             Bug::AnswerOnPropose,
             Bug::LeaseWithoutDriftMargin,
+            Bug::MinIndexIgnored,
         ]
         .into_iter()
         .find(|b| b.name() == name)
@@ -262,6 +266,9 @@ enum Phase {
     Done,
 }
 
+/// A read with `min_index`: (key, the index asked for, what was read, who read through which node).
+type MinIndexRead = (u64, u64, Option<u64>, String);
+
 /// What clients and the harness share (all on one thread).
 struct World {
     seq: Cell<u64>,
@@ -271,7 +278,11 @@ struct World {
     healed_at_ms: Cell<u64>,
     history: RefCell<Vec<Operation>>,
     weak_reads: RefCell<Vec<(u64, Option<u64>, u64)>>,
+    /// Reads with `min_index`: (key, the index asked for, what was read, who read through which node).
+    min_index_reads: RefCell<Vec<MinIndexRead>>,
     writes: RefCell<BTreeMap<u64, u64>>,
+    /// The log index each acknowledged write was applied at (value -> index).
+    write_indexes: RefCell<BTreeMap<u64, u64>>,
     violations: RefCell<Vec<String>>,
     trace: RefCell<DefaultHasher>,
     verbose: bool,
@@ -394,14 +405,14 @@ const SCHEMA: &str = r#"[
 ]"#;
 
 /// Writes `value` to register `key`: one transaction setting it in both tables (a reader seeing the two
-/// differ has seen part of a transaction).
-async fn write(node: usize, key: u64, value: u64) -> Result<(), String> {
+/// differ has seen part of a transaction). Returns the log index it was applied at (rqlite's `raft_index`).
+async fn write(node: usize, key: u64, value: u64) -> Result<Option<u64>, String> {
     let body = json!([
         ["INSERT INTO kv(k, v) VALUES(?, ?) ON CONFLICT(k) DO UPDATE SET v = excluded.v", key, value],
         ["INSERT INTO kv2(k, v) VALUES(?, ?) ON CONFLICT(k) DO UPDATE SET v = excluded.v", key, value]
     ]);
     let (status, answer) =
-        http(&http_addr(node), "POST", "/db/execute?transaction", &body.to_string()).await?;
+        http(&http_addr(node), "POST", "/db/execute?transaction&raft_index", &body.to_string()).await?;
     if status != 200 {
         return Err(format!("status {status}: {answer}"));
     }
@@ -412,13 +423,18 @@ async fn write(node: usize, key: u64, value: u64) -> Result<(), String> {
     if results != 2 {
         return Err(format!("{results} results: {answer}"));
     }
-    Ok(())
+    Ok(answer["raft_index"].as_u64())
 }
 
 /// Reads register `key` at `level`: `(kv's value, kv2's value)`.
 async fn read(node: usize, key: u64, level: &str) -> Result<(Option<u64>, Option<u64>), String> {
+    read_at(node, key, &format!("level={level}")).await
+}
+
+/// [`read`] with the query string `params` (a level, `min_index`, ...).
+async fn read_at(node: usize, key: u64, params: &str) -> Result<(Option<u64>, Option<u64>), String> {
     let body = json!([["SELECT (SELECT v FROM kv WHERE k = ?), (SELECT v FROM kv2 WHERE k = ?)", key, key]]);
-    let path = format!("/db/query?level={level}");
+    let path = format!("/db/query?{params}");
     let (status, answer) = http(&http_addr(node), "POST", &path, &body.to_string()).await?;
     if status != 200 {
         return Err(format!("status {status}: {answer}"));
@@ -430,8 +446,9 @@ async fn read(node: usize, key: u64, level: &str) -> Result<(Option<u64>, Option
     Ok((row[0].as_u64(), row[1].as_u64()))
 }
 
-/// Writes a fresh value to register `key` through `node` and records the operation in the history.
-async fn recorded_write(world: &World, who: &str, node: usize, key: u64) -> Result<(), String> {
+/// Writes a fresh value to register `key` through `node` and records the operation in the history (and the
+/// log index an acknowledged write was applied at). Returns that index.
+async fn recorded_write(world: &World, who: &str, node: usize, key: u64) -> Result<Option<u64>, String> {
     let value = world.next_value.get() + 1;
     world.next_value.set(value);
     world.writes.borrow_mut().insert(value, key);
@@ -443,8 +460,35 @@ async fn recorded_write(world: &World, who: &str, node: usize, key: u64) -> Resu
     if acked {
         world.writes_acked.set(world.writes_acked.get() + 1);
     }
+    if let Ok(Some(index)) = outcome {
+        world.write_indexes.borrow_mut().insert(value, index);
+    }
     world.history.borrow_mut().push(Operation { key, op: Op::Write(value), call, ret: acked.then_some(ret) });
     outcome
+}
+
+/// Reads register `key` through `node` with `level=weak&min_index=position` and records the read for the
+/// `min_index` check (and as a weak read).
+async fn min_index_read(
+    world: &World,
+    id: usize,
+    node: usize,
+    key: u64,
+    position: u64,
+) -> Result<(), String> {
+    let outcome = read_at(node, key, &format!("level=weak&min_index={position}")).await;
+    let ret = world.tick();
+    world.event(format!("c{id} read(weak, min_index={position}) k{key} via n{} -> {outcome:?}", node + 1));
+    let (a, b) = outcome?;
+    if a != b {
+        world.violation(
+            ViolationKind::Reads,
+            format!("partial transaction visible: key {key} reads {a:?} in kv but {b:?} in kv2"),
+        );
+    }
+    world.min_index_reads.borrow_mut().push((key, position, a, format!("c{id} via n{}", node + 1)));
+    world.weak_reads.borrow_mut().push((key, a, ret));
+    Ok(())
 }
 
 /// Probe writes in flight at once.
@@ -554,7 +598,16 @@ async fn client(world: Rc<World>, id: usize, seed: u64) -> turmoil::Result {
         let must_succeed =
             phase == Phase::Liveness && world.now_ms.get() > world.healed_at_ms.get() + HEAL_GRACE_MS;
         let failed = if roll < 50 {
-            recorded_write(&world, &format!("c{id}"), node, key).await.err()
+            match recorded_write(&world, &format!("c{id}"), node, key).await {
+                // A fifth of the acknowledged writes are read back at once through the next node with
+                // `min_index` set to the write's index (read-your-writes without a leader round): that node
+                // must wait until it applied the write, which it may not have yet.
+                Ok(Some(index)) if roll < 10 => {
+                    min_index_read(&world, id, (node + 1) % NODES, key, index).await.err()
+                }
+                Ok(_) => None,
+                Err(e) => Some(e),
+            }
         } else {
             let level = if roll < 80 { "linearizable" } else { "weak" };
             let call = world.tick();
@@ -661,6 +714,35 @@ async fn final_reads(world: &World) {
         }
     }
     world.finals_done.set(true);
+}
+
+/// Reads with `min_index=P` that saw their register older than the log prefix up to P: a write to it
+/// acknowledged at an index at most P is in every state from P on, so the read must see that write or one
+/// applied at a higher index — not "never written", nor a value whose write was applied at a lower index.
+/// (Sequential consistency per client: a client's reads at its own position reflect all its writes, and
+/// every write ordered before them in the log.) Values whose index is unknown (not acknowledged) prove
+/// nothing either way; two writes in one entry share its index and are not ordered here.
+fn min_index_violations(world: &World) -> Vec<String> {
+    let (writes, indexes) = (world.writes.borrow(), world.write_indexes.borrow());
+    let mut found = Vec::new();
+    for (key, position, seen, who) in world.min_index_reads.borrow().iter() {
+        let newest_due = indexes
+            .iter()
+            .filter(|(value, index)| writes.get(value) == Some(key) && **index <= *position)
+            .max_by_key(|(_, index)| **index);
+        let Some((due, due_index)) = newest_due else { continue };
+        let older = match seen {
+            None => true,
+            Some(value) => indexes.get(value).is_some_and(|index| index < due_index),
+        };
+        if older {
+            found.push(format!(
+                "min_index read by {who} of key {key} at min_index={position} saw {seen:?}, older than {due} \
+                 acknowledged at index {due_index}"
+            ));
+        }
+    }
+    found
 }
 
 /// Hash of every page of every database on `node` (as of its applied index).
@@ -1227,6 +1309,7 @@ pub fn run(options: &Options) -> Report {
     bop_storage::bugs::set_accept_wrong_base(options.bug == Some(Bug::AcceptWrongBase));
     bop_storage::bugs::set_answer_on_propose(options.bug == Some(Bug::AnswerOnPropose));
     bop_storage::bugs::set_lease_without_drift_margin(options.bug == Some(Bug::LeaseWithoutDriftMargin));
+    bop_storage::bugs::set_min_index_ignored(options.bug == Some(Bug::MinIndexIgnored));
     let report = run_inner(options);
     bop_storage::bugs::set_skip_wal_fsync(false);
     bop_storage::bugs::set_accept_stale_commits(false);
@@ -1245,6 +1328,8 @@ fn run_inner(options: &Options) -> Report {
         healed_at_ms: Cell::new(0),
         history: RefCell::new(Vec::new()),
         weak_reads: RefCell::new(Vec::new()),
+        min_index_reads: RefCell::new(Vec::new()),
+        write_indexes: RefCell::new(BTreeMap::new()),
         writes: RefCell::new(BTreeMap::new()),
         violations: RefCell::new(Vec::new()),
         trace: RefCell::new(DefaultHasher::new()),
@@ -1480,6 +1565,9 @@ fn run_inner(options: &Options) -> Report {
                 );
             }
         }
+    }
+    for text in min_index_violations(&world) {
+        world.violation(ViolationKind::Reads, text);
     }
     let mut report = std::mem::take(&mut harness.report);
     report.ops_checked = history.len() + world.weak_reads.borrow().len();

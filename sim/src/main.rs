@@ -22,7 +22,7 @@ use serde_json::{json, Value as Json};
 
 fn usage() -> ExitCode {
     eprintln!(
-        "usage: bop-sim [--seeds N] [--start S] [--jobs N] [--seed S] [--safety-ms MS] [--liveness-ms MS] [--bug skip-wal-fsync|accept-stale-commits|accept-wrong-base|answer-on-propose|lease-without-drift-margin] [--faults KIND,...] [--faults-in-turn] [--pipeline-depth N] [--read-lease DRIFT_PERCENT] [--verbose] [--report]"
+        "usage: bop-sim [--seeds N] [--start S] [--jobs N] [--seed S] [--safety-ms MS] [--liveness-ms MS] [--bug skip-wal-fsync|accept-stale-commits|accept-wrong-base|answer-on-propose|lease-without-drift-margin|min-index-ignored] [--faults KIND,...] [--faults-in-turn] [--pipeline-depth N] [--read-lease DRIFT_PERCENT] [--verbose] [--report]"
     );
     ExitCode::from(2)
 }
@@ -57,7 +57,7 @@ fn parse() -> Result<Args, ExitCode> {
             "--bug" => match args.next().as_deref().and_then(Bug::from_name) {
                 Some(bug) => parsed.base.bug = Some(bug),
                 None => {
-                    eprintln!("unknown bug (known: skip-wal-fsync, accept-stale-commits, accept-wrong-base, answer-on-propose, lease-without-drift-margin)");
+                    eprintln!("unknown bug (known: skip-wal-fsync, accept-stale-commits, accept-wrong-base, answer-on-propose, lease-without-drift-margin, min-index-ignored)");
                     return Err(usage());
                 }
             },

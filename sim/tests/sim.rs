@@ -106,6 +106,11 @@ fn acknowledging_before_fsync_is_caught() {
 /// Runs a sweep of `bop-sim` with `args` in a process of its own (every seed in its own process too, as its
 /// replay would run), asserts that it failed and that the linearizability check caught it; returns its output.
 fn sweep_catches(what: &str, args: &[&str]) -> String {
+    sweep_catches_as(what, args, "not linearizable", "the linearizability check")
+}
+
+/// [`sweep_catches`], the violation reported by the check whose reports contain `says`.
+fn sweep_catches_as(what: &str, args: &[&str], says: &str, check: &str) -> String {
     // `--seeds` in `args` comes later and wins.
     let output = std::process::Command::new(env!("CARGO_BIN_EXE_bop-sim"))
         .args(["--seeds", "8", "--jobs", "2"])
@@ -114,10 +119,7 @@ fn sweep_catches(what: &str, args: &[&str]) -> String {
         .expect("run bop-sim");
     let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
     assert!(!output.status.success(), "the sweep passed with {what}:\n{stdout}");
-    assert!(
-        stdout.contains("not linearizable"),
-        "{what} caught, but not by the linearizability check:\n{stdout}"
-    );
+    assert!(stdout.contains(says), "{what} caught, but not by {check}:\n{stdout}");
     stdout
 }
 
@@ -180,5 +182,19 @@ fn a_read_lease_without_its_drift_margin_is_caught() {
             "--faults",
             "leader-isolated",
         ],
+    );
+}
+
+#[test]
+fn ignoring_min_index_is_caught() {
+    // Clients read with `level=weak&min_index=P`, P being the log index of their latest acknowledged write,
+    // through any node; the check requires each such read to reflect every write acknowledged at an index up
+    // to P. A node that does not wait to apply P answers from before the client's own write: a follower
+    // learns that an entry is committed only with the leader's next message.
+    sweep_catches_as(
+        "min_index ignored",
+        &["--bug", "min-index-ignored", "--faults", "message-delay"],
+        "min_index read by",
+        "the min_index check",
     );
 }

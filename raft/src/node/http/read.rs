@@ -55,6 +55,7 @@ pub(super) async fn consistency(
             ));
         };
         let wait = params.get("timeout").and_then(|t| parse_duration(t)).unwrap_or(MIN_INDEX_WAIT_DEFAULT);
+        let min_index = if bop_storage::bugs::min_index_ignored() { 0 } else { min_index };
         if let Err(reason) = applied_at_least(node, min_index, wait).await {
             return Err(respond(StatusCode::OK, &error_result(&reason), pretty));
         }
