@@ -240,3 +240,42 @@ async fn idle_writers_end_and_come_back_on_demand() {
     wait_metric(&addr, "bop_sql_writers", |writers| writers == 0.0).await;
     node.shutdown().await;
 }
+
+/// A writer keeps its connection from one group to the next, and every request still starts on what
+/// looks like a fresh session: a temp table made by an earlier request is gone, `last_insert_id` and
+/// `changes()` start at 0, and a schema change made by one request is seen by the next.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_writers_kept_connection_gives_each_request_a_fresh_session() {
+    let _serial = SERIAL.lock().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let limits = NodeLimits { writer_idle: Duration::from_secs(600), ..NodeLimits::default() };
+    let node = single_node(dir.path(), limits).await;
+    let addr = node.http_addr().to_owned();
+    let opened = metrics(&addr).await.get("bop_sql_writer_connections_opened_total").copied();
+    execute(&addr, "", json!([SCHEMA])).await;
+    let insert = "INSERT INTO t (client, seq) VALUES (?, ?)";
+    // One request after another: each its own group.
+    for seq in 0..20 {
+        let out = execute(&addr, "", json!([[insert, 1, seq]])).await;
+        assert_eq!(out["results"][0]["last_insert_id"], seq + 1, "{out}");
+    }
+    let out = execute(&addr, "", json!(["INSERT INTO t (client, seq) SELECT 1, 99 WHERE 0"])).await;
+    let result = &out["results"][0];
+    assert!(result["last_insert_id"].as_i64().unwrap_or(0) == 0, "last_insert_id starts at 0: {out}");
+    assert_eq!(result["rows_affected"].as_i64().unwrap_or(0), 0, "{out}");
+    let out =
+        execute(&addr, "", json!(["CREATE TEMP TABLE scratch (a)", "INSERT INTO scratch VALUES (1)"])).await;
+    assert!(out["results"][1]["error"].is_null(), "{out}");
+    let out = execute(&addr, "", json!(["INSERT INTO scratch VALUES (2)"])).await;
+    let error = out["results"][0]["error"].as_str().unwrap_or_default().to_owned();
+    assert!(error.contains("no such table"), "the temp table went with its request's session: {out}");
+    execute(&addr, "", json!(["ALTER TABLE t ADD COLUMN note TEXT"])).await;
+    let out = execute(&addr, "", json!([["UPDATE t SET note = ? WHERE seq = 3", "kept"]])).await;
+    assert_eq!(out["results"][0]["rows_affected"], 1, "{out}");
+    assert_eq!(rows(&addr, "SELECT note FROM t WHERE seq = 3").await, [json!(["kept"])]);
+    let after = metrics(&addr).await["bop_sql_writer_connections_opened_total"];
+    let opened = after - opened.unwrap_or(0.0);
+    // The first connection, and one again after the temp-table request (a session of its own).
+    assert!(opened <= 3.0, "{opened} connections opened for 25 requests in turn");
+    node.shutdown().await;
+}

@@ -8,7 +8,7 @@
 //! built on it with it. See docs/design.md ("Pipelined commits").
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
 use bop_storage::page_store::{ReadSnapshot, PAGE_SIZE};
 
@@ -37,6 +37,10 @@ pub(crate) struct Pipeline {
     pub epoch: u64,
     /// Page bytes the entries hold.
     pub bytes: usize,
+    /// The newest index whose commit its owner learned was applied as proposed ([`Pipeline::applied`]):
+    /// at or below it, the database's commit at an entry's index is that entry (and not another commit
+    /// that took its index after it was lost).
+    pub confirmed: u64,
 }
 
 impl Pipeline {
@@ -63,6 +67,7 @@ impl Pipeline {
 
     /// The entry at `index` was applied: it and the entries before it are the page store's now.
     pub fn applied(&mut self, index: u64) {
+        self.confirmed = self.confirmed.max(index);
         if let Some(pos) = self.entries.iter().position(|e| e.index == index) {
             self.drain_through(pos);
         }
@@ -114,6 +119,16 @@ pub(crate) enum Found {
 impl PipelineView {
     pub fn new(entries: Vec<Arc<Speculative>>, epoch: u64) -> Self {
         PipelineView { entries, epoch, frames: Vec::new(), frame_of: HashMap::new() }
+    }
+
+    /// Whether `entry` (an entry an earlier read transaction saw) is one of this view's.
+    pub fn holds(&self, entry: &Weak<Speculative>) -> bool {
+        self.entries.iter().any(|e| std::ptr::eq(Arc::as_ptr(e), entry.as_ptr()))
+    }
+
+    /// The newest entry, if there is one.
+    pub fn newest(&self) -> Option<&Arc<Speculative>> {
+        self.entries.last()
     }
 
     /// The newest entry's index and database size, if there is one.
@@ -222,12 +237,48 @@ mod tests {
         }
     }
 
+    /// An engine in `dir` whose proposals wait in its sink for the test.
+    fn held_engine(dir: &std::path::Path) -> (SqlEngine, Arc<HeldSink>) {
+        let manager = Manager::open(ManagerConfig::new(dir.join("node"))).expect("manager");
+        let sink = Arc::new(HeldSink::default());
+        let engine =
+            SqlEngine::new(manager, Arc::clone(&sink) as Arc<dyn FrameSink>, SqlConfig::new(dir.join("sql")))
+                .expect("engine");
+        (engine, sink)
+    }
+
     fn count(conn: &mut crate::Connection) -> i64 {
         let rows = conn.query("SELECT count(*) FROM t", &Params::None).expect("count");
         match rows.rows[0][0] {
             Value::Integer(n) => n,
             ref other => panic!("count is {other:?}"),
         }
+    }
+
+    /// A pipelined connection's commit that another commit replaced at the same log index (its leader lost
+    /// the entry, and a later leader's commit to the same database was applied there) is not taken for its
+    /// own: the next read transaction reads the database as it is, not SQLite's cached pages of the lost
+    /// commit. Before, the index alone decided whether SQLite kept its cache, and the connection went on
+    /// reading its lost commit's pages; a writer connection kept between groups would have built on them.
+    #[test]
+    fn a_proposed_commit_replaced_at_its_index_is_not_read_from_the_cache() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (engine, sink) = held_engine(dir.path());
+        let mut other = engine.open("db", OpenMode::CreateIfMissing).expect("open");
+        other.execute("CREATE TABLE t(x)", &Params::None).expect("create");
+        let mut conn = engine.open("db", OpenMode::Existing).expect("open");
+        let _pipeline = conn.set_pipelined(true).expect("pipelined");
+        conn.execute("INSERT INTO t VALUES (1)", &Params::None).expect("insert");
+        assert_eq!(count(&mut conn), 1, "the writer sees its proposed commit");
+        // The proposal is lost; another commit takes its index (nothing tells the pipeline yet, as when
+        // the answerer has not learned the entry's fate).
+        sink.proposed.lock().clear();
+        let db = engine.manager().open_database("db").expect("db");
+        let lost_at = db.snapshot().expect("snapshot").index() + 1;
+        other.execute("INSERT INTO t VALUES (2), (3)", &Params::None).expect("the other commit");
+        assert_eq!(db.snapshot().expect("snapshot").last_commit_index(), lost_at, "the same index");
+        assert_eq!(count(&mut conn), 2, "the database as it is");
+        assert_eq!(count(&mut other), 2);
     }
 
     /// A commit applied (and reported applied to the pipeline) between a pipelined read transaction's pin of
@@ -239,14 +290,7 @@ mod tests {
     #[test]
     fn a_commit_applied_while_a_read_transaction_starts_is_not_missed() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let manager = Manager::open(ManagerConfig::new(dir.path().join("node"))).expect("manager");
-        let sink = Arc::new(HeldSink::default());
-        let engine = SqlEngine::new(
-            manager,
-            Arc::clone(&sink) as Arc<dyn FrameSink>,
-            SqlConfig::new(dir.path().join("sql")),
-        )
-        .expect("engine");
+        let (engine, sink) = held_engine(dir.path());
         let mut setup = engine.open("db", OpenMode::CreateIfMissing).expect("open");
         setup.execute("CREATE TABLE t(x)", &Params::None).expect("create");
         let mut conn = engine.open("db", OpenMode::Existing).expect("open");

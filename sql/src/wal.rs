@@ -18,7 +18,7 @@ use std::num::NonZeroU32;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
 use bop_storage::page_store::{Db, ReadSnapshot, PAGE_SIZE};
 use libsql_sys::ffi;
@@ -256,6 +256,7 @@ impl WalManager for BopWalManager {
             read: None,
             view: PipelineView::default(),
             last_seen_index: None,
+            seen_proposed: None,
             writing: false,
             frames: HeldFrames::new(self.shared.held_memory_frames_max, self.shared.spill_dir.clone()),
         })
@@ -301,6 +302,10 @@ pub(crate) struct BopWal {
     /// Snapshot index of the previous read transaction (or of our own last commit): SQLite keeps its page
     /// cache only when the next read transaction is pinned at the same index.
     last_seen_index: Option<u64>,
+    /// The proposed commit `last_seen_index` names, when it names one (our own commit, or the pipeline's
+    /// newest entry): the same index later names the database's commit only if that was this entry, applied
+    /// as proposed. A lost entry's index may be taken by another commit.
+    seen_proposed: Option<(u64, Weak<Speculative>)>,
     writing: bool,
     frames: HeldFrames,
 }
@@ -375,6 +380,7 @@ impl BopWal {
                         pipeline.push(entry.clone(), base);
                     }
                     drop(pipeline);
+                    self.seen_proposed = Some((index, Arc::downgrade(&entry)));
                     self.view.entries.push(entry);
                 })
             }
@@ -440,6 +446,10 @@ impl Wal for BopWal {
 
     fn begin_read_txn(&mut self) -> WalResult<bool> {
         let previous = self.last_seen_index;
+        let previous_proposed = self.seen_proposed.take();
+        // Whether SQLite's cache may hold pages of a proposed commit that is not the database's version
+        // at its index (it was lost, and another commit took the index): then it must be emptied.
+        let mut stale = false;
         self.read = None;
         self.view = PipelineView::default();
         if self.conn.pipelined.load(Ordering::Relaxed) {
@@ -458,14 +468,20 @@ impl Wal for BopWal {
                 pipeline.reconcile(&read.snapshot);
                 self.view = PipelineView::new(pipeline.entries.iter().cloned().collect(), pipeline.epoch);
             }
+            if let Some((index, entry)) = &previous_proposed {
+                stale = !self.view.holds(entry) && pipeline.confirmed < *index;
+            }
             drop(pipeline);
-            if let Some((index, _)) = self.view.tip() {
-                self.last_seen_index = Some(index);
+            if let Some(entry) = self.view.newest() {
+                self.last_seen_index = Some(entry.index);
+                self.seen_proposed = Some((entry.index, Arc::downgrade(entry)));
             }
         } else {
             self.pin()?;
+            // A connection that stopped pipelining: its last proposed commit may have been lost.
+            stale = previous_proposed.is_some();
         }
-        Ok(self.last_seen_index != previous)
+        Ok(stale || self.last_seen_index != previous)
     }
 
     fn end_read_txn(&mut self) {

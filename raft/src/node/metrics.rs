@@ -27,12 +27,26 @@ pub(super) struct Latencies {
     write: Histogram,
     /// Every entry applied by this node's state machine.
     apply: Histogram,
+    /// Every write request run on this node: from entering its database's queue to its group starting.
+    write_wait: Histogram,
+    /// Every group of writes: its SQL run on the writer's connection, to its commit proposed (pipelined)
+    /// or applied (not pipelined).
+    group_run: Histogram,
+    /// Every pipelined group that proposed a commit: from its SQL done to its commits applied here.
+    group_commit: Histogram,
 }
 
 impl Latencies {
     /// New HTTP and write histograms beside the state machine's `apply` histogram.
     pub(super) fn new(apply: Histogram) -> Self {
-        Latencies { http: latency_histogram(), write: latency_histogram(), apply }
+        Latencies {
+            http: latency_histogram(),
+            write: latency_histogram(),
+            apply,
+            write_wait: latency_histogram(),
+            group_run: latency_histogram(),
+            group_commit: latency_histogram(),
+        }
     }
 
     pub(super) fn http(&self, took: Duration) {
@@ -41,6 +55,18 @@ impl Latencies {
 
     pub(super) fn write(&self, took: Duration) {
         self.write.observe(took.as_secs_f64());
+    }
+
+    pub(super) fn write_wait(&self, took: Duration) {
+        self.write_wait.observe(took.as_secs_f64());
+    }
+
+    pub(super) fn group_run(&self, took: Duration) {
+        self.group_run.observe(took.as_secs_f64());
+    }
+
+    pub(super) fn group_commit(&self, took: Duration) {
+        self.group_commit.observe(took.as_secs_f64());
     }
 }
 
@@ -146,6 +172,11 @@ impl NodeShared {
             ("bop_sql_write_groups", "groups of writes run (each one transaction)", Counter(groups)),
             ("bop_sql_write_group_requests", "write requests run in those groups", Counter(grouped)),
             (
+                "bop_sql_writer_connections_opened",
+                "connections writers opened (a writer keeps its connection from one group to the next)",
+                Counter(self.writers.opened()),
+            ),
+            (
                 "bop_sql_write_groups_unanswered",
                 "groups whose commits are proposed and whose answers wait for them to be applied",
                 Gauge(self.writers.unanswered() as f64),
@@ -183,6 +214,21 @@ impl NodeShared {
             "bop_write_duration_seconds",
             "write request latency on the node that ran it, queued to answered (applied)",
             self.latencies.write.clone(),
+        );
+        registry.register(
+            "bop_write_wait_duration_seconds",
+            "write request time in its database's queue, queued to its group starting",
+            self.latencies.write_wait.clone(),
+        );
+        registry.register(
+            "bop_write_group_run_duration_seconds",
+            "a group of writes' SQL run, to its commit proposed (pipelined) or applied (not pipelined)",
+            self.latencies.group_run.clone(),
+        );
+        registry.register(
+            "bop_write_group_commit_duration_seconds",
+            "a pipelined group's wait for its commits, SQL done to applied on this node",
+            self.latencies.group_commit.clone(),
         );
         registry.register(
             "bop_raft_apply_duration_seconds",

@@ -4,7 +4,8 @@
 //! Every request is answered once that entry is applied on this node. A writer that has had nothing to do
 //! for `NodeLimits::writer_idle` ends, and the next write to its database starts a new one. A load
 //! (`/db/load`) goes through the same queue, so that it is ordered with the writes around it, and runs
-//! alone.
+//! alone. A writer keeps its connection from one group to the next (its prepared statements and SQLite's
+//! page cache with it), and drops it for a load or when it ends.
 //!
 //! Pipelining (`NodeLimits::pipeline_depth` above 1): the writer's connection is pipelined, so a group's
 //! commit returns once it is proposed and the next group runs on top of it at once. The group's answers go
@@ -17,9 +18,11 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
+use std::time::Instant;
 
 use bop_sql::{
-    GroupRequest, InterruptHandle, Limits, OpenMode, Pipeline, RequestOutcome, SqlError, Statement,
+    Connection, GroupRequest, InterruptHandle, Limits, OpenMode, Pipeline, RequestOutcome, SqlEngine,
+    SqlError, Statement,
 };
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 
@@ -46,6 +49,8 @@ pub(super) struct WriteJob {
     /// Its place in the node's bound on queued writes, given back when the job is answered (or dropped).
     pub(super) place: Queued,
     pub(super) answer: oneshot::Sender<WriteAnswer>,
+    /// When it was queued.
+    pub(super) queued: Instant,
 }
 
 /// A write's outcome, and the log index of the commit it went out in (rqlite's `raft_index`; 0 when it
@@ -89,6 +94,8 @@ pub(super) struct Writers {
     unanswered: AtomicU64,
     /// Pipelined commits refused or of unknown fate.
     pipeline_failures: AtomicU64,
+    /// Connections writers opened.
+    opened: AtomicU64,
 }
 
 impl Writers {
@@ -156,6 +163,11 @@ impl Writers {
         self.pipeline_failures.load(Ordering::Relaxed)
     }
 
+    /// Connections writers opened so far.
+    pub(super) fn opened(&self) -> u64 {
+        self.opened.load(Ordering::Relaxed)
+    }
+
     /// Groups run so far, and the requests in them.
     pub(super) fn grouped(&self) -> (u64, u64) {
         (self.groups.load(Ordering::Relaxed), self.grouped.load(Ordering::Relaxed))
@@ -172,6 +184,8 @@ async fn run_writer(node: Weak<NodeShared>, db: String, id: u64, mut jobs: mpsc:
         return;
     };
     let mut pipelining = (depth > 1).then(|| Pipelining::start(Weak::clone(&node), sink, depth));
+    // The connection groups run on, kept from one group to the next (see `run_jobs`).
+    let mut conn: Option<Connection> = None;
     // A load taken while a group was being gathered: it runs next, after the group.
     let mut held: Option<Job> = None;
     loop {
@@ -216,6 +230,7 @@ async fn run_writer(node: Weak<NodeShared>, db: String, id: u64, mut jobs: mpsc:
                     pipelining.drain().await;
                 }
                 let Some(node) = node.upgrade() else { return };
+                conn = None;
                 run_restore(&node, &db, job).await;
                 continue;
             }
@@ -245,12 +260,12 @@ async fn run_writer(node: Weak<NodeShared>, db: String, id: u64, mut jobs: mpsc:
             None => None,
         };
         let Some(node) = node.upgrade() else { return };
-        match (permit, &mut pipelining) {
+        conn = match (permit, &mut pipelining) {
             (Some(permit), Some(pipelining)) => {
-                run_pipelined_group(&node, &db, group, permit, pipelining).await
+                run_pipelined_group(&node, &db, group, conn.take(), permit, pipelining).await
             }
-            _ => run_group(&node, &db, group).await,
-        }
+            _ => run_group(&node, &db, group, conn.take()).await,
+        };
     }
 }
 
@@ -271,6 +286,8 @@ struct InFlight {
     pipeline: Option<Pipeline>,
     /// Its place among the writer's unanswered groups.
     _permit: OwnedSemaphorePermit,
+    /// When its SQL was done.
+    ran: Instant,
 }
 
 /// A request's answer held until the commit it depends on is applied.
@@ -318,7 +335,8 @@ async fn answer_in_order(
     // The outcomes of the newest group's commits that proposed any (a later group ran on top of them).
     let mut verdicts: HashMap<u64, Result<(), String>> = HashMap::new();
     while let Some(group) = groups.recv().await {
-        let InFlight { proposed, mut answers, pipeline, _permit } = group;
+        let InFlight { proposed, mut answers, pipeline, _permit, ran } = group;
+        let commits = !proposed.is_empty();
         if bop_storage::bugs::answer_on_propose() {
             for held in answers.drain(..) {
                 let _ = held.answer.send((held.outcome, held.raft_index));
@@ -359,63 +377,41 @@ async fn answer_in_order(
             verdicts = outcomes;
         }
         if let Some(node) = &node {
+            if commits {
+                node.latencies.group_commit(ran.elapsed());
+            }
             node.writers.unanswered.fetch_sub(1, Ordering::Relaxed);
         }
     }
 }
 
-/// Runs `jobs` as one group on a pipelined connection and hands their answers to the answerer.
+/// Runs `jobs` as one group on a pipelined connection (`conn`, or a new one) and hands their answers to
+/// the answerer; gives back the connection to keep.
 async fn run_pipelined_group(
     node: &Arc<NodeShared>,
     db: &str,
     jobs: Vec<WriteJob>,
+    conn: Option<Connection>,
     permit: OwnedSemaphorePermit,
     pipelining: &mut Pipelining,
-) {
+) -> Option<Connection> {
     if !bop_storage::bugs::accept_wrong_base() {
         node.leadership_applied().await;
     }
-    node.writers.groups.fetch_add(1, Ordering::Relaxed);
-    node.writers.grouped.fetch_add(jobs.len() as u64, Ordering::Relaxed);
+    let started = node.group_starts(&jobs, conn.is_none());
     let engine = Arc::clone(&node.engine);
     let name = db.to_owned();
-    let (jobs, places): (Vec<_>, Vec<_>) = jobs
-        .into_iter()
-        .map(|job| ((job.statements, job.transaction, job.limits, job.interrupt), (job.answer, job.place)))
-        .unzip();
+    let (jobs, places): (Vec<_>, Vec<_>) = jobs.into_iter().map(WriteJob::split).unzip();
     let ran = node
         .blocking
-        .run(move || -> (Vec<(RequestOutcome, u64, u64)>, Option<Pipeline>) {
+        .run(move || {
             let mut outcomes: Vec<Option<(RequestOutcome, u64, u64)>> =
                 (0..jobs.len()).map(|_| None).collect();
-            let pipeline = match engine.open(&name, OpenMode::CreateIfMissing).and_then(|mut conn| {
-                let pipeline = conn.set_pipelined(true)?;
-                Ok((conn, pipeline))
-            }) {
-                Ok((mut conn, pipeline)) => {
-                    let requests: Vec<GroupRequest> = jobs
-                        .iter()
-                        .map(|(statements, transaction, limits, interrupt)| GroupRequest {
-                            statements,
-                            transaction: *transaction,
-                            limits: *limits,
-                            interrupt: Some(interrupt.clone()),
-                        })
-                        .collect();
-                    let commits = conn.commit_index();
-                    let before = commits.as_ref().map_or(0, |c| c.last());
-                    conn.request_group_with(&requests, &mut |i, outcome| {
-                        let last = commits.as_ref().map_or(0, |c| c.last());
-                        outcomes[i] = Some((outcome, if last > before { last } else { 0 }, last));
-                    });
-                    Some(pipeline)
-                }
-                Err(e) => {
-                    outcomes.iter_mut().for_each(|o| *o = Some((Err(e.duplicate()), 0, 0)));
-                    None
-                }
-            };
-            let outcomes = outcomes
+            let (conn, pipeline) =
+                run_jobs(&engine, &name, conn, true, &jobs, &mut |i, outcome, index, last| {
+                    outcomes[i] = Some((outcome, index, last));
+                });
+            let outcomes: Vec<_> = outcomes
                 .into_iter()
                 .map(|o| {
                     o.unwrap_or_else(|| {
@@ -423,10 +419,11 @@ async fn run_pipelined_group(
                     })
                 })
                 .collect();
-            (outcomes, pipeline)
+            (outcomes, conn, pipeline)
         })
         .await;
-    let (outcomes, pipeline) = match ran {
+    node.latencies.group_run(started.elapsed());
+    let (outcomes, conn, pipeline) = match ran {
         Ok(ran) => ran,
         Err(e) => {
             // The work failed (a panic): the jobs' answers are dropped, and what it proposed is unknown.
@@ -434,11 +431,11 @@ async fn run_pipelined_group(
             if let Some(pipeline) = &pipelining.pipeline {
                 pipeline.failed();
             }
-            return;
+            return None;
         }
     };
     if pipeline.is_some() {
-        pipelining.pipeline = pipeline.clone();
+        pipelining.pipeline = pipeline;
     }
     let mut proposed: Vec<u64> =
         outcomes.iter().map(|(_, raft_index, _)| *raft_index).filter(|i| *i > 0).collect();
@@ -455,7 +452,8 @@ async fn run_pipelined_group(
             depends_on,
         })
         .collect();
-    let group = InFlight { proposed, answers, pipeline, _permit: permit };
+    let pipeline = pipelining.pipeline.clone();
+    let group = InFlight { proposed, answers, pipeline, _permit: permit, ran: Instant::now() };
     node.writers.unanswered.fetch_add(1, Ordering::Relaxed);
     if let Err(mpsc::error::SendError(group)) = pipelining.answerer.send(group) {
         node.writers.unanswered.fetch_sub(1, Ordering::Relaxed);
@@ -463,7 +461,9 @@ async fn run_pipelined_group(
         for held in group.answers {
             let _ = held.answer.send((Err(SqlError::commit_failed("writer stopped; outcome unknown")), 0));
         }
+        return None;
     }
+    conn
 }
 
 /// Runs a load: the database replaced in one commit, answered once that commit is applied here.
@@ -485,11 +485,16 @@ async fn run_restore(node: &Arc<NodeShared>, db: &str, job: RestoreJob) {
     }
 }
 
-/// Runs `jobs` as one group on a fresh connection, answering each as soon as its outcome is final.
-async fn run_group(node: &Arc<NodeShared>, db: &str, jobs: Vec<WriteJob>) {
+/// Runs `jobs` as one group on `conn` (or a new connection), answering each as soon as its outcome is
+/// final; gives back the connection to keep.
+async fn run_group(
+    node: &Arc<NodeShared>,
+    db: &str,
+    jobs: Vec<WriteJob>,
+    conn: Option<Connection>,
+) -> Option<Connection> {
     node.leadership_applied().await;
-    node.writers.groups.fetch_add(1, Ordering::Relaxed);
-    node.writers.grouped.fetch_add(jobs.len() as u64, Ordering::Relaxed);
+    let started = node.group_starts(&jobs, conn.is_none());
     let shared = Arc::clone(node);
     let name = db.to_owned();
     // If the work fails (a panic), the jobs go with it: the handlers of those not answered yet see their
@@ -498,47 +503,102 @@ async fn run_group(node: &Arc<NodeShared>, db: &str, jobs: Vec<WriteJob>) {
         .blocking
         .run(move || {
             // The job's place in the queue bound is given back with its answer.
-            let (jobs, mut answers): (Vec<_>, Vec<_>) = jobs
-                .into_iter()
-                .map(|job| {
-                    (
-                        (job.statements, job.transaction, job.limits, job.interrupt),
-                        Some((job.answer, job.place)),
-                    )
-                })
-                .unzip();
+            let (jobs, answers): (Vec<_>, Vec<_>) = jobs.into_iter().map(WriteJob::split).unzip();
+            let mut answers: Vec<_> = answers.into_iter().map(Some).collect();
             // A request is delivered once its outcome is final: after the commit it went out in, whose
             // index is then the database's newest one made here (this writer makes all of them).
-            let mut deliver = |i: usize, outcome: RequestOutcome, index: u64| {
+            let engine = Arc::clone(&shared.engine);
+            run_jobs(&engine, &name, conn, false, &jobs, &mut |i, outcome, index, _| {
                 shared.count_stopped(outcome.as_ref().err());
                 if let Some((answer, _place)) = answers.get_mut(i).and_then(Option::take) {
                     let _ = answer.send((outcome, index));
                 }
-            };
-            match shared.engine.open(&name, OpenMode::CreateIfMissing) {
-                Ok(mut conn) => {
-                    let requests: Vec<GroupRequest> = jobs
-                        .iter()
-                        .map(|(statements, transaction, limits, interrupt)| GroupRequest {
-                            statements,
-                            transaction: *transaction,
-                            limits: *limits,
-                            interrupt: Some(interrupt.clone()),
-                        })
-                        .collect();
-                    let commits = conn.commit_index();
-                    let before = commits.as_ref().map_or(0, |c| c.last());
-                    conn.request_group_with(&requests, &mut |i, outcome| {
-                        // 0 when nothing was committed since the group started (a request that wrote nothing).
-                        let index = commits.as_ref().map_or(0, |c| c.last());
-                        deliver(i, outcome, if index > before { index } else { 0 })
-                    });
-                }
-                Err(e) => (0..jobs.len()).for_each(|i| deliver(i, Err(e.duplicate()), 0)),
-            }
+            })
+            .0
         })
         .await;
-    if let Err(e) = done {
+    node.latencies.group_run(started.elapsed());
+    done.unwrap_or_else(|e| {
         tracing::warn!(db, error = %e, "a write group failed");
+        None
+    })
+}
+
+/// What a write request runs: its statements, `transaction`, limits and interrupt handle.
+type JobRun = (Vec<Statement>, bool, Limits, InterruptHandle);
+
+impl WriteJob {
+    /// What runs, and where its answer goes.
+    fn split(self) -> (JobRun, (oneshot::Sender<WriteAnswer>, Queued)) {
+        ((self.statements, self.transaction, self.limits, self.interrupt), (self.answer, self.place))
+    }
+}
+
+/// Runs `jobs` as one group (`Connection::request_group_with`) on `conn`, or on a new connection to `name`
+/// (pipelined if `pipelined`), handing `deliver` each request's outcome as soon as it is final, with the
+/// log index of the commit it went out in (0 if none was made since the group started) and the newest
+/// commit made by then. Gives back the connection for the next group (none when it is not fit to keep:
+/// a transaction left open, or the engine shutting down) and, when it opened a pipelined one, the
+/// database's pipeline.
+///
+/// A connection kept between groups keeps its prepared statements and SQLite's page cache: a session is
+/// made fresh between requests whatever group they are in (the group does so), and the virtual WAL
+/// empties SQLite's cache whenever the database is not at the version the connection last saw —
+/// including a proposed commit of its own that was lost and whose index another commit took.
+fn run_jobs(
+    engine: &SqlEngine,
+    name: &str,
+    conn: Option<Connection>,
+    pipelined: bool,
+    jobs: &[JobRun],
+    deliver: &mut dyn FnMut(usize, RequestOutcome, u64, u64),
+) -> (Option<Connection>, Option<Pipeline>) {
+    let opened = match conn {
+        Some(conn) => Ok((conn, None)),
+        None => engine.open(name, OpenMode::CreateIfMissing).and_then(|mut conn| {
+            let pipeline = if pipelined { Some(conn.set_pipelined(true)?) } else { None };
+            Ok((conn, pipeline))
+        }),
+    };
+    let (mut conn, pipeline) = match opened {
+        Ok(opened) => opened,
+        Err(e) => {
+            (0..jobs.len()).for_each(|i| deliver(i, Err(e.duplicate()), 0, 0));
+            return (None, None);
+        }
+    };
+    let requests: Vec<GroupRequest> = jobs
+        .iter()
+        .map(|(statements, transaction, limits, interrupt)| GroupRequest {
+            statements,
+            transaction: *transaction,
+            limits: *limits,
+            interrupt: Some(interrupt.clone()),
+        })
+        .collect();
+    let commits = conn.commit_index();
+    let before = commits.as_ref().map_or(0, |c| c.last());
+    conn.request_group_with(&requests, &mut |i, outcome| {
+        let last = commits.as_ref().map_or(0, |c| c.last());
+        deliver(i, outcome, if last > before { last } else { 0 }, last)
+    });
+    let keep = conn.is_autocommit() && !engine.is_shutting_down();
+    (keep.then_some(conn), pipeline)
+}
+
+impl NodeShared {
+    /// Counts a group of `jobs` about to run (on a new connection if `opens`) and records how long each
+    /// waited in the queue; the time it starts.
+    fn group_starts(&self, jobs: &[WriteJob], opens: bool) -> Instant {
+        let now = Instant::now();
+        self.writers.groups.fetch_add(1, Ordering::Relaxed);
+        self.writers.grouped.fetch_add(jobs.len() as u64, Ordering::Relaxed);
+        if opens {
+            self.writers.opened.fetch_add(1, Ordering::Relaxed);
+        }
+        for job in jobs {
+            self.latencies.write_wait(now.saturating_duration_since(job.queued));
+        }
+        now
     }
 }

@@ -79,7 +79,15 @@ async fn write_batch(
     };
     let interrupt = InterruptHandle::new();
     let (answer, answered) = tokio::sync::oneshot::channel();
-    let job = WriteJob { statements, transaction, limits, interrupt: interrupt.clone(), place, answer };
+    let job = WriteJob {
+        statements,
+        transaction,
+        limits,
+        interrupt: interrupt.clone(),
+        place,
+        answer,
+        queued: std::time::Instant::now(),
+    };
     if let Err(e) = node.writers.submit(node, db, Job::Write(job), node_limits.writers_queued_max) {
         return busy(e);
     }
