@@ -16,6 +16,19 @@ fn append_read_reopen(io: Arc<dyn Io>, dir: &std::path::Path) {
         store.append(vec![entry(index, 1 + index / 100, 700)]).expect("append").wait().expect("durable");
     }
     assert!(store.segment_count() >= 3, "rolled into {} segments", store.segment_count());
+    // Every fdatasync of the write path is in the latency histogram, in the bucket of its own time.
+    let metrics = store.metrics();
+    assert!(metrics.fsyncs >= 300, "{} fdatasyncs for 300 appends waited on in turn", metrics.fsyncs);
+    assert_eq!(metrics.fsync_buckets.iter().sum::<u64>(), metrics.fsyncs, "{:?}", metrics.fsync_buckets);
+    let bound = |i: usize| bop_storage::wal::FSYNC_BUCKET_BOUNDS.get(i).copied().unwrap_or(f64::INFINITY);
+    let lowest = (0..metrics.fsync_buckets.len())
+        .map(|i| metrics.fsync_buckets[i] as f64 * if i == 0 { 0.0 } else { bound(i - 1) })
+        .sum::<f64>();
+    assert!(
+        lowest <= metrics.fsync_seconds,
+        "each counted at or below its time: {lowest} s > {} s",
+        metrics.fsync_seconds
+    );
     let check = |store: &WalStore| {
         for index in 1..=300u64 {
             let got = store.read(index).expect("read").expect("present");

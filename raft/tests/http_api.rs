@@ -406,6 +406,11 @@ async fn speaks_rqlite(env: &dyn Fn(u64) -> NodeEnv) {
         .collect();
     assert_eq!(values.get("bop_raft_is_leader"), Some(&1.0), "{text}");
     assert!(values["bop_wal_fsyncs_total"] > 0.0 && values["bop_wal_fsync_seconds_total"] > 0.0, "{text}");
+    // The fdatasync histogram counts what the counter counts (cumulative buckets, +Inf = all of them).
+    let fsyncs = values["bop_wal_fsync_duration_seconds_count"];
+    assert!(fsyncs > 0.0 && fsyncs <= values["bop_wal_fsyncs_total"], "{text}");
+    assert_eq!(values["bop_wal_fsync_duration_seconds_bucket{le=\"+Inf\"}"], fsyncs, "{text}");
+    assert!(values["bop_wal_fsync_duration_seconds_bucket{le=\"0.00025\"}"] <= fsyncs, "{text}");
     assert!(values["bop_write_duration_seconds_count"] >= 3.0, "the writes above: {text}");
     assert!(values["bop_write_duration_seconds_sum"] > 0.0, "{text}");
     // Every entry applied here, once: indexes 0 (the first membership) to the last applied.

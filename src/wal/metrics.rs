@@ -16,6 +16,9 @@ pub(crate) struct Metrics {
     pub fsyncs: AtomicU64,
     /// Time spent in those fdatasyncs, in nanoseconds.
     pub fsync_ns: AtomicU64,
+    /// Those fdatasyncs by how long each took: bucket `i` counts the ones above bucket `i - 1`'s bound and
+    /// at most [`FSYNC_BUCKET_BOUNDS`]`[i]` seconds; the last, the ones above every bound.
+    pub fsync_buckets: [AtomicU64; FSYNC_BUCKETS],
     pub batches: AtomicU64,
     pub queue_depth_peak: AtomicU64,
     pub backpressure_rejections: AtomicU64,
@@ -37,6 +40,20 @@ pub(crate) struct Metrics {
     /// When the flusher's current write, fdatasync or roll began ([`now_ns`]); 0 when none runs.
     pub io_started_ns: AtomicU64,
 }
+
+/// Buckets of the fdatasync latency histogram: one per bound of [`FSYNC_BUCKET_BOUNDS`], and one above.
+pub const FSYNC_BUCKETS: usize = 17;
+
+/// Upper bounds of the fdatasync latency histogram's buckets, in seconds: 0.25 ms doubling to 8.192 s.
+pub const FSYNC_BUCKET_BOUNDS: [f64; FSYNC_BUCKETS - 1] = {
+    let mut bounds = [0.000_25; FSYNC_BUCKETS - 1];
+    let mut i = 1;
+    while i < bounds.len() {
+        bounds[i] = bounds[i - 1] * 2.0;
+        i += 1;
+    }
+    bounds
+};
 
 /// Nanoseconds since a process-wide origin, plus one (so that 0 can mean "none").
 fn now_ns() -> u64 {
@@ -61,6 +78,15 @@ impl Drop for IoCall<'_> {
 impl Metrics {
     pub(crate) fn add(counter: &AtomicU64, value: u64) {
         counter.fetch_add(value, Ordering::Relaxed);
+    }
+
+    /// Records one fdatasync of the write path that took `ns` nanoseconds.
+    pub(crate) fn fsync_took(&self, ns: u64) {
+        Metrics::add(&self.fsync_ns, ns);
+        let seconds = ns as f64 / 1e9;
+        let bucket =
+            FSYNC_BUCKET_BOUNDS.iter().position(|bound| seconds <= *bound).unwrap_or(FSYNC_BUCKETS - 1);
+        Metrics::add(&self.fsync_buckets[bucket], 1);
     }
 
     /// Starts timing an I/O call of the flusher, unless an enclosing one (a roll) is already timed; the
@@ -103,6 +129,11 @@ pub struct WalMetrics {
     pub fsyncs: u64,
     /// Seconds spent in those fdatasyncs (with `fsyncs`: their mean over any window).
     pub fsync_seconds: f64,
+    /// Those fdatasyncs by how long each took, per bucket (not cumulative): `fsync_buckets[i]` for
+    /// `i <` [`FSYNC_BUCKET_BOUNDS`]`.len()` counts the ones that took more than the bound before and at
+    /// most `FSYNC_BUCKET_BOUNDS[i]` seconds; the last, the ones that took longer than every bound. Only
+    /// fdatasyncs that were timed (not the ones a test's bug switch skips) are counted.
+    pub fsync_buckets: [u64; FSYNC_BUCKETS],
     /// Group-commit batches written.
     pub batches: u64,
     /// `records / fsyncs`.
@@ -153,6 +184,7 @@ impl Metrics {
             bytes: get(&self.bytes),
             fsyncs,
             fsync_seconds: get(&self.fsync_ns) as f64 / 1e9,
+            fsync_buckets: std::array::from_fn(|i| get(&self.fsync_buckets[i])),
             batches: get(&self.batches),
             records_per_fsync: if fsyncs == 0 { 0.0 } else { records as f64 / fsyncs as f64 },
             queue_depth,

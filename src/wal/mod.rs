@@ -42,7 +42,7 @@ pub use completion::{Durable, DurableCallback};
 pub use config::{Preallocate, RecoveryMode, RetryPolicy, WalConfig, WriterMode};
 pub use error::{CorruptionReason, PoisonCause, WalError};
 pub use index::LogPos;
-pub use metrics::WalMetrics;
+pub use metrics::{WalMetrics, FSYNC_BUCKETS, FSYNC_BUCKET_BOUNDS};
 pub use recovery::RecoveryReport;
 
 use index::{Loc, Slot};

@@ -736,7 +736,7 @@ impl FlushCore {
                 .sync_data()
                 .map_err(|e| WriteFail::Permanent(io_cause("fdatasync batch", &self.active_path, e)))?;
             let took = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
-            Metrics::add(&shared.metrics.fsync_ns, took);
+            shared.metrics.fsync_took(took);
         }
         Metrics::add(&shared.metrics.fsyncs, 1);
         Metrics::add(&shared.metrics.bytes, len);

@@ -6,10 +6,11 @@ use std::time::Duration;
 
 use openraft::async_runtime::WatchReceiver;
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric, NoLabelSet};
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
 use super::NodeShared;
@@ -79,6 +80,39 @@ enum Kind {
     /// Named without `_total`, which the encoder appends.
     Counter(u64),
     Seconds(f64),
+}
+
+/// A histogram whose counts are kept elsewhere, read at one scrape (the log's fdatasync latencies).
+#[derive(Debug)]
+struct ReadHistogram {
+    name: &'static str,
+    help: &'static str,
+    sum: f64,
+    count: u64,
+    /// Per bucket, not cumulative: (upper bound, count); the last bound `f64::MAX` (+Inf).
+    buckets: Vec<(f64, u64)>,
+}
+
+impl ReadHistogram {
+    /// The WAL's fdatasync latencies in `wal`.
+    fn wal_fsyncs(wal: &bop_storage::wal::WalMetrics) -> Self {
+        let bounds = bop_storage::wal::FSYNC_BUCKET_BOUNDS.iter().copied().chain([f64::MAX]);
+        let buckets: Vec<(f64, u64)> = bounds.zip(wal.fsync_buckets).collect();
+        ReadHistogram {
+            name: "bop_wal_fsync_duration_seconds",
+            help: "seconds each fdatasync of the log's write path took",
+            sum: wal.fsync_seconds,
+            count: buckets.iter().map(|(_, n)| n).sum(),
+            buckets,
+        }
+    }
+}
+
+impl Collector for ReadHistogram {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let mut metric = encoder.encode_descriptor(self.name, self.help, None, MetricType::Histogram)?;
+        metric.encode_histogram::<NoLabelSet>(self.sum, self.count, &self.buckets, None)
+    }
 }
 
 /// The values read at one scrape.
@@ -205,6 +239,7 @@ impl NodeShared {
         ];
         let mut registry = Registry::default();
         registry.register_collector(Box::new(Snapshot(values)));
+        registry.register_collector(Box::new(ReadHistogram::wal_fsyncs(&wal)));
         registry.register(
             "bop_http_request_duration_seconds",
             "HTTP request latency, arrival to answer",
