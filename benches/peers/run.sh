@@ -172,6 +172,8 @@ measure() { # PEER(bop|etcd) NAME URL [URL...]: the leader's URL first, then the
       k=$((k + 1))
     done
     wait "${pids[@]}"
+    # bop: the leader's /metrics after each level, for benches/peers/stages.py (where the time went).
+    [[ $peer == bop ]] && curl -fsS --max-time 5 "$1/metrics" >"$OUT/$name-c$c.metrics" 2>/dev/null || true
     python3 - "$name" "$c" "$OUT/$name-c$c-"*.txt >>"$OUT/results" <<'EOF'
 import sys
 peer, conns, paths = sys.argv[1], sys.argv[2], sys.argv[3:]
