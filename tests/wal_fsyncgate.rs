@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use bop_storage::io::{CrashMode, Io, SimDisk};
-use bop_storage::wal::{WalError, WalStore, WriterMode};
+use bop_storage::wal::{LogPos, WalError, WalStore, WriterMode};
 use common::{check_payload, entry, small_config};
 
 fn open(disk: &SimDisk, writer: WriterMode) -> WalStore {
@@ -76,5 +76,41 @@ fn a_reopen_after_a_failed_fsync_does_not_count_the_unwritten_batch_durable() {
         failed_fsync_then_reopen_in_the_same_boot(SimDisk::new(seed), WriterMode::Threads);
         failed_fsync_then_reopen_in_the_same_boot(SimDisk::new_direct(seed), WriterMode::Threads);
         failed_fsync_then_reopen_in_the_same_boot(SimDisk::new(seed), WriterMode::Inline);
+    }
+}
+
+/// Deleting purged segments ends with a directory fsync; if it fails, the store is poisoned (no retry, every
+/// later write fails) and a reopen after a crash recovers the purge and every acknowledged entry above it.
+#[test]
+fn a_failed_directory_fsync_after_deleting_purged_segments_poisons_the_store() {
+    let disk = SimDisk::new(11);
+    // Small segments, so that the purge leaves whole segments behind.
+    let io: Arc<dyn Io> = Arc::new(disk.clone());
+    let mut config = small_config("/wal");
+    config.writer = WriterMode::Inline;
+    let store = WalStore::open(Arc::clone(&io), config.clone()).expect("open");
+    for index in 1..=400u64 {
+        store.append_durable(vec![entry(index, 1, 500)]).expect("durable");
+    }
+    let purge = store.submit_purge(LogPos { index: 300, term: 1 }, None).expect("submit purge");
+    purge.expect("something to purge").wait().expect("the purge is durable");
+
+    disk.fail_dir_sync_after(0);
+    let failed = store.delete_purged_segments();
+    assert!(matches!(failed, Err(WalError::Poisoned(_))), "{failed:?}");
+    assert!(store.poisoned().is_some(), "a failed directory fsync poisons the store");
+    let after = store.append_durable(vec![entry(401, 1, 500)]);
+    assert!(matches!(after, Err(WalError::Poisoned(_))), "no write after the failed fsync: {after:?}");
+    drop(store);
+
+    let io: Arc<dyn Io> = Arc::new(disk.crash(CrashMode::LoseUnsynced));
+    let store = WalStore::open(io, config).expect("reopen recovers");
+    let state = store.state();
+    assert_eq!(state.purged, Some(LogPos { index: 300, term: 1 }));
+    assert_eq!(state.first_index, Some(301));
+    assert_eq!(state.last, Some(LogPos { index: 400, term: 1 }));
+    for index in 301..=400 {
+        let read = store.read(index).expect("read").expect("acknowledged entry survives");
+        assert_eq!(read.payload, entry(index, 1, 500).payload);
     }
 }

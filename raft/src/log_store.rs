@@ -15,8 +15,11 @@
 //!   log either way). `close` writes the newest one before closing, so a clean restart resumes exactly.
 //!   The inline writer (the simulation) saves it before returning, as no thread may run behind. The
 //!   purged log id rides in the WAL's purge record, so it is exactly as durable as the purge itself.
-//! - `truncate_after` and `purge` map onto the WAL's truncate and purge records; a purge deletes whole
-//!   segments afterwards without blocking appends.
+//! - `truncate_after` and `purge` map onto the WAL's truncate and purge records. `purge` returns once the
+//!   purge record is durable; the whole segments below it are deleted behind, by one blocking task at a
+//!   time, because openraft's core awaits `purge` before it replicates or commits anything else, and the
+//!   unlinks and the directory fsync took up to hundreds of milliseconds on a shared disk (every node's
+//!   writes stalled at each snapshot). The inline writer (the simulation) deletes them before returning.
 
 use std::fmt::Debug;
 use std::io;
@@ -112,11 +115,16 @@ impl Drop for AliveGuard {
     }
 }
 
-/// State of the writer behind of the committed log id.
+/// State of the work done behind openraft's calls: the writer of the committed log id and the deleter of
+/// purged segments.
 #[derive(Default)]
 struct CommittedSaver {
     /// A blocking task is writing (it ends when nothing newer is left to write).
     running: bool,
+    /// A blocking task is deleting purged segments.
+    deleting: bool,
+    /// A purge became durable while `deleting`: the deleter goes round once more.
+    delete_again: bool,
     /// Tasks that still hold a handle on the store (and so on the manifest); `close` waits for none.
     alive: usize,
     /// `close` ran: no task starts any more.
@@ -291,6 +299,42 @@ where
                 break;
             }
         }
+    }
+
+    /// Deletes the segments that durable purges left behind, on a blocking task that goes round until no
+    /// purge came in meanwhile (at most one runs). A failure is logged: the purge itself is durable, and
+    /// the next purge (or the next open) deletes what is left.
+    fn delete_purged_behind(&self) {
+        let behind = &self.inner.committed_saver;
+        {
+            let mut state = behind.state.lock();
+            if state.closed {
+                return;
+            }
+            if state.deleting {
+                state.delete_again = true;
+                return;
+            }
+            state.deleting = true;
+            state.alive += 1;
+        }
+        let job = (self.clone(), AliveGuard(Arc::clone(behind)));
+        tokio::task::spawn_blocking(move || {
+            let (store, guard) = job;
+            loop {
+                if let Err(error) = store.inner.wal.delete_purged_segments() {
+                    tracing::warn!(%error, "deleting purged log segments failed");
+                }
+                let mut state = store.inner.committed_saver.state.lock();
+                if !state.delete_again || state.closed {
+                    state.deleting = false;
+                    break;
+                }
+                state.delete_again = false;
+            }
+            drop(store);
+            drop(guard);
+        });
     }
 
     fn decode_entry(payload: &[u8]) -> io::Result<C::Entry> {
@@ -503,7 +547,10 @@ where
         if let Some(ticket) = self.inner.wal.submit_purge(pos, Some(encode(&log_id)?)).map_err(wal_err)? {
             ticket.await.map_err(wal_err)?;
         }
-        let store = self.clone();
-        self.off_runtime(move || store.inner.wal.delete_purged_segments().map(|_| ()).map_err(wal_err)).await
+        if self.inner.wal.config().writer == WriterMode::Inline {
+            return self.inner.wal.delete_purged_segments().map(|_| ()).map_err(wal_err);
+        }
+        self.delete_purged_behind();
+        Ok(())
     }
 }

@@ -1,18 +1,21 @@
 //! The committed log id is written behind (raft/src/log_store.rs, docs/design.md "The Raft log"): openraft's
 //! commit path no longer waits for an LMDB commit (an fsync) after the entries' own fdatasync, saves in
 //! quick succession share one manifest commit, `close` writes the newest one, and a saved id never names an
-//! entry the log does not hold durably.
+//! entry the log does not hold durably. Likewise the segments a purge leaves behind are deleted behind:
+//! `purge` returns once the purge record is durable.
 
 mod common;
 
-use std::sync::Arc;
+use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 use bop_raft::LogStore;
-use bop_storage::io::{BufferedIo, Io, SimDisk};
+use bop_storage::io::{BufferedIo, Io, IoFile, IoResult, OpenMode, SimDisk};
 use bop_storage::manifest::RaftBlob;
 use common::{open_store, KvConfig};
-use openraft::storage::{IOFlushed, RaftLogStorage};
+use openraft::storage::{IOFlushed, RaftLogReader, RaftLogStorage};
 use openraft::testing::{blank_ent, log_id};
 use openraft::type_config::TypeConfigExt;
 
@@ -131,4 +134,103 @@ async fn a_closed_store_reopens_at_once() {
         );
         reopened.close().expect("close");
     }
+}
+
+/// A file system whose `remove_file` waits while the gate is held (a slow unlink on a busy disk).
+#[derive(Debug)]
+struct HeldRemovals {
+    inner: Arc<dyn Io>,
+    held: Mutex<bool>,
+    opened: Condvar,
+    waiting: AtomicUsize,
+}
+
+impl HeldRemovals {
+    fn release(&self) {
+        *self.held.lock().expect("gate") = false;
+        self.opened.notify_all();
+    }
+}
+
+impl Io for HeldRemovals {
+    fn open(&self, path: &Path, mode: OpenMode) -> IoResult<Arc<dyn IoFile>> {
+        self.inner.open(path, mode)
+    }
+    fn remove_file(&self, path: &Path) -> IoResult<()> {
+        self.waiting.fetch_add(1, Ordering::SeqCst);
+        let mut held = self.held.lock().expect("gate");
+        while *held {
+            held = self.opened.wait(held).expect("gate");
+        }
+        drop(held);
+        self.waiting.fetch_sub(1, Ordering::SeqCst);
+        self.inner.remove_file(path)
+    }
+    fn rename(&self, from: &Path, to: &Path) -> IoResult<()> {
+        self.inner.rename(from, to)
+    }
+    fn create_dir_all(&self, path: &Path) -> IoResult<()> {
+        self.inner.create_dir_all(path)
+    }
+    fn list_dir(&self, path: &Path) -> IoResult<Vec<String>> {
+        self.inner.list_dir(path)
+    }
+    fn sync_dir(&self, path: &Path) -> IoResult<()> {
+        self.inner.sync_dir(path)
+    }
+    fn name(&self) -> &'static str {
+        "held-removals"
+    }
+}
+
+fn segment_files(dir: &Path) -> usize {
+    std::fs::read_dir(dir.join("wal"))
+        .expect("list the log directory")
+        .filter(|e| e.as_ref().is_ok_and(|e| e.file_name().to_string_lossy().ends_with(".wal")))
+        .count()
+}
+
+/// Regression test for the write stall at every snapshot: openraft's core awaits `purge` before it
+/// replicates or commits anything else, and `purge` used to wait for the unlinks of the purged segments and
+/// the directory fsync (up to hundreds of ms on a shared disk). With every unlink held, `purge` now returns
+/// once the purge is durable, appends go on, and the segments go once the unlinks can run; a reopen finds
+/// the purge and every entry above it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_purge_returns_without_waiting_for_its_segments_to_be_deleted() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let io = Arc::new(HeldRemovals {
+        inner: Arc::new(BufferedIo::new()),
+        held: Mutex::new(false),
+        opened: Condvar::new(),
+        waiting: AtomicUsize::new(0),
+    });
+    {
+        let mut store = open_store(dir.path(), Arc::clone(&io) as Arc<dyn Io>);
+        append_durably(&mut store, 0..=6000).await;
+        let before = segment_files(dir.path());
+        assert!(before >= 3, "the log spans {before} segments");
+
+        *io.held.lock().expect("gate") = true;
+        let purged = tokio::time::timeout(Duration::from_secs(5), store.purge(log_id::<C>(1, 0, 5000))).await;
+        if !matches!(purged, Ok(Ok(()))) {
+            io.release(); // else the held unlink never lets the store close
+            panic!("purge waited for the deletion of its segments: {purged:?}");
+        }
+        wait_until(|| io.waiting.load(Ordering::SeqCst) > 0, "an unlink is held behind").await;
+        append_durably(&mut store, 6001..=6010).await;
+        let state = store.get_log_state().await.expect("log state");
+        assert_eq!(state.last_purged_log_id, Some(log_id::<C>(1, 0, 5000)));
+        assert_eq!(segment_files(dir.path()), before, "nothing deleted while the unlinks are held");
+
+        io.release();
+        wait_until(|| segment_files(dir.path()) < before, "the purged segments are deleted").await;
+        store.close().expect("close");
+    }
+    let mut store = open_store(dir.path(), Arc::new(BufferedIo::new()));
+    let state = store.get_log_state().await.expect("log state");
+    assert_eq!(state.last_purged_log_id, Some(log_id::<C>(1, 0, 5000)));
+    assert_eq!(state.last_log_id, Some(log_id::<C>(1, 0, 6010)));
+    let mut reader = store.get_log_reader().await;
+    let entries = reader.try_get_log_entries(5001..6011).await.expect("read");
+    assert_eq!(entries.len(), 1010, "every entry above the purge survives");
 }

@@ -58,6 +58,8 @@ struct Faults {
     write_fail_in: Option<(u64, std::io::ErrorKind)>,
     write_panic_in: Option<u64>,
     write_interrupts: u32,
+    /// The directory fsync after this many directory fsyncs fails with EIO (once).
+    dir_sync_fail_in: Option<u64>,
     capacity_bytes: Option<u64>,
 }
 
@@ -373,6 +375,12 @@ impl SimDisk {
         st.faults = Faults { capacity_bytes: st.faults.capacity_bytes, ..Faults::default() };
     }
 
+    /// The next `n` directory fsyncs succeed; the one after fails with EIO (once), and the directory's
+    /// pending entries stay pending (not durable).
+    pub fn fail_dir_sync_after(&self, n: u64) {
+        self.state.lock().faults.dir_sync_fail_in = Some(n);
+    }
+
     /// The next `n` syncs succeed; the one after fails with EIO (once).
     pub fn fail_sync_after(&self, n: u64) {
         self.fail_sync_after_with(n, std::io::ErrorKind::Other);
@@ -537,6 +545,9 @@ impl Io for SimDisk {
 
     fn sync_dir(&self, path: &Path) -> IoResult<()> {
         let mut st = self.live("fsync dir")?;
+        if countdown(&mut st.faults.dir_sync_fail_in) {
+            return Err(errno(std::io::ErrorKind::Other, "fsync dir"));
+        }
         // "." names the directory a relative path's first component is in.
         let path = if path == Path::new(".") { Path::new("") } else { path };
         let SimState { names, durable_names, dirs, durable_dirs, pending, .. } = &mut *st;

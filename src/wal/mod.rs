@@ -499,7 +499,8 @@ impl WalStore {
     }
 
     /// Deletes the segment files that durable purges left entirely below the purge point (never the one
-    /// holding the newest purge record), then fsyncs the directory. Appends go on meanwhile.
+    /// holding the newest purge record), then fsyncs the directory. Appends go on meanwhile. A failed
+    /// directory fsync poisons the store.
     pub fn delete_purged_segments(&self) -> Result<PurgeOutcome, WalError> {
         let doomed: Vec<_> = {
             let mut st = self.shared.state.lock();
@@ -512,7 +513,13 @@ impl WalStore {
         }
         if !doomed.is_empty() {
             let dir = &self.shared.config.dir;
-            io.sync_dir(dir).map_err(|e| WalError::io("sync log directory", dir, e))?;
+            if let Err(error) = io.sync_dir(dir) {
+                // A failed fsync is never retried: the store is poisoned, and reopening recovers it.
+                let cause =
+                    Arc::new(PoisonCause::Io { during: "sync log directory", path: dir.clone(), error });
+                self.shared.poison(Arc::clone(&cause), Vec::new());
+                return Err(WalError::Poisoned(cause));
+            }
             Metrics::add(&self.shared.metrics.segments_deleted, doomed.len() as u64);
         }
         Ok(PurgeOutcome { segments_deleted: doomed.into_iter().map(|(seq, _)| seq).collect() })
