@@ -493,6 +493,68 @@ fn flush_of_a_settled_store_resolves_without_another_fsync() {
     pending.wait().expect("the append before the barrier is durable");
 }
 
+/// Regression test for the write stall at each roll: the preparer zero-filled the next segment at full speed
+/// once the active one was half full, and every node's 64 MiB went to the disk at once, holding the log's
+/// fdatasyncs behind it. Now the zeros never run ahead of three times the bytes the log appended since the
+/// request (plus two 1 MiB chunks), and the segment is still ready before the roll.
+#[test]
+fn the_next_segment_is_zero_filled_at_the_pace_of_the_log() {
+    const MIB: u64 = 1 << 20;
+    let disk = SimDisk::new(5);
+    let io: Arc<dyn Io> = Arc::new(disk.clone());
+    let mut config = WalConfig::new("/wal");
+    config.segment_size_bytes = 8 * MIB;
+    let store = WalStore::open(io, config).expect("open");
+    let prepared = std::path::Path::new("/wal/next-segment.prepare");
+    let zeroed = || disk.file_bytes(prepared).map_or(0, |b| b.len() as u64);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let mut next = 1u64;
+    while store.metrics().bytes <= 4 * MIB {
+        store.append_durable(vec![entry(next, 1, 64 * 1024)]).expect("append");
+        next += 1;
+    }
+    // The batch that passed half full asked for the next segment; nothing was appended since.
+    let at_request = store.metrics().bytes;
+    while zeroed() < MIB {
+        assert!(std::time::Instant::now() < deadline, "the preparer did not start within 20 s");
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    loop {
+        let appended = store.metrics().bytes - at_request;
+        let zeros = zeroed();
+        assert!(
+            zeros <= 3 * appended + 2 * MIB,
+            "{zeros} bytes zeroed after the log appended {appended}: the fill ran ahead of the log"
+        );
+        if store.metrics().segments_prepared_ahead >= 1 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the segment was not prepared within 20 s");
+        if appended < 3 * MIB + 64 * 1024 {
+            store.append_durable(vec![entry(next, 1, 16 * 1024)]).expect("append");
+            next += 1;
+        } else {
+            // Past 3/8 of a segment the fill is no longer paced: it finishes on its own.
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+    }
+    assert_eq!(store.segment_count(), 1, "prepared before the roll");
+    while store.segment_count() == 1 {
+        store.append_durable(vec![entry(next, 1, 16 * 1024)]).expect("append");
+        next += 1;
+    }
+    let metrics = store.metrics();
+    assert_eq!(
+        (metrics.segments_created, metrics.segments_prepared),
+        (1, 1),
+        "the roll took the prepared file"
+    );
+    for index in 1..next {
+        let got = store.read(index).expect("read").expect("present");
+        assert_eq!(check_payload(&got.payload), Some((index, 1)), "entry {index}");
+    }
+}
+
 #[test]
 fn the_next_segment_is_prepared_ahead_and_a_leftover_prepared_file_is_removed_at_open() {
     let dir = tempfile::tempdir().expect("tempdir");

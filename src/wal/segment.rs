@@ -89,7 +89,7 @@ pub(crate) fn create(
         sync: false,
     })?;
     let result = (|| {
-        reserve(file.as_ref(), config, metrics)?;
+        reserve(file.as_ref(), config, metrics, &mut |_| ())?;
         step(write_header(file.as_ref(), config, seq, store_id, metrics), false)?;
         step(file.sync_all(), true)?;
         step(io.sync_dir(dir), true)
@@ -115,8 +115,15 @@ pub(crate) fn create(
 pub(crate) const ZERO_FILL_SYNC_BYTES: usize = 1 << 20;
 
 /// Reserves the whole segment's space in `file` as `config.preallocate` says. An error is tagged with
-/// whether it came from a sync (see [`step`]).
-fn reserve(file: &dyn IoFile, config: &WalConfig, metrics: &Metrics) -> Result<(), (IoError, bool)> {
+/// whether it came from a sync (see [`step`]). `pace` is called after each synced chunk of zeros with the
+/// bytes zeroed so far, and may hold the fill there (the preparer spreads it over the active segment's
+/// filling).
+fn reserve(
+    file: &dyn IoFile,
+    config: &WalConfig,
+    metrics: &Metrics,
+    pace: &mut dyn FnMut(u64),
+) -> Result<(), (IoError, bool)> {
     let size_bytes = config.segment_size_bytes;
     match config.preallocate {
         Preallocate::Allocate => step(file.allocate(0, size_bytes), false),
@@ -128,6 +135,9 @@ fn reserve(file: &dyn IoFile, config: &WalConfig, metrics: &Metrics) -> Result<(
                 step(write_all_retrying(file, &zeros[..len], offset, &config.retry, metrics), false)?;
                 offset += len as u64;
                 step(file.sync_data(), true)?;
+                if offset < size_bytes {
+                    pace(offset);
+                }
             }
             Ok(())
         }
@@ -155,11 +165,13 @@ fn write_header(
 }
 
 /// Prepares the next segment's file under [`PREPARED_NAME`]: space reserved and fsynced, no header. Run
-/// by the preparer thread, off the write path; [`install`] turns it into a segment at a roll.
+/// by the preparer thread, off the write path, with `pace` holding a zero fill between chunks (see
+/// [`reserve`]); [`install`] turns it into a segment at a roll.
 pub(crate) fn prepare(
     io: &dyn Io,
     config: &WalConfig,
     metrics: &Metrics,
+    pace: &mut dyn FnMut(u64),
 ) -> Result<Arc<dyn IoFile>, SegmentError> {
     let dir = config.dir.as_path();
     let path = dir.join(PREPARED_NAME);
@@ -176,7 +188,7 @@ pub(crate) fn prepare(
         error,
         sync: false,
     })?;
-    let result = reserve(file.as_ref(), config, metrics).and_then(|()| step(file.sync_all(), true));
+    let result = reserve(file.as_ref(), config, metrics, pace).and_then(|()| step(file.sync_all(), true));
     if let Err((error, sync)) = result {
         drop(file);
         let _ = io.remove_file(&path);
@@ -292,14 +304,17 @@ mod tests {
         let metrics = Metrics::default();
         let syncs = disk.sync_count();
         let writes = disk.write_count();
-        prepare(&disk, &config, &metrics).unwrap();
+        let mut paced = Vec::new();
+        prepare(&disk, &config, &metrics, &mut |zeroed| paced.push(zeroed)).unwrap();
         let chunks = config.segment_size_bytes / ZERO_FILL_SYNC_BYTES as u64;
         assert_eq!(disk.write_count() - writes, chunks, "one write per chunk");
         // One fdatasync per chunk, then the closing fsync.
         assert_eq!(disk.sync_count() - syncs, chunks + 1);
+        // Asked to pace after each synced chunk but the last.
+        assert_eq!(paced, vec![1 << 20, 2 << 20, 3 << 20]);
 
         disk.fail_sync_after(1);
-        let err = prepare(&disk, &config, &metrics).unwrap_err();
+        let err = prepare(&disk, &config, &metrics, &mut |_| ()).unwrap_err();
         assert!(err.sync, "a failed zero-fill sync is reported as a sync failure: {err:?}");
         assert!(!disk.list_dir(&config.dir).unwrap().iter().any(|n| n == PREPARED_NAME));
     }
