@@ -14,6 +14,11 @@
 #   MODE=write (default) or read: single-key linearizable reads of the same keys instead of writes.
 #   SPREAD=leader (default: every connection to the leader) or all: the connections split over the three
 #   nodes (three wrk processes at once, CONNS/3 each, at least 1; ops summed, the worst p50/p99 kept).
+#   INTERVALS=1: during each measured bop level, benches/peers/intervals.py polls the three nodes' /metrics
+#   (<name>-c<clients>.intervals: writes, writes over 32 ms, applied index, fdatasyncs per ~0.1 s), and, when
+#   inotifywait is installed (Debian's inotify-tools), the nodes' segment and generation files created,
+#   renamed and deleted are logged with their time (<name>-c<clients>.files): a stall can be matched to a
+#   segment roll, a zero fill or a snapshot.
 #   DQLITE=auto (default: when dqlite-demo is installed), 1 or 0: also a three-node dqlite-demo cluster
 #   (go-dqlite's demo: PUT /KEY, GET /KEY; its GETs are not linearizable, and it answers errors as 200
 #   "Error: ..."), API on PORT_BASE+41..43, replication on +51..53. Its nodes' driver sends every query to
@@ -165,6 +170,16 @@ measure() { # PEER(bop|etcd) NAME URL [URL...]: the leader's URL first, then the
     done
     wait "${pids[@]}"
     pids=()
+    local watchers=()
+    if [[ $peer == bop && ${INTERVALS:-0} == 1 ]]; then
+      python3 "$HERE/intervals.py" "$DUR" "$@" >"$OUT/$name-c$c.intervals" 2>&1 &
+      watchers+=($!)
+      if command -v inotifywait >/dev/null; then
+        inotifywait -m -q --timefmt %T --format '%T %w %e %f' -e create,moved_to,delete \
+          "$OUT/$name"/node-*/wal "$OUT/$name"/node-*/pages >"$OUT/$name-c$c.files" 2>&1 &
+        watchers+=($!)
+      fi
+    fi
     k=0
     for url in "${urls[@]}"; do
       PEER=$peer PEER_OP=$MODE PEER_KEYS=$KEYS wrk -t$threads -c"$each" -d"${DUR}s" --latency -s "$HERE/kv.lua" "$url" >"$OUT/$name-c$c-$k.txt" 2>&1 &
@@ -172,6 +187,7 @@ measure() { # PEER(bop|etcd) NAME URL [URL...]: the leader's URL first, then the
       k=$((k + 1))
     done
     wait "${pids[@]}"
+    for k in "${watchers[@]}"; do kill "$k" 2>/dev/null || true; done
     # bop: the leader's /metrics after each level, for benches/peers/stages.py (where the time went).
     [[ $peer == bop ]] && curl -fsS --max-time 5 "$1/metrics" >"$OUT/$name-c$c.metrics" 2>/dev/null || true
     python3 - "$name" "$c" "$OUT/$name-c$c-"*.txt >>"$OUT/results" <<'EOF'

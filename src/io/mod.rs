@@ -135,6 +135,14 @@ pub trait IoFile: Send + Sync + fmt::Debug {
     fn sync_data(&self) -> IoResult<()>;
     /// fsync: data and all metadata are durable when this returns `Ok`.
     fn sync_all(&self) -> IoResult<()>;
+    /// Starts writing `[offset, offset+len)` to the disk without waiting for it and without flushing the
+    /// disk's cache (Linux `sync_file_range(SYNC_FILE_RANGE_WRITE)`). Makes nothing durable: it only keeps
+    /// a later fsync from having much left to write. A no-op where the bytes are not cached (direct I/O,
+    /// the simulated disk).
+    fn start_writeback(&self, offset: u64, len_bytes: u64) -> IoResult<()> {
+        let _ = (offset, len_bytes);
+        Ok(())
+    }
     /// Reserves `[offset, offset+len)` (fallocate), growing the file if needed; the range reads as zeros.
     fn allocate(&self, offset: u64, len_bytes: u64) -> IoResult<()>;
     /// Truncates or extends the file to `len_bytes` (extension reads as zeros).

@@ -1,6 +1,6 @@
 //! Files on a real file system through positional syscalls (rustix).
 
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -62,6 +62,24 @@ impl IoFile for PosixFile {
 
     fn sync_all(&self) -> IoResult<()> {
         rustix::fs::fsync(self.fd.as_fd()).map_err(|e| os("fsync", e))
+    }
+
+    fn start_writeback(&self, offset: u64, len_bytes: u64) -> IoResult<()> {
+        if self.alignment > 1 {
+            // O_DIRECT: the bytes went to the device already.
+            return Ok(());
+        }
+        let (Ok(offset), Ok(len)) = (i64::try_from(offset), i64::try_from(len_bytes)) else {
+            return Ok(());
+        };
+        // SAFETY: the descriptor is open for as long as `self.fd` lives; the call reads no memory.
+        let rc =
+            unsafe { libc::sync_file_range(self.fd.as_raw_fd(), offset, len, libc::SYNC_FILE_RANGE_WRITE) };
+        if rc == 0 {
+            Ok(())
+        } else {
+            Err(IoError::os("sync_file_range", std::io::Error::last_os_error()))
+        }
     }
 
     fn allocate(&self, offset: u64, len_bytes: u64) -> IoResult<()> {

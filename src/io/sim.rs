@@ -139,6 +139,8 @@ struct SimState {
     alignment: usize,
     syncs: u64,
     writes: u64,
+    /// `start_writeback` calls (hints only: the simulated disk has no cache to write back).
+    writebacks: u64,
 }
 
 impl SimState {
@@ -252,6 +254,7 @@ impl SimDisk {
             alignment: 1,
             syncs: 0,
             writes: 0,
+            writebacks: 0,
         };
         SimDisk {
             state: Arc::new(Mutex::new(state)),
@@ -450,6 +453,11 @@ impl SimDisk {
     /// Number of successful write calls so far.
     pub fn write_count(&self) -> u64 {
         self.state.lock().writes
+    }
+
+    /// Number of `start_writeback` calls so far (they change nothing on the simulated disk).
+    pub fn writeback_count(&self) -> u64 {
+        self.state.lock().writebacks
     }
 }
 
@@ -720,6 +728,13 @@ impl IoFile for SimFile {
 
     fn sync_all(&self) -> IoResult<()> {
         self.sync("fsync")
+    }
+
+    fn start_writeback(&self, _offset: u64, _len_bytes: u64) -> IoResult<()> {
+        self.with_file("sync_file_range", |st, _| {
+            st.writebacks += 1;
+            Ok(())
+        })
     }
 
     fn allocate(&self, offset: u64, len_bytes: u64) -> IoResult<()> {

@@ -475,7 +475,7 @@ impl Shared {
     fn pace_zero_fill(&self, appended_at_start: u64, zeroed: u64) {
         let size = self.config.segment_size_bytes;
         let unpaced_after = size / ZERO_FILL_UNPACED_AFTER.1 * ZERO_FILL_UNPACED_AFTER.0;
-        let allowance = segment::ZERO_FILL_SYNC_BYTES as u64;
+        let allowance = segment::ZERO_FILL_CHUNK_BYTES as u64;
         let (mut poll, mut seen) = (ZERO_FILL_PACE_POLL.0, None);
         loop {
             let appended = self.metrics.bytes.load(Ordering::Relaxed).saturating_sub(appended_at_start);
