@@ -3,24 +3,32 @@
 
     populate.py bop|etcd|dqlite HTTP_URL KEYS
 bop: creates kv (k TEXT PRIMARY KEY, v TEXT) in database bench, then 100 upserts per request; etcd: 100 puts
-per transaction; dqlite-demo: one PUT /KEY per key (its API has no batch). Values are 256 bytes. Exits
-non-zero on the first failed answer.
+per transaction; dqlite-demo: one PUT /KEY per key (its API has no batch). Values are 256 bytes. A 503
+(bop: "not the leader" while a just-formed cluster changes its leader) is tried again, every 0.2 s for at most
+30 s, which is safe because every write here is idempotent; any other failed answer exits non-zero.
 """
 import base64
 import http.client
 import json
 import sys
+import time
 import urllib.parse
 
 BATCH = 100
 
 
 def post(conn, path, body):
-    conn.request("POST", path, json.dumps(body), {"Content-Type": "application/json"})
-    answer = conn.getresponse()
-    text = answer.read().decode()
-    if answer.status != 200 or '"error"' in text:
-        sys.exit(f"populate: {path} answered {answer.status}: {text[:300]}")
+    deadline = time.monotonic() + 30
+    while True:
+        conn.request("POST", path, json.dumps(body), {"Content-Type": "application/json"})
+        answer = conn.getresponse()
+        text = answer.read().decode()
+        if answer.status == 503 and time.monotonic() < deadline:
+            time.sleep(0.2)
+            continue
+        if answer.status != 200 or '"error"' in text:
+            sys.exit(f"populate: {path} answered {answer.status}: {text[:300]}")
+        return
 
 
 def main():

@@ -220,6 +220,8 @@ run_bop() { # BINARY NAME
   start_bop "$1" "$2"
   L=$(bop_leader) || { echo "bop: no leader; see $OUT/$2-node-*.log" >&2; exit 1; }
   python3 "$HERE/populate.py" bop "$L" "$KEYS"
+  # A just-formed cluster may have changed its leader meanwhile: measure the one leading now.
+  L=$(bop_leader) || { echo "bop: no leader; see $OUT/$2-node-*.log" >&2; exit 1; }
   local others=() i
   for i in 1 2 3; do [[ http://127.0.0.1:$((PORT_BASE + 10 + i)) == "$L" ]] || others+=("http://127.0.0.1:$((PORT_BASE + 10 + i))"); done
   measure bop "$2" "$L" "${others[@]}"
