@@ -26,10 +26,10 @@ pub enum Preallocate {
     /// Write zeros over the whole segment, so that an fdatasync afterwards flushes data only. With the
     /// writer threads, the next segment is zero-filled by a background thread once the active one is half
     /// full, and a roll only writes the header and renames it into place; with the inline writer, a roll
-    /// zero-fills synchronously. Each MiB of zeros is fdatasynced as it is written, so that filling a
-    /// segment never leaves the disk one large flush that the log's own fdatasyncs would wait behind, and
-    /// the background fill is paced by the log's own appends (a few zero bytes per byte appended) so that
-    /// it is spread over the active segment's second half. The default.
+    /// zero-fills synchronously. Each MiB of zeros is written back as it is written (and every 8 MiB
+    /// fdatasynced), so that filling a segment never leaves the disk one large flush that the log's own
+    /// fdatasyncs would wait behind, and the background fill is paced by the log's own appends (a few zero
+    /// bytes per byte appended) so that it is spread over the active segment's second half. The default.
     ZeroFill,
 }
 

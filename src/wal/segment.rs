@@ -122,7 +122,7 @@ pub(crate) const ZERO_FILL_CHUNK_BYTES: usize = 1 << 20;
 pub(crate) const ZERO_FILL_SYNC_CHUNKS: u64 = 8;
 
 /// Reserves the whole segment's space in `file` as `config.preallocate` says. An error is tagged with
-/// whether it came from a sync (see [`step`]). `pace` is called after each synced chunk of zeros with the
+/// whether it came from a sync (see [`step`]). `pace` is called after each chunk of zeros but the last with the
 /// bytes zeroed so far, and may hold the fill there (the preparer spreads it over the active segment's
 /// filling).
 fn reserve(

@@ -765,21 +765,12 @@ impl Node {
             return false;
         }
         let wait = Duration::from_millis(2 * self.shared.raft.config().election_timeout_max);
-        let mut metrics = self.shared.raft.metrics();
-        let contacted =
-            |m: &openraft::RaftMetrics<BopConfig>| m.vote.leader_id().term > 0 || m.last_log_index.is_some();
-        let waited = tokio::time::timeout(wait, async {
-            loop {
-                if contacted(&metrics.borrow_watched()) {
-                    return;
-                }
-                if metrics.changed().await.is_err() {
-                    return;
-                }
-            }
-        })
-        .await;
-        waited.is_ok() && contacted(&metrics.borrow_watched())
+        self.shared
+            .raft
+            .wait(Some(wait))
+            .metrics(|m| m.vote.leader_id().term > 0 || m.last_log_index.is_some(), "contacted by a peer")
+            .await
+            .is_ok()
     }
 
     /// Stops serving, shuts Raft down and closes the storage.
